@@ -1,0 +1,5 @@
+//! The on-disk heart of Basalt: GPT layout, A/B slot inventory, partition-range I/O and the
+//! boot-control backends (systemd-boot BLS boot counting, GPT priority bits).
+//!
+//! Owns: partition tables, slot state on disk, ESP boot entries. Does not own: the update
+//! policy (the updater decides *when*), the verity format (`basalt-verity`).

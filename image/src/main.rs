@@ -1,0 +1,83 @@
+//! `basalt`: the build-side tool. Thin command-line glue over the library crates
+//! (`basalt-verity`, `basalt-manifest`, `basalt-disk`); all logic lives there.
+//!
+//! Exit codes: 0 success, 1 the operation failed (the message names what and why),
+//! 2 bad command-line usage (clap), 3 verification refused the input (corrupt data, bad
+//! signature, policy refusal).
+
+mod disk;
+mod key;
+mod manifest;
+mod trust;
+mod verity;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "basalt",
+    version,
+    about = "Build Basalt OS images, verity trees and signed releases"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// dm-verity hash trees, compatible with veritysetup.
+    #[command(subcommand)]
+    Verity(verity::Command),
+    /// Ed25519 signing keys.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Trust roots: the keys and threshold a node accepts.
+    #[command(subcommand)]
+    Trust(trust::Command),
+    /// Signed release manifests.
+    #[command(subcommand)]
+    Manifest(manifest::Command),
+    /// Basalt disk images: GPT layout, slots, ESP and boot entries.
+    #[command(subcommand)]
+    Disk(disk::Command),
+}
+
+/// A failure that should exit with code 3 (the input was refused), not 1.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Verity(cmd) => verity::run(cmd),
+        Command::Key(cmd) => key::run(cmd),
+        Command::Trust(cmd) => trust::run(cmd),
+        Command::Manifest(cmd) => manifest::run(cmd),
+        Command::Disk(cmd) => disk::run(cmd),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("basalt: {err:#}");
+            if err.downcast_ref::<Refused>().is_some() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `cargo xtask test`: what CI runs, and what a newcomer runs on a fresh Debian machine.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::sh;
+
+/// Debian packages the tests use as peers and guests (see docs/DEVELOPMENT.md).
+pub const APT_PACKAGES: &[&str] = &[
+    "cryptsetup-bin",
+    "gdisk",
+    "fdisk",
+    "cgpt",
+    "mtools",
+    "dosfstools",
+    "erofs-utils",
+    "squashfs-tools",
+    "e2fsprogs",
+    "kmod",
+    "busybox-static",
+    "cpio",
+    "zstd",
+    "xz-utils",
+    "qemu-system-x86",
+    "ovmf",
+    "systemd-boot-efi",
+    "dbus",
+];
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Skip the apt-get step (packages already installed by hand).
+    #[arg(long)]
+    no_install: bool,
+    /// Skip the short fuzz pass.
+    #[arg(long)]
+    no_fuzz: bool,
+    /// Seconds each fuzz target runs.
+    #[arg(long, default_value_t = 20)]
+    fuzz_seconds: u32,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = sh::root();
+    if !args.no_install {
+        install_packages()?;
+    }
+    sh::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    sh::run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    sh::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["test", "--workspace"]),
+    )?;
+    if !args.no_fuzz {
+        fuzz(args.fuzz_seconds)?;
+    }
+    eprintln!("xtask test: all checks passed");
+    Ok(())
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let ok = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", pkg])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false);
+            !ok
+        })
+        .collect()
+}
+
+fn install_packages() -> Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask test: installing missing packages: {}",
+        missing.join(" ")
+    );
+    sh::run(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update (the test command runs as root on a Debian machine)")?;
+    sh::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+/// Fuzz targets: (crate folder, target name).
+const FUZZ_TARGETS: &[(&str, &str)] = &[];
+
+fn fuzz(seconds: u32) -> Result<()> {
+    if FUZZ_TARGETS.is_empty() {
+        return Ok(());
+    }
+    if !sh::have("cargo-fuzz") {
+        sh::run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    let root = sh::root();
+    for (dir, target) in FUZZ_TARGETS {
+        sh::run(
+            Command::new("cargo")
+                .current_dir(root.join(dir))
+                .args(["+nightly", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}")),
+        )?;
+    }
+    Ok(())
+}
