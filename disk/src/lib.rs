@@ -3,3 +3,9 @@
 //!
 //! Owns: partition tables, slot state on disk, ESP boot entries. Does not own: the update
 //! policy (the updater decides *when*), the verity format (`basalt-verity`).
+
+pub mod boot;
+mod error;
+
+pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
+pub use error::Error;
