@@ -1,10 +1,393 @@
-//! `cargo xtask demo`: the newcomer's tour.
+//! `cargo xtask demo`: the newcomer's tour of what Basalt does today.
+//!
+//! Every step runs the real `basalt` binary (and real peers where they prove a point) in a
+//! scratch directory and says, in plain words, what just happened. It grows with the project:
+//! the end goal is two releases, v1 booted in QEMU, a live update to v2 and a rollback.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-#[derive(Debug, Parser)]
-pub struct Args {}
+use crate::sh;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("no demo yet")
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Keep the scratch directory (printed at the end) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+    /// Skip the apt-get step (packages already installed by hand).
+    #[arg(long)]
+    no_install: bool,
+}
+
+struct Demo {
+    basalt: PathBuf,
+    dir: PathBuf,
+    step: u32,
+}
+
+impl Demo {
+    fn say(&mut self, title: &str, what: &str) {
+        self.step += 1;
+        println!("\n=== {}. {title}", self.step);
+        for line in what.lines() {
+            println!("    {line}");
+        }
+    }
+
+    fn basalt(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.basalt)
+            .current_dir(&self.dir)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run basalt {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "basalt {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Run basalt expecting a refusal (exit 3); return its error message.
+    fn basalt_refused(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.basalt)
+            .current_dir(&self.dir)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run basalt {}", args.join(" ")))?;
+        if out.status.code() != Some(3) {
+            bail!(
+                "basalt {} should have refused (exit 3), got {}: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("      | {l}\n"))
+        .collect::<String>()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if !args.no_install {
+        crate::test::install_packages()?;
+    }
+    let root = sh::root();
+    println!("Basalt demo: building the basalt tool (release build) …");
+    sh::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "basalt-image",
+        "--bin",
+        "basalt",
+    ]))?;
+    let basalt = root.join("target/release/basalt");
+    let scratch = tempfile::Builder::new().prefix("basalt-demo.").tempdir()?;
+    let mut demo = Demo {
+        basalt,
+        dir: scratch.path().to_path_buf(),
+        step: 0,
+    };
+    let result = tour(&mut demo);
+    if args.keep {
+        let kept = scratch.keep();
+        println!("\nScratch directory kept: {}", kept.display());
+    }
+    result?;
+    println!(
+        "\nThat is what Basalt does today. Still to come (open issues): a bootable image in QEMU,\n\
+         the on-node updater with a live A/B update and a rollback, sysexts and fleet rollouts."
+    );
+    Ok(())
+}
+
+fn tour(d: &mut Demo) -> Result<()> {
+    // 1. A /usr image.
+    d.say(
+        "A read-only /usr image",
+        "Basalt's OS lives in a read-only /usr partition. Here we pack a small /usr tree\n\
+         into an erofs image with mkfs.erofs, the way the image builder does.",
+    );
+    let tree = d.path("usr-tree");
+    std::fs::create_dir_all(tree.join("lib/os-release.d"))?;
+    std::fs::create_dir_all(tree.join("bin"))?;
+    std::fs::write(
+        tree.join("lib/os-release"),
+        "NAME=Basalt\nID=basalt\nVERSION_ID=1.0.0\n",
+    )?;
+    for i in 0..64 {
+        std::fs::write(
+            tree.join(format!("bin/tool-{i}")),
+            format!("tool {i}\n").repeat(2000),
+        )?;
+    }
+    let usr = d.path("usr-1.0.0.erofs");
+    sh::run(
+        Command::new("mkfs.erofs")
+            .args([
+                "-q",
+                "-T0",
+                "--all-root",
+                "-U",
+                "00000000-0000-0000-0000-000000000001",
+            ])
+            .arg(&usr)
+            .arg(&tree),
+    )?;
+    let size = std::fs::metadata(&usr)?.len();
+    println!("      usr image: {} ({} KiB)", usr.display(), size / 1024);
+
+    // 2. Verity.
+    d.say(
+        "dm-verity hash tree",
+        "dm-verity makes every read of /usr checked against one root hash. `basalt verity\n\
+         format` writes the hash tree; the peer tool veritysetup must agree byte for byte.",
+    );
+    let salt = "5a17".repeat(16);
+    let uuid = "2d6b5ed2-4b6e-4f8b-9f5f-6a3b1f1e9c01";
+    let ours = d.basalt(&[
+        "verity",
+        "format",
+        "usr-1.0.0.erofs",
+        "usr.verity",
+        "--salt",
+        &salt,
+        "--uuid",
+        uuid,
+        "--json",
+    ])?;
+    let info: serde_json::Value = serde_json::from_str(&ours).context("basalt verity --json")?;
+    let root_hash = info["root_hash"]
+        .as_str()
+        .context("root_hash in basalt verity --json")?
+        .to_owned();
+    println!("      basalt root hash:      {root_hash}");
+    let peer = sh::output(Command::new("veritysetup").current_dir(&d.dir).args([
+        "format",
+        "usr-1.0.0.erofs",
+        "peer.verity",
+        "--salt",
+        &salt,
+        "--uuid",
+        uuid,
+    ]))?;
+    let peer_root = peer
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    println!("      veritysetup root hash: {peer_root}");
+    let same = std::fs::read(d.path("usr.verity"))? == std::fs::read(d.path("peer.verity"))?;
+    println!(
+        "      hash trees byte-identical: {}",
+        if same { "yes" } else { "NO" }
+    );
+    if !same || peer_root != root_hash {
+        bail!("basalt and veritysetup disagree: this is a bug");
+    }
+
+    // 3. Corruption is caught.
+    d.say(
+        "Corruption is caught",
+        "Flip one byte of a copy of the image: verification names the bad block.",
+    );
+    let bad = d.path("usr-corrupt.erofs");
+    std::fs::copy(&usr, &bad)?;
+    flip_byte(&bad, 3 * 4096 + 17)?;
+    let msg = d.basalt_refused(&[
+        "verity",
+        "verify",
+        "usr-corrupt.erofs",
+        "usr.verity",
+        &root_hash,
+    ])?;
+    print!("{}", indent(&msg));
+
+    // 4. Keys and trust root.
+    d.say(
+        "Release keys and a trust root",
+        "Releases are signed by a threshold of ed25519 keys. Here: three keys, any two sign.\n\
+         The trust root (the list of keys + threshold) is itself signed and ships in the image.",
+    );
+    for k in ["alice", "bob", "carol"] {
+        d.basalt(&["key", "generate", k])?;
+    }
+    d.basalt(&[
+        "trust",
+        "init",
+        "--key",
+        "alice.pub",
+        "--key",
+        "bob.pub",
+        "--key",
+        "carol.pub",
+        "--threshold",
+        "2",
+        "--sign-key",
+        "alice.key",
+        "--sign-key",
+        "bob.key",
+        "--out",
+        "trust.json",
+    ])?;
+    println!("      wrote alice/bob/carol .key (mode 0600) + .pub, and trust.json (2 of 3)");
+
+    // 5. A signed manifest.
+    d.say(
+        "A signed release manifest",
+        "The manifest names the release and every artifact with its size, sha256 and verity\n\
+         root hash. It is wrapped in a DSSE envelope signed by two of the three keys.",
+    );
+    let manifest = serde_json::json!({
+        "schema_version": 1,
+        "os": "basalt",
+        "version": "1.0.0",
+        "channel": "stable",
+        "arch": "x86_64",
+        "sequence": 1,
+        "issued_at": "2026-11-01T00:00:00Z",
+        "expires_at": "2027-11-01T00:00:00Z",
+        "artifacts": [{
+            "kind": "usr",
+            "name": "usr-1.0.0.erofs",
+            "size": size,
+            "sha256": sha256_hex(&usr)?,
+            "verity": {
+                "root_hash": root_hash,
+                "salt": salt,
+                "data_blocks": info["data_blocks"],
+                "hash_offset": 0,
+                "hash_algorithm": "sha256",
+                "data_block_size": 4096,
+                "hash_block_size": 4096
+            }
+        }]
+    });
+    std::fs::write(
+        d.path("release.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    d.basalt(&[
+        "manifest",
+        "sign",
+        "release.json",
+        "--key",
+        "alice.key",
+        "--key",
+        "carol.key",
+        "--out",
+        "release.signed",
+    ])?;
+    let verified = d.basalt(&[
+        "manifest",
+        "verify",
+        "release.signed",
+        "--trust",
+        "trust.json",
+        "--now",
+        "2026-11-29T12:00:00Z",
+    ])?;
+    println!(
+        "      verified: {} lines of manifest JSON",
+        verified.lines().count()
+    );
+
+    // 6. Refusals.
+    d.say(
+        "What a node refuses",
+        "A node passes its installed version, the highest sequence it has seen and the time.\n\
+         Each refusal has its own reason:",
+    );
+    let cases: [(&str, Vec<&str>); 3] = [
+        (
+            "replayed (sequence 1 already seen)",
+            vec!["--min-sequence", "1", "--now", "2026-11-29T12:00:00Z"],
+        ),
+        (
+            "downgrade (node runs 2.0.0)",
+            vec![
+                "--installed-version",
+                "2.0.0",
+                "--now",
+                "2026-11-29T12:00:00Z",
+            ],
+        ),
+        (
+            "expired (clock in 2028)",
+            vec!["--now", "2028-01-01T00:00:00Z"],
+        ),
+    ];
+    for (what, extra) in cases {
+        let mut argv = vec![
+            "manifest",
+            "verify",
+            "release.signed",
+            "--trust",
+            "trust.json",
+        ];
+        argv.extend(extra);
+        let msg = d.basalt_refused(&argv)?;
+        println!("      {what}:");
+        print!("{}", indent(&msg));
+    }
+    d.basalt(&[
+        "manifest",
+        "sign",
+        "release.json",
+        "--key",
+        "alice.key",
+        "--out",
+        "one-key.signed",
+    ])?;
+    let msg = d.basalt_refused(&[
+        "manifest",
+        "verify",
+        "one-key.signed",
+        "--trust",
+        "trust.json",
+        "--now",
+        "2026-11-29T12:00:00Z",
+    ])?;
+    println!("      signed by one key only:");
+    print!("{}", indent(&msg));
+    Ok(())
+}
+
+fn flip_byte(path: &Path, offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)?;
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset)?;
+    Ok(())
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    let out = sh::output(Command::new("sha256sum").arg(path))?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("sha256sum output")
 }

@@ -87,7 +87,7 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn install_packages() -> Result<()> {
+pub fn install_packages() -> Result<()> {
     let missing = missing_packages();
     if missing.is_empty() {
         return Ok(());
