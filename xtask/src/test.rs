@@ -27,6 +27,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "systemd-boot-efi",
     "dbus",
+    "mmdebstrap",
+    "gpgv",
+    "debian-archive-keyring",
 ];
 
 #[derive(Debug, Parser)]

@@ -1,0 +1,4 @@
+//! Image builds: definition → release directory.
+
+pub mod config;
+pub mod rootfs;

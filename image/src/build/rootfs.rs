@@ -1,0 +1,423 @@
+//! The userspace that goes into `/usr`, staged as a directory tree before erofs packs it.
+//!
+//! A staged tree has `usr/` (becomes the read-only `/usr` partition) and nothing else: the
+//! factory copy of `/etc` (and `/var`) lives inside it at `usr/share/factory/{etc,var}`, from
+//! which `basalt-init` populates the writable root partition on first boot. This is the
+//! "hermetic /usr" model Flatcar and systemd use: everything the OS ships is covered by the
+//! verity root hash, including the defaults for `/etc`.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::config::{Os, Packages};
+
+/// Errors staging a `/usr` tree.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Tool {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("no usable apt source found in {path} (need deb822 .sources or sources.list with a Debian URI)")]
+    NoAptSources { path: PathBuf },
+    #[error("{path} is missing from the built userspace: {what}")]
+    Missing { path: PathBuf, what: &'static str },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
+    let path = path.to_owned();
+    move |source| RootfsError::Io { op, path, source }
+}
+
+fn mkdirs(path: &Path) -> Result<(), RootfsError> {
+    fs::create_dir_all(path).map_err(io("create directory", path))
+}
+
+fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<(), RootfsError> {
+    if let Some(parent) = path.parent() {
+        mkdirs(parent)?;
+    }
+    fs::write(path, data).map_err(io("write", path))
+}
+
+fn run(cmd: &mut Command) -> Result<Vec<u8>, RootfsError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|source| RootfsError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(RootfsError::Tool {
+            program,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// `os-release(5)` for the image.
+pub fn os_release(os: &Os, profile: &str) -> String {
+    format!(
+        "NAME=Basalt\nID={name}\nVERSION_ID={version}\nVERSION=\"{version} ({channel})\"\n\
+         PRETTY_NAME=\"Basalt {version} ({profile})\"\nSYSEXT_LEVEL={version}\n\
+         BASALT_CHANNEL={channel}\nBASALT_PROFILE={profile}\n",
+        name = os.name,
+        version = os.version,
+        channel = os.channel,
+    )
+}
+
+/// The script the `minimal` profile runs as its init (after `basalt-init`'s switch_root).
+/// It prints what the VM tests look for, then powers off — or, when the kernel command line
+/// has `basalt.test=read-payload`, reads the payload file first (a corrupted block there makes
+/// dm-verity react).
+pub const MINIMAL_INIT: &str = r#"#!/usr/bin/busybox sh
+export PATH=/usr/bin
+. /usr/lib/os-release
+echo "BASALT-MINIMAL: userspace up, version=$VERSION_ID"
+grep ' /usr ' /proc/mounts | sed 's/^/BASALT-MINIMAL: mount: /'
+if touch /usr/.write-test 2>/dev/null; then
+    echo "BASALT-MINIMAL: /usr is WRITABLE"
+else
+    echo "BASALT-MINIMAL: /usr is read-only"
+fi
+for opt in $(cat /proc/cmdline); do
+    case "$opt" in
+    basalt.test=read-payload)
+        echo "BASALT-MINIMAL: reading payload"
+        if sha256sum /usr/share/basalt/payload.bin; then
+            echo "BASALT-MINIMAL: payload read ok"
+        else
+            echo "BASALT-MINIMAL: payload read FAILED"
+        fi
+        ;;
+    esac
+done
+echo "BASALT-MINIMAL: done"
+sync
+poweroff -f
+"#;
+
+/// Size of the deterministic payload in the minimal image (the corruption tests target it).
+pub const PAYLOAD_BYTES: usize = 4 << 20;
+
+/// Deterministic, incompressible-looking payload bytes (xorshift stream; same every build).
+pub fn payload() -> Vec<u8> {
+    let mut out = Vec::with_capacity(PAYLOAD_BYTES);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while out.len() < PAYLOAD_BYTES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Stage the `minimal` profile under `staging` (which gets `usr/`): busybox with its applet
+/// links, os-release, the init script, the payload and a factory `/etc`.
+pub fn stage_minimal(staging: &Path, os: &Os, busybox: &Path) -> Result<(), RootfsError> {
+    let usr = staging.join("usr");
+    let bin = usr.join("bin");
+    mkdirs(&bin)?;
+    let bb = bin.join("busybox");
+    fs::copy(busybox, &bb).map_err(io("copy busybox from", busybox))?;
+    fs::set_permissions(&bb, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &bb))?;
+    let list = run(Command::new(busybox).arg("--list"))?;
+    let mut applets: Vec<&str> = std::str::from_utf8(&list)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .collect();
+    applets.sort_unstable();
+    applets.dedup();
+    for applet in applets {
+        let link = bin.join(applet);
+        symlink("busybox", &link).map_err(io("symlink", &link))?;
+    }
+    write(&usr.join("lib/os-release"), os_release(os, "minimal"))?;
+    let init = usr.join("lib/basalt/init-minimal");
+    write(&init, MINIMAL_INIT)?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &init))?;
+    write(&usr.join("share/basalt/payload.bin"), payload())?;
+    let factory = usr.join("share/factory/etc");
+    write(&factory.join("hostname"), "basalt\n")?;
+    write(
+        &factory.join("passwd"),
+        "root:x:0:0:root:/root:/usr/bin/sh\n",
+    )?;
+    write(&factory.join("group"), "root:x:0:\n")?;
+    let link = factory.join("os-release");
+    symlink("../usr/lib/os-release", &link).map_err(io("symlink", &link))?;
+    Ok(())
+}
+
+/// One-line apt sources (`deb [signed-by=…] URI SUITE COMPONENTS`) derived from the host's
+/// apt configuration under `apt_dir` (normally `/etc/apt`), for mmdebstrap's stdin. Mirrors
+/// are never written into the project: whatever the host uses, the build uses.
+pub fn apt_sources_from_host(apt_dir: &Path, suite: &str) -> Result<String, RootfsError> {
+    let mut lines = Vec::new();
+    let dir = apt_dir.join("sources.list.d");
+    let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "sources"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(io("read", &file))?;
+        lines.extend(deb822_to_lines(&text, suite));
+    }
+    let list = apt_dir.join("sources.list");
+    if let Ok(text) = fs::read_to_string(&list) {
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("deb ") && line.contains("debian") {
+                lines.push(with_keyring(line));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return Err(RootfsError::NoAptSources {
+            path: apt_dir.to_owned(),
+        });
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+fn with_keyring(line: &str) -> String {
+    if line.contains("signed-by") {
+        return line.to_owned();
+    }
+    line.replacen("deb ", &format!("deb [signed-by={DEBIAN_KEYRING}] "), 1)
+}
+
+/// Convert deb822 stanzas to one-line entries, keeping only `Types: deb` and suites that
+/// belong to `suite` (e.g. bookworm, bookworm-updates, bookworm-security).
+fn deb822_to_lines(text: &str, suite: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                let l = l.trim();
+                if l.starts_with('#') {
+                    return None;
+                }
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+        };
+        let (Some(types), Some(uris), Some(suites), Some(components)) = (
+            field("Types"),
+            field("URIs"),
+            field("Suites"),
+            field("Components"),
+        ) else {
+            continue;
+        };
+        if field("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
+            continue;
+        }
+        if !types.split_whitespace().any(|t| t == "deb") {
+            continue;
+        }
+        let keyring = field("Signed-By").unwrap_or_else(|| DEBIAN_KEYRING.to_owned());
+        for uri in uris.split_whitespace() {
+            for s in suites.split_whitespace().filter(|s| s.starts_with(suite)) {
+                out.push(format!("deb [signed-by={keyring}] {uri} {s} {components}"));
+            }
+        }
+    }
+    out
+}
+
+/// Stage the `container-host` profile: a Debian userspace built by mmdebstrap from the host's
+/// apt sources, reduced to `usr/` plus the factory copies of `/etc` and `/var`.
+pub fn stage_container_host(
+    staging: &Path,
+    os: &Os,
+    packages: &Packages,
+    sources: &str,
+) -> Result<(), RootfsError> {
+    let tree = staging.join("debian-root");
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args([
+        "--variant=minbase",
+        "--mode=root",
+        "--quiet",
+        // The sandbox user cannot write /dev/null on these machines (mode 0644).
+        "--aptopt=APT::Sandbox::User \"root\"",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+    ])
+    .arg(format!("--include={}", packages.include.join(",")))
+    .arg(&packages.suite)
+    .arg(&tree)
+    .arg("-")
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| RootfsError::Spawn {
+        program: "mmdebstrap".into(),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(sources.as_bytes())
+            .map_err(io("write sources to", Path::new("mmdebstrap stdin")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| RootfsError::Spawn {
+            program: "mmdebstrap".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(RootfsError::Tool {
+            program: "mmdebstrap".into(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    let systemd = tree.join("usr/lib/systemd/systemd");
+    if !systemd.exists() {
+        return Err(RootfsError::Missing {
+            path: systemd,
+            what: "the container-host profile boots systemd",
+        });
+    }
+    // /usr moves as is; /etc and /var become factory copies inside it.
+    fs::rename(tree.join("usr"), staging.join("usr")).map_err(io("move", &tree))?;
+    let factory = staging.join("usr/share/factory");
+    mkdirs(&factory)?;
+    for dir in ["etc", "var"] {
+        let from = tree.join(dir);
+        let to = factory.join(dir);
+        fs::rename(&from, &to).map_err(io("move", &from))?;
+    }
+    // containerd's CRI plugin wants /etc/cni/net.d; the serial getty needs no udev wait.
+    mkdirs(&factory.join("etc/cni/net.d"))?;
+    write(&factory.join("etc/hostname"), "basalt\n")?;
+    write(
+        &staging.join("usr/lib/os-release"),
+        os_release(os, "container-host"),
+    )?;
+    let etc_os_release = factory.join("etc/os-release");
+    let _ = fs::remove_file(&etc_os_release);
+    symlink("../usr/lib/os-release", &etc_os_release).map_err(io("symlink", &etc_os_release))?;
+    fs::remove_dir_all(&tree).map_err(io("remove", &tree))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb822_stanzas_become_signed_one_liners() {
+        let text = "Types: deb\n# a comment: with colon\nURIs: http://mirror.example/debian\n\
+                    Suites: bookworm bookworm-updates\nComponents: main\n\
+                    Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                    Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm\n\
+                    Components: main\n\n\
+                    Types: deb\nURIs: http://mirror.example/other\nSuites: trixie\n\
+                    Components: main\n\n\
+                    Types: deb\nEnabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n\
+                    Components: main\n";
+        let lines = deb822_to_lines(text, "bookworm");
+        assert_eq!(
+            lines,
+            [
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian bookworm main",
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian bookworm-updates main",
+            ]
+        );
+    }
+
+    #[test]
+    fn host_sources_without_entries_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = apt_sources_from_host(dir.path(), "bookworm").unwrap_err();
+        assert!(matches!(err, RootfsError::NoAptSources { .. }), "{err}");
+        fs::write(
+            dir.path().join("sources.list"),
+            "deb http://mirror.example/debian bookworm main\n",
+        )
+        .unwrap();
+        let text = apt_sources_from_host(dir.path(), "bookworm").unwrap();
+        assert!(text.contains("[signed-by="), "{text}");
+    }
+
+    #[test]
+    fn payload_is_deterministic_and_sized() {
+        let a = payload();
+        assert_eq!(a.len(), PAYLOAD_BYTES);
+        assert_eq!(a, payload());
+        // Not trivially compressible: many distinct bytes in the first block.
+        let mut seen = [false; 256];
+        a[..4096].iter().for_each(|b| seen[*b as usize] = true);
+        assert!(seen.iter().filter(|s| **s).count() > 200);
+    }
+
+    #[test]
+    fn minimal_tree_has_busybox_init_and_factory_etc() {
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.exists(),
+            "/bin/busybox missing: install busybox-static (cargo xtask test does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let os = Os {
+            name: "basalt".into(),
+            version: semver::Version::new(1, 2, 3),
+            channel: "stable".into(),
+            arch: "x86_64".into(),
+        };
+        stage_minimal(dir.path(), &os, busybox).unwrap();
+        let usr = dir.path().join("usr");
+        assert_eq!(
+            fs::read_link(usr.join("bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        let rel = fs::read_to_string(usr.join("lib/os-release")).unwrap();
+        assert!(rel.contains("VERSION_ID=1.2.3"), "{rel}");
+        let mode = fs::metadata(usr.join("lib/basalt/init-minimal"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(usr.join("share/basalt/payload.bin"))
+                .unwrap()
+                .len(),
+            PAYLOAD_BYTES as u64
+        );
+        assert!(usr.join("share/factory/etc/passwd").exists());
+    }
+}
