@@ -110,7 +110,7 @@ pub fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[];
+const FUZZ_TARGETS: &[(&str, &str)] = &[("verity", "superblock")];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
