@@ -100,27 +100,31 @@ impl Envelope {
                 limit: MAX_SIGNATURES,
             });
         }
-        let payload = b64()
-            .decode(wire.payload.as_bytes())
-            .map_err(|source| Error::MalformedBase64 {
-                document,
-                field: "payload",
-                source,
-            })?;
-        let signatures = wire
-            .signatures
-            .into_iter()
-            .map(|s| {
-                let sig = b64()
-                    .decode(s.sig.as_bytes())
-                    .map_err(|source| Error::MalformedBase64 {
-                        document,
-                        field: "sig",
-                        source,
+        let payload =
+            b64()
+                .decode(wire.payload.as_bytes())
+                .map_err(|source| Error::MalformedBase64 {
+                    document,
+                    field: "payload",
+                    source,
+                })?;
+        let signatures =
+            wire.signatures
+                .into_iter()
+                .map(|s| {
+                    let sig = b64().decode(s.sig.as_bytes()).map_err(|source| {
+                        Error::MalformedBase64 {
+                            document,
+                            field: "sig",
+                            source,
+                        }
                     })?;
-                Ok(Signature { keyid: s.keyid, sig })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                    Ok(Signature {
+                        keyid: s.keyid,
+                        sig,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             payload_type: wire.payload_type,
             payload,
@@ -262,7 +266,10 @@ mod tests {
         let url_safe = br#"{"payloadType":"t","payload":"-_-_Pj8=","signatures":[]}"#;
         assert!(matches!(
             Envelope::from_json(url_safe, 1024, Document::Release),
-            Err(Error::MalformedBase64 { field: "payload", .. })
+            Err(Error::MalformedBase64 {
+                field: "payload",
+                ..
+            })
         ));
     }
 
@@ -272,7 +279,11 @@ mod tests {
         let big = vec![b'x'; 2049];
         assert!(matches!(
             Envelope::from_json(&big, 2048, Document::TrustRoot),
-            Err(Error::TooLarge { size: 2049, limit: 2048, .. })
+            Err(Error::TooLarge {
+                size: 2049,
+                limit: 2048,
+                ..
+            })
         ));
     }
 }

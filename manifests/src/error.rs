@@ -158,7 +158,10 @@ pub enum Error {
     },
     /// The release is older than the installed version and no override was given.
     #[error("release {offered} is older than the installed {installed}: downgrade refused")]
-    Downgrade { installed: Version, offered: Version },
+    Downgrade {
+        installed: Version,
+        offered: Version,
+    },
     /// The release is for another OS.
     #[error("release is for OS {found:?}, this node runs {expected:?}")]
     WrongOs { expected: String, found: String },

@@ -49,9 +49,11 @@ impl PublicKey {
 
     /// Parses the 64-digit lowercase hex form used in trust roots.
     pub fn from_hex(text: &str) -> Result<Self> {
-        parse_hex32(text).map(Self).ok_or_else(|| Error::InvalidPublicKey {
-            reason: format!("{text:?} is not 64 lowercase hex digits"),
-        })
+        parse_hex32(text)
+            .map(Self)
+            .ok_or_else(|| Error::InvalidPublicKey {
+                reason: format!("{text:?} is not 64 lowercase hex digits"),
+            })
     }
 
     /// The raw 32 bytes.
@@ -66,7 +68,10 @@ impl PublicKey {
 
     /// The key id: lowercase hex SHA-256 of the raw 32-byte key.
     pub fn key_id(&self) -> KeyId {
-        KeyId(hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.0)))
+        KeyId(hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &self.0,
+        )))
     }
 
     /// Parses a `NAME.pub` file (PEM `PUBLIC KEY`, Ed25519 SubjectPublicKeyInfo).
@@ -220,13 +225,19 @@ mod tests {
     fn public_key_pem_refuses_other_labels_and_algorithms() {
         let key = PublicKey::from_bytes(&[7u8; 32]).unwrap();
         let pem = key.to_pem().replace("PUBLIC KEY", "PRIVATE KEY");
-        assert!(matches!(PublicKey::from_pem(&pem), Err(Error::InvalidKeyFile { .. })));
+        assert!(matches!(
+            PublicKey::from_pem(&pem),
+            Err(Error::InvalidKeyFile { .. })
+        ));
         // An X25519 SPKI (OID 1.3.101.110) has the same shape with another OID byte.
         let mut der = SPKI_ED25519_PREFIX.to_vec();
         der[8] = 0x6e;
         der.extend_from_slice(&[7u8; 32]);
         let pem = pem_encode("PUBLIC KEY", &der);
-        assert!(matches!(PublicKey::from_pem(&pem), Err(Error::InvalidKeyFile { .. })));
+        assert!(matches!(
+            PublicKey::from_pem(&pem),
+            Err(Error::InvalidKeyFile { .. })
+        ));
     }
 
     #[test]

@@ -58,8 +58,7 @@ pub use policy::{
 #[cfg(any(test, feature = "sign"))]
 pub use sign::{sign_envelope, sign_release, sign_trust_root, sign_usr_hash, SigningKey};
 pub use trust::{
-    KeyAlgorithm, TrustKey, TrustRoot, TrustRootDocument, MAX_TRUST_ROOT_BYTES,
-    TRUST_PAYLOAD_TYPE,
+    KeyAlgorithm, TrustKey, TrustRoot, TrustRootDocument, MAX_TRUST_ROOT_BYTES, TRUST_PAYLOAD_TYPE,
 };
 pub use usrhash::{
     verify_usr_hash, verify_usr_hash_detailed, UsrHashStatement, VerifiedUsrHash,

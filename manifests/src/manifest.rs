@@ -213,7 +213,11 @@ impl Manifest {
                 supported: SCHEMA_VERSION,
             });
         }
-        for (field, value) in [("os", &self.os), ("channel", &self.channel), ("arch", &self.arch)] {
+        for (field, value) in [
+            ("os", &self.os),
+            ("channel", &self.channel),
+            ("arch", &self.arch),
+        ] {
             if !valid_label(value) {
                 return Err(invalid(format!(
                     "{field} {value:?} must be 1-64 characters of [a-z0-9._-]"
@@ -233,7 +237,10 @@ impl Manifest {
         for artifact in &self.artifacts {
             artifact.validate()?;
             if !names.insert(artifact.name.as_str()) {
-                return Err(invalid(format!("artifact name {:?} appears twice", artifact.name)));
+                return Err(invalid(format!(
+                    "artifact name {:?} appears twice",
+                    artifact.name
+                )));
             }
         }
         Ok(())
@@ -290,14 +297,19 @@ impl Verity {
         }
         let salt_ok = self.salt.len() % 2 == 0
             && self.salt.len() <= 512
-            && self.salt.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            && self
+                .salt
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !salt_ok {
             return Err(invalid(format!(
                 "artifact {name:?}: verity salt must be lowercase hex of at most 256 bytes"
             )));
         }
         if self.data_blocks == 0 {
-            return Err(invalid(format!("artifact {name:?}: verity data_blocks is 0")));
+            return Err(invalid(format!(
+                "artifact {name:?}: verity data_blocks is 0"
+            )));
         }
         let data_end = self
             .data_blocks
@@ -334,7 +346,10 @@ pub(crate) mod rfc3339 {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),

@@ -115,8 +115,12 @@ fn expect_field(
 
 /// Verifies a signed release envelope against `root` and `policy`.
 pub fn verify_release(bytes: &[u8], root: &TrustRoot, policy: &Policy) -> Result<VerifiedRelease> {
-    let (payload, signed_by) =
-        root.verify_envelope(bytes, MAX_RELEASE_BYTES, RELEASE_PAYLOAD_TYPE, Document::Release)?;
+    let (payload, signed_by) = root.verify_envelope(
+        bytes,
+        MAX_RELEASE_BYTES,
+        RELEASE_PAYLOAD_TYPE,
+        Document::Release,
+    )?;
     root.check_not_expired(policy.now)?;
     let manifest = Manifest::from_json(&payload)?;
 

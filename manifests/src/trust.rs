@@ -60,7 +60,11 @@ pub struct TrustRootDocument {
     /// The keys.
     pub keys: Vec<TrustKey>,
     /// Optional expiry of this root.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -166,7 +170,13 @@ impl TrustRoot {
         let signers = signers_of(root.generation());
         let verified =
             envelope.verify_signatures(&root.keys, &signers, false, Document::TrustRoot)?;
-        require_threshold(&verified, &root.keys, root.threshold, &signers, Document::TrustRoot)?;
+        require_threshold(
+            &verified,
+            &root.keys,
+            root.threshold,
+            &signers,
+            Document::TrustRoot,
+        )?;
         Ok(root)
     }
 
@@ -180,7 +190,13 @@ impl TrustRoot {
         let old_signers = format!("{} (the current root)", signers_of(self.generation()));
         let by_old =
             envelope.verify_signatures(&self.keys, &old_signers, true, Document::TrustRoot)?;
-        require_threshold(&by_old, &self.keys, self.threshold, &old_signers, Document::TrustRoot)?;
+        require_threshold(
+            &by_old,
+            &self.keys,
+            self.threshold,
+            &old_signers,
+            Document::TrustRoot,
+        )?;
         // 2. The payload, now authenticated by the current root.
         let next = Self::from_document(TrustRootDocument::from_json(&envelope.payload)?)?;
         if Some(next.generation()) != self.generation().checked_add(1) {
@@ -195,11 +211,21 @@ impl TrustRoot {
         let new_signers = format!("{} (the new root)", signers_of(next.generation()));
         let all = envelope.verify_signatures(
             &union,
-            &format!("keys of trust root generations {} and {}", self.generation(), next.generation()),
+            &format!(
+                "keys of trust root generations {} and {}",
+                self.generation(),
+                next.generation()
+            ),
             false,
             Document::TrustRoot,
         )?;
-        require_threshold(&all, &next.keys, next.threshold, &new_signers, Document::TrustRoot)?;
+        require_threshold(
+            &all,
+            &next.keys,
+            next.threshold,
+            &new_signers,
+            Document::TrustRoot,
+        )?;
         Ok(next)
     }
 
@@ -219,11 +245,12 @@ impl TrustRoot {
     fn from_document(document: TrustRootDocument) -> Result<Self> {
         document.validate()?;
         let keys: Vec<PublicKey> = document.keys.iter().map(|k| k.public_key).collect();
-        let threshold = usize::try_from(document.threshold).map_err(|_| Error::InvalidThreshold {
-            generation: document.generation,
-            threshold: document.threshold,
-            keys: keys.len(),
-        })?;
+        let threshold =
+            usize::try_from(document.threshold).map_err(|_| Error::InvalidThreshold {
+                generation: document.generation,
+                threshold: document.threshold,
+                keys: keys.len(),
+            })?;
         Ok(Self {
             document,
             keys,
@@ -286,7 +313,8 @@ impl TrustRoot {
         envelope.expect_type(payload_type, document)?;
         let signers = signers_of(self.generation());
         let verified = envelope.verify_signatures(&self.keys, &signers, false, document)?;
-        let distinct = require_threshold(&verified, &self.keys, self.threshold, &signers, document)?;
+        let distinct =
+            require_threshold(&verified, &self.keys, self.threshold, &signers, document)?;
         Ok((envelope.payload, distinct))
     }
 }

@@ -37,16 +37,18 @@ pub struct UsrHashStatement {
 impl UsrHashStatement {
     /// Parses and validates the JSON payload.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let statement: Self = serde_json::from_slice(bytes).map_err(|source| {
-            Error::MalformedJson {
+        let statement: Self =
+            serde_json::from_slice(bytes).map_err(|source| Error::MalformedJson {
                 document: Document::UsrHash,
                 source,
-            }
-        })?;
+            })?;
         if !crate::manifest::valid_label(&statement.os) {
             return Err(Error::InvalidContent {
                 document: Document::UsrHash,
-                reason: format!("os {:?} must be 1-64 characters of [a-z0-9._-]", statement.os),
+                reason: format!(
+                    "os {:?} must be 1-64 characters of [a-z0-9._-]",
+                    statement.os
+                ),
             });
         }
         Ok(statement)
