@@ -5,8 +5,10 @@
 //!   (`302a300506032b6570032100` followed by the 32 raw key bytes), base64 in 64-column lines.
 //!   OpenSSL reads it (`openssl pkey -pubin -in NAME.pub`).
 //! - `NAME.key`: PEM `PRIVATE KEY` holding the PKCS#8 v2 document ring generates (RFC 5958
-//!   OneAsymmetricKey with the public key). OpenSSL reads it too. The 48-byte PKCS#8 v1 form
-//!   that `openssl genpkey -algorithm ed25519` writes is also accepted (see `sign.rs`).
+//!   OneAsymmetricKey: seed plus `[1]` public key), base64 in 64-column lines. Measured:
+//!   OpenSSL 3.0 refuses to load this v2 form ("unsupported"), so it is not an OpenSSL key
+//!   file; the other way round works: the 48-byte PKCS#8 v1 form that
+//!   `openssl genpkey -algorithm ed25519` writes is accepted by [`crate::SigningKey`].
 
 use std::fmt;
 

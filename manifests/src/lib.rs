@@ -28,8 +28,13 @@
 //!   rest; unknown versions and unknown fields are refused.
 //! - **Signing is behind the `sign` feature** ([`SigningKey`], [`sign_envelope`], …), so
 //!   node binaries (updater, initramfs) link verification only. Key files: `NAME.key` is the
-//!   PKCS#8 v2 document from ring as PEM `PRIVATE KEY` (OpenSSL-readable), `NAME.pub` the
-//!   Ed25519 SubjectPublicKeyInfo as PEM `PUBLIC KEY` ([`keys`]).
+//!   PKCS#8 v2 document from ring as PEM `PRIVATE KEY` (OpenSSL v1 keys are also
+//!   accepted), `NAME.pub` the Ed25519 SubjectPublicKeyInfo as PEM `PUBLIC KEY`, which
+//!   OpenSSL reads ([`keys`]).
+
+// Re-exported because their types appear in this crate's API (times, versions).
+pub use chrono;
+pub use semver;
 
 pub mod envelope;
 pub mod error;
