@@ -36,7 +36,10 @@ fn generate(name: &Path) -> anyhow::Result<()> {
     let pub_path = with_ext(name, ".pub");
     for path in [&key_path, &pub_path] {
         if path.exists() {
-            bail!("{} already exists; refusing to overwrite a key", path.display());
+            bail!(
+                "{} already exists; refusing to overwrite a key",
+                path.display()
+            );
         }
     }
     let key = SigningKey::generate()?;

@@ -175,8 +175,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             keys,
             out,
         } => {
-            let root_hash = Digest::from_hex(&root_hash)
-                .with_context(|| format!("--root-hash {root_hash:?} is not 64 lowercase hex digits"))?;
+            let root_hash = Digest::from_hex(&root_hash).with_context(|| {
+                format!("--root-hash {root_hash:?} is not 64 lowercase hex digits")
+            })?;
             let statement = UsrHashStatement {
                 os,
                 version,
