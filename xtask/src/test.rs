@@ -30,6 +30,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "mmdebstrap",
     "gpgv",
     "debian-archive-keyring",
+    "openssl",
 ];
 
 #[derive(Debug, Parser)]
@@ -110,7 +111,10 @@ pub fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("verity", "superblock")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("verity", "superblock"),
+    ("manifests", "envelope"),
+];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
