@@ -156,9 +156,11 @@ impl LayoutSpec {
             // Rest of the disk, at least one alignment unit.
             None => {
                 let start = up(cursor).ok_or_else(overflow)?;
+                // End on an alignment boundary too (sgdisk warns otherwise).
+                let end = ((last_usable + 1) / align) * align;
                 Extent {
                     first_lba: start,
-                    last_lba: last_usable.max(start + align - 1),
+                    last_lba: end.max(start + align) - 1,
                 }
             }
         };
