@@ -292,6 +292,10 @@ impl<D: DiskIo> BootControl for GptPrio<D> {
         let s = self.snapshot()?;
         match status_of(s.prio[idx(slot)], s.has_image[idx(slot)]) {
             BootStatus::Trying { .. } => {}
+            // Already withdrawn (or never staged): nothing to do, so a cancel interrupted by a
+            // crash can simply be retried.
+            // (`commit` still repairs a copy left stale by the interrupted attempt.)
+            BootStatus::Bad | BootStatus::Absent if s.prio[idx(slot)] == Prio::default() => {}
             other => {
                 return Err(Self::illegal(
                     "cancel",

@@ -177,7 +177,8 @@ fn illegal_transitions_are_typed_and_write_nothing() {
     let mut gp = base();
     let before = gp.into_inner().into_inner();
     let mut gp = GptPrio::new(Cursor::new(before.clone()), Path::new("mem"));
-    assert!(matches!(gp.cancel(Slot::B), Err(Error::IllegalTransition { .. })));
+    // Cancelling a slot that is not staged: a no-op (retry-safe); a good slot: refused.
+    gp.cancel(Slot::B).unwrap();
     assert!(matches!(gp.cancel(Slot::A), Err(Error::IllegalTransition { .. })));
     assert!(matches!(
         gp.stage(Slot::B, &target(), 0),
@@ -246,7 +247,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Whatever the sequence: every op except rollback and boot keeps the other slot's tries
     /// and successful bit; a refused op writes nothing; the prediction matches the rule.

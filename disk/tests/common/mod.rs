@@ -58,9 +58,22 @@ pub fn tiny_image_file(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// A tiny Basalt disk in memory.
+/// A ≈600 KiB layout (4 KiB alignment) for in-memory tests that copy the disk a lot.
+pub fn micro_spec() -> LayoutSpec {
+    LayoutSpec {
+        disk_size: 640 << 10,
+        esp_size: 64 << 10,
+        usr_size: 128 << 10,
+        verity_size: 16 << 10,
+        slot_reserve: 16 << 10,
+        root_size: None,
+        align: 4 << 10,
+    }
+}
+
+/// A micro Basalt disk in memory.
 pub fn tiny_disk_mem() -> Cursor<Vec<u8>> {
-    let spec = LayoutSpec::tiny();
+    let spec = micro_spec();
     let mut dev = Cursor::new(vec![0u8; spec.disk_size as usize]);
     create_layout(&mut dev, Path::new("mem"), &spec, &mut counter_guids(0x22)).unwrap();
     dev
