@@ -6,6 +6,15 @@
 
 pub mod boot;
 mod error;
+pub mod gpt;
+pub mod gptprio;
+pub mod layout;
+pub mod range;
+pub mod slots;
 
 pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
 pub use error::Error;
+pub use gptprio::GptPrio;
+pub use layout::{create_image, Layout, LayoutSpec};
+pub use range::{PartitionRange, RangeReader, RangeWriter};
+pub use slots::{Inventory, RootHash, SlotInfo, SlotPart, SlotState};
