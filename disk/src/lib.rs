@@ -4,8 +4,12 @@
 //! Owns: partition tables, slot state on disk, ESP boot entries. Does not own: the update
 //! policy (the updater decides *when*), the verity format (`basalt-verity`).
 
+pub mod bls;
 pub mod boot;
 mod error;
+pub mod esp;
 
 pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
+pub use bls::BlsBackend;
 pub use error::Error;
+pub use esp::{DirEsp, Esp, FatImageEsp};
