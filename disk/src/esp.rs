@@ -558,8 +558,9 @@ impl Esp for FatImageEsp {
 
     fn create_dir(&mut self, path: &str) -> Result<(), Error> {
         let parts = split_path(path)?;
-        self.with_fs("create dir", path, |fs| {
+        let created = self.with_fs("create dir", path, |fs| {
             let mut dir = fs.root_dir();
+            let mut created = false;
             for p in parts {
                 dir = match fat_list(&dir)?
                     .into_iter()
@@ -572,11 +573,20 @@ impl Esp for FatImageEsp {
                             format!("{p} exists and is not a directory"),
                         ))
                     }
-                    None => dir.create_dir(p)?,
+                    None => {
+                        created = true;
+                        dir.create_dir(p)?
+                    }
                 };
             }
-            Ok(())
-        })
+            Ok(created)
+        })?;
+        if created {
+            let w = self.window()?;
+            fix_dot_entries(&w.file, self.offset).map_err(esp_io("fix dot entries of", path))?;
+            w.file.sync_all().map_err(esp_io("fsync", path))?;
+        }
+        Ok(())
     }
 
     fn write_new(&mut self, path: &str, data: &[u8]) -> Result<(), Error> {
@@ -614,6 +624,89 @@ impl Esp for FatImageEsp {
             fs.root_dir().remove(&parts.join("/"))
         })
     }
+}
+
+/// fatfs 0.3 writes a long-name entry before the `.` and `..` entries of a new directory;
+/// `fsck.fat` (and the FAT specification) want `.` and `..` as the first two entries. This
+/// rewrites every such directory start in place: `.`, `..`, then two deleted slots.
+///
+/// Candidates are clusters ending a chain (a new directory is one cluster); a candidate is
+/// only rewritten when its `.` entry points at the cluster itself, so file data cannot match.
+fn fix_dot_entries(file: &File, offset: u64) -> io::Result<u32> {
+    let mut bpb = [0u8; 512];
+    file.read_exact_at(&mut bpb, offset)?;
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let bps = u64::from(u16_at(&bpb, 11));
+    let spc = u64::from(bpb[13]);
+    let reserved = u64::from(u16_at(&bpb, 14));
+    let fats = u64::from(bpb[16]);
+    let root_entries = u64::from(u16_at(&bpb, 17));
+    let total = match u16_at(&bpb, 19) {
+        0 => u64::from(u32_at(&bpb, 32)),
+        n => u64::from(n),
+    };
+    let spf = match u16_at(&bpb, 22) {
+        0 => u64::from(u32_at(&bpb, 36)),
+        n => u64::from(n),
+    };
+    if bps == 0 || spc == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad BPB"));
+    }
+    let root_sectors = (root_entries * 32).div_ceil(bps);
+    let first_data = reserved + fats * spf + root_sectors;
+    let clusters = total.saturating_sub(first_data) / spc;
+    let mut fat = vec![0u8; (spf * bps) as usize];
+    file.read_exact_at(&mut fat, offset + reserved * bps)?;
+    let entry = |c: u64| -> u64 {
+        let c = c as usize;
+        if clusters < 4085 {
+            let v = u16_at(&fat, c + c / 2);
+            u64::from(if c % 2 == 0 { v & 0xfff } else { v >> 4 })
+        } else if clusters < 65525 {
+            u64::from(u16_at(&fat, c * 2))
+        } else {
+            u64::from(u32_at(&fat, c * 4) & 0x0fff_ffff)
+        }
+    };
+    let eoc = if clusters < 4085 {
+        0xff8
+    } else if clusters < 65525 {
+        0xfff8
+    } else {
+        0x0fff_fff8
+    };
+    let mut fixed = 0;
+    for c in 2..clusters + 2 {
+        if entry(c) < eoc {
+            continue;
+        }
+        let at = offset + (first_data + (c - 2) * spc) * bps;
+        let mut head = [0u8; 128];
+        file.read_exact_at(&mut head, at)?;
+        let (lfn1, dot, lfn2, dotdot) = (&head[0..32], &head[32..64], &head[64..96], &head[96..128]);
+        let cluster_of = |e: &[u8]| u64::from(u16_at(e, 20)) << 16 | u64::from(u16_at(e, 26));
+        if lfn1[11] == 0x0f
+            && lfn2[11] == 0x0f
+            && &dot[..11] == b".          "
+            && &dotdot[..11] == b"..         "
+            && cluster_of(dot) == c
+        {
+            let mut out = [0u8; 128];
+            out[0..32].copy_from_slice(dot);
+            out[32..64].copy_from_slice(dotdot);
+            // `..` of a directory in the root says cluster 0, not the FAT32 root cluster.
+            if clusters >= 65525 && cluster_of(dotdot) == u64::from(u32_at(&bpb, 44)) {
+                out[32 + 20..32 + 22].fill(0);
+                out[32 + 26..32 + 28].fill(0);
+            }
+            out[64] = 0xe5;
+            out[96] = 0xe5;
+            file.write_all_at(&out, at)?;
+            fixed += 1;
+        }
+    }
+    Ok(fixed)
 }
 
 /// Format a FAT ESP at `offset`/`len` of `image` (created or extended as needed, sparse):
