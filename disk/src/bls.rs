@@ -1,0 +1,627 @@
+//! The default boot-control backend: systemd-boot with Boot Loader Specification Type #1
+//! entries and its boot counting, on the ESP (any [`Esp`]).
+//!
+//! ## What is on the ESP
+//!
+//! ```text
+//! EFI/BOOT/BOOTX64.EFI                      systemd-boot
+//! loader/loader.conf                        timeout 0, editor no, auto-entries no — no `default`
+//! loader/entries/basalt-<version>[+L[-D]].conf
+//! basalt/<version>/vmlinuz, basalt/<version>/initrd
+//! ```
+//!
+//! An entry is `title`, `sort-key basalt`, `version`, `linux`, `initrd` and
+//! `options usrhash=<root hash> basalt.slot=<a|b> <extra>`. **`basalt.slot=`** names the A/B
+//! slot whose `/usr` the entry boots: the initramfs uses it to pick the USR partition (and the
+//! backend to map entries to slots); `usrhash=` is the dm-verity root hash of that `/usr`.
+//!
+//! ## Boot counting (systemd-boot 252 semantics, see [`order`] for the selection rule)
+//!
+//! ```text
+//!  stage(slot, tries=3)       boot        boot        boot
+//!  basalt-V+3.conf ──────▶ +2-1.conf ──▶ +1-2.conf ──▶ +0-3.conf  (Bad: sorted last, the
+//!        │                    │            │                       other slot boots)
+//!        └────────────────────┴────────────┴── mark_good: rename to basalt-V.conf (Good)
+//! mark_bad:  rename to basalt-V+0-D.conf (D = tries done, 0 for a blessed entry); the files
+//!            stay for diagnosis. systemd-boot still boots a Bad entry when *every* entry is
+//!            Bad, so `status().next` is `None` only when no entry is loadable at all.
+//! cancel:    remove the slot's entries (and kernels no other entry uses) → Absent.
+//! rollback(to): `to` must be Good; every entry of the other slot is renamed Bad.
+//! ```
+//!
+//! Status mapping, from the first entry of the slot in systemd-boot's order: no counter →
+//! Good, `+N[-M]` with N > 0 → Trying, `+0-M` → Bad, no loadable entry → Absent. An entry
+//! systemd-boot would not load (no `linux` line, kernel file missing, foreign architecture)
+//! is ignored exactly as the boot loader ignores it; a loadable `basalt-*.conf` that is not a
+//! valid Basalt entry (no `basalt.slot=`, malformed counter such as `+x-1`) is a typed error
+//! (fix: remove the file; `stage`/`cancel` cannot guess what it is).
+//!
+//! ## Write order (crash safety on a mounted ESP)
+//!
+//! `stage` writes kernel, initrd, then the entry (each temp + fsync + rename + fsync dir), and
+//! only then removes the slot's older entries and unreferenced kernels: the other slot's entry
+//! is never touched, so a bootable entry exists at every instant. Every other operation is a
+//! single rename or removal of the slot's own entry followed by garbage collection, and every
+//! operation can simply be retried after a crash.
+//!
+//! Versions: systemd-boot prefers the *higher* `version` (systemd's `strverscmp_improved`,
+//! not semver: `1.2.0-rc.1` sorts after `1.2.0`, write pre-releases as `1.2.0~rc.1`). So
+//! `stage` refuses a version that would not sort before the other slot's live entry: it
+//! would never boot. Downgrades go through `mark_bad`/`rollback` of the other slot first.
+//!
+//! Not modelled: `LoaderEntryDefault`/`LoaderEntryOneShot` EFI variables and a `default` line
+//! added to loader.conf by hand override the order (Basalt never sets them); systemd-boot 252
+//! mis-parses multi-digit counters, so Basalt writes at most [`entry::MAX_TRIES`] tries.
+
+pub mod entry;
+pub mod order;
+
+use std::collections::BTreeSet;
+
+use crate::esp::{self, Esp};
+use crate::{BootControl, BootState, BootStatus, BootTarget, Error, Slot, SlotBoot};
+
+use entry::{BasaltEntry, Counter, EntryFile, EntryName, BASALT_PREFIX};
+use order::SortItem;
+
+/// Directory of Type #1 entries.
+pub const ENTRIES_DIR: &str = "loader/entries";
+/// systemd-boot's configuration file.
+pub const LOADER_CONF: &str = "loader/loader.conf";
+/// Directory holding one sub-directory of kernel + initrd per version.
+pub const KERNELS_DIR: &str = "basalt";
+/// Vendor GUID of systemd-boot's EFI variables (`LoaderBootCountPath-<guid>` in efivarfs).
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// The loader.conf Basalt writes when none exists. No `default`: systemd-boot then boots the
+/// first entry of its sort order, which is what boot counting needs (a Bad entry sorts last).
+pub const LOADER_CONF_TEXT: &str = "\
+# Written by Basalt. No `default` on purpose: systemd-boot boots the first entry of its
+# order (sort-key, newest version first, entries with no tries left last).
+timeout 0
+editor no
+auto-entries no
+";
+
+/// Why systemd-boot does not load an entry file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unloadable {
+    /// No `linux` or `efi` line.
+    NoLoader,
+    /// The `linux`/`efi` file does not exist on the ESP.
+    LoaderMissing(String),
+    /// An `architecture` other than x64.
+    ForeignArchitecture,
+}
+
+/// One entry file as seen by the backend.
+#[derive(Debug, Clone)]
+pub struct EntryInfo {
+    /// File name in `loader/entries`.
+    pub file: String,
+    /// systemd-boot's reading of the name (base and counter).
+    pub name: EntryName,
+    /// systemd-boot's reading of the content.
+    pub content: EntryFile,
+    /// `None` when systemd-boot loads the entry.
+    pub unloadable: Option<Unloadable>,
+    /// The Basalt entry, for valid `basalt-*.conf` files.
+    pub basalt: Option<BasaltEntry>,
+}
+
+impl EntryInfo {
+    fn sort_item(&self) -> SortItem {
+        SortItem::new(
+            &self.file,
+            self.content.sort_key.as_deref(),
+            self.content.machine_id.as_deref(),
+            self.content.version.as_deref(),
+            self.name.counter,
+        )
+    }
+
+    fn slot(&self) -> Option<Slot> {
+        self.basalt.as_ref().map(|b| b.slot)
+    }
+
+    fn status(&self) -> BootStatus {
+        match self.name.counter {
+            None => BootStatus::Good,
+            Some(Counter { left: 0, .. }) => BootStatus::Bad,
+            Some(Counter { left, done }) => BootStatus::Trying {
+                tries_left: u32::try_from(left).unwrap_or(u32::MAX),
+                tries_done: u32::try_from(done).unwrap_or(u32::MAX),
+            },
+        }
+    }
+}
+
+fn is_basalt_file(file: &str) -> bool {
+    file.len() >= BASALT_PREFIX.len()
+        && file.is_char_boundary(BASALT_PREFIX.len())
+        && file[..BASALT_PREFIX.len()].eq_ignore_ascii_case(BASALT_PREFIX)
+}
+
+/// Normalise an ESP path from an entry (`/basalt//1.0/vmlinuz` → `basalt/1.0/vmlinuz`,
+/// lower-cased since FAT names are case-insensitive).
+fn norm(path: &str) -> String {
+    path.split(['/', '\\'])
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+        .to_ascii_lowercase()
+}
+
+/// The systemd-boot BLS backend over an ESP.
+#[derive(Debug)]
+pub struct BlsBackend<E: Esp> {
+    esp: E,
+}
+
+impl<E: Esp> BlsBackend<E> {
+    /// The backend on `esp`. Touches nothing.
+    pub fn new(esp: E) -> Self {
+        BlsBackend { esp }
+    }
+
+    /// The ESP.
+    pub fn esp(&self) -> &E {
+        &self.esp
+    }
+
+    /// The ESP, mutably (tests use it to damage things).
+    pub fn esp_mut(&mut self) -> &mut E {
+        &mut self.esp
+    }
+
+    /// Give the ESP back.
+    pub fn into_inner(self) -> E {
+        self.esp
+    }
+
+    /// Every entry file systemd-boot would look at (`*.conf` in `loader/entries`, not hidden,
+    /// not `auto-*`), in directory order. A missing `loader/entries` is no entry at all (as
+    /// for systemd-boot). Errors: unreadable files, and loadable `basalt-*.conf` files that
+    /// are not valid Basalt entries.
+    pub fn entries(&self) -> Result<Vec<EntryInfo>, Error> {
+        let Some(list) = self.esp.list(ENTRIES_DIR)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for f in list {
+            if f.is_dir || f.name.starts_with('.') || f.name.starts_with("auto-") {
+                continue;
+            }
+            let Some(name) = EntryName::parse_lenient(&f.name) else {
+                continue;
+            };
+            let path = esp::join(ENTRIES_DIR, &f.name);
+            let bytes = self.esp.read(&path)?;
+            let content = EntryFile::parse(&bytes);
+            let unloadable = if content.foreign_architecture {
+                Some(Unloadable::ForeignArchitecture)
+            } else {
+                match &content.loader {
+                    None => Some(Unloadable::NoLoader),
+                    Some((_, p)) => {
+                        let exists = !norm(p).is_empty() && self.esp.exists(&norm(p))?;
+                        (!exists).then(|| Unloadable::LoaderMissing(p.clone()))
+                    }
+                }
+            };
+            let basalt = if is_basalt_file(&f.name) {
+                let parsed = EntryName::parse(&f.name)
+                    .and_then(|_| BasaltEntry::parse(&f.name, &bytes));
+                match parsed {
+                    Ok(b) => Some(b),
+                    // systemd-boot would boot it, but we cannot tell which slot it is.
+                    Err(e) if unloadable.is_none() => return Err(e),
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            out.push(EntryInfo {
+                file: f.name,
+                name,
+                content,
+                unloadable,
+                basalt,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The loadable entries in systemd-boot's order; the first is what boots next.
+    pub fn boot_order(&self) -> Result<Vec<EntryInfo>, Error> {
+        let mut v: Vec<(SortItem, EntryInfo)> = self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.unloadable.is_none())
+            .map(|e| (e.sort_item(), e))
+            .collect();
+        v.sort_by(|a, b| order::compare(&a.0, &b.0));
+        Ok(v.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// The slot whose entry file is `file` (a name from [`booted_entry_file`]); matches on the
+    /// name without counter, so the name before or after systemd-boot's rename both work.
+    pub fn slot_of_entry(&self, file: &str) -> Result<Option<Slot>, Error> {
+        let want = EntryName::parse(file)?;
+        Ok(self
+            .entries()?
+            .into_iter()
+            .find(|e| e.name.base.eq_ignore_ascii_case(&want.base) && e.basalt.is_some())
+            .and_then(|e| e.slot()))
+    }
+
+    fn top(&self, slot: Slot) -> Result<Option<EntryInfo>, Error> {
+        Ok(self
+            .boot_order()?
+            .into_iter()
+            .find(|e| e.slot() == Some(slot)))
+    }
+
+    fn rename_entry(&mut self, from: &str, to: &str) -> Result<(), Error> {
+        if from == to {
+            return Ok(());
+        }
+        self.esp.rename(
+            &esp::join(ENTRIES_DIR, from),
+            &esp::join(ENTRIES_DIR, to),
+        )
+    }
+
+    fn ensure_loader_conf(&mut self) -> Result<(), Error> {
+        if !self.esp.exists(LOADER_CONF)? {
+            self.esp
+                .write_atomic(LOADER_CONF, LOADER_CONF_TEXT.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Remove temp files left by interrupted writes and kernel directories no entry refers
+    /// to. Only touches `loader/entries/.*.tmp` and `basalt/`.
+    pub fn collect_garbage(&mut self) -> Result<(), Error> {
+        if let Some(list) = self.esp.list(ENTRIES_DIR)? {
+            for f in list.iter().filter(|f| !f.is_dir && esp::is_temp_name(&f.name)) {
+                self.esp.remove(&esp::join(ENTRIES_DIR, &f.name))?;
+            }
+        }
+        let mut used = BTreeSet::new();
+        for e in self.entries()? {
+            let paths = e.content.loader.iter().map(|(_, p)| p).chain(&e.content.initrd);
+            for p in paths {
+                let p = norm(p);
+                let mut parts = p.split('/');
+                if let (Some(KERNELS_DIR), Some(dir)) = (parts.next(), parts.next()) {
+                    used.insert(dir.to_string());
+                }
+            }
+        }
+        let Some(dirs) = self.esp.list(KERNELS_DIR)? else {
+            return Ok(());
+        };
+        for d in dirs {
+            let path = esp::join(KERNELS_DIR, &d.name);
+            let keep = used.contains(&d.name.to_ascii_lowercase());
+            if !d.is_dir {
+                if !keep {
+                    self.esp.remove(&path)?;
+                }
+                continue;
+            }
+            for f in self.esp.list(&path)?.unwrap_or_default() {
+                if !keep || esp::is_temp_name(&f.name) {
+                    self.esp.remove(&esp::join(&path, &f.name))?;
+                }
+            }
+            if !keep {
+                self.esp.remove(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stage_inner(&mut self, slot: Slot, target: &BootTarget, tries: u32) -> Result<(), Error> {
+        let bad = |reason: String| Error::BlsTarget {
+            version: target.version.clone(),
+            reason,
+        };
+        if !(1..=entry::MAX_TRIES).contains(&tries) {
+            return Err(bad(format!(
+                "tries must be 1 to {} (systemd-boot 252 mis-reads multi-digit counters), got {tries}",
+                entry::MAX_TRIES
+            )));
+        }
+        entry::validate_version(&target.version).map_err(bad)?;
+        let hash = &target.usr_hash;
+        if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+            return Err(bad(format!("usr_hash must be 64 lower-case hex digits, got {hash:?}")));
+        }
+        if target.options.contains(['\n', '\r', '\0']) {
+            return Err(bad("options must be one line".into()));
+        }
+        let (Some(kernel), Some(initrd)) = (&target.kernel, &target.initrd) else {
+            return Err(bad("the BLS backend needs a kernel and an initrd".into()));
+        };
+        let entries = self.entries()?;
+        if entries.iter().any(|e| {
+            e.slot() == Some(!slot)
+                && e.basalt.as_ref().is_some_and(|b| b.version == target.version)
+        }) {
+            return Err(bad(format!(
+                "slot {} already holds this version; versions name entries and kernel \
+                 directories, so the two slots must differ",
+                !slot
+            )));
+        }
+
+        // systemd-boot orders by version: the staged entry only boots next if it sorts
+        // before every loadable entry of the other slot that still has tries.
+        let new_item = SortItem::new(
+            &format!("{BASALT_PREFIX}{}+{tries}.conf", target.version),
+            Some(entry::SORT_KEY),
+            None,
+            Some(&target.version),
+            Some(Counter {
+                left: u64::from(tries),
+                done: 0,
+            }),
+        );
+        if let Some(other) = self
+            .boot_order()?
+            .into_iter()
+            .find(|e| e.slot() == Some(!slot) && e.status() != BootStatus::Bad)
+        {
+            if order::compare(&new_item, &other.sort_item()) != std::cmp::Ordering::Less {
+                return Err(bad(format!(
+                    "systemd-boot would keep booting {} (slot {}): a staged version must be \
+                     newer in systemd's version order (use `~` for pre-releases), or the \
+                     other slot must be marked bad first",
+                    other.file, !slot
+                )));
+            }
+        }
+
+        // Space first: leftovers of earlier interrupted runs.
+        self.collect_garbage()?;
+        self.ensure_loader_conf()?;
+        let dir = entry::kernel_dir(&target.version);
+        esp::copy_in(&mut self.esp, &esp::join(&dir, "vmlinuz"), kernel)?;
+        esp::copy_in(&mut self.esp, &esp::join(&dir, "initrd"), initrd)?;
+        let e = BasaltEntry::new(&target.version, slot, hash, &target.options);
+        let name = EntryName {
+            base: format!("{BASALT_PREFIX}{}", target.version),
+            counter: Some(Counter {
+                left: u64::from(tries),
+                done: 0,
+            }),
+        };
+        let file = name.file_name();
+        self.esp
+            .write_atomic(&esp::join(ENTRIES_DIR, &file), e.render().as_bytes())?;
+
+        // The new entry is durable: now drop this slot's older entries (and Basalt-named
+        // files nobody can attribute to a slot). The other slot's entries stay untouched.
+        for old in self.entries()? {
+            let mine_or_unknown = match old.slot() {
+                Some(s) => s == slot,
+                None => is_basalt_file(&old.file),
+            };
+            if mine_or_unknown && !old.file.eq_ignore_ascii_case(&file) {
+                self.esp.remove(&esp::join(ENTRIES_DIR, &old.file))?;
+            }
+        }
+        self.collect_garbage()
+    }
+
+    fn set_bad(&mut self, slot: Slot) -> Result<(), Error> {
+        for e in self.boot_order()? {
+            if e.slot() != Some(slot) || e.status() == BootStatus::Bad {
+                continue;
+            }
+            let done = e.name.counter.map_or(0, |c| c.done);
+            let bad = EntryName {
+                base: e.name.base.clone(),
+                counter: Some(Counter { left: 0, done }),
+            };
+            self.rename_entry(&e.file, &bad.file_name())?;
+        }
+        Ok(())
+    }
+}
+
+fn slot_boot(slot: Slot, top: Option<&EntryInfo>) -> SlotBoot {
+    SlotBoot {
+        slot,
+        version: top.and_then(|e| e.basalt.as_ref()).map(|b| b.version.clone()),
+        status: top.map_or(BootStatus::Absent, EntryInfo::status),
+    }
+}
+
+impl<E: Esp> BootControl for BlsBackend<E> {
+    fn status(&self) -> Result<BootState, Error> {
+        let order = self.boot_order()?;
+        let top = |s: Slot| order.iter().find(|e| e.slot() == Some(s));
+        Ok(BootState {
+            slots: [slot_boot(Slot::A, top(Slot::A)), slot_boot(Slot::B, top(Slot::B))],
+            next: order.first().and_then(EntryInfo::slot),
+        })
+    }
+
+    fn stage(&mut self, slot: Slot, target: &BootTarget, tries: u32) -> Result<(), Error> {
+        let res = self.stage_inner(slot, target, tries);
+        if res.is_err() {
+            // Best effort: free what a failed copy left behind (e.g. on a full ESP). The
+            // previous entries were not touched before the new entry was complete.
+            let _ = self.collect_garbage();
+        }
+        res
+    }
+
+    fn mark_good(&mut self, slot: Slot) -> Result<(), Error> {
+        let Some(top) = self.top(slot)? else {
+            return Err(Error::IllegalTransition {
+                op: "mark good",
+                slot,
+                reason: "no loadable boot entry".into(),
+            });
+        };
+        match top.status() {
+            BootStatus::Good => Ok(()),
+            BootStatus::Trying { .. } => {
+                let good = EntryName {
+                    base: top.name.base.clone(),
+                    counter: None,
+                };
+                self.rename_entry(&top.file, &good.file_name())
+            }
+            _ => Err(Error::IllegalTransition {
+                op: "mark good",
+                slot,
+                reason: format!("entry {} is bad; stage the slot again", top.file),
+            }),
+        }
+    }
+
+    fn mark_bad(&mut self, slot: Slot) -> Result<(), Error> {
+        self.set_bad(slot)
+    }
+
+    fn cancel(&mut self, slot: Slot) -> Result<(), Error> {
+        if let Some(top) = self.top(slot)? {
+            if top.status() == BootStatus::Good {
+                return Err(Error::IllegalTransition {
+                    op: "cancel",
+                    slot,
+                    reason: "the slot is blessed (Good); use mark_bad or rollback".into(),
+                });
+            }
+        }
+        for e in self.entries()? {
+            if e.slot() == Some(slot) {
+                self.esp.remove(&esp::join(ENTRIES_DIR, &e.file))?;
+            }
+        }
+        self.collect_garbage()
+    }
+
+    fn rollback(&mut self, to: Slot) -> Result<(), Error> {
+        let status = self.top(to)?.map_or(BootStatus::Absent, |e| e.status());
+        if status != BootStatus::Good {
+            return Err(Error::IllegalTransition {
+                op: "roll back to",
+                slot: to,
+                reason: format!("it is {status:?}, not Good"),
+            });
+        }
+        self.set_bad(!to)
+    }
+
+    fn boot_attempt(&mut self) -> Result<Option<Slot>, Error> {
+        let Some(first) = self.boot_order()?.into_iter().next() else {
+            return Ok(None);
+        };
+        if let Some(next) = first.name.bumped_file_name() {
+            self.rename_entry(&first.file, &next)?;
+        }
+        Ok(first.slot())
+    }
+}
+
+/// Decode a string EFI variable as read from efivarfs: 4 attribute bytes, then UTF-16LE,
+/// optionally NUL-terminated. `name` is only used in errors.
+pub fn efivar_string(name: &str, bytes: &[u8]) -> Result<String, Error> {
+    let bad = |reason| Error::EfiVar {
+        name: name.to_string(),
+        reason,
+    };
+    let data = bytes
+        .get(4..)
+        .ok_or_else(|| bad("shorter than its 4 attribute bytes"))?;
+    if data.len() % 2 != 0 {
+        return Err(bad("odd number of UTF-16 bytes"));
+    }
+    let units: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units).map_err(|_| bad("invalid UTF-16"))
+}
+
+/// The entry file name the running system was booted from, from the contents of
+/// `LoaderBootCountPath` (preferred: systemd-boot sets it to the entry's path *after* its
+/// counter rename, e.g. `\loader\entries\basalt-1.2+2-1.conf`) or else `LoaderEntrySelected`
+/// (the lower-cased id as selected, before the rename). `None` when neither is given.
+pub fn booted_entry_file(
+    boot_count_path: Option<&[u8]>,
+    entry_selected: Option<&[u8]>,
+) -> Result<Option<String>, Error> {
+    let (name, bytes) = match (boot_count_path, entry_selected) {
+        (Some(b), _) => ("LoaderBootCountPath", b),
+        (None, Some(b)) => ("LoaderEntrySelected", b),
+        (None, None) => return Ok(None),
+    };
+    let s = efivar_string(name, bytes)?;
+    let file = s.rsplit(['\\', '/']).next().unwrap_or("").to_string();
+    if file.is_empty() {
+        return Err(Error::EfiVar {
+            name: name.to_string(),
+            reason: "empty entry name",
+        });
+    }
+    Ok(Some(file))
+}
+
+/// Set up a bootable ESP inside a disk image: format FAT at `offset`/`len`, copy systemd-boot
+/// (`systemd_boot`, usually [`esp::SYSTEMD_BOOT_EFI`]) to `EFI/BOOT/BOOTX64.EFI`, write
+/// loader.conf, then install each `(slot, target)` as a blessed (Good) entry with its kernel
+/// and initrd.
+pub fn install_boot_esp(
+    image: &std::path::Path,
+    offset: u64,
+    len: u64,
+    systemd_boot: &std::path::Path,
+    slots: &[(Slot, BootTarget)],
+) -> Result<esp::FatImageEsp, Error> {
+    let esp = esp::build_esp_image(
+        image,
+        offset,
+        len,
+        &[(esp::DEFAULT_LOADER_PATH, systemd_boot)],
+    )?;
+    let mut bls = BlsBackend::new(esp);
+    bls.ensure_loader_conf()?;
+    for (slot, target) in slots {
+        bls.stage(*slot, target, 1)?;
+        bls.mark_good(*slot)?;
+    }
+    Ok(bls.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn efivars_decode() {
+        let mut v = vec![7, 0, 0, 0];
+        for u in "\\loader\\entries\\basalt-1.2+2-1.conf\0".encode_utf16() {
+            v.extend(u.to_le_bytes());
+        }
+        assert_eq!(
+            booted_entry_file(Some(&v), None).unwrap().as_deref(),
+            Some("basalt-1.2+2-1.conf")
+        );
+        assert_eq!(booted_entry_file(None, None).unwrap(), None);
+        for bad in [&[1u8, 2][..], &[0, 0, 0, 0, 65][..], &[0, 0, 0, 0, 0, 0xd8][..], &[0; 4][..]] {
+            assert!(matches!(booted_entry_file(None, Some(bad)), Err(Error::EfiVar { .. })));
+        }
+    }
+
+    #[test]
+    fn paths_normalise() {
+        assert_eq!(norm("/Basalt//1.0\\vmlinuz"), "basalt/1.0/vmlinuz");
+    }
+}
