@@ -1,5 +1,9 @@
 //! Fuzzes every parser of `basalt-manifest` and release verification against a fixed trust
 //! root. Never panics; round trips must be stable.
+//!
+//! Seeds (a manifest, a signed release, a trust root, a usr-hash statement) are committed in
+//! `seeds/envelope/` (the corpus folder itself is git-ignored):
+//! `cargo +nightly fuzz run envelope corpus/envelope seeds/envelope`.
 
 #![no_main]
 
