@@ -919,12 +919,18 @@ proptest! {
 }
 
 #[test]
-fn single_byte_changes_to_trust_roots_and_usr_hashes_are_refused_exhaustively() {
+fn every_position_flipped_is_refused_for_each_document_kind() {
     // Exhaustive over positions (one flipped bit each) for the smaller documents.
     let (a, b) = (key(1), key(2));
     let trust = sign_trust_root(&root_doc(1, 1, &[&a, &b]), &[&a, &b]).unwrap();
     let root = TrustRoot::from_initial_envelope(&trust).unwrap();
     let usr = sign_usr_hash(&usr_statement(), &[&a, &b]).unwrap();
+    let release = signed(&manifest(), &[&a, &b]);
+    for i in 0..release.len() {
+        let mut r = release.clone();
+        r[i] ^= 0x01;
+        assert!(verify(&r, &root, &policy()).is_err(), "release byte {i}");
+    }
     for i in 0..trust.len() {
         let mut t = trust.clone();
         t[i] ^= 0x01;
