@@ -926,6 +926,8 @@ fn every_position_flipped_is_refused_for_each_document_kind() {
     let root = TrustRoot::from_initial_envelope(&trust).unwrap();
     let usr = sign_usr_hash(&usr_statement(), &[&a, &b]).unwrap();
     let release = signed(&manifest(), &[&a, &b]);
+    assert!(verify(&release, &root, &policy()).is_ok());
+    assert!(verify_usr_hash(&usr, &root, &"ab".repeat(32)).is_ok());
     for i in 0..release.len() {
         let mut r = release.clone();
         r[i] ^= 0x01;
