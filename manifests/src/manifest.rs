@@ -5,6 +5,27 @@
 //! `schema_version` is read first (an unknown version is refused by number, not by whatever
 //! field it happens to add), then the v1 schema is parsed with unknown fields refused, then the
 //! cross-field rules of [`Manifest::validate`] are applied.
+//!
+//! ```
+//! let json = br#"{
+//!   "schema_version": 1, "os": "basalt", "version": "1.2.0", "channel": "stable",
+//!   "arch": "x86_64", "sequence": 10,
+//!   "issued_at": "2026-06-01T11:00:00Z", "expires_at": "2026-06-08T12:00:00Z",
+//!   "artifacts": [
+//!     {"kind": "usr", "name": "usr.img", "size": 1052672,
+//!      "sha256": "1111111111111111111111111111111111111111111111111111111111111111",
+//!      "compression": {"algorithm": "zstd", "compressed_size": 4000,
+//!        "compressed_sha256": "2222222222222222222222222222222222222222222222222222222222222222"},
+//!      "verity": {"root_hash": "3333333333333333333333333333333333333333333333333333333333333333",
+//!        "salt": "00ff", "data_blocks": 256, "hash_offset": 1048576, "hash_algorithm": "sha256",
+//!        "data_block_size": 4096, "hash_block_size": 4096}},
+//!     {"kind": "kernel", "name": "vmlinuz", "size": 5000,
+//!      "sha256": "4444444444444444444444444444444444444444444444444444444444444444"}
+//!   ]
+//! }"#;
+//! let manifest = basalt_manifest::Manifest::from_json(json).unwrap();
+//! assert_eq!(manifest.artifacts_of(basalt_manifest::ArtifactKind::Usr).count(), 1);
+//! ```
 
 use chrono::{DateTime, Utc};
 use semver::Version;
