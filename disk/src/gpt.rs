@@ -505,8 +505,10 @@ fn copy_runs(
             reason: e.to_string(),
         })?;
     let header_off = header.primary_lba * SECTOR_SIZE;
-    let (mut head, mut rest): (Vec<_>, Vec<_>) =
-        cap.runs.into_iter().partition(|(off, _)| *off == header_off);
+    let (mut head, mut rest): (Vec<_>, Vec<_>) = cap
+        .runs
+        .into_iter()
+        .partition(|(off, _)| *off == header_off);
     rest.append(&mut head);
     Ok(rest)
 }
@@ -537,7 +539,8 @@ pub fn write_table<D: DiskIo + ?Sized>(
                 .and_then(|_| dev.write_all(&data))
                 .map_err(io_err("write partition table to", path))?;
         }
-        dev.sync_data().map_err(io_err("sync partition table on", path))?;
+        dev.sync_data()
+            .map_err(io_err("sync partition table on", path))?;
     }
     Ok(())
 }

@@ -7,18 +7,18 @@
 pub mod bls;
 pub mod boot;
 mod error;
+pub mod esp;
 pub mod gpt;
 pub mod gptprio;
 pub mod layout;
 pub mod range;
 pub mod slots;
-pub mod esp;
 
-pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
 pub use bls::BlsBackend;
+pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
 pub use error::Error;
+pub use esp::{DirEsp, Esp, FatImageEsp};
 pub use gptprio::GptPrio;
 pub use layout::{create_image, Layout, LayoutSpec};
 pub use range::{PartitionRange, RangeReader, RangeWriter};
 pub use slots::{Inventory, RootHash, SlotInfo, SlotPart, SlotState};
-pub use esp::{DirEsp, Esp, FatImageEsp};

@@ -75,7 +75,11 @@ fn stage_cancel_restage() {
     );
     // undo
     gp.cancel(Slot::B).unwrap();
-    assert_eq!(fields(&gp), before, "cancel restores exactly the pre-stage fields");
+    assert_eq!(
+        fields(&gp),
+        before,
+        "cancel restores exactly the pre-stage fields"
+    );
     assert_eq!(gp.status().unwrap().next, Some(Slot::A));
     // redo
     gp.stage(Slot::B, &target(), 3).unwrap();
@@ -179,7 +183,10 @@ fn illegal_transitions_are_typed_and_write_nothing() {
     let mut gp = GptPrio::new(Cursor::new(before.clone()), Path::new("mem"));
     // Cancelling a slot that is not staged: a no-op (retry-safe); a good slot: refused.
     gp.cancel(Slot::B).unwrap();
-    assert!(matches!(gp.cancel(Slot::A), Err(Error::IllegalTransition { .. })));
+    assert!(matches!(
+        gp.cancel(Slot::A),
+        Err(Error::IllegalTransition { .. })
+    ));
     assert!(matches!(
         gp.stage(Slot::B, &target(), 0),
         Err(Error::IllegalTransition { .. })
@@ -188,7 +195,10 @@ fn illegal_transitions_are_typed_and_write_nothing() {
         gp.stage(Slot::B, &target(), 16),
         Err(Error::IllegalTransition { .. })
     ));
-    assert!(matches!(gp.rollback(Slot::B), Err(Error::IllegalTransition { .. })));
+    assert!(matches!(
+        gp.rollback(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
     assert_eq!(gp.into_inner().into_inner(), before);
 
     // Staging or blessing an empty slot is refused.
@@ -199,8 +209,14 @@ fn illegal_transitions_are_typed_and_write_nothing() {
         gp.stage(Slot::B, &target(), 3),
         Err(Error::IllegalTransition { .. })
     ));
-    assert!(matches!(gp.mark_good(Slot::B), Err(Error::IllegalTransition { .. })));
-    assert_eq!(gp.status().unwrap().slot(Slot::B).status, BootStatus::Absent);
+    assert!(matches!(
+        gp.mark_good(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert_eq!(
+        gp.status().unwrap().slot(Slot::B).status,
+        BootStatus::Absent
+    );
 }
 
 #[test]

@@ -319,7 +319,7 @@ fn tour(d: &mut Demo) -> Result<()> {
     let cases: [(&str, Vec<&str>); 3] = [
         (
             "replayed (sequence 1 already seen)",
-            vec!["--min-sequence", "1", "--now", "2026-11-29T12:00:00Z"],
+            vec!["--last-sequence", "1", "--now", "2026-11-29T12:00:00Z"],
         ),
         (
             "downgrade (node runs 2.0.0)",

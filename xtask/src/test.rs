@@ -111,10 +111,7 @@ pub fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[
-    ("verity", "superblock"),
-    ("manifests", "envelope"),
-];
+const FUZZ_TARGETS: &[(&str, &str)] = &[("verity", "superblock"), ("manifests", "envelope")];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
@@ -125,12 +122,19 @@ fn fuzz(seconds: u32) -> Result<()> {
     }
     let root = sh::root();
     for (dir, target) in FUZZ_TARGETS {
-        sh::run(
-            Command::new("cargo")
-                .current_dir(root.join(dir))
-                .args(["+nightly", "fuzz", "run", target, "--"])
-                .arg(format!("-max_total_time={seconds}")),
-        )?;
+        // A scratch corpus (gitignored) seeded from the committed seeds, when there are any.
+        let fuzz_dir = root.join(dir).join("fuzz");
+        let corpus = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root.join(dir))
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus);
+        let seeds = fuzz_dir.join("seeds").join(target);
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        sh::run(cmd.arg("--").arg(format!("-max_total_time={seconds}")))?;
     }
     Ok(())
 }
