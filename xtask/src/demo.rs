@@ -10,6 +10,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use basalt_image::build::erofs;
+
 use crate::sh;
 
 #[derive(Debug, Parser)]
@@ -139,17 +141,11 @@ fn tour(d: &mut Demo) -> Result<()> {
         )?;
     }
     let usr = d.path("usr-1.0.0.erofs");
-    sh::run(
-        Command::new("mkfs.erofs")
-            .args([
-                "-q",
-                "-T0",
-                "--all-root",
-                "-U",
-                "00000000-0000-0000-0000-000000000001",
-            ])
-            .arg(&usr)
-            .arg(&tree),
+    erofs::pack(
+        &tree,
+        &usr,
+        &erofs::derived_uuid("basalt 1.0.0"),
+        erofs::Compression::Lz4hc,
     )?;
     let size = std::fs::metadata(&usr)?.len();
     println!("      usr image: {} ({} KiB)", usr.display(), size / 1024);
@@ -162,11 +158,18 @@ fn tour(d: &mut Demo) -> Result<()> {
     );
     let salt = "5a17".repeat(16);
     let uuid = "2d6b5ed2-4b6e-4f8b-9f5f-6a3b1f1e9c01";
+    let offset = size.to_string();
+    // The shipped artifact is the erofs image with its hash tree appended (one download);
+    // the updater splits it into the usr and usr-verity partitions.
+    std::fs::copy(&usr, d.path("usr.img"))?;
+    std::fs::copy(&usr, d.path("peer.img"))?;
     let ours = d.basalt(&[
         "verity",
         "format",
-        "usr-1.0.0.erofs",
-        "usr.verity",
+        "usr.img",
+        "usr.img",
+        "--hash-offset",
+        &offset,
         "--salt",
         &salt,
         "--uuid",
@@ -181,8 +184,10 @@ fn tour(d: &mut Demo) -> Result<()> {
     println!("      basalt root hash:      {root_hash}");
     let peer = sh::output(Command::new("veritysetup").current_dir(&d.dir).args([
         "format",
-        "usr-1.0.0.erofs",
-        "peer.verity",
+        "peer.img",
+        "peer.img",
+        "--hash-offset",
+        &offset,
         "--salt",
         &salt,
         "--uuid",
@@ -195,9 +200,9 @@ fn tour(d: &mut Demo) -> Result<()> {
         .unwrap_or_default()
         .to_owned();
     println!("      veritysetup root hash: {peer_root}");
-    let same = std::fs::read(d.path("usr.verity"))? == std::fs::read(d.path("peer.verity"))?;
+    let same = std::fs::read(d.path("usr.img"))? == std::fs::read(d.path("peer.img"))?;
     println!(
-        "      hash trees byte-identical: {}",
+        "      image + appended hash tree byte-identical: {}",
         if same { "yes" } else { "NO" }
     );
     if !same || peer_root != root_hash {
@@ -209,15 +214,17 @@ fn tour(d: &mut Demo) -> Result<()> {
         "Corruption is caught",
         "Flip one byte of a copy of the image: verification names the bad block.",
     );
-    let bad = d.path("usr-corrupt.erofs");
-    std::fs::copy(&usr, &bad)?;
+    let bad = d.path("usr-corrupt.img");
+    std::fs::copy(d.path("usr.img"), &bad)?;
     flip_byte(&bad, 3 * 4096 + 17)?;
     let msg = d.basalt_refused(&[
         "verity",
         "verify",
-        "usr-corrupt.erofs",
-        "usr.verity",
+        "usr-corrupt.img",
+        "usr-corrupt.img",
         &root_hash,
+        "--hash-offset",
+        &offset,
     ])?;
     print!("{}", indent(&msg));
 
@@ -267,14 +274,14 @@ fn tour(d: &mut Demo) -> Result<()> {
         "expires_at": "2027-11-01T00:00:00Z",
         "artifacts": [{
             "kind": "usr",
-            "name": "usr-1.0.0.erofs",
-            "size": size,
-            "sha256": sha256_hex(&usr)?,
+            "name": "usr.img",
+            "size": std::fs::metadata(d.path("usr.img"))?.len(),
+            "sha256": sha256_hex(&d.path("usr.img"))?,
             "verity": {
                 "root_hash": root_hash,
                 "salt": salt,
                 "data_blocks": info["data_blocks"],
-                "hash_offset": 0,
+                "hash_offset": size,
                 "hash_algorithm": "sha256",
                 "data_block_size": 4096,
                 "hash_block_size": 4096
