@@ -51,7 +51,7 @@ pub enum Error {
         output: String,
     },
     /// `apt-get download` of the kernel package failed.
-    #[error("downloading Debian package {package} into {dir}")]
+    #[error("downloading Debian package {package} into {dir} (package lists stale? run `apt-get update`)")]
     KernelDownload {
         /// The package.
         package: String,
@@ -212,7 +212,7 @@ pub enum Error {
         /// Time since QEMU started.
         elapsed: Duration,
         /// Where the console was and what it said last.
-        console: ConsoleExcerpt,
+        console: Box<ConsoleExcerpt>,
     },
     /// QEMU exited while a console marker was awaited.
     #[error("QEMU exited ({status}) before any of {markers:?} appeared on the console\n{console}")]
@@ -222,7 +222,7 @@ pub enum Error {
         /// QEMU's exit status.
         status: String,
         /// Where the console was and what it said last.
-        console: ConsoleExcerpt,
+        console: Box<ConsoleExcerpt>,
     },
     /// QEMU did not exit in time; it was killed.
     #[error("QEMU did not exit within {timeout:?}; killed\n{console}")]
@@ -230,7 +230,7 @@ pub enum Error {
         /// The timeout of this step.
         timeout: Duration,
         /// Where the console was and what it said last.
-        console: ConsoleExcerpt,
+        console: Box<ConsoleExcerpt>,
     },
     /// QEMU itself failed (non-zero exit: bad arguments, missing file, crash).
     #[error("QEMU failed ({status})\n{console}")]
@@ -238,7 +238,7 @@ pub enum Error {
         /// QEMU's exit status.
         status: String,
         /// Where the console was and what it said last.
-        console: ConsoleExcerpt,
+        console: Box<ConsoleExcerpt>,
     },
     /// The guest ended in another way than the scenario expected.
     #[error("expected the guest to {expected}, but it ended with {actual:?}\n{console}")]
@@ -248,7 +248,7 @@ pub enum Error {
         /// How it ended.
         actual: crate::vm::GuestExit,
         /// Where the console was and what it said last.
-        console: ConsoleExcerpt,
+        console: Box<ConsoleExcerpt>,
     },
 }
 

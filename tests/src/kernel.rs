@@ -105,7 +105,7 @@ impl KernelTree {
             dir: root.to_path_buf(),
             problem,
         };
-        let version = kernel_release(root).map_err(|e| invalid(e.to_string()))?;
+        let version = kernel_release(root).map_err(invalid)?;
         let tree = Self {
             package: package.to_string(),
             root: root.to_path_buf(),
@@ -160,13 +160,11 @@ fn parse_depends(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The single folder name under `lib/modules`: the kernel release.
-fn kernel_release(root: &Path) -> Result<String> {
+/// The single folder name under `lib/modules`: the kernel release. The error is the problem,
+/// for [`Error::KernelTreeInvalid`].
+fn kernel_release(root: &Path) -> Result<String, String> {
     let dir = root.join("lib/modules");
-    let entries = fs::read_dir(&dir).map_err(|source| Error::ReadFile {
-        path: dir.clone(),
-        source,
-    })?;
+    let entries = fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
@@ -174,11 +172,10 @@ fn kernel_release(root: &Path) -> Result<String> {
         .collect();
     match names.len() {
         1 => Ok(names.remove(0)),
-        n => Err(Error::KernelTreeInvalid {
-            package: String::new(),
-            dir,
-            problem: format!("expected one kernel release folder, found {n}: {names:?}"),
-        }),
+        n => Err(format!(
+            "expected one kernel release folder in {}, found {n}: {names:?}",
+            dir.display()
+        )),
     }
 }
 
@@ -205,10 +202,10 @@ fn prepare(package: &str, work: &Path) -> Result<()> {
         path: deb.clone(),
         source,
     })?;
-    let version = kernel_release(work).map_err(|e| Error::KernelTreeInvalid {
+    let version = kernel_release(work).map_err(|problem| Error::KernelTreeInvalid {
         package: package.to_string(),
         dir: work.to_path_buf(),
-        problem: e.to_string(),
+        problem,
     })?;
     let mut depmod = DEPMOD.command()?;
     depmod

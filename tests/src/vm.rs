@@ -511,7 +511,7 @@ impl Vm {
                 return Err(Error::ExitedBeforeMarker {
                     markers: owned(markers),
                     status,
-                    console: self.excerpt(),
+                    console: Box::new(self.excerpt()),
                 });
             }
             let now = Instant::now();
@@ -522,7 +522,7 @@ impl Vm {
                     markers: owned(markers),
                     timeout,
                     elapsed: self.elapsed(),
-                    console: self.excerpt(),
+                    console: Box::new(self.excerpt()),
                 });
             }
             state = console
@@ -544,7 +544,7 @@ impl Vm {
                 self.kill()?;
                 return Err(Error::ExitTimeout {
                     timeout,
-                    console: self.excerpt(),
+                    console: Box::new(self.excerpt()),
                 });
             }
             Err(e) => return Err(e),
@@ -552,7 +552,7 @@ impl Vm {
         if !status.success() {
             return Err(Error::QemuFailed {
                 status: describe(status),
-                console: self.excerpt(),
+                console: Box::new(self.excerpt()),
             });
         }
         let state = self.console.lock();
@@ -589,7 +589,7 @@ impl Vm {
             Err(Error::UnexpectedGuestExit {
                 expected,
                 actual,
-                console: self.excerpt(),
+                console: Box::new(self.excerpt()),
             })
         }
     }
@@ -654,12 +654,12 @@ impl Vm {
             if Instant::now() >= deadline {
                 return Err(Error::ExitTimeout {
                     timeout,
-                    console: ConsoleExcerpt {
+                    console: Box::new(ConsoleExcerpt {
                         serial_log: self.serial_log.clone(),
                         tail: String::new(),
                         qemu_log: self.qemu_log.clone(),
                         qemu_stderr: String::new(),
-                    },
+                    }),
                 });
             }
             std::thread::sleep(POLL);
@@ -729,7 +729,7 @@ fn clean_console(bytes: &[u8]) -> String {
             '\x1b' => {
                 // CSI: ESC [ params final-byte(@..~); other escapes: ESC + one char.
                 if chars.next_if_eq(&'[').is_some() {
-                    while let Some(p) = chars.next() {
+                    for p in chars.by_ref() {
                         if ('@'..='~').contains(&p) {
                             break;
                         }

@@ -4,7 +4,7 @@
 //! (`$((6 * 7))`), so the marker text exists nowhere but in the guest's output.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use basalt_tests::elf::Elf64;
@@ -131,21 +131,74 @@ fn reboot_is_told_from_power_off_and_timeouts_kill_qemu() -> Result<()> {
     Ok(())
 }
 
-/// (b) OVMF → systemd-boot (boot counting) → the same kernel → initramfs reading the loader's
-/// EFI variables through efivarfs.
+/// Run 1 writes what it read from a read-only data disk (/dev/vdb) onto the main disk
+/// (/dev/vda); run 2, a new QEMU on the same disk image, reads it back.
 #[test]
-fn uefi_systemd_boot_counts_tries() -> Result<()> {
+fn disk_contents_survive_across_runs_and_data_disks_are_read_only() -> Result<()> {
     let kernel = KernelTree::shared()?;
     let dir = tempfile::tempdir()?;
-    let read_var = format!(
-        "read_var() {{ dd if=/sys/firmware/efi/efivars/$1-{LOADER_GUID} bs=1 skip=4 2>/dev/null | tr -d '\\000'; }}\n"
+    let main = dir.path().join("main.img");
+    let data = dir.path().join("data.img");
+    std::fs::write(&main, vec![0u8; 1 << 20])?;
+    let mut payload = b"payload-from-the-host\n".to_vec();
+    payload.resize(4096, 0);
+    std::fs::write(&data, &payload)?;
+    let body = "\
+first=$(head -c 9 /dev/vda)
+if [ \"$first\" = persisted ]; then
+    echo \"harness: run 2 found [$(head -n 1 /dev/vda)]\"
+else
+    echo \"persisted $(head -n 1 /dev/vdb)\" | dd of=/dev/vda conv=notrunc 2>/dev/null
+    sync
+    if echo x | dd of=/dev/vdb 2>/dev/null; then w=writable; else w=read-only; fi
+    echo \"harness: run 1 wrote; data disk $w $((6 * 7))\"
+fi
+poweroff -f
+";
+    let initrd = dir.path().join("initrd.img");
+    BusyboxInitramfs::new(format!("{INIT_PRELUDE}{body}"))
+        .modules(&kernel, &["virtio_pci", "virtio_blk"])?
+        .build(&initrd)?;
+    let config = VmConfig::direct(dir.path(), &kernel.vmlinux, Some(initrd), CMDLINE)
+        .disk(&main)
+        .data_disk(&data)
+        .no_reboot(true);
+
+    let mut run1 = config.spawn()?;
+    run1.expect("run 1 wrote; data disk read-only 42", DIRECT_BOOT)?;
+    run1.expect_poweroff(SHUTDOWN)?;
+    drop(run1);
+    let mut run2 = config.spawn()?;
+    run2.expect("run 2 found [persisted payload-from-the-host]", DIRECT_BOOT)?;
+    run2.expect_poweroff(SHUTDOWN)?;
+    ensure!(run2.serial_log().ends_with("serial-2.log"));
+    ensure!(std::fs::read(&main)?.starts_with(b"persisted payload-from-the-host\n"));
+    ensure!(
+        std::fs::read(&data)? == payload,
+        "the read-only disk changed"
     );
+    Ok(())
+}
+
+/// (b) OVMF → systemd-boot (boot counting) → the same kernel → an initramfs that reads the
+/// loader's EFI variables through efivarfs. One QEMU run, two boots: the first boot reboots
+/// (firmware again, tries counted down again), the second powers off.
+#[test]
+fn uefi_systemd_boot_counts_tries_across_a_reboot() -> Result<()> {
+    let kernel = KernelTree::shared()?;
+    let dir = tempfile::tempdir()?;
     let body = format!(
-        "mount -t efivarfs efivarfs /sys/firmware/efi/efivars\n{read_var}\
-         echo \"harness: uefi boot reached init $((6 * 7))\"\n\
-         echo \"harness: LoaderBootCountPath=[$(read_var LoaderBootCountPath)]\"\n\
-         echo \"harness: LoaderEntrySelected=[$(read_var LoaderEntrySelected)]\"\n\
-         poweroff -f\n"
+        r#"mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+read_var() {{ dd if=/sys/firmware/efi/efivars/$1-{LOADER_GUID} bs=1 skip=4 2>/dev/null | tr -d '\000'; }}
+path=$(read_var LoaderBootCountPath)
+echo "harness: uefi boot reached init $((6 * 7))"
+echo "harness: LoaderBootCountPath=[$path]"
+echo "harness: LoaderEntrySelected=[$(read_var LoaderEntrySelected)]"
+case "$path" in
+    *+2-1.conf) reboot -f ;;
+    *) poweroff -f ;;
+esac
+"#
     );
     let initrd = dir.path().join("initrd.img");
     BusyboxInitramfs::new(format!("{INIT_PRELUDE}{body}"))
@@ -172,43 +225,42 @@ fn uefi_systemd_boot_counts_tries() -> Result<()> {
         .build(&disk)?;
     ensure!(esp_list(&disk, "loader/entries")? == ["test+3.conf"]);
 
-    let started = Instant::now();
-    let mut vm = VmConfig::uefi(dir.path())
-        .disk(&disk)
-        .no_reboot(true)
-        .spawn()?;
-    let at = vm.expect("uefi boot reached init 42", UEFI_BOOT)?;
+    let mut vm = VmConfig::uefi(dir.path()).disk(&disk).spawn()?;
+    // BLS boot counting: `+3` becomes `+2-1` (2 left, 1 done) before the kernel starts, then
+    // `+1-2` on the next boot.
+    let first = vm.expect(
+        "LoaderBootCountPath=[\\loader\\entries\\test+2-1.conf]",
+        UEFI_BOOT,
+    )?;
+    let second = vm.expect(
+        "LoaderBootCountPath=[\\loader\\entries\\test+1-2.conf]",
+        UEFI_BOOT,
+    )?;
     vm.expect_poweroff(SHUTDOWN)?;
-    let console = vm.console();
-    let value = |name: &str| {
-        let start = format!("{name}=[");
-        console
-            .split(&start)
-            .nth(1)
-            .and_then(|rest| rest.split(']').next())
-            .map(str::to_string)
-    };
-    let count_path = value("LoaderBootCountPath").unwrap_or_default();
-    let selected = value("LoaderEntrySelected").unwrap_or_default();
     eprintln!(
-        "OVMF → systemd-boot → kernel: marker after {:.1} s, QEMU gone after {:.1} s",
-        at.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        "OVMF → systemd-boot → kernel → init: first boot {:.1} s, second (after a guest \
+         reboot) {:.1} s, QEMU gone after {:.1} s",
+        first.as_secs_f64(),
+        second.as_secs_f64(),
+        vm.elapsed().as_secs_f64()
     );
-    // BLS boot counting: `+3` becomes `+2-1` (2 left, 1 done) before the kernel starts.
+    let console = vm.console();
+    let boots = console.matches("uefi boot reached init 42").count();
+    ensure!(boots == 2, "{boots} boots on the console");
+    // The entry id each boot reports: systemd-boot 252 uses the file name as found, before
+    // that boot's rename; later versions strip the counter (`test.conf`).
+    let selected: Vec<&str> = console
+        .split("LoaderEntrySelected=[")
+        .skip(1)
+        .filter_map(|rest| rest.split(']').next())
+        .collect();
     ensure!(
-        count_path.ends_with("\\loader\\entries\\test+2-1.conf"),
-        "LoaderBootCountPath was {count_path:?}"
-    );
-    // The entry id is fixed before the rename: systemd-boot 252 keeps the original file name
-    // (`test+3.conf`), later versions strip the counter (`test.conf`).
-    ensure!(
-        selected == "test+3.conf" || selected == "test.conf",
+        selected == ["test+3.conf", "test+2-1.conf"] || selected == ["test.conf", "test.conf"],
         "LoaderEntrySelected was {selected:?}"
     );
     let entries = esp_list(&disk, "loader/entries")?;
-    ensure!(entries == ["test+2-1.conf"], "ESP entries: {entries:?}");
-    let renamed = esp_read(&disk, "loader/entries/test+2-1.conf")?;
+    ensure!(entries == ["test+1-2.conf"], "ESP entries: {entries:?}");
+    let renamed = esp_read(&disk, "loader/entries/test+1-2.conf")?;
     ensure!(String::from_utf8_lossy(&renamed).contains("Basalt harness self-test"));
     Ok(())
 }
