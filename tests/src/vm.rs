@@ -28,6 +28,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -279,11 +280,26 @@ impl VmConfig {
             path: qemu_log.clone(),
             source,
         })?;
-        let mut child = std::process::Command::new(&program)
+        let mut command = std::process::Command::new(&program);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
+            .stderr(Stdio::from(stderr));
+        // If the test process dies without running `Drop` (SIGKILL, a harness timeout), QEMU
+        // must not keep burning a shared CPU: the kernel kills it when the thread that spawned
+        // it ends. So a `Vm` must not outlive the thread that called `spawn`.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|source| Error::QemuSpawn {
                 command: command_line,
@@ -433,7 +449,8 @@ fn pump(mut from: ChildStdout, mut log: File, console: &Console, echo: bool) {
     console.changed.notify_all();
 }
 
-/// A running (or finished) guest. Dropping it kills QEMU by pid if it still runs.
+/// A running (or finished) guest. Dropping it kills QEMU by pid if it still runs; QEMU also
+/// dies with the thread that spawned it, so keep a `Vm` on that thread.
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
