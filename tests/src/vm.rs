@@ -299,12 +299,10 @@ impl VmConfig {
                 }
             });
         }
-        let mut child = command
-            .spawn()
-            .map_err(|source| Error::QemuSpawn {
-                command: command_line,
-                source,
-            })?;
+        let mut child = command.spawn().map_err(|source| Error::QemuSpawn {
+            command: command_line,
+            source,
+        })?;
         let started = Instant::now();
         let pid = child.id();
         let console = Arc::new(Console::default());
