@@ -62,6 +62,30 @@ const POLL: Duration = Duration::from_millis(20);
 /// Bound on `serial-N.log` names tried in one work folder.
 const MAX_RUNS: u32 = 10_000;
 
+/// Environment variable overriding where [`scenario_dir`] puts scenario folders.
+pub const SCENARIO_ROOT_ENV: &str = "BASALT_VM_DIR";
+
+/// A fresh work folder for scenario `name`: `<workspace>/build/vm/<name>` (or under
+/// `$BASALT_VM_DIR`), emptied first and kept afterwards, so the serial logs named in a failure
+/// are still there to read. Give each test its own `name`.
+pub fn scenario_dir(name: &str) -> Result<PathBuf> {
+    let root = std::env::var_os(SCENARIO_ROOT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("build").join("vm"));
+    let dir = root.join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|source| Error::Remove {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
 /// How the guest is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {

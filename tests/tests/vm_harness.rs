@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use basalt_tests::elf::Elf64;
 use basalt_tests::fixture::{esp_list, esp_read, BusyboxInitramfs, EspDisk, Source, INIT_PRELUDE};
 use basalt_tests::kernel::KernelTree;
-use basalt_tests::vm::{GuestExit, VmConfig};
+use basalt_tests::vm::{scenario_dir, GuestExit, VmConfig};
 use basalt_tests::Error;
 
 /// Generous: a direct boot takes ≈4 s idle under TCG, several times that on a loaded host.
@@ -61,13 +61,13 @@ fn kernel_tree_is_complete_and_cached() -> Result<()> {
 #[test]
 fn direct_boot_pvh_vmlinux_to_busybox_and_power_off() -> Result<()> {
     let kernel = KernelTree::shared()?;
-    let dir = tempfile::tempdir()?;
+    let dir = scenario_dir("harness-direct-boot")?;
     let initrd = initramfs(
-        dir.path(),
+        dir.as_path(),
         "echo \"harness: direct boot reached init $((6 * 7))\"\npoweroff -f\n",
     )?;
     let config =
-        VmConfig::direct(dir.path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
+        VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
     let mut vm = config.spawn()?;
     let at = vm.expect("direct boot reached init 42", DIRECT_BOOT)?;
     vm.expect_poweroff(SHUTDOWN)?;
@@ -90,25 +90,25 @@ fn direct_boot_pvh_vmlinux_to_busybox_and_power_off() -> Result<()> {
 #[test]
 fn reboot_is_told_from_power_off_and_timeouts_kill_qemu() -> Result<()> {
     let kernel = KernelTree::shared()?;
-    let dir = tempfile::tempdir()?;
+    let dir = scenario_dir("harness-reboot-exit")?;
     let initrd = initramfs(
-        dir.path(),
+        dir.as_path(),
         "echo \"harness: about to reboot $((6 * 7))\"\nreboot -f\n",
     )?;
     let config =
-        VmConfig::direct(dir.path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
+        VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
     let mut vm = config.spawn()?;
     let which = vm.expect_any(&["never printed", "about to reboot 42"], DIRECT_BOOT)?;
     ensure!(which == 1, "expect_any picked {which}");
     ensure!(vm.wait_exit(SHUTDOWN)? == GuestExit::Reboot);
 
-    let dir = tempfile::tempdir()?;
+    let dir = scenario_dir("harness-timeout-kill")?;
     let initrd = initramfs(
-        dir.path(),
+        dir.as_path(),
         "echo \"harness: waiting forever $((6 * 7))\"\nwhile true; do sleep 60; done\n",
     )?;
     let config =
-        VmConfig::direct(dir.path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
+        VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
     let mut vm = config.spawn()?;
     vm.expect("waiting forever 42", DIRECT_BOOT)?;
     let pid = vm.pid();
@@ -137,9 +137,9 @@ fn reboot_is_told_from_power_off_and_timeouts_kill_qemu() -> Result<()> {
 #[test]
 fn disk_survives_a_reboot_in_run_and_a_new_run_and_data_disks_are_read_only() -> Result<()> {
     let kernel = KernelTree::shared()?;
-    let dir = tempfile::tempdir()?;
-    let main = dir.path().join("main.img");
-    let data = dir.path().join("data.img");
+    let dir = scenario_dir("harness-disk-persistence")?;
+    let main = dir.as_path().join("main.img");
+    let data = dir.as_path().join("data.img");
     std::fs::write(&main, vec![0u8; 1 << 20])?;
     let mut payload = b"payload-from-the-host\n".to_vec();
     payload.resize(4096, 0);
@@ -162,11 +162,11 @@ case "$(head -c 6 /dev/vda)" in
         reboot -f ;;
 esac
 "#;
-    let initrd = dir.path().join("initrd.img");
+    let initrd = dir.as_path().join("initrd.img");
     BusyboxInitramfs::new(format!("{INIT_PRELUDE}{body}"))
         .modules(&kernel, &["virtio_pci", "virtio_blk"])?
         .build(&initrd)?;
-    let config = VmConfig::direct(dir.path(), &kernel.vmlinux, Some(initrd), CMDLINE)
+    let config = VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE)
         .disk(&main)
         .data_disk(&data);
 
@@ -197,7 +197,7 @@ esac
 #[test]
 fn uefi_systemd_boot_counts_tries() -> Result<()> {
     let kernel = KernelTree::shared()?;
-    let dir = tempfile::tempdir()?;
+    let dir = scenario_dir("harness-uefi-systemd-boot")?;
     let body = format!(
         r#"mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 read_var() {{ dd if=/sys/firmware/efi/efivars/$1-{LOADER_GUID} bs=1 skip=4 2>/dev/null | tr -d '\000'; }}
@@ -207,7 +207,7 @@ echo "harness: LoaderEntrySelected=[$(read_var LoaderEntrySelected)]"
 poweroff -f
 "#
     );
-    let initrd = dir.path().join("initrd.img");
+    let initrd = dir.as_path().join("initrd.img");
     BusyboxInitramfs::new(format!("{INIT_PRELUDE}{body}"))
         .modules(&kernel, &["efivarfs"])?
         .build(&initrd)?;
@@ -216,7 +216,7 @@ poweroff -f
          initrd /basalt/initrd.img\noptions {CMDLINE}\n",
         kernel.version
     );
-    let disk = dir.path().join("disk.img");
+    let disk = dir.as_path().join("disk.img");
     EspDisk::new(64)
         .file(
             "EFI/BOOT/BOOTX64.EFI",
@@ -232,7 +232,7 @@ poweroff -f
         .build(&disk)?;
     ensure!(esp_list(&disk, "loader/entries")? == ["test+3.conf"]);
 
-    let mut vm = VmConfig::uefi(dir.path())
+    let mut vm = VmConfig::uefi(dir.as_path())
         .disk(&disk)
         .no_reboot(true)
         .spawn()?;
