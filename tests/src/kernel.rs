@@ -461,6 +461,20 @@ kernel/drivers/md/dm-verity.ko: kernel/lib/reed_solomon/reed_solomon.ko kernel/d
         );
     }
 
+    /// Peer: apt-get itself refuses an unknown package; the error names it.
+    #[test]
+    fn download_failure_names_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = prepare("linux-image-basalt-no-such-kernel", dir.path()).unwrap_err();
+        assert!(matches!(err, Error::KernelDownload { .. }), "{err}");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("linux-image-basalt-no-such-kernel"),
+            "{chain}"
+        );
+        assert!(chain.contains("apt-get"), "{chain}");
+    }
+
     #[test]
     fn no_xz_stream_is_reported() {
         let dir = tempfile::tempdir().unwrap();
