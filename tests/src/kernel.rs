@@ -11,7 +11,8 @@
 //!
 //! Cache layout: `<cache>/<package>/` appears only complete, by an atomic rename of a finished
 //! `<cache>/.fetch-*` folder; an exclusive `flock` on `<cache>/.lock` makes concurrent test
-//! processes (and threads) fetch at most once. The `.deb` is deleted once unpacked.
+//! processes (and threads) fetch at most once. The `.deb` is deleted once unpacked, and trees of
+//! superseded kernel packages are removed when a new one is in place.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -95,6 +96,7 @@ impl KernelTree {
             to: final_dir.clone(),
             source,
         })?;
+        remove_superseded(cache_dir, &package)?;
         Self::open(&package, &final_dir)
     }
 
@@ -304,6 +306,27 @@ fn remove_stale(cache_dir: &Path, final_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes trees of other kernel packages (≈440 MB each) once a newer one is in place. Called
+/// under the lock; every caller asks apt for the same current package, so none uses them.
+fn remove_superseded(cache_dir: &Path, current: &str) -> Result<()> {
+    let old: Vec<PathBuf> = fs::read_dir(cache_dir)
+        .map_err(|source| Error::ReadFile {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("linux-image-") && name != current
+        })
+        .map(|e| e.path())
+        .collect();
+    for path in old {
+        fs::remove_dir_all(&path).map_err(|source| Error::Remove { path, source })?;
+    }
+    Ok(())
+}
+
 /// An exclusive `flock` held until drop (the kernel releases it if the process dies).
 #[derive(Debug)]
 struct CacheLock {
@@ -504,6 +527,22 @@ kernel/drivers/md/dm-verity.ko: kernel/lib/reed_solomon/reed_solomon.ko kernel/d
         drop(held);
         waiter.join().unwrap();
         assert!(got.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn superseded_trees_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "linux-image-6.1.0-1-amd64",
+            "linux-image-6.1.0-2-amd64",
+            "notes",
+        ] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        remove_superseded(dir.path(), "linux-image-6.1.0-2-amd64").unwrap();
+        assert!(!dir.path().join("linux-image-6.1.0-1-amd64").exists());
+        assert!(dir.path().join("linux-image-6.1.0-2-amd64").exists());
+        assert!(dir.path().join("notes").exists());
     }
 
     #[test]
