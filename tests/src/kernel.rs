@@ -244,7 +244,7 @@ fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
 }
 
 /// Cuts the uncompressed kernel out of a bzImage: decompresses the xz stream that starts at the
-/// first [`XZ_MAGIC`], then checks the result is an ELF64 with a PVH entry note.
+/// first xz magic (`FD 37 7A 58 5A 00`), then checks the result is an ELF64 with a PVH entry note.
 pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
     let read_err = |source| Error::ReadFile {
         path: vmlinuz.to_path_buf(),
