@@ -242,6 +242,32 @@ mod tests {
         assert!(matches!(Elf64::open(&path), Err(Error::NotElf64 { .. })));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn parse_notes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_notes(&bytes);
+        }
+
+        #[test]
+        fn notes_round_trip(
+            items in proptest::collection::vec(
+                ("[A-Za-z]{0,12}", proptest::prelude::any::<u32>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                0..6,
+            )
+        ) {
+            let seg: Vec<u8> = items.iter().flat_map(|(n, k, d)| note(n.as_bytes(), *k, d)).collect();
+            let parsed = parse_notes(&seg);
+            proptest::prop_assert_eq!(parsed.len(), items.len());
+            for (p, (n, k, d)) in parsed.iter().zip(&items) {
+                proptest::prop_assert_eq!(&p.name, n.as_bytes());
+                proptest::prop_assert_eq!(p.kind, *k);
+                proptest::prop_assert_eq!(&p.desc, d);
+            }
+        }
+    }
+
     /// Peer: the system's own `sh` is a dynamically linked ELF64 (it has an interpreter).
     #[test]
     fn system_shell_is_dynamic_elf64() {

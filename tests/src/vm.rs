@@ -864,6 +864,31 @@ mod tests {
         assert!(first_match(raw, 0, &["login:"]).is_some());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// `first_match` agrees with a naive search for the earliest marker after the cursor.
+        #[test]
+        fn first_match_is_the_earliest_occurrence(
+            console in "[ab\\n]{0,40}",
+            markers in proptest::collection::vec("[ab]{1,3}", 1..4),
+            from in 0usize..45,
+        ) {
+            let refs: Vec<&str> = markers.iter().map(String::as_str).collect();
+            let got = first_match(console.as_bytes(), from, &refs);
+            let naive = (from..console.len()).find_map(|pos| {
+                refs.iter().position(|m| console.as_bytes()[pos..].starts_with(m.as_bytes()))
+                    .map(|i| (i, pos + refs[i].len()))
+            });
+            proptest::prop_assert_eq!(got, naive);
+        }
+
+        #[test]
+        fn clean_console_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = clean_console(&bytes);
+        }
+    }
+
     #[test]
     fn last_lines_keeps_the_end() {
         assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
