@@ -93,12 +93,17 @@ fn reboot_is_told_from_power_off_and_timeouts_kill_qemu() -> Result<()> {
     let dir = scenario_dir("harness-reboot-exit")?;
     let initrd = initramfs(
         dir.as_path(),
-        "echo \"harness: about to reboot $((6 * 7))\"\nreboot -f\n",
+        "echo \"harness: about to reboot $((6 * 7)) on $(nproc) cpus\"\nreboot -f\n",
     )?;
-    let config =
-        VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
+    // Two vCPUs (`-smp 2 -cpu qemu64,+rdrand`), as a systemd userspace will use.
+    let config = VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE)
+        .cpus(2)
+        .no_reboot(true);
     let mut vm = config.spawn()?;
-    let which = vm.expect_any(&["never printed", "about to reboot 42"], DIRECT_BOOT)?;
+    let which = vm.expect_any(
+        &["never printed", "about to reboot 42 on 2 cpus"],
+        DIRECT_BOOT,
+    )?;
     ensure!(which == 1, "expect_any picked {which}");
     ensure!(vm.wait_exit(SHUTDOWN)? == GuestExit::Reboot);
 
