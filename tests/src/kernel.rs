@@ -1,0 +1,555 @@
+//! The Debian guest kernel: fetched once with apt, unpacked, depmod'ed and cached for every
+//! test.
+//!
+//! Steps, all with the system tools (nothing is installed into the host):
+//! `apt-cache depends linux-image-amd64` names the current image package
+//! (`linux-image-6.1.0-NN-amd64`) → `apt-get download` (≈70 MB) → `dpkg-deb -x` → `depmod -b`
+//! (the .deb ships no `modules.dep`) → the uncompressed `vmlinux` is cut out of the bzImage (the
+//! xz stream starting at the magic `FD 37 7A 58 5A 00`, decompressed with
+//! `xz -dc --single-stream`) and checked to be an ELF64 with a PVH entry note, because QEMU
+//! boots that directly ≈2× faster than the bzImage.
+//!
+//! Cache layout: `<cache>/<package>/` appears only complete, by an atomic rename of a finished
+//! `<cache>/.fetch-*` folder; an exclusive `flock` on `<cache>/.lock` makes concurrent test
+//! processes (and threads) fetch at most once. The `.deb` is deleted once unpacked, and trees of
+//! superseded kernel packages are removed when a new one is in place.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::elf::Elf64;
+use crate::error::{Error, Result};
+use crate::tool::{APT_CACHE, APT_GET, DEPMOD, DPKG_DEB, XZ};
+
+/// The Debian meta package that depends on the current kernel image package.
+pub const META_PACKAGE: &str = "linux-image-amd64";
+/// The xz stream magic (`FD 37 7A 58 5A 00`), the start of the payload inside the bzImage.
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
+/// Environment variable overriding the cache folder.
+pub const CACHE_ENV: &str = "BASALT_KERNEL_CACHE";
+
+/// An unpacked, depmod'ed Debian kernel package with its uncompressed `vmlinux`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelTree {
+    /// The Debian package, e.g. `linux-image-6.1.0-57-amd64`.
+    pub package: String,
+    /// The kernel release (`uname -r`), e.g. `6.1.0-57-amd64`.
+    pub version: String,
+    /// The unpacked package root (holds `boot/` and `lib/modules/`).
+    pub root: PathBuf,
+    /// `boot/vmlinuz-VER`: the bzImage with EFI stub (what systemd-boot starts).
+    pub vmlinuz: PathBuf,
+    /// The uncompressed ELF kernel, bootable by QEMU through its PVH entry.
+    pub vmlinux: PathBuf,
+    /// `lib/modules/VER`, with `modules.dep` generated.
+    pub modules_dir: PathBuf,
+    /// `boot/System.map-VER`.
+    pub system_map: PathBuf,
+}
+
+impl KernelTree {
+    /// The default cache: `$BASALT_KERNEL_CACHE`, else `<workspace>/build/cache/kernel`.
+    pub fn default_cache_dir() -> PathBuf {
+        std::env::var_os(CACHE_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::cache_root().join("kernel"))
+    }
+
+    /// The current Debian kernel from the default cache, fetching it on first use.
+    pub fn shared() -> Result<Self> {
+        Self::fetch_or_cached(&Self::default_cache_dir())
+    }
+
+    /// The current Debian kernel (as named by apt's package lists) from `cache_dir`, fetched
+    /// and prepared there first if absent. Safe to call from many threads and processes.
+    pub fn fetch_or_cached(cache_dir: &Path) -> Result<Self> {
+        let package = current_package()?;
+        let final_dir = cache_dir.join(&package);
+        if let Ok(tree) = Self::open(&package, &final_dir) {
+            return Ok(tree);
+        }
+        fs::create_dir_all(cache_dir).map_err(|source| Error::CreateDir {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?;
+        let _lock = CacheLock::acquire(&cache_dir.join(".lock"))?;
+        // Another process may have finished while we waited for the lock.
+        if let Ok(tree) = Self::open(&package, &final_dir) {
+            return Ok(tree);
+        }
+        remove_stale(cache_dir, &final_dir)?;
+        let work = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempdir_in(cache_dir)
+            .map_err(|source| Error::CreateDir {
+                path: cache_dir.to_path_buf(),
+                source,
+            })?;
+        prepare(&package, work.path())?;
+        let staged = work.keep();
+        fs::rename(&staged, &final_dir).map_err(|source| Error::Rename {
+            from: staged.clone(),
+            to: final_dir.clone(),
+            source,
+        })?;
+        remove_superseded(cache_dir, &package)?;
+        Self::open(&package, &final_dir)
+    }
+
+    /// Opens an already prepared tree of `package` at `root`, checking every part is there.
+    pub fn open(package: &str, root: &Path) -> Result<Self> {
+        let invalid = |problem: String| Error::KernelTreeInvalid {
+            package: package.to_string(),
+            dir: root.to_path_buf(),
+            problem,
+        };
+        let version = kernel_release(root).map_err(invalid)?;
+        let tree = Self {
+            package: package.to_string(),
+            root: root.to_path_buf(),
+            vmlinuz: root.join("boot").join(format!("vmlinuz-{version}")),
+            vmlinux: root.join("vmlinux"),
+            modules_dir: root.join("lib/modules").join(&version),
+            system_map: root.join("boot").join(format!("System.map-{version}")),
+            version,
+        };
+        for part in [
+            &tree.vmlinuz,
+            &tree.vmlinux,
+            &tree.system_map,
+            &tree.modules_dir.join("modules.dep"),
+        ] {
+            if !part.is_file() {
+                return Err(invalid(format!("{} is missing", part.display())));
+            }
+        }
+        Ok(tree)
+    }
+
+    /// The parsed `modules.dep` of this kernel.
+    pub fn modules_dep(&self) -> Result<ModulesDep> {
+        let path = self.modules_dir.join("modules.dep");
+        let text = fs::read_to_string(&path).map_err(|source| Error::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(ModulesDep::parse(&text, path))
+    }
+}
+
+/// The kernel image package the meta package currently depends on.
+pub fn current_package() -> Result<String> {
+    let mut cmd = APT_CACHE.command()?;
+    cmd.args(["depends", META_PACKAGE]);
+    let output = APT_CACHE.run(&mut cmd)?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_depends(&text).ok_or_else(|| Error::KernelPackageUnknown {
+        meta: META_PACKAGE,
+        output: text.trim().to_string(),
+    })
+}
+
+/// Picks `linux-image-…` from `apt-cache depends` output (`  Depends: linux-image-6.1.0-57-amd64`).
+fn parse_depends(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|pkg| pkg.starts_with("linux-image-") && !pkg.contains(['<', ' ']))
+        .map(str::to_string)
+}
+
+/// The single folder name under `lib/modules`: the kernel release. The error is the problem,
+/// for [`Error::KernelTreeInvalid`].
+fn kernel_release(root: &Path) -> Result<String, String> {
+    let dir = root.join("lib/modules");
+    let entries = fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match names.len() {
+        1 => Ok(names.remove(0)),
+        n => Err(format!(
+            "expected one kernel release folder in {}, found {n}: {names:?}",
+            dir.display()
+        )),
+    }
+}
+
+/// Downloads, unpacks, depmods `package` into the empty folder `work`, and writes `vmlinux`.
+fn prepare(package: &str, work: &Path) -> Result<()> {
+    let mut download = APT_GET.command()?;
+    // The sandbox user `_apt` cannot write into our private temp folder; downloading as root
+    // is what apt falls back to anyway (with a warning).
+    download
+        .current_dir(work)
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root", package]);
+    APT_GET
+        .run(&mut download)
+        .map_err(|e| Error::KernelDownload {
+            package: package.to_string(),
+            dir: work.to_path_buf(),
+            source: Box::new(e),
+        })?;
+    let deb = find_deb(work, package)?;
+    let mut extract = DPKG_DEB.command()?;
+    extract.arg("-x").arg(&deb).arg(work);
+    DPKG_DEB.run(&mut extract)?;
+    fs::remove_file(&deb).map_err(|source| Error::Remove {
+        path: deb.clone(),
+        source,
+    })?;
+    let version = kernel_release(work).map_err(|problem| Error::KernelTreeInvalid {
+        package: package.to_string(),
+        dir: work.to_path_buf(),
+        problem,
+    })?;
+    let mut depmod = DEPMOD.command()?;
+    depmod
+        .arg("-b")
+        .arg(work)
+        .arg("-F")
+        .arg(work.join("boot").join(format!("System.map-{version}")))
+        .arg(&version);
+    DEPMOD.run(&mut depmod)?;
+    extract_vmlinux(
+        &work.join("boot").join(format!("vmlinuz-{version}")),
+        &work.join("vmlinux"),
+    )
+}
+
+fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
+    let entries = fs::read_dir(dir).map_err(|source| Error::ReadFile {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "deb")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+        })
+        .ok_or_else(|| Error::KernelTreeInvalid {
+            package: package.to_string(),
+            dir: dir.to_path_buf(),
+            problem: "apt-get download left no .deb".to_string(),
+        })
+}
+
+/// Cuts the uncompressed kernel out of a bzImage: decompresses the xz stream that starts at the
+/// first xz magic (`FD 37 7A 58 5A 00`), then checks the result is an ELF64 with a PVH entry note.
+pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
+    let read_err = |source| Error::ReadFile {
+        path: vmlinuz.to_path_buf(),
+        source,
+    };
+    let mut image = Vec::new();
+    File::open(vmlinuz)
+        .and_then(|mut f| f.read_to_end(&mut image))
+        .map_err(read_err)?;
+    let offset = find_subslice(&image, &XZ_MAGIC).ok_or_else(|| Error::VmlinuxNoXzStream {
+        vmlinuz: vmlinuz.to_path_buf(),
+    })?;
+    let mut input = File::open(vmlinuz).map_err(read_err)?;
+    input
+        .seek(SeekFrom::Start(offset as u64))
+        .map_err(read_err)?;
+    let output = File::create(out).map_err(|source| Error::WriteFile {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    // `--single-stream` stops at the end of the first stream and ignores the bzImage bytes
+    // that follow it (without it xz reports trailing garbage).
+    let mut xz = XZ.command()?;
+    xz.args(["-dc", "--single-stream"])
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::from(output));
+    XZ.run(&mut xz)?;
+    let mut elf = Elf64::open(out)?;
+    if !elf.has_pvh_entry()? {
+        return Err(Error::VmlinuxNoPvhEntry {
+            vmlinux: out.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+fn find_subslice(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Removes a half-prepared final folder and leftovers of killed fetches. Called under the lock,
+/// so no other fetch is running.
+fn remove_stale(cache_dir: &Path, final_dir: &Path) -> Result<()> {
+    let mut stale: Vec<PathBuf> = fs::read_dir(cache_dir)
+        .map_err(|source| Error::ReadFile {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".fetch-"))
+        .map(|e| e.path())
+        .collect();
+    if final_dir.exists() {
+        stale.push(final_dir.to_path_buf());
+    }
+    for path in stale {
+        fs::remove_dir_all(&path).map_err(|source| Error::Remove { path, source })?;
+    }
+    Ok(())
+}
+
+/// Removes trees of other kernel packages (≈440 MB each) once a newer one is in place. Called
+/// under the lock; every caller asks apt for the same current package, so none uses them.
+fn remove_superseded(cache_dir: &Path, current: &str) -> Result<()> {
+    let old: Vec<PathBuf> = fs::read_dir(cache_dir)
+        .map_err(|source| Error::ReadFile {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("linux-image-") && name != current
+        })
+        .map(|e| e.path())
+        .collect();
+    for path in old {
+        fs::remove_dir_all(&path).map_err(|source| Error::Remove { path, source })?;
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` held until drop (the kernel releases it if the process dies).
+#[derive(Debug)]
+struct CacheLock {
+    _file: File,
+}
+
+impl CacheLock {
+    fn acquire(path: &Path) -> Result<Self> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|source| Error::Lock {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        loop {
+            // SAFETY: flock on a file descriptor we own and keep open for the lock's lifetime.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Self { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            // A signal can interrupt the wait; anything else is a real failure.
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Lock {
+                    path: path.to_path_buf(),
+                    source: err,
+                });
+            }
+        }
+    }
+}
+
+/// A parsed `modules.dep`: for each module file, the files it needs, in `depmod`'s order.
+#[derive(Debug, Clone)]
+pub struct ModulesDep {
+    path: PathBuf,
+    /// (module path relative to the modules folder, its dependencies).
+    entries: Vec<(String, Vec<String>)>,
+}
+
+impl ModulesDep {
+    /// Parses `modules.dep` text (`kernel/a/b.ko: kernel/c.ko kernel/d.ko`); `path` is for errors.
+    pub fn parse(text: &str, path: PathBuf) -> Self {
+        let entries = text
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(module, deps)| {
+                (
+                    module.trim().to_string(),
+                    deps.split_whitespace().map(str::to_string).collect(),
+                )
+            })
+            .collect();
+        Self { path, entries }
+    }
+
+    /// The module files (relative to the modules folder) to load, in order, for `names`
+    /// (module names as `lsmod` shows them; `-` and `_` are equivalent). `modules.dep` lists a
+    /// module's full dependency closure with the deepest dependency last, so loading goes in
+    /// reverse, as `modprobe` does. Each file appears once.
+    pub fn load_order(&self, names: &[&str]) -> Result<Vec<String>> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for name in names {
+            let wanted = normalize(name);
+            let (module, deps) = self
+                .entries
+                .iter()
+                .find(|(module, _)| module_name(module) == wanted)
+                .ok_or_else(|| Error::ModuleNotFound {
+                    name: name.to_string(),
+                    modules_dep: self.path.clone(),
+                })?;
+            for file in deps.iter().rev().chain(std::iter::once(module)) {
+                if seen.insert(file.clone()) {
+                    order.push(file.clone());
+                }
+            }
+        }
+        Ok(order)
+    }
+}
+
+fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// `kernel/drivers/md/dm-verity.ko` → `dm_verity`.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    normalize(stem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines copied from the `modules.dep` that `depmod` wrote for linux-image-6.1.0-57-amd64.
+    const DEP: &str = "\
+kernel/fs/efivarfs/efivarfs.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/md/dm-verity.ko: kernel/lib/reed_solomon/reed_solomon.ko kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko
+";
+
+    #[test]
+    fn load_order_puts_dependencies_first_once() {
+        let dep = ModulesDep::parse(DEP, "modules.dep".into());
+        let order = dep
+            .load_order(&["virtio_blk", "virtio", "efivarfs"])
+            .unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+                "kernel/fs/efivarfs/efivarfs.ko",
+            ]
+        );
+    }
+
+    #[test]
+    fn dash_and_underscore_match() {
+        let dep = ModulesDep::parse(DEP, "modules.dep".into());
+        let order = dep.load_order(&["dm_verity"]).unwrap();
+        assert_eq!(order.last().unwrap(), "kernel/drivers/md/dm-verity.ko");
+        assert_eq!(order[0], "kernel/drivers/md/dm-mod.ko");
+    }
+
+    #[test]
+    fn unknown_module_is_an_error_naming_it() {
+        let dep = ModulesDep::parse(DEP, "modules.dep".into());
+        let err = dep.load_order(&["nope"]).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("modules.dep"), "{err}");
+    }
+
+    #[test]
+    fn depends_line_is_found() {
+        let text = "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n";
+        assert_eq!(
+            parse_depends(text).as_deref(),
+            Some("linux-image-6.1.0-57-amd64")
+        );
+        assert_eq!(parse_depends("linux-image-amd64\n"), None);
+        assert_eq!(
+            parse_depends("  Depends: <linux-image-virtual>\n"),
+            None,
+            "virtual packages are not downloadable"
+        );
+    }
+
+    /// Peer: apt-get itself refuses an unknown package; the error names it.
+    #[test]
+    fn download_failure_names_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = prepare("linux-image-basalt-no-such-kernel", dir.path()).unwrap_err();
+        assert!(matches!(err, Error::KernelDownload { .. }), "{err}");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("linux-image-basalt-no-such-kernel"),
+            "{chain}"
+        );
+        assert!(chain.contains("apt-get"), "{chain}");
+    }
+
+    #[test]
+    fn no_xz_stream_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("vmlinuz");
+        fs::write(&fake, b"MZ not a kernel").unwrap();
+        let err = extract_vmlinux(&fake, &dir.path().join("vmlinux")).unwrap_err();
+        assert!(matches!(err, Error::VmlinuxNoXzStream { .. }), "{err}");
+    }
+
+    #[test]
+    fn cache_lock_excludes_a_second_holder_until_dropped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let held = CacheLock::acquire(&path).unwrap();
+        let got = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (path, got) = (path.clone(), got.clone());
+            std::thread::spawn(move || {
+                let _lock = CacheLock::acquire(&path).unwrap();
+                got.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!got.load(Ordering::SeqCst), "second holder got the lock");
+        drop(held);
+        waiter.join().unwrap();
+        assert!(got.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn superseded_trees_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "linux-image-6.1.0-1-amd64",
+            "linux-image-6.1.0-2-amd64",
+            "notes",
+        ] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        remove_superseded(dir.path(), "linux-image-6.1.0-2-amd64").unwrap();
+        assert!(!dir.path().join("linux-image-6.1.0-1-amd64").exists());
+        assert!(dir.path().join("linux-image-6.1.0-2-amd64").exists());
+        assert!(dir.path().join("notes").exists());
+    }
+
+    #[test]
+    fn open_refuses_an_incomplete_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("lib/modules/6.1.0-1-amd64")).unwrap();
+        let err = KernelTree::open("linux-image-6.1.0-1-amd64", dir.path()).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

@@ -1,0 +1,913 @@
+//! The QEMU harness: start a guest, follow its serial console, wait for markers, see how it
+//! ended, and always kill it by pid when a step fails or the [`Vm`] is dropped.
+//!
+//! Fixed choices (see /work/shared/notes/environment.md for the measurements behind them):
+//! - `-accel tcg` always: `/dev/kvm` on these machines cannot run a stock kernel.
+//! - `-machine q35`, `-nodefaults` (no VGA, NIC, CD-ROM, parallel port), `-display none`,
+//!   `-nic none`: guests get data only through disks.
+//! - Firmware: OVMF from pflash (read-only code + a private, persistent copy of the variable
+//!   store), or direct kernel boot (`-kernel/-initrd/-append`, ideally the PVH `vmlinux`).
+//! - The serial console is QEMU's stdout; a pump thread appends it to `serial-N.log` in the
+//!   work folder and to an in-memory buffer that [`Vm::expect`] searches.
+//!
+//! A step is "wait until one of these substrings appears after the cursor, or fail after a
+//! timeout". Markers are matched on raw bytes anywhere (they can land mid-line, between
+//! firmware escape sequences), and each match moves the cursor past itself, so a scenario that
+//! crosses a reboot inside one QEMU run expects the same marker twice.
+//!
+//! ```text
+//!   spawn ──► expect(..) ─┬─► expect(..) ... ──► expect_poweroff() ──► Ok
+//!                         │ timeout / QEMU exited early / QEMU failed
+//!                         └─► QEMU killed by pid, Err with the last console lines
+//! ```
+//!
+//! `-no-reboot` turns a guest reboot into a QEMU exit with status 0, the same as a power-off;
+//! [`Vm::wait_exit`] tells them apart from the kernel's last words on the console
+//! (`reboot: Power down` / `reboot: Restarting system`).
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{ConsoleExcerpt, Error, Result};
+use crate::tool::QEMU;
+
+/// OVMF code for 4 MiB pflash (package `ovmf`), mapped read-only.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The pristine OVMF variable store each UEFI guest gets a private copy of.
+pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The kernel's message when powering off (`kernel/reboot.c`, `pr_emerg` so always printed).
+pub const POWER_DOWN_MARKER: &str = "reboot: Power down";
+/// The kernel's message when restarting.
+pub const RESTART_MARKER: &str = "reboot: Restarting system";
+/// Set to `1` to copy the guest console to stderr live (`cargo test -- --nocapture`).
+pub const ECHO_ENV: &str = "BASALT_VM_ECHO";
+/// A factor applied to every timeout, for slow or loaded machines (default 1).
+pub const TIMEOUT_FACTOR_ENV: &str = "BASALT_VM_TIMEOUT_FACTOR";
+
+/// Lines of console kept in error messages.
+const TAIL_LINES: usize = 80;
+/// Lines of QEMU stderr kept in error messages.
+const QEMU_TAIL_LINES: usize = 20;
+/// How long to wait for QEMU to go away after its console closed or after SIGKILL.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval when waiting for the QEMU process.
+const POLL: Duration = Duration::from_millis(20);
+/// Bound on `serial-N.log` names tried in one work folder.
+const MAX_RUNS: u32 = 10_000;
+
+/// Environment variable overriding where [`scenario_dir`] puts scenario folders.
+pub const SCENARIO_ROOT_ENV: &str = "BASALT_VM_DIR";
+
+/// A fresh work folder for scenario `name`: `<workspace>/build/vm/<name>` (or under
+/// `$BASALT_VM_DIR`), emptied first and kept afterwards, so the serial logs named in a failure
+/// are still there to read. Give each test its own `name`.
+pub fn scenario_dir(name: &str) -> Result<PathBuf> {
+    let root = std::env::var_os(SCENARIO_ROOT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("build").join("vm"));
+    let dir = root.join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|source| Error::Remove {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// How the guest is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// OVMF from pflash. `vars` is the guest's own variable store: created from
+    /// [`OVMF_VARS_TEMPLATE`] when missing, kept (and reused) across runs otherwise.
+    Uefi {
+        /// The private variable store file.
+        vars: PathBuf,
+    },
+    /// Direct kernel boot, no firmware menu (SeaBIOS loads the kernel; an ELF `vmlinux` with a
+    /// PVH note is entered directly, a bzImage through its real-mode setup).
+    Direct {
+        /// `vmlinux` (PVH) or `vmlinuz`.
+        kernel: PathBuf,
+        /// The initramfs, if any.
+        initrd: Option<PathBuf>,
+        /// The kernel command line (add `console=ttyS0` to see the kernel).
+        append: String,
+    },
+}
+
+/// Everything needed to start one guest. Build with [`VmConfig::direct`] or
+/// [`VmConfig::uefi`], adjust with the builder methods, start with [`VmConfig::spawn`]; the
+/// same config can be spawned again (a second run on the same disk image).
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    work_dir: PathBuf,
+    boot: Boot,
+    memory_mib: u32,
+    cpus: u32,
+    cpu_model: String,
+    disk: Option<PathBuf>,
+    data_disks: Vec<PathBuf>,
+    no_reboot: bool,
+    echo: bool,
+    extra_args: Vec<OsString>,
+}
+
+impl VmConfig {
+    /// A guest booted directly from `kernel` (+ `initrd`) with command line `append`; logs go
+    /// to `work_dir`.
+    pub fn direct(
+        work_dir: impl Into<PathBuf>,
+        kernel: impl Into<PathBuf>,
+        initrd: Option<PathBuf>,
+        append: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            work_dir.into(),
+            Boot::Direct {
+                kernel: kernel.into(),
+                initrd,
+                append: append.into(),
+            },
+        )
+    }
+
+    /// A guest booted by OVMF from its disks, with its variable store at
+    /// `work_dir/OVMF_VARS.fd` (kept between runs in the same work folder).
+    pub fn uefi(work_dir: impl Into<PathBuf>) -> Self {
+        let work_dir = work_dir.into();
+        let vars = work_dir.join("OVMF_VARS.fd");
+        Self::new(work_dir, Boot::Uefi { vars })
+    }
+
+    /// A guest with an explicit [`Boot`].
+    pub fn new(work_dir: PathBuf, boot: Boot) -> Self {
+        Self {
+            work_dir,
+            boot,
+            memory_mib: 512,
+            cpus: 1,
+            // `+rdrand` lets the guest seed its RNG at once; `-smp 2` without it hung once in
+            // getrandom (environment notes).
+            cpu_model: "qemu64,+rdrand".to_string(),
+            disk: None,
+            data_disks: Vec::new(),
+            no_reboot: false,
+            echo: std::env::var_os(ECHO_ENV).is_some_and(|v| v == "1"),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Guest memory in MiB (default 512).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Number of vCPUs (default 1; 2 speeds up a systemd userspace under TCG).
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// The `-cpu` model (default `qemu64,+rdrand`).
+    pub fn cpu_model(mut self, model: impl Into<String>) -> Self {
+        self.cpu_model = model.into();
+        self
+    }
+
+    /// The main disk image (raw, read-write, virtio): the guest's `/dev/vda`, and what OVMF
+    /// boots from.
+    pub fn disk(mut self, image: impl Into<PathBuf>) -> Self {
+        self.disk = Some(image.into());
+        self
+    }
+
+    /// An extra read-only raw virtio disk, to hand data to the guest: `/dev/vdb`, `/dev/vdc`…
+    /// in the order added (from `/dev/vda` when there is no main disk).
+    pub fn data_disk(mut self, image: impl Into<PathBuf>) -> Self {
+        self.data_disks.push(image.into());
+        self
+    }
+
+    /// `-no-reboot`: a guest reboot ends QEMU instead of restarting the firmware.
+    pub fn no_reboot(mut self, no_reboot: bool) -> Self {
+        self.no_reboot = no_reboot;
+        self
+    }
+
+    /// Copy the console to stderr as it arrives (default: `BASALT_VM_ECHO=1`).
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// An extra QEMU argument, appended last.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// The work folder (logs, OVMF variable store).
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// The boot method.
+    pub fn boot(&self) -> &Boot {
+        &self.boot
+    }
+
+    /// QEMU's arguments (without the program), in order.
+    pub fn qemu_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&dyn AsRef<OsStr>]| {
+            args.extend(items.iter().map(|i| i.as_ref().to_os_string()));
+        };
+        push(&[&"-accel", &"tcg", &"-machine", &"q35", &"-nodefaults"]);
+        push(&[&"-display", &"none", &"-nic", &"none", &"-serial", &"stdio"]);
+        push(&[&"-m", &self.memory_mib.to_string()]);
+        push(&[&"-smp", &self.cpus.to_string(), &"-cpu", &self.cpu_model]);
+        match &self.boot {
+            Boot::Uefi { vars } => {
+                let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}");
+                push(&[&"-drive", &code, &"-drive"]);
+                push(&[&drive_spec("if=pflash,format=raw,unit=1", vars)]);
+            }
+            Boot::Direct {
+                kernel,
+                initrd,
+                append,
+            } => {
+                push(&[&"-kernel", kernel, &"-append", append]);
+                if let Some(initrd) = initrd {
+                    push(&[&"-initrd", initrd]);
+                }
+            }
+        }
+        if let Some(disk) = &self.disk {
+            push(&[&"-drive", &drive_spec("if=virtio,format=raw", disk)]);
+        }
+        for data in &self.data_disks {
+            let spec = drive_spec("if=virtio,format=raw,readonly=on", data);
+            push(&[&"-drive", &spec]);
+        }
+        if self.no_reboot {
+            push(&[&"-no-reboot"]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts QEMU. Checks the inputs exist first, so a typo is not a 60 s timeout.
+    pub fn spawn(&self) -> Result<Vm> {
+        self.check_inputs()?;
+        fs::create_dir_all(&self.work_dir).map_err(|source| Error::CreateDir {
+            path: self.work_dir.clone(),
+            source,
+        })?;
+        if let Boot::Uefi { vars } = &self.boot {
+            if !vars.exists() {
+                fs::copy(OVMF_VARS_TEMPLATE, vars).map_err(|source| Error::CopyFile {
+                    from: OVMF_VARS_TEMPLATE.into(),
+                    to: vars.clone(),
+                    source,
+                })?;
+            }
+        }
+        let (run, serial) = new_serial_log(&self.work_dir)?;
+        let qemu_log = self.work_dir.join(format!("qemu-{run}.log"));
+        let serial_log = self.work_dir.join(format!("serial-{run}.log"));
+        let program = QEMU.locate()?;
+        let args = self.qemu_args();
+        let command_line = std::iter::once(program.as_os_str())
+            .chain(args.iter().map(OsString::as_os_str))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut stderr = File::create(&qemu_log).map_err(|source| Error::WriteFile {
+            path: qemu_log.clone(),
+            source,
+        })?;
+        writeln!(stderr, "# {command_line}").map_err(|source| Error::WriteFile {
+            path: qemu_log.clone(),
+            source,
+        })?;
+        let mut command = std::process::Command::new(&program);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        // If the test process dies without running `Drop` (SIGKILL, a harness timeout), QEMU
+        // must not keep burning a shared CPU: the kernel kills it when the thread that spawned
+        // it ends. So a `Vm` must not outlive the thread that called `spawn`.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command.spawn().map_err(|source| Error::QemuSpawn {
+            command: command_line,
+            source,
+        })?;
+        let started = Instant::now();
+        let pid = child.id();
+        let console = Arc::new(Console::default());
+        let pump = child.stdout.take().map(|stdout| {
+            let console = console.clone();
+            let echo = self.echo;
+            std::thread::spawn(move || pump(stdout, serial, &console, echo))
+        });
+        Ok(Vm {
+            child,
+            pid,
+            console,
+            pump,
+            serial_log,
+            qemu_log,
+            cursor: 0,
+            started,
+            status: None,
+        })
+    }
+
+    fn check_inputs(&self) -> Result<()> {
+        let missing = |what: &str, path: &Path| Error::VmConfig {
+            problem: format!("{what} {} does not exist", path.display()),
+        };
+        match &self.boot {
+            Boot::Uefi { .. } => {
+                for firmware in [OVMF_CODE, OVMF_VARS_TEMPLATE] {
+                    if !Path::new(firmware).is_file() {
+                        return Err(Error::ToolMissing {
+                            tool: firmware,
+                            package: "ovmf",
+                        });
+                    }
+                }
+                if self.disk.is_none() && self.data_disks.is_empty() {
+                    return Err(Error::VmConfig {
+                        problem: "a UEFI guest needs a disk to boot from".into(),
+                    });
+                }
+            }
+            Boot::Direct { kernel, initrd, .. } => {
+                if !kernel.is_file() {
+                    return Err(missing("kernel", kernel));
+                }
+                if let Some(initrd) = initrd.as_ref().filter(|i| !i.is_file()) {
+                    return Err(missing("initrd", initrd));
+                }
+            }
+        }
+        for disk in self.disk.iter().chain(&self.data_disks) {
+            if !disk.is_file() {
+                return Err(missing("disk image", disk));
+            }
+        }
+        if self.cpus == 0 || self.memory_mib < 64 {
+            return Err(Error::VmConfig {
+                problem: format!("{} vCPUs, {} MiB", self.cpus, self.memory_mib),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `-drive` value: QEMU separates options with commas, so a comma in a path is doubled.
+fn drive_spec(options: &str, file: &Path) -> OsString {
+    let mut spec = OsString::from(options);
+    spec.push(",file=");
+    spec.push(file.to_string_lossy().replace(',', ",,"));
+    spec
+}
+
+/// Creates the first free `serial-N.log` in `dir` (N from 1).
+fn new_serial_log(dir: &Path) -> Result<(u32, File)> {
+    for run in 1..=MAX_RUNS {
+        let path = dir.join(format!("serial-{run}.log"));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((run, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(Error::WriteFile { path, source }),
+        }
+    }
+    Err(Error::VmConfig {
+        problem: format!("{} already holds {MAX_RUNS} serial logs", dir.display()),
+    })
+}
+
+/// How a guest ended, as told by QEMU's exit and the kernel's last console message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The kernel powered off (`reboot: Power down`).
+    PowerOff,
+    /// The kernel restarted and `-no-reboot` ended QEMU (`reboot: Restarting system`).
+    Reboot,
+    /// QEMU exited cleanly but the console says neither (firmware reset, triple fault…).
+    Other,
+}
+
+#[derive(Debug, Default)]
+struct Console {
+    state: Mutex<ConsoleState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ConsoleState {
+    bytes: Vec<u8>,
+    /// QEMU closed its stdout (it exited).
+    closed: bool,
+}
+
+impl Console {
+    fn lock(&self) -> MutexGuard<'_, ConsoleState> {
+        // A panicking pump thread cannot leave the byte buffer inconsistent: keep going.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Copies QEMU's stdout into the log file, the shared buffer and (optionally) stderr, until
+/// QEMU closes it.
+fn pump(mut from: ChildStdout, mut log: File, console: &Console, echo: bool) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                // The log is for humans after the fact; a failed write must not stop the test
+                // from seeing the console, so it is ignored here.
+                let _ = log.write_all(&buf[..n]);
+                if echo {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+                console.lock().bytes.extend_from_slice(&buf[..n]);
+                console.changed.notify_all();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = log.flush();
+    console.lock().closed = true;
+    console.changed.notify_all();
+}
+
+/// A running (or finished) guest. Dropping it kills QEMU by pid if it still runs; QEMU also
+/// dies with the thread that spawned it, so keep a `Vm` on that thread.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    pid: u32,
+    console: Arc<Console>,
+    pump: Option<JoinHandle<()>>,
+    serial_log: PathBuf,
+    qemu_log: PathBuf,
+    cursor: usize,
+    started: Instant,
+    status: Option<ExitStatus>,
+}
+
+impl Vm {
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The serial console log file of this run.
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// QEMU's stderr log file of this run (its first line is the command line).
+    pub fn qemu_log(&self) -> &Path {
+        &self.qemu_log
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The whole console so far (lossy UTF-8, raw: firmware escape sequences included).
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().bytes).into_owned()
+    }
+
+    /// The console after the cursor (what the next [`Vm::expect`] searches).
+    pub fn console_after_cursor(&self) -> String {
+        let state = self.console.lock();
+        String::from_utf8_lossy(state.bytes.get(self.cursor..).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until `marker` appears after the cursor; moves the cursor past it and returns the
+    /// time since QEMU started. On timeout QEMU is killed.
+    pub fn expect(&mut self, marker: &str, timeout: Duration) -> Result<Duration> {
+        self.expect_any(&[marker], timeout)?;
+        Ok(self.elapsed())
+    }
+
+    /// Waits until one of `markers` appears after the cursor and returns its index; the one
+    /// that appears first on the console wins (ties: the earlier in `markers`). Moves the
+    /// cursor past the match. On timeout QEMU is killed; if QEMU exits first, that is an error.
+    pub fn expect_any(&mut self, markers: &[&str], timeout: Duration) -> Result<usize> {
+        let timeout = scale(timeout);
+        let deadline = Instant::now() + timeout;
+        let console = self.console.clone();
+        let mut state = console.lock();
+        loop {
+            if let Some((index, end)) = first_match(&state.bytes, self.cursor, markers) {
+                self.cursor = end;
+                return Ok(index);
+            }
+            if state.closed {
+                drop(state);
+                let status = match self.reap(REAP_TIMEOUT) {
+                    Ok(status) => describe(status),
+                    Err(_) => {
+                        self.kill()?;
+                        "closed its console without exiting; killed".to_string()
+                    }
+                };
+                return Err(Error::ExitedBeforeMarker {
+                    markers: owned(markers),
+                    status,
+                    console: Box::new(self.excerpt()),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(state);
+                self.kill()?;
+                return Err(Error::MarkerTimeout {
+                    markers: owned(markers),
+                    timeout,
+                    elapsed: self.elapsed(),
+                    console: Box::new(self.excerpt()),
+                });
+            }
+            state = console
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits for QEMU to exit by itself and tells how the guest ended. A non-zero QEMU exit is
+    /// [`Error::QemuFailed`]; no exit within `timeout` kills QEMU and is
+    /// [`Error::ExitTimeout`].
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<GuestExit> {
+        let timeout = scale(timeout);
+        let status = match self.reap(timeout) {
+            Ok(status) => status,
+            Err(Error::ExitTimeout { .. }) => {
+                self.kill()?;
+                return Err(Error::ExitTimeout {
+                    timeout,
+                    console: Box::new(self.excerpt()),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if !status.success() {
+            return Err(Error::QemuFailed {
+                status: describe(status),
+                console: Box::new(self.excerpt()),
+            });
+        }
+        let state = self.console.lock();
+        let last = |marker: &str| rfind(&state.bytes, marker.as_bytes());
+        Ok(match (last(POWER_DOWN_MARKER), last(RESTART_MARKER)) {
+            (Some(off), Some(restart)) if off > restart => GuestExit::PowerOff,
+            (Some(_), None) => GuestExit::PowerOff,
+            (_, Some(_)) => GuestExit::Reboot,
+            (None, None) => GuestExit::Other,
+        })
+    }
+
+    /// [`Vm::wait_exit`], and an error unless the guest powered off.
+    pub fn expect_poweroff(&mut self, timeout: Duration) -> Result<()> {
+        self.expect_exit(GuestExit::PowerOff, "power off", timeout)
+    }
+
+    /// [`Vm::wait_exit`], and an error unless the guest rebooted (needs
+    /// [`VmConfig::no_reboot`]).
+    pub fn expect_reboot_exit(&mut self, timeout: Duration) -> Result<()> {
+        self.expect_exit(GuestExit::Reboot, "reboot", timeout)
+    }
+
+    fn expect_exit(
+        &mut self,
+        wanted: GuestExit,
+        expected: &'static str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let actual = self.wait_exit(timeout)?;
+        if actual == wanted {
+            Ok(())
+        } else {
+            Err(Error::UnexpectedGuestExit {
+                expected,
+                actual,
+                console: Box::new(self.excerpt()),
+            })
+        }
+    }
+
+    /// Kills QEMU (SIGKILL to its pid) if it still runs, reaps it and finishes the log.
+    pub fn kill(&mut self) -> Result<()> {
+        if self.status.is_none() {
+            match self.child.try_wait() {
+                Ok(Some(status)) => self.status = Some(status),
+                _ => {
+                    // `Child::kill` signals exactly this pid; never a process name.
+                    self.child.kill().map_err(|source| Error::QemuKill {
+                        pid: self.pid,
+                        source,
+                    })?;
+                    let status = self.child.wait().map_err(|source| Error::QemuWait {
+                        pid: self.pid,
+                        source,
+                    })?;
+                    self.status = Some(status);
+                }
+            }
+        }
+        self.join_pump();
+        Ok(())
+    }
+
+    /// The end of the console and of QEMU's stderr, for an error message.
+    pub fn excerpt(&self) -> ConsoleExcerpt {
+        let tail = {
+            let state = self.console.lock();
+            last_lines(&clean_console(&state.bytes), TAIL_LINES)
+        };
+        let qemu_stderr = fs::read(&self.qemu_log)
+            .map(|b| last_lines(&String::from_utf8_lossy(&b), QEMU_TAIL_LINES))
+            .unwrap_or_default();
+        ConsoleExcerpt {
+            serial_log: self.serial_log.clone(),
+            tail,
+            qemu_log: self.qemu_log.clone(),
+            qemu_stderr,
+        }
+    }
+
+    /// Waits up to `timeout` for QEMU to exit on its own (polling: `Child` has no timed wait),
+    /// then drains the console. [`Error::ExitTimeout`] (without console) if it did not.
+    fn reap(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let polled = self.child.try_wait().map_err(|source| Error::QemuWait {
+                pid: self.pid,
+                source,
+            })?;
+            if let Some(status) = polled {
+                self.status = Some(status);
+                self.join_pump();
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::ExitTimeout {
+                    timeout,
+                    console: Box::new(ConsoleExcerpt {
+                        serial_log: self.serial_log.clone(),
+                        tail: String::new(),
+                        qemu_log: self.qemu_log.clone(),
+                        qemu_stderr: String::new(),
+                    }),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn join_pump(&mut self) {
+        if let Some(pump) = self.pump.take() {
+            // QEMU is gone, so its stdout is closed and the pump ends; a panic in it only
+            // loses console bytes, which the caller's assertions will show.
+            let _ = pump.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+fn scale(timeout: Duration) -> Duration {
+    let factor = std::env::var(TIMEOUT_FACTOR_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f > 0.0)
+        .unwrap_or(1.0);
+    timeout.mul_f64(factor)
+}
+
+fn owned(markers: &[&str]) -> Vec<String> {
+    markers.iter().map(|m| m.to_string()).collect()
+}
+
+fn describe(status: ExitStatus) -> String {
+    status.to_string()
+}
+
+/// The earliest match of any marker in `bytes[from..]`: (marker index, end offset).
+fn first_match(bytes: &[u8], from: usize, markers: &[&str]) -> Option<(usize, usize)> {
+    let hay = bytes.get(from..)?;
+    markers
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_empty())
+        .filter_map(|(i, m)| find(hay, m.as_bytes()).map(|pos| (pos, i, m.len())))
+        .min_by_key(|&(pos, i, _)| (pos, i))
+        .map(|(pos, i, len)| (i, from + pos + len))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// Console bytes as readable text: drops carriage returns, ANSI/VT escape sequences (firmware
+/// and systemd-boot paint with them) and other control characters.
+fn clean_console(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte(@..~); other escapes: ESC + one char.
+                if chars.next_if_eq(&'[').is_some() {
+                    for p in chars.by_ref() {
+                        if ('@'..='~').contains(&p) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(config: &VmConfig) -> Vec<String> {
+        config
+            .qemu_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn always_tcg_never_kvm_and_no_network() {
+        let config = VmConfig::uefi("/w").disk("/d.img");
+        let args = args_of(&config);
+        let joined = args.join(" ");
+        assert!(joined.contains("-accel tcg"), "{joined}");
+        assert!(!joined.contains("kvm"), "{joined}");
+        assert!(joined.contains("-nic none"), "{joined}");
+        assert!(joined.contains("-machine q35"), "{joined}");
+    }
+
+    #[test]
+    fn uefi_uses_readonly_code_and_private_vars() {
+        let args = args_of(&VmConfig::uefi("/w").disk("/d.img"));
+        assert!(args.contains(&format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+        )));
+        assert!(args.contains(&"if=pflash,format=raw,unit=1,file=/w/OVMF_VARS.fd".to_string()));
+    }
+
+    #[test]
+    fn disks_main_first_then_readonly_data() {
+        let config = VmConfig::direct("/w", "/k", None, "console=ttyS0")
+            .data_disk("/a,b.img")
+            .disk("/main.img")
+            .no_reboot(true);
+        let args = args_of(&config);
+        let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("if=virtio")).collect();
+        assert_eq!(
+            drives,
+            [
+                "if=virtio,format=raw,file=/main.img",
+                "if=virtio,format=raw,readonly=on,file=/a,,b.img"
+            ]
+        );
+        assert!(args.contains(&"-no-reboot".to_string()));
+        assert!(!args.contains(&"-initrd".to_string()));
+    }
+
+    #[test]
+    fn first_match_prefers_the_earliest_on_the_console() {
+        let console = b"xx REBOOT yy SUCCESS zz REBOOT";
+        assert_eq!(
+            first_match(console, 0, &["SUCCESS", "REBOOT"]),
+            Some((1, 9))
+        );
+        assert_eq!(
+            first_match(console, 9, &["SUCCESS", "REBOOT"]),
+            Some((0, 20))
+        );
+        assert_eq!(first_match(console, 30, &["REBOOT"]), None);
+        assert_eq!(first_match(console, 99, &["REBOOT"]), None);
+        assert_eq!(first_match(console, 0, &[""]), None);
+    }
+
+    #[test]
+    fn markers_match_mid_line_and_across_escapes_removed_only_in_excerpts() {
+        let raw = b"\x1b[0m\x1b[37m\rBoot\x1b[2J ok\r\nlogin: ";
+        assert_eq!(clean_console(raw), "Boot ok\nlogin: ");
+        assert!(first_match(raw, 0, &["login:"]).is_some());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// `first_match` agrees with a naive search for the earliest marker after the cursor.
+        #[test]
+        fn first_match_is_the_earliest_occurrence(
+            console in "[ab\\n]{0,40}",
+            markers in proptest::collection::vec("[ab]{1,3}", 1..4),
+            from in 0usize..45,
+        ) {
+            let refs: Vec<&str> = markers.iter().map(String::as_str).collect();
+            let got = first_match(console.as_bytes(), from, &refs);
+            let naive = (from..console.len()).find_map(|pos| {
+                refs.iter().position(|m| console.as_bytes()[pos..].starts_with(m.as_bytes()))
+                    .map(|i| (i, pos + refs[i].len()))
+            });
+            proptest::prop_assert_eq!(got, naive);
+        }
+
+        #[test]
+        fn clean_console_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = clean_console(&bytes);
+        }
+    }
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a", 5), "a");
+    }
+
+    #[test]
+    fn missing_kernel_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VmConfig::direct(dir.path(), dir.path().join("nope"), None, "");
+        let err = config.spawn().unwrap_err();
+        assert!(matches!(err, Error::VmConfig { .. }), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn serial_logs_are_numbered_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(new_serial_log(dir.path()).unwrap().0, 1);
+        assert_eq!(new_serial_log(dir.path()).unwrap().0, 2);
+    }
+}
