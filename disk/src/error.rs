@@ -83,7 +83,5 @@ pub enum Error {
         at: u64,
         attempted: u64,
     },
-
-
     // --- ESP / BLS (helper "bls") ---
 }

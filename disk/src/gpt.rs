@@ -355,6 +355,12 @@ fn read_copy<R: Read + Seek + ?Sized>(
     {
         return Err("usable range or backup location outside the disk".into());
     }
+    // The backup array sits between the last usable LBA and the backup header; a table
+    // claiming otherwise would make us write past the end of the disk.
+    let backup_header_lba = h.primary_lba.max(h.backup_lba);
+    if h.last_usable_lba + ARRAY_SECTORS >= backup_header_lba {
+        return Err("no room for the backup entry array before the backup header".into());
+    }
     let entries = h
         .read_partitions(dev, SECTOR_SIZE)
         .map_err(|e| e.to_string())?;
@@ -505,8 +511,10 @@ fn copy_runs(
             reason: e.to_string(),
         })?;
     let header_off = header.primary_lba * SECTOR_SIZE;
-    let (mut head, mut rest): (Vec<_>, Vec<_>) =
-        cap.runs.into_iter().partition(|(off, _)| *off == header_off);
+    let (mut head, mut rest): (Vec<_>, Vec<_>) = cap
+        .runs
+        .into_iter()
+        .partition(|(off, _)| *off == header_off);
     rest.append(&mut head);
     Ok(rest)
 }
@@ -537,7 +545,8 @@ pub fn write_table<D: DiskIo + ?Sized>(
                 .and_then(|_| dev.write_all(&data))
                 .map_err(io_err("write partition table to", path))?;
         }
-        dev.sync_data().map_err(io_err("sync partition table on", path))?;
+        dev.sync_data()
+            .map_err(io_err("sync partition table on", path))?;
     }
     Ok(())
 }

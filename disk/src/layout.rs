@@ -33,8 +33,8 @@ use std::path::Path;
 use gptman::GPTPartitionEntry;
 
 use crate::gpt::{
-    self, types, write_protective_mbr, write_table, CopyHealth, DiskIo, Guid, Table,
-    TableHealth, TableSource, SECTOR_SIZE,
+    self, types, write_protective_mbr, write_table, CopyHealth, DiskIo, Guid, Table, TableHealth,
+    TableSource, SECTOR_SIZE,
 };
 use crate::{Error, Slot};
 
@@ -245,13 +245,19 @@ impl Layout {
         let one = |v: &[u32], what: &str| -> Result<u32, Error> {
             match v {
                 [n] => Ok(*n),
-                _ => Err(not(format!("expected 1 {what} partition, found {}", v.len()))),
+                _ => Err(not(format!(
+                    "expected 1 {what} partition, found {}",
+                    v.len()
+                ))),
             }
         };
         let two = |v: &[u32], what: &str| -> Result<[u32; 2], Error> {
             match v {
                 [a, b] => Ok([*a, *b]),
-                _ => Err(not(format!("expected 2 {what} partitions, found {}", v.len()))),
+                _ => Err(not(format!(
+                    "expected 2 {what} partitions, found {}",
+                    v.len()
+                ))),
             }
         };
         let layout = Layout {
@@ -389,9 +395,7 @@ mod tests {
     #[test]
     fn default_plan_is_aligned_and_ordered() {
         let p = LayoutSpec::default().plan(Path::new("x")).unwrap();
-        let all = [
-            p.esp, p.usr[0], p.verity[0], p.usr[1], p.verity[1], p.root,
-        ];
+        let all = [p.esp, p.usr[0], p.verity[0], p.usr[1], p.verity[1], p.root];
         for w in all.windows(2) {
             assert!(w[0].last_lba < w[1].first_lba);
         }

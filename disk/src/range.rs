@@ -211,7 +211,14 @@ mod tests {
         let mut w = RangeWriter::new(&mut disk, Path::new("mem"), 16, 8);
         w.write(&[1; 5]).unwrap();
         let err = w.write(&[2; 4]).unwrap_err();
-        assert!(matches!(err, Error::RangeOverflow { at: 5, attempted: 4, .. }));
+        assert!(matches!(
+            err,
+            Error::RangeOverflow {
+                at: 5,
+                attempted: 4,
+                ..
+            }
+        ));
         w.write(&[3; 3]).unwrap();
         assert_eq!(w.finish().unwrap(), 8);
         let d = disk.into_inner();

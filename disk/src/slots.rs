@@ -344,7 +344,11 @@ impl Inventory {
                 DataLabel::Installing => (SlotState::Installing, None, None),
                 DataLabel::Unknown => (SlotState::Unknown, None, None),
                 DataLabel::Image { os, version, bad } => {
-                    let s = if bad { SlotState::Bad } else { SlotState::Valid };
+                    let s = if bad {
+                        SlotState::Bad
+                    } else {
+                        SlotState::Valid
+                    };
                     (s, Some(os), Some(version))
                 }
             };
@@ -616,7 +620,10 @@ mod tests {
     #[test]
     fn labels_round_trip() {
         let (d, v) = image_labels("basalt", "1.2.3").unwrap();
-        assert_eq!((d.as_str(), v.as_str()), ("basalt_1.2.3", "basalt_1.2.3_verity"));
+        assert_eq!(
+            (d.as_str(), v.as_str()),
+            ("basalt_1.2.3", "basalt_1.2.3_verity")
+        );
         assert_eq!(
             parse_data_label(&d),
             DataLabel::Image {
@@ -652,8 +659,14 @@ mod tests {
     fn root_hash_uuids_are_verbatim_halves() {
         let hex = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210";
         let h = RootHash::parse(hex).unwrap();
-        assert_eq!(h.data_uuid().to_string(), "00112233-4455-6677-8899-aabbccddeeff");
-        assert_eq!(h.verity_uuid().to_string(), "01234567-89ab-cdef-fedc-ba9876543210");
+        assert_eq!(
+            h.data_uuid().to_string(),
+            "00112233-4455-6677-8899-aabbccddeeff"
+        );
+        assert_eq!(
+            h.verity_uuid().to_string(),
+            "01234567-89ab-cdef-fedc-ba9876543210"
+        );
         assert_eq!(RootHash::from_uuids(h.data_uuid(), h.verity_uuid()), h);
         assert_eq!(h.to_hex(), hex);
         assert!(RootHash::parse(&"0".repeat(64)).is_err());
@@ -664,7 +677,10 @@ mod tests {
     #[test]
     fn cmdline_parsing() {
         let h = "ab".repeat(32);
-        let line = format!("console=ttyS0 usrhash={} ro usrhash={h} quiet", "cd".repeat(32));
+        let line = format!(
+            "console=ttyS0 usrhash={} ro usrhash={h} quiet",
+            "cd".repeat(32)
+        );
         assert_eq!(cmdline_usrhash(&line).unwrap().unwrap().to_hex(), h);
         let flatcar = format!("verity.usrhash={h}");
         assert_eq!(cmdline_usrhash(&flatcar).unwrap().unwrap().to_hex(), h);

@@ -2,6 +2,8 @@
 //! exactly the priority/tries/successful we write, and we read exactly what `cgpt add` and
 //! `cgpt prioritize` write.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::path::Path;
@@ -93,19 +95,51 @@ fn we_read_what_cgpt_add_writes() {
         (5, 2, 0, 5, 2, 0),
         (3, 0, 0, 14, 15, 1),
     ] {
-        cgpt(&["add", "-i", &a.to_string(), "-P", &pa.to_string(), "-T", &ta.to_string(), "-S", &sa.to_string(), i]);
-        cgpt(&["add", "-i", &b.to_string(), "-P", &pb.to_string(), "-T", &tb.to_string(), "-S", &sb.to_string(), i]);
+        cgpt(&[
+            "add",
+            "-i",
+            &a.to_string(),
+            "-P",
+            &pa.to_string(),
+            "-T",
+            &ta.to_string(),
+            "-S",
+            &sa.to_string(),
+            i,
+        ]);
+        cgpt(&[
+            "add",
+            "-i",
+            &b.to_string(),
+            "-P",
+            &pb.to_string(),
+            "-T",
+            &tb.to_string(),
+            "-S",
+            &sb.to_string(),
+            i,
+        ]);
         let want = [cgpt_fields(&img, a), cgpt_fields(&img, b)];
         assert_eq!(
             want,
             [
-                Prio { priority: pa, tries: ta, successful: sa == 1 },
-                Prio { priority: pb, tries: tb, successful: sb == 1 }
+                Prio {
+                    priority: pa,
+                    tries: ta,
+                    successful: sa == 1
+                },
+                Prio {
+                    priority: pb,
+                    tries: tb,
+                    successful: sb == 1
+                }
             ]
         );
         assert_eq!(ours(&img), want);
         // Our write after cgpt's keeps cgpt's view consistent (no bit drift).
-        GptPrio::new(open_rw(&img).unwrap(), &img).mark_bad(Slot::A).unwrap();
+        GptPrio::new(open_rw(&img).unwrap(), &img)
+            .mark_bad(Slot::A)
+            .unwrap();
         assert_eq!(cgpt_fields(&img, b), want[1]);
     }
 }
@@ -126,7 +160,13 @@ fn we_read_what_cgpt_prioritize_writes() {
     gp.stage(Slot::B, &target(), 3).unwrap();
     drop(gp);
     let sg = |args: &[&str]| run_ok("sgdisk", "gdisk", args);
-    sg(&["-t", &format!("{a}:{CROS_KERNEL}"), "-t", &format!("{b}:{CROS_KERNEL}"), i]);
+    sg(&[
+        "-t",
+        &format!("{a}:{CROS_KERNEL}"),
+        "-t",
+        &format!("{b}:{CROS_KERNEL}"),
+        i,
+    ]);
     // Make A the highest (what `chromeos-setgoodkernel` does for the running kernel).
     cgpt(&["prioritize", "-i", &a.to_string(), i]);
     let theirs = [cgpt_fields(&img, a), cgpt_fields(&img, b)];
@@ -137,7 +177,13 @@ fn we_read_what_cgpt_prioritize_writes() {
     let gp = GptPrio::new(open_rw(&img).unwrap(), &img);
     assert_eq!(gp.status().unwrap().next, Some(Slot::A));
     // And with an explicit top priority.
-    sg(&["-t", &format!("{a}:{CROS_KERNEL}"), "-t", &format!("{b}:{CROS_KERNEL}"), i]);
+    sg(&[
+        "-t",
+        &format!("{a}:{CROS_KERNEL}"),
+        "-t",
+        &format!("{b}:{CROS_KERNEL}"),
+        i,
+    ]);
     cgpt(&["prioritize", "-i", &b.to_string(), "-P", "9", i]);
     let theirs = [cgpt_fields(&img, a), cgpt_fields(&img, b)];
     assert_eq!(theirs[1].priority, 9);

@@ -2,6 +2,8 @@
 //! `fdisk`) accept and decode every table we write, and we read tables sgdisk wrote.
 //! Plus the bad-input cases: corrupt copies, foreign layouts, garbage.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::path::Path;
@@ -25,7 +27,10 @@ fn assert_sgdisk_clean(img: &Path) {
 fn assert_sfdisk_agrees(img: &Path) {
     let out = run_ok("sfdisk", "fdisk", &["--json", img.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let parts = v["partitiontable"]["partitions"].as_array().unwrap().clone();
+    let parts = v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone();
     let inv = Inventory::read_path(img, None).unwrap();
     let mut ours = vec![inv.esp.clone(), inv.root.clone()];
     for s in &inv.slots {
@@ -63,12 +68,17 @@ fn target() -> BootTarget {
 fn every_table_we_write_passes_sgdisk_and_sfdisk() {
     let dir = tempfile::tempdir().unwrap();
     let img = tiny_image_file(dir.path(), "d.img");
-    let steps: Vec<Box<dyn Fn(&Path)>> = vec![
+    type Step = Box<dyn Fn(&Path)>;
+    let steps: Vec<Step> = vec![
         Box::new(|_| {}),
         Box::new(|p| {
             put_image(&mut open_rw(p).unwrap(), p, Slot::A, "1.0.0", 1, None).unwrap();
         }),
-        Box::new(|p| GptPrio::new(open_rw(p).unwrap(), p).mark_good(Slot::A).unwrap()),
+        Box::new(|p| {
+            GptPrio::new(open_rw(p).unwrap(), p)
+                .mark_good(Slot::A)
+                .unwrap()
+        }),
         Box::new(|p| {
             put_image(&mut open_rw(p).unwrap(), p, Slot::B, "2.0.0-rc.1", 2, None).unwrap();
         }),
@@ -80,8 +90,16 @@ fn every_table_we_write_passes_sgdisk_and_sfdisk() {
         Box::new(|p| {
             GptPrio::new(open_rw(p).unwrap(), p).boot_attempt().unwrap();
         }),
-        Box::new(|p| GptPrio::new(open_rw(p).unwrap(), p).mark_good(Slot::B).unwrap()),
-        Box::new(|p| GptPrio::new(open_rw(p).unwrap(), p).rollback(Slot::A).unwrap()),
+        Box::new(|p| {
+            GptPrio::new(open_rw(p).unwrap(), p)
+                .mark_good(Slot::B)
+                .unwrap()
+        }),
+        Box::new(|p| {
+            GptPrio::new(open_rw(p).unwrap(), p)
+                .rollback(Slot::A)
+                .unwrap()
+        }),
         Box::new(|p| {
             basalt_disk::slots::mark_slot_bad(&mut open_rw(p).unwrap(), p, Slot::B, None).unwrap()
         }),
@@ -90,7 +108,10 @@ fn every_table_we_write_passes_sgdisk_and_sfdisk() {
         step(&img);
         assert_sgdisk_clean(&img);
         let printed = sgdisk(&["-p", img.to_str().unwrap()]);
-        assert!(printed.contains("esp") && printed.contains("root"), "{printed}");
+        assert!(
+            printed.contains("esp") && printed.contains("root"),
+            "{printed}"
+        );
         assert_sfdisk_agrees(&img);
         // sgdisk's view of the usr attribute bits is ours.
         let inv = Inventory::read_path(&img, None).unwrap();
@@ -117,19 +138,63 @@ fn we_read_a_table_sgdisk_wrote() {
         .unwrap();
     let h = fake_hash(9);
     let (du, vu) = (h.data_uuid().to_string(), h.verity_uuid().to_string());
-    let (usr, ver) = (types::USR_X86_64.to_string(), types::USR_VERITY_X86_64.to_string());
+    let (usr, ver) = (
+        types::USR_X86_64.to_string(),
+        types::USR_VERITY_X86_64.to_string(),
+    );
     let root = types::ROOT_X86_64.to_string();
     let i = img.to_str().unwrap();
     sgdisk(&[
         "-o",
-        "-n", "1:2048:+1M", "-t", "1:ef00", "-c", "1:esp",
-        "-n", "2:0:+1M", "-t", &format!("2:{usr}"), "-u", &format!("2:{du}"), "-c", "2:basalt_2.0.0",
-        "-n", "3:0:+64K", "-t", &format!("3:{ver}"), "-u", &format!("3:{vu}"), "-c", "3:basalt_2.0.0_verity",
-        "-n", "4:0:+1M", "-t", &format!("4:{usr}"), "-c", "4:_empty",
-        "-n", "5:0:+64K", "-t", &format!("5:{ver}"), "-c", "5:_empty",
-        "-n", "6:0:0", "-t", &format!("6:{root}"), "-c", "6:root",
+        "-n",
+        "1:2048:+1M",
+        "-t",
+        "1:ef00",
+        "-c",
+        "1:esp",
+        "-n",
+        "2:0:+1M",
+        "-t",
+        &format!("2:{usr}"),
+        "-u",
+        &format!("2:{du}"),
+        "-c",
+        "2:basalt_2.0.0",
+        "-n",
+        "3:0:+64K",
+        "-t",
+        &format!("3:{ver}"),
+        "-u",
+        &format!("3:{vu}"),
+        "-c",
+        "3:basalt_2.0.0_verity",
+        "-n",
+        "4:0:+1M",
+        "-t",
+        &format!("4:{usr}"),
+        "-c",
+        "4:_empty",
+        "-n",
+        "5:0:+64K",
+        "-t",
+        &format!("5:{ver}"),
+        "-c",
+        "5:_empty",
+        "-n",
+        "6:0:0",
+        "-t",
+        &format!("6:{root}"),
+        "-c",
+        "6:root",
         // gptprio on USR-A: priority 3 (bits 48, 49), tries 1 (bit 52), successful (bit 56).
-        "-A", "2:set:48", "-A", "2:set:49", "-A", "2:set:52", "-A", "2:set:56",
+        "-A",
+        "2:set:48",
+        "-A",
+        "2:set:49",
+        "-A",
+        "2:set:52",
+        "-A",
+        "2:set:56",
         i,
     ]);
     let cmdline = format!("ro usrhash={}", h.to_hex());
@@ -145,7 +210,11 @@ fn we_read_a_table_sgdisk_wrote() {
     let gp = GptPrio::new(open_rw(&img).unwrap(), &img);
     assert_eq!(
         gp.fields().unwrap()[0],
-        Prio { priority: 3, tries: 1, successful: true }
+        Prio {
+            priority: 3,
+            tries: 1,
+            successful: true
+        }
     );
     assert_eq!(gp.status().unwrap().next, Some(Slot::A));
 }
@@ -181,12 +250,24 @@ fn corrupt_copies_are_reported_used_and_repaired() {
         } else {
             (&inv.health.backup, &inv.health.primary)
         };
-        assert!(matches!(bad, CopyHealth::Corrupt(_)), "{what}: {:?}", inv.health);
+        assert!(
+            matches!(bad, CopyHealth::Corrupt(_)),
+            "{what}: {:?}",
+            inv.health
+        );
         assert_eq!(good, &CopyHealth::Valid, "{what}");
-        let want = if primary { TableSource::Backup } else { TableSource::Primary };
+        let want = if primary {
+            TableSource::Backup
+        } else {
+            TableSource::Primary
+        };
         assert_eq!(inv.health.source, want, "{what}");
         assert_eq!(inv.health.warnings().len(), 1, "{what}");
-        assert_eq!(inv.slot(Slot::A).version.as_deref(), Some("1.0.0"), "{what}");
+        assert_eq!(
+            inv.slot(Slot::A).version.as_deref(),
+            Some("1.0.0"),
+            "{what}"
+        );
         // sgdisk sees the damage too ...
         let v = run("sgdisk", "gdisk", &["-v", img.to_str().unwrap()]);
         let said = format!(
@@ -195,11 +276,19 @@ fn corrupt_copies_are_reported_used_and_repaired() {
             String::from_utf8_lossy(&v.stderr)
         )
         .to_lowercase();
-        assert!(said.contains("error") || said.contains("corrupt"), "{what}: {said}");
+        assert!(
+            said.contains("error") || said.contains("corrupt"),
+            "{what}: {said}"
+        );
         // ... and the next write repairs it.
-        GptPrio::new(open_rw(&img).unwrap(), &img).mark_good(Slot::A).unwrap();
+        GptPrio::new(open_rw(&img).unwrap(), &img)
+            .mark_good(Slot::A)
+            .unwrap();
         assert_sgdisk_clean(&img);
-        assert!(Inventory::read_path(&img, None).unwrap().health.is_clean(), "{what}");
+        assert!(
+            Inventory::read_path(&img, None).unwrap().health.is_clean(),
+            "{what}"
+        );
     }
     // Both copies corrupt: a typed error, and no write happens.
     let img = tiny_image_file(dir.path(), "both.img");
@@ -211,7 +300,10 @@ fn corrupt_copies_are_reported_used_and_repaired() {
         Err(Error::GptCorrupt { .. })
     ));
     let mut gp = GptPrio::new(open_rw(&img).unwrap(), &img);
-    assert!(matches!(gp.mark_bad(Slot::A), Err(Error::GptCorrupt { .. })));
+    assert!(matches!(
+        gp.mark_bad(Slot::A),
+        Err(Error::GptCorrupt { .. })
+    ));
     assert_eq!(std::fs::read(&img).unwrap(), before);
 }
 
@@ -239,7 +331,10 @@ fn bad_input_is_a_typed_error() {
         assert!(matches!(r, Err(Error::NoGpt { .. })), "{n}: {r:?}");
     }
     // An MBR disk made by sfdisk.
-    std::fs::File::create(p("mbr")).unwrap().set_len(4 << 20).unwrap();
+    std::fs::File::create(p("mbr"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
     let out = std::process::Command::new("sfdisk")
         .arg(p("mbr"))
         .stdin(std::process::Stdio::piped())
@@ -252,10 +347,23 @@ fn bad_input_is_a_typed_error() {
         })
         .expect("sfdisk not runnable; install the Debian package `fdisk`");
     assert!(out.success());
-    assert!(matches!(Inventory::read_path(&p("mbr"), None), Err(Error::NoGpt { .. })));
+    assert!(matches!(
+        Inventory::read_path(&p("mbr"), None),
+        Err(Error::NoGpt { .. })
+    ));
     // A GPT disk with someone else's layout.
-    std::fs::File::create(p("foreign")).unwrap().set_len(4 << 20).unwrap();
-    sgdisk(&["-o", "-n", "1:0:0", "-t", "1:8300", p("foreign").to_str().unwrap()]);
+    std::fs::File::create(p("foreign"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    sgdisk(&[
+        "-o",
+        "-n",
+        "1:0:0",
+        "-t",
+        "1:8300",
+        p("foreign").to_str().unwrap(),
+    ]);
     assert!(matches!(
         Inventory::read_path(&p("foreign"), None),
         Err(Error::NotBasaltLayout { .. })

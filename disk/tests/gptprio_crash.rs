@@ -5,6 +5,8 @@
 //! next boot is a bootable slot holding an image, and retrying the operation succeeds with the
 //! same result as an uninterrupted run.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::io::Cursor;
@@ -80,9 +82,12 @@ fn sweep(name: &str, base: Vec<u8>, op: Op) -> usize {
             let ctx = format!("{name}: crash after {k} writes + {cut:?} bytes of the next");
             // 1. Parses, and is the old or the new table.
             let now = fields_of(&disk).unwrap_or_else(|e| panic!("{ctx}: unreadable: {e}"));
-            assert!(now == old || now == new, "{ctx}: neither old nor new: {now:?}");
+            assert!(
+                now == old || now == new,
+                "{ctx}: neither old nor new: {now:?}"
+            );
             // 2. The next boot is a bootable slot that holds an image.
-            let mut gp = GptPrio::new(Cursor::new(disk), mem());
+            let gp = GptPrio::new(Cursor::new(disk), mem());
             let st = gp.status().unwrap();
             let next = st.next.unwrap_or_else(|| panic!("{ctx}: nothing bootable"));
             assert!(
@@ -100,7 +105,11 @@ fn sweep(name: &str, base: Vec<u8>, op: Op) -> usize {
                 op(&mut gp).unwrap_or_else(|e| panic!("{ctx}: retry failed: {e}"));
                 assert!(gp.table_health().unwrap().is_clean(), "{ctx}: not repaired");
             }
-            assert_eq!(fields_of(rec.inner.get_ref()).unwrap(), new, "{ctx}: retry diverged");
+            assert_eq!(
+                fields_of(rec.inner.get_ref()).unwrap(),
+                new,
+                "{ctx}: retry diverged"
+            );
             points += 1;
         }
     }
@@ -123,11 +132,17 @@ fn torn_cuts(next_len: Option<usize>) -> Vec<Option<usize>> {
 }
 
 fn staged() -> Vec<u8> {
-    with(base_written(), |gp| gp.stage(Slot::B, &target(), 3).unwrap())
+    with(base_written(), |gp| {
+        gp.stage(Slot::B, &target(), 3).unwrap()
+    })
 }
 
 fn corrupt(mut disk: Vec<u8>, primary: bool) -> Vec<u8> {
-    let off = if primary { 512 + 24 } else { disk.len() - 512 + 24 };
+    let off = if primary {
+        512 + 24
+    } else {
+        disk.len() - 512 + 24
+    };
     disk[off] ^= 0x5a;
     disk
 }
@@ -135,7 +150,9 @@ fn corrupt(mut disk: Vec<u8>, primary: bool) -> Vec<u8> {
 #[test]
 fn crash_sweep_gptprio() {
     let mut total = 0;
-    total += sweep("stage", base_written(), |gp| gp.stage(Slot::B, &target(), 3));
+    total += sweep("stage", base_written(), |gp| {
+        gp.stage(Slot::B, &target(), 3)
+    });
     total += sweep(
         "mark_good",
         with(staged(), |gp| {
@@ -153,12 +170,16 @@ fn crash_sweep_gptprio() {
     );
     total += sweep("mark_bad", staged(), |gp| gp.mark_bad(Slot::B));
     total += sweep("cancel", staged(), |gp| gp.cancel(Slot::B));
-    total += sweep("stage, primary corrupt", corrupt(base_written(), true), |gp| {
-        gp.stage(Slot::B, &target(), 3)
-    });
-    total += sweep("stage, backup corrupt", corrupt(base_written(), false), |gp| {
-        gp.stage(Slot::B, &target(), 3)
-    });
+    total += sweep(
+        "stage, primary corrupt",
+        corrupt(base_written(), true),
+        |gp| gp.stage(Slot::B, &target(), 3),
+    );
+    total += sweep(
+        "stage, backup corrupt",
+        corrupt(base_written(), false),
+        |gp| gp.stage(Slot::B, &target(), 3),
+    );
     eprintln!("gptprio crash sweep: {total} crash points");
     assert!(total >= 7 * 9, "expected at least 4 writes per operation");
 }
@@ -182,7 +203,7 @@ fn crash_sweep_write_slot() {
                 disk[off..off + data.len()].copy_from_slice(data);
             }
             let ctx = format!("write_slot: crash after {k} writes + {cut:?} bytes of the next");
-            let mut gp = GptPrio::new(Cursor::new(disk), mem());
+            let gp = GptPrio::new(Cursor::new(disk), mem());
             let st = gp.status().unwrap_or_else(|e| panic!("{ctx}: {e}"));
             assert_eq!(st.next, Some(Slot::A), "{ctx}");
             assert_eq!(st.slot(Slot::A).status, BootStatus::Good, "{ctx}");
@@ -193,6 +214,9 @@ fn crash_sweep_write_slot() {
             points += 1;
         }
     }
-    eprintln!("write_slot crash sweep: {} writes, {points} crash points", writes.len());
+    eprintln!(
+        "write_slot crash sweep: {} writes, {points} crash points",
+        writes.len()
+    );
     assert!(points >= 9);
 }

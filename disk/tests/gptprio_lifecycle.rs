@@ -2,6 +2,8 @@
 //! #949 invariant (an operation on one slot never changes the other slot's tries or
 //! successful bit, except `rollback`).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::io::Cursor;
@@ -75,7 +77,11 @@ fn stage_cancel_restage() {
     );
     // undo
     gp.cancel(Slot::B).unwrap();
-    assert_eq!(fields(&gp), before, "cancel restores exactly the pre-stage fields");
+    assert_eq!(
+        fields(&gp),
+        before,
+        "cancel restores exactly the pre-stage fields"
+    );
     assert_eq!(gp.status().unwrap().next, Some(Slot::A));
     // redo
     gp.stage(Slot::B, &target(), 3).unwrap();
@@ -174,12 +180,15 @@ fn rollback_and_back() {
 
 #[test]
 fn illegal_transitions_are_typed_and_write_nothing() {
-    let mut gp = base();
+    let gp = base();
     let before = gp.into_inner().into_inner();
     let mut gp = GptPrio::new(Cursor::new(before.clone()), Path::new("mem"));
     // Cancelling a slot that is not staged: a no-op (retry-safe); a good slot: refused.
     gp.cancel(Slot::B).unwrap();
-    assert!(matches!(gp.cancel(Slot::A), Err(Error::IllegalTransition { .. })));
+    assert!(matches!(
+        gp.cancel(Slot::A),
+        Err(Error::IllegalTransition { .. })
+    ));
     assert!(matches!(
         gp.stage(Slot::B, &target(), 0),
         Err(Error::IllegalTransition { .. })
@@ -188,7 +197,10 @@ fn illegal_transitions_are_typed_and_write_nothing() {
         gp.stage(Slot::B, &target(), 16),
         Err(Error::IllegalTransition { .. })
     ));
-    assert!(matches!(gp.rollback(Slot::B), Err(Error::IllegalTransition { .. })));
+    assert!(matches!(
+        gp.rollback(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
     assert_eq!(gp.into_inner().into_inner(), before);
 
     // Staging or blessing an empty slot is refused.
@@ -199,8 +211,14 @@ fn illegal_transitions_are_typed_and_write_nothing() {
         gp.stage(Slot::B, &target(), 3),
         Err(Error::IllegalTransition { .. })
     ));
-    assert!(matches!(gp.mark_good(Slot::B), Err(Error::IllegalTransition { .. })));
-    assert_eq!(gp.status().unwrap().slot(Slot::B).status, BootStatus::Absent);
+    assert!(matches!(
+        gp.mark_good(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert_eq!(
+        gp.status().unwrap().slot(Slot::B).status,
+        BootStatus::Absent
+    );
 }
 
 #[test]

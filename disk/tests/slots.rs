@@ -3,6 +3,8 @@
 //! reader; the booted slot, oversize images, duplicate hashes and failed copies are refused or
 //! left recoverable, and nothing outside the target slot changes.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::io::{self, Read};
@@ -24,7 +26,9 @@ fn written_slot_verifies_with_veritysetup_through_the_range_reader() {
     let d = dir.path();
     let img = tiny_image_file(d, "d.img");
     // 192 KiB of non-trivial data and its tree.
-    let data: Vec<u8> = (0..192 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..192 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(d.join("usr.img"), &data).unwrap();
     let out = veritysetup(&[
         "format",
@@ -66,7 +70,10 @@ fn written_slot_verifies_with_veritysetup_through_the_range_reader() {
     assert_eq!(b.data.uuid.to_string().replace('-', ""), hex[..32]);
     assert_eq!(b.verity.uuid.to_string().replace('-', ""), hex[32..]);
     // Read both partitions back through the range reader, as the updater will.
-    for (part, name) in [(SlotPart::Data, "data.part"), (SlotPart::Verity, "verity.part")] {
+    for (part, name) in [
+        (SlotPart::Data, "data.part"),
+        (SlotPart::Verity, "verity.part"),
+    ] {
         let mut r = inv.slot_range(Slot::B, part).open_read().unwrap();
         let mut buf = Vec::new();
         r.read_to_end(&mut buf).unwrap();
@@ -88,18 +95,43 @@ fn the_booted_slot_is_never_written() {
     let hash = put_image(&mut open_rw(&img).unwrap(), &img, Slot::A, "1.0.0", 1, None).unwrap();
     let cmdline = format!("console=ttyS0 usrhash={} rw", hash.to_hex());
     let before = std::fs::read(&img).unwrap();
-    let r = put_image(&mut open_rw(&img).unwrap(), &img, Slot::A, "2.0.0", 2, Some(&cmdline));
-    assert!(matches!(r, Err(Error::BootedSlot { slot: Slot::A })), "{r:?}");
+    let r = put_image(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::A,
+        "2.0.0",
+        2,
+        Some(&cmdline),
+    );
+    assert!(
+        matches!(r, Err(Error::BootedSlot { slot: Slot::A })),
+        "{r:?}"
+    );
     let r = mark_slot_bad(&mut open_rw(&img).unwrap(), &img, Slot::A, Some(&cmdline));
-    assert!(matches!(r, Err(Error::BootedSlot { slot: Slot::A })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::BootedSlot { slot: Slot::A })),
+        "{r:?}"
+    );
     let inv = Inventory::read_path(&img, Some(&cmdline)).unwrap();
     for part in [SlotPart::Data, SlotPart::Verity] {
         let r = inv.slot_writer(open_rw(&img).unwrap(), Slot::A, part);
         assert!(matches!(r, Err(Error::BootedSlot { slot: Slot::A })));
     }
-    assert_eq!(std::fs::read(&img).unwrap(), before, "booted slot refusals wrote something");
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "booted slot refusals wrote something"
+    );
     // The other slot is writable while A is booted.
-    put_image(&mut open_rw(&img).unwrap(), &img, Slot::B, "2.0.0", 2, Some(&cmdline)).unwrap();
+    put_image(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::B,
+        "2.0.0",
+        2,
+        Some(&cmdline),
+    )
+    .unwrap();
     let inv = Inventory::read_path(&img, Some(&cmdline)).unwrap();
     assert_eq!(inv.booted, Some(Slot::A));
     assert_eq!(inv.slot(Slot::A).state, SlotState::Active);
@@ -141,7 +173,10 @@ fn oversize_images_and_bad_labels_are_refused_before_any_write() {
         "{r:?}"
     );
     let r = image(&small, &vec![0u8; vcap as usize + 1], "1.0.0");
-    assert!(matches!(r, Err(Error::SlotTooSmall { part: "verity", .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::SlotTooSmall { part: "verity", .. })),
+        "{r:?}"
+    );
     let r = image(&small, &small, "1_0");
     assert!(matches!(r, Err(Error::InvalidLabel { .. })), "{r:?}");
     let r = image(&small, &small, "1.0.0-a-very-long-prerelease-tag");
@@ -158,7 +193,10 @@ fn duplicate_root_hash_is_refused() {
     let img = tiny_image_file(dir.path(), "d.img");
     put_image(&mut open_rw(&img).unwrap(), &img, Slot::A, "1.0.0", 7, None).unwrap();
     let r = put_image(&mut open_rw(&img).unwrap(), &img, Slot::B, "1.0.0", 7, None);
-    assert!(matches!(r, Err(Error::DuplicateRootHash { other: Slot::A, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::DuplicateRootHash { other: Slot::A, .. })),
+        "{r:?}"
+    );
     // Rewriting the same slot with the same image is fine (idempotent retry).
     put_image(&mut open_rw(&img).unwrap(), &img, Slot::A, "1.0.0", 7, None).unwrap();
 }
@@ -168,7 +206,10 @@ struct Failing(usize);
 impl Read for Failing {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.0 == 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream dropped"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "stream dropped",
+            ));
         }
         let n = buf.len().min(self.0);
         buf[..n].fill(0x42);
@@ -185,13 +226,17 @@ fn failed_copy_leaves_the_slot_installing_and_unbootable() {
     put_image(&mut open_rw(&img).unwrap(), &img, Slot::B, "2.0.0", 2, None).unwrap();
     let mut gp = GptPrio::new(open_rw(&img).unwrap(), &img);
     gp.mark_good(Slot::A).unwrap();
-    gp.stage(Slot::B, &basalt_disk::BootTarget {
-        version: "2.0.0".into(),
-        usr_hash: String::new(),
-        kernel: None,
-        initrd: None,
-        options: String::new(),
-    }, 3)
+    gp.stage(
+        Slot::B,
+        &basalt_disk::BootTarget {
+            version: "2.0.0".into(),
+            usr_hash: String::new(),
+            kernel: None,
+            initrd: None,
+            options: String::new(),
+        },
+        3,
+    )
     .unwrap();
     let a_before = gp.fields().unwrap()[0];
     drop(gp);
@@ -220,7 +265,11 @@ fn failed_copy_leaves_the_slot_installing_and_unbootable() {
     assert_eq!(inv.slot(Slot::A).state, SlotState::Valid);
     let gp = GptPrio::new(open_rw(&img).unwrap(), &img);
     let st = gp.status().unwrap();
-    assert_eq!(st.slot(Slot::B).status, BootStatus::Absent, "staged bits were cleared");
+    assert_eq!(
+        st.slot(Slot::B).status,
+        BootStatus::Absent,
+        "staged bits were cleared"
+    );
     assert_eq!(st.next, Some(Slot::A));
     assert_eq!(gp.fields().unwrap()[0], a_before);
 }
@@ -251,6 +300,9 @@ fn malformed_usrhash_on_the_cmdline_is_an_error_not_a_guess() {
     let r = Inventory::read_path(&img, Some("ro usrhash=12345"));
     assert!(matches!(r, Err(Error::InvalidRootHash { .. })), "{r:?}");
     let inv = Inventory::read_path(&img, Some(&format!("usrhash={}", "ab".repeat(32)))).unwrap();
-    assert_eq!(inv.booted, None, "a hash matching no slot boots nothing here");
+    assert_eq!(
+        inv.booted, None,
+        "a hash matching no slot boots nothing here"
+    );
     assert!(inv.cmdline_usrhash.is_some());
 }

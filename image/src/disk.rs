@@ -386,7 +386,9 @@ fn inspect(image: &Path, cmdline: Option<&str>, as_json: bool) -> anyhow::Result
             s.state.as_str(),
             if s.booted { " (booted)" } else { "" },
             s.version.as_deref().unwrap_or("-"),
-            s.root_hash.map(|h| h.to_hex()).unwrap_or_else(|| "-".into()),
+            s.root_hash
+                .map(|h| h.to_hex())
+                .unwrap_or_else(|| "-".into()),
             f.priority,
             f.tries,
             u8::from(f.successful),
