@@ -255,7 +255,9 @@ impl PartitionInfo {
             uuid: Guid::from_gpt_bytes(e.unique_partition_guid),
             label: e.partition_name.as_str().to_string(),
             offset: e.starting_lba.saturating_mul(SECTOR_SIZE),
-            size: (e.ending_lba.saturating_sub(e.starting_lba) + 1).saturating_mul(SECTOR_SIZE),
+            size: (e.ending_lba.saturating_sub(e.starting_lba))
+                .saturating_add(1)
+                .saturating_mul(SECTOR_SIZE),
             attributes: e.attribute_bits,
         }
     }
