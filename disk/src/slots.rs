@@ -648,6 +648,35 @@ mod tests {
         assert_eq!(parse_data_label("Basalt_1"), DataLabel::Unknown);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 128, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Every label we agree to write parses back to the same OS and version.
+        #[test]
+        fn accepted_labels_parse_back(os in "[a-z0-9][a-z0-9.-]{0,10}", version in "[0-9A-Za-z.+~-]{1,20}") {
+            if let Ok((data, verity)) = image_labels(&os, &version) {
+                proptest::prop_assert!(verity.len() <= MAX_LABEL);
+                proptest::prop_assert_eq!(
+                    parse_data_label(&data),
+                    DataLabel::Image { os: os.clone(), version: version.clone(), bad: false }
+                );
+                proptest::prop_assert_eq!(
+                    parse_data_label(&format!("{data}{BAD_SUFFIX}")),
+                    DataLabel::Image { os, version, bad: true }
+                );
+            }
+        }
+
+        /// Parsing any label never panics.
+        #[test]
+        fn any_label_parses(label in "\\PC{0,40}") {
+            let _ = parse_data_label(&label);
+            let _ = cmdline_usrhash(&label);
+        }
+    }
+
     #[test]
     fn labels_refuse_what_cannot_round_trip() {
         assert!(image_labels("basalt", "1_2").is_err());
