@@ -481,6 +481,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
     ] {
         if needed > capacity {
             return Err(Error::SlotTooSmall {
+                path: path.to_path_buf(),
                 slot,
                 part,
                 capacity,
@@ -499,6 +500,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
     });
     if clash {
         return Err(Error::DuplicateRootHash {
+            path: path.to_path_buf(),
             other: other.slot,
             root_hash: image.root_hash.to_hex(),
         });
