@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
+mod gpt_util;
 
 use std::io::Cursor;
 use std::path::Path;
 
 use basalt_disk::gptprio::Prio;
 use basalt_disk::{BootControl, BootStatus, BootTarget, Error, GptPrio, Slot};
-use common::{put_image, tiny_disk_mem};
+use gpt_util::{put_image, tiny_disk_mem};
 use proptest::prelude::*;
 
 /// A target that names no particular image (the backend then only checks the slot has one).
@@ -227,12 +227,12 @@ fn staging_a_slot_with_someone_elses_image_is_refused() {
     let mut gp = base();
     let before = fields(&gp);
     let mut t = target();
-    t.usr_hash = common::fake_hash(1).to_hex(); // A's image, not B's
+    t.usr_hash = gpt_util::fake_hash(1).to_hex(); // A's image, not B's
     assert!(matches!(
         gp.stage(Slot::B, &t, 3),
         Err(Error::IllegalTransition { .. })
     ));
-    t.usr_hash = common::fake_hash(2).to_hex();
+    t.usr_hash = gpt_util::fake_hash(2).to_hex();
     t.version = "9.9.9".into();
     assert!(matches!(
         gp.stage(Slot::B, &t, 3),
