@@ -2,14 +2,16 @@
 //! exactly the priority/tries/successful we write, and we read exactly what `cgpt add` and
 //! `cgpt prioritize` write.
 
-mod common;
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod gpt_util;
 
 use std::path::Path;
 
 use basalt_disk::gptprio::Prio;
 use basalt_disk::slots::open_rw;
 use basalt_disk::{BootControl, BootTarget, GptPrio, Inventory, Slot};
-use common::{put_image, run_ok, tiny_image_file};
+use gpt_util::{put_image, run_ok, tiny_image_file};
 
 fn cgpt(args: &[&str]) -> String {
     run_ok("cgpt", "cgpt", args)

@@ -2,7 +2,9 @@
 //! `fdisk`) accept and decode every table we write, and we read tables sgdisk wrote.
 //! Plus the bad-input cases: corrupt copies, foreign layouts, garbage.
 
-mod common;
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod gpt_util;
 
 use std::path::Path;
 
@@ -10,7 +12,7 @@ use basalt_disk::gpt::{types, CopyHealth, TableSource};
 use basalt_disk::gptprio::Prio;
 use basalt_disk::slots::open_rw;
 use basalt_disk::{BootControl, BootTarget, Error, GptPrio, Inventory, Slot, SlotState};
-use common::{fake_hash, put_image, run, run_ok, tiny_image_file};
+use gpt_util::{fake_hash, put_image, run, run_ok, tiny_image_file};
 
 fn sgdisk(args: &[&str]) -> String {
     run_ok("sgdisk", "gdisk", args)
@@ -66,7 +68,8 @@ fn target() -> BootTarget {
 fn every_table_we_write_passes_sgdisk_and_sfdisk() {
     let dir = tempfile::tempdir().unwrap();
     let img = tiny_image_file(dir.path(), "d.img");
-    let steps: Vec<Box<dyn Fn(&Path)>> = vec![
+    type Step = Box<dyn Fn(&Path)>;
+    let steps: Vec<Step> = vec![
         Box::new(|_| {}),
         Box::new(|p| {
             put_image(&mut open_rw(p).unwrap(), p, Slot::A, "1.0.0", 1, None).unwrap();

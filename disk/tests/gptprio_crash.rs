@@ -5,14 +5,16 @@
 //! next boot is a bootable slot holding an image, and retrying the operation succeeds with the
 //! same result as an uninterrupted run.
 
-mod common;
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod gpt_util;
 
 use std::io::Cursor;
 use std::path::Path;
 
 use basalt_disk::gptprio::Prio;
 use basalt_disk::{BootControl, BootStatus, BootTarget, Error, GptPrio, Slot};
-use common::{put_image, tiny_disk_mem, Recorder};
+use gpt_util::{put_image, tiny_disk_mem, Recorder};
 
 type Op = fn(&mut GptPrio<&mut Recorder>) -> Result<(), Error>;
 
@@ -85,7 +87,7 @@ fn sweep(name: &str, base: Vec<u8>, op: Op) -> usize {
                 "{ctx}: neither old nor new: {now:?}"
             );
             // 2. The next boot is a bootable slot that holds an image.
-            let mut gp = GptPrio::new(Cursor::new(disk), mem());
+            let gp = GptPrio::new(Cursor::new(disk), mem());
             let st = gp.status().unwrap();
             let next = st.next.unwrap_or_else(|| panic!("{ctx}: nothing bootable"));
             assert!(
@@ -201,7 +203,7 @@ fn crash_sweep_write_slot() {
                 disk[off..off + data.len()].copy_from_slice(data);
             }
             let ctx = format!("write_slot: crash after {k} writes + {cut:?} bytes of the next");
-            let mut gp = GptPrio::new(Cursor::new(disk), mem());
+            let gp = GptPrio::new(Cursor::new(disk), mem());
             let st = gp.status().unwrap_or_else(|e| panic!("{ctx}: {e}"));
             assert_eq!(st.next, Some(Slot::A), "{ctx}");
             assert_eq!(st.slot(Slot::A).status, BootStatus::Good, "{ctx}");

@@ -111,7 +111,12 @@ pub fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("verity", "superblock"), ("manifests", "envelope")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("verity", "superblock"),
+    ("manifests", "envelope"),
+    ("disk", "gpt"),
+    ("disk", "bls_entry"),
+];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
