@@ -22,3 +22,14 @@ pub mod gpt;
 pub mod modules;
 
 pub use error::{Error, Result};
+#[cfg(target_os = "linux")]
+pub mod boot;
+#[cfg(target_os = "linux")]
+pub mod dm;
+pub mod factory;
+pub mod reason;
+pub mod slot;
+#[cfg(target_os = "linux")]
+pub mod switch_root;
+#[cfg(target_os = "linux")]
+pub mod sys;
