@@ -82,13 +82,22 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Verification found a block whose hash does not match.
-    #[error("verity verification failed: {what} block {block} is corrupted")]
+    /// The operating system's random number generator failed (salt or UUID generation).
+    #[error("drawing random bytes for a salt or UUID failed")]
+    Random,
+    /// Verification found a block whose content does not match the tree.
+    #[error(
+        "verity verification failed: {what} block {block} is corrupted (byte {offset} of {path})"
+    )]
     Corrupted {
         /// Data, hash, or superblock.
         what: Corruption,
         /// The block index (see [`Corruption`]).
         block: u64,
+        /// The file or device holding the block.
+        path: PathBuf,
+        /// Byte offset of the block in that file.
+        offset: u64,
     },
     /// The computed root hash differs from the expected one (the top hash block is corrupted
     /// or the root hash belongs to other data).
@@ -105,11 +114,14 @@ pub enum Error {
 
 impl Error {
     /// True when the error means "the data (or hash tree) is corrupt", as opposed to an I/O or
-    /// usage failure. The CLI maps this to exit code 3.
+    /// usage failure: a block mismatch, a root hash mismatch, or an unreadable superblock. The
+    /// CLI maps this to exit code 3.
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            Error::Corrupted { .. } | Error::RootHashMismatch { .. }
+            Error::Corrupted { .. }
+                | Error::RootHashMismatch { .. }
+                | Error::ParseSuperblock { .. }
         )
     }
 }
