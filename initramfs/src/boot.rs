@@ -24,8 +24,9 @@ use crate::error::Error;
 use crate::gpt::{usr_partition_uuids, DiskTable, Partition, UsrPartitions};
 use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
 use crate::reason::{Classify, Failure, Reason};
-use crate::slot::{check_superblock, verity_table, SuperblockInfo};
+use crate::slot::{check_superblock, verity_table};
 use crate::sys::{self, Log};
+use basalt_verity::Superblock;
 
 /// The new root's mount point.
 pub const SYSROOT: &str = "/sysroot";
@@ -187,7 +188,7 @@ fn try_locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Option
     Ok(None)
 }
 
-fn read_superblock(node: &Path) -> Result<SuperblockInfo, Error> {
+fn read_superblock(node: &Path) -> Result<Superblock, Error> {
     let mut buf = [0u8; 512];
     std::fs::File::open(node)
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -195,7 +196,10 @@ fn read_superblock(node: &Path) -> Result<SuperblockInfo, Error> {
             device: node.to_owned(),
             source,
         })?;
-    SuperblockInfo::parse(&buf, node)
+    Superblock::parse(&buf).map_err(|e| Error::SuperblockInvalid {
+        device: node.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Run the boot. Returns only on failure (success ends in exec).

@@ -1,12 +1,14 @@
 //! The `/usr` slot's verity parameters: checking the superblock found on the hash partition
 //! against the partitions and building the dm-verity table. Pure: no I/O.
 //!
+//! The superblock's format and the tree geometry are `basalt_verity`'s.
 //! Basalt's layout on the verity partition (what `veritysetup format` writes): the 512-byte
 //! superblock in block 0, the hash tree from block 1 (`hash_start_block` 1).
 
 use std::path::Path;
 
 use basalt_verity::dm::VerityTable;
+use basalt_verity::{hash_tree_size, Superblock};
 
 use crate::cmdline::{RootHash, VerityErrorMode};
 use crate::error::{Error, Result};
@@ -14,77 +16,9 @@ use crate::error::{Error, Result};
 /// The block size Basalt uses for data and hashes.
 pub const BLOCK: u32 = 4096;
 
-/// What the superblock says (the fields of `basalt_verity::Superblock` we use).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SuperblockInfo {
-    /// Hash type (1 = the normal, non-Chrome format).
-    pub hash_type: u32,
-    /// Hash algorithm name.
-    pub algorithm: String,
-    /// Data block size.
-    pub data_block_size: u32,
-    /// Hash block size.
-    pub hash_block_size: u32,
-    /// Data blocks covered by the tree.
-    pub data_blocks: u64,
-    /// The salt.
-    pub salt: Vec<u8>,
-}
-
-impl SuperblockInfo {
-    /// Parse the 512-byte veritysetup superblock (cryptsetup's `struct verity_sb`: magic
-    /// `verity\0\0`, version 1, hash type, uuid, algorithm, block sizes, data blocks, salt).
-    // Interim: replaced by `basalt_verity::Superblock::parse` once that lands.
-    pub fn parse(buf: &[u8], device: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::SuperblockInvalid {
-            device: device.to_owned(),
-            reason,
-        };
-        if buf.len() < 512 {
-            return Err(bad(format!("{} bytes, need 512", buf.len())));
-        }
-        if &buf[..8] != b"verity\0\0" {
-            return Err(bad("no verity superblock magic".into()));
-        }
-        let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
-        let mut d = [0u8; 8];
-        d.copy_from_slice(&buf[72..80]);
-        if u32_at(8) != 1 {
-            return Err(bad(format!("superblock version {}", u32_at(8))));
-        }
-        let alg = &buf[32..64];
-        let end = alg.iter().position(|&b| b == 0).unwrap_or(alg.len());
-        let salt_size = usize::from(u16::from_le_bytes([buf[80], buf[81]]));
-        if salt_size > 256 {
-            return Err(bad(format!("salt size {salt_size}")));
-        }
-        Ok(Self {
-            hash_type: u32_at(12),
-            algorithm: String::from_utf8_lossy(&alg[..end]).into_owned(),
-            data_block_size: u32_at(64),
-            hash_block_size: u32_at(68),
-            data_blocks: u64::from_le_bytes(d),
-            salt: buf[88..88 + salt_size].to_vec(),
-        })
-    }
-}
-
-/// Number of hash blocks of a tree over `data_blocks` 4 KiB blocks with SHA-256 (128 digests
-/// per block), as cryptsetup and the kernel lay it out: level i has ceil(n / 128^(i+1))
-/// blocks, up to the level with one block; one data block gives an empty tree.
-pub fn tree_blocks(data_blocks: u64) -> u64 {
-    let mut total = 0;
-    let mut n = data_blocks;
-    while n > 1 {
-        n = n.div_ceil(128);
-        total += n;
-    }
-    total
-}
-
 /// Check the superblock against the partitions it must describe.
 pub fn check_superblock(
-    sb: &SuperblockInfo,
+    sb: &Superblock,
     device: &Path,
     data_len: u64,
     hash_len: u64,
@@ -115,7 +49,7 @@ pub fn check_superblock(
             sb.data_blocks
         )));
     }
-    let hash_bytes = (1 + tree_blocks(sb.data_blocks)) * u64::from(BLOCK);
+    let hash_bytes = u64::from(BLOCK) + hash_tree_size(sb.data_blocks);
     if hash_bytes > hash_len {
         return Err(bad(format!(
             "superblock + tree need {hash_bytes} bytes, the hash partition has {hash_len}"
@@ -132,7 +66,7 @@ pub fn check_superblock(
 
 /// The dm-verity table for the slot.
 pub fn verity_table(
-    sb: &SuperblockInfo,
+    sb: &Superblock,
     data_dev: &Path,
     hash_dev: &Path,
     root: &RootHash,
@@ -156,26 +90,16 @@ pub fn verity_table(
 mod tests {
     use super::*;
 
-    fn sb(data_blocks: u64) -> SuperblockInfo {
-        SuperblockInfo {
+    fn sb(data_blocks: u64) -> Superblock {
+        Superblock {
             hash_type: 1,
+            uuid: [0; 16],
             algorithm: "sha256".into(),
             data_block_size: 4096,
             hash_block_size: 4096,
             data_blocks,
             salt: vec![0x5a; 32],
         }
-    }
-
-    #[test]
-    fn tree_sizes_follow_the_kernel_layout() {
-        // 1 block: no tree; 128 blocks: one level of 1 block; 129: 2 + 1.
-        assert_eq!(tree_blocks(1), 0);
-        assert_eq!(tree_blocks(2), 1);
-        assert_eq!(tree_blocks(128), 1);
-        assert_eq!(tree_blocks(129), 3);
-        assert_eq!(tree_blocks(128 * 128), 128 + 1);
-        assert_eq!(tree_blocks(128 * 128 + 1), 129 + 2 + 1);
     }
 
     #[test]
@@ -189,7 +113,7 @@ mod tests {
         let d = Path::new("/dev/vda3");
         let cases = [
             (
-                SuperblockInfo {
+                Superblock {
                     hash_type: 0,
                     ..sb(10)
                 },
@@ -197,7 +121,7 @@ mod tests {
                 1 << 20,
             ),
             (
-                SuperblockInfo {
+                Superblock {
                     algorithm: "sha1".into(),
                     ..sb(10)
                 },
@@ -205,7 +129,7 @@ mod tests {
                 1 << 20,
             ),
             (
-                SuperblockInfo {
+                Superblock {
                     data_block_size: 512,
                     ..sb(10)
                 },
@@ -216,7 +140,7 @@ mod tests {
             (sb(257), 256 * 4096, 1 << 20),
             (sb(1000), 1000 * 4096, 9 * 4096),
             (
-                SuperblockInfo {
+                Superblock {
                     salt: vec![0; 257],
                     ..sb(10)
                 },

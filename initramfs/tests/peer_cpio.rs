@@ -10,30 +10,30 @@ use basalt_initramfs::cpio::{Archive, Kind};
 use common::{peer, peer_ok};
 
 fn sample() -> Archive {
+    sample_entries().expect("valid sample paths")
+}
+
+fn sample_entries() -> basalt_initramfs::Result<Archive> {
     let mut a = Archive::new();
-    a.add_file("init", 0o755, b"\x7fELF not really".to_vec())
-        .unwrap();
-    a.add_file("etc/basalt/modules", 0o644, b"/lib/a.ko\n".to_vec())
-        .unwrap();
+    a.add_file("init", 0o755, b"\x7fELF not really".to_vec())?;
+    a.add_file("etc/basalt/modules", 0o644, b"/lib/a.ko\n".to_vec())?;
     // Sizes around the 4-byte padding boundaries, and an empty file.
     for n in 0..9usize {
-        a.add_file(&format!("data/pad{n}"), 0o600, vec![n as u8; n * 1021 % 17])
-            .unwrap();
+        a.add_file(&format!("data/pad{n}"), 0o600, vec![n as u8; n * 1021 % 17])?;
     }
     a.add_file(
         "data/big",
         0o644,
         (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect(),
-    )
-    .unwrap();
-    a.add_symlink("bin", "usr/bin").unwrap();
-    a.add_symlink("sbin/init", "/init").unwrap();
-    a.add_char_dev("dev/console", 0o600, 5, 1).unwrap();
-    a.add_dir("run", 0o755).unwrap();
-    a.add_dir("tmp", 0o1777).unwrap();
-    a.add_dir("a-b", 0o755).unwrap();
-    a.add_file("a/b", 0o644, vec![]).unwrap();
-    a
+    )?;
+    a.add_symlink("bin", "usr/bin")?;
+    a.add_symlink("sbin/init", "/init")?;
+    a.add_char_dev("dev/console", 0o600, 5, 1)?;
+    a.add_dir("run", 0o755)?;
+    a.add_dir("tmp", 0o1777)?;
+    a.add_dir("a-b", 0o755)?;
+    a.add_file("a/b", 0o644, vec![])?;
+    Ok(a)
 }
 
 #[test]
