@@ -21,6 +21,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "kmod",
     "busybox-static",
     "cpio",
+    "file",
     "zstd",
     "xz-utils",
     "qemu-system-x86",
