@@ -28,6 +28,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "systemd-boot-efi",
     "dbus",
+    "openssl",
 ];
 
 #[derive(Debug, Parser)]
@@ -108,7 +109,7 @@ fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[];
+const FUZZ_TARGETS: &[(&str, &str)] = &[("manifests", "envelope")];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {

@@ -1,0 +1,386 @@
+//! The release manifest schema (`schema_version: 1`).
+//!
+//! A manifest describes one release: OS, version (semver), channel, architecture, a monotonic
+//! `sequence`, issue and expiry times (RFC 3339) and the artifacts. Parsing is two-step: the
+//! `schema_version` is read first (an unknown version is refused by number, not by whatever
+//! field it happens to add), then the v1 schema is parsed with unknown fields refused, then the
+//! cross-field rules of [`Manifest::validate`] are applied.
+//!
+//! ```
+//! let json = br#"{
+//!   "schema_version": 1, "os": "basalt", "version": "1.2.0", "channel": "stable",
+//!   "arch": "x86_64", "sequence": 10,
+//!   "issued_at": "2026-06-01T11:00:00Z", "expires_at": "2026-06-08T12:00:00Z",
+//!   "artifacts": [
+//!     {"kind": "usr", "name": "usr.img", "size": 1052672,
+//!      "sha256": "1111111111111111111111111111111111111111111111111111111111111111",
+//!      "compression": {"algorithm": "zstd", "compressed_size": 4000,
+//!        "compressed_sha256": "2222222222222222222222222222222222222222222222222222222222222222"},
+//!      "verity": {"root_hash": "3333333333333333333333333333333333333333333333333333333333333333",
+//!        "salt": "00ff", "data_blocks": 256, "hash_offset": 1048576, "hash_algorithm": "sha256",
+//!        "data_block_size": 4096, "hash_block_size": 4096}},
+//!     {"kind": "kernel", "name": "vmlinuz", "size": 5000,
+//!      "sha256": "4444444444444444444444444444444444444444444444444444444444444444"}
+//!   ]
+//! }"#;
+//! let manifest = basalt_manifest::Manifest::from_json(json).unwrap();
+//! assert_eq!(manifest.artifacts_of(basalt_manifest::ArtifactKind::Usr).count(), 1);
+//! ```
+
+use chrono::{DateTime, Utc};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Document, Error, Result};
+use crate::keys::Digest;
+
+/// The only manifest schema version this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// One release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u64,
+    /// OS name, matched against the node's (e.g. `basalt`).
+    pub os: String,
+    /// The release version (semver; precedence ignores build metadata).
+    pub version: Version,
+    /// Release channel (e.g. `stable`, `beta`).
+    pub channel: String,
+    /// Architecture (e.g. `x86_64`).
+    pub arch: String,
+    /// Monotonic counter over everything published for this os/arch/channel: a node refuses
+    /// a sequence not above the highest it has seen (anti-replay, anti-freeze).
+    pub sequence: u64,
+    /// When the release was signed.
+    #[serde(with = "rfc3339")]
+    pub issued_at: DateTime<Utc>,
+    /// After this instant the manifest is refused.
+    #[serde(with = "rfc3339")]
+    pub expires_at: DateTime<Utc>,
+    /// The files of the release.
+    pub artifacts: Vec<Artifact>,
+}
+
+/// What an artifact is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// The `/usr` image written to the inactive slot; must carry [`Verity`] parameters.
+    Usr,
+    /// A kernel image.
+    Kernel,
+    /// An initramfs.
+    Initrd,
+    /// A system extension image (may carry [`Verity`] parameters).
+    Sysext,
+}
+
+/// One file of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// What the file is.
+    pub kind: ArtifactKind,
+    /// File name: `[A-Za-z0-9._+-]`, 1–255 bytes, not starting with `.`, unique in the
+    /// release (safe to use as a file name).
+    pub name: String,
+    /// Size in bytes of the uncompressed artifact.
+    pub size: u64,
+    /// SHA-256 of the uncompressed artifact.
+    pub sha256: Digest,
+    /// How the artifact is shipped compressed, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    /// dm-verity parameters, for `usr` (required) and `sysext` (optional) images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Verity>,
+}
+
+/// A compressed transport form of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    /// The compression format.
+    pub algorithm: CompressionAlgorithm,
+    /// Size in bytes of the compressed file.
+    pub compressed_size: u64,
+    /// SHA-256 of the compressed file (checked before decompressing).
+    pub compressed_sha256: Digest,
+}
+
+/// Supported compression formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionAlgorithm {
+    /// Zstandard.
+    Zstd,
+    /// xz / LZMA2.
+    Xz,
+    /// gzip.
+    Gzip,
+    /// LZ4 frame format.
+    Lz4,
+}
+
+/// dm-verity parameters of an image whose hash tree is stored in the same file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verity {
+    /// The root hash (what `usrhash=` carries).
+    pub root_hash: Digest,
+    /// The salt, lowercase hex (may be empty), at most 256 bytes as veritysetup allows.
+    pub salt: String,
+    /// Number of data blocks covered by the tree.
+    pub data_blocks: u64,
+    /// Byte offset in the artifact where the hash area (veritysetup superblock) starts, as
+    /// `veritysetup --hash-offset`; at or after the end of the data blocks.
+    pub hash_offset: u64,
+    /// Hash algorithm of the tree.
+    pub hash_algorithm: HashAlgorithm,
+    /// Data block size in bytes (power of two, 512–65536).
+    pub data_block_size: u32,
+    /// Hash block size in bytes (power of two, 512–65536).
+    pub hash_block_size: u32,
+}
+
+/// dm-verity hash algorithms Basalt uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// SHA-256.
+    Sha256,
+}
+
+/// Reads only `schema_version`, ignoring everything else.
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema_version: u64,
+}
+
+/// Refuses JSON whose `schema_version` is missing or not [`SCHEMA_VERSION`].
+pub(crate) fn check_schema_version(bytes: &[u8], document: Document) -> Result<()> {
+    let probe: SchemaProbe = serde_json::from_slice(bytes)
+        .map_err(|source| Error::MalformedJson { document, source })?;
+    if probe.schema_version != SCHEMA_VERSION {
+        return Err(Error::UnsupportedSchemaVersion {
+            document,
+            found: probe.schema_version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidContent {
+        document: Document::Release,
+        reason: reason.into(),
+    }
+}
+
+/// Names of OS, channel and arch: non-empty, `[a-z0-9._-]`, at most 64 bytes.
+pub(crate) fn valid_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+}
+
+fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+}
+
+fn valid_block_size(size: u32) -> bool {
+    size.is_power_of_two() && (512..=65536).contains(&size)
+}
+
+impl Manifest {
+    /// Parses and validates manifest JSON (the payload of a release envelope). Does not check
+    /// signatures or policy; use [`crate::verify_release`] for untrusted input.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        check_schema_version(bytes, Document::Release)?;
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|source| Error::MalformedJson {
+                document: Document::Release,
+                source,
+            })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Compact JSON, the form that gets signed.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|source| Error::EncodeJson {
+            document: Document::Release,
+            source,
+        })
+    }
+
+    /// The rules the serde schema cannot express. Refuses with [`Error::InvalidContent`].
+    pub fn validate(&self) -> Result<()> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(Error::UnsupportedSchemaVersion {
+                document: Document::Release,
+                found: self.schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (field, value) in [
+            ("os", &self.os),
+            ("channel", &self.channel),
+            ("arch", &self.arch),
+        ] {
+            if !valid_label(value) {
+                return Err(invalid(format!(
+                    "{field} {value:?} must be 1-64 characters of [a-z0-9._-]"
+                )));
+            }
+        }
+        if self.expires_at <= self.issued_at {
+            return Err(invalid(format!(
+                "expires_at {} is not after issued_at {}",
+                self.expires_at, self.issued_at
+            )));
+        }
+        if self.artifacts.is_empty() {
+            return Err(invalid("a release lists at least one artifact"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for artifact in &self.artifacts {
+            artifact.validate()?;
+            if !names.insert(artifact.name.as_str()) {
+                return Err(invalid(format!(
+                    "artifact name {:?} appears twice",
+                    artifact.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The artifacts of one kind, in manifest order.
+    pub fn artifacts_of(&self, kind: ArtifactKind) -> impl Iterator<Item = &Artifact> {
+        self.artifacts.iter().filter(move |a| a.kind == kind)
+    }
+}
+
+impl Artifact {
+    fn validate(&self) -> Result<()> {
+        let name = &self.name;
+        if !valid_file_name(name) {
+            return Err(invalid(format!(
+                "artifact name {name:?} must be 1-255 characters of [A-Za-z0-9._+-], not starting with '.'"
+            )));
+        }
+        if self.size == 0 {
+            return Err(invalid(format!("artifact {name:?} has size 0")));
+        }
+        if let Some(c) = &self.compression {
+            if c.compressed_size == 0 {
+                return Err(invalid(format!("artifact {name:?} has compressed_size 0")));
+            }
+        }
+        match (self.kind, &self.verity) {
+            (ArtifactKind::Usr, None) => {
+                return Err(invalid(format!(
+                    "usr artifact {name:?} has no verity parameters"
+                )))
+            }
+            (ArtifactKind::Kernel | ArtifactKind::Initrd, Some(_)) => {
+                return Err(invalid(format!(
+                    "artifact {name:?} of kind {:?} cannot carry verity parameters",
+                    self.kind
+                )))
+            }
+            (_, Some(v)) => v.validate(name, self.size)?,
+            (_, None) => {}
+        }
+        Ok(())
+    }
+}
+
+impl Verity {
+    fn validate(&self, name: &str, size: u64) -> Result<()> {
+        if !valid_block_size(self.data_block_size) || !valid_block_size(self.hash_block_size) {
+            return Err(invalid(format!(
+                "artifact {name:?}: verity block sizes {}/{} must be powers of two in 512..=65536",
+                self.data_block_size, self.hash_block_size
+            )));
+        }
+        let salt_ok = self.salt.len() % 2 == 0
+            && self.salt.len() <= 512
+            && self
+                .salt
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !salt_ok {
+            return Err(invalid(format!(
+                "artifact {name:?}: verity salt must be lowercase hex of at most 256 bytes"
+            )));
+        }
+        if self.data_blocks == 0 {
+            return Err(invalid(format!(
+                "artifact {name:?}: verity data_blocks is 0"
+            )));
+        }
+        let data_end = self
+            .data_blocks
+            .checked_mul(u64::from(self.data_block_size))
+            .ok_or_else(|| invalid(format!("artifact {name:?}: verity data size overflows")))?;
+        if self.hash_offset < data_end || self.hash_offset >= size {
+            return Err(invalid(format!(
+                "artifact {name:?}: verity hash_offset {} must lie between the end of the data \
+                 ({data_end}) and the artifact size ({size})",
+                self.hash_offset
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// serde for `DateTime<Utc>` as strict RFC 3339 (chrono's default parser is more lenient).
+pub(crate) mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not RFC 3339: {e}")))
+    }
+
+    /// The same for `Option<DateTime<Utc>>` (absent or a string).
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
+}
