@@ -3,3 +3,18 @@
 //!
 //! Owns: partition tables, slot state on disk, ESP boot entries. Does not own: the update
 //! policy (the updater decides *when*), the verity format (`basalt-verity`).
+
+pub mod boot;
+mod error;
+pub mod gpt;
+pub mod gptprio;
+pub mod layout;
+pub mod range;
+pub mod slots;
+
+pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
+pub use error::Error;
+pub use gptprio::GptPrio;
+pub use layout::{create_image, Layout, LayoutSpec};
+pub use range::{PartitionRange, RangeReader, RangeWriter};
+pub use slots::{Inventory, RootHash, SlotInfo, SlotPart, SlotState};

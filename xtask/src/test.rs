@@ -109,7 +109,7 @@ fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("manifests", "envelope")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[("manifests", "envelope"), ("disk", "gpt")];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {

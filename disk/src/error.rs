@@ -1,0 +1,87 @@
+//! The one error type of `basalt-disk`. Variants are named after the failed operation and
+//! carry the path, partition or entry involved.
+
+use std::path::PathBuf;
+
+use crate::boot::Slot;
+
+/// Everything that can go wrong reading or changing a Basalt disk.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a file or device failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request would write to the slot the machine is running from.
+    #[error("refusing to write slot {slot}: it is the booted slot")]
+    BootedSlot { slot: Slot },
+    /// A boot-control operation is not legal in the current state.
+    #[error("cannot {op} slot {slot}: {reason}")]
+    IllegalTransition {
+        op: &'static str,
+        slot: Slot,
+        reason: String,
+    },
+    // --- GPT / layout / slots / range I/O (helper "disk") ---
+    /// Neither GPT location holds a GPT signature (blank disk, MBR disk, garbage).
+    #[error("{path}: no GUID partition table found")]
+    NoGpt { path: PathBuf },
+    /// Both GPT copies are present but unusable.
+    #[error("{path}: both GPT copies are corrupt (primary: {primary}; backup: {backup})")]
+    GptCorrupt {
+        path: PathBuf,
+        primary: String,
+        backup: String,
+    },
+    /// A partition table could not be written (inconsistent table or serialisation failure).
+    #[error("write GPT to {path}: {reason}")]
+    GptWrite { path: PathBuf, reason: String },
+    /// The disk has a GPT but not the Basalt layout.
+    #[error("{path}: not a Basalt disk layout: {reason}")]
+    NotBasaltLayout { path: PathBuf, reason: String },
+    /// The requested layout does not fit on the disk.
+    #[error("{path}: layout needs {needed} bytes, disk has {available}")]
+    LayoutTooSmall {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    /// A layout parameter is unusable (zero size, misaligned, unparsable).
+    #[error("invalid layout parameter {name}: {reason}")]
+    LayoutParameter { name: &'static str, reason: String },
+    /// An image does not fit the slot partition it is meant for.
+    #[error("slot {slot} {part} partition holds {capacity} bytes, image is {needed} bytes")]
+    SlotTooSmall {
+        slot: Slot,
+        part: &'static str,
+        capacity: u64,
+        needed: u64,
+    },
+    /// A verity root hash is not 64 lower- or upper-case hex digits (or is all zero).
+    #[error("invalid verity root hash {value:?}: expected 64 hex digits, not all zero")]
+    InvalidRootHash { value: String },
+    /// An OS name or version cannot be carried in a partition label.
+    #[error("cannot label slot with {what} {value:?}: {reason}")]
+    InvalidLabel {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// The other slot already carries this root hash (partition GUIDs must be unique).
+    #[error("slot {other} already holds root hash {root_hash}")]
+    DuplicateRootHash { other: Slot, root_hash: String },
+    /// A write would leave the partition range it was opened on.
+    #[error("{path}: write of {attempted} bytes at {at} exceeds the {len}-byte range at offset {offset}")]
+    RangeOverflow {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        at: u64,
+        attempted: u64,
+    },
+    // --- ESP / BLS (helper "bls") ---
+}

@@ -1,0 +1,682 @@
+//! The GUID partition table, read and written with both copies accounted for.
+//!
+//! `gptman` provides the on-disk structures, their serialisation and the CRC32s. This module
+//! adds what an updater needs on top:
+//!
+//! - **Reading reports the health of both copies.** The primary (LBA 1) and the backup (last
+//!   LBA) are each checked (signature, CRCs, self-location, array bounds); the primary wins when
+//!   valid, else the backup. A corrupt, missing or stale (valid but different) copy is reported in
+//!   [`TableHealth`] instead of silently ignored.
+//! - **Writing is ordered so a torn write always leaves one valid copy.** Each copy is written
+//!   entries first, header last (the header's CRC covers the array, so a half-written copy never
+//!   validates), with an `fdatasync` between the copies. The primary is written first, unless it
+//!   is the only valid copy, in which case the backup is repaired first.
+//!
+//! Only 512-byte logical sectors and the standard 128 × 128-byte entry array are supported
+//! (what sgdisk, sfdisk and cgpt write by default); anything else is a typed refusal.
+
+use std::fmt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use gptman::{GPTHeader, GPTPartitionEntry};
+
+use crate::Error;
+
+/// Logical sector size of every disk Basalt handles.
+pub const SECTOR_SIZE: u64 = 512;
+/// Number of entries in the partition array.
+pub const ENTRY_COUNT: u32 = 128;
+const ENTRY_SIZE: u32 = 128;
+/// Sectors taken by the entry array (128 × 128 bytes).
+pub const ARRAY_SECTORS: u64 = (ENTRY_COUNT as u64 * ENTRY_SIZE as u64) / SECTOR_SIZE;
+/// Smallest disk that can hold a GPT: MBR, two headers, two arrays, one usable sector.
+pub const MIN_DISK_SECTORS: u64 = 2 + 2 * ARRAY_SECTORS + 2;
+
+/// A GUID in its textual byte order (the order of the hex digits in `8-4-4-4-12` form).
+///
+/// GPT stores the first three fields little-endian ("mixed endian"); use
+/// [`Guid::to_gpt_bytes`] / [`Guid::from_gpt_bytes`] at the boundary.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Guid(pub [u8; 16]);
+
+impl Guid {
+    /// Parse `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case).
+    pub fn parse(text: &str) -> Option<Guid> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 36 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        let mut n = 0;
+        let mut i = 0;
+        while i < 36 {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if bytes[i] != b'-' {
+                    return None;
+                }
+                i += 1;
+                continue;
+            }
+            let hi = hex_val(bytes[i])?;
+            let lo = hex_val(*bytes.get(i + 1)?)?;
+            *out.get_mut(n)? = (hi << 4) | lo;
+            n += 1;
+            i += 2;
+        }
+        Some(Guid(out))
+    }
+
+    /// The 16 bytes as stored in a GPT entry or header.
+    pub fn to_gpt_bytes(self) -> [u8; 16] {
+        let b = self.0;
+        [
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]
+    }
+
+    /// Inverse of [`Guid::to_gpt_bytes`].
+    pub fn from_gpt_bytes(b: [u8; 16]) -> Guid {
+        // The byte swap is its own inverse.
+        Guid(Guid(b).to_gpt_bytes())
+    }
+
+    /// The all-zero GUID (an unused entry's type).
+    pub fn is_nil(self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Compile-time GUID literal; a malformed literal fails the build.
+const fn guid(text: &str) -> Guid {
+    let s = text.as_bytes();
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'-' {
+            i += 1;
+            continue;
+        }
+        out[n] = (const_hex(s[i]) << 4) | const_hex(s[i + 1]);
+        n += 1;
+        i += 2;
+    }
+    assert!(n == 16, "GUID literal must have 32 hex digits");
+    Guid(out)
+}
+
+const fn const_hex(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => panic!("GUID literal must be lower-case hex"),
+    }
+}
+
+/// Partition type GUIDs from the UAPI Discoverable Partitions Specification (x86-64 variants),
+/// checked against the spec's table.
+pub mod types {
+    use super::{guid, Guid};
+    /// EFI System Partition.
+    pub const ESP: Guid = guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+    /// `/usr` partition, x86-64.
+    pub const USR_X86_64: Guid = guid("8484680c-9521-48c6-9c11-b0720656f69e");
+    /// `/usr` dm-verity hash partition, x86-64.
+    pub const USR_VERITY_X86_64: Guid = guid("77ff5f63-e7b6-4633-acf4-1565b864c0e6");
+    /// Root partition, x86-64 (Basalt's writable root holding `/etc` and `/var`).
+    pub const ROOT_X86_64: Guid = guid("4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+}
+
+/// A fresh random (version 4) GUID from the kernel's random source.
+pub fn random_guid() -> Result<Guid, Error> {
+    let path = Path::new("/dev/urandom");
+    let mut bytes = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| Error::Io {
+            op: "read random bytes from",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Ok(Guid(bytes))
+}
+
+/// What was found at one of the two GPT locations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyHealth {
+    /// Valid and identical to the copy in use.
+    Valid,
+    /// Valid CRCs but a different table than the one in use (an interrupted write, or a tool
+    /// that updated only one copy). It will be rewritten on the next write.
+    Stale,
+    /// Unusable; the reason says why (bad signature, CRC mismatch, out-of-range field).
+    Corrupt(String),
+}
+
+/// Which copy the table in use was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSource {
+    Primary,
+    Backup,
+}
+
+/// Health of both GPT copies, as found by [`read_table`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableHealth {
+    pub primary: CopyHealth,
+    pub backup: CopyHealth,
+    /// The copy the table in use came from.
+    pub source: TableSource,
+}
+
+impl TableHealth {
+    /// Both copies valid and identical.
+    pub fn is_clean(&self) -> bool {
+        self.primary == CopyHealth::Valid && self.backup == CopyHealth::Valid
+    }
+
+    /// Human-readable warnings, empty when clean.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.primary {
+            CopyHealth::Valid => {}
+            CopyHealth::Stale => out.push("primary GPT is stale".to_string()),
+            CopyHealth::Corrupt(why) => {
+                out.push(format!("primary GPT is corrupt ({why}); using the backup"))
+            }
+        }
+        match &self.backup {
+            CopyHealth::Valid => {}
+            CopyHealth::Stale => out.push("backup GPT is stale (differs from primary)".into()),
+            CopyHealth::Corrupt(why) => out.push(format!("backup GPT is corrupt ({why})")),
+        }
+        out
+    }
+}
+
+/// A partition table in memory: the header in its primary form (`primary_lba` 1, entries at
+/// LBA 2) and all 128 entries, index 0 = partition 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub header: GPTHeader,
+    pub entries: Vec<GPTPartitionEntry>,
+}
+
+impl Table {
+    /// Entry of partition `number` (1-based), if it exists and is used.
+    pub fn partition(&self, number: u32) -> Option<&GPTPartitionEntry> {
+        let e = self.entries.get(number.checked_sub(1)? as usize)?;
+        e.is_used().then_some(e)
+    }
+
+    /// Mutable entry of partition `number` (1-based), used or not.
+    pub fn entry_mut(&mut self, number: u32) -> Option<&mut GPTPartitionEntry> {
+        self.entries.get_mut(number.checked_sub(1)? as usize)
+    }
+
+    /// The header as written at the end of the disk.
+    fn backup_header(&self) -> GPTHeader {
+        let mut b = self.header.clone();
+        b.primary_lba = self.header.backup_lba;
+        b.backup_lba = self.header.primary_lba;
+        b.partition_entry_lba = self.header.last_usable_lba + 1;
+        b
+    }
+
+    /// Check what `gptman` would check before writing, plus bounds it assumes, without panics.
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        let bad = |reason: String| Error::GptWrite {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut used: Vec<&GPTPartitionEntry> =
+            self.entries.iter().filter(|e| e.is_used()).collect();
+        let mut guids: Vec<[u8; 16]> = used.iter().map(|e| e.unique_partition_guid).collect();
+        guids.sort_unstable();
+        if guids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(bad("two partitions share a partition GUID".into()));
+        }
+        used.sort_unstable_by_key(|e| e.starting_lba);
+        let mut next_free = self.header.first_usable_lba;
+        for e in used {
+            if e.starting_lba < next_free || e.ending_lba < e.starting_lba {
+                return Err(bad("partitions overlap or have negative size".into()));
+            }
+            if e.ending_lba > self.header.last_usable_lba {
+                return Err(bad("a partition ends beyond the last usable sector".into()));
+            }
+            next_free = e.ending_lba + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Read+Write+Seek plus a durability barrier: what table and slot writes need.
+pub trait DiskIo: Read + Write + Seek {
+    /// Make everything written so far durable (`fdatasync` for files and devices).
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+impl DiskIo for std::fs::File {
+    fn sync_data(&mut self) -> io::Result<()> {
+        std::fs::File::sync_data(self)
+    }
+}
+
+impl DiskIo for io::Cursor<Vec<u8>> {
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<D: DiskIo + ?Sized> DiskIo for &mut D {
+    fn sync_data(&mut self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Size of the disk in bytes (seeks to the end).
+pub fn disk_len<R: Seek + ?Sized>(dev: &mut R, path: &Path) -> Result<u64, Error> {
+    dev.seek(SeekFrom::End(0))
+        .map_err(io_err("measure size of", path))
+}
+
+/// Read one copy at `lba` and check everything a reader relies on.
+fn read_copy<R: Read + Seek + ?Sized>(
+    dev: &mut R,
+    lba: u64,
+    disk_sectors: u64,
+) -> Result<(GPTHeader, Vec<GPTPartitionEntry>), String> {
+    dev.seek(SeekFrom::Start(lba * SECTOR_SIZE))
+        .map_err(|e| e.to_string())?;
+    let h = GPTHeader::read_from(dev).map_err(|e| e.to_string())?;
+    if h.primary_lba != lba {
+        return Err(format!(
+            "header at LBA {lba} claims to be at LBA {}",
+            h.primary_lba
+        ));
+    }
+    if h.number_of_partition_entries != ENTRY_COUNT || h.size_of_partition_entry != ENTRY_SIZE {
+        return Err(format!(
+            "unsupported entry array: {} entries of {} bytes",
+            h.number_of_partition_entries, h.size_of_partition_entry
+        ));
+    }
+    let array_end = h.partition_entry_lba.checked_add(ARRAY_SECTORS);
+    if h.partition_entry_lba < 2 || array_end.is_none_or(|end| end > disk_sectors) {
+        return Err(format!(
+            "entry array at LBA {} lies outside the disk",
+            h.partition_entry_lba
+        ));
+    }
+    if h.first_usable_lba > h.last_usable_lba
+        || h.last_usable_lba >= disk_sectors
+        || h.first_usable_lba < 2 + ARRAY_SECTORS
+        || h.backup_lba >= disk_sectors
+    {
+        return Err("usable range or backup location outside the disk".into());
+    }
+    // The backup array sits between the last usable LBA and the backup header; a table
+    // claiming otherwise would make us write past the end of the disk.
+    let backup_header_lba = h.primary_lba.max(h.backup_lba);
+    if h.last_usable_lba + ARRAY_SECTORS >= backup_header_lba {
+        return Err("no room for the backup entry array before the backup header".into());
+    }
+    let entries = h
+        .read_partitions(dev, SECTOR_SIZE)
+        .map_err(|e| e.to_string())?;
+    Ok((h, entries))
+}
+
+/// Read the partition table, checking both copies. Errors when neither copy is usable
+/// ([`Error::NoGpt`] when neither location even has a GPT signature).
+pub fn read_table<R: Read + Seek + ?Sized>(
+    dev: &mut R,
+    path: &Path,
+) -> Result<(Table, TableHealth), Error> {
+    let len = disk_len(dev, path)?;
+    let sectors = len / SECTOR_SIZE;
+    if sectors < MIN_DISK_SECTORS {
+        return Err(Error::NoGpt {
+            path: path.to_path_buf(),
+        });
+    }
+    let primary = read_copy(dev, 1, sectors);
+    let backup_lba = match &primary {
+        Ok((h, _)) => h.backup_lba,
+        Err(_) => sectors - 1,
+    };
+    let mut backup = read_copy(dev, backup_lba, sectors);
+    if backup.is_err() && backup_lba != sectors - 1 {
+        // The disk may have grown; the spec puts the backup at the last LBA, try there too.
+        backup = read_copy(dev, sectors - 1, sectors);
+    }
+    match (primary, backup) {
+        (Ok((ph, pe)), Ok((bh, be))) => {
+            let same = pe == be
+                && ph.disk_guid == bh.disk_guid
+                && ph.first_usable_lba == bh.first_usable_lba
+                && ph.last_usable_lba == bh.last_usable_lba;
+            let health = TableHealth {
+                primary: CopyHealth::Valid,
+                backup: if same {
+                    CopyHealth::Valid
+                } else {
+                    CopyHealth::Stale
+                },
+                source: TableSource::Primary,
+            };
+            Ok((
+                Table {
+                    header: ph,
+                    entries: pe,
+                },
+                health,
+            ))
+        }
+        (Ok((ph, pe)), Err(why)) => Ok((
+            Table {
+                header: ph,
+                entries: pe,
+            },
+            TableHealth {
+                primary: CopyHealth::Valid,
+                backup: CopyHealth::Corrupt(why),
+                source: TableSource::Primary,
+            },
+        )),
+        (Err(why), Ok((bh, be))) => {
+            let mut header = bh;
+            header.backup_lba = header.primary_lba;
+            header.primary_lba = 1;
+            header.partition_entry_lba = 2;
+            Ok((
+                Table {
+                    header,
+                    entries: be,
+                },
+                TableHealth {
+                    primary: CopyHealth::Corrupt(why),
+                    backup: CopyHealth::Valid,
+                    source: TableSource::Backup,
+                },
+            ))
+        }
+        (Err(p), Err(b)) => {
+            let sig = gptman::Error::InvalidSignature.to_string();
+            if p == sig && b == sig {
+                Err(Error::NoGpt {
+                    path: path.to_path_buf(),
+                })
+            } else {
+                Err(Error::GptCorrupt {
+                    path: path.to_path_buf(),
+                    primary: p,
+                    backup: b,
+                })
+            }
+        }
+    }
+}
+
+/// A `Write + Seek` sink that records what `gptman` writes, coalescing contiguous writes, so
+/// the real device sees a few large writes in an order we choose.
+#[derive(Debug, Default)]
+struct Capture {
+    pos: u64,
+    runs: Vec<(u64, Vec<u8>)>,
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.runs.last_mut() {
+            Some((off, data)) if *off + data.len() as u64 == self.pos => {
+                data.extend_from_slice(buf)
+            }
+            _ => self.runs.push((self.pos, buf.to_vec())),
+        }
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Capture {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        match to {
+            SeekFrom::Start(p) => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "capture only seeks from start",
+            )),
+        }
+    }
+}
+
+/// The byte runs of one copy: entry array first, header last.
+fn copy_runs(
+    header: &mut GPTHeader,
+    entries: &[GPTPartitionEntry],
+    path: &Path,
+) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    let mut cap = Capture::default();
+    header
+        .write_into(&mut cap, SECTOR_SIZE, entries)
+        .map_err(|e| Error::GptWrite {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let header_off = header.primary_lba * SECTOR_SIZE;
+    let (mut head, mut rest): (Vec<_>, Vec<_>) = cap
+        .runs
+        .into_iter()
+        .partition(|(off, _)| *off == header_off);
+    rest.append(&mut head);
+    Ok(rest)
+}
+
+/// Write both copies of `table` in crash-safe order (see the module docs), syncing after
+/// each copy. `health` is what [`read_table`] reported for the disk now.
+pub fn write_table<D: DiskIo + ?Sized>(
+    dev: &mut D,
+    path: &Path,
+    table: &Table,
+    health: &TableHealth,
+) -> Result<(), Error> {
+    table.validate(path)?;
+    let mut primary = table.header.clone();
+    let mut backup = table.backup_header();
+    let primary_runs = copy_runs(&mut primary, &table.entries, path)?;
+    let backup_runs = copy_runs(&mut backup, &table.entries, path)?;
+    let primary_only_valid =
+        health.primary == CopyHealth::Valid && health.backup != CopyHealth::Valid;
+    let order = if primary_only_valid {
+        [backup_runs, primary_runs]
+    } else {
+        [primary_runs, backup_runs]
+    };
+    for runs in order {
+        for (off, data) in runs {
+            dev.seek(SeekFrom::Start(off))
+                .and_then(|_| dev.write_all(&data))
+                .map_err(io_err("write partition table to", path))?;
+        }
+        dev.sync_data()
+            .map_err(io_err("sync partition table on", path))?;
+    }
+    Ok(())
+}
+
+/// Start a new empty table covering a disk of `disk_len` bytes.
+pub fn new_table(disk_len: u64, disk_guid: Guid, path: &Path) -> Result<Table, Error> {
+    let sectors = disk_len / SECTOR_SIZE;
+    if sectors < MIN_DISK_SECTORS {
+        return Err(Error::LayoutTooSmall {
+            path: path.to_path_buf(),
+            needed: MIN_DISK_SECTORS * SECTOR_SIZE,
+            available: disk_len,
+        });
+    }
+    let header = GPTHeader {
+        signature: *b"EFI PART",
+        revision: [0, 0, 1, 0],
+        header_size: 92,
+        crc32_checksum: 0,
+        reserved: [0; 4],
+        primary_lba: 1,
+        backup_lba: sectors - 1,
+        first_usable_lba: 2 + ARRAY_SECTORS,
+        last_usable_lba: sectors - 2 - ARRAY_SECTORS,
+        disk_guid: disk_guid.to_gpt_bytes(),
+        partition_entry_lba: 2,
+        number_of_partition_entries: ENTRY_COUNT,
+        size_of_partition_entry: ENTRY_SIZE,
+        partition_entry_array_crc32: 0,
+    };
+    Ok(Table {
+        header,
+        entries: vec![GPTPartitionEntry::empty(); ENTRY_COUNT as usize],
+    })
+}
+
+/// Write the protective MBR (one 0xEE partition covering the disk) into sector 0.
+pub fn write_protective_mbr<D: DiskIo>(dev: &mut D, path: &Path) -> Result<(), Error> {
+    gptman::GPT::write_protective_mbr_into(dev, SECTOR_SIZE).map_err(|e| Error::GptWrite {
+        path: path.to_path_buf(),
+        reason: format!("protective MBR: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_text_round_trip_and_mixed_endian() {
+        let g = types::ESP;
+        assert_eq!(g.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+        assert_eq!(Guid::parse(&g.to_string()), Some(g));
+        assert_eq!(Guid::parse("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), Some(g));
+        // UEFI spec: the ESP type GUID is stored as 28 73 2A C1 1F F8 D2 11 BA 4B ...
+        assert_eq!(
+            &g.to_gpt_bytes()[..8],
+            &[0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11]
+        );
+        assert_eq!(Guid::from_gpt_bytes(g.to_gpt_bytes()), g);
+    }
+
+    #[test]
+    fn guid_parse_rejects_garbage() {
+        for bad in [
+            "",
+            "c12a7328f81f11d2ba4b00a0c93ec93b",
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93",
+            "g12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+            "c12a7328-f81f-11d2-ba4b_00a0c93ec93b",
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93bé",
+        ] {
+            assert_eq!(Guid::parse(bad), None, "{bad}");
+        }
+    }
+
+    fn disk_with_table(len: usize) -> (io::Cursor<Vec<u8>>, Table) {
+        let mut dev = io::Cursor::new(vec![0u8; len]);
+        let path = Path::new("mem");
+        let mut t = new_table(len as u64, Guid([7; 16]), path).unwrap();
+        t.entries[0] = GPTPartitionEntry {
+            partition_type_guid: types::ESP.to_gpt_bytes(),
+            unique_partition_guid: [1; 16],
+            starting_lba: 2048,
+            ending_lba: 4095,
+            attribute_bits: 0,
+            partition_name: "esp".into(),
+        };
+        let fresh = TableHealth {
+            primary: CopyHealth::Corrupt("new".into()),
+            backup: CopyHealth::Corrupt("new".into()),
+            source: TableSource::Primary,
+        };
+        write_table(&mut dev, path, &t, &fresh).unwrap();
+        (dev, t)
+    }
+
+    #[test]
+    fn write_then_read_is_clean() {
+        let (mut dev, t) = disk_with_table(4 << 20);
+        let (back, health) = read_table(&mut dev, Path::new("mem")).unwrap();
+        assert!(health.is_clean(), "{health:?}");
+        assert_eq!(back.entries, t.entries);
+    }
+
+    #[test]
+    fn corrupt_primary_falls_back_and_reports() {
+        let (mut dev, t) = disk_with_table(4 << 20);
+        dev.get_mut()[512 + 20] ^= 0xff;
+        let (back, health) = read_table(&mut dev, Path::new("mem")).unwrap();
+        assert_eq!(health.source, TableSource::Backup);
+        assert!(matches!(health.primary, CopyHealth::Corrupt(_)));
+        assert_eq!(back.entries, t.entries);
+        assert_eq!(back.header.primary_lba, 1);
+    }
+
+    #[test]
+    fn both_corrupt_is_typed_error_and_zero_disk_is_no_gpt() {
+        let (mut dev, _) = disk_with_table(4 << 20);
+        let len = dev.get_ref().len();
+        dev.get_mut()[512 + 20] ^= 0xff;
+        dev.get_mut()[len - 512 + 20] ^= 0xff;
+        assert!(matches!(
+            read_table(&mut dev, Path::new("mem")),
+            Err(Error::GptCorrupt { .. })
+        ));
+        let mut zero = io::Cursor::new(vec![0u8; 1 << 20]);
+        assert!(matches!(
+            read_table(&mut zero, Path::new("mem")),
+            Err(Error::NoGpt { .. })
+        ));
+    }
+}
