@@ -26,6 +26,7 @@ use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
 use crate::reason::{Classify, Failure, Reason};
 use crate::slot::{check_superblock, verity_table};
 use crate::sys::{self, Log};
+use crate::usrsig;
 use basalt_verity::Superblock;
 
 /// The new root's mount point.
@@ -202,6 +203,53 @@ fn read_superblock(node: &Path) -> Result<Superblock, Error> {
     })
 }
 
+/// With a trust root in the initramfs, the slot's usr-hash statement (after the hash tree)
+/// must verify for `usrhash=`; without one, the check is skipped with a warning (development
+/// images built without `--trust`).
+fn check_signature(
+    log: &mut Log,
+    hash_node: &Path,
+    sb: &Superblock,
+    hash_len: u64,
+    cmd: &Cmdline,
+) -> Result<(), Error> {
+    let trust = match std::fs::read(usrsig::TRUST_PATH) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log.warn(&format!(
+                "no trust root at {}: the usrhash signature is NOT checked",
+                usrsig::TRUST_PATH
+            ));
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(Error::ReadInput {
+                path: usrsig::TRUST_PATH.into(),
+                source,
+            })
+        }
+    };
+    let offset = usrsig::statement_offset(sb);
+    let want = (usrsig::MAX_ENVELOPE + 4096) as u64;
+    let len = hash_len.saturating_sub(offset).min(want) as usize;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(hash_node)
+        .and_then(|mut f| {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            f.read_exact(&mut buf)
+        })
+        .map_err(|e| Error::UsrSigBlock {
+            reason: format!(
+                "reading {len} bytes at {offset} of {}: {e}",
+                hash_node.display()
+            ),
+        })?;
+    let who = usrsig::verify(&buf, &trust, &cmd.usrhash.to_string())?;
+    log.info(&format!("usrhash is signed: {who}"));
+    Ok(())
+}
+
 /// Run the boot. Returns only on failure (success ends in exec).
 pub fn run(log: &mut Log, init_args: &[OsString]) -> Failure {
     match run_inner(log, init_args) {
@@ -257,6 +305,9 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         sb.data_blocks,
         sb.salt.len()
     ));
+
+    check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
+        .class(Reason::UsrhashNotSigned)?;
 
     let table = verity_table(
         &sb,

@@ -14,8 +14,7 @@ use crate::cpio::Archive;
 use crate::error::{Error, Result};
 use crate::modules::{render_module_list, ModuleListEntry, ModulesDep, Resolution};
 
-/// Where the trust root goes in the initramfs.
-pub const TRUST_PATH: &str = "/etc/basalt/trust.json";
+pub use crate::usrsig::TRUST_PATH;
 /// zstd level: 19 is what Debian's initramfs-tools uses; the kernel decompresses it fine.
 const ZSTD_LEVEL: i32 = 19;
 

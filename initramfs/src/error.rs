@@ -256,6 +256,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The usr-hash statement block after the hash tree is missing or malformed.
+    #[error("usr-hash statement block: {reason}")]
+    UsrSigBlock {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The usr-hash statement does not verify against the trust root for this usrhash.
+    #[error("usr-hash statement refused: {reason}")]
+    UsrSigVerify {
+        /// Why (the basalt-manifest error).
+        reason: String,
+    },
+
     // --- mounts and switch_root ----------------------------------------------------------
     /// A mount failed.
     #[error("mounting {source_name} ({fstype}) at {target}: {source}")]

@@ -33,3 +33,4 @@ pub mod slot;
 pub mod switch_root;
 #[cfg(target_os = "linux")]
 pub mod sys;
+pub mod usrsig;
