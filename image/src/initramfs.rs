@@ -36,6 +36,16 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Put a signed usr-hash statement (from `basalt manifest sign-usr-hash`) into a verity
+    /// hash image, in the block after the tree, where basalt-init looks for it.
+    AttachUsrHash {
+        /// The verity hash image (`basalt verity format` / `veritysetup format` output).
+        #[arg(long)]
+        hash_image: PathBuf,
+        /// The DSSE envelope of the statement.
+        #[arg(long)]
+        statement: PathBuf,
+    },
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -80,6 +90,19 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 built.cpio_len,
                 built.resolution.modules.len(),
                 built.module_bytes
+            );
+            Ok(())
+        }
+        Command::AttachUsrHash {
+            hash_image,
+            statement,
+        } => {
+            let envelope = std::fs::read(&statement)
+                .with_context(|| format!("reading {}", statement.display()))?;
+            let offset = basalt_initramfs::usrsig::write_to_hash_image(&hash_image, &envelope)?;
+            println!(
+                "wrote the usr-hash statement into {} at byte {offset}",
+                hash_image.display()
             );
             Ok(())
         }

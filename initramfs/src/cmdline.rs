@@ -4,7 +4,7 @@
 //!
 //! | option | meaning | default |
 //! |---|---|---|
-//! | `usrhash=<64 hex>` | dm-verity root hash (sha256) of the `/usr` slot to boot | required |
+//! | `usrhash=<64 hex>` (or Flatcar's `verity.usrhash=`) | dm-verity root hash (sha256) of the `/usr` slot to boot | required |
 //! | `basalt.verity=restart\|panic\|eio\|logging` | what dm-verity does on a corrupted block | `restart` |
 //! | `basalt.root=PARTUUID=<uuid>\|PARTLABEL=<label>` | the writable root partition | by type GUID |
 //! | `init=<absolute path>` | the init of the real root | `/usr/lib/systemd/systemd` |
@@ -141,8 +141,8 @@ impl Cmdline {
         let mut wait_secs = DEFAULT_WAIT_SECS;
         for (key, value) in split_args(text) {
             match (key.as_str(), value) {
-                ("usrhash", Some(v)) => usrhash = Some(RootHash::parse(&v)?),
-                ("usrhash", None) => {
+                ("usrhash" | "verity.usrhash", Some(v)) => usrhash = Some(RootHash::parse(&v)?),
+                ("usrhash" | "verity.usrhash", None) => {
                     return Err(Error::UsrhashInvalid {
                         value: String::new(),
                         reason: "no value".into(),
@@ -298,6 +298,12 @@ mod tests {
             parse("usrhash"),
             Err(Error::UsrhashInvalid { .. })
         ));
+    }
+
+    #[test]
+    fn flatcar_spelling_is_accepted() {
+        let c = parse(&format!("verity.usrhash={H}")).unwrap();
+        assert_eq!(c.usrhash.to_string(), H);
     }
 
     #[test]

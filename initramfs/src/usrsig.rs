@@ -51,6 +51,45 @@ pub fn encode_block(envelope: &[u8]) -> Result<Vec<u8>> {
     Ok(b)
 }
 
+/// Put the statement block for `envelope` into a verity hash image file (the output of
+/// `veritysetup format`), right after its tree, replacing any block already there. Returns
+/// the block's offset.
+pub fn write_to_hash_image(path: &std::path::Path, envelope: &[u8]) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let io_err = |source| Error::Fs {
+        operation: "writing the usr-hash statement into",
+        path: path.to_owned(),
+        source,
+    };
+    let block = encode_block(envelope)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err)?;
+    let mut head = [0u8; 512];
+    f.read_exact(&mut head).map_err(io_err)?;
+    let sb = Superblock::parse(&head).map_err(|e| Error::SuperblockInvalid {
+        device: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let offset = statement_offset(&sb);
+    let len = f.metadata().map_err(io_err)?.len();
+    if len < offset {
+        return Err(Error::UsrSigBlock {
+            reason: format!(
+                "{} is {len} bytes, shorter than its hash tree ({offset})",
+                path.display()
+            ),
+        });
+    }
+    f.set_len(offset).map_err(io_err)?;
+    f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    f.write_all(&block).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    Ok(offset)
+}
+
 /// The envelope inside a statement block (`buf` starts at the block; it may be longer).
 pub fn decode_block(buf: &[u8]) -> Result<&[u8]> {
     let bad = |reason: String| Error::UsrSigBlock { reason };
