@@ -109,7 +109,11 @@ fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("manifests", "envelope"), ("disk", "gpt")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("manifests", "envelope"),
+    ("disk", "gpt"),
+    ("initramfs", "boot_inputs"),
+];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
