@@ -352,7 +352,7 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         "switching root to {SYSROOT}, exec {} ({up} s since kernel start)",
         cmd.init
     ));
-    drop(devkmsg);
+    devkmsg.restore();
     sys::sync();
     Err(crate::switch_root::switch_root(
         sysroot, &cmd.init, init_args,
@@ -371,7 +371,8 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// `printk.devkmsg` rate-limits userspace writes to /dev/kmsg by default (10 lines per 5 s),
-/// which would drop our log: set it to `on` for the initramfs, restore it on drop.
+/// which would drop our log: set it to `on` for the initramfs and restore it just before
+/// switch_root. On failure it stays `on` so the failure line gets through; we reboot anyway.
 struct DevKmsgLimit(Option<String>);
 
 const PRINTK_DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
@@ -388,8 +389,8 @@ impl DevKmsgLimit {
     }
 }
 
-impl Drop for DevKmsgLimit {
-    fn drop(&mut self) {
+impl DevKmsgLimit {
+    fn restore(self) {
         if let Some(old) = &self.0 {
             let _ = std::fs::write(PRINTK_DEVKMSG, old);
         }

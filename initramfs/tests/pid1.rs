@@ -13,6 +13,7 @@ use basalt_initramfs::reason::Reason;
 use common::peer;
 
 const INIT: &str = env!("CARGO_BIN_EXE_basalt-init");
+const PRINTK_DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
 
 #[test]
 fn refuses_to_run_unless_pid1() {
@@ -27,6 +28,9 @@ fn refuses_to_run_unless_pid1() {
 
 #[test]
 fn as_pid1_a_failure_is_reported_and_ends_in_reboot() {
+    // basalt-init lifts the (global, not namespaced) /dev/kmsg rate limit and, failing, does
+    // not restore it: put the host's value back.
+    let devkmsg = std::fs::read_to_string(PRINTK_DEVKMSG).unwrap();
     let o = peer(
         "unshare",
         "util-linux",
@@ -40,6 +44,7 @@ fn as_pid1_a_failure_is_reported_and_ends_in_reboot() {
         ],
         None,
     );
+    std::fs::write(PRINTK_DEVKMSG, &devkmsg).unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     // reboot(2) in a PID namespace kills its init with SIGHUP; unshare re-raises it.
     assert_eq!(

@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(list) = modules::parse_module_list(text) {
             let rendered = modules::render_module_list(&list);
-            assert_eq!(modules::parse_module_list(&rendered).expect("round trip"), list);
+            assert_eq!(
+                modules::parse_module_list(&rendered).expect("round trip"),
+                list
+            );
         }
         if let Ok(dep) = modules::ModulesDep::parse(text, "", Path::new("fuzz")) {
             let names: Vec<String> = text
