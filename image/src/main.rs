@@ -6,6 +6,7 @@
 //! signature, policy refusal).
 
 mod disk;
+mod initramfs;
 mod key;
 mod manifest;
 mod trust;
@@ -43,6 +44,9 @@ enum Command {
     /// Basalt disk images: GPT layout, slots, ESP and boot entries.
     #[command(subcommand)]
     Disk(disk::Command),
+    /// Initramfs images: basalt-init, kernel modules, trust root.
+    #[command(subcommand)]
+    Initramfs(initramfs::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -64,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trust(cmd) => trust::run(cmd),
         Command::Manifest(cmd) => manifest::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Initramfs(cmd) => initramfs::run(cmd),
     }
 }
 

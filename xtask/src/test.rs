@@ -21,6 +21,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "kmod",
     "busybox-static",
     "cpio",
+    "file",
     "zstd",
     "xz-utils",
     "qemu-system-x86",
@@ -116,6 +117,7 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("manifests", "envelope"),
     ("disk", "gpt"),
     ("disk", "bls_entry"),
+    ("initramfs", "boot_inputs"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

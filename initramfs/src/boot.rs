@@ -1,0 +1,398 @@
+//! The boot sequence of `basalt-init`, step by step; every step's failure carries its
+//! [`Reason`]. On success it ends in `exec` of the real init; it returns only a failure,
+//! which `main` logs before rebooting.
+//!
+//! ```text
+//! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► load modules (/etc/basalt/modules)
+//!   ─► poll disks (≤ basalt.wait s) until one's GPT has the usr data partition
+//!      (UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
+//!   ─► verity superblock fits the partitions ─► usrhash signed (if trust root present)
+//!   ─► dm-verity "usr" (read-only, restart_on_corruption) ─► mount root at /sysroot
+//!   ─► mount erofs /dev/dm-N at /sysroot/usr (ro) ─► /etc from factory if missing
+//!   ─► switch_root + exec init
+//! any failure ─► "BASALT-INIT FAILED reason=…" ─► sync ─► reboot
+//! ```
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::blockdev::{BlockRoots, Disk};
+use crate::cmdline::Cmdline;
+use crate::error::Error;
+use crate::gpt::{usr_partition_uuids, DiskTable, Partition, UsrPartitions};
+use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
+use crate::reason::{Classify, Failure, Reason};
+use crate::slot::{check_superblock, verity_table};
+use crate::sys::{self, Log};
+use crate::usrsig;
+use basalt_verity::Superblock;
+
+/// The new root's mount point.
+pub const SYSROOT: &str = "/sysroot";
+/// The DM device name of `/usr`.
+pub const DM_NAME: &str = "usr";
+const POLL: Duration = Duration::from_millis(100);
+
+fn mount_err(
+    source_name: &str,
+    fstype: &str,
+    target: &Path,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let (source_name, fstype, target) =
+        (source_name.to_owned(), fstype.to_owned(), target.to_owned());
+    move |source| Error::Mount {
+        source_name,
+        fstype,
+        target,
+        source,
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(path).map_err(|source| Error::Fs {
+        operation: "creating",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Mount devtmpfs, proc, sysfs and a tmpfs `/run`. An already-mounted `/dev` (a kernel
+/// with `CONFIG_DEVTMPFS_MOUNT`) is fine.
+fn early_mounts() -> Result<(), Error> {
+    let nosuid_noexec = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+    let mounts: [(&str, &str, libc::c_ulong, &str); 4] = [
+        ("devtmpfs", "/dev", libc::MS_NOSUID, "mode=0755"),
+        ("proc", "/proc", nosuid_noexec, ""),
+        ("sysfs", "/sys", nosuid_noexec, ""),
+        (
+            "tmpfs",
+            "/run",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        ),
+    ];
+    for (fstype, target, flags, data) in mounts {
+        let target = Path::new(target);
+        mkdir(target)?;
+        match sys::mount(fstype, target, fstype, flags, data) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(mount_err(fstype, fstype, target)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Load the modules of the list file in order; optional failures are logged only.
+fn load_modules(log: &mut Log, list: &Path) -> Result<usize, Error> {
+    let text = match std::fs::read_to_string(list) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log.info("no module list: loading no modules");
+            return Ok(0);
+        }
+        Err(source) => {
+            return Err(Error::ReadInput {
+                path: list.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut loaded = 0;
+    for m in parse_module_list(&text)? {
+        let path = PathBuf::from(&m.path);
+        match sys::load_module(&path, is_compressed(&m.path)) {
+            Ok(()) => {
+                loaded += 1;
+                log.debug(&format!("loaded {}", m.path));
+            }
+            Err(e) if m.optional => {
+                log.warn(&format!("optional module {} not loaded: {e}", m.path))
+            }
+            Err(source) => return Err(Error::LoadModule { path, source }),
+        }
+    }
+    Ok(loaded)
+}
+
+/// The disk holding the slot, with its partitions resolved to device nodes.
+#[derive(Debug)]
+struct Located {
+    disk: Disk,
+    usr: UsrPartitions,
+    root: Partition,
+    data_node: PathBuf,
+    hash_node: PathBuf,
+    root_node: PathBuf,
+}
+
+/// Poll until a disk's GPT has the slot and the kernel has its partition devices.
+fn locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Located, Error> {
+    let started = Instant::now();
+    let deadline = Duration::from_secs(u64::from(cmd.wait_secs));
+    loop {
+        let attempt = try_locate(log, cmd, roots);
+        let waited_ms = started.elapsed().as_millis() as u64;
+        match attempt {
+            Ok(Some(l)) => return Ok(l),
+            // A disk without the slot may still be followed by one with it; partition
+            // devices may lag behind the disk. Both are worth waiting for.
+            Ok(None) | Err(Error::PartitionDevice { .. }) if started.elapsed() < deadline => {
+                std::thread::sleep(POLL);
+            }
+            Ok(None) => {
+                let saw_gpt = roots
+                    .disks()
+                    .map(|d| d.iter().any(|d| DiskTable::read_path(&d.node).is_ok()))
+                    .unwrap_or(false);
+                return Err(if saw_gpt {
+                    Error::UsrPartitionNotFound {
+                        uuid: usr_partition_uuids(&cmd.usrhash).data,
+                        waited_ms,
+                    }
+                } else {
+                    Error::NoBootDisk { waited_ms }
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn try_locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Option<Located>, Error> {
+    for disk in roots.disks()? {
+        let table = match DiskTable::read_path(&disk.node) {
+            Ok(t) => t,
+            Err(e) => {
+                log.debug(&format!("skipping {}: {e}", disk.node.display()));
+                continue;
+            }
+        };
+        let Some(usr) = table.find_usr(&cmd.usrhash)? else {
+            continue;
+        };
+        let root = table.find_root(&cmd.root)?.clone();
+        let data_node = roots.partition_node(&disk, &usr.data)?;
+        let hash_node = roots.partition_node(&disk, &usr.verity)?;
+        let root_node = roots.partition_node(&disk, &root)?;
+        return Ok(Some(Located {
+            disk,
+            usr,
+            root,
+            data_node,
+            hash_node,
+            root_node,
+        }));
+    }
+    Ok(None)
+}
+
+fn read_superblock(node: &Path) -> Result<Superblock, Error> {
+    let mut buf = [0u8; 512];
+    std::fs::File::open(node)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|source| Error::ReadSuperblock {
+            device: node.to_owned(),
+            source,
+        })?;
+    Superblock::parse(&buf).map_err(|e| Error::SuperblockInvalid {
+        device: node.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// With a trust root in the initramfs, the slot's usr-hash statement (after the hash tree)
+/// must verify for `usrhash=`; without one, the check is skipped with a warning (development
+/// images built without `--trust`).
+fn check_signature(
+    log: &mut Log,
+    hash_node: &Path,
+    sb: &Superblock,
+    hash_len: u64,
+    cmd: &Cmdline,
+) -> Result<(), Error> {
+    let trust = match std::fs::read(usrsig::TRUST_PATH) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log.warn(&format!(
+                "no trust root at {}: the usrhash signature is NOT checked",
+                usrsig::TRUST_PATH
+            ));
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(Error::ReadInput {
+                path: usrsig::TRUST_PATH.into(),
+                source,
+            })
+        }
+    };
+    let offset = usrsig::statement_offset(sb);
+    let want = (usrsig::MAX_ENVELOPE + 4096) as u64;
+    let len = hash_len.saturating_sub(offset).min(want) as usize;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(hash_node)
+        .and_then(|mut f| {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            f.read_exact(&mut buf)
+        })
+        .map_err(|e| Error::UsrSigBlock {
+            reason: format!(
+                "reading {len} bytes at {offset} of {}: {e}",
+                hash_node.display()
+            ),
+        })?;
+    let who = usrsig::verify(&buf, &trust, &cmd.usrhash.to_string())?;
+    log.info(&format!("usrhash is signed: {who}"));
+    Ok(())
+}
+
+/// Run the boot. Returns only on failure (success ends in exec).
+pub fn run(log: &mut Log, init_args: &[OsString]) -> Failure {
+    match run_inner(log, init_args) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    }
+}
+
+fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infallible, Failure> {
+    early_mounts().class(Reason::EarlyMounts)?;
+    log.open_kmsg();
+    let devkmsg = DevKmsgLimit::lift();
+
+    let text = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|source| Error::ReadCmdline {
+            path: "/proc/cmdline".into(),
+            source,
+        })
+        .class(Reason::CmdlineInvalid)?;
+    let cmd = Cmdline::parse(&text).map_err(|e| Failure {
+        reason: Reason::of(&e, Reason::CmdlineInvalid),
+        error: e,
+    })?;
+    log.verbose = cmd.debug;
+    log.info(&format!(
+        "usrhash={} verity={:?} root {} init={}",
+        cmd.usrhash, cmd.verity_mode, cmd.root, cmd.init
+    ));
+
+    let n = load_modules(log, Path::new(MODULE_LIST_PATH)).class(Reason::ModuleLoad)?;
+    log.info(&format!("loaded {n} kernel modules"));
+
+    let l = locate(log, &cmd, &BlockRoots::default()).map_err(|e| Failure {
+        reason: Reason::of(&e, Reason::NoBootDisk),
+        error: e,
+    })?;
+    log.info(&format!(
+        "slot on {}: usr {} (partition {}), verity {} (partition {}), root {} (partition {})",
+        l.disk.node.display(),
+        l.data_node.display(),
+        l.usr.data.number,
+        l.hash_node.display(),
+        l.usr.verity.number,
+        l.root_node.display(),
+        l.root.number
+    ));
+
+    let sb = read_superblock(&l.hash_node).class(Reason::SuperblockInvalid)?;
+    check_superblock(&sb, &l.hash_node, l.usr.data.len, l.usr.verity.len)
+        .class(Reason::SuperblockInvalid)?;
+    log.debug(&format!(
+        "superblock: {} data blocks, salt {} bytes",
+        sb.data_blocks,
+        sb.salt.len()
+    ));
+
+    check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
+        .class(Reason::UsrhashNotSigned)?;
+
+    let table = verity_table(
+        &sb,
+        &l.data_node,
+        &l.hash_node,
+        &cmd.usrhash,
+        cmd.verity_mode,
+    );
+    let dm_node = crate::dm::Control::open()
+        .and_then(|c| c.create_verity(DM_NAME, &table))
+        .class(Reason::DmSetup)?;
+    log.info(&format!("dm-verity {DM_NAME} is {}", dm_node.display()));
+
+    let sysroot = Path::new(SYSROOT);
+    mkdir(sysroot).class(Reason::MountRoot)?;
+    let root_src = l.root_node.display().to_string();
+    sys::mount(&root_src, sysroot, "ext4", 0, "")
+        .map_err(mount_err(&root_src, "ext4", sysroot))
+        .class(Reason::MountRoot)?;
+
+    let usr = sysroot.join("usr");
+    mkdir(&usr).class(Reason::MountUsr)?;
+    let dm_src = dm_node.display().to_string();
+    sys::mount(&dm_src, &usr, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
+        .map_err(mount_err(&dm_src, "erofs", &usr))
+        .class(Reason::MountUsr)?;
+
+    let etc = crate::factory::populate_etc(sysroot).class(Reason::PopulateEtc)?;
+    log.debug(&format!("/etc: {etc:?}"));
+
+    let init_inside = sysroot.join(cmd.init.trim_start_matches('/'));
+    if !is_executable(&init_inside) {
+        return Err(Failure {
+            reason: Reason::SwitchRoot,
+            error: Error::InitMissing {
+                path: PathBuf::from(&cmd.init),
+            },
+        });
+    }
+    let up = sys::uptime().map_or_else(|| "?".to_owned(), |s| format!("{s:.3}"));
+    log.info(&format!(
+        "switching root to {SYSROOT}, exec {} ({up} s since kernel start)",
+        cmd.init
+    ));
+    devkmsg.restore();
+    sys::sync();
+    Err(crate::switch_root::switch_root(
+        sysroot, &cmd.init, init_args,
+    ))
+    .class(Reason::SwitchRoot)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    // Follows symlinks: /usr/lib/systemd/systemd may be one, resolved inside the new root
+    // only for relative targets; absolute targets are checked again by exec itself.
+    match std::fs::metadata(path) {
+        Ok(m) => m.is_file() && m.permissions().mode() & 0o111 != 0,
+        Err(_) => std::fs::symlink_metadata(path).is_ok(),
+    }
+}
+
+/// `printk.devkmsg` rate-limits userspace writes to /dev/kmsg by default (10 lines per 5 s),
+/// which would drop our log: set it to `on` for the initramfs and restore it just before
+/// switch_root. On failure it stays `on` so the failure line gets through; we reboot anyway.
+struct DevKmsgLimit(Option<String>);
+
+const PRINTK_DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
+
+impl DevKmsgLimit {
+    fn lift() -> Self {
+        let old = std::fs::read_to_string(PRINTK_DEVKMSG).ok();
+        if old.as_deref().map(str::trim) == Some("ratelimit") {
+            let _ = std::fs::write(PRINTK_DEVKMSG, "on\n");
+            Self(old)
+        } else {
+            Self(None)
+        }
+    }
+}
+
+impl DevKmsgLimit {
+    fn restore(self) {
+        if let Some(old) = &self.0 {
+            let _ = std::fs::write(PRINTK_DEVKMSG, old);
+        }
+    }
+}

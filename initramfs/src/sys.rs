@@ -1,0 +1,172 @@
+//! Thin, safe wrappers over the Linux system calls `basalt-init` needs (`libc` only): mount,
+//! `finit_module`, reboot, and the `/dev/kmsg` + console logger.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstr(p: &[u8]) -> io::Result<CString> {
+    CString::new(p).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// `mount(2)`. `source`/`fstype`/`data` may be empty (passed as NULL where the kernel
+/// allows it).
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let src = cstr(source.as_bytes())?;
+    let tgt = cstr(target.as_os_str().as_bytes())?;
+    let fst = cstr(fstype.as_bytes())?;
+    let dat = cstr(data.as_bytes())?;
+    let opt = |c: &CString, empty: bool| if empty { std::ptr::null() } else { c.as_ptr() };
+    // SAFETY: all pointers are valid NUL-terminated strings (or NULL) for the call's duration.
+    let rc = unsafe {
+        libc::mount(
+            opt(&src, source.is_empty()),
+            tgt.as_ptr(),
+            opt(&fst, fstype.is_empty()),
+            flags,
+            opt(&dat, data.is_empty()).cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `MODULE_INIT_COMPRESSED_FILE`: the kernel decompresses the module itself.
+const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+
+/// Load a kernel module with `finit_module(2)`. `EEXIST` (already loaded) counts as success.
+pub fn load_module(path: &Path, compressed: bool) -> io::Result<()> {
+    let f = File::open(path)?;
+    let params = cstr(b"")?;
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
+    // SAFETY: fd is open for the call; params is a valid empty C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            f.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// `sync(2)`.
+pub fn sync() {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::sync() }
+}
+
+/// `reboot(RB_AUTOBOOT)`; returns only if the kernel refused.
+pub fn reboot() -> io::Error {
+    // SAFETY: plain syscall; only returns on failure.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    io::Error::last_os_error()
+}
+
+/// This process's PID.
+pub fn getpid() -> i32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Seconds since boot, from `/proc/uptime`.
+pub fn uptime() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| parse_uptime(&s))
+}
+
+/// The first field of `/proc/uptime`.
+pub fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Where `basalt-init` logs: `/dev/kmsg` once devtmpfs is up (each write is one record,
+/// prefixed `basalt-init: `), the console (stderr, which the kernel opened on
+/// `/dev/console`) before that and for failures.
+#[derive(Debug, Default)]
+pub struct Log {
+    kmsg: Option<File>,
+    /// Whether `debug` lines are printed.
+    pub verbose: bool,
+}
+
+impl Log {
+    /// Start logging to `/dev/kmsg` (call after mounting devtmpfs). Failure is not fatal:
+    /// we keep logging to the console.
+    pub fn open_kmsg(&mut self) {
+        self.kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+    }
+
+    fn emit(&mut self, level: u8, msg: &str, console_too: bool) {
+        let mut wrote_kmsg = false;
+        if let Some(k) = self.kmsg.as_mut() {
+            // `<N>` sets the syslog level of the record; kmsg takes one record per write.
+            wrote_kmsg = k
+                .write_all(format!("<{level}>basalt-init: {msg}\n").as_bytes())
+                .is_ok();
+        }
+        if console_too || !wrote_kmsg {
+            let _ = writeln!(io::stderr(), "basalt-init: {msg}");
+        }
+    }
+
+    /// A normal progress line.
+    pub fn info(&mut self, msg: &str) {
+        self.emit(6, msg, false);
+    }
+
+    /// A line printed only with `basalt.debug`.
+    pub fn debug(&mut self, msg: &str) {
+        if self.verbose {
+            self.emit(7, msg, false);
+        }
+    }
+
+    /// A warning (kmsg level 4).
+    pub fn warn(&mut self, msg: &str) {
+        self.emit(4, msg, false);
+    }
+
+    /// A failure: to kmsg (level 2) and always to the console.
+    pub fn fail(&mut self, msg: &str) {
+        self.emit(2, msg, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_first_field() {
+        assert_eq!(parse_uptime("12.34 56.78\n"), Some(12.34));
+        assert_eq!(parse_uptime(""), None);
+        assert_eq!(parse_uptime("x y"), None);
+    }
+}
