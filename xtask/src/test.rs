@@ -107,7 +107,7 @@ fn install_packages() -> Result<()> {
 }
 
 /// Fuzz targets: (crate folder, target name).
-const FUZZ_TARGETS: &[(&str, &str)] = &[];
+const FUZZ_TARGETS: &[(&str, &str)] = &[("disk", "bls_entry")];
 
 fn fuzz(seconds: u32) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
