@@ -209,8 +209,8 @@ impl<E: Esp> BlsBackend<E> {
                 }
             };
             let basalt = if is_basalt_file(&f.name) {
-                let parsed = EntryName::parse(&f.name)
-                    .and_then(|_| BasaltEntry::parse(&f.name, &bytes));
+                let parsed =
+                    EntryName::parse(&f.name).and_then(|_| BasaltEntry::parse(&f.name, &bytes));
                 match parsed {
                     Ok(b) => Some(b),
                     // systemd-boot would boot it, but we cannot tell which slot it is.
@@ -265,10 +265,8 @@ impl<E: Esp> BlsBackend<E> {
         if from == to {
             return Ok(());
         }
-        self.esp.rename(
-            &esp::join(ENTRIES_DIR, from),
-            &esp::join(ENTRIES_DIR, to),
-        )
+        self.esp
+            .rename(&esp::join(ENTRIES_DIR, from), &esp::join(ENTRIES_DIR, to))
     }
 
     fn ensure_loader_conf(&mut self) -> Result<(), Error> {
@@ -283,13 +281,21 @@ impl<E: Esp> BlsBackend<E> {
     /// to. Only touches `loader/entries/.*.tmp` and `basalt/`.
     pub fn collect_garbage(&mut self) -> Result<(), Error> {
         if let Some(list) = self.esp.list(ENTRIES_DIR)? {
-            for f in list.iter().filter(|f| !f.is_dir && esp::is_temp_name(&f.name)) {
+            for f in list
+                .iter()
+                .filter(|f| !f.is_dir && esp::is_temp_name(&f.name))
+            {
                 self.esp.remove(&esp::join(ENTRIES_DIR, &f.name))?;
             }
         }
         let mut used = BTreeSet::new();
         for e in self.entries()? {
-            let paths = e.content.loader.iter().map(|(_, p)| p).chain(&e.content.initrd);
+            let paths = e
+                .content
+                .loader
+                .iter()
+                .map(|(_, p)| p)
+                .chain(&e.content.initrd);
             for p in paths {
                 let p = norm(p);
                 let mut parts = p.split('/');
@@ -335,8 +341,14 @@ impl<E: Esp> BlsBackend<E> {
         }
         entry::validate_version(&target.version).map_err(bad)?;
         let hash = &target.usr_hash;
-        if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
-            return Err(bad(format!("usr_hash must be 64 lower-case hex digits, got {hash:?}")));
+        if hash.len() != 64
+            || !hash
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        {
+            return Err(bad(format!(
+                "usr_hash must be 64 lower-case hex digits, got {hash:?}"
+            )));
         }
         if target.options.contains(['\n', '\r', '\0']) {
             return Err(bad("options must be one line".into()));
@@ -347,7 +359,9 @@ impl<E: Esp> BlsBackend<E> {
         let entries = self.entries()?;
         if entries.iter().any(|e| {
             e.slot() == Some(!slot)
-                && e.basalt.as_ref().is_some_and(|b| b.version == target.version)
+                && e.basalt
+                    .as_ref()
+                    .is_some_and(|b| b.version == target.version)
         }) {
             return Err(bad(format!(
                 "slot {} already holds this version; versions name entries and kernel \
@@ -434,7 +448,9 @@ impl<E: Esp> BlsBackend<E> {
 fn slot_boot(slot: Slot, top: Option<&EntryInfo>) -> SlotBoot {
     SlotBoot {
         slot,
-        version: top.and_then(|e| e.basalt.as_ref()).map(|b| b.version.clone()),
+        version: top
+            .and_then(|e| e.basalt.as_ref())
+            .map(|b| b.version.clone()),
         status: top.map_or(BootStatus::Absent, EntryInfo::status),
     }
 }
@@ -444,7 +460,10 @@ impl<E: Esp> BootControl for BlsBackend<E> {
         let order = self.boot_order()?;
         let top = |s: Slot| order.iter().find(|e| e.slot() == Some(s));
         Ok(BootState {
-            slots: [slot_boot(Slot::A, top(Slot::A)), slot_boot(Slot::B, top(Slot::B))],
+            slots: [
+                slot_boot(Slot::A, top(Slot::A)),
+                slot_boot(Slot::B, top(Slot::B)),
+            ],
             next: order.first().and_then(EntryInfo::slot),
         })
     }
@@ -615,8 +634,16 @@ mod tests {
             Some("basalt-1.2+2-1.conf")
         );
         assert_eq!(booted_entry_file(None, None).unwrap(), None);
-        for bad in [&[1u8, 2][..], &[0, 0, 0, 0, 65][..], &[0, 0, 0, 0, 0, 0xd8][..], &[0; 4][..]] {
-            assert!(matches!(booted_entry_file(None, Some(bad)), Err(Error::EfiVar { .. })));
+        for bad in [
+            &[1u8, 2][..],
+            &[0, 0, 0, 0, 65][..],
+            &[0, 0, 0, 0, 0, 0xd8][..],
+            &[0; 4][..],
+        ] {
+            assert!(matches!(
+                booted_entry_file(None, Some(bad)),
+                Err(Error::EfiVar { .. })
+            ));
         }
     }
 

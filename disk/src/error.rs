@@ -39,7 +39,11 @@ pub enum Error {
     },
     /// The ESP has no room for a file; nothing visible was changed (the temp file is removed).
     #[error("ESP full writing {path}: {needed} bytes needed, {free} bytes free")]
-    EspFull { path: String, needed: u64, free: u64 },
+    EspFull {
+        path: String,
+        needed: u64,
+        free: u64,
+    },
     /// A path given for the ESP is not a plain relative path (`..`, empty or NUL components).
     #[error("invalid ESP path {path:?}: {reason}")]
     EspPath { path: String, reason: &'static str },

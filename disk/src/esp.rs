@@ -606,7 +606,10 @@ impl Esp for FatImageEsp {
             // FAT has no atomic replace: drop the destination first (see module docs). FAT
             // names are case-insensitive, so a case-only rename is a plain rename.
             if let Some(e) = fat_lookup(fs, &t)? {
-                if !e.is_dir && !e.name.eq_ignore_ascii_case(f.rsplit('/').next().unwrap_or(""))
+                if !e.is_dir
+                    && !e
+                        .name
+                        .eq_ignore_ascii_case(f.rsplit('/').next().unwrap_or(""))
                 {
                     root.remove(&t.join("/"))?;
                 }
@@ -684,7 +687,8 @@ fn fix_dot_entries(file: &File, offset: u64) -> io::Result<u32> {
         let at = offset + (first_data + (c - 2) * spc) * bps;
         let mut head = [0u8; 128];
         file.read_exact_at(&mut head, at)?;
-        let (lfn1, dot, lfn2, dotdot) = (&head[0..32], &head[32..64], &head[64..96], &head[96..128]);
+        let (lfn1, dot, lfn2, dotdot) =
+            (&head[0..32], &head[32..64], &head[64..96], &head[96..128]);
         let cluster_of = |e: &[u8]| u64::from(u16_at(e, 20)) << 16 | u64::from(u16_at(e, 26));
         if lfn1[11] == 0x0f
             && lfn2[11] == 0x0f
@@ -749,11 +753,12 @@ pub fn format_esp(image: &Path, offset: u64, len: u64) -> Result<FatImageEsp, Er
     }
     // Zero the first MiB so no stale FAT or partition signature survives a re-format.
     let head = vec![0u8; len.min(1 << 20) as usize];
-    file.write_all_at(&head, offset).map_err(|source| Error::Io {
-        op: "clear ESP head",
-        path: image.to_path_buf(),
-        source,
-    })?;
+    file.write_all_at(&head, offset)
+        .map_err(|source| Error::Io {
+            op: "clear ESP head",
+            path: image.to_path_buf(),
+            source,
+        })?;
     let mut opts = fatfs::FormatVolumeOptions::new()
         .volume_label(*b"ESP        ")
         .volume_id(0x4241_5341); // "ASAB": fixed for reproducible images
@@ -802,7 +807,10 @@ mod tests {
 
     #[test]
     fn paths_are_confined_to_the_esp() {
-        assert_eq!(split_path("/loader//entries/").unwrap(), ["loader", "entries"]);
+        assert_eq!(
+            split_path("/loader//entries/").unwrap(),
+            ["loader", "entries"]
+        );
         assert!(matches!(split_path("a/../b"), Err(Error::EspPath { .. })));
         assert!(matches!(split_path("a/./b"), Err(Error::EspPath { .. })));
         assert!(matches!(split_path("a\\b"), Err(Error::EspPath { .. })));

@@ -9,7 +9,7 @@ pub mod boot;
 mod error;
 pub mod esp;
 
-pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
 pub use bls::BlsBackend;
+pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
 pub use error::Error;
 pub use esp::{DirEsp, Esp, FatImageEsp};

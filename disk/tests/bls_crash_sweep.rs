@@ -8,6 +8,8 @@
 //! remove fsync the directory), so a crash between primitives is modelled by replaying a
 //! prefix; a crash inside a write by the torn variant.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod bls_common;
 
 use std::cell::RefCell;
@@ -53,11 +55,15 @@ impl Esp for Recording {
         self.inner.create_dir(path)
     }
     fn write_new(&mut self, path: &str, data: &[u8]) -> Result<(), Error> {
-        self.log.borrow_mut().push(Mutation::WriteNew(path.into(), data.to_vec()));
+        self.log
+            .borrow_mut()
+            .push(Mutation::WriteNew(path.into(), data.to_vec()));
         self.inner.write_new(path, data)
     }
     fn rename(&mut self, from: &str, to: &str) -> Result<(), Error> {
-        self.log.borrow_mut().push(Mutation::Rename(from.into(), to.into()));
+        self.log
+            .borrow_mut()
+            .push(Mutation::Rename(from.into(), to.into()));
         self.inner.rename(from, to)
     }
     fn remove(&mut self, path: &str) -> Result<(), Error> {
@@ -127,8 +133,16 @@ fn check_bootable(root: &Path, what: &str) {
     let e = first.basalt.unwrap();
     let v = &e.version;
     let read = |p: &str| std::fs::read(root.join(p.trim_start_matches('/'))).unwrap();
-    assert_eq!(read(&e.linux), kernel_bytes(v), "{what}: kernel of {v} incomplete");
-    assert_eq!(read(&e.initrd[0]), initrd_bytes(v), "{what}: initrd of {v} incomplete");
+    assert_eq!(
+        read(&e.linux),
+        kernel_bytes(v),
+        "{what}: kernel of {v} incomplete"
+    );
+    assert_eq!(
+        read(&e.initrd[0]),
+        initrd_bytes(v),
+        "{what}: initrd of {v} incomplete"
+    );
 }
 
 /// Build an initial ESP with `setup`, then sweep `op` over it. Returns the crash points tested.
@@ -159,7 +173,10 @@ fn sweep(setup: &[Kind], op: Kind) -> usize {
     for k in 0..=muts.len() {
         let mut variants = vec![None];
         if let Some(Mutation::WriteNew(p, d)) = muts.get(k) {
-            variants.push(Some(Mutation::WriteNew(p.clone(), d[..d.len() / 2].to_vec())));
+            variants.push(Some(Mutation::WriteNew(
+                p.clone(),
+                d[..d.len() / 2].to_vec(),
+            )));
         }
         for torn in variants {
             let work = tempfile::tempdir().unwrap();
@@ -171,13 +188,21 @@ fn sweep(setup: &[Kind], op: Kind) -> usize {
             let what = format!(
                 "{name}: crash after {k}/{} mutations{}",
                 muts.len(),
-                if torn.is_some() { " + a torn write" } else { "" }
+                if torn.is_some() {
+                    " + a torn write"
+                } else {
+                    ""
+                }
             );
             check_bootable(work.path(), &what);
             let mut b = BlsBackend::new(DirEsp::new(work.path()));
             run_on(&mut b, host.path(), op).unwrap_or_else(|e| panic!("{what}: retry failed: {e}"));
             check_bootable(work.path(), &format!("{what}, retried"));
-            assert_eq!(snapshot(work.path()), final_state, "{what}: retry ends elsewhere");
+            assert_eq!(
+                snapshot(work.path()),
+                final_state,
+                "{what}: retry ends elsewhere"
+            );
             points += 1;
         }
     }

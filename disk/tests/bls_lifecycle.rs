@@ -1,12 +1,14 @@
 //! The BLS backend's life cycle on a directory ESP: every transition as do / undo / redo, bad
 //! input, and a property test against an independent model of systemd-boot's choice.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod bls_common;
 
 use std::path::Path;
 
 use basalt_disk::bls::{self, BlsBackend, Unloadable, ENTRIES_DIR};
-use basalt_disk::{BootControl, BootStatus, DirEsp, Error, Esp, Slot, SlotBoot};
+use basalt_disk::{BootControl, BootStatus, DirEsp, Error, Slot, SlotBoot};
 use bls_common::*;
 use proptest::prelude::*;
 
@@ -16,7 +18,10 @@ fn backend(root: &Path) -> BlsBackend<DirEsp> {
 
 fn entry_names(root: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(root.join(ENTRIES_DIR))
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -67,8 +72,14 @@ fn install_writes_the_documented_layout() {
             t.usr_hash
         )
     );
-    assert_eq!(std::fs::read(esp.path().join("basalt/1.0/vmlinuz")).unwrap(), kernel_bytes("1.0"));
-    assert_eq!(std::fs::read(esp.path().join("basalt/1.0/initrd")).unwrap(), initrd_bytes("1.0"));
+    assert_eq!(
+        std::fs::read(esp.path().join("basalt/1.0/vmlinuz")).unwrap(),
+        kernel_bytes("1.0")
+    );
+    assert_eq!(
+        std::fs::read(esp.path().join("basalt/1.0/initrd")).unwrap(),
+        initrd_bytes("1.0")
+    );
     let conf = std::fs::read_to_string(esp.path().join("loader/loader.conf")).unwrap();
     assert!(conf.contains("timeout 0\n") && conf.contains("editor no\n"));
     assert!(!conf.lines().any(|l| l.starts_with("default")));
@@ -102,7 +113,11 @@ fn stage_cancel_restage() {
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
     assert_eq!(snapshot(esp.path()), staged);
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
-    assert_eq!(snapshot(esp.path()), staged, "staging twice is the same as once");
+    assert_eq!(
+        snapshot(esp.path()),
+        staged,
+        "staging twice is the same as once"
+    );
 }
 
 #[test]
@@ -129,7 +144,11 @@ fn boot_attempts_exhaust_and_fall_back() {
     assert_eq!(st.slot(Slot::B).status, BootStatus::Bad);
     assert_eq!(st.next, Some(Slot::A));
     assert_eq!(b.boot_attempt().unwrap(), Some(Slot::A));
-    assert_eq!(slot_of(&b, Slot::A), a, "booting a good entry renames nothing");
+    assert_eq!(
+        slot_of(&b, Slot::A),
+        a,
+        "booting a good entry renames nothing"
+    );
     // undo the failed update: cancel removes it, A untouched
     b.cancel(Slot::B).unwrap();
     assert_eq!(slot_of(&b, Slot::B).status, BootStatus::Absent);
@@ -147,7 +166,10 @@ fn mark_good_then_mark_bad_then_restage() {
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
     assert_eq!(b.boot_attempt().unwrap(), Some(Slot::B));
     b.mark_good(Slot::B).unwrap();
-    assert_eq!(entry_names(esp.path()), ["basalt-1.0.conf", "basalt-1.1.conf"]);
+    assert_eq!(
+        entry_names(esp.path()),
+        ["basalt-1.0.conf", "basalt-1.1.conf"]
+    );
     let st = b.status().unwrap();
     assert_eq!(st.slot(Slot::B).status, BootStatus::Good);
     assert_eq!(st.next, Some(Slot::B));
@@ -157,17 +179,29 @@ fn mark_good_then_mark_bad_then_restage() {
     assert_eq!(snapshot(esp.path()), good);
 
     b.mark_bad(Slot::B).unwrap();
-    assert_eq!(entry_names(esp.path()), ["basalt-1.0.conf", "basalt-1.1+0.conf"]);
+    assert_eq!(
+        entry_names(esp.path()),
+        ["basalt-1.0.conf", "basalt-1.1+0.conf"]
+    );
     let st = b.status().unwrap();
     assert_eq!(st.slot(Slot::B).status, BootStatus::Bad);
     assert_eq!(st.next, Some(Slot::A));
     assert_eq!(st.slot(Slot::A), &a);
     b.mark_bad(Slot::B).unwrap(); // redo is a no-op
-    assert_eq!(entry_names(esp.path()), ["basalt-1.0.conf", "basalt-1.1+0.conf"]);
-    assert!(matches!(b.mark_good(Slot::B), Err(Error::IllegalTransition { .. })));
+    assert_eq!(
+        entry_names(esp.path()),
+        ["basalt-1.0.conf", "basalt-1.1+0.conf"]
+    );
+    assert!(matches!(
+        b.mark_good(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
     // undo of mark_bad: stage again
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
-    assert_eq!(entry_names(esp.path()), ["basalt-1.0.conf", "basalt-1.1+3.conf"]);
+    assert_eq!(
+        entry_names(esp.path()),
+        ["basalt-1.0.conf", "basalt-1.1+3.conf"]
+    );
     assert_eq!(b.status().unwrap().next, Some(Slot::B));
 }
 
@@ -178,7 +212,10 @@ fn mark_bad_keeps_tries_done() {
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
     b.boot_attempt().unwrap();
     b.mark_bad(Slot::B).unwrap();
-    assert_eq!(entry_names(esp.path()), ["basalt-1.0.conf", "basalt-1.1+0-1.conf"]);
+    assert_eq!(
+        entry_names(esp.path()),
+        ["basalt-1.0.conf", "basalt-1.1+0-1.conf"]
+    );
 }
 
 #[test]
@@ -200,7 +237,10 @@ fn rollback_do_undo_redo() {
     b.rollback(Slot::A).unwrap();
     assert_eq!(snapshot(esp.path()), rolled);
     // rolling "back" to the bad slot is refused, nothing changes
-    assert!(matches!(b.rollback(Slot::B), Err(Error::IllegalTransition { .. })));
+    assert!(matches!(
+        b.rollback(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
     assert_eq!(snapshot(esp.path()), rolled);
     // undo: re-stage B and bless it
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
@@ -237,10 +277,16 @@ fn refused_requests_change_nothing() {
     let before = snapshot(esp.path());
     let t = target(host.path(), "1.1");
     for tries in [0, 10] {
-        assert!(matches!(b.stage(Slot::B, &t, tries), Err(Error::BlsTarget { .. })));
+        assert!(matches!(
+            b.stage(Slot::B, &t, tries),
+            Err(Error::BlsTarget { .. })
+        ));
     }
     let mut same = target(host.path(), "1.0");
-    assert!(matches!(b.stage(Slot::B, &same, 3), Err(Error::BlsTarget { .. })));
+    assert!(matches!(
+        b.stage(Slot::B, &same, 3),
+        Err(Error::BlsTarget { .. })
+    ));
     same.version = "0.9".into();
     assert!(
         matches!(b.stage(Slot::B, &same, 3), Err(Error::BlsTarget { .. })),
@@ -253,24 +299,45 @@ fn refused_requests_change_nothing() {
     );
     b.cancel(Slot::B).unwrap();
     pre.version = "1.0~rc.1".into();
-    assert!(matches!(b.stage(Slot::B, &pre, 3), Err(Error::BlsTarget { .. })));
+    assert!(matches!(
+        b.stage(Slot::B, &pre, 3),
+        Err(Error::BlsTarget { .. })
+    ));
     for bad in ["1.1+x", "1.1/..", "UPPER", ""] {
         let mut t = target(host.path(), "1.1");
         t.version = bad.into();
-        assert!(matches!(b.stage(Slot::B, &t, 3), Err(Error::BlsTarget { .. })), "{bad}");
+        assert!(
+            matches!(b.stage(Slot::B, &t, 3), Err(Error::BlsTarget { .. })),
+            "{bad}"
+        );
     }
     let mut t = target(host.path(), "1.1");
     t.usr_hash = "xyz".into();
-    assert!(matches!(b.stage(Slot::B, &t, 3), Err(Error::BlsTarget { .. })));
+    assert!(matches!(
+        b.stage(Slot::B, &t, 3),
+        Err(Error::BlsTarget { .. })
+    ));
     let mut t = target(host.path(), "1.1");
     t.kernel = None;
-    assert!(matches!(b.stage(Slot::B, &t, 3), Err(Error::BlsTarget { .. })));
+    assert!(matches!(
+        b.stage(Slot::B, &t, 3),
+        Err(Error::BlsTarget { .. })
+    ));
     let mut t = target(host.path(), "1.1");
     t.kernel = Some(host.path().join("does-not-exist"));
     assert!(matches!(b.stage(Slot::B, &t, 3), Err(Error::Io { .. })));
-    assert!(matches!(b.mark_good(Slot::B), Err(Error::IllegalTransition { .. })));
-    assert!(matches!(b.cancel(Slot::A), Err(Error::IllegalTransition { .. })));
-    assert!(matches!(b.rollback(Slot::B), Err(Error::IllegalTransition { .. })));
+    assert!(matches!(
+        b.mark_good(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert!(matches!(
+        b.cancel(Slot::A),
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert!(matches!(
+        b.rollback(Slot::B),
+        Err(Error::IllegalTransition { .. })
+    ));
     b.mark_bad(Slot::B).unwrap(); // Absent: nothing to do
     assert_eq!(snapshot(esp.path()), before);
 }
@@ -281,7 +348,11 @@ fn garbage_entries_are_ignored_like_systemd_boot_does() {
     let mut b = installed(esp.path(), host.path());
     let dir = esp.path().join(ENTRIES_DIR);
     std::fs::write(dir.join("basalt-9.9.conf"), b"\x00\xff\xfegarbage\nlinux").unwrap();
-    std::fs::write(dir.join("basalt-9.8+x-1.conf"), b"version 9.8\nlinux /nope\n").unwrap();
+    std::fs::write(
+        dir.join("basalt-9.8+x-1.conf"),
+        b"version 9.8\nlinux /nope\n",
+    )
+    .unwrap();
     std::fs::write(dir.join(".basalt-9.7.conf.tmp"), b"half").unwrap();
     let st = b.status().unwrap();
     assert_eq!(st.next, Some(Slot::A));
@@ -290,7 +361,10 @@ fn garbage_entries_are_ignored_like_systemd_boot_does() {
     assert_eq!(g.unloadable, Some(Unloadable::NoLoader));
     // Staging cleans them all up.
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
-    assert_eq!(entry_names(esp.path()), ["basalt-1.0.conf", "basalt-1.1+3.conf"]);
+    assert_eq!(
+        entry_names(esp.path()),
+        ["basalt-1.0.conf", "basalt-1.1+3.conf"]
+    );
 }
 
 #[test]
@@ -302,7 +376,11 @@ fn loadable_but_invalid_basalt_entries_are_typed_errors() {
     std::fs::write(dir.join("basalt-9.conf"), k).unwrap();
     assert!(matches!(b.status(), Err(Error::BlsEntryParse { .. })));
     std::fs::remove_file(dir.join("basalt-9.conf")).unwrap();
-    std::fs::write(dir.join("basalt-9+x-1.conf"), format!("{k}options basalt.slot=b\n")).unwrap();
+    std::fs::write(
+        dir.join("basalt-9+x-1.conf"),
+        format!("{k}options basalt.slot=b\n"),
+    )
+    .unwrap();
     assert!(matches!(b.status(), Err(Error::BlsEntryName { .. })));
     std::fs::remove_file(dir.join("basalt-9+x-1.conf")).unwrap();
     assert_eq!(b.status().unwrap().next, Some(Slot::A));
@@ -318,7 +396,12 @@ fn entry_with_missing_kernel_is_not_bootable() {
     assert_eq!(st.slot(Slot::B).status, BootStatus::Absent);
     assert_eq!(st.next, Some(Slot::A));
     assert_eq!(b.boot_attempt().unwrap(), Some(Slot::A));
-    let e = b.entries().unwrap().into_iter().find(|e| e.file.contains("1.1")).unwrap();
+    let e = b
+        .entries()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.file.contains("1.1"))
+        .unwrap();
     assert!(matches!(e.unloadable, Some(Unloadable::LoaderMissing(_))));
     // Recovery: stage again.
     b.stage(Slot::B, &target(host.path(), "1.1"), 3).unwrap();
@@ -342,7 +425,9 @@ fn booted_slot_from_efivars() {
     let sel = var("basalt-1.1+3.conf"); // LoaderEntrySelected: the id before the rename
     let file = bls::booted_entry_file(None, Some(&sel)).unwrap().unwrap();
     assert_eq!(b.slot_of_entry(&file).unwrap(), Some(Slot::B));
-    let file = bls::booted_entry_file(None, Some(&var("basalt-1.0.conf"))).unwrap().unwrap();
+    let file = bls::booted_entry_file(None, Some(&var("basalt-1.0.conf")))
+        .unwrap()
+        .unwrap();
     assert_eq!(b.slot_of_entry(&file).unwrap(), Some(Slot::A));
 }
 

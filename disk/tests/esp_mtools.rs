@@ -3,6 +3,8 @@
 //! read; `fsck.fat -n` finds no error in an ESP we formatted and changed. These tests fail
 //! (not skip) when a tool is missing.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod bls_common;
 
 use std::path::Path;
@@ -74,14 +76,24 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
     assert_eq!(b.boot_attempt().unwrap(), Some(Slot::B)); // a counter rename on FAT
     let st = b.status().unwrap();
     assert_eq!(st.slot(Slot::A).status, BootStatus::Good);
-    assert_eq!(st.slot(Slot::B).status, BootStatus::Trying { tries_left: 2, tries_done: 1 });
+    assert_eq!(
+        st.slot(Slot::B).status,
+        BootStatus::Trying {
+            tries_left: 2,
+            tries_done: 1
+        }
+    );
 
     let i = img_arg(&img, OFFSET);
     let info = String::from_utf8_lossy(&mtools("minfo", &["-i", &i, "::"])).into_owned();
-    assert!(info.contains("disk type=\"FAT32"), "not FAT32 for mtools:\n{info}");
+    assert!(
+        info.contains("disk type=\"FAT32"),
+        "not FAT32 for mtools:\n{info}"
+    );
 
     // mdir lists exactly the entries we wrote.
-    let listing = String::from_utf8_lossy(&mtools("mdir", &["-b", "-i", &i, "::/loader/entries"])).into_owned();
+    let listing = String::from_utf8_lossy(&mtools("mdir", &["-b", "-i", &i, "::/loader/entries"]))
+        .into_owned();
     let mut theirs: Vec<String> = listing
         .lines()
         .filter_map(|l| l.trim().strip_prefix("::/loader/entries/"))
@@ -97,7 +109,11 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
     for name in &ours {
         let p = format!("::/loader/entries/{name}");
         let bytes = mtools("mtype", &["-i", &i, &p]);
-        assert_eq!(bytes, b.esp().read(&esp::join(ENTRIES_DIR, name)).unwrap(), "{name}");
+        assert_eq!(
+            bytes,
+            b.esp().read(&esp::join(ENTRIES_DIR, name)).unwrap(),
+            "{name}"
+        );
     }
     let conf = mtools("mtype", &["-i", &i, "::/loader/loader.conf"]);
     assert_eq!(conf, bls::LOADER_CONF_TEXT.as_bytes());
@@ -119,8 +135,12 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
     b.cancel(Slot::B).unwrap();
     let report = fsck(&img, OFFSET, LEN);
     assert!(!report.to_lowercase().contains("dirty"), "{report}");
-    let listing = String::from_utf8_lossy(&mtools("mdir", &["-b", "-i", &i, "::/basalt"])).into_owned();
-    assert_eq!(listing.lines().map(str::trim).collect::<Vec<_>>(), ["::/basalt/1.0/"]);
+    let listing =
+        String::from_utf8_lossy(&mtools("mdir", &["-b", "-i", &i, "::/basalt"])).into_owned();
+    assert_eq!(
+        listing.lines().map(str::trim).collect::<Vec<_>>(),
+        ["::/basalt/1.0/"]
+    );
 }
 
 #[test]
@@ -138,7 +158,13 @@ fn files_mtools_writes_we_read() {
     let long = host.join("a-long-file-name.with.dots.bin");
     let payload: Vec<u8> = (0..100_000u32).map(|x| (x * 7 % 251) as u8).collect();
     std::fs::write(&long, &payload).unwrap();
-    for d in ["::/loader", "::/loader/entries", "::/basalt", "::/basalt/2.0", "::/EFI"] {
+    for d in [
+        "::/loader",
+        "::/loader/entries",
+        "::/basalt",
+        "::/basalt/2.0",
+        "::/EFI",
+    ] {
         mtools("mmd", &["-i", &i, d]);
     }
     let copies = [
@@ -151,12 +177,21 @@ fn files_mtools_writes_we_read() {
         mtools("mcopy", &["-i", &i, src.to_str().unwrap(), dest]);
     }
     let fat = FatImageEsp::open(&img, OFFSET, LEN).unwrap();
-    assert_eq!(fat.read("EFI/a-long-file-name.with.dots.bin").unwrap(), payload);
+    assert_eq!(
+        fat.read("EFI/a-long-file-name.with.dots.bin").unwrap(),
+        payload
+    );
     assert_eq!(fat.read("basalt/2.0/vmlinuz").unwrap(), kernel_bytes("2.0"));
     let b = BlsBackend::new(fat);
     let st = b.status().unwrap();
     assert_eq!(st.next, Some(Slot::B));
-    assert_eq!(st.slot(Slot::B).status, BootStatus::Trying { tries_left: 3, tries_done: 0 });
+    assert_eq!(
+        st.slot(Slot::B).status,
+        BootStatus::Trying {
+            tries_left: 3,
+            tries_done: 0
+        }
+    );
     assert_eq!(st.slot(Slot::B).version.as_deref(), Some("2.0"));
 }
 
@@ -182,7 +217,11 @@ fn full_esp_is_a_typed_error_and_keeps_the_entries() {
     assert_eq!(b.status().unwrap(), before);
     let names_after: Vec<String> = b.entries().unwrap().into_iter().map(|e| e.file).collect();
     assert_eq!(names_after, names_before);
-    assert_eq!(b.esp().list("basalt").unwrap().unwrap().len(), 1, "1.1 leftovers removed");
+    assert_eq!(
+        b.esp().list("basalt").unwrap().unwrap().len(),
+        1,
+        "1.1 leftovers removed"
+    );
     // A kernel that fits after all: the failed attempt left no space behind.
     b.stage(Slot::B, &big("1.1", 2), 3).unwrap();
     assert_eq!(b.status().unwrap().next, Some(Slot::B));

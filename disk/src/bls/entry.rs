@@ -50,9 +50,7 @@ impl EntryName {
     /// of the base, exactly as the boot loader treats it (such an entry is not counted).
     pub fn parse_lenient(file: &str) -> Option<EntryName> {
         let stem_len = file.len().checked_sub(CONF_SUFFIX.len())?;
-        if !file.is_char_boundary(stem_len)
-            || !file[stem_len..].eq_ignore_ascii_case(CONF_SUFFIX)
-        {
+        if !file.is_char_boundary(stem_len) || !file[stem_len..].eq_ignore_ascii_case(CONF_SUFFIX) {
             return None;
         }
         let stem = &file[..stem_len];
@@ -190,7 +188,10 @@ impl EntryFile {
     /// `\n`/`\r`, blanks trimmed, `#` comments and key-only lines skipped, key and value split
     /// at the first blank, a value in double quotes unquoted. Non-UTF-8 bytes are replaced.
     pub fn parse(content: &[u8]) -> EntryFile {
-        let end = content.iter().position(|&b| b == 0).unwrap_or(content.len());
+        let end = content
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(content.len());
         let text = String::from_utf8_lossy(&content[..end]);
         let mut e = EntryFile::default();
         for (key, value) in key_values(&text) {
@@ -296,8 +297,8 @@ impl BasaltEntry {
             name: name.to_string(),
             reason,
         };
-        let text = std::str::from_utf8(content)
-            .map_err(|e| bad(format!("not UTF-8 text ({e})")))?;
+        let text =
+            std::str::from_utf8(content).map_err(|e| bad(format!("not UTF-8 text ({e})")))?;
         if text.contains('\0') {
             return Err(bad("contains a NUL byte".into()));
         }
@@ -317,7 +318,11 @@ impl BasaltEntry {
             ["a"] => Slot::A,
             ["b"] => Slot::B,
             [] => return Err(bad(format!("no `{SLOT_OPTION}` option"))),
-            _ => return Err(bad(format!("`{SLOT_OPTION}` must be given once, as a or b"))),
+            _ => {
+                return Err(bad(format!(
+                    "`{SLOT_OPTION}` must be given once, as a or b"
+                )))
+            }
         };
         Ok(BasaltEntry {
             version,
@@ -372,11 +377,26 @@ mod tests {
     #[test]
     fn counters_as_systemd_boot_reads_them() {
         // The series from systemd-boot's own comment (boot.c, config_entry_parse_tries).
-        assert_eq!(counter("foobar+3.conf"), Some(("foobar".into(), Some((3, 0)))));
-        assert_eq!(counter("foobar+2-1.conf"), Some(("foobar".into(), Some((2, 1)))));
-        assert_eq!(counter("foobar+0-3.conf"), Some(("foobar".into(), Some((0, 3)))));
-        assert_eq!(counter("foobar+4-0.conf"), Some(("foobar".into(), Some((4, 0)))));
-        assert_eq!(counter("x+12-345.CONF"), Some(("x".into(), Some((12, 345)))));
+        assert_eq!(
+            counter("foobar+3.conf"),
+            Some(("foobar".into(), Some((3, 0))))
+        );
+        assert_eq!(
+            counter("foobar+2-1.conf"),
+            Some(("foobar".into(), Some((2, 1))))
+        );
+        assert_eq!(
+            counter("foobar+0-3.conf"),
+            Some(("foobar".into(), Some((0, 3))))
+        );
+        assert_eq!(
+            counter("foobar+4-0.conf"),
+            Some(("foobar".into(), Some((4, 0))))
+        );
+        assert_eq!(
+            counter("x+12-345.CONF"),
+            Some(("x".into(), Some((12, 345))))
+        );
         // Not counters: part of the name, entry not counted.
         assert_eq!(counter("foobar.conf"), Some(("foobar".into(), None)));
         assert_eq!(counter("a+x-1.conf"), Some(("a+x-1".into(), None)));
@@ -415,7 +435,12 @@ mod tests {
 
     #[test]
     fn strict_names_reject_malformed_counters() {
-        for bad in ["basalt-1.0+x-1.conf", "basalt-1+.conf", "basalt-1.0", "+3.conf"] {
+        for bad in [
+            "basalt-1.0+x-1.conf",
+            "basalt-1+.conf",
+            "basalt-1.0",
+            "+3.conf",
+        ] {
             assert!(
                 matches!(EntryName::parse(bad), Err(Error::BlsEntryName { .. })),
                 "{bad}"
@@ -437,14 +462,20 @@ mod tests {
         let f = EntryFile::parse(text.as_bytes());
         assert_eq!(f.sort_key.as_deref(), Some(SORT_KEY));
         assert_eq!(f.version.as_deref(), Some("1.2.0"));
-        assert_eq!(f.loader, Some((LoaderType::Linux, "/basalt/1.2.0/vmlinuz".into())));
+        assert_eq!(
+            f.loader,
+            Some((LoaderType::Linux, "/basalt/1.2.0/vmlinuz".into()))
+        );
         assert!(text.contains("options usrhash=abab"));
         assert!(text.contains("basalt.slot=b console=ttyS0\n"));
 
         let odd = b"# c\n  title   \"Quoted T\"  \r\nlinux\n options a\noptions b\0linux /x";
         let f = EntryFile::parse(odd);
         assert_eq!(f.title.as_deref(), Some("Quoted T"));
-        assert_eq!(f.loader, None, "key without value and text after NUL are ignored");
+        assert_eq!(
+            f.loader, None,
+            "key without value and text after NUL are ignored"
+        );
         assert_eq!(f.options.as_deref(), Some("a b"));
         let arm = EntryFile::parse(b"architecture aa64\nlinux /k\n");
         assert!(arm.foreign_architecture);
@@ -462,7 +493,10 @@ mod tests {
         ];
         for c in cases {
             assert!(
-                matches!(BasaltEntry::parse("e.conf", c), Err(Error::BlsEntryParse { .. })),
+                matches!(
+                    BasaltEntry::parse("e.conf", c),
+                    Err(Error::BlsEntryParse { .. })
+                ),
                 "{:?}",
                 String::from_utf8_lossy(c)
             );

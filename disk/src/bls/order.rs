@@ -122,7 +122,8 @@ pub fn strverscmp_improved(a: &str, b: &str) -> Ordering {
         (u16::from(b'a')..=u16::from(b'z')).contains(&c)
             || (u16::from(b'A')..=u16::from(b'Z')).contains(&c)
     };
-    let is_valid = |c: u16| is_digit(c) || is_alpha(c) || b"~-^.".iter().any(|&x| u16::from(x) == c);
+    let is_valid =
+        |c: u16| is_digit(c) || is_alpha(c) || b"~-^.".iter().any(|&x| u16::from(x) == c);
     let (mut i, mut j) = (0usize, 0usize);
     loop {
         while at(&a, i) != 0 && !is_valid(at(&a, i)) {
@@ -209,8 +210,18 @@ mod tests {
     fn version_order_from_systemds_documentation() {
         // The ordered list in the comment above strverscmp_improved (oldest first).
         let ordered = [
-            "122.1", "123~rc1-1", "123", "123-a", "123-a.1", "123-1", "123-1.1", "123^post1",
-            "123.a-1", "123.1-1", "123a-1", "124-1",
+            "122.1",
+            "123~rc1-1",
+            "123",
+            "123-a",
+            "123-a.1",
+            "123-1",
+            "123-1.1",
+            "123^post1",
+            "123.a-1",
+            "123.1-1",
+            "123a-1",
+            "124-1",
         ];
         for (i, a) in ordered.iter().enumerate() {
             for (j, b) in ordered.iter().enumerate() {
@@ -258,7 +269,12 @@ mod tests {
         let ids: Vec<_> = v.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["basalt-1.2+2-1.conf", "basalt-1.0.conf", "zzz.conf", "basalt-1.1+0-3.conf"]
+            [
+                "basalt-1.2+2-1.conf",
+                "basalt-1.0.conf",
+                "zzz.conf",
+                "basalt-1.1+0-3.conf"
+            ]
         );
     }
 }

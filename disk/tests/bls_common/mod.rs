@@ -53,11 +53,16 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// Every file under `root` with its content, sorted (to compare ESP states).
 pub fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
-                out.push((e.path().strip_prefix(root).unwrap().to_path_buf(), b"<dir>".to_vec()));
+                out.push((
+                    e.path().strip_prefix(root).unwrap().to_path_buf(),
+                    b"<dir>".to_vec(),
+                ));
                 walk(root, &e.path(), out);
             } else {
                 out.push((
@@ -98,7 +103,10 @@ pub fn model_entries(esp: &Path) -> Vec<ModelEntry> {
     for e in rd {
         let e = e.unwrap();
         let file = e.file_name().to_string_lossy().into_owned();
-        if file.starts_with('.') || file.starts_with("auto-") || !file.to_lowercase().ends_with(".conf") {
+        if file.starts_with('.')
+            || file.starts_with("auto-")
+            || !file.to_lowercase().ends_with(".conf")
+        {
             continue;
         }
         let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned();
@@ -112,7 +120,9 @@ pub fn model_entries(esp: &Path) -> Vec<ModelEntry> {
         let mut linux = None;
         for line in text.lines() {
             let line = line.trim();
-            let Some((k, v)) = line.split_once(' ') else { continue };
+            let Some((k, v)) = line.split_once(' ') else {
+                continue;
+            };
             let v = v.trim();
             match k {
                 "sort-key" => m.sort_key = Some(v.into()),
