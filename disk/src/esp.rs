@@ -375,6 +375,37 @@ impl Seek for Window {
 
 type Fat = fatfs::FileSystem<Window>;
 
+/// The time stamp of every file we write on a FAT image: 1980-01-01 00:00, the DOS epoch.
+/// Fixed so images are reproducible; and a *valid* date on purpose: without a clock fatfs
+/// writes day 0 of month 0, which UEFI's FAT driver rejects when systemd-boot renames an
+/// entry (`SetInfo` → Invalid Parameter), silently breaking boot counting.
+#[derive(Debug)]
+struct FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FIXED_TIME: FixedTime = FixedTime;
+
 /// A FAT ESP at `offset`..`offset + len` of an image file, accessed without mounting. Each
 /// call opens the file system, does its work, unmounts (writing FSInfo) and fsyncs the image.
 #[derive(Debug, Clone)]
@@ -461,7 +492,8 @@ impl FatImageEsp {
             path: self.image.clone(),
             source,
         })?;
-        let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new())
+        let options = fatfs::FsOptions::new().time_provider(&FIXED_TIME);
+        let fs = fatfs::FileSystem::new(window, options)
             .map_err(|e| self.image_error(format!("not a FAT file system: {e}")))?;
         let out = f(&fs).map_err(esp_io(op, path));
         let unmounted = fs.unmount().map_err(esp_io("unmount", path));
