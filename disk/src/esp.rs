@@ -691,7 +691,25 @@ fn fix_dot_entries(file: &File, offset: u64) -> io::Result<u32> {
     let root_sectors = (root_entries * 32).div_ceil(bps);
     let first_data = reserved + fats * spf + root_sectors;
     let clusters = total.saturating_sub(first_data) / spc;
-    let mut fat = vec![0u8; (spf * bps) as usize];
+    let fat_len = spf * bps;
+    let entries_needed = clusters + 2;
+    let fat_bytes_needed = if clusters < 4085 {
+        entries_needed * 3 / 2 + 2
+    } else if clusters < 65525 {
+        entries_needed * 2
+    } else {
+        entries_needed * 4
+    };
+    // Never trust sizes from disk for an allocation or an index: the FAT must fit the
+    // volume and cover every cluster.
+    let volume = total * bps;
+    if fat_len > volume || fat_len < fat_bytes_needed || first_data >= total {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "inconsistent BPB",
+        ));
+    }
+    let mut fat = vec![0u8; fat_len as usize];
     file.read_exact_at(&mut fat, offset + reserved * bps)?;
     let entry = |c: u64| -> u64 {
         let c = c as usize;

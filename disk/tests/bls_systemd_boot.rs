@@ -142,6 +142,7 @@ fn check(name: &str, setup: impl FnOnce(&mut BlsBackend<FatImageEsp>, &Path)) {
     std::fs::copy(&img, &copy).unwrap();
     let mut sim = BlsBackend::new(FatImageEsp::open(&copy, ESP_OFFSET, ESP_LEN).unwrap());
     let predicted_slot = sim.status().unwrap().next;
+    let predicted_title = sim.boot_order().unwrap()[0].content.title.clone().unwrap();
     sim.boot_attempt().unwrap();
     let predicted = entry_names(sim.esp());
 
@@ -151,15 +152,13 @@ fn check(name: &str, setup: impl FnOnce(&mut BlsBackend<FatImageEsp>, &Path)) {
         log.contains("Failed to execute"),
         "{name}: systemd-boot did not start an entry; serial log:\n{log}"
     );
-    let started: String = log
-        .split("Failed to execute")
+    // "Failed to execute <title> (<loader path>): Not Found"
+    let started = log
+        .split("Failed to execute ")
         .nth(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| *c != '(' && *c != '\r' && *c != '\n')
-                .collect()
-        })
-        .unwrap_or_default();
+        .and_then(|rest| rest.split(" (\\").next())
+        .unwrap_or_default()
+        .to_string();
     if actual != predicted {
         // Keep the evidence for a look with mtools.
         eprintln!(
@@ -171,6 +170,8 @@ fn check(name: &str, setup: impl FnOnce(&mut BlsBackend<FatImageEsp>, &Path)) {
         actual, predicted,
         "{name}: before {before:?}, predicted next {predicted_slot:?}, systemd-boot started {started:?}"
     );
+    // systemd-boot names the entry it started: the title of the entry we predicted.
+    assert_eq!(started.trim(), predicted_title, "{name}");
     eprintln!("{name}: {before:?} -> {actual:?} (predicted {predicted_slot:?})");
 }
 
