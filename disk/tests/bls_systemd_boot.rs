@@ -210,6 +210,12 @@ fn systemd_boot_picks_what_we_predict() {
         b.stage(Slot::B, &stub_target(h, "1.1"), 1).unwrap();
         b.boot_attempt().unwrap();
     });
+    // A two-digit counter: `+10` is 10 tries left (renamed `+9-1`), not a bad entry.
+    check("two-digit counter", |b, h| {
+        b.stage(Slot::A, &stub_target(h, "1.0"), 3).unwrap();
+        b.mark_good(Slot::A).unwrap();
+        b.stage(Slot::B, &stub_target(h, "1.1"), 10).unwrap();
+    });
     // Every entry bad: systemd-boot still boots the first of them (newest version).
     check("all bad", |b, h| {
         b.stage(Slot::A, &stub_target(h, "1.0"), 1).unwrap();
