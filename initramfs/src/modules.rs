@@ -429,9 +429,9 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
                 }
             }
             let mut closure: Vec<BTreeSet<usize>> = Vec::new();
-            for i in 0..n {
+            for ds in &direct {
                 let mut c = BTreeSet::new();
-                for &d in &direct[i] {
+                for &d in ds {
                     c.insert(d);
                     c.extend(closure[d].iter().copied());
                 }
