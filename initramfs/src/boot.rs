@@ -348,6 +348,12 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         });
     }
     let up = sys::uptime().map_or_else(|| "?".to_owned(), |s| format!("{s:.3}"));
+    let record = boot_record(&cmd, &l, &dm_node, &up);
+    if let Err(e) = std::fs::create_dir_all(RUN_DIR)
+        .and_then(|()| std::fs::write(format!("{RUN_DIR}/boot.env"), record))
+    {
+        log.warn(&format!("cannot write {RUN_DIR}/boot.env: {e}"));
+    }
     log.info(&format!(
         "switching root to {SYSROOT}, exec {} ({up} s since kernel start)",
         cmd.init
@@ -358,6 +364,26 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         sysroot, &cmd.init, init_args,
     ))
     .class(Reason::SwitchRoot)
+}
+
+/// Where `basalt-init` leaves what it booted for the real system (`/run` moves along).
+pub const RUN_DIR: &str = "/run/basalt";
+
+/// `/run/basalt/boot.env`: what was booted, `KEY=value` lines (systemd `EnvironmentFile=`
+/// syntax), for the updater and for debugging.
+fn boot_record(cmd: &Cmdline, l: &Located, dm_node: &Path, uptime: &str) -> String {
+    format!(
+        "BASALT_USRHASH={}\nBASALT_DISK={}\nBASALT_USR_PARTITION={}\nBASALT_VERITY_PARTITION={}\n\
+         BASALT_ROOT_PARTITION={}\nBASALT_USR_DEVICE={}\nBASALT_VERITY_MODE={}\n\
+         BASALT_INITRAMFS_DONE_SECS={uptime}\n",
+        cmd.usrhash,
+        l.disk.node.display(),
+        l.usr.data.number,
+        l.usr.verity.number,
+        l.root.number,
+        dm_node.display(),
+        cmd.verity_mode.table_option().unwrap_or("eio"),
+    )
 }
 
 fn is_executable(path: &Path) -> bool {
