@@ -2,6 +2,7 @@
 //! superblock) into a hash range.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -187,8 +188,8 @@ pub(crate) fn build_tree(
 /// last block is ignored, as veritysetup does): write the hash tree, and the superblock unless
 /// `opts.superblock` is false, into `hash` at `opts.hash_offset`. `data` and `hash` may be the
 /// same file when the areas do not overlap. A regular hash file is grown to the end of the
-/// tree; nothing outside the hash area is written. Memory: the tree plus one 2 MiB buffer per
-/// thread.
+/// tree; nothing outside the hash area is written. Memory: the tree plus one read buffer per
+/// thread (256 KiB).
 pub fn format(
     data: Device<'_>,
     data_offset: u64,
@@ -261,7 +262,9 @@ pub fn format(
 /// Open a file or block device for reading (and writing when `write`), creating a missing
 /// hash file.
 pub(crate) fn open(path: &Path, write: bool) -> Result<File> {
+    // Like veritysetup, a hash file we create is private to its owner (0600).
     OpenOptions::new()
+        .mode(0o600)
         .read(true)
         .write(write)
         .create(write)

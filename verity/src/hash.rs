@@ -3,9 +3,8 @@
 //! The input (data blocks, or the blocks of the level below) is cut into chunks of
 //! [`CHUNK_BLOCKS`] blocks; each chunk's digests fill exactly `CHUNK_BLOCKS / 128` output hash
 //! blocks, so the output buffer splits into disjoint `&mut` chunks handed out through a
-//! mutex-guarded iterator (dynamic load balancing, no unsafe). Each worker owns one read buffer
-//! of `CHUNK_BLOCKS * 4 KiB`: memory is bounded by the tree plus one buffer per thread, never
-//! by the data.
+//! mutex-guarded iterator (dynamic load balancing, no unsafe). Each worker owns one 256 KiB
+//! read buffer: memory is bounded by the tree plus one buffer per thread, never by the data.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -15,9 +14,13 @@ use ring::digest::{Context, SHA256};
 use crate::error::Result;
 use crate::geometry::{BLOCK_SIZE, DIGEST_SIZE, HASHES_PER_BLOCK};
 
-/// Input blocks per work item: 2 MiB reads, large enough to amortise the syscall, small enough
+/// Input blocks per work item (2 MiB): large enough to make the queue lock rare, small enough
 /// to balance two to a few dozen threads on small trees.
 pub(crate) const CHUNK_BLOCKS: u64 = 512;
+
+/// Blocks per read: 256 KiB, small enough that what a read copies from the page cache is still
+/// in the core's L2 cache when it is hashed (a 2 MiB read would be evicted to L3 first).
+const READ_BLOCKS: u64 = 64;
 
 /// Reads `buf.len() / 4096` consecutive input blocks starting at block `first`.
 pub(crate) type ReadBlocks<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + Sync + 'a;
@@ -70,7 +73,7 @@ pub(crate) fn hash_level(
     let failed = AtomicBool::new(false);
 
     let worker = || -> Result<()> {
-        let mut buf = vec![0u8; (CHUNK_BLOCKS * BLOCK_SIZE) as usize];
+        let mut buf = vec![0u8; (READ_BLOCKS * BLOCK_SIZE) as usize];
         loop {
             if failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -83,16 +86,22 @@ pub(crate) fn hash_level(
             };
             let first = index as u64 * CHUNK_BLOCKS;
             let count = CHUNK_BLOCKS.min(input_blocks - first);
-            let input = &mut buf[..(count * BLOCK_SIZE) as usize];
-            if let Err(e) = read(first, input) {
-                failed.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-            for (block, slot) in input
-                .chunks_exact(BLOCK_SIZE as usize)
-                .zip(out_chunk.chunks_exact_mut(DIGEST_SIZE))
-            {
-                slot.copy_from_slice(&digest_block(&base, block));
+            let mut done = 0u64;
+            while done < count {
+                let n = READ_BLOCKS.min(count - done);
+                let input = &mut buf[..(n * BLOCK_SIZE) as usize];
+                if let Err(e) = read(first + done, input) {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                let slots = &mut out_chunk[done as usize * DIGEST_SIZE..];
+                for (block, slot) in input
+                    .chunks_exact(BLOCK_SIZE as usize)
+                    .zip(slots.chunks_exact_mut(DIGEST_SIZE))
+                {
+                    slot.copy_from_slice(&digest_block(&base, block));
+                }
+                done += n;
             }
         }
     };
