@@ -120,6 +120,16 @@ pub(crate) fn tree_offset(hash_offset: u64, superblock: bool) -> Result<u64> {
     Ok(block * BLOCK_SIZE)
 }
 
+/// Refuse a data range whose end does not fit in 64 bits (so later offset sums cannot overflow).
+pub(crate) fn check_range(data_offset: u64, data_len: u64) -> Result<()> {
+    match data_offset.checked_add(data_len) {
+        Some(_) => Ok(()),
+        None => Err(Error::InvalidParameters {
+            reason: format!("data range {data_offset}+{data_len} ends beyond 2^64 bytes"),
+        }),
+    }
+}
+
 /// Random bytes from the operating system (for salts and UUIDs).
 pub fn random_bytes(len: usize) -> Result<Vec<u8>> {
     let mut v = vec![0u8; len];
@@ -202,6 +212,7 @@ pub fn format(
             reason: format!("salt of {} bytes exceeds {MAX_SALT_SIZE}", opts.salt.len()),
         });
     }
+    check_range(data_offset, data_len)?;
     let geometry = Geometry::new(data_len / BLOCK_SIZE)?;
     let tree_offset = tree_offset(opts.hash_offset, opts.superblock)?;
     let hash_end = tree_offset

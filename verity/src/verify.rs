@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::device::Device;
 use crate::error::{Corruption, Error, Result};
-use crate::format::{open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
+use crate::format::{check_range, open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
 use crate::geometry::{Geometry, BLOCK_SIZE, DIGEST_SIZE};
 use crate::hash::{digest_block, hash_level, hash_level_in_memory, level_bytes, salted};
 use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
@@ -105,6 +105,7 @@ pub fn verify(
     root_hash: &[u8; DIGEST_SIZE],
     opts: &VerifyOptions,
 ) -> Result<VerityInfo> {
+    check_range(data_offset, data_len)?;
     let (salt, data_blocks, uuid) = if opts.superblock {
         let sb = read_superblock(hash, opts)?;
         (sb.salt, sb.data_blocks, Some(sb.uuid))
