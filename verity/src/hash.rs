@@ -3,8 +3,10 @@
 //! The input (data blocks, or the blocks of the level below) is cut into chunks of
 //! [`CHUNK_BLOCKS`] blocks; each chunk's digests fill exactly `CHUNK_BLOCKS / 128` output hash
 //! blocks, so the output buffer splits into disjoint `&mut` chunks handed out through a
-//! mutex-guarded iterator (dynamic load balancing, no unsafe). Each worker owns one 256 KiB
-//! read buffer: memory is bounded by the tree plus one buffer per thread, never by the data.
+//! mutex-guarded iterator (dynamic load balancing, no unsafe). Input is either already in
+//! memory (an upper level, or a mapped data file: hashed in place, no copy) or read with
+//! `pread` into one 256 KiB buffer per worker: memory is bounded by the tree plus one buffer
+//! per thread, never by the data.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -55,25 +57,48 @@ pub(crate) fn digest_block(salted: &Context, block: &[u8]) -> [u8; DIGEST_SIZE] 
     out
 }
 
+/// Where the input blocks come from.
+pub(crate) enum Input<'a> {
+    /// All input blocks, contiguous in memory (an in-memory level, or a mapped data range).
+    Memory(&'a [u8]),
+    /// Positional reads into a per-worker buffer.
+    Read(&'a ReadBlocks<'a>),
+}
+
 /// Fill `out` (zeroed, [`level_bytes`]`(input_blocks)` long) with the salted digests of the
-/// `input_blocks` blocks produced by `read`, packed 32 bytes apart; unused tail bytes stay zero.
+/// `input_blocks` blocks of `input`, packed 32 bytes apart; unused tail bytes stay zero.
 pub(crate) fn hash_level(
     input_blocks: u64,
     out: &mut [u8],
     salt: &[u8],
     threads: usize,
-    read: &ReadBlocks<'_>,
+    input: &Input<'_>,
 ) -> Result<()> {
     debug_assert_eq!(out.len(), level_bytes(input_blocks));
+    if let Input::Memory(mem) = input {
+        debug_assert!(mem.len() as u64 >= input_blocks * BLOCK_SIZE);
+    }
     let chunk_out = CHUNK_BLOCKS as usize * DIGEST_SIZE;
     let chunks = input_blocks.div_ceil(CHUNK_BLOCKS);
     let threads = thread_count(threads).min(chunks as usize).max(1);
     let base = salted(salt);
     let queue = Mutex::new(out.chunks_mut(chunk_out).enumerate());
     let failed = AtomicBool::new(false);
+    let bs = BLOCK_SIZE as usize;
 
+    let hash_into = |blocks: &[u8], slots: &mut [u8]| {
+        for (block, slot) in blocks
+            .chunks_exact(bs)
+            .zip(slots.chunks_exact_mut(DIGEST_SIZE))
+        {
+            slot.copy_from_slice(&digest_block(&base, block));
+        }
+    };
     let worker = || -> Result<()> {
-        let mut buf = vec![0u8; (READ_BLOCKS * BLOCK_SIZE) as usize];
+        let mut buf = match input {
+            Input::Memory(_) => Vec::new(),
+            Input::Read(_) => vec![0u8; READ_BLOCKS as usize * bs],
+        };
         loop {
             if failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -86,22 +111,24 @@ pub(crate) fn hash_level(
             };
             let first = index as u64 * CHUNK_BLOCKS;
             let count = CHUNK_BLOCKS.min(input_blocks - first);
-            let mut done = 0u64;
-            while done < count {
-                let n = READ_BLOCKS.min(count - done);
-                let input = &mut buf[..(n * BLOCK_SIZE) as usize];
-                if let Err(e) = read(first + done, input) {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
+            match input {
+                Input::Memory(mem) => {
+                    let start = first as usize * bs;
+                    hash_into(&mem[start..start + count as usize * bs], out_chunk);
                 }
-                let slots = &mut out_chunk[done as usize * DIGEST_SIZE..];
-                for (block, slot) in input
-                    .chunks_exact(BLOCK_SIZE as usize)
-                    .zip(slots.chunks_exact_mut(DIGEST_SIZE))
-                {
-                    slot.copy_from_slice(&digest_block(&base, block));
+                Input::Read(read) => {
+                    let mut done = 0u64;
+                    while done < count {
+                        let n = READ_BLOCKS.min(count - done);
+                        let blocks = &mut buf[..n as usize * bs];
+                        if let Err(e) = read(first + done, blocks) {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                        hash_into(blocks, &mut out_chunk[done as usize * DIGEST_SIZE..]);
+                        done += n;
+                    }
                 }
-                done += n;
             }
         }
     };
@@ -125,22 +152,6 @@ pub(crate) fn hash_level(
     })
 }
 
-/// Hash the blocks of an in-memory level (`input`, whole blocks) into `out`.
-pub(crate) fn hash_level_in_memory(
-    input: &[u8],
-    out: &mut [u8],
-    salt: &[u8],
-    threads: usize,
-) -> Result<()> {
-    let blocks = input.len() as u64 / BLOCK_SIZE;
-    let read = |first: u64, buf: &mut [u8]| -> Result<()> {
-        let start = (first * BLOCK_SIZE) as usize;
-        buf.copy_from_slice(&input[start..start + buf.len()]);
-        Ok(())
-    };
-    hash_level(blocks, out, salt, threads, &read)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,9 +166,19 @@ mod tests {
         let salt = b"salty";
         let mut serial = vec![0u8; level_bytes(blocks)];
         let mut parallel = serial.clone();
-        hash_level_in_memory(&input, &mut serial, salt, 1).expect("serial");
-        hash_level_in_memory(&input, &mut parallel, salt, 3).expect("parallel");
+        let mem = Input::Memory(&input);
+        hash_level(blocks, &mut serial, salt, 1, &mem).expect("serial");
+        hash_level(blocks, &mut parallel, salt, 3, &mem).expect("parallel");
         assert_eq!(serial, parallel);
+        // Through positional reads (several 256 KiB reads per chunk, a short last one).
+        let read = |first: u64, buf: &mut [u8]| -> Result<()> {
+            let start = (first * BLOCK_SIZE) as usize;
+            buf.copy_from_slice(&input[start..start + buf.len()]);
+            Ok(())
+        };
+        let mut by_read = vec![0u8; level_bytes(blocks)];
+        hash_level(blocks, &mut by_read, salt, 2, &Input::Read(&read)).expect("read");
+        assert_eq!(serial, by_read);
         // Entry 1299 is sha256(salt || block 1299), computed with one-shot ring::digest.
         let mut cat = salt.to_vec();
         cat.extend_from_slice(&input[1299 * 4096..1300 * 4096]);

@@ -32,6 +32,7 @@ mod error;
 mod format;
 mod geometry;
 mod hash;
+mod map;
 pub mod superblock;
 mod verify;
 

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use crate::device::Device;
 use crate::error::{Corruption, Error, Result};
-use crate::format::{check_range, open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
+use crate::format::{check_range, hash_data, open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
 use crate::geometry::{Geometry, BLOCK_SIZE, DIGEST_SIZE};
-use crate::hash::{digest_block, hash_level, hash_level_in_memory, level_bytes, salted};
+use crate::hash::{digest_block, hash_level, level_bytes, salted, Input};
 use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
 
 /// How to find the tree.
@@ -146,7 +146,6 @@ pub fn verify(
             offset,
         }
     };
-    let read = |first: u64, buf: &mut [u8]| data.read_at(buf, data_block_offset(first));
 
     let info = VerityInfo {
         root_hash: *root_hash,
@@ -160,9 +159,9 @@ pub fn verify(
 
     let Some(top) = geometry.levels.last() else {
         // A single data block: its digest is the root hash.
-        let mut block = vec![0u8; bs];
-        read(0, &mut block)?;
-        if digest_block(&salted(&salt), &block) != *root_hash {
+        let mut digest = vec![0u8; level_bytes(1)];
+        hash_data(data, data_offset, 1, &mut digest, &salt, 1)?;
+        if digest[..DIGEST_SIZE] != root_hash[..] {
             return Err(corrupted(Corruption::Data, 0));
         }
         return Ok(info);
@@ -189,9 +188,22 @@ pub fn verify(
         match children {
             Some(below) => {
                 let input = &tree[below.start as usize * bs..][..below.blocks as usize * bs];
-                hash_level_in_memory(input, &mut computed, &salt, opts.threads)?;
+                hash_level(
+                    below.blocks,
+                    &mut computed,
+                    &salt,
+                    opts.threads,
+                    &Input::Memory(input),
+                )?;
             }
-            None => hash_level(data_blocks, &mut computed, &salt, opts.threads, &read)?,
+            None => hash_data(
+                data,
+                data_offset,
+                data_blocks,
+                &mut computed,
+                &salt,
+                opts.threads,
+            )?,
         }
         if let Some(entry) = first_mismatch(stored, &computed) {
             return Err(if entry < child_count {
