@@ -4,8 +4,8 @@
 //! [`CHUNK_BLOCKS`] blocks; each chunk's digests fill exactly `CHUNK_BLOCKS / 128` output hash
 //! blocks, so the output buffer splits into disjoint `&mut` chunks handed out through a
 //! mutex-guarded iterator (dynamic load balancing, no unsafe). Input is either already in
-//! memory (an upper level, or a mapped data file: hashed in place, no copy) or read with
-//! `pread` into one 256 KiB buffer per worker: memory is bounded by the tree plus one buffer
+//! memory (an upper level: hashed in place) or read with `pread` into one 256 KiB buffer per
+//! worker: memory is bounded by the tree plus one buffer
 //! per thread, never by the data.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,7 @@ pub(crate) fn digest_block(salted: &Context, block: &[u8]) -> [u8; DIGEST_SIZE] 
 
 /// Where the input blocks come from.
 pub(crate) enum Input<'a> {
-    /// All input blocks, contiguous in memory (an in-memory level, or a mapped data range).
+    /// All input blocks, contiguous in memory (an upper level of the tree).
     Memory(&'a [u8]),
     /// Positional reads into a per-worker buffer.
     Read(&'a ReadBlocks<'a>),

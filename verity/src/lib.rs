@@ -32,7 +32,6 @@ mod error;
 mod format;
 mod geometry;
 mod hash;
-mod map;
 pub mod superblock;
 mod verify;
 
