@@ -48,7 +48,14 @@ fn invalid(reason: String) -> Error {
 fn read_superblock(hash: Device<'_>, opts: &VerifyOptions) -> Result<Superblock> {
     let mut buf = [0u8; SUPERBLOCK_SIZE];
     hash.read_at(&mut buf, opts.hash_offset)?;
-    let sb = Superblock::parse(&buf)?;
+    // An unparsable superblock is a corrupted hash area (exit 3 in the CLI), reported like a
+    // bad block; `Superblock::parse` gives the precise reason to callers who want it.
+    let sb = Superblock::parse(&buf).map_err(|_| Error::Corrupted {
+        what: Corruption::Superblock,
+        block: 0,
+        path: hash.path.to_path_buf(),
+        offset: opts.hash_offset,
+    })?;
     if sb.algorithm != ALGORITHM
         || sb.hash_type != HASH_TYPE
         || u64::from(sb.data_block_size) != BLOCK_SIZE

@@ -335,6 +335,22 @@ fn check_case(case: &Case, flips: bool) {
             "we accept a damaged superblock"
         );
         flip_byte(&o.hash, at);
+        // A damaged signature: the superblock no longer parses.
+        let at = case.hash_offset() + 1;
+        flip_byte(&o.hash, at);
+        assert!(
+            !their_verify(case, &o),
+            "veritysetup accepts a superblock without signature"
+        );
+        assert!(matches!(
+            our_verify(case, &o),
+            Err(Error::Corrupted {
+                what: Corruption::Superblock,
+                block: 0,
+                ..
+            })
+        ));
+        flip_byte(&o.hash, at);
     }
     our_verify(case, &o).expect("restored tree verifies again");
 }
