@@ -112,6 +112,7 @@ fn install_packages() -> Result<()> {
 const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("manifests", "envelope"),
     ("disk", "gpt"),
+    ("verity", "superblock"),
     ("initramfs", "boot_inputs"),
 ];
 
