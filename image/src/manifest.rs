@@ -17,6 +17,7 @@ use crate::key::{load_signing_keys, load_trust_chain, read_capped, refused, writ
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a manifest (JSON, schema_version 1) and write it as a signed DSSE envelope.
+    /// The signed payload is the manifest re-serialised as compact JSON.
     Sign {
         /// The manifest JSON.
         manifest: PathBuf,
