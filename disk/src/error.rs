@@ -54,8 +54,11 @@ pub enum Error {
     #[error("invalid layout parameter {name}: {reason}")]
     LayoutParameter { name: &'static str, reason: String },
     /// An image does not fit the slot partition it is meant for.
-    #[error("slot {slot} {part} partition holds {capacity} bytes, image is {needed} bytes")]
+    #[error(
+        "{path}: slot {slot} {part} partition holds {capacity} bytes, image is {needed} bytes"
+    )]
     SlotTooSmall {
+        path: PathBuf,
         slot: Slot,
         part: &'static str,
         capacity: u64,
@@ -72,8 +75,12 @@ pub enum Error {
         reason: String,
     },
     /// The other slot already carries this root hash (partition GUIDs must be unique).
-    #[error("slot {other} already holds root hash {root_hash}")]
-    DuplicateRootHash { other: Slot, root_hash: String },
+    #[error("{path}: slot {other} already holds root hash {root_hash}")]
+    DuplicateRootHash {
+        path: PathBuf,
+        other: Slot,
+        root_hash: String,
+    },
     /// A write would leave the partition range it was opened on.
     #[error("{path}: write of {attempted} bytes at {at} exceeds the {len}-byte range at offset {offset}")]
     RangeOverflow {

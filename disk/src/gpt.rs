@@ -644,6 +644,66 @@ mod tests {
         (dev, t)
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64, failure_persistence: None, ..Default::default()
+        })]
+
+        #[test]
+        fn guid_text_round_trips(bytes in proptest::array::uniform16(0u8..)) {
+            let g = Guid(bytes);
+            proptest::prop_assert_eq!(Guid::parse(&g.to_string()), Some(g));
+            proptest::prop_assert_eq!(Guid::from_gpt_bytes(g.to_gpt_bytes()), g);
+        }
+
+        /// Any set of non-overlapping partitions with arbitrary GUIDs, attributes and labels
+        /// (up to 36 UTF-16 units) reads back exactly, both copies clean.
+        #[test]
+        fn table_round_trips(
+            parts in proptest::collection::vec(
+                (1u64..40, 0u64..20, proptest::array::uniform16(1u8..), 0u64.., "\\PC{0,36}"),
+                0..12,
+            ),
+            slots in proptest::collection::vec(0usize..128, 12),
+        ) {
+            let len = 2 << 20;
+            let mut dev = io::Cursor::new(vec![0u8; len]);
+            let path = Path::new("mem");
+            let mut t = new_table(len as u64, Guid([3; 16]), path).unwrap();
+            let mut lba = t.header.first_usable_lba;
+            let mut used = std::collections::HashSet::new();
+            for (i, (size, gap, uuid, attrs, label)) in parts.iter().enumerate() {
+                let label: String = label.chars().take_while({
+                    let mut units = 0;
+                    move |c| { units += c.len_utf16(); units <= 36 }
+                }).collect();
+                let slot = slots[i];
+                if !used.insert(slot) { continue; }
+                let mut uuid = *uuid;
+                uuid[0] = i as u8; // unique
+                lba += gap;
+                t.entries[slot] = GPTPartitionEntry {
+                    partition_type_guid: types::USR_X86_64.to_gpt_bytes(),
+                    unique_partition_guid: uuid,
+                    starting_lba: lba,
+                    ending_lba: lba + size - 1,
+                    attribute_bits: *attrs,
+                    partition_name: label.as_str().into(),
+                };
+                lba += size;
+            }
+            let blank = TableHealth {
+                primary: CopyHealth::Corrupt("new".into()),
+                backup: CopyHealth::Corrupt("new".into()),
+                source: TableSource::Primary,
+            };
+            write_table(&mut dev, path, &t, &blank).unwrap();
+            let (back, health) = read_table(&mut dev, path).unwrap();
+            proptest::prop_assert!(health.is_clean());
+            proptest::prop_assert_eq!(back.entries, t.entries);
+        }
+    }
+
     #[test]
     fn write_then_read_is_clean() {
         let (mut dev, t) = disk_with_table(4 << 20);

@@ -28,9 +28,9 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use crate::boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
-use crate::gpt::{read_table, write_table, DiskIo, Table, TableHealth};
+use crate::gpt::{read_table, write_table, DiskIo, Guid, Table, TableHealth};
 use crate::layout::Layout;
-use crate::slots::{parse_data_label, DataLabel};
+use crate::slots::{parse_data_label, DataLabel, RootHash};
 use crate::Error;
 
 const PRIORITY_SHIFT: u32 = 48;
@@ -118,6 +118,8 @@ struct Snapshot {
     prio: [Prio; 2],
     has_image: [bool; 2],
     versions: [Option<String>; 2],
+    /// Root hash carried by each slot's partition UUIDs.
+    hashes: [RootHash; 2],
 }
 
 impl<D: DiskIo> GptPrio<D> {
@@ -151,8 +153,15 @@ impl<D: DiskIo> GptPrio<D> {
         let mut prio = [Prio::default(); 2];
         let mut has_image = [false; 2];
         let mut versions = [None, None];
+        let mut hashes = [RootHash([0; 32]); 2];
         for (i, slot) in Slot::ALL.into_iter().enumerate() {
             let n = layout.usr(slot);
+            if let (Some(d), Some(v)) = (table.partition(n), table.partition(layout.verity(slot))) {
+                hashes[i] = RootHash::from_uuids(
+                    Guid::from_gpt_bytes(d.unique_partition_guid),
+                    Guid::from_gpt_bytes(v.unique_partition_guid),
+                );
+            }
             if let Some(e) = table.partition(n) {
                 prio[i] = Prio::from_attributes(e.attribute_bits);
                 if let DataLabel::Image { version, bad, .. } =
@@ -170,6 +179,7 @@ impl<D: DiskIo> GptPrio<D> {
             prio,
             has_image,
             versions,
+            hashes,
         })
     }
 
@@ -243,10 +253,28 @@ impl<D: DiskIo> BootControl for GptPrio<D> {
         })
     }
 
-    fn stage(&mut self, slot: Slot, _target: &BootTarget, tries: u32) -> Result<(), Error> {
+    /// Refuses a `target` that names another image than the slot holds (non-empty
+    /// `usr_hash` or `version` that differ): staging the wrong slot is a caller bug.
+    fn stage(&mut self, slot: Slot, target: &BootTarget, tries: u32) -> Result<(), Error> {
         let s = self.snapshot()?;
         if !s.has_image[idx(slot)] {
             return Err(Self::illegal("stage", slot, "it holds no valid image"));
+        }
+        let holds = s.hashes[idx(slot)].to_hex();
+        if !target.usr_hash.is_empty() && !target.usr_hash.eq_ignore_ascii_case(&holds) {
+            return Err(Self::illegal(
+                "stage",
+                slot,
+                format!("it holds root hash {holds}, not {}", target.usr_hash),
+            ));
+        }
+        let version = s.versions[idx(slot)].as_deref().unwrap_or_default();
+        if !target.version.is_empty() && target.version != version {
+            return Err(Self::illegal(
+                "stage",
+                slot,
+                format!("it holds version {version}, not {}", target.version),
+            ));
         }
         if tries == 0 || tries > u32::from(MAX_FIELD) {
             return Err(Self::illegal(

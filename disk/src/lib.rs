@@ -3,6 +3,13 @@
 //!
 //! Owns: partition tables, slot state on disk, ESP boot entries. Does not own: the update
 //! policy (the updater decides *when*), the verity format (`basalt-verity`).
+//!
+//! - [`gpt`]: both GPT copies read with their health reported, written in crash-safe order.
+//! - [`layout`]: the Basalt partition layout (DPS type GUIDs, growth reserves), creation.
+//! - [`slots`]: slot inventory (labels, root hash from partition UUIDs, booted slot from the
+//!   kernel command line), installing an image into a slot.
+//! - [`range`]: partition-range I/O (device or file + offset + length), bounded memory.
+//! - [`gptprio`]: the ChromeOS/Flatcar GPT-priority [`BootControl`] backend.
 
 pub mod boot;
 mod error;

@@ -77,7 +77,11 @@ impl<R: Read + Seek> Read for RangeReader<R> {
         if n == 0 {
             return Ok(0);
         }
-        self.inner.seek(SeekFrom::Start(self.offset + self.pos))?;
+        let at = self
+            .offset
+            .checked_add(self.pos)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range offset overflows"))?;
+        self.inner.seek(SeekFrom::Start(at))?;
         let got = self.inner.read(&mut buf[..n])?;
         self.pos += got as u64;
         Ok(got)

@@ -255,7 +255,9 @@ impl PartitionInfo {
             uuid: Guid::from_gpt_bytes(e.unique_partition_guid),
             label: e.partition_name.as_str().to_string(),
             offset: e.starting_lba.saturating_mul(SECTOR_SIZE),
-            size: (e.ending_lba.saturating_sub(e.starting_lba) + 1).saturating_mul(SECTOR_SIZE),
+            size: (e.ending_lba.saturating_sub(e.starting_lba))
+                .saturating_add(1)
+                .saturating_mul(SECTOR_SIZE),
             attributes: e.attribute_bits,
         }
     }
@@ -479,6 +481,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
     ] {
         if needed > capacity {
             return Err(Error::SlotTooSmall {
+                path: path.to_path_buf(),
                 slot,
                 part,
                 capacity,
@@ -497,6 +500,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
     });
     if clash {
         return Err(Error::DuplicateRootHash {
+            path: path.to_path_buf(),
             other: other.slot,
             root_hash: image.root_hash.to_hex(),
         });
@@ -644,6 +648,35 @@ mod tests {
         assert_eq!(parse_data_label("_installing"), DataLabel::Installing);
         assert_eq!(parse_data_label("USR-A"), DataLabel::Unknown);
         assert_eq!(parse_data_label("Basalt_1"), DataLabel::Unknown);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 128, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Every label we agree to write parses back to the same OS and version.
+        #[test]
+        fn accepted_labels_parse_back(os in "[a-z0-9][a-z0-9.-]{0,10}", version in "[0-9A-Za-z.+~-]{1,20}") {
+            if let Ok((data, verity)) = image_labels(&os, &version) {
+                proptest::prop_assert!(verity.len() <= MAX_LABEL);
+                proptest::prop_assert_eq!(
+                    parse_data_label(&data),
+                    DataLabel::Image { os: os.clone(), version: version.clone(), bad: false }
+                );
+                proptest::prop_assert_eq!(
+                    parse_data_label(&format!("{data}{BAD_SUFFIX}")),
+                    DataLabel::Image { os, version, bad: true }
+                );
+            }
+        }
+
+        /// Parsing any label never panics.
+        #[test]
+        fn any_label_parses(label in "\\PC{0,40}") {
+            let _ = parse_data_label(&label);
+            let _ = cmdline_usrhash(&label);
+        }
     }
 
     #[test]

@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
+mod gpt_util;
 
 use std::path::Path;
 
 use basalt_disk::gptprio::Prio;
 use basalt_disk::slots::open_rw;
 use basalt_disk::{BootControl, BootTarget, GptPrio, Inventory, Slot};
-use common::{put_image, run_ok, tiny_image_file};
+use gpt_util::{put_image, run_ok, tiny_image_file};
 
 fn cgpt(args: &[&str]) -> String {
     run_ok("cgpt", "cgpt", args)

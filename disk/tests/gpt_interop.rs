@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
+mod gpt_util;
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use basalt_disk::gpt::{types, CopyHealth, TableSource};
 use basalt_disk::gptprio::Prio;
 use basalt_disk::slots::open_rw;
 use basalt_disk::{BootControl, BootTarget, Error, GptPrio, Inventory, Slot, SlotState};
-use common::{fake_hash, put_image, run, run_ok, tiny_image_file};
+use gpt_util::{fake_hash, put_image, run, run_ok, tiny_image_file};
 
 fn sgdisk(args: &[&str]) -> String {
     run_ok("sgdisk", "gdisk", args)

@@ -7,14 +7,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
+mod gpt_util;
 
 use std::io::Cursor;
 use std::path::Path;
 
 use basalt_disk::gptprio::Prio;
 use basalt_disk::{BootControl, BootStatus, BootTarget, Error, GptPrio, Slot};
-use common::{put_image, tiny_disk_mem, Recorder};
+use gpt_util::{put_image, tiny_disk_mem, Recorder};
 
 type Op = fn(&mut GptPrio<&mut Recorder>) -> Result<(), Error>;
 

@@ -4,19 +4,20 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
+mod gpt_util;
 
 use std::io::Cursor;
 use std::path::Path;
 
 use basalt_disk::gptprio::Prio;
 use basalt_disk::{BootControl, BootStatus, BootTarget, Error, GptPrio, Slot};
-use common::{put_image, tiny_disk_mem};
+use gpt_util::{put_image, tiny_disk_mem};
 use proptest::prelude::*;
 
+/// A target that names no particular image (the backend then only checks the slot has one).
 fn target() -> BootTarget {
     BootTarget {
-        version: "2.0.0".into(),
+        version: String::new(),
         usr_hash: String::new(),
         kernel: None,
         initrd: None,
@@ -219,6 +220,27 @@ fn illegal_transitions_are_typed_and_write_nothing() {
         gp.status().unwrap().slot(Slot::B).status,
         BootStatus::Absent
     );
+}
+
+#[test]
+fn staging_a_slot_with_someone_elses_image_is_refused() {
+    let mut gp = base();
+    let before = fields(&gp);
+    let mut t = target();
+    t.usr_hash = gpt_util::fake_hash(1).to_hex(); // A's image, not B's
+    assert!(matches!(
+        gp.stage(Slot::B, &t, 3),
+        Err(Error::IllegalTransition { .. })
+    ));
+    t.usr_hash = gpt_util::fake_hash(2).to_hex();
+    t.version = "9.9.9".into();
+    assert!(matches!(
+        gp.stage(Slot::B, &t, 3),
+        Err(Error::IllegalTransition { .. })
+    ));
+    assert_eq!(fields(&gp), before);
+    t.version = "2.0.0".into();
+    gp.stage(Slot::B, &t, 3).unwrap();
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
+mod gpt_util;
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -14,7 +14,7 @@ use basalt_disk::slots::{mark_slot_bad, open_rw, write_slot, SlotImage};
 use basalt_disk::{
     BootControl, BootStatus, Error, GptPrio, Inventory, RootHash, Slot, SlotPart, SlotState,
 };
-use common::{fake_hash, put_image, run_ok, tiny_image_file};
+use gpt_util::{fake_hash, put_image, run_ok, tiny_image_file};
 
 fn veritysetup(args: &[&str]) -> String {
     run_ok("veritysetup", "cryptsetup-bin", args)

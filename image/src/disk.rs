@@ -237,6 +237,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
 fn gptprio(image: &Path, action: GptprioAction) -> anyhow::Result<()> {
     let dev = slots::open_rw(image)?;
     let mut gp = GptPrio::new(dev, image);
+    for w in gp.table_health()?.warnings() {
+        eprintln!("warning: {w}; the next write repairs it");
+    }
     let result = match action {
         GptprioAction::Status => Ok(()),
         GptprioAction::Stage { slot, tries } => {
