@@ -27,6 +27,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "systemd-boot-efi",
     "dbus",
+    // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
+    "gcc",
+    "linux-libc-dev",
 ];
 
 #[derive(Debug, Parser)]
