@@ -15,7 +15,6 @@ use ring::digest::{Context, SHA256};
 
 use crate::error::Result;
 use crate::geometry::{BLOCK_SIZE, DIGEST_SIZE, HASHES_PER_BLOCK};
-use crate::sha256x2::Salted2x;
 
 /// Input blocks per work item (2 MiB): large enough to make the queue lock rare, small enough
 /// to balance two to a few dozen threads on small trees.
@@ -87,22 +86,12 @@ pub(crate) fn hash_level(
     let failed = AtomicBool::new(false);
     let bs = BLOCK_SIZE as usize;
 
-    let x2 = Salted2x::new(salt);
     let hash_into = |blocks: &[u8], slots: &mut [u8]| {
-        let n = blocks.len() / bs;
-        let block = |i: usize| &blocks[i * bs..(i + 1) * bs];
-        let mut i = 0;
-        if let Some(x2) = &x2 {
-            // Two blocks at a time through the interleaved SHA-NI path.
-            while i + 1 < n {
-                let (da, db) = x2.digest2(block(i), block(i + 1));
-                slots[i * DIGEST_SIZE..][..DIGEST_SIZE].copy_from_slice(&da);
-                slots[(i + 1) * DIGEST_SIZE..][..DIGEST_SIZE].copy_from_slice(&db);
-                i += 2;
-            }
-        }
-        for j in i..n {
-            slots[j * DIGEST_SIZE..][..DIGEST_SIZE].copy_from_slice(&digest_block(&base, block(j)));
+        for (block, slot) in blocks
+            .chunks_exact(bs)
+            .zip(slots.chunks_exact_mut(DIGEST_SIZE))
+        {
+            slot.copy_from_slice(&digest_block(&base, block));
         }
     };
     let worker = || -> Result<()> {

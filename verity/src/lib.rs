@@ -16,12 +16,6 @@
 //! ([`FormatOptions::threads`]); memory is the tree (1/128 of the data) plus one read buffer
 //! per thread.
 //!
-//! Hashing: `ring::digest` (SHA-256 with SHA-NI), except for the hot loop on x86_64 CPUs with
-//! SHA-NI, where two blocks are hashed at once by interleaving two streams (`sha256x2`, the
-//! idea of the kernel's `sha256_ni_finup2x`): one stream is latency-bound and leaves the SHA
-//! unit half idle. Its output is tested against ring for every salt length and against
-//! veritysetup.
-//!
 //! ```no_run
 //! use basalt_verity::{format_path, verify_path, FormatOptions, VerifyOptions};
 //! # fn main() -> Result<(), basalt_verity::Error> {
@@ -38,7 +32,6 @@ mod error;
 mod format;
 mod geometry;
 mod hash;
-mod sha256x2;
 pub mod superblock;
 mod verify;
 
