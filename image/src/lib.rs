@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod kernel;
+mod lock;
 pub mod tool;
 
 use std::path::PathBuf;

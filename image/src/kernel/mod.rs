@@ -16,7 +16,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -345,38 +344,20 @@ fn remove_superseded(cache_dir: &Path, current: &str) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive `flock` held until drop (the kernel releases it if the process dies).
+/// The cache lock, held until drop (see [`crate::lock`]).
 #[derive(Debug)]
 struct CacheLock {
-    _file: File,
+    _lock: crate::lock::FileLock,
 }
 
 impl CacheLock {
     fn acquire(path: &Path) -> Result<Self> {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
+        crate::lock::FileLock::acquire(path)
+            .map(|lock| Self { _lock: lock })
             .map_err(|source| Error::Lock {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        loop {
-            // SAFETY: flock on a file descriptor we own and keep open for the lock's lifetime.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Self { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            // A signal can interrupt the wait; anything else is a real failure.
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::Lock {
-                    path: path.to_path_buf(),
-                    source: err,
-                });
-            }
-        }
+            })
     }
 }
 
