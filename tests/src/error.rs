@@ -16,6 +16,12 @@ pub enum Error {
     /// Fetching or reading the Debian kernel failed (also ELF checks).
     #[error(transparent)]
     Kernel(#[from] basalt_image::kernel::KernelError),
+    /// Building an image failed.
+    #[error("image build: {0}")]
+    Build(#[from] basalt_image::build::BuildError),
+    /// Making test keys or a trust root failed.
+    #[error("test keys: {0}")]
+    Manifest(basalt_manifest::Error),
     /// The busybox binary for an initramfs is dynamically linked.
     #[error("{path} is dynamically linked; an initramfs needs the static one: apt-get install busybox-static")]
     BusyboxNotStatic {

@@ -10,6 +10,7 @@
 //!
 //! The scenarios themselves live in `tests/tests/`; see `tests/README.md`.
 
+pub mod artifacts;
 pub mod error;
 pub mod fixture;
 pub mod tool;
