@@ -231,6 +231,32 @@ fn builds_are_cached_and_reproducible() -> Result<()> {
     ensure!(report.from_cache, "{report:?}");
     ensure!(report.facts == first.report.facts);
 
+    // The same through the CLI (thin glue over the same library call).
+    let cli_out = tmp.path().join("cli");
+    let out = basalt(&[
+        os("image"),
+        os("build"),
+        os("--config"),
+        again.config.as_os_str(),
+        os("--key"),
+        again.keys[0].as_os_str(),
+        os("--trust"),
+        again.trust.as_os_str(),
+        os("--init"),
+        again.init.as_os_str(),
+        os("--cache"),
+        again.cache.as_os_str(),
+        os("--out"),
+        cli_out.as_os_str(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("(from cache)"),
+        "basalt image build: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(std::fs::read(cli_out.join("usr.img"))? == std::fs::read(first.file("usr.img"))?);
+
     let mut fresh = minimal_request(&version, &tmp.path().join("fresh"))?;
     fresh.cache = tmp.path().join("cache");
     let started = Instant::now();
