@@ -357,3 +357,39 @@ fn a_missing_or_dynamic_init_is_named() -> Result<()> {
     );
     Ok(())
 }
+
+/// `install_release` puts the 2.0.0 release into slot B of a 1.0.0 disk, staged with three
+/// tries: the inventory and the ESP (read by mtools) show it, slot A is untouched.
+#[test]
+fn a_second_release_installs_into_slot_b() -> Result<()> {
+    let (one, two) = (minimal_image("1.0.0")?, minimal_image("2.0.0")?);
+    let tmp = tempfile::tempdir()?;
+    let disk = tmp.path().join("disk.img");
+    one.copy_disk(&disk)?;
+    basalt_image::build::install_release(&disk, basalt_disk::Slot::B, &two.dir, 3)?;
+    let inv = inspect(&disk)?;
+    let slots = inv["slots"].as_array().context("slots")?;
+    ensure!(
+        slots[0]["version"] == "1.0.0"
+            && slots[0]["root_hash"] == one.report.facts.root_hash.as_str(),
+        "{inv}"
+    );
+    ensure!(
+        slots[1]["version"] == "2.0.0"
+            && slots[1]["root_hash"] == two.report.facts.root_hash.as_str(),
+        "{inv}"
+    );
+    let esp_offset = partition(&inv, "esp")?["offset"].as_u64().context("esp")?;
+    let esp = format!("{}@@{esp_offset}", disk.display());
+    let entries = run(
+        &MDIR,
+        &[os("-b"), os("-i"), os(&esp), os("::/loader/entries")],
+    )?;
+    ensure!(
+        entries.contains("basalt-1.0.0.conf") && entries.contains("basalt-2.0.0+3.conf"),
+        "{entries}"
+    );
+    let verify = run(&SGDISK, &[os("-v"), disk.as_os_str()])?;
+    ensure!(verify.contains("No problems found"), "{verify}");
+    Ok(())
+}

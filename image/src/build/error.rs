@@ -47,6 +47,13 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The basalt-init file is not an x86-64 ELF program.
+    #[error("basalt-init {path} is not an ELF64 program")]
+    InitNotElf {
+        path: PathBuf,
+        #[source]
+        source: Box<KernelError>,
+    },
     /// The basalt-init binary is dynamically linked: it cannot run as PID 1 of an initramfs.
     #[error("basalt-init {path} is dynamically linked; the initramfs needs a static build (RUSTFLAGS='-C target-feature=+crt-static')")]
     InitNotStatic { path: PathBuf },

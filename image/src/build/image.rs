@@ -231,7 +231,10 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
         path: req.init.clone(),
         source,
     })?;
-    let elf = Elf64::open(&req.init).map_err(Box::new)?;
+    let elf = Elf64::open(&req.init).map_err(|e| BuildError::InitNotElf {
+        path: req.init.clone(),
+        source: Box::new(e),
+    })?;
     if elf.has_interpreter() {
         return Err(BuildError::InitNotStatic {
             path: req.init.clone(),
@@ -643,34 +646,20 @@ fn write_disk(
     basalt_disk::create_image(disk, &layout_for(config.profile))
         .map_err(disk_err("create the GPT layout"))?;
 
-    // Slot A: data = the erofs bytes, verity = superblock + tree + statement.
     let version = config.os.version.to_string();
-    let open = || File::open(usr).map_err(io("open", usr));
-    let mut data = RangeReader::new(open()?, 0, hash_offset);
-    let mut verity = RangeReader::new(open()?, hash_offset, usr_len - hash_offset);
-    let mut dev = basalt_disk::slots::open_rw(disk).map_err(disk_err("open"))?;
-    write_slot(
-        &mut dev,
+    write_usr_slot(
         disk,
         Slot::A,
-        None,
-        SlotImage {
-            data: &mut data,
-            data_path: usr,
-            data_len: hash_offset,
-            verity: &mut verity,
-            verity_path: usr,
-            verity_len: usr_len - hash_offset,
-            root_hash: RootHash(root_hash.0),
-            os: &config.os.name,
-            version: &version,
-        },
-    )
-    .map_err(disk_err("write slot A"))?;
-    drop(dev);
+        usr,
+        hash_offset,
+        usr_len,
+        root_hash,
+        &config.os.name,
+        &version,
+    )?;
 
-    // ESP: systemd-boot, loader.conf, the blessed slot-A entry with its kernel and initrd.
     let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout"))?;
+    // ESP: systemd-boot, loader.conf, the blessed slot-A entry with its kernel and initrd.
     let target = BootTarget {
         version: version.clone(),
         usr_hash: root_hash.to_hex(),
@@ -709,6 +698,111 @@ fn write_disk(
     })?;
     fs::remove_dir_all(&skeleton).map_err(io("remove", &skeleton))?;
     Ok(())
+}
+
+/// Write a `usr.img` (erofs ‖ hash area ‖ statement) into `slot` of the disk image `disk`:
+/// `[0, hash_offset)` to the data partition, the rest to the verity partition, then the
+/// partitions are named after the root hash and `{os}_{version}` (`basalt_disk::slots::
+/// write_slot`, crash-safe order).
+#[allow(clippy::too_many_arguments)]
+pub fn write_usr_slot(
+    disk: &Path,
+    slot: Slot,
+    usr: &Path,
+    hash_offset: u64,
+    usr_len: u64,
+    root_hash: &Digest,
+    os: &str,
+    version: &str,
+) -> Result<(), BuildError> {
+    let disk_err = |step: &'static str| {
+        let path = disk.to_owned();
+        move |source| BuildError::Disk {
+            step,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let open = || File::open(usr).map_err(io("open", usr));
+    let mut data = RangeReader::new(open()?, 0, hash_offset);
+    let mut verity = RangeReader::new(open()?, hash_offset, usr_len - hash_offset);
+    let mut dev = basalt_disk::slots::open_rw(disk).map_err(disk_err("open"))?;
+    write_slot(
+        &mut dev,
+        disk,
+        slot,
+        None,
+        SlotImage {
+            data: &mut data,
+            data_path: usr,
+            data_len: hash_offset,
+            verity: &mut verity,
+            verity_path: usr,
+            verity_len: usr_len - hash_offset,
+            root_hash: RootHash(root_hash.0),
+            os,
+            version,
+        },
+    )
+    .map_err(disk_err("write the usr slot"))
+}
+
+/// Install the release directory `release` (a [`build`] output) into `slot` of the Basalt
+/// disk image `disk`, offline, the way an update would: write `usr.img` into the slot, then
+/// stage a systemd-boot entry for it with `tries` boot-counting tries (its kernel and initrd
+/// copied to the ESP). The entry's command line is the one the release was built with.
+/// For tests and factory images with two slots; a running node uses the updater.
+pub fn install_release(
+    disk: &Path,
+    slot: Slot,
+    release: &Path,
+    tries: u32,
+) -> Result<(), BuildError> {
+    use basalt_disk::BootControl;
+    let facts_path = release.join(BUILD_JSON);
+    let facts: BuildFacts =
+        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
+            op: "parse",
+            path: facts_path.clone(),
+            source: e.into(),
+        })?;
+    let usr = release.join(USR_IMG);
+    let root_hash = Digest::from_hex(&facts.root_hash).ok_or_else(|| BuildError::Io {
+        op: "read the root hash of",
+        path: facts_path.clone(),
+        source: std::io::Error::other(format!("not a SHA-256 hex digest: {}", facts.root_hash)),
+    })?;
+    write_usr_slot(
+        disk,
+        slot,
+        &usr,
+        facts.hash_offset,
+        file_len(&usr)?,
+        &root_hash,
+        &facts.os,
+        &facts.version,
+    )?;
+    let disk_err = |step: &'static str| {
+        let path = disk.to_owned();
+        move |source| BuildError::Disk {
+            step,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout"))?;
+    let esp = basalt_disk::FatImageEsp::open(disk, inv.esp.offset, inv.esp.size)
+        .map_err(disk_err("open the ESP"))?;
+    let mut bls = basalt_disk::BlsBackend::new(esp);
+    let target = BootTarget {
+        version: facts.version.clone(),
+        usr_hash: facts.root_hash.clone(),
+        kernel: Some(release.join(VMLINUZ)),
+        initrd: Some(release.join(INITRD_IMG)),
+        options: facts.cmdline.clone(),
+    };
+    bls.stage(slot, &target, tries)
+        .map_err(disk_err("stage the boot entry"))
 }
 
 /// The root partition's first content: merged-/usr symlinks and the empty top-level folders.
