@@ -1,11 +1,13 @@
 //! `basalt`: the build-side tool. Thin command-line glue over the library crates
-//! (`basalt-verity`, `basalt-manifest`, `basalt-disk`); all logic lives there.
+//! (`basalt-verity`, `basalt-manifest`, `basalt-disk`, `basalt-initramfs`, `basalt_image::build`);
+//! all logic lives there.
 //!
 //! Exit codes: 0 success, 1 the operation failed (the message names what and why),
 //! 2 bad command-line usage (clap), 3 verification refused the input (corrupt data, bad
 //! signature, policy refusal).
 
 mod disk;
+mod image;
 mod initramfs;
 mod key;
 mod manifest;
@@ -47,6 +49,9 @@ enum Command {
     /// Initramfs images: basalt-init, kernel modules, trust root.
     #[command(subcommand)]
     Initramfs(initramfs::Command),
+    /// OS images: an IMAGE.toml definition → signed release and bootable disk.
+    #[command(subcommand)]
+    Image(image::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -69,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manifest(cmd) => manifest::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Initramfs(cmd) => initramfs::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     }
 }
 

@@ -334,6 +334,11 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
     sys::mount(&dm_src, &usr, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
         .map_err(mount_err(&dm_src, "erofs", &usr))
         .class(Reason::MountUsr)?;
+    // The kernel's own verdict after the mount read the superblock: `V` = verified.
+    match crate::dm::Control::open().and_then(|c| c.status(DM_NAME)) {
+        Ok(status) => log.info(&format!("dm-verity {DM_NAME} status {status}")),
+        Err(e) => log.warn(&format!("dm-verity {DM_NAME} status unknown: {e}")),
+    }
 
     let etc = crate::factory::populate_etc(sysroot).class(Reason::PopulateEtc)?;
     log.debug(&format!("/etc: {etc:?}"));

@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use basalt_verity::dm::{
-    decode_dev, encode_request, request_code, Cmd, DmHeader, Target, VerityTable,
-    DM_BUFFER_FULL_FLAG, DM_READONLY_FLAG,
+    decode_dev, encode_request, parse_table_status, request_code, Cmd, DmHeader, Target,
+    VerityTable, DM_BUFFER_FULL_FLAG, DM_READONLY_FLAG,
 };
 
 use crate::error::{Error, Result};
@@ -118,5 +118,22 @@ impl Control {
         };
         let (_major, minor) = decode_dev(h.dev);
         Ok(PathBuf::from(format!("/dev/dm-{minor}")))
+    }
+
+    /// The status string of the (first) target of device `name`: for verity `V` (every block
+    /// read so far verified) or `C` (corruption seen).
+    pub fn status(&self, name: &str) -> Result<String> {
+        let (_, buf) = self.call(Cmd::TableStatus, name, 0, &[])?;
+        let reply_err = |reason: String| Error::DmReply {
+            operation: "TABLE_STATUS",
+            name: name.to_owned(),
+            reason,
+        };
+        let targets = parse_table_status(&buf).map_err(|e| reply_err(e.to_string()))?;
+        targets
+            .into_iter()
+            .next()
+            .map(|t| t.params)
+            .ok_or_else(|| reply_err("no target in the reply".into()))
     }
 }

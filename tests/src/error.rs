@@ -2,7 +2,6 @@
 //! carries the path, package, tool or console excerpt involved.
 
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 /// Result alias for this crate.
@@ -11,93 +10,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A system tool is not installed.
-    #[error("`{tool}` not found: apt-get install {package}")]
-    ToolMissing {
-        /// Program name.
-        tool: &'static str,
-        /// Debian package providing it.
-        package: &'static str,
-    },
-    /// A system tool could not be started.
-    #[error("starting `{tool}`")]
-    ToolSpawn {
-        /// Program name.
-        tool: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A system tool exited non-zero.
-    #[error("`{tool} {args}` failed ({status}): {stderr}")]
-    ToolFailed {
-        /// Program name.
-        tool: &'static str,
-        /// Its arguments, space-joined.
-        args: String,
-        /// How it exited.
-        status: ExitStatus,
-        /// The end of its stderr.
-        stderr: String,
-    },
-
-    /// `apt-cache depends linux-image-amd64` named no kernel image package.
-    #[error(
-        "`apt-cache depends {meta}` named no linux-image package (run `apt-get update`?): {output}"
-    )]
-    KernelPackageUnknown {
-        /// The meta package asked about.
-        meta: &'static str,
-        /// What apt-cache printed.
-        output: String,
-    },
-    /// `apt-get download` of the kernel package failed.
-    #[error("downloading Debian package {package} into {dir} (package lists stale? run `apt-get update`)")]
-    KernelDownload {
-        /// The package.
-        package: String,
-        /// Where it was downloaded to.
-        dir: PathBuf,
-        /// The apt-get failure.
-        source: Box<Error>,
-    },
-    /// The extracted kernel package does not have the expected shape.
-    #[error("kernel package {package} extracted in {dir}: {problem}")]
-    KernelTreeInvalid {
-        /// The package.
-        package: String,
-        /// The extraction folder.
-        dir: PathBuf,
-        /// What is missing or unexpected.
-        problem: String,
-    },
-    /// The compressed kernel holds no xz stream to extract `vmlinux` from.
-    #[error("no xz stream (FD 37 7A 58 5A 00) in {vmlinuz}")]
-    VmlinuxNoXzStream {
-        /// The bzImage searched.
-        vmlinuz: PathBuf,
-    },
-    /// The extracted `vmlinux` lacks the PVH entry note QEMU needs to boot it directly.
-    #[error("{vmlinux} has no PVH entry note (Xen note type 18): QEMU cannot boot it directly")]
-    VmlinuxNoPvhEntry {
-        /// The extracted kernel.
-        vmlinux: PathBuf,
-    },
-    /// A file that must be ELF64 (little-endian) is not.
-    #[error("{path} is not a little-endian ELF64 file: {reason}")]
-    NotElf64 {
-        /// The file.
-        path: PathBuf,
-        /// Why it was refused.
-        reason: &'static str,
-    },
-    /// A module asked for is not in `modules.dep`.
-    #[error("kernel module {name} is not listed in {modules_dep}")]
-    ModuleNotFound {
-        /// The module name asked for.
-        name: String,
-        /// The `modules.dep` searched.
-        modules_dep: PathBuf,
-    },
+    /// A system tool is missing or failed.
+    #[error(transparent)]
+    Tool(#[from] basalt_image::tool::ToolError),
+    /// Fetching or reading the Debian kernel failed (also ELF checks).
+    #[error(transparent)]
+    Kernel(#[from] basalt_image::kernel::KernelError),
+    /// Building an image failed.
+    #[error("image build: {0}")]
+    Build(#[from] basalt_image::build::BuildError),
+    /// Making test keys or a trust root failed.
+    #[error("test keys: {0}")]
+    Manifest(basalt_manifest::Error),
     /// The busybox binary for an initramfs is dynamically linked.
     #[error("{path} is dynamically linked; an initramfs needs the static one: apt-get install busybox-static")]
     BusyboxNotStatic {

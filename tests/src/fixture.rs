@@ -16,6 +16,7 @@ use std::process::Stdio;
 use crate::elf::Elf64;
 use crate::error::{Error, Result};
 use crate::kernel::KernelTree;
+use crate::tool::ToolError;
 use crate::tool::{Tool, CPIO, MCOPY, MDIR, MKFS_VFAT, MMD, SGDISK};
 
 /// `busybox` (package `busybox-static`: the initramfs has no libc).
@@ -98,7 +99,7 @@ impl BusyboxInitramfs {
     /// Adds the modules `names` and their dependencies from `kernel` under
     /// `/lib/modules/VER/…`, listed in load order in [`MODULES_LIST`].
     pub fn modules(mut self, kernel: &KernelTree, names: &[&str]) -> Result<Self> {
-        let order = kernel.modules_dep()?.load_order(names)?;
+        let order = kernel.load_order(names)?;
         for rel in order {
             let in_archive = format!("lib/modules/{}/{rel}", kernel.version);
             self.files.push((
@@ -192,7 +193,7 @@ fn run_with_input(tool: &Tool, command: &mut std::process::Command, input: &[u8]
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|source| Error::ToolSpawn {
+    let mut child = command.spawn().map_err(|source| ToolError::Spawn {
         tool: tool.name,
         source,
     })?;
@@ -202,13 +203,13 @@ fn run_with_input(tool: &Tool, command: &mut std::process::Command, input: &[u8]
     });
     let output = child
         .wait_with_output()
-        .map_err(|source| Error::ToolSpawn {
+        .map_err(|source| ToolError::Spawn {
             tool: tool.name,
             source,
         })?;
     let fed = writer.map(|w| w.join());
     if !output.status.success() {
-        return Err(Error::ToolFailed {
+        return Err(ToolError::Failed {
             tool: tool.name,
             args: command
                 .get_args()
@@ -217,13 +218,15 @@ fn run_with_input(tool: &Tool, command: &mut std::process::Command, input: &[u8]
                 .join(" "),
             status: output.status,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
+        }
+        .into());
     }
     if let Some(Ok(Err(source))) = fed {
-        return Err(Error::ToolSpawn {
+        return Err(ToolError::Spawn {
             tool: tool.name,
             source,
-        });
+        }
+        .into());
     }
     Ok(())
 }

@@ -10,27 +10,26 @@
 //!
 //! The scenarios themselves live in `tests/tests/`; see `tests/README.md`.
 
-pub mod elf;
+pub mod artifacts;
 pub mod error;
 pub mod fixture;
-pub mod kernel;
 pub mod tool;
 pub mod vm;
+
+/// The Debian guest kernel: the product's fetcher (`basalt_image::kernel`), one implementation.
+pub use basalt_image::kernel;
+pub use basalt_image::kernel::elf;
 
 pub use error::{Error, Result};
 
 use std::path::PathBuf;
 
-/// The workspace root (the parent of this crate's folder), resolved at compile time.
+/// The workspace root (the parent of this crate's folder).
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
+    basalt_image::workspace_root()
 }
 
 /// `<workspace>/build/cache`: downloads shared by every test run (git-ignored via `/build`).
 pub fn cache_root() -> PathBuf {
-    workspace_root().join("build").join("cache")
+    basalt_image::cache_root()
 }

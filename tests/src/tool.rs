@@ -1,33 +1,9 @@
-//! Running the system tools the VM tier is built on (apt-get, dpkg, depmod, xz, cpio, sgdisk,
-//! mtools, QEMU), with errors that name the tool, its arguments and the Debian package that
-//! provides it. A missing tool is an error, never a skip: the tests must fail loudly on a
-//! machine that lacks a peer.
+//! The system tools the VM tier drives. [`Tool`] (locate, run, errors naming the Debian
+//! package) is the build tool's (`basalt_image::tool`); this module adds the peers only tests
+//! use. A missing tool is an error, never a skip.
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+pub use basalt_image::tool::*;
 
-use crate::error::{Error, Result};
-
-/// A system tool and the Debian package that ships it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tool {
-    /// Program name as looked up in `PATH` (and the sbin folders).
-    pub name: &'static str,
-    /// Debian package providing it (named in errors).
-    pub package: &'static str,
-}
-
-/// `apt-cache` (package `apt`).
-pub const APT_CACHE: Tool = Tool::new("apt-cache", "apt");
-/// `apt-get` (package `apt`).
-pub const APT_GET: Tool = Tool::new("apt-get", "apt");
-/// `dpkg-deb` (package `dpkg`).
-pub const DPKG_DEB: Tool = Tool::new("dpkg-deb", "dpkg");
-/// `depmod` (package `kmod`).
-pub const DEPMOD: Tool = Tool::new("depmod", "kmod");
-/// `xz` (package `xz-utils`).
-pub const XZ: Tool = Tool::new("xz", "xz-utils");
 /// GNU `cpio` (package `cpio`).
 pub const CPIO: Tool = Tool::new("cpio", "cpio");
 /// `sgdisk` (package `gdisk`).
@@ -42,108 +18,5 @@ pub const MMD: Tool = Tool::new("mmd", "mtools");
 pub const MDIR: Tool = Tool::new("mdir", "mtools");
 /// `qemu-system-x86_64` (package `qemu-system-x86`).
 pub const QEMU: Tool = Tool::new("qemu-system-x86_64", "qemu-system-x86");
-
-/// Folders searched after `PATH`: tests may run as a user whose `PATH` lacks the sbin folders,
-/// where `depmod`, `sgdisk` and `mkfs.vfat` live.
-const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
-
-impl Tool {
-    /// A tool named `name`, shipped by Debian package `package`.
-    pub const fn new(name: &'static str, package: &'static str) -> Self {
-        Self { name, package }
-    }
-
-    /// The tool's full path, or [`Error::ToolMissing`] naming the package to install.
-    pub fn locate(&self) -> Result<PathBuf> {
-        let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path_dirs)
-            .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-            .map(|dir| dir.join(self.name))
-            .find(|candidate| is_executable(candidate))
-            .ok_or(Error::ToolMissing {
-                tool: self.name,
-                package: self.package,
-            })
-    }
-
-    /// A [`Command`] for the located tool, stdin closed.
-    pub fn command(&self) -> Result<Command> {
-        let mut command = Command::new(self.locate()?);
-        command.stdin(Stdio::null());
-        Ok(command)
-    }
-
-    /// Runs `command` (made by [`Tool::command`]) to completion, capturing its output; a
-    /// non-zero exit is [`Error::ToolFailed`] with the arguments and the end of stderr.
-    pub fn run(&self, command: &mut Command) -> Result<Output> {
-        let output = command.output().map_err(|source| Error::ToolSpawn {
-            tool: self.name,
-            source,
-        })?;
-        if output.status.success() {
-            Ok(output)
-        } else {
-            Err(Error::ToolFailed {
-                tool: self.name,
-                args: describe_args(command.get_args()),
-                status: output.status,
-                stderr: tail_chars(&String::from_utf8_lossy(&output.stderr), 2000),
-            })
-        }
-    }
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn describe_args<'a>(args: impl Iterator<Item = &'a OsStr>) -> String {
-    args.map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The last `max` characters of `text` (on a char boundary), trimmed.
-pub(crate) fn tail_chars(text: &str, max: usize) -> String {
-    let count = text.chars().count();
-    text.chars()
-        .skip(count.saturating_sub(max))
-        .collect::<String>()
-        .trim()
-        .to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_tool_names_its_package() {
-        let err = Tool::new("basalt-no-such-tool", "basalt-pkg")
-            .locate()
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("basalt-no-such-tool"), "{text}");
-        assert!(text.contains("apt-get install basalt-pkg"), "{text}");
-    }
-
-    #[test]
-    fn failing_tool_reports_args_and_stderr() {
-        let sh = Tool::new("sh", "dash");
-        let mut cmd = sh.command().unwrap();
-        cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let text = sh.run(&mut cmd).unwrap_err().to_string();
-        assert!(text.contains("boom"), "{text}");
-        assert!(text.contains("exit 3"), "{text}");
-        assert!(text.contains("-c"), "{text}");
-    }
-
-    #[test]
-    fn tail_keeps_the_end() {
-        assert_eq!(tail_chars("abcdef", 3), "def");
-        assert_eq!(tail_chars("ab", 3), "ab");
-    }
-}
+/// `veritysetup` (package `cryptsetup-bin`).
+pub const VERITYSETUP: Tool = Tool::new("veritysetup", "cryptsetup-bin");

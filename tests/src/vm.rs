@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{ConsoleExcerpt, Error, Result};
-use crate::tool::QEMU;
+use crate::tool::{ToolError, QEMU};
 
 /// OVMF code for 4 MiB pflash (package `ovmf`), mapped read-only.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -356,10 +356,11 @@ impl VmConfig {
             Boot::Uefi { .. } => {
                 for firmware in [OVMF_CODE, OVMF_VARS_TEMPLATE] {
                     if !Path::new(firmware).is_file() {
-                        return Err(Error::ToolMissing {
+                        return Err(ToolError::Missing {
                             tool: firmware,
                             package: "ovmf",
-                        });
+                        }
+                        .into());
                     }
                 }
                 if self.disk.is_none() && self.data_disks.is_empty() {

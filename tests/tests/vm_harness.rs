@@ -40,7 +40,7 @@ fn kernel_tree_is_complete_and_cached() -> Result<()> {
     );
     let mut vmlinux = Elf64::open(&kernel.vmlinux)?;
     ensure!(vmlinux.has_pvh_entry()?, "no PVH note in {kernel:?}");
-    let efivarfs = kernel.modules_dep()?.load_order(&["efivarfs"])?;
+    let efivarfs = kernel.load_order(&["efivarfs"])?;
     ensure!(
         efivarfs
             .iter()

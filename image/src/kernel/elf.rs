@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use super::error::{KernelError as Error, Result};
 
 /// `PT_INTERP`: the program asks for a dynamic loader.
 const PT_INTERP: u32 = 3;

@@ -1,5 +1,5 @@
-//! The Debian guest kernel: fetched once with apt, unpacked, depmod'ed and cached for every
-//! test.
+//! The Debian kernel Basalt boots: fetched once with apt, unpacked, depmod'ed and cached for
+//! every image build and test. (The test harness `basalt-tests` re-exports this module.)
 //!
 //! Steps, all with the system tools (nothing is installed into the host):
 //! `apt-cache depends linux-image-amd64` names the current image package
@@ -14,16 +14,20 @@
 //! processes (and threads) fetch at most once. The `.deb` is deleted once unpacked, and trees of
 //! superseded kernel packages are removed when a new one is in place.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::elf::Elf64;
-use crate::error::{Error, Result};
+pub mod elf;
+mod error;
+
+pub use basalt_initramfs::modules::ModulesDep;
+pub use error::{KernelError, Result};
+
 use crate::tool::{APT_CACHE, APT_GET, DEPMOD, DPKG_DEB, XZ};
+use elf::Elf64;
+use error::KernelError as Error;
 
 /// The Debian meta package that depends on the current kernel image package.
 pub const META_PACKAGE: &str = "linux-image-amd64";
@@ -67,7 +71,7 @@ impl KernelTree {
     /// The current Debian kernel (as named by apt's package lists) from `cache_dir`, fetched
     /// and prepared there first if absent. Safe to call from many threads and processes.
     pub fn fetch_or_cached(cache_dir: &Path) -> Result<Self> {
-        let package = current_package()?;
+        let package = current_package_cached(cache_dir)?;
         let final_dir = cache_dir.join(&package);
         if let Ok(tree) = Self::open(&package, &final_dir) {
             return Ok(tree);
@@ -130,14 +134,27 @@ impl KernelTree {
         Ok(tree)
     }
 
-    /// The parsed `modules.dep` of this kernel.
+    /// The parsed `modules.dep` (and `modules.builtin`) of this kernel: the resolver of
+    /// `basalt-initramfs`, the one implementation of module dependency order.
     pub fn modules_dep(&self) -> Result<ModulesDep> {
-        let path = self.modules_dir.join("modules.dep");
-        let text = fs::read_to_string(&path).map_err(|source| Error::ReadFile {
-            path: path.clone(),
+        ModulesDep::load(&self.modules_dir).map_err(|source| Error::ModulesDep {
+            dir: self.modules_dir.clone(),
             source,
-        })?;
-        Ok(ModulesDep::parse(&text, path))
+        })
+    }
+
+    /// The module files (relative to [`KernelTree::modules_dir`]) to load, in order, for
+    /// `names` (`-` and `_` equivalent), dependencies first, each once.
+    pub fn load_order(&self, names: &[&str]) -> Result<Vec<String>> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let resolution =
+            self.modules_dep()?
+                .resolve(&names, &[])
+                .map_err(|source| Error::ModulesDep {
+                    dir: self.modules_dir.clone(),
+                    source,
+                })?;
+        Ok(resolution.modules.into_iter().map(|m| m.path).collect())
     }
 }
 
@@ -151,6 +168,42 @@ pub fn current_package() -> Result<String> {
         meta: META_PACKAGE,
         output: text.trim().to_string(),
     })
+}
+
+/// Where apt keeps its package lists: their folder's mtime changes on every `apt-get update`
+/// that changes a list (apt renames the new files into place).
+const APT_LISTS: &str = "/var/lib/apt/lists";
+/// File in the cache folder remembering apt's answer: `<lists mtime ns>\n<package>\n`.
+const CURRENT_FILE: &str = ".current-package";
+
+/// [`current_package`], remembered in `cache_dir` until apt's package lists change: asking
+/// `apt-cache` costs ≈1 s, which would dominate a cached image build.
+pub fn current_package_cached(cache_dir: &Path) -> Result<String> {
+    let stamp = fs::metadata(APT_LISTS)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string());
+    let record = cache_dir.join(CURRENT_FILE);
+    if let (Some(stamp), Ok(text)) = (&stamp, fs::read_to_string(&record)) {
+        let mut lines = text.lines();
+        if lines.next() == Some(stamp.as_str()) {
+            if let Some(pkg) = lines.next().filter(|p| p.starts_with("linux-image-")) {
+                return Ok(pkg.to_string());
+            }
+        }
+    }
+    let package = current_package()?;
+    if let Some(stamp) = stamp {
+        // Best effort: a failed write only costs the next caller another apt-cache run.
+        if fs::create_dir_all(cache_dir).is_ok() {
+            let tmp = cache_dir.join(format!("{CURRENT_FILE}.{}", std::process::id()));
+            if fs::write(&tmp, format!("{stamp}\n{package}\n")).is_ok() {
+                let _ = fs::rename(&tmp, &record);
+            }
+        }
+    }
+    Ok(package)
 }
 
 /// Picks `linux-image-…` from `apt-cache depends` output (`  Depends: linux-image-6.1.0-57-amd64`).
@@ -194,7 +247,7 @@ fn prepare(package: &str, work: &Path) -> Result<()> {
         .map_err(|e| Error::KernelDownload {
             package: package.to_string(),
             dir: work.to_path_buf(),
-            source: Box::new(e),
+            source: e,
         })?;
     let deb = find_deb(work, package)?;
     let mut extract = DPKG_DEB.command()?;
@@ -327,147 +380,26 @@ fn remove_superseded(cache_dir: &Path, current: &str) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive `flock` held until drop (the kernel releases it if the process dies).
+/// The cache lock, held until drop (see [`crate::lock`]).
 #[derive(Debug)]
 struct CacheLock {
-    _file: File,
+    _lock: crate::lock::FileLock,
 }
 
 impl CacheLock {
     fn acquire(path: &Path) -> Result<Self> {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
+        crate::lock::FileLock::acquire(path)
+            .map(|lock| Self { _lock: lock })
             .map_err(|source| Error::Lock {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        loop {
-            // SAFETY: flock on a file descriptor we own and keep open for the lock's lifetime.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Self { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            // A signal can interrupt the wait; anything else is a real failure.
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::Lock {
-                    path: path.to_path_buf(),
-                    source: err,
-                });
-            }
-        }
-    }
-}
-
-/// A parsed `modules.dep`: for each module file, the files it needs, in `depmod`'s order.
-#[derive(Debug, Clone)]
-pub struct ModulesDep {
-    path: PathBuf,
-    /// (module path relative to the modules folder, its dependencies).
-    entries: Vec<(String, Vec<String>)>,
-}
-
-impl ModulesDep {
-    /// Parses `modules.dep` text (`kernel/a/b.ko: kernel/c.ko kernel/d.ko`); `path` is for errors.
-    pub fn parse(text: &str, path: PathBuf) -> Self {
-        let entries = text
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .map(|(module, deps)| {
-                (
-                    module.trim().to_string(),
-                    deps.split_whitespace().map(str::to_string).collect(),
-                )
             })
-            .collect();
-        Self { path, entries }
     }
-
-    /// The module files (relative to the modules folder) to load, in order, for `names`
-    /// (module names as `lsmod` shows them; `-` and `_` are equivalent). `modules.dep` lists a
-    /// module's full dependency closure with the deepest dependency last, so loading goes in
-    /// reverse, as `modprobe` does. Each file appears once.
-    pub fn load_order(&self, names: &[&str]) -> Result<Vec<String>> {
-        let mut order = Vec::new();
-        let mut seen = HashSet::new();
-        for name in names {
-            let wanted = normalize(name);
-            let (module, deps) = self
-                .entries
-                .iter()
-                .find(|(module, _)| module_name(module) == wanted)
-                .ok_or_else(|| Error::ModuleNotFound {
-                    name: name.to_string(),
-                    modules_dep: self.path.clone(),
-                })?;
-            for file in deps.iter().rev().chain(std::iter::once(module)) {
-                if seen.insert(file.clone()) {
-                    order.push(file.clone());
-                }
-            }
-        }
-        Ok(order)
-    }
-}
-
-fn normalize(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-/// `kernel/drivers/md/dm-verity.ko` → `dm_verity`.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    normalize(stem)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Lines copied from the `modules.dep` that `depmod` wrote for linux-image-6.1.0-57-amd64.
-    const DEP: &str = "\
-kernel/fs/efivarfs/efivarfs.ko:
-kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
-kernel/drivers/virtio/virtio_ring.ko:
-kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
-kernel/drivers/md/dm-verity.ko: kernel/lib/reed_solomon/reed_solomon.ko kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko
-";
-
-    #[test]
-    fn load_order_puts_dependencies_first_once() {
-        let dep = ModulesDep::parse(DEP, "modules.dep".into());
-        let order = dep
-            .load_order(&["virtio_blk", "virtio", "efivarfs"])
-            .unwrap();
-        assert_eq!(
-            order,
-            [
-                "kernel/drivers/virtio/virtio_ring.ko",
-                "kernel/drivers/virtio/virtio.ko",
-                "kernel/drivers/block/virtio_blk.ko",
-                "kernel/fs/efivarfs/efivarfs.ko",
-            ]
-        );
-    }
-
-    #[test]
-    fn dash_and_underscore_match() {
-        let dep = ModulesDep::parse(DEP, "modules.dep".into());
-        let order = dep.load_order(&["dm_verity"]).unwrap();
-        assert_eq!(order.last().unwrap(), "kernel/drivers/md/dm-verity.ko");
-        assert_eq!(order[0], "kernel/drivers/md/dm-mod.ko");
-    }
-
-    #[test]
-    fn unknown_module_is_an_error_naming_it() {
-        let dep = ModulesDep::parse(DEP, "modules.dep".into());
-        let err = dep.load_order(&["nope"]).unwrap_err().to_string();
-        assert!(err.contains("nope") && err.contains("modules.dep"), "{err}");
-    }
 
     #[test]
     fn depends_line_is_found() {

@@ -1,0 +1,238 @@
+//! Built inputs the scenarios share, each made once per process and cached across runs:
+//! the static `basalt-init` ([`basalt_init`]), the `basalt` CLI ([`basalt_cli`]), fixed
+//! test signing keys with their trust root ([`test_keys`]) and the `minimal` images
+//! ([`minimal_image`]: one per version, built by `basalt_image::build` into its input-hash
+//! cache, so a second run only copies files).
+//!
+//! Concurrency: a process-wide mutex per artifact makes parallel tests of one binary wait for
+//! the first builder; across processes, cargo's own lock (for the binaries) and the image
+//! cache's per-key `flock` do the same.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use basalt_image::build::image::{copy_sparse, default_cache_dir};
+use basalt_image::build::{build, BuildReport, BuildRequest};
+use basalt_image::kernel::KernelTree;
+use basalt_manifest::chrono::Utc;
+use basalt_manifest::{sign_trust_root, SigningKey, TrustRootDocument};
+
+use crate::error::{Error, Result};
+use crate::tool::Tool;
+
+/// `cargo` (from rustup; named in errors).
+pub const CARGO: Tool = Tool::new("cargo", "cargo (rustup)");
+/// The target triple basalt-init is built for (static glibc; the musl target is absent).
+pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+static INIT: Mutex<Option<PathBuf>> = Mutex::new(None);
+static CLI: Mutex<Option<PathBuf>> = Mutex::new(None);
+static KEYS: Mutex<Option<TestKeys>> = Mutex::new(None);
+static IMAGES: Mutex<Option<HashMap<String, MinimalImage>>> = Mutex::new(None);
+
+/// Build the static, stripped `basalt-init` (release) into `<workspace>/build/target-init`
+/// (its own target folder, so it never waits for the test build's lock) and return its path.
+/// Cargo makes a repeated call a quick no-op.
+pub fn basalt_init() -> Result<PathBuf> {
+    let mut done = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = done.as_ref() {
+        return Ok(path.clone());
+    }
+    let target_dir = crate::workspace_root().join("build").join("target-init");
+    let mut cmd = CARGO.command()?;
+    cmd.current_dir(crate::workspace_root())
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=symbols",
+        )
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "basalt-initramfs",
+            "--bin",
+            "basalt-init",
+            "--target",
+            INIT_TARGET,
+        ]);
+    CARGO.run(&mut cmd)?;
+    let path = target_dir
+        .join(INIT_TARGET)
+        .join("release")
+        .join("basalt-init");
+    *done = Some(path.clone());
+    Ok(path)
+}
+
+/// Build the `basalt` CLI (debug) into `<workspace>/build/target-cli` and return its path.
+/// Its own target folder: building one binary of `basalt-image` in the test build's folder
+/// unifies dependency features differently and would make the next `cargo test` rebuild
+/// half the workspace.
+pub fn basalt_cli() -> Result<PathBuf> {
+    let mut done = CLI.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = done.as_ref() {
+        return Ok(path.clone());
+    }
+    let target_dir = crate::workspace_root().join("build").join("target-cli");
+    let mut cmd = CARGO.command()?;
+    cmd.current_dir(crate::workspace_root())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(["build", "--quiet", "-p", "basalt-image", "--bin", "basalt"]);
+    CARGO.run(&mut cmd)?;
+    let path = target_dir.join("debug").join("basalt");
+    *done = Some(path.clone());
+    Ok(path)
+}
+
+/// Fixed signing keys and their trust root, as files. Fixed (from constant seeds) so image
+/// cache keys stay the same from run to run; test-only, never for a real release.
+#[derive(Debug, Clone)]
+pub struct TestKeys {
+    /// The private key file (`release.key`).
+    pub key: PathBuf,
+    /// The public key file (`release.pub`).
+    pub public: PathBuf,
+    /// The generation-1 trust root (threshold 1, this key), `trust.json`.
+    pub trust: PathBuf,
+}
+
+/// Write (once) the test key files under `<workspace>/build/cache/test-keys`.
+pub fn test_keys() -> Result<TestKeys> {
+    let mut done = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(keys) = done.as_ref() {
+        return Ok(keys.clone());
+    }
+    let dir = crate::cache_root().join("test-keys");
+    fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let key = SigningKey::from_seed(&[0x5a; 32]).map_err(Error::Manifest)?;
+    let doc = TrustRootDocument::new(1, 1, &[key.public_key()], None);
+    let trust = sign_trust_root(&doc, &[&key]).map_err(Error::Manifest)?;
+    let keys = TestKeys {
+        key: dir.join("release.key"),
+        public: dir.join("release.pub"),
+        trust: dir.join("trust.json"),
+    };
+    for (path, bytes) in [
+        (&keys.key, key.to_pem().into_bytes()),
+        (&keys.public, key.public_key().to_pem().into_bytes()),
+        (&keys.trust, trust),
+    ] {
+        write_if_changed(path, &bytes)?;
+    }
+    *done = Some(keys.clone());
+    Ok(keys)
+}
+
+/// Writes `bytes` to `path` unless it already holds them (temp file + rename, so a reader
+/// in another process never sees half a file).
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(|source| Error::WriteFile {
+        path: tmp.clone(),
+        source,
+    })?;
+    fs::rename(&tmp, path).map_err(|source| Error::Rename {
+        from: tmp,
+        to: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The image definition of the test `minimal` image of `version` (release sequence = major).
+pub fn minimal_definition(version: &semver::Version) -> String {
+    format!(
+        "profile = \"minimal\"\n\n[os]\nname = \"basalt\"\nversion = \"{version}\"\n\
+         channel = \"stable\"\n\n[boot]\ncmdline = \"console=ttyS0\"\ntries = 3\n\n\
+         [release]\nsequence = {}\nvalid_days = 365\n",
+        version.major.max(1)
+    )
+}
+
+/// A built `minimal` release directory.
+#[derive(Debug, Clone)]
+pub struct MinimalImage {
+    /// The release directory (usr.img, vmlinuz, initrd.img, release.*, disk.img, build.json).
+    pub dir: PathBuf,
+    /// The IMAGE.toml it was built from.
+    pub definition: PathBuf,
+    /// What the build reported (facts, cache folder, whether it was a cache hit).
+    pub report: BuildReport,
+    /// The keys it is signed with.
+    pub keys: TestKeys,
+}
+
+impl MinimalImage {
+    /// A file of the release directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A private copy of `disk.img` at `to` (sparse), for a scenario that boots and changes it.
+    pub fn copy_disk(&self, to: &Path) -> Result<()> {
+        copy_sparse(&self.file("disk.img"), to).map_err(Error::Build)
+    }
+}
+
+/// The request that builds the test `minimal` image of `version` into `out`.
+pub fn minimal_request(version: &semver::Version, out: &Path) -> Result<BuildRequest> {
+    let keys = test_keys()?;
+    let root = crate::workspace_root()
+        .join("build")
+        .join("test-images")
+        .join(format!("minimal-{version}"));
+    fs::create_dir_all(&root).map_err(|source| Error::CreateDir {
+        path: root.clone(),
+        source,
+    })?;
+    let definition = root.join("IMAGE.toml");
+    write_if_changed(&definition, minimal_definition(version).as_bytes())?;
+    Ok(BuildRequest {
+        config: definition,
+        keys: vec![keys.key],
+        trust: keys.trust,
+        init: basalt_init()?,
+        out: out.to_path_buf(),
+        cache: default_cache_dir(),
+        kernel_cache: KernelTree::default_cache_dir(),
+        issued_at: Utc::now(),
+    })
+}
+
+/// The test `minimal` image of `version` (e.g. "1.0.0", "2.0.0"), built once per process into
+/// `<workspace>/build/test-images/minimal-<version>/out` (from the image cache when the inputs
+/// were built before). Treat its files as read-only; copy `disk.img` to boot it.
+pub fn minimal_image(version: &str) -> Result<MinimalImage> {
+    let parsed = semver::Version::parse(version).map_err(|e| Error::VmConfig {
+        problem: format!("image version {version:?}: {e}"),
+    })?;
+    let mut images = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+    let images = images.get_or_insert_with(HashMap::new);
+    if let Some(image) = images.get(version) {
+        return Ok(image.clone());
+    }
+    let out = crate::workspace_root()
+        .join("build")
+        .join("test-images")
+        .join(format!("minimal-{version}"))
+        .join("out");
+    let req = minimal_request(&parsed, &out)?;
+    let report = build(&req)?;
+    let image = MinimalImage {
+        dir: out,
+        definition: req.config.clone(),
+        report,
+        keys: test_keys()?,
+    };
+    images.insert(version.to_string(), image.clone());
+    Ok(image)
+}
