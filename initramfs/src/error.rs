@@ -292,6 +292,30 @@ pub enum Error {
         /// The error.
         source: io::Error,
     },
+    /// Reading the start of the root partition (to tell blank from formatted) failed.
+    #[error("reading the start of the root partition {device}: {source}")]
+    ReadRootPartition {
+        /// The partition device.
+        device: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The root partition holds something that is neither ext2/3/4 nor blank: never formatted.
+    #[error("root partition {device} is neither ext4 nor blank ({found}): refusing to format it; zero its first MiB to have it formatted")]
+    RootUnrecognised {
+        /// The partition device.
+        device: PathBuf,
+        /// What was found.
+        found: String,
+    },
+    /// Creating the file system on a blank root partition failed.
+    #[error("creating ext4 on {device}: {reason}")]
+    Mkfs {
+        /// The partition device (or image file).
+        device: PathBuf,
+        /// What went wrong (spawn error, exit status and output, timeout).
+        reason: String,
+    },
     /// The init to execute does not exist in the new root.
     #[error("init {path} is missing or not executable in the new root")]
     InitMissing {

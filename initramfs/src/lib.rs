@@ -30,6 +30,7 @@ pub mod boot;
 pub mod dm;
 pub mod factory;
 pub mod reason;
+pub mod rootfs;
 pub mod slot;
 #[cfg(target_os = "linux")]
 pub mod switch_root;
