@@ -148,6 +148,25 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// An executable for the initramfs is not an ELF file we can read.
+    #[error("{path}: cannot read its dynamic-linking needs: {reason}")]
+    ElfParse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `DT_NEEDED` library of an executable for the initramfs was not found.
+    #[error("{binary} needs {library}, found in none of {searched:?}")]
+    ElfLibraryNotFound {
+        /// The executable or library that needs it.
+        binary: PathBuf,
+        /// The library name.
+        library: String,
+        /// The directories searched.
+        searched: Vec<PathBuf>,
+    },
+
     // --- finding the disk ----------------------------------------------------------------
     /// Listing block devices in sysfs failed.
     #[error("listing block devices in {path}: {source}")]

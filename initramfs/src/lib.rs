@@ -19,6 +19,7 @@ pub mod blockdev;
 pub mod builder;
 pub mod cmdline;
 pub mod cpio;
+pub mod elf;
 mod error;
 pub mod gpt;
 pub mod modules;
