@@ -8,7 +8,7 @@
 //! on the host's cache; parsing depends only on the files. 64-bit little-endian ELF only
 //! (x86-64, aarch64) — what Basalt boots. `dlopen`ed libraries are invisible here by nature.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -197,6 +197,9 @@ pub enum Role {
 /// paths in the result are the absolute paths inside that root.
 pub fn closure(root: &Path, binaries: &[PathBuf]) -> Result<Vec<ClosureFile>> {
     let mut found: BTreeMap<PathBuf, Role> = BTreeMap::new();
+    // File names of the interpreters seen: the loader is already in memory under its soname,
+    // so libc's `DT_NEEDED ld-linux-x86-64.so.2` is satisfied by it, not by a second copy.
+    let mut interpreters: BTreeSet<String> = BTreeSet::new();
     let mut queue: VecDeque<(PathBuf, Role)> =
         binaries.iter().map(|b| (b.clone(), Role::Binary)).collect();
     while let Some((path, role)) = queue.pop_front() {
@@ -219,7 +222,11 @@ pub fn closure(root: &Path, binaries: &[PathBuf]) -> Result<Vec<ClosureFile>> {
         let d = parse_dynamic(&bytes, &host)?;
         found.insert(path.clone(), role);
         if let Some(interp) = d.interpreter {
-            queue.push_back((PathBuf::from(interp), Role::Interpreter));
+            let interp = PathBuf::from(interp);
+            if let Some(name) = interp.file_name() {
+                interpreters.insert(name.to_string_lossy().into_owned());
+            }
+            queue.push_back((interp, Role::Interpreter));
         }
         let origin = path.parent().unwrap_or(Path::new("/"));
         let mut dirs: Vec<PathBuf> = d
@@ -229,6 +236,9 @@ pub fn closure(root: &Path, binaries: &[PathBuf]) -> Result<Vec<ClosureFile>> {
             .collect();
         dirs.extend(standard_library_dirs(d.machine));
         for name in d.needed {
+            if interpreters.contains(&name) {
+                continue;
+            }
             let lib = if name.contains('/') {
                 Some(PathBuf::from(&name))
             } else {
