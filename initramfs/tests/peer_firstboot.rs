@@ -29,13 +29,14 @@ fn host_mke2fs() -> PathBuf {
 
 fn zeroed(dir: &Path, mib: u64) -> PathBuf {
     let p = dir.join("root.img");
-    let f = std::fs::File::create(&p).unwrap();
-    f.set_len(mib << 20).unwrap();
+    let f = std::fs::File::create(&p).expect("creating the image file");
+    f.set_len(mib << 20).expect("sizing the image file");
     p
 }
 
 fn dumpe2fs(img: &Path) -> String {
-    peer_ok("dumpe2fs", E2FS, &["-h", img.to_str().unwrap()], None)
+    let img = img.to_str().expect("temp paths are UTF-8");
+    peer_ok("dumpe2fs", E2FS, &["-h", img], None)
 }
 
 fn field<'a>(dump: &'a str, name: &str) -> &'a str {
