@@ -175,7 +175,14 @@ pub fn make_ext4(mke2fs: &Path, device: &Path, timeout: Duration) -> Result<()> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", mke2fs.display())))?;
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (build the initramfs with --with-binary /sbin/mke2fs)"
+            } else {
+                ""
+            };
+            fail(format!("cannot run {}: {e}{hint}", mke2fs.display()))
+        })?;
     // Drain both pipes on threads so a chatty mke2fs never blocks on a full pipe.
     let drain = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
