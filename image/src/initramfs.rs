@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use basalt_initramfs::builder::{build, BuildSpec, Compression};
+use basalt_initramfs::builder::{build_with, BuildSpec, Compression, Extras};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +32,10 @@ pub enum Command {
         /// Compression: zstd, gzip or none.
         #[arg(long, default_value = "zstd")]
         compress: Compression,
+        /// A host executable to include at the same path, with its ELF interpreter and shared
+        /// libraries (repeatable), e.g. /sbin/mke2fs for first boot on a blank root partition.
+        #[arg(long = "with-binary")]
+        with_binary: Vec<PathBuf>,
         /// Output file.
         #[arg(long)]
         out: PathBuf,
@@ -58,6 +62,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             optional_modules,
             trust,
             compress,
+            with_binary,
             out,
         } => {
             let spec = BuildSpec {
@@ -69,7 +74,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 trust,
                 compression: compress,
             };
-            let built = build(&spec)?;
+            let extras = Extras {
+                binaries: with_binary,
+                binary_root: None,
+            };
+            let built = build_with(&spec, &extras)?;
             std::fs::write(&out, &built.bytes)
                 .with_context(|| format!("writing {}", out.display()))?;
             for m in &built.resolution.modules {
@@ -81,6 +90,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             for m in &built.resolution.missing_optional {
                 println!("skipped optional {m} (not in the kernel tree)");
+            }
+            for (f, len) in &built.binaries {
+                println!("{:?} {} ({len} bytes)", f.role, f.path.display());
             }
             println!(
                 "wrote {} ({} bytes {}, cpio {} bytes, {} modules = {} bytes)",

@@ -7,8 +7,10 @@
 //!   ─► poll disks (≤ basalt.wait s) until one's GPT has the usr data partition
 //!      (UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
 //!   ─► verity superblock fits the partitions ─► usrhash signed (if trust root present)
-//!   ─► dm-verity "usr" (read-only, restart_on_corruption) ─► mount root at /sysroot
+//!   ─► dm-verity "usr" (read-only, restart_on_corruption)
+//!   ─► root partition blank? mke2fs (neither blank nor ext: refuse) ─► mount it at /sysroot
 //!   ─► mount erofs /dev/dm-N at /sysroot/usr (ro) ─► /etc from factory if missing
+//!   ─► /var from factory if empty ─► missing skeleton entries (bin→usr/bin, tmp, …)
 //!   ─► switch_root + exec init
 //! any failure ─► "BASALT-INIT FAILED reason=…" ─► sync ─► reboot
 //! ```
@@ -24,6 +26,7 @@ use crate::error::Error;
 use crate::gpt::{usr_partition_uuids, DiskTable, Partition, UsrPartitions};
 use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
 use crate::reason::{Classify, Failure, Reason};
+use crate::rootfs;
 use crate::slot::{check_superblock, verity_table};
 use crate::sys::{self, Log};
 use crate::usrsig;
@@ -323,6 +326,7 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
 
     let sysroot = Path::new(SYSROOT);
     mkdir(sysroot).class(Reason::MountRoot)?;
+    prepare_root_partition(log, &l.root_node)?;
     let root_src = l.root_node.display().to_string();
     sys::mount(&root_src, sysroot, "ext4", 0, "")
         .map_err(mount_err(&root_src, "ext4", sysroot))
@@ -342,6 +346,7 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
 
     let etc = crate::factory::populate_etc(sysroot).class(Reason::PopulateEtc)?;
     log.debug(&format!("/etc: {etc:?}"));
+    populate_root(log, sysroot).class(Reason::PopulateRoot)?;
 
     let init_inside = sysroot.join(cmd.init.trim_start_matches('/'));
     if !is_executable(&init_inside) {
@@ -369,6 +374,47 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         sysroot, &cmd.init, init_args,
     ))
     .class(Reason::SwitchRoot)
+}
+
+/// First boot on a blank root partition: create ext4 with the initramfs's mke2fs. A
+/// partition that is neither blank nor ext is refused (see [`crate::rootfs`]); an ext one is
+/// left to the mount, which fails (`mount-root`) rather than reformat a corrupted one.
+fn prepare_root_partition(log: &mut Log, node: &Path) -> Result<(), Failure> {
+    let outcome = rootfs::ensure_filesystem(
+        node,
+        Path::new(rootfs::MKE2FS),
+        rootfs::MKFS_TIMEOUT,
+        || {
+            log.info(&format!(
+                "root partition {} is blank: creating ext4",
+                node.display()
+            ))
+        },
+    )
+    .map_err(|e| Failure {
+        reason: Reason::of(&e, Reason::MountRoot),
+        error: e,
+    })?;
+    if outcome == rootfs::RootFs::Created {
+        log.info(&format!(
+            "created ext4 (label {}) on {}",
+            rootfs::ROOT_LABEL,
+            node.display()
+        ));
+    }
+    Ok(())
+}
+
+/// After `/etc`: `/var` from the factory tree if empty, then the skeleton's missing entries
+/// (also on pre-formatted roots that lack them).
+fn populate_root(log: &mut Log, sysroot: &Path) -> Result<(), Error> {
+    let var = rootfs::populate_var(sysroot)?;
+    log.debug(&format!("/var: {var:?}"));
+    let created = rootfs::create_skeleton(sysroot)?;
+    if !created.is_empty() {
+        log.info(&format!("root skeleton: created {}", created.join(" ")));
+    }
+    Ok(())
 }
 
 /// Where `basalt-init` leaves what it booted for the real system (`/run` moves along).

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::cpio::Archive;
+use crate::elf::{closure, ClosureFile, Role};
 use crate::error::{Error, Result};
 use crate::modules::{render_module_list, ModuleListEntry, ModulesDep, Resolution};
 
@@ -79,6 +80,17 @@ pub struct BuildSpec {
     pub compression: Compression,
 }
 
+/// What goes into the initramfs beyond a [`BuildSpec`] (a separate struct so that existing
+/// `BuildSpec` literals stay valid).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Host executables (absolute paths, e.g. `/sbin/mke2fs`), installed at the same paths
+    /// together with their ELF interpreter and shared libraries ([`crate::elf::closure`]).
+    pub binaries: Vec<PathBuf>,
+    /// The tree the binaries and libraries are read from; `None` = the host (`/`).
+    pub binary_root: Option<PathBuf>,
+}
+
 /// A built initramfs.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -90,6 +102,8 @@ pub struct Built {
     pub resolution: Resolution,
     /// Total bytes of module files included.
     pub module_bytes: usize,
+    /// The extra executables, interpreters and libraries included, with their sizes.
+    pub binaries: Vec<(ClosureFile, usize)>,
 }
 
 /// Find `lib/modules/<kver>` (or the merged-/usr location) under a kernel tree.
@@ -152,6 +166,29 @@ pub fn build_archive(spec: &BuildSpec) -> Result<(Archive, Resolution, usize)> {
     Ok((a, resolution, module_bytes))
 }
 
+/// Add executables with their shared-library closure to `archive`, each at its absolute
+/// path (read from under `root`, symlinks followed). Executables and the interpreter get mode
+/// 0755, libraries 0644. Returns what was added, with sizes.
+pub fn add_binaries(
+    archive: &mut Archive,
+    root: &Path,
+    binaries: &[PathBuf],
+) -> Result<Vec<(ClosureFile, usize)>> {
+    let mut added = Vec::new();
+    for f in closure(root, binaries)? {
+        let host = root.join(f.path.strip_prefix("/").unwrap_or(&f.path));
+        let data = read(&host)?;
+        let perm = match f.role {
+            Role::Binary | Role::Interpreter => 0o755,
+            Role::Library => 0o644,
+        };
+        let len = data.len();
+        archive.add_file(&f.path.to_string_lossy(), perm, data)?;
+        added.push((f, len));
+    }
+    Ok(added)
+}
+
 /// Compress a cpio archive.
 pub fn compress(cpio: &[u8], compression: Compression) -> Result<Vec<u8>> {
     let err = |source| Error::Compress {
@@ -183,7 +220,15 @@ pub fn compress(cpio: &[u8], compression: Compression) -> Result<Vec<u8>> {
 
 /// Build the compressed initramfs.
 pub fn build(spec: &BuildSpec) -> Result<Built> {
-    let (archive, resolution, module_bytes) = build_archive(spec)?;
+    build_with(spec, &Extras::default())
+}
+
+/// Build the compressed initramfs with [`Extras`] (e.g. `mke2fs` for first boot on a blank
+/// root partition).
+pub fn build_with(spec: &BuildSpec, extras: &Extras) -> Result<Built> {
+    let (mut archive, resolution, module_bytes) = build_archive(spec)?;
+    let root = extras.binary_root.as_deref().unwrap_or(Path::new("/"));
+    let binaries = add_binaries(&mut archive, root, &extras.binaries)?;
     let cpio = archive.to_bytes();
     let bytes = compress(&cpio, spec.compression)?;
     Ok(Built {
@@ -191,6 +236,7 @@ pub fn build(spec: &BuildSpec) -> Result<Built> {
         cpio_len: cpio.len(),
         resolution,
         module_bytes,
+        binaries,
     })
 }
 
@@ -296,6 +342,47 @@ mod tests {
             let b = build(&spec(&dir, c)).unwrap();
             assert_eq!(a.bytes, b.bytes, "{c}");
         }
+    }
+
+    #[test]
+    fn extra_binaries_come_with_their_closure_reproducibly() {
+        use crate::elf::tests::tiny_elf;
+        let t = tempfile::tempdir().unwrap();
+        let dir = fake_tree(t.path());
+        let host = t.path().join("host");
+        let w = |p: &str, b: Vec<u8>| {
+            let p = host.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b).unwrap();
+        };
+        w(
+            "sbin/mkfs",
+            tiny_elf(Some("/lib64/ld.so"), &["libx.so.1"], None),
+        );
+        w("lib64/ld.so", tiny_elf(None, &[], None));
+        w("lib/x86_64-linux-gnu/libx.so.1", tiny_elf(None, &[], None));
+        let extras = Extras {
+            binaries: vec!["/sbin/mkfs".into()],
+            binary_root: Some(host.clone()),
+        };
+        let s = spec(&dir, Compression::None);
+        let built = build_with(&s, &extras).unwrap();
+        let a = crate::cpio::parse(&built.bytes).unwrap();
+        for (p, perm) in [
+            ("sbin/mkfs", 0o755),
+            ("lib64/ld.so", 0o755),
+            ("lib/x86_64-linux-gnu/libx.so.1", 0o644),
+        ] {
+            assert_eq!(a.get(p).map(|e| e.perm), Some(perm), "{p}");
+        }
+        assert!(a.get("init").is_some());
+        assert_eq!(built.binaries.len(), 3);
+        assert_eq!(build_with(&s, &extras).unwrap().bytes, built.bytes);
+        // Without extras: exactly the old archive.
+        assert_eq!(
+            build(&s).unwrap().bytes,
+            build_archive(&s).unwrap().0.to_bytes()
+        );
     }
 
     #[test]

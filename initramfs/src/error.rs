@@ -148,6 +148,25 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// An executable for the initramfs is not an ELF file we can read.
+    #[error("{path}: cannot read its dynamic-linking needs: {reason}")]
+    ElfParse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `DT_NEEDED` library of an executable for the initramfs was not found.
+    #[error("{binary} needs {library}, found in none of {searched:?}")]
+    ElfLibraryNotFound {
+        /// The executable or library that needs it.
+        binary: PathBuf,
+        /// The library name.
+        library: String,
+        /// The directories searched.
+        searched: Vec<PathBuf>,
+    },
+
     // --- finding the disk ----------------------------------------------------------------
     /// Listing block devices in sysfs failed.
     #[error("listing block devices in {path}: {source}")]
@@ -291,6 +310,30 @@ pub enum Error {
         path: PathBuf,
         /// The error.
         source: io::Error,
+    },
+    /// Reading the start of the root partition (to tell blank from formatted) failed.
+    #[error("reading the start of the root partition {device}: {source}")]
+    ReadRootPartition {
+        /// The partition device.
+        device: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The root partition holds something that is neither ext2/3/4 nor blank: never formatted.
+    #[error("root partition {device} is neither ext4 nor blank ({found}): refusing to format it; zero its first MiB to have it formatted")]
+    RootUnrecognised {
+        /// The partition device.
+        device: PathBuf,
+        /// What was found.
+        found: String,
+    },
+    /// Creating the file system on a blank root partition failed.
+    #[error("creating ext4 on {device}: {reason}")]
+    Mkfs {
+        /// The partition device (or image file).
+        device: PathBuf,
+        /// What went wrong (spawn error, exit status and output, timeout).
+        reason: String,
     },
     /// The init to execute does not exist in the new root.
     #[error("init {path} is missing or not executable in the new root")]

@@ -4,9 +4,12 @@
 //! ([`cmdline`]), kernel modules ([`modules`]), finding the `/usr` slot by its
 //! hash-derived partition UUIDs ([`gpt`], [`blockdev`]), the superblock fit check and the
 //! verity table ([`slot`]), the signed usr-hash statement stored after the hash tree and its
-//! check ([`usrsig`]), issuing the device-mapper ioctls (`dm`), mounting, first-boot `/etc`
-//! ([`factory`]) and `switch_root`, in order in `boot`, with one stable failure reason per
-//! class ([`reason`]) — and the reproducible cpio/initramfs builder ([`cpio`], [`builder`]).
+//! check ([`usrsig`]), issuing the device-mapper ioctls (`dm`), first boot on a blank root
+//! partition (blank detection, `mke2fs`, the root skeleton and `/var`: [`rootfs`]), mounting,
+//! first-boot `/etc` ([`factory`]) and `switch_root`, in order in `boot`, with one stable
+//! failure reason per class ([`reason`]) — and the reproducible cpio/initramfs builder
+//! ([`cpio`], [`builder`]), which can add host executables with their shared-library
+//! closure ([`elf`]).
 //!
 //! Does not own: the verity on-disk format and the bytes of DM requests (`basalt-verity`),
 //! the partition layout written at image build time (`basalt-disk`), signature policy
@@ -19,6 +22,7 @@ pub mod blockdev;
 pub mod builder;
 pub mod cmdline;
 pub mod cpio;
+pub mod elf;
 mod error;
 pub mod gpt;
 pub mod modules;
@@ -30,6 +34,7 @@ pub mod boot;
 pub mod dm;
 pub mod factory;
 pub mod reason;
+pub mod rootfs;
 pub mod slot;
 #[cfg(target_os = "linux")]
 pub mod switch_root;

@@ -37,8 +37,16 @@ pub enum Reason {
     DmSetup,
     /// Mounting `/usr` (erofs on dm-verity) failed.
     MountUsr,
-    /// Mounting the root partition failed.
+    /// Mounting the root partition failed (including a present but corrupted ext4, which
+    /// is never reformatted).
     MountRoot,
+    /// The root partition is neither ext2/3/4 nor blank: refused, never formatted.
+    RootUnrecognised,
+    /// Creating ext4 on the blank root partition failed (no mke2fs, error, timeout).
+    MkfsRoot,
+    /// Creating the root's skeleton (merged-/usr links, top-level directories) or its
+    /// `/var` from `/usr/share/factory/var` failed.
+    PopulateRoot,
     /// Populating `/etc` from `/usr/share/factory/etc` failed.
     PopulateEtc,
     /// `switch_root` or exec of the real init failed.
@@ -49,7 +57,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 21] = [
         Reason::NotPid1,
         Reason::EarlyMounts,
         Reason::UsrhashMissing,
@@ -65,6 +73,9 @@ impl Reason {
         Reason::DmSetup,
         Reason::MountUsr,
         Reason::MountRoot,
+        Reason::RootUnrecognised,
+        Reason::MkfsRoot,
+        Reason::PopulateRoot,
         Reason::PopulateEtc,
         Reason::SwitchRoot,
         Reason::Panic,
@@ -88,6 +99,9 @@ impl Reason {
             Reason::DmSetup => "dm-setup",
             Reason::MountUsr => "mount-usr",
             Reason::MountRoot => "mount-root",
+            Reason::RootUnrecognised => "root-unrecognised",
+            Reason::MkfsRoot => "mkfs-root",
+            Reason::PopulateRoot => "populate-root",
             Reason::PopulateEtc => "populate-etc",
             Reason::SwitchRoot => "switch-root",
             Reason::Panic => "panic",
@@ -107,6 +121,8 @@ impl Reason {
             Error::VerityPartitionNotFound { .. } => Reason::VerityPartitionNotFound,
             Error::RootPartitionNotFound { .. } => Reason::RootPartitionNotFound,
             Error::PartitionDevice { .. } => Reason::PartitionDevice,
+            Error::RootUnrecognised { .. } => Reason::RootUnrecognised,
+            Error::Mkfs { .. } => Reason::MkfsRoot,
             _ => fallback,
         }
     }
