@@ -49,7 +49,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/1";
+pub const BUILDER_VERSION: &str = "basalt-image-build/2";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -90,6 +90,9 @@ pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nl
 /// The init the `minimal` profile boots after `basalt-init`'s switch_root.
 pub const MINIMAL_INIT_PATH: &str = "/usr/lib/basalt/init-minimal";
 const BUSYBOX: &str = "/bin/busybox";
+/// Packed into every initramfs (with its libraries, at the path `basalt-init` runs it from)
+/// so the root filesystem is created on first boot when the root partition is blank.
+const INITRD_MKE2FS: &str = basalt_initramfs::rootfs::MKE2FS;
 const MIB: u64 = 1 << 20;
 
 /// What to build.
@@ -166,6 +169,7 @@ struct Inputs {
     trust: TrustRoot,
     init_bytes: Vec<u8>,
     busybox_bytes: Vec<u8>,
+    mke2fs_bytes: Vec<u8>,
     kernel: KernelTree,
 }
 
@@ -191,6 +195,7 @@ fn cache_key(inputs: &Inputs) -> String {
     if inputs.config.profile == Profile::Minimal {
         field(&inputs.busybox_bytes);
     }
+    field(&inputs.mke2fs_bytes);
     hex::encode(ctx.finish().as_ref())
 }
 
@@ -248,6 +253,10 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
     } else {
         Vec::new()
     };
+    let mke2fs_bytes = fs::read(INITRD_MKE2FS).map_err(io(
+        "read mke2fs for the initramfs (apt-get install e2fsprogs)",
+        Path::new(INITRD_MKE2FS),
+    ))?;
     let kernel = KernelTree::fetch_or_cached(&req.kernel_cache).map_err(Box::new)?;
     Ok(Inputs {
         config,
@@ -257,6 +266,7 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
         trust,
         init_bytes,
         busybox_bytes,
+        mke2fs_bytes,
         kernel,
     })
 }
@@ -515,11 +525,16 @@ fn build_into(
         trust: Some(trust_copy.clone()),
         compression: basalt_initramfs::builder::Compression::Zstd,
     };
-    let built =
-        basalt_initramfs::builder::build(&spec).map_err(|source| BuildError::Initramfs {
+    let extras = basalt_initramfs::builder::Extras {
+        binaries: vec![PathBuf::from(INITRD_MKE2FS)],
+        binary_root: None,
+    };
+    let built = basalt_initramfs::builder::build_with(&spec, &extras).map_err(|source| {
+        BuildError::Initramfs {
             path: initrd.clone(),
             source: Box::new(source),
-        })?;
+        }
+    })?;
     fs::write(&initrd, &built.bytes).map_err(io("write", &initrd))?;
     fs::remove_file(&trust_copy).map_err(io("remove", &trust_copy))?;
     steps.mark("initramfs");
