@@ -63,11 +63,13 @@ impl UsrImage {
 /// `_installing` → copy data and verity partitions → partition UUIDs from the root hash and
 /// `{os}_{version}` labels), as the updater does on a node.
 pub fn install_usr(disk: &Path, slot: Slot, usr: &UsrImage) -> Result<()> {
-    let slot_err = |what| move |source| Error::Slot {
-        what,
-        slot,
-        disk: disk.to_path_buf(),
-        source,
+    let slot_err = |what| {
+        move |source| Error::Slot {
+            what,
+            slot,
+            disk: disk.to_path_buf(),
+            source,
+        }
     };
     let open = || {
         File::open(&usr.path).map_err(|source| Error::ReadFile {
@@ -141,7 +143,11 @@ pub fn esp_backend(disk: &Path) -> Result<BlsBackend<FatImageEsp>> {
 
 /// What the updater stages for `image` in a slot whose `/usr` has root hash `usr_hash`: the
 /// release's kernel and initrd, its command line plus `extra_options`.
-pub fn release_target(image: &MinimalImage, usr_hash: &RootHash, extra_options: &str) -> BootTarget {
+pub fn release_target(
+    image: &MinimalImage,
+    usr_hash: &RootHash,
+    extra_options: &str,
+) -> BootTarget {
     let facts = &image.report.facts;
     let options = [facts.cmdline.as_str(), extra_options]
         .iter()
@@ -247,7 +253,10 @@ mod tests {
         let console = "firmware\nLinux version 6.1 a\nboot 1\nLinux version 6.1 b\nboot 2";
         assert_eq!(
             kernel_boots(console),
-            ["Linux version 6.1 a\nboot 1\n", "Linux version 6.1 b\nboot 2"]
+            [
+                "Linux version 6.1 a\nboot 1\n",
+                "Linux version 6.1 b\nboot 2"
+            ]
         );
         assert!(kernel_boots("firmware only").is_empty());
     }

@@ -24,8 +24,8 @@ use basalt_disk::{BootControl, BootStatus, Slot, SlotPart};
 use basalt_image::build::rootfs::payload;
 use basalt_tests::artifacts::minimal_image;
 use basalt_tests::scenario::{
-    entry_files, entry_files_mtools, esp_backend, install_usr, kernel_boots,
-    release_target, slot_range, stage, UsrImage,
+    entry_files, entry_files_mtools, esp_backend, install_usr, kernel_boots, release_target,
+    slot_range, stage, UsrImage,
 };
 use basalt_tests::vm::{scenario_dir, VmConfig};
 
@@ -112,7 +112,10 @@ fn corrupted_usr_runs_out_of_tries_and_the_other_slot_boots() -> Result<()> {
     let [v1_entry] = before.as_slice() else {
         bail!("the v1 disk should hold exactly one (blessed) entry, found {before:?}");
     };
-    ensure!(!v1_entry.contains('+'), "v1's entry is not blessed: {v1_entry}");
+    ensure!(
+        !v1_entry.contains('+'),
+        "v1's entry is not blessed: {v1_entry}"
+    );
     let usr = UsrImage::of_release(&v2)?;
     install_usr(&disk, Slot::B, &usr)?;
     let target = release_target(&v2, &usr.root_hash, "basalt.test=read-payload");
@@ -127,7 +130,10 @@ fn corrupted_usr_runs_out_of_tries_and_the_other_slot_boots() -> Result<()> {
         v2_entry.ends_with(&format!("+{TRIES}.conf")) && staged.len() == 2,
         "staged entries: {staged:?}"
     );
-    ensure!(entry_files_mtools(&disk)? == staged, "mtools disagrees on {staged:?}");
+    ensure!(
+        entry_files_mtools(&disk)? == staged,
+        "mtools disagrees on {staged:?}"
+    );
     ensure!(
         esp_backend(&disk)?.status()?.next == Some(Slot::B),
         "the staged v2 entry would not boot first"
@@ -158,7 +164,10 @@ fn corrupted_usr_runs_out_of_tries_and_the_other_slot_boots() -> Result<()> {
             vm.excerpt()
         );
         let at = vm.expect(VERITY_RESTART, STEP)?;
-        println!("v2 attempt {attempt}: dm-verity restart at {:.1} s", at.as_secs_f64());
+        println!(
+            "v2 attempt {attempt}: dm-verity restart at {:.1} s",
+            at.as_secs_f64()
+        );
     }
     let up = vm.expect_any(&[V2_UP, V1_UP], BOOT)?;
     ensure!(up == 1, "a fourth v2 boot instead of v1\n{}", vm.excerpt());
@@ -209,7 +218,10 @@ fn corrupted_usr_runs_out_of_tries_and_the_other_slot_boots() -> Result<()> {
     let after = entry_files(&disk)?;
     let mut want = vec![v1_entry.clone(), v2_spent.clone()];
     want.sort();
-    ensure!(after == want, "entries after the run: {after:?}, expected {want:?}");
+    ensure!(
+        after == want,
+        "entries after the run: {after:?}, expected {want:?}"
+    );
     ensure!(
         entry_files_mtools(&disk)? == want,
         "mtools disagrees with basalt-disk on {want:?}"

@@ -106,7 +106,10 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
 
     let signed = UsrImage::of_release(&v2)?;
     let unsigned = unsigned_copy(&signed, &dir.join("usr-unsigned.img"))?;
-    ensure!(unsigned.root_hash != signed.root_hash, "re-salting kept the root hash");
+    ensure!(
+        unsigned.root_hash != signed.root_hash,
+        "re-salting kept the root hash"
+    );
     // Partition UUIDs from the new hash: basalt-init finds the slot by the edited usrhash=.
     install_usr(&disk, Slot::B, &unsigned)?;
 
@@ -114,7 +117,12 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
     let [v1_entry] = before.as_slice() else {
         bail!("the v1 disk should hold exactly one (blessed) entry, found {before:?}");
     };
-    stage(&disk, Slot::B, &release_target(&v2, &signed.root_hash, ""), TRIES)?;
+    stage(
+        &disk,
+        Slot::B,
+        &release_target(&v2, &signed.root_hash, ""),
+        TRIES,
+    )?;
     let staged = entry_files(&disk)?;
     let v2_entry = staged
         .iter()
@@ -149,10 +157,17 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
         );
         // basalt-init reboots by itself: the next thing the kernel says is the restart.
         let at = vm.expect(RESTART_MARKER, STEP)?;
-        println!("attempt {attempt}: refused, restarted at {:.1} s", at.as_secs_f64());
+        println!(
+            "attempt {attempt}: refused, restarted at {:.1} s",
+            at.as_secs_f64()
+        );
     }
     let seen = vm.expect_any(&[V1_UP, FAILED, USERSPACE_UP], BOOT)?;
-    ensure!(seen == 0, "expected v1 after {TRIES} refusals\n{}", vm.excerpt());
+    ensure!(
+        seen == 0,
+        "expected v1 after {TRIES} refusals\n{}",
+        vm.excerpt()
+    );
     let v1_at = vm.elapsed();
     vm.expect("BASALT-MINIMAL: done", STEP)?;
     vm.expect_poweroff(STEP)?;
@@ -201,7 +216,10 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
     let after = entry_files(&disk)?;
     let mut want = vec![v1_entry.clone(), v2_spent.clone()];
     want.sort();
-    ensure!(after == want, "entries after the run: {after:?}, expected {want:?}");
+    ensure!(
+        after == want,
+        "entries after the run: {after:?}, expected {want:?}"
+    );
     ensure!(
         entry_files_mtools(&disk)? == want,
         "mtools disagrees with basalt-disk on {want:?}"
