@@ -65,11 +65,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 f.version,
                 f.profile,
                 req.out.display(),
-                if report.from_cache {
-                    " (from cache)"
-                } else {
-                    ""
-                }
+                if report.from_cache { " (from cache)" } else { "" }
             );
             println!("root hash {}", f.root_hash);
             println!(

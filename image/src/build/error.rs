@@ -111,10 +111,7 @@ pub enum BuildError {
 }
 
 /// Shorthand for an [`BuildError::Io`] mapper.
-pub(crate) fn io(
-    op: &'static str,
-    path: &std::path::Path,
-) -> impl FnOnce(std::io::Error) -> BuildError {
+pub(crate) fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.to_owned();
     move |source| BuildError::Io { op, path, source }
 }

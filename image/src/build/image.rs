@@ -287,12 +287,13 @@ pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
         copy_sparse(&entry.join(name), &req.out.join(name))?;
     }
     let facts_path = entry.join(BUILD_JSON);
-    let facts: BuildFacts =
-        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
+    let facts: BuildFacts = serde_json::from_slice(&read(&facts_path)?).map_err(|e| {
+        BuildError::Io {
             op: "parse",
             path: facts_path.clone(),
             source: e.into(),
-        })?;
+        }
+    })?;
     Ok(BuildReport {
         facts,
         from_cache,
@@ -407,9 +408,8 @@ fn build_into(
             rootfs::stage_minimal(&staging, &config.os, Path::new(BUSYBOX)).map_err(stage_err)?
         }
         Profile::ContainerHost => {
-            let sources =
-                rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
-                    .map_err(stage_err)?;
+            let sources = rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
+                .map_err(stage_err)?;
             rootfs::stage_container_host(&staging, &config.os, &config.packages, &sources)
                 .map_err(stage_err)?;
             // systemd's modprobe needs the modules too (not only the initramfs).
@@ -447,13 +447,12 @@ fn build_into(
         threads: 0,
     };
     let data_blocks = erofs_len / basalt_verity::BLOCK_SIZE;
-    let info =
-        basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(|source| {
-            BuildError::Verity {
-                path: usr.clone(),
-                source,
-            }
-        })?;
+    let info = basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(
+        |source| BuildError::Verity {
+            path: usr.clone(),
+            source,
+        },
+    )?;
     let root_hash = Digest(info.root_hash);
     steps.mark("verity");
 
@@ -581,7 +580,15 @@ fn build_into(
     let disk = work.join(DISK_IMG);
     let cmdline = kernel_cmdline(config);
     write_disk(
-        &disk, config, &usr, erofs_len, usr_len, &root_hash, &vmlinuz, &initrd, &cmdline,
+        &disk,
+        config,
+        &usr,
+        erofs_len,
+        usr_len,
+        &root_hash,
+        &vmlinuz,
+        &initrd,
+        &cmdline,
     )?;
     steps.mark("disk");
 
@@ -600,12 +607,7 @@ fn build_into(
         usr_img_bytes: usr_len,
         vmlinuz_bytes: file_len(&vmlinuz)?,
         initrd_bytes: file_len(&initrd)?,
-        initrd_modules: built
-            .resolution
-            .modules
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
+        initrd_modules: built.resolution.modules.iter().map(|m| m.name.clone()).collect(),
         disk_bytes: file_len(&disk)?,
         cmdline,
         durations_ms: steps.done,
@@ -681,9 +683,7 @@ fn write_disk(
         Path::new(SYSTEMD_BOOT_EFI),
         &[(Slot::A, target)],
     )
-    .map_err(disk_err(
-        "install systemd-boot and the slot-A entry on the ESP",
-    ))?;
+    .map_err(disk_err("install systemd-boot and the slot-A entry on the ESP"))?;
 
     // Root: ext4 with the merged-/usr skeleton (basalt-init never formats).
     let skeleton = disk.with_file_name("root-skeleton");
@@ -792,7 +792,9 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
         while off_in < hole {
             let want = (hole - off_in) as usize;
             // SAFETY: both descriptors are open; the offsets are valid i64s we own.
-            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
+            let n = unsafe {
+                libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0)
+            };
             if n < 0 {
                 return Err(io("copy data to", &tmp)(std::io::Error::last_os_error()));
             }
