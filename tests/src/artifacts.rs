@@ -68,16 +68,16 @@ pub fn basalt_init() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Build the `basalt` CLI (debug) in the workspace's normal target folder and return its path.
-/// Called while tests run, when cargo no longer holds that folder's lock.
+/// Build the `basalt` CLI (debug) into `<workspace>/build/target-cli` and return its path.
+/// Its own target folder: building one binary of `basalt-image` in the test build's folder
+/// unifies dependency features differently and would make the next `cargo test` rebuild
+/// half the workspace.
 pub fn basalt_cli() -> Result<PathBuf> {
     let mut done = CLI.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = done.as_ref() {
         return Ok(path.clone());
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let target_dir = crate::workspace_root().join("build").join("target-cli");
     let mut cmd = CARGO.command()?;
     cmd.current_dir(crate::workspace_root())
         .env("CARGO_TARGET_DIR", &target_dir)

@@ -152,12 +152,20 @@ fn check_image(version: &str) -> Result<()> {
     let esp = format!("{}@@{esp_offset}", disk.display());
     let boot = run(&MDIR, &[os("-b"), os("-i"), os(&esp), os("::/EFI/BOOT")])?;
     ensure!(boot.to_uppercase().contains("BOOTX64.EFI"), "{boot}");
-    let entries = run(&MDIR, &[os("-b"), os("-i"), os(&esp), os("::/loader/entries")])?;
+    let entries = run(
+        &MDIR,
+        &[os("-b"), os("-i"), os(&esp), os("::/loader/entries")],
+    )?;
     let entry_name = format!("basalt-{version}.conf");
     ensure!(entries.contains(&entry_name), "{entries}");
     let kernels = run(
         &MDIR,
-        &[os("-b"), os("-i"), os(&esp), os(&format!("::/basalt/{version}"))],
+        &[
+            os("-b"),
+            os("-i"),
+            os(&esp),
+            os(&format!("::/basalt/{version}")),
+        ],
     )?;
     ensure!(
         kernels.contains("vmlinuz") && kernels.contains("initrd"),
@@ -223,6 +231,32 @@ fn builds_are_cached_and_reproducible() -> Result<()> {
     ensure!(report.from_cache, "{report:?}");
     ensure!(report.facts == first.report.facts);
 
+    // The same through the CLI (thin glue over the same library call).
+    let cli_out = tmp.path().join("cli");
+    let out = basalt(&[
+        os("image"),
+        os("build"),
+        os("--config"),
+        again.config.as_os_str(),
+        os("--key"),
+        again.keys[0].as_os_str(),
+        os("--trust"),
+        again.trust.as_os_str(),
+        os("--init"),
+        again.init.as_os_str(),
+        os("--cache"),
+        again.cache.as_os_str(),
+        os("--out"),
+        cli_out.as_os_str(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("(from cache)"),
+        "basalt image build: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(std::fs::read(cli_out.join("usr.img"))? == std::fs::read(first.file("usr.img"))?);
+
     let mut fresh = minimal_request(&version, &tmp.path().join("fresh"))?;
     fresh.cache = tmp.path().join("cache");
     let started = Instant::now();
@@ -247,7 +281,10 @@ fn builds_are_cached_and_reproducible() -> Result<()> {
 }
 
 fn bad_request(tmp: &Path) -> Result<basalt_image::build::BuildRequest> {
-    Ok(minimal_request(&semver::Version::new(1, 0, 0), &tmp.join("out"))?)
+    Ok(minimal_request(
+        &semver::Version::new(1, 0, 0),
+        &tmp.join("out"),
+    )?)
 }
 
 fn expect_err(req: &basalt_image::build::BuildRequest) -> Result<BuildError> {
@@ -313,6 +350,46 @@ fn a_missing_or_dynamic_init_is_named() -> Result<()> {
     // A dynamically linked program cannot be PID 1 of the initramfs.
     req.init = PathBuf::from("/usr/bin/env");
     let err = expect_err(&req)?;
-    ensure!(matches!(err, BuildError::InitNotStatic { .. }), "{}", chain(&err));
+    ensure!(
+        matches!(err, BuildError::InitNotStatic { .. }),
+        "{}",
+        chain(&err)
+    );
+    Ok(())
+}
+
+/// `install_release` puts the 2.0.0 release into slot B of a 1.0.0 disk, staged with three
+/// tries: the inventory and the ESP (read by mtools) show it, slot A is untouched.
+#[test]
+fn a_second_release_installs_into_slot_b() -> Result<()> {
+    let (one, two) = (minimal_image("1.0.0")?, minimal_image("2.0.0")?);
+    let tmp = tempfile::tempdir()?;
+    let disk = tmp.path().join("disk.img");
+    one.copy_disk(&disk)?;
+    basalt_image::build::install_release(&disk, basalt_disk::Slot::B, &two.dir, 3)?;
+    let inv = inspect(&disk)?;
+    let slots = inv["slots"].as_array().context("slots")?;
+    ensure!(
+        slots[0]["version"] == "1.0.0"
+            && slots[0]["root_hash"] == one.report.facts.root_hash.as_str(),
+        "{inv}"
+    );
+    ensure!(
+        slots[1]["version"] == "2.0.0"
+            && slots[1]["root_hash"] == two.report.facts.root_hash.as_str(),
+        "{inv}"
+    );
+    let esp_offset = partition(&inv, "esp")?["offset"].as_u64().context("esp")?;
+    let esp = format!("{}@@{esp_offset}", disk.display());
+    let entries = run(
+        &MDIR,
+        &[os("-b"), os("-i"), os(&esp), os("::/loader/entries")],
+    )?;
+    ensure!(
+        entries.contains("basalt-1.0.0.conf") && entries.contains("basalt-2.0.0+3.conf"),
+        "{entries}"
+    );
+    let verify = run(&SGDISK, &[os("-v"), disk.as_os_str()])?;
+    ensure!(verify.contains("No problems found"), "{verify}");
     Ok(())
 }

@@ -231,7 +231,10 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
         path: req.init.clone(),
         source,
     })?;
-    let elf = Elf64::open(&req.init)?;
+    let elf = Elf64::open(&req.init).map_err(|e| BuildError::InitNotElf {
+        path: req.init.clone(),
+        source: Box::new(e),
+    })?;
     if elf.has_interpreter() {
         return Err(BuildError::InitNotStatic {
             path: req.init.clone(),
@@ -242,7 +245,7 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
     } else {
         Vec::new()
     };
-    let kernel = KernelTree::fetch_or_cached(&req.kernel_cache)?;
+    let kernel = KernelTree::fetch_or_cached(&req.kernel_cache).map_err(Box::new)?;
     Ok(Inputs {
         config,
         config_bytes,
@@ -287,13 +290,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
         copy_sparse(&entry.join(name), &req.out.join(name))?;
     }
     let facts_path = entry.join(BUILD_JSON);
-    let facts: BuildFacts = serde_json::from_slice(&read(&facts_path)?).map_err(|e| {
-        BuildError::Io {
+    let facts: BuildFacts =
+        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
             op: "parse",
             path: facts_path.clone(),
             source: e.into(),
-        }
-    })?;
+        })?;
     Ok(BuildReport {
         facts,
         from_cache,
@@ -408,8 +410,9 @@ fn build_into(
             rootfs::stage_minimal(&staging, &config.os, Path::new(BUSYBOX)).map_err(stage_err)?
         }
         Profile::ContainerHost => {
-            let sources = rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
-                .map_err(stage_err)?;
+            let sources =
+                rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
+                    .map_err(stage_err)?;
             rootfs::stage_container_host(&staging, &config.os, &config.packages, &sources)
                 .map_err(stage_err)?;
             // systemd's modprobe needs the modules too (not only the initramfs).
@@ -447,12 +450,13 @@ fn build_into(
         threads: 0,
     };
     let data_blocks = erofs_len / basalt_verity::BLOCK_SIZE;
-    let info = basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(
-        |source| BuildError::Verity {
-            path: usr.clone(),
-            source,
-        },
-    )?;
+    let info =
+        basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(|source| {
+            BuildError::Verity {
+                path: usr.clone(),
+                source: Box::new(source),
+            }
+        })?;
     let root_hash = Digest(info.root_hash);
     steps.mark("verity");
 
@@ -465,12 +469,12 @@ fn build_into(
     };
     let envelope = sign_usr_hash(&statement, &key_refs).map_err(|source| BuildError::Sign {
         what: "usr-hash statement",
-        source,
+        source: Box::new(source),
     })?;
     let block = basalt_initramfs::usrsig::encode_block(&envelope).map_err(|source| {
         BuildError::Initramfs {
             path: usr.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     // = hash_offset + superblock block + tree (usrsig::statement_offset, shifted).
@@ -511,7 +515,7 @@ fn build_into(
     let built =
         basalt_initramfs::builder::build(&spec).map_err(|source| BuildError::Initramfs {
             path: initrd.clone(),
-            source,
+            source: Box::new(source),
         })?;
     fs::write(&initrd, &built.bytes).map_err(io("write", &initrd))?;
     fs::remove_file(&trust_copy).map_err(io("remove", &trust_copy))?;
@@ -559,17 +563,17 @@ fn build_into(
     let release_json = work.join(RELEASE_JSON);
     let json = manifest.to_json().map_err(|source| BuildError::Sign {
         what: "release manifest (serialise)",
-        source,
+        source: Box::new(source),
     })?;
     fs::write(&release_json, json).map_err(io("write", &release_json))?;
     let signed = sign_release(&manifest, &key_refs).map_err(|source| BuildError::Sign {
         what: "release manifest",
-        source,
+        source: Box::new(source),
     })?;
     verify_release(&signed, &inputs.trust, &Policy::new(req.issued_at)).map_err(|source| {
         BuildError::KeysDoNotSatisfyTrust {
             trust: req.trust.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let release_signed = work.join(RELEASE_SIGNED);
@@ -580,15 +584,7 @@ fn build_into(
     let disk = work.join(DISK_IMG);
     let cmdline = kernel_cmdline(config);
     write_disk(
-        &disk,
-        config,
-        &usr,
-        erofs_len,
-        usr_len,
-        &root_hash,
-        &vmlinuz,
-        &initrd,
-        &cmdline,
+        &disk, config, &usr, erofs_len, usr_len, &root_hash, &vmlinuz, &initrd, &cmdline,
     )?;
     steps.mark("disk");
 
@@ -607,7 +603,12 @@ fn build_into(
         usr_img_bytes: usr_len,
         vmlinuz_bytes: file_len(&vmlinuz)?,
         initrd_bytes: file_len(&initrd)?,
-        initrd_modules: built.resolution.modules.iter().map(|m| m.name.clone()).collect(),
+        initrd_modules: built
+            .resolution
+            .modules
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
         disk_bytes: file_len(&disk)?,
         cmdline,
         durations_ms: steps.done,
@@ -636,39 +637,29 @@ fn write_disk(
 ) -> Result<(), BuildError> {
     let disk_err = |step: &'static str| {
         let path = disk.to_owned();
-        move |source| BuildError::Disk { step, path, source }
+        move |source| BuildError::Disk {
+            step,
+            path,
+            source: Box::new(source),
+        }
     };
     basalt_disk::create_image(disk, &layout_for(config.profile))
         .map_err(disk_err("create the GPT layout"))?;
 
-    // Slot A: data = the erofs bytes, verity = superblock + tree + statement.
     let version = config.os.version.to_string();
-    let open = || File::open(usr).map_err(io("open", usr));
-    let mut data = RangeReader::new(open()?, 0, hash_offset);
-    let mut verity = RangeReader::new(open()?, hash_offset, usr_len - hash_offset);
-    let mut dev = basalt_disk::slots::open_rw(disk).map_err(disk_err("open"))?;
-    write_slot(
-        &mut dev,
+    write_usr_slot(
         disk,
         Slot::A,
-        None,
-        SlotImage {
-            data: &mut data,
-            data_path: usr,
-            data_len: hash_offset,
-            verity: &mut verity,
-            verity_path: usr,
-            verity_len: usr_len - hash_offset,
-            root_hash: RootHash(root_hash.0),
-            os: &config.os.name,
-            version: &version,
-        },
-    )
-    .map_err(disk_err("write slot A"))?;
-    drop(dev);
+        usr,
+        hash_offset,
+        usr_len,
+        root_hash,
+        &config.os.name,
+        &version,
+    )?;
 
-    // ESP: systemd-boot, loader.conf, the blessed slot-A entry with its kernel and initrd.
     let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout"))?;
+    // ESP: systemd-boot, loader.conf, the blessed slot-A entry with its kernel and initrd.
     let target = BootTarget {
         version: version.clone(),
         usr_hash: root_hash.to_hex(),
@@ -683,7 +674,9 @@ fn write_disk(
         Path::new(SYSTEMD_BOOT_EFI),
         &[(Slot::A, target)],
     )
-    .map_err(disk_err("install systemd-boot and the slot-A entry on the ESP"))?;
+    .map_err(disk_err(
+        "install systemd-boot and the slot-A entry on the ESP",
+    ))?;
 
     // Root: ext4 with the merged-/usr skeleton (basalt-init never formats).
     let skeleton = disk.with_file_name("root-skeleton");
@@ -691,7 +684,7 @@ fn write_disk(
     let blocks = inv.root.size / 4096;
     let mut cmd = MKE2FS.command().map_err(|source| BuildError::Mkfs {
         path: disk.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-E"])
         .arg(format!("offset={}", inv.root.offset))
@@ -701,10 +694,115 @@ fn write_disk(
         .arg(blocks.to_string());
     MKE2FS.run(&mut cmd).map_err(|source| BuildError::Mkfs {
         path: disk.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     fs::remove_dir_all(&skeleton).map_err(io("remove", &skeleton))?;
     Ok(())
+}
+
+/// Write a `usr.img` (erofs ‖ hash area ‖ statement) into `slot` of the disk image `disk`:
+/// `[0, hash_offset)` to the data partition, the rest to the verity partition, then the
+/// partitions are named after the root hash and `{os}_{version}` (`basalt_disk::slots::
+/// write_slot`, crash-safe order).
+#[allow(clippy::too_many_arguments)]
+pub fn write_usr_slot(
+    disk: &Path,
+    slot: Slot,
+    usr: &Path,
+    hash_offset: u64,
+    usr_len: u64,
+    root_hash: &Digest,
+    os: &str,
+    version: &str,
+) -> Result<(), BuildError> {
+    let disk_err = |step: &'static str| {
+        let path = disk.to_owned();
+        move |source| BuildError::Disk {
+            step,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let open = || File::open(usr).map_err(io("open", usr));
+    let mut data = RangeReader::new(open()?, 0, hash_offset);
+    let mut verity = RangeReader::new(open()?, hash_offset, usr_len - hash_offset);
+    let mut dev = basalt_disk::slots::open_rw(disk).map_err(disk_err("open"))?;
+    write_slot(
+        &mut dev,
+        disk,
+        slot,
+        None,
+        SlotImage {
+            data: &mut data,
+            data_path: usr,
+            data_len: hash_offset,
+            verity: &mut verity,
+            verity_path: usr,
+            verity_len: usr_len - hash_offset,
+            root_hash: RootHash(root_hash.0),
+            os,
+            version,
+        },
+    )
+    .map_err(disk_err("write the usr slot"))
+}
+
+/// Install the release directory `release` (a [`build`] output) into `slot` of the Basalt
+/// disk image `disk`, offline, the way an update would: write `usr.img` into the slot, then
+/// stage a systemd-boot entry for it with `tries` boot-counting tries (its kernel and initrd
+/// copied to the ESP). The entry's command line is the one the release was built with.
+/// For tests and factory images with two slots; a running node uses the updater.
+pub fn install_release(
+    disk: &Path,
+    slot: Slot,
+    release: &Path,
+    tries: u32,
+) -> Result<(), BuildError> {
+    use basalt_disk::BootControl;
+    let facts_path = release.join(BUILD_JSON);
+    let facts: BuildFacts =
+        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
+            op: "parse",
+            path: facts_path.clone(),
+            source: e.into(),
+        })?;
+    let usr = release.join(USR_IMG);
+    let root_hash = Digest::from_hex(&facts.root_hash).ok_or_else(|| BuildError::Io {
+        op: "read the root hash of",
+        path: facts_path.clone(),
+        source: std::io::Error::other(format!("not a SHA-256 hex digest: {}", facts.root_hash)),
+    })?;
+    write_usr_slot(
+        disk,
+        slot,
+        &usr,
+        facts.hash_offset,
+        file_len(&usr)?,
+        &root_hash,
+        &facts.os,
+        &facts.version,
+    )?;
+    let disk_err = |step: &'static str| {
+        let path = disk.to_owned();
+        move |source| BuildError::Disk {
+            step,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout"))?;
+    let esp = basalt_disk::FatImageEsp::open(disk, inv.esp.offset, inv.esp.size)
+        .map_err(disk_err("open the ESP"))?;
+    let mut bls = basalt_disk::BlsBackend::new(esp);
+    let target = BootTarget {
+        version: facts.version.clone(),
+        usr_hash: facts.root_hash.clone(),
+        kernel: Some(release.join(VMLINUZ)),
+        initrd: Some(release.join(INITRD_IMG)),
+        options: facts.cmdline.clone(),
+    };
+    bls.stage(slot, &target, tries)
+        .map_err(disk_err("stage the boot entry"))
 }
 
 /// The root partition's first content: merged-/usr symlinks and the empty top-level folders.
@@ -792,9 +890,7 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
         while off_in < hole {
             let want = (hole - off_in) as usize;
             // SAFETY: both descriptors are open; the offsets are valid i64s we own.
-            let n = unsafe {
-                libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0)
-            };
+            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
             if n < 0 {
                 return Err(io("copy data to", &tmp)(std::io::Error::last_os_error()));
             }

@@ -7,4 +7,4 @@ pub mod image;
 pub mod rootfs;
 
 pub use error::BuildError;
-pub use image::{build, BuildFacts, BuildReport, BuildRequest};
+pub use image::{build, install_release, BuildFacts, BuildReport, BuildRequest};

@@ -71,7 +71,7 @@ impl KernelTree {
     /// The current Debian kernel (as named by apt's package lists) from `cache_dir`, fetched
     /// and prepared there first if absent. Safe to call from many threads and processes.
     pub fn fetch_or_cached(cache_dir: &Path) -> Result<Self> {
-        let package = current_package()?;
+        let package = current_package_cached(cache_dir)?;
         let final_dir = cache_dir.join(&package);
         if let Ok(tree) = Self::open(&package, &final_dir) {
             return Ok(tree);
@@ -168,6 +168,42 @@ pub fn current_package() -> Result<String> {
         meta: META_PACKAGE,
         output: text.trim().to_string(),
     })
+}
+
+/// Where apt keeps its package lists: their folder's mtime changes on every `apt-get update`
+/// that changes a list (apt renames the new files into place).
+const APT_LISTS: &str = "/var/lib/apt/lists";
+/// File in the cache folder remembering apt's answer: `<lists mtime ns>\n<package>\n`.
+const CURRENT_FILE: &str = ".current-package";
+
+/// [`current_package`], remembered in `cache_dir` until apt's package lists change: asking
+/// `apt-cache` costs ≈1 s, which would dominate a cached image build.
+pub fn current_package_cached(cache_dir: &Path) -> Result<String> {
+    let stamp = fs::metadata(APT_LISTS)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string());
+    let record = cache_dir.join(CURRENT_FILE);
+    if let (Some(stamp), Ok(text)) = (&stamp, fs::read_to_string(&record)) {
+        let mut lines = text.lines();
+        if lines.next() == Some(stamp.as_str()) {
+            if let Some(pkg) = lines.next().filter(|p| p.starts_with("linux-image-")) {
+                return Ok(pkg.to_string());
+            }
+        }
+    }
+    let package = current_package()?;
+    if let Some(stamp) = stamp {
+        // Best effort: a failed write only costs the next caller another apt-cache run.
+        if fs::create_dir_all(cache_dir).is_ok() {
+            let tmp = cache_dir.join(format!("{CURRENT_FILE}.{}", std::process::id()));
+            if fs::write(&tmp, format!("{stamp}\n{package}\n")).is_ok() {
+                let _ = fs::rename(&tmp, &record);
+            }
+        }
+    }
+    Ok(package)
 }
 
 /// Picks `linux-image-…` from `apt-cache depends` output (`  Depends: linux-image-6.1.0-57-amd64`).
