@@ -1,5 +1,5 @@
 //! Steps the boot-chain scenarios (`tests/tests/boot_*.rs`) share: install a release's `/usr`
-//! into a slot of a disk image exactly as the updater does (basalt-disk's [`write_slot`]),
+//! into a slot of a disk image exactly as the updater does (basalt-disk's `write_slot`),
 //! stage its counted systemd-boot entry ([`BlsBackend`]'s `stage` on the image's FAT ESP),
 //! read the entries back — through basalt-disk and through mtools (`mdir`), the peer — and
 //! count markers on a guest console.
@@ -8,14 +8,14 @@
 //! /work/shared/notes/environment.md), so slots and the ESP are byte ranges found through the
 //! GPT ([`Inventory`]).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use basalt_disk::slots::{open_rw, write_slot, SlotImage};
 use basalt_disk::{
-    BlsBackend, BootControl, BootTarget, FatImageEsp, Inventory, PartitionRange, RangeReader,
-    RootHash, Slot, SlotPart,
+    BlsBackend, BootControl, BootTarget, FatImageEsp, Inventory, PartitionRange, RootHash, Slot,
+    SlotPart,
 };
+use basalt_image::build::image::write_usr_slot;
+use basalt_manifest::Digest;
 
 use crate::artifacts::MinimalImage;
 use crate::error::{Error, Result};
@@ -59,24 +59,10 @@ impl UsrImage {
     }
 }
 
-/// Write `usr` into `slot` of the disk image `disk` with basalt-disk's [`write_slot`] (labels
-/// `_installing` → copy data and verity partitions → partition UUIDs from the root hash and
-/// `{os}_{version}` labels), as the updater does on a node.
+/// Write `usr` into `slot` of the disk image `disk` as the updater does on a node: the image
+/// builder's `write_usr_slot`, i.e. basalt-disk's `write_slot` (labels `_installing` → copy
+/// data and verity partitions → partition UUIDs from the root hash, `{os}_{version}` labels).
 pub fn install_usr(disk: &Path, slot: Slot, usr: &UsrImage) -> Result<()> {
-    let slot_err = |what| {
-        move |source| Error::Slot {
-            what,
-            slot,
-            disk: disk.to_path_buf(),
-            source,
-        }
-    };
-    let open = || {
-        File::open(&usr.path).map_err(|source| Error::ReadFile {
-            path: usr.path.clone(),
-            source,
-        })
-    };
     if usr.hash_offset == 0 || usr.hash_offset >= usr.len {
         return Err(Error::ScenarioInput {
             path: usr.path.clone(),
@@ -86,27 +72,17 @@ pub fn install_usr(disk: &Path, slot: Slot, usr: &UsrImage) -> Result<()> {
             ),
         });
     }
-    let mut data = RangeReader::new(open()?, 0, usr.hash_offset);
-    let mut verity = RangeReader::new(open()?, usr.hash_offset, usr.len - usr.hash_offset);
-    let mut dev = open_rw(disk).map_err(slot_err("open the disk image"))?;
-    write_slot(
-        &mut dev,
+    write_usr_slot(
         disk,
         slot,
-        None,
-        SlotImage {
-            data: &mut data,
-            data_path: &usr.path,
-            data_len: usr.hash_offset,
-            verity: &mut verity,
-            verity_path: &usr.path,
-            verity_len: usr.len - usr.hash_offset,
-            root_hash: usr.root_hash,
-            os: &usr.os,
-            version: &usr.version,
-        },
-    )
-    .map_err(slot_err("write the /usr image"))
+        &usr.path,
+        usr.hash_offset,
+        usr.len,
+        &Digest(usr.root_hash.0),
+        &usr.os,
+        &usr.version,
+    )?;
+    Ok(())
 }
 
 /// Where `part` of `slot` lives in the disk image (offset and length from the GPT).
