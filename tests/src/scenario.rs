@@ -212,6 +212,12 @@ pub fn kernel_boots(console: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The last 60 lines of `text`, for failure messages about one boot.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
 /// How many times `marker` occurs in `console` (non-overlapping).
 pub fn count_markers(console: &str, marker: &str) -> usize {
     if marker.is_empty() {

@@ -25,7 +25,7 @@ use basalt_image::build::rootfs::payload;
 use basalt_tests::artifacts::minimal_image;
 use basalt_tests::scenario::{
     entry_files, entry_files_mtools, esp_backend, install_usr, kernel_boots, release_target,
-    slot_range, stage, UsrImage,
+    slot_range, stage, tail, UsrImage,
 };
 use basalt_tests::vm::{scenario_dir, VmConfig};
 
@@ -207,9 +207,10 @@ fn corrupted_usr_runs_out_of_tries_and_the_other_slot_boots() -> Result<()> {
         ] {
             ensure!(
                 boot.contains(marker) == present,
-                "boot {}: {marker:?} {}expected\n{boot}",
+                "boot {}: {marker:?} {}expected; that boot's end:\n{}",
                 n + 1,
-                if present { "" } else { "not " }
+                if present { "" } else { "not " },
+                tail(boot)
             );
         }
     }
