@@ -241,7 +241,10 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
         });
     }
     let busybox_bytes = if config.profile == Profile::Minimal {
-        read(Path::new(BUSYBOX))?
+        fs::read(BUSYBOX).map_err(io(
+            "read the minimal profile's busybox (apt-get install busybox-static)",
+            Path::new(BUSYBOX),
+        ))?
     } else {
         Vec::new()
     };
