@@ -96,6 +96,45 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Reading or writing a slot of a disk image (GPT, slot contents) failed.
+    #[error("{what} (slot {slot} of {disk})")]
+    Slot {
+        /// The operation.
+        what: &'static str,
+        /// The slot.
+        slot: basalt_disk::Slot,
+        /// The disk image.
+        disk: PathBuf,
+        /// What basalt-disk said.
+        source: basalt_disk::Error,
+    },
+    /// Reading or changing the boot entries on a disk image's ESP failed.
+    #[error("{what} (ESP of {disk})")]
+    BootEntries {
+        /// The operation.
+        what: &'static str,
+        /// The disk image.
+        disk: PathBuf,
+        /// What basalt-disk said.
+        source: basalt_disk::Error,
+    },
+    /// Formatting a dm-verity hash tree failed.
+    #[error("formatting the verity hash tree of {path}")]
+    VerityFormat {
+        /// The image (data and tree).
+        path: PathBuf,
+        /// What basalt-verity said.
+        source: basalt_verity::Error,
+    },
+    /// A scenario's inputs are not what the scenario relies on.
+    #[error("{path}: {problem}")]
+    ScenarioInput {
+        /// The file inspected.
+        path: PathBuf,
+        /// What is not as expected.
+        problem: String,
+    },
+
     /// A VM was configured inconsistently.
     #[error("VM configuration: {problem}")]
     VmConfig {

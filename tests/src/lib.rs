@@ -1,6 +1,8 @@
 //! Basalt's test support for the VM tier: the Debian guest kernel, fetched once and cached
 //! ([`kernel`]), the QEMU harness every VM scenario drives ([`vm`]), and small fixture builders
-//! that assemble guest inputs with the real system tools ([`fixture`]).
+//! that assemble guest inputs with the real system tools ([`fixture`]); the built test images
+//! ([`artifacts`]) and the steps the boot-chain scenarios share (install a slot, stage an
+//! entry, read the ESP back: [`scenario`]).
 //!
 //! Owns: how QEMU is started (TCG only, no network, OVMF or direct kernel boot), how the serial
 //! console is captured and matched, how a guest is killed, and where the guest kernel comes
@@ -13,6 +15,7 @@
 pub mod artifacts;
 pub mod error;
 pub mod fixture;
+pub mod scenario;
 pub mod tool;
 pub mod vm;
 
