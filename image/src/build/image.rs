@@ -175,8 +175,9 @@ struct Inputs {
 
 /// The cache key: SHA-256 over the builder version, the definition bytes, the profile, the
 /// kernel package, the basalt-init bytes, the trust root, the public keys (in the order
-/// given) and, for `minimal`, the busybox binary. Length-prefixed so fields cannot run into
-/// each other.
+/// given), mke2fs (packed into the initramfs) and, for `minimal`, the busybox binary and
+/// the init script. Other changes to the builder's own code bump [`BUILDER_VERSION`].
+/// Length-prefixed so fields cannot run into each other.
 fn cache_key(inputs: &Inputs) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut field = |bytes: &[u8]| {
@@ -194,6 +195,7 @@ fn cache_key(inputs: &Inputs) -> String {
     }
     if inputs.config.profile == Profile::Minimal {
         field(&inputs.busybox_bytes);
+        field(rootfs::MINIMAL_INIT.as_bytes());
     }
     field(&inputs.mke2fs_bytes);
     hex::encode(ctx.finish().as_ref())

@@ -94,6 +94,12 @@ export PATH=/usr/bin
 . /usr/lib/os-release
 echo "BASALT-MINIMAL: userspace up, version=$VERSION_ID"
 grep ' /usr ' /proc/mounts | sed 's/^/BASALT-MINIMAL: mount: /'
+# The verdict as one short marker: kernel messages can split a long console line.
+if grep -q '^[^ ]* /usr erofs ro[, ]' /proc/mounts; then
+    echo "BASALT-MINIMAL: /usr is erofs, mounted ro"
+else
+    echo "BASALT-MINIMAL: /usr is NOT a read-only erofs mount"
+fi
 if touch /usr/.write-test 2>/dev/null; then
     echo "BASALT-MINIMAL: /usr is WRITABLE"
 else
