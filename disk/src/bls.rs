@@ -50,8 +50,9 @@
 //! would never boot. Downgrades go through `mark_bad`/`rollback` of the other slot first.
 //!
 //! Not modelled: `LoaderEntryDefault`/`LoaderEntryOneShot` EFI variables and a `default` line
-//! added to loader.conf by hand override the order (Basalt never sets them); systemd-boot 252
-//! mis-parses multi-digit counters, so Basalt writes at most [`entry::MAX_TRIES`] tries.
+//! added to loader.conf by hand override the order (Basalt never sets them). Tries are
+//! capped at [`entry::MAX_TRIES`] (a sanity bound; multi-digit counters are fine: systemd-boot
+//! 252 renames `+10` to `+9-1`, checked under OVMF by `tests/bls_systemd_boot.rs`).
 
 pub mod entry;
 pub mod order;
@@ -335,7 +336,7 @@ impl<E: Esp> BlsBackend<E> {
         };
         if !(1..=entry::MAX_TRIES).contains(&tries) {
             return Err(bad(format!(
-                "tries must be 1 to {} (systemd-boot 252 mis-reads multi-digit counters), got {tries}",
+                "tries must be 1 to {}, got {tries}",
                 entry::MAX_TRIES
             )));
         }

@@ -375,6 +375,37 @@ impl Seek for Window {
 
 type Fat = fatfs::FileSystem<Window>;
 
+/// The time stamp of every file we write on a FAT image: 1980-01-01 00:00, the DOS epoch.
+/// Fixed so images are reproducible; and a *valid* date on purpose: without a clock fatfs
+/// writes day 0 of month 0, which UEFI's FAT driver rejects when systemd-boot renames an
+/// entry (`SetInfo` → Invalid Parameter), silently breaking boot counting.
+#[derive(Debug)]
+struct FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FIXED_TIME: FixedTime = FixedTime;
+
 /// A FAT ESP at `offset`..`offset + len` of an image file, accessed without mounting. Each
 /// call opens the file system, does its work, unmounts (writing FSInfo) and fsyncs the image.
 #[derive(Debug, Clone)]
@@ -461,7 +492,8 @@ impl FatImageEsp {
             path: self.image.clone(),
             source,
         })?;
-        let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new())
+        let options = fatfs::FsOptions::new().time_provider(&FIXED_TIME);
+        let fs = fatfs::FileSystem::new(window, options)
             .map_err(|e| self.image_error(format!("not a FAT file system: {e}")))?;
         let out = f(&fs).map_err(esp_io(op, path));
         let unmounted = fs.unmount().map_err(esp_io("unmount", path));
@@ -659,7 +691,25 @@ fn fix_dot_entries(file: &File, offset: u64) -> io::Result<u32> {
     let root_sectors = (root_entries * 32).div_ceil(bps);
     let first_data = reserved + fats * spf + root_sectors;
     let clusters = total.saturating_sub(first_data) / spc;
-    let mut fat = vec![0u8; (spf * bps) as usize];
+    let fat_len = spf * bps;
+    let entries_needed = clusters + 2;
+    let fat_bytes_needed = if clusters < 4085 {
+        entries_needed * 3 / 2 + 2
+    } else if clusters < 65525 {
+        entries_needed * 2
+    } else {
+        entries_needed * 4
+    };
+    // Never trust sizes from disk for an allocation or an index: the FAT must fit the
+    // volume and cover every cluster.
+    let volume = total * bps;
+    if fat_len > volume || fat_len < fat_bytes_needed || first_data >= total {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "inconsistent BPB",
+        ));
+    }
+    let mut fat = vec![0u8; fat_len as usize];
     file.read_exact_at(&mut fat, offset + reserved * bps)?;
     let entry = |c: u64| -> u64 {
         let c = c as usize;

@@ -8,6 +8,8 @@
 //! remove fsync the directory), so a crash between primitives is modelled by replaying a
 //! prefix; a crash inside a write by the torn variant.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod bls_common;
 
 use std::cell::RefCell;

@@ -1,12 +1,14 @@
 //! The BLS backend's life cycle on a directory ESP: every transition as do / undo / redo, bad
 //! input, and a property test against an independent model of systemd-boot's choice.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod bls_common;
 
 use std::path::Path;
 
 use basalt_disk::bls::{self, BlsBackend, Unloadable, ENTRIES_DIR};
-use basalt_disk::{BootControl, BootStatus, DirEsp, Error, Esp, Slot, SlotBoot};
+use basalt_disk::{BootControl, BootStatus, DirEsp, Error, Slot, SlotBoot};
 use bls_common::*;
 use proptest::prelude::*;
 
@@ -274,7 +276,7 @@ fn refused_requests_change_nothing() {
     let mut b = installed(esp.path(), host.path());
     let before = snapshot(esp.path());
     let t = target(host.path(), "1.1");
-    for tries in [0, 10] {
+    for tries in [0, 100] {
         assert!(matches!(
             b.stage(Slot::B, &t, tries),
             Err(Error::BlsTarget { .. })

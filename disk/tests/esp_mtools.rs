@@ -3,6 +3,8 @@
 //! read; `fsck.fat -n` finds no error in an ESP we formatted and changed. These tests fail
 //! (not skip) when a tool is missing.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 mod bls_common;
 
 use std::path::Path;
@@ -102,6 +104,14 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
     ours.sort();
     assert_eq!(theirs, ["basalt-1.0.conf", "basalt-1.1+2-1.conf"]);
     assert_eq!(theirs, ours);
+
+    // Valid DOS time stamps (UEFI's FAT driver refuses to rename files dated 1980-00-00).
+    let long =
+        String::from_utf8_lossy(&mtools("mdir", &["-i", &i, "::/loader/entries"])).into_owned();
+    assert!(
+        long.contains("1980-01-01") && !long.contains("-00-"),
+        "{long}"
+    );
 
     // mtype shows their content byte for byte.
     for name in &ours {

@@ -353,6 +353,12 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         });
     }
     let up = sys::uptime().map_or_else(|| "?".to_owned(), |s| format!("{s:.3}"));
+    let record = boot_record(&cmd, &l, &dm_node, &up);
+    if let Err(e) = std::fs::create_dir_all(RUN_DIR)
+        .and_then(|()| std::fs::write(format!("{RUN_DIR}/boot.env"), record))
+    {
+        log.warn(&format!("cannot write {RUN_DIR}/boot.env: {e}"));
+    }
     log.info(&format!(
         "switching root to {SYSROOT}, exec {} ({up} s since kernel start)",
         cmd.init
@@ -363,6 +369,26 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         sysroot, &cmd.init, init_args,
     ))
     .class(Reason::SwitchRoot)
+}
+
+/// Where `basalt-init` leaves what it booted for the real system (`/run` moves along).
+pub const RUN_DIR: &str = "/run/basalt";
+
+/// `/run/basalt/boot.env`: what was booted, `KEY=value` lines (systemd `EnvironmentFile=`
+/// syntax), for the updater and for debugging.
+fn boot_record(cmd: &Cmdline, l: &Located, dm_node: &Path, uptime: &str) -> String {
+    format!(
+        "BASALT_USRHASH={}\nBASALT_DISK={}\nBASALT_USR_PARTITION={}\nBASALT_VERITY_PARTITION={}\n\
+         BASALT_ROOT_PARTITION={}\nBASALT_USR_DEVICE={}\nBASALT_VERITY_MODE={}\n\
+         BASALT_INITRAMFS_DONE_SECS={uptime}\n",
+        cmd.usrhash,
+        l.disk.node.display(),
+        l.usr.data.number,
+        l.usr.verity.number,
+        l.root.number,
+        dm_node.display(),
+        cmd.verity_mode.table_option().unwrap_or("eio"),
+    )
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -399,5 +425,123 @@ impl DevKmsgLimit {
         if let Some(old) = &self.0 {
             let _ = std::fs::write(PRINTK_DEVKMSG, old);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmdline::RootHash;
+    use crate::gpt::{ROOT_TYPE_GUID, USR_TYPE_GUID, USR_VERITY_TYPE_GUID};
+    use uuid::Uuid;
+
+    const MIB: u64 = 1 << 20;
+
+    fn hash() -> RootHash {
+        let mut b = [0u8; 32];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(29).wrapping_add(3);
+        }
+        RootHash(b)
+    }
+
+    /// `dev/vda`: a 32 MiB image file with usr (2), verity (3) and root (4) partitions, and a
+    /// sysfs tree that describes it the way the kernel would.
+    fn fake_machine(dir: &Path, sysfs_geometry_ok: bool) -> BlockRoots {
+        let ids = usr_partition_uuids(&hash());
+        let dev = dir.join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        let mut disk = std::io::Cursor::new(vec![0u8; 32 * MIB as usize]);
+        let mut gpt = gptman::GPT::new_from(&mut disk, 512, [9; 16]).unwrap();
+        let parts = [
+            (
+                Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b),
+                Uuid::from_u128(1),
+            ),
+            (USR_TYPE_GUID, ids.data),
+            (USR_VERITY_TYPE_GUID, ids.verity),
+            (ROOT_TYPE_GUID, Uuid::from_u128(2)),
+        ];
+        let sys = dir.join("sys/class/block");
+        let w = |p: PathBuf, v: String| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        w(sys.join("vda/size"), format!("{}\n", 32 * MIB / 512));
+        for (i, (ty, id)) in parts.iter().enumerate() {
+            let n = i as u32 + 1;
+            let start = 2048 + i as u64 * 8192;
+            gpt[n] = gptman::GPTPartitionEntry {
+                partition_type_guid: ty.to_bytes_le(),
+                unique_partition_guid: id.to_bytes_le(),
+                starting_lba: start,
+                ending_lba: start + 8191,
+                attribute_bits: 0,
+                partition_name: format!("p{n}").as_str().into(),
+            };
+            let size = if sysfs_geometry_ok { 8192 } else { 4096 };
+            w(sys.join(format!("vda/vda{n}/partition")), format!("{n}\n"));
+            w(sys.join(format!("vda/vda{n}/start")), format!("{start}\n"));
+            w(sys.join(format!("vda/vda{n}/size")), format!("{size}\n"));
+        }
+        gpt.write_into(&mut disk).unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut disk, 512).unwrap();
+        std::fs::write(dev.join("vda"), disk.into_inner()).unwrap();
+        BlockRoots {
+            sys_class_block: sys,
+            dev,
+        }
+    }
+
+    fn cmdline(h: &RootHash) -> Cmdline {
+        Cmdline::parse(&format!("usrhash={h} basalt.wait=1")).unwrap()
+    }
+
+    #[test]
+    fn locates_the_slot_and_its_device_nodes() {
+        let t = tempfile::tempdir().unwrap();
+        let roots = fake_machine(t.path(), true);
+        let l = locate(&mut Log::default(), &cmdline(&hash()), &roots).unwrap();
+        assert_eq!(l.disk.name, "vda");
+        assert_eq!(l.data_node, roots.dev.join("vda2"));
+        assert_eq!(l.hash_node, roots.dev.join("vda3"));
+        assert_eq!(l.root_node, roots.dev.join("vda4"));
+        assert_eq!(
+            (l.usr.data.number, l.usr.verity.number, l.root.number),
+            (2, 3, 4)
+        );
+    }
+
+    #[test]
+    fn unknown_hash_times_out_as_usr_partition_not_found() {
+        let t = tempfile::tempdir().unwrap();
+        let roots = fake_machine(t.path(), true);
+        let err = locate(&mut Log::default(), &cmdline(&RootHash([7; 32])), &roots).unwrap_err();
+        assert!(matches!(err, Error::UsrPartitionNotFound { .. }), "{err}");
+        assert_eq!(
+            Reason::of(&err, Reason::NoBootDisk),
+            Reason::UsrPartitionNotFound
+        );
+    }
+
+    #[test]
+    fn no_disk_is_no_boot_disk_and_bad_geometry_is_partition_device() {
+        let t = tempfile::tempdir().unwrap();
+        let empty = BlockRoots {
+            sys_class_block: t.path().join("sys"),
+            dev: t.path().join("dev"),
+        };
+        std::fs::create_dir_all(&empty.sys_class_block).unwrap();
+        let err = locate(&mut Log::default(), &cmdline(&hash()), &empty).unwrap_err();
+        assert!(matches!(err, Error::NoBootDisk { .. }), "{err}");
+
+        let t = tempfile::tempdir().unwrap();
+        let roots = fake_machine(t.path(), false);
+        let err = locate(&mut Log::default(), &cmdline(&hash()), &roots).unwrap_err();
+        assert_eq!(
+            Reason::of(&err, Reason::NoBootDisk),
+            Reason::PartitionDevice,
+            "{err}"
+        );
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Owns: the boot-time path from kernel to the real root — kernel command line
 //! ([`cmdline`]), kernel modules ([`modules`]), finding the `/usr` slot by its
-//! hash-derived partition UUIDs ([`gpt`], [`blockdev`]), issuing the device-mapper ioctls,
-//! mounting and `switch_root` — and the reproducible cpio/initramfs builder ([`cpio`],
-//! [`builder`]).
+//! hash-derived partition UUIDs ([`gpt`], [`blockdev`]), the superblock fit check and the
+//! verity table ([`slot`]), the signed usr-hash statement stored after the hash tree and its
+//! check ([`usrsig`]), issuing the device-mapper ioctls (`dm`), mounting, first-boot `/etc`
+//! ([`factory`]) and `switch_root`, in order in `boot`, with one stable failure reason per
+//! class ([`reason`]) — and the reproducible cpio/initramfs builder ([`cpio`], [`builder`]).
 //!
 //! Does not own: the verity on-disk format and the bytes of DM requests (`basalt-verity`),
 //! the partition layout written at image build time (`basalt-disk`), signature policy

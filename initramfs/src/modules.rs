@@ -412,6 +412,55 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random DAGs written as depmod does (each line lists the full transitive closure,
+        /// in arbitrary order): every resolved module comes after its dependencies, once.
+        #[test]
+        fn resolution_is_a_topological_order(
+            edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30),
+            wanted in proptest::collection::vec(0usize..12, 1..6),
+        ) {
+            let n = 12;
+            let mut direct = vec![BTreeSet::new(); n];
+            for (a, b) in edges {
+                if a > b {
+                    direct[a].insert(b); // only to lower indices: acyclic
+                }
+            }
+            let mut closure: Vec<BTreeSet<usize>> = Vec::new();
+            for ds in &direct {
+                let mut c = BTreeSet::new();
+                for &d in ds {
+                    c.insert(d);
+                    c.extend(closure[d].iter().copied());
+                }
+                closure.push(c);
+            }
+            let mut text = String::new();
+            for (i, c) in closure.iter().enumerate().rev() {
+                let deps: Vec<String> = c.iter().rev().map(|d| format!("k/m{d}.ko")).collect();
+                text.push_str(&format!("k/m{i}.ko: {}\n", deps.join(" ")));
+            }
+            let dep = ModulesDep::parse(&text, "", Path::new("p")).unwrap();
+            let req: Vec<String> = wanted.iter().map(|w| format!("m{w}")).collect();
+            let r = dep.resolve(&req, &[]).unwrap();
+            let pos = |i: usize| r.modules.iter().position(|m| m.name == format!("m{i}"));
+            let mut expected = BTreeSet::new();
+            for &w in &wanted {
+                expected.insert(w);
+                expected.extend(closure[w].iter().copied());
+            }
+            proptest::prop_assert_eq!(r.modules.len(), expected.len());
+            for &i in &expected {
+                let pi = pos(i).unwrap();
+                for &d in &closure[i] {
+                    proptest::prop_assert!(pos(d).unwrap() < pi);
+                }
+            }
+        }
+    }
+
     #[test]
     fn module_list_round_trip() {
         let entries = vec![

@@ -21,7 +21,13 @@ struct Tree {
     kver: String,
 }
 
-fn kernel_tree() -> Tree {
+/// One fetch per test process, whichever test asks first.
+fn kernel_tree() -> &'static Tree {
+    static TREE: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
+    TREE.get_or_init(fetch_kernel_tree)
+}
+
+fn fetch_kernel_tree() -> Tree {
     let cache = std::env::var_os("BASALT_KERNEL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("build/cache/kernel"));
@@ -57,7 +63,13 @@ fn kernel_tree() -> Tree {
             ],
             None,
         );
-        let kver = find_kver(&unpacked).expect("the package has lib/modules/<ver>");
+        // Before depmod there is no modules.dep: the release is the one folder.
+        let kver = std::fs::read_dir(unpacked.join("lib/modules"))
+            .expect("the package has lib/modules")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()
+            .expect("the package has lib/modules/<ver>");
         let map = unpacked.join(format!("boot/System.map-{kver}"));
         peer_ok(
             "depmod",

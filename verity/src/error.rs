@@ -10,7 +10,8 @@ pub enum Corruption {
     /// A hash block: `block` is its index in the hash area (0-based, counted from the first
     /// hash block, i.e. after the superblock if there is one).
     Hash,
-    /// The 4 KiB veritysetup superblock does not describe the expected tree.
+    /// The veritysetup superblock at the start of the hash area does not parse (bad signature,
+    /// version, sizes...); `block` is 0.
     Superblock,
 }
 

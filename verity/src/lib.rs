@@ -12,8 +12,9 @@
 //!
 //! Everything works on "an open file or block device + byte offset + length" ([`Device`]),
 //! because a slot is a range inside a disk image; the `*_path` functions are conveniences.
-//! Data is streamed in 2 MiB chunks on all cores ([`FormatOptions::threads`]); memory is the
-//! tree (1/128 of the data) plus one chunk buffer per thread.
+//! Data is streamed (2 MiB work items, 256 KiB reads) on all cores
+//! ([`FormatOptions::threads`]); memory is the tree (1/128 of the data) plus one read buffer
+//! per thread.
 //!
 //! ```no_run
 //! use basalt_verity::{format_path, verify_path, FormatOptions, VerifyOptions};

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use crate::device::Device;
 use crate::error::{Corruption, Error, Result};
-use crate::format::{open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
+use crate::format::{check_range, hash_data, open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
 use crate::geometry::{Geometry, BLOCK_SIZE, DIGEST_SIZE};
-use crate::hash::{digest_block, hash_level, hash_level_in_memory, level_bytes, salted};
+use crate::hash::{digest_block, hash_level, level_bytes, salted, Input};
 use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
 
 /// How to find the tree.
@@ -48,7 +48,14 @@ fn invalid(reason: String) -> Error {
 fn read_superblock(hash: Device<'_>, opts: &VerifyOptions) -> Result<Superblock> {
     let mut buf = [0u8; SUPERBLOCK_SIZE];
     hash.read_at(&mut buf, opts.hash_offset)?;
-    let sb = Superblock::parse(&buf)?;
+    // An unparsable superblock is a corrupted hash area (exit 3 in the CLI), reported like a
+    // bad block; `Superblock::parse` gives the precise reason to callers who want it.
+    let sb = Superblock::parse(&buf).map_err(|_| Error::Corrupted {
+        what: Corruption::Superblock,
+        block: 0,
+        path: hash.path.to_path_buf(),
+        offset: opts.hash_offset,
+    })?;
     if sb.algorithm != ALGORITHM
         || sb.hash_type != HASH_TYPE
         || u64::from(sb.data_block_size) != BLOCK_SIZE
@@ -105,6 +112,7 @@ pub fn verify(
     root_hash: &[u8; DIGEST_SIZE],
     opts: &VerifyOptions,
 ) -> Result<VerityInfo> {
+    check_range(data_offset, data_len)?;
     let (salt, data_blocks, uuid) = if opts.superblock {
         let sb = read_superblock(hash, opts)?;
         (sb.salt, sb.data_blocks, Some(sb.uuid))
@@ -145,7 +153,6 @@ pub fn verify(
             offset,
         }
     };
-    let read = |first: u64, buf: &mut [u8]| data.read_at(buf, data_block_offset(first));
 
     let info = VerityInfo {
         root_hash: *root_hash,
@@ -159,9 +166,9 @@ pub fn verify(
 
     let Some(top) = geometry.levels.last() else {
         // A single data block: its digest is the root hash.
-        let mut block = vec![0u8; bs];
-        read(0, &mut block)?;
-        if digest_block(&salted(&salt), &block) != *root_hash {
+        let mut digest = vec![0u8; level_bytes(1)];
+        hash_data(data, data_offset, 1, &mut digest, &salt, 1)?;
+        if digest[..DIGEST_SIZE] != root_hash[..] {
             return Err(corrupted(Corruption::Data, 0));
         }
         return Ok(info);
@@ -188,9 +195,22 @@ pub fn verify(
         match children {
             Some(below) => {
                 let input = &tree[below.start as usize * bs..][..below.blocks as usize * bs];
-                hash_level_in_memory(input, &mut computed, &salt, opts.threads)?;
+                hash_level(
+                    below.blocks,
+                    &mut computed,
+                    &salt,
+                    opts.threads,
+                    &Input::Memory(input),
+                )?;
             }
-            None => hash_level(data_blocks, &mut computed, &salt, opts.threads, &read)?,
+            None => hash_data(
+                data,
+                data_offset,
+                data_blocks,
+                &mut computed,
+                &salt,
+                opts.threads,
+            )?,
         }
         if let Some(entry) = first_mismatch(stored, &computed) {
             return Err(if entry < child_count {

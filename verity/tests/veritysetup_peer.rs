@@ -335,6 +335,22 @@ fn check_case(case: &Case, flips: bool) {
             "we accept a damaged superblock"
         );
         flip_byte(&o.hash, at);
+        // A damaged signature: the superblock no longer parses.
+        let at = case.hash_offset() + 1;
+        flip_byte(&o.hash, at);
+        assert!(
+            !their_verify(case, &o),
+            "veritysetup accepts a superblock without signature"
+        );
+        assert!(matches!(
+            our_verify(case, &o),
+            Err(Error::Corrupted {
+                what: Corruption::Superblock,
+                block: 0,
+                ..
+            })
+        ));
+        flip_byte(&o.hash, at);
     }
     our_verify(case, &o).expect("restored tree verifies again");
 }
@@ -484,4 +500,95 @@ fn four_level_tree_of_a_sparse_8_gib_file_matches_veritysetup() {
     assert!(fs::read(&o_hash).expect("read") == fs::read(&t_hash).expect("read"));
     // (Verifying 8 GiB once more would double the test's time for a code path the 3-level
     // cases already cover.)
+}
+
+#[test]
+fn a_slot_inside_a_disk_image_matches_veritysetup() {
+    // A "disk image": 1 MiB of something else, the slot's data, then (same file) the slot's
+    // hash area. Our tree over the range must equal veritysetup's over the extracted data.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocks = 700u64;
+    let data_offset = 1 << 20;
+    let hash_offset = data_offset + blocks * BS + 3 * BS;
+    let disk = dir.path().join("disk.img");
+    write_random_file(&disk, data_offset + blocks * BS + 5 * BS, 77);
+    let original = fs::read(&disk).expect("read image");
+    let plain = dir.path().join("slot-data");
+    let mut slot = vec![0u8; (blocks * BS) as usize];
+    File::open(&disk)
+        .expect("open disk")
+        .read_exact_at(&mut slot, data_offset)
+        .expect("read slot");
+    fs::write(&plain, &slot).expect("write slot");
+    let their_hash = dir.path().join("their-hash");
+    let salt = salt_for(0, 77);
+    let out = veritysetup(&[
+        "format".into(),
+        plain.display().to_string(),
+        their_hash.display().to_string(),
+        format!("--salt={}", hex::encode(&salt)),
+        format!("--uuid={UUID}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = fs::read(&their_hash).expect("read");
+
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .expect("open");
+    let dev = Device::new(&file, &disk);
+    let opts = FormatOptions {
+        salt: salt.clone(),
+        uuid: Some(UUID_BYTES),
+        hash_offset,
+        ..Default::default()
+    };
+    let info = format(dev, data_offset, blocks * BS, dev, &opts).expect("format in place");
+    assert_eq!(info.hash_start_block(), hash_offset / BS + 1);
+    // Expected image: the original bytes, with veritysetup's 512-byte superblock and its tree
+    // put at the hash area. Like veritysetup, we leave the rest of the superblock's 4 KiB block
+    // (and everything outside the hash area) as it was.
+    let mut expect = original;
+    let sb_at = hash_offset as usize;
+    expect[sb_at..sb_at + 512].copy_from_slice(&theirs[..512]);
+    expect.resize(sb_at + theirs.len(), 0);
+    expect[sb_at + 4096..].copy_from_slice(&theirs[4096..]);
+    let image = fs::read(&disk).expect("read image");
+    assert_eq!(image.len(), expect.len());
+    if let Some(pos) = image.iter().zip(&expect).position(|(a, b)| a != b) {
+        panic!("disk image differs from the expected one at byte {pos}");
+    }
+
+    let vopts = VerifyOptions {
+        hash_offset,
+        ..Default::default()
+    };
+    let check = || verify(dev, data_offset, blocks * BS, dev, &info.root_hash, &vopts);
+    check().expect("intact slot verifies");
+    flip_byte(&disk, data_offset + 321 * BS + 1);
+    match check() {
+        Err(Error::Corrupted {
+            what: Corruption::Data,
+            block: 321,
+            offset,
+            ..
+        }) => {
+            assert_eq!(offset, data_offset + 321 * BS)
+        }
+        other => panic!("expected data block 321, got {other:?}"),
+    }
+    // An overlapping hash area is refused before anything is written.
+    let bad = FormatOptions {
+        hash_offset: data_offset + 10 * BS,
+        ..opts
+    };
+    assert!(matches!(
+        format(dev, data_offset, blocks * BS, dev, &bad),
+        Err(Error::InvalidParameters { .. })
+    ));
 }

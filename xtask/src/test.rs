@@ -32,6 +32,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "gpgv",
     "debian-archive-keyring",
     "openssl",
+    // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
+    "gcc",
+    "linux-libc-dev",
 ];
 
 #[derive(Debug, Parser)]

@@ -23,9 +23,10 @@ pub const SORT_KEY: &str = "basalt";
 pub const SLOT_OPTION: &str = "basalt.slot=";
 /// Kernel command-line option carrying the dm-verity root hash of `/usr`.
 pub const USRHASH_OPTION: &str = "usrhash=";
-/// The largest try count Basalt writes: systemd-boot 252's counter parser mis-reads
-/// multi-digit `LEFT` values (it drops the carried digit), so counters stay single-digit.
-pub const MAX_TRIES: u32 = 9;
+/// The largest try count Basalt writes: a sanity bound (a node that fails 99 boots in a row
+/// needs a human). Multi-digit counters parse fine in systemd-boot 252 (`+10` → `+9-1`, seen
+/// under OVMF); some older boot.c revisions dropped the carried digit, hence the test.
+pub const MAX_TRIES: u32 = 99;
 
 /// A boot counter `+LEFT-DONE` from an entry file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
