@@ -65,7 +65,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 f.version,
                 f.profile,
                 req.out.display(),
-                if report.from_cache { " (from cache)" } else { "" }
+                if report.from_cache {
+                    " (from cache)"
+                } else {
+                    ""
+                }
             );
             println!("root hash {}", f.root_hash);
             println!(

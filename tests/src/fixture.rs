@@ -15,8 +15,8 @@ use std::process::Stdio;
 
 use crate::elf::Elf64;
 use crate::error::{Error, Result};
-use crate::tool::ToolError;
 use crate::kernel::KernelTree;
+use crate::tool::ToolError;
 use crate::tool::{Tool, CPIO, MCOPY, MDIR, MKFS_VFAT, MMD, SGDISK};
 
 /// `busybox` (package `busybox-static`: the initramfs has no libc).
@@ -218,13 +218,15 @@ fn run_with_input(tool: &Tool, command: &mut std::process::Command, input: &[u8]
                 .join(" "),
             status: output.status,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        }.into());
+        }
+        .into());
     }
     if let Some(Ok(Err(source))) = fed {
         return Err(ToolError::Spawn {
             tool: tool.name,
             source,
-        }.into());
+        }
+        .into());
     }
     Ok(())
 }

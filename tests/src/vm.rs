@@ -359,7 +359,8 @@ impl VmConfig {
                         return Err(ToolError::Missing {
                             tool: firmware,
                             package: "ovmf",
-                        }.into());
+                        }
+                        .into());
                     }
                 }
                 if self.disk.is_none() && self.data_disks.is_empty() {

@@ -152,12 +152,20 @@ fn check_image(version: &str) -> Result<()> {
     let esp = format!("{}@@{esp_offset}", disk.display());
     let boot = run(&MDIR, &[os("-b"), os("-i"), os(&esp), os("::/EFI/BOOT")])?;
     ensure!(boot.to_uppercase().contains("BOOTX64.EFI"), "{boot}");
-    let entries = run(&MDIR, &[os("-b"), os("-i"), os(&esp), os("::/loader/entries")])?;
+    let entries = run(
+        &MDIR,
+        &[os("-b"), os("-i"), os(&esp), os("::/loader/entries")],
+    )?;
     let entry_name = format!("basalt-{version}.conf");
     ensure!(entries.contains(&entry_name), "{entries}");
     let kernels = run(
         &MDIR,
-        &[os("-b"), os("-i"), os(&esp), os(&format!("::/basalt/{version}"))],
+        &[
+            os("-b"),
+            os("-i"),
+            os(&esp),
+            os(&format!("::/basalt/{version}")),
+        ],
     )?;
     ensure!(
         kernels.contains("vmlinuz") && kernels.contains("initrd"),
@@ -247,7 +255,10 @@ fn builds_are_cached_and_reproducible() -> Result<()> {
 }
 
 fn bad_request(tmp: &Path) -> Result<basalt_image::build::BuildRequest> {
-    Ok(minimal_request(&semver::Version::new(1, 0, 0), &tmp.join("out"))?)
+    Ok(minimal_request(
+        &semver::Version::new(1, 0, 0),
+        &tmp.join("out"),
+    )?)
 }
 
 fn expect_err(req: &basalt_image::build::BuildRequest) -> Result<BuildError> {
@@ -313,6 +324,10 @@ fn a_missing_or_dynamic_init_is_named() -> Result<()> {
     // A dynamically linked program cannot be PID 1 of the initramfs.
     req.init = PathBuf::from("/usr/bin/env");
     let err = expect_err(&req)?;
-    ensure!(matches!(err, BuildError::InitNotStatic { .. }), "{}", chain(&err));
+    ensure!(
+        matches!(err, BuildError::InitNotStatic { .. }),
+        "{}",
+        chain(&err)
+    );
     Ok(())
 }

@@ -38,7 +38,7 @@ pub enum BuildError {
     KeysDoNotSatisfyTrust {
         trust: PathBuf,
         #[source]
-        source: basalt_manifest::Error,
+        source: Box<basalt_manifest::Error>,
     },
     /// The basalt-init binary is missing or unreadable.
     #[error("read basalt-init {path} (build it with `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p basalt-initramfs --bin basalt-init --target x86_64-unknown-linux-gnu`)")]
@@ -52,7 +52,7 @@ pub enum BuildError {
     InitNotStatic { path: PathBuf },
     /// The kernel could not be fetched or read.
     #[error("kernel: {0}")]
-    Kernel(#[from] KernelError),
+    Kernel(#[from] Box<KernelError>),
     /// Staging the `/usr` tree failed.
     #[error("stage /usr ({profile} profile) in {dir}")]
     Stage {
@@ -69,21 +69,21 @@ pub enum BuildError {
     Verity {
         path: PathBuf,
         #[source]
-        source: basalt_verity::Error,
+        source: Box<basalt_verity::Error>,
     },
     /// Signing a document failed.
     #[error("sign the {what}")]
     Sign {
         what: &'static str,
         #[source]
-        source: basalt_manifest::Error,
+        source: Box<basalt_manifest::Error>,
     },
     /// Building the initramfs failed.
     #[error("build the initramfs {path}")]
     Initramfs {
         path: PathBuf,
         #[source]
-        source: basalt_initramfs::Error,
+        source: Box<basalt_initramfs::Error>,
     },
     /// A disk-image step failed.
     #[error("disk image {path}: {step}")]
@@ -91,14 +91,14 @@ pub enum BuildError {
         step: &'static str,
         path: PathBuf,
         #[source]
-        source: basalt_disk::Error,
+        source: Box<basalt_disk::Error>,
     },
     /// Formatting the root partition failed.
     #[error("format the root partition of {path} (ext4)")]
     Mkfs {
         path: PathBuf,
         #[source]
-        source: ToolError,
+        source: Box<ToolError>,
     },
     /// A file operation failed.
     #[error("{op} {path}")]
@@ -111,7 +111,10 @@ pub enum BuildError {
 }
 
 /// Shorthand for an [`BuildError::Io`] mapper.
-pub(crate) fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError {
+pub(crate) fn io(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.to_owned();
     move |source| BuildError::Io { op, path, source }
 }

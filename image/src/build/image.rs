@@ -231,7 +231,7 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
         path: req.init.clone(),
         source,
     })?;
-    let elf = Elf64::open(&req.init)?;
+    let elf = Elf64::open(&req.init).map_err(Box::new)?;
     if elf.has_interpreter() {
         return Err(BuildError::InitNotStatic {
             path: req.init.clone(),
@@ -242,7 +242,7 @@ fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
     } else {
         Vec::new()
     };
-    let kernel = KernelTree::fetch_or_cached(&req.kernel_cache)?;
+    let kernel = KernelTree::fetch_or_cached(&req.kernel_cache).map_err(Box::new)?;
     Ok(Inputs {
         config,
         config_bytes,
@@ -287,13 +287,12 @@ pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
         copy_sparse(&entry.join(name), &req.out.join(name))?;
     }
     let facts_path = entry.join(BUILD_JSON);
-    let facts: BuildFacts = serde_json::from_slice(&read(&facts_path)?).map_err(|e| {
-        BuildError::Io {
+    let facts: BuildFacts =
+        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
             op: "parse",
             path: facts_path.clone(),
             source: e.into(),
-        }
-    })?;
+        })?;
     Ok(BuildReport {
         facts,
         from_cache,
@@ -408,8 +407,9 @@ fn build_into(
             rootfs::stage_minimal(&staging, &config.os, Path::new(BUSYBOX)).map_err(stage_err)?
         }
         Profile::ContainerHost => {
-            let sources = rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
-                .map_err(stage_err)?;
+            let sources =
+                rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
+                    .map_err(stage_err)?;
             rootfs::stage_container_host(&staging, &config.os, &config.packages, &sources)
                 .map_err(stage_err)?;
             // systemd's modprobe needs the modules too (not only the initramfs).
@@ -447,12 +447,13 @@ fn build_into(
         threads: 0,
     };
     let data_blocks = erofs_len / basalt_verity::BLOCK_SIZE;
-    let info = basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(
-        |source| BuildError::Verity {
-            path: usr.clone(),
-            source,
-        },
-    )?;
+    let info =
+        basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(|source| {
+            BuildError::Verity {
+                path: usr.clone(),
+                source: Box::new(source),
+            }
+        })?;
     let root_hash = Digest(info.root_hash);
     steps.mark("verity");
 
@@ -465,12 +466,12 @@ fn build_into(
     };
     let envelope = sign_usr_hash(&statement, &key_refs).map_err(|source| BuildError::Sign {
         what: "usr-hash statement",
-        source,
+        source: Box::new(source),
     })?;
     let block = basalt_initramfs::usrsig::encode_block(&envelope).map_err(|source| {
         BuildError::Initramfs {
             path: usr.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     // = hash_offset + superblock block + tree (usrsig::statement_offset, shifted).
@@ -511,7 +512,7 @@ fn build_into(
     let built =
         basalt_initramfs::builder::build(&spec).map_err(|source| BuildError::Initramfs {
             path: initrd.clone(),
-            source,
+            source: Box::new(source),
         })?;
     fs::write(&initrd, &built.bytes).map_err(io("write", &initrd))?;
     fs::remove_file(&trust_copy).map_err(io("remove", &trust_copy))?;
@@ -559,17 +560,17 @@ fn build_into(
     let release_json = work.join(RELEASE_JSON);
     let json = manifest.to_json().map_err(|source| BuildError::Sign {
         what: "release manifest (serialise)",
-        source,
+        source: Box::new(source),
     })?;
     fs::write(&release_json, json).map_err(io("write", &release_json))?;
     let signed = sign_release(&manifest, &key_refs).map_err(|source| BuildError::Sign {
         what: "release manifest",
-        source,
+        source: Box::new(source),
     })?;
     verify_release(&signed, &inputs.trust, &Policy::new(req.issued_at)).map_err(|source| {
         BuildError::KeysDoNotSatisfyTrust {
             trust: req.trust.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let release_signed = work.join(RELEASE_SIGNED);
@@ -580,15 +581,7 @@ fn build_into(
     let disk = work.join(DISK_IMG);
     let cmdline = kernel_cmdline(config);
     write_disk(
-        &disk,
-        config,
-        &usr,
-        erofs_len,
-        usr_len,
-        &root_hash,
-        &vmlinuz,
-        &initrd,
-        &cmdline,
+        &disk, config, &usr, erofs_len, usr_len, &root_hash, &vmlinuz, &initrd, &cmdline,
     )?;
     steps.mark("disk");
 
@@ -607,7 +600,12 @@ fn build_into(
         usr_img_bytes: usr_len,
         vmlinuz_bytes: file_len(&vmlinuz)?,
         initrd_bytes: file_len(&initrd)?,
-        initrd_modules: built.resolution.modules.iter().map(|m| m.name.clone()).collect(),
+        initrd_modules: built
+            .resolution
+            .modules
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
         disk_bytes: file_len(&disk)?,
         cmdline,
         durations_ms: steps.done,
@@ -636,7 +634,11 @@ fn write_disk(
 ) -> Result<(), BuildError> {
     let disk_err = |step: &'static str| {
         let path = disk.to_owned();
-        move |source| BuildError::Disk { step, path, source }
+        move |source| BuildError::Disk {
+            step,
+            path,
+            source: Box::new(source),
+        }
     };
     basalt_disk::create_image(disk, &layout_for(config.profile))
         .map_err(disk_err("create the GPT layout"))?;
@@ -683,7 +685,9 @@ fn write_disk(
         Path::new(SYSTEMD_BOOT_EFI),
         &[(Slot::A, target)],
     )
-    .map_err(disk_err("install systemd-boot and the slot-A entry on the ESP"))?;
+    .map_err(disk_err(
+        "install systemd-boot and the slot-A entry on the ESP",
+    ))?;
 
     // Root: ext4 with the merged-/usr skeleton (basalt-init never formats).
     let skeleton = disk.with_file_name("root-skeleton");
@@ -691,7 +695,7 @@ fn write_disk(
     let blocks = inv.root.size / 4096;
     let mut cmd = MKE2FS.command().map_err(|source| BuildError::Mkfs {
         path: disk.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-E"])
         .arg(format!("offset={}", inv.root.offset))
@@ -701,7 +705,7 @@ fn write_disk(
         .arg(blocks.to_string());
     MKE2FS.run(&mut cmd).map_err(|source| BuildError::Mkfs {
         path: disk.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     fs::remove_dir_all(&skeleton).map_err(io("remove", &skeleton))?;
     Ok(())
@@ -792,9 +796,7 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
         while off_in < hole {
             let want = (hole - off_in) as usize;
             // SAFETY: both descriptors are open; the offsets are valid i64s we own.
-            let n = unsafe {
-                libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0)
-            };
+            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
             if n < 0 {
                 return Err(io("copy data to", &tmp)(std::io::Error::last_os_error()));
             }
