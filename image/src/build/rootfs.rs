@@ -381,7 +381,8 @@ ctr_version=$(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{prin
 mu=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target 2>/dev/null)
 mu_s=$(awk -v us="${mu:-0}" 'BEGIN { printf "%.1f", us / 1000000 }')
 # The boot entry systemd-boot started (EFI variable: 4 attribute bytes, then UTF-16LE).
-entry=$(tail -c +5 /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tr -d '\000')
+# Read through a pipe: efivarfs files do not take the seek `tail -c` would do.
+entry=$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tail -c +5 | tr -d '\000')
 printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID machine-id=$machine_id var=$var containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s entry=${entry:-none} failed=${failed:-none}"
 printf '%s\n' "BASALT-REPORT-TIME: $(systemd-analyze time 2>/dev/null | head -n 1)"
 printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager multi-user.target 2>/dev/null | grep -o '[a-z.@-]*\.service[^ ]* [^ ]*' | head -n 4 | paste -sd';' -)"
@@ -391,7 +392,7 @@ systemctl --no-block poweroff
 
 /// Bump when the container-host staging changes in a way the image cache key would not see
 /// (the report unit, the masks, the /var handling …): the key covers it.
-pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/2";
+pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/3";
 
 /// Units of Debian's systemd that do not fit a non-interactive, image-based host; masked in
 /// the factory `/etc` (a link to `/dev/null`, so an admin can still unmask them).
