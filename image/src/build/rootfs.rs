@@ -534,6 +534,39 @@ mod tests {
     }
 
     #[test]
+    fn factory_var_becomes_copy_lines_per_second_level_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let var = dir.path();
+        fs::create_dir_all(var.join("lib/dpkg")).unwrap();
+        fs::write(var.join("lib/dpkg/status"), "").unwrap();
+        fs::create_dir_all(var.join("lib/systemd")).unwrap();
+        fs::create_dir_all(var.join("log")).unwrap();
+        symlink("/run", var.join("run")).unwrap();
+        let text = factory_var_tmpfiles(var).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "d /var/lib 0755 - - -",
+                "C /var/lib/dpkg - - - - /usr/share/factory/var/lib/dpkg",
+                "C /var/lib/systemd - - - - /usr/share/factory/var/lib/systemd",
+                "d /var/log 0755 - - -",
+            ]
+        );
+    }
+
+    #[test]
+    fn report_unit_is_inert_without_the_option_and_script_reports_one_line() {
+        assert!(REPORT_UNIT.contains(&format!("ConditionKernelCommandLine={REPORT_OPTION}")));
+        assert!(!REPORT_UNIT.contains("StandardOutput=tty"));
+        let report_lines = REPORT_SCRIPT
+            .lines()
+            .filter(|l| l.contains("\"BASALT-REPORT: system="))
+            .count();
+        assert_eq!(report_lines, 1);
+    }
+
+    #[test]
     fn payload_is_deterministic_and_sized() {
         let a = payload();
         assert_eq!(a.len(), PAYLOAD_BYTES);
