@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use basalt_image::build::rootfs::REPORT_OPTION;
 use basalt_tests::artifacts::{add_kernel_option, container_host_image};
-use basalt_tests::vm::{scenario_dir, Vm, VmConfig};
+use basalt_tests::vm::{scenario_dir, VmConfig};
 
 /// Per-step bound (scaled by `BASALT_VM_TIMEOUT_FACTOR` in the harness). The whole boot takes
 /// ≈20–35 s on an idle 2-vCPU TCG host.
@@ -35,11 +35,12 @@ fn parse_report(line: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// The rest of the console line after the cursor (the marker just matched).
-fn rest_of_line(vm: &Vm) -> String {
-    vm.console_after_cursor()
-        .lines()
-        .next()
+/// The rest of the console line after the first `marker`. Only call it once a later marker
+/// has been seen: right after `expect(marker)` the rest of that line may not have arrived.
+fn rest_of_line(console: &str, marker: &str) -> String {
+    console
+        .split_once(marker)
+        .and_then(|(_, after)| after.lines().next())
         .unwrap_or_default()
         .trim_end_matches('\r')
         .to_owned()
@@ -62,16 +63,19 @@ fn boot_once(config: &VmConfig) -> Result<Boot> {
     vm.expect("basalt-init: usrhash is signed", STEP)?;
     vm.expect("basalt-init: dm-verity usr status V", STEP)?;
     vm.expect("basalt-init: switching root to /sysroot", STEP)?;
-    let switch_root_line = rest_of_line(&vm);
     // systemd stops printing its status lines (`Reached target …`) once the serial getty owns
     // the console, before multi-user.target: the report line is the console marker, and
     // systemd's own timestamp of multi-user.target (guest clock) is in the report.
     let report_at = vm.expect("BASALT-REPORT: system=", STEP)?;
-    let report = parse_report(&format!("system={}", rest_of_line(&vm)));
-    vm.expect("BASALT-REPORT-TIME: ", STEP)?;
-    let time_line = rest_of_line(&vm);
     vm.expect("BASALT-REPORT: done, powering off", STEP)?;
     vm.expect_poweroff(STEP)?;
+    let console = vm.console();
+    let switch_root_line = rest_of_line(&console, "basalt-init: switching root to /sysroot");
+    let report = parse_report(&format!(
+        "system={}",
+        rest_of_line(&console, "BASALT-REPORT: system=")
+    ));
+    let time_line = rest_of_line(&console, "BASALT-REPORT-TIME: ");
     Ok(Boot {
         kernel_at,
         report_at,

@@ -654,18 +654,9 @@ fn boot_product_image(d: &mut Demo, image: &ProductImage) -> Result<()> {
 fn narrate_boot(config: &basalt_tests::vm::VmConfig) -> Result<()> {
     const STEP: Duration = Duration::from_secs(180);
     let mut vm = config.spawn()?;
-    let mut switch_root = String::new();
-    let mut report = String::new();
     let mut kernel_at = None;
     for (marker, meaning) in BOOT_STAGES {
         let at = vm.expect(marker, STEP)?;
-        let rest = vm
-            .console_after_cursor()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_end()
-            .to_owned();
         let mut lines = meaning.lines();
         println!(
             "      {:5.1} s  {}",
@@ -675,29 +666,34 @@ fn narrate_boot(config: &basalt_tests::vm::VmConfig) -> Result<()> {
         for more in lines {
             println!("               {more}");
         }
-        match marker {
-            "Linux version" => {
-                kernel_at = Some(at);
-                if let Some(cmdline) = vm
-                    .console_after_cursor()
-                    .lines()
-                    .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c.to_owned()))
-                {
-                    println!("               kernel command line: {}", cmdline.trim_end());
-                }
-            }
-            "basalt-init: switching root to /sysroot" => switch_root = rest,
-            "BASALT-REPORT: system=" => report = format!("system={rest}"),
-            _ => {}
+        if marker == "Linux version" {
+            kernel_at = Some(at);
         }
     }
     vm.expect_poweroff(STEP)?;
+    // Read whole lines only now: right after a marker the rest of its line may still be
+    // on its way.
+    let console = vm.console();
+    let rest_of_line = |marker: &str| {
+        console
+            .split_once(marker)
+            .and_then(|(_, after)| after.lines().next())
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned()
+    };
+    let switch_root = rest_of_line("basalt-init: switching root to /sysroot");
+    let report = format!("system={}", rest_of_line("BASALT-REPORT: system="));
     let total = vm.elapsed();
     let fields: std::collections::HashMap<&str, &str> = report
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .collect();
     let f = |k: &str| fields.get(k).copied().unwrap_or("?");
+    println!(
+        "      the boot entry's kernel command line: {}",
+        rest_of_line("Command line: ")
+    );
     println!("      what the guest reported:");
     println!("        systemd state:      {}", f("system"));
     println!(
