@@ -2,7 +2,8 @@
 //! the static `basalt-init` ([`basalt_init`]), the `basalt` CLI ([`basalt_cli`]), fixed
 //! test signing keys with their trust root ([`test_keys`]) and the `minimal` images
 //! ([`minimal_image`]: one per version, built by `basalt_image::build` into its input-hash
-//! cache, so a second run only copies files).
+//! cache, so a second run only copies files) and the product `container-host` image
+//! ([`container_host_image`], from `image/definitions/container-host.toml`).
 //!
 //! Concurrency: a process-wide mutex per artifact makes parallel tests of one binary wait for
 //! the first builder; across processes, cargo's own lock (for the binaries) and the image
@@ -31,6 +32,7 @@ static INIT: Mutex<Option<PathBuf>> = Mutex::new(None);
 static CLI: Mutex<Option<PathBuf>> = Mutex::new(None);
 static KEYS: Mutex<Option<TestKeys>> = Mutex::new(None);
 static IMAGES: Mutex<Option<HashMap<String, MinimalImage>>> = Mutex::new(None);
+static CONTAINER_HOST: Mutex<Option<MinimalImage>> = Mutex::new(None);
 
 /// Build the static, stripped `basalt-init` (release) into `<workspace>/build/target-init`
 /// (its own target folder, so it never waits for the test build's lock) and return its path.
@@ -235,4 +237,88 @@ pub fn minimal_image(version: &str) -> Result<MinimalImage> {
     };
     images.insert(version.to_string(), image.clone());
     Ok(image)
+}
+
+/// The product image definition, `image/definitions/container-host.toml`.
+pub fn container_host_definition() -> PathBuf {
+    crate::workspace_root()
+        .join("image")
+        .join("definitions")
+        .join("container-host.toml")
+}
+
+/// The product `container-host` image, built once per process from
+/// [`container_host_definition`] with the test keys into
+/// `<workspace>/build/test-images/container-host/out` (from the image cache when the inputs
+/// were built before: the first build runs mmdebstrap, ≈1–2 min). The release directory has
+/// the same shape as a [`MinimalImage`]'s. Treat its files as read-only.
+pub fn container_host_image() -> Result<MinimalImage> {
+    let mut done = CONTAINER_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(image) = done.as_ref() {
+        return Ok(image.clone());
+    }
+    let keys = test_keys()?;
+    let out = crate::workspace_root()
+        .join("build")
+        .join("test-images")
+        .join("container-host")
+        .join("out");
+    let req = BuildRequest {
+        config: container_host_definition(),
+        keys: vec![keys.key.clone()],
+        trust: keys.trust.clone(),
+        init: basalt_init()?,
+        out: out.clone(),
+        cache: default_cache_dir(),
+        kernel_cache: KernelTree::default_cache_dir(),
+        issued_at: Utc::now(),
+    };
+    let report = build(&req)?;
+    let image = MinimalImage {
+        dir: out,
+        definition: req.config,
+        report,
+        keys,
+    };
+    *done = Some(image.clone());
+    Ok(image)
+}
+
+/// Append `option` to the `options` line of every boot entry on the ESP of the disk image
+/// `disk` (a private copy: the image's signed parts are untouched, only the ESP changes).
+/// Returns the entry files changed. How a test switches on an inert test hook such as
+/// `basalt.test=report` without building a second image.
+pub fn add_kernel_option(disk: &Path, option: &str) -> Result<Vec<String>> {
+    use basalt_disk::{Esp, FatImageEsp, Inventory};
+    let disk_err = |source| Error::Disk {
+        path: disk.to_path_buf(),
+        source,
+    };
+    let inv = Inventory::read_path(disk, None).map_err(disk_err)?;
+    let mut esp = FatImageEsp::open(disk, inv.esp.offset, inv.esp.size).map_err(disk_err)?;
+    let dir = "loader/entries";
+    let entries = esp.list(dir).map_err(disk_err)?.unwrap_or_default();
+    let mut changed = Vec::new();
+    for entry in entries {
+        if entry.is_dir || !entry.name.ends_with(".conf") {
+            continue;
+        }
+        let path = format!("{dir}/{}", entry.name);
+        let text = String::from_utf8_lossy(&esp.read(&path).map_err(disk_err)?).into_owned();
+        let mut out = String::new();
+        for line in text.lines() {
+            let is_options = line.split_whitespace().next() == Some("options");
+            if is_options && !line.split_whitespace().any(|o| o == option) {
+                out.push_str(&format!("{line} {option}\n"));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if out != text {
+            esp.write_atomic(&path, out.as_bytes()).map_err(disk_err)?;
+            changed.push(path);
+        }
+    }
+    Ok(changed)
 }

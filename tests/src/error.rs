@@ -22,6 +22,15 @@ pub enum Error {
     /// Making test keys or a trust root failed.
     #[error("test keys: {0}")]
     Manifest(basalt_manifest::Error),
+    /// Reading or editing a disk image's layout or ESP failed.
+    #[error("disk image {path}: {source}")]
+    Disk {
+        /// The disk image.
+        path: PathBuf,
+        /// What the disk library said.
+        #[source]
+        source: basalt_disk::Error,
+    },
     /// The busybox binary for an initramfs is dynamically linked.
     #[error("{path} is dynamically linked; an initramfs needs the static one: apt-get install busybox-static")]
     BusyboxNotStatic {

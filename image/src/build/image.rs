@@ -175,8 +175,10 @@ struct Inputs {
 
 /// The cache key: SHA-256 over the builder version, the definition bytes, the profile, the
 /// kernel package, the basalt-init bytes, the trust root, the public keys (in the order
-/// given), mke2fs (packed into the initramfs) and, for `minimal`, the busybox binary and
-/// the init script. Other changes to the builder's own code bump [`BUILDER_VERSION`].
+/// given), mke2fs (packed into the initramfs), for `minimal` the busybox binary and the init
+/// script, for `container-host` the staging revision and the report unit. Other changes to
+/// the builder's own code bump [`BUILDER_VERSION`]. (The Debian packages are not pinned: a
+/// rebuild after an archive update needs a new definition or a cleared cache.)
 /// Length-prefixed so fields cannot run into each other.
 fn cache_key(inputs: &Inputs) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -196,6 +198,12 @@ fn cache_key(inputs: &Inputs) -> String {
     if inputs.config.profile == Profile::Minimal {
         field(&inputs.busybox_bytes);
         field(rootfs::MINIMAL_INIT.as_bytes());
+    }
+    if inputs.config.profile == Profile::ContainerHost {
+        // The staging code's own content (report unit and script, masks).
+        field(rootfs::CONTAINER_HOST_STAGING.as_bytes());
+        field(rootfs::REPORT_UNIT.as_bytes());
+        field(rootfs::REPORT_SCRIPT.as_bytes());
     }
     field(&inputs.mke2fs_bytes);
     hex::encode(ctx.finish().as_ref())

@@ -327,9 +327,11 @@ pub fn stage_container_host(
         let to = factory.join(dir);
         fs::rename(&from, &to).map_err(io("move", &from))?;
     }
-    // containerd's CRI plugin wants /etc/cni/net.d; the serial getty needs no udev wait.
+    // containerd's CRI plugin wants /etc/cni/net.d (else it fails to create it on a read-only
+    // path and the unit degrades).
     mkdirs(&factory.join("etc/cni/net.d"))?;
     write(&factory.join("etc/hostname"), "basalt\n")?;
+    finish_container_host(staging)?;
     write(
         &staging.join("usr/lib/os-release"),
         os_release(os, "container-host"),
@@ -338,6 +340,163 @@ pub fn stage_container_host(
     let _ = fs::remove_file(&etc_os_release);
     symlink("../usr/lib/os-release", &etc_os_release).map_err(io("symlink", &etc_os_release))?;
     fs::remove_dir_all(&tree).map_err(io("remove", &tree))?;
+    Ok(())
+}
+
+/// The unit that reports how a container-host boot went, for tests and the demo. Shipped and
+/// enabled in `/usr`, inert unless the kernel command line has [`REPORT_OPTION`]. `Type=exec`,
+/// not `oneshot`: a oneshot job would keep the boot "starting", and the script waits for the
+/// boot to finish (`is-system-running --wait`). The script opens `/dev/console` itself: a unit
+/// with `StandardOutput=tty` on the console makes systemd stop printing its own status lines
+/// (`Reached target …`) while it runs.
+pub const REPORT_UNIT: &str = "[Unit]
+Description=Basalt boot report (tests only: basalt.test=report)
+ConditionKernelCommandLine=basalt.test=report
+After=multi-user.target
+
+[Service]
+Type=exec
+ExecStart=/usr/lib/basalt/boot-report
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The kernel option that makes `basalt-boot-report.service` report and power off.
+pub const REPORT_OPTION: &str = "basalt.test=report";
+
+/// The report script: one `BASALT-REPORT:` line (each field `key=value`, no spaces inside a
+/// value), a `BASALT-REPORT-TIME:` line (systemd-analyze), then power-off. Each line is written
+/// with one `printf` so a getty prompt cannot land inside it.
+pub const REPORT_SCRIPT: &str = r#"#!/bin/sh
+PATH=/usr/sbin:/usr/bin
+exec >/dev/console 2>&1
+system=$(timeout 300 systemctl is-system-running --wait 2>/dev/null)
+[ -n "$system" ] || system=unknown
+containerd=$(systemctl is-active containerd.service 2>/dev/null)
+usr=$(findmnt -n -o FSTYPE,OPTIONS /usr | tr -s ' ' ',')
+root=$(findmnt -n -o FSTYPE,OPTIONS / | cut -d, -f1 | tr -s ' ' ',')
+. /usr/lib/os-release
+failed=$(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | paste -sd, -)
+machine_id=$(cat /etc/machine-id 2>/dev/null)
+[ -n "$machine_id" ] || machine_id=none
+[ -s /var/lib/dpkg/status ] && var=factory || var=empty
+ctr_version=$(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}')
+. /run/basalt/boot.env 2>/dev/null
+# Kernel start → multi-user.target, guest clock (µs since boot).
+mu=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target 2>/dev/null)
+mu_s=$(awk -v us="${mu:-0}" 'BEGIN { printf "%.1f", us / 1000000 }')
+# The boot entry systemd-boot started (EFI variable: 4 attribute bytes, then UTF-16LE).
+# Read through a pipe: efivarfs files do not take the seek `tail -c` would do.
+entry=$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tail -c +5 | tr -d '\000')
+printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID machine-id=$machine_id var=$var containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s entry=${entry:-none} failed=${failed:-none}"
+printf '%s\n' "BASALT-REPORT-TIME: $(systemd-analyze time 2>/dev/null | head -n 1)"
+printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager multi-user.target 2>/dev/null | grep -o '[a-z.@-]*\.service[^ ]* [^ ]*' | head -n 4 | paste -sd';' -)"
+printf '%s\n' "BASALT-REPORT: done, powering off"
+systemctl --no-block poweroff
+"#;
+
+/// Bump when the container-host staging changes in a way the image cache key would not see
+/// (the report unit, the masks, the /var handling …): the key covers it.
+pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/3";
+
+/// Units of Debian's systemd that do not fit a non-interactive, image-based host; masked in
+/// the factory `/etc` (a link to `/dev/null`, so an admin can still unmask them).
+/// - `systemd-firstboot.service` would prompt on the console for locale, time zone and root
+///   password on the first boot (the empty `/etc/machine-id` makes it a "first boot").
+pub const MASKED_UNITS: [&str; 1] = ["systemd-firstboot.service"];
+
+/// The container-host specifics on top of the Debian tree: machine-id, the boot report unit,
+/// masked units, `/var` from the factory copy on first boot, no package caches.
+fn finish_container_host(staging: &Path) -> Result<(), RootfsError> {
+    let usr = staging.join("usr");
+    let factory = usr.join("share/factory");
+    // Empty machine-id: systemd generates one on the first boot and, /etc being writable,
+    // commits it (systemd-machine-id-commit); every node gets its own.
+    write(&factory.join("etc/machine-id"), "")?;
+    let _ = fs::remove_file(factory.join("var/lib/dbus/machine-id"));
+    // The report unit, enabled in /usr (vendor preset: no /etc link needed).
+    let units = usr.join("lib/systemd/system");
+    write(&units.join("basalt-boot-report.service"), REPORT_UNIT)?;
+    let wants = units.join("multi-user.target.wants");
+    mkdirs(&wants)?;
+    let link = wants.join("basalt-boot-report.service");
+    symlink("../basalt-boot-report.service", &link).map_err(io("symlink", &link))?;
+    let script = usr.join("lib/basalt/boot-report");
+    write(&script, REPORT_SCRIPT)?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
+        .map_err(io("chmod", &script))?;
+    let masks = factory.join("etc/systemd/system");
+    mkdirs(&masks)?;
+    for unit in MASKED_UNITS {
+        let link = masks.join(unit);
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", &link).map_err(io("symlink", &link))?;
+    }
+    // Package caches and logs of the build host have no place in the image.
+    for dir in ["var/cache/apt", "var/lib/apt/lists", "var/log"] {
+        let path = factory.join(dir);
+        if path.is_dir() {
+            clear_dir(&path)?;
+        }
+    }
+    // basalt-init copies only /etc; /var starts empty on the root partition and
+    // systemd-tmpfiles copies the factory tree in on the first boot (`C`: only what is
+    // missing, never over a node's state).
+    write(
+        &usr.join("lib/tmpfiles.d/basalt-factory-var.conf"),
+        factory_var_tmpfiles(&factory.join("var"))?,
+    )?;
+    Ok(())
+}
+
+/// `tmpfiles.d` lines copying each entry of the factory `/var` that is missing on the node.
+/// Second-level entries (`/var/lib/dpkg`, not `/var/lib`): systemd's own tmpfiles create the
+/// first level (`/var/lib`, `/var/log` …) as empty folders, and `C` skips a path that exists.
+fn factory_var_tmpfiles(var: &Path) -> Result<String, RootfsError> {
+    let mut lines =
+        vec!["# Basalt: populate /var from /usr/share/factory/var on first boot.".to_owned()];
+    let mut firsts: Vec<_> = fs::read_dir(var)
+        .map_err(io("read folder", var))?
+        .filter_map(|e| e.ok())
+        .collect();
+    firsts.sort_by_key(|e| e.file_name());
+    for first in firsts {
+        let name = first.file_name().to_string_lossy().into_owned();
+        let is_dir = first.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !is_dir {
+            // /var/run, /var/lock: systemd's own tmpfiles make these links.
+            continue;
+        }
+        lines.push(format!("d /var/{name} 0755 - - -"));
+        let mut seconds: Vec<_> = fs::read_dir(first.path())
+            .map_err(io("read folder", &first.path()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        seconds.sort();
+        for second in seconds {
+            lines.push(format!(
+                "C /var/{name}/{second} - - - - /usr/share/factory/var/{name}/{second}"
+            ));
+        }
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// Remove everything inside `dir`, keeping `dir`.
+fn clear_dir(dir: &Path) -> Result<(), RootfsError> {
+    for entry in fs::read_dir(dir).map_err(io("read folder", dir))? {
+        let path = entry.map_err(io("read folder", dir))?.path();
+        let is_dir = fs::symlink_metadata(&path)
+            .map(|m| m.is_dir())
+            .map_err(io("stat", &path))?;
+        if is_dir {
+            fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+        } else {
+            fs::remove_file(&path).map_err(io("remove", &path))?;
+        }
+    }
     Ok(())
 }
 
@@ -378,6 +537,39 @@ mod tests {
         .unwrap();
         let text = apt_sources_from_host(dir.path(), "bookworm").unwrap();
         assert!(text.contains("[signed-by="), "{text}");
+    }
+
+    #[test]
+    fn factory_var_becomes_copy_lines_per_second_level_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let var = dir.path();
+        fs::create_dir_all(var.join("lib/dpkg")).unwrap();
+        fs::write(var.join("lib/dpkg/status"), "").unwrap();
+        fs::create_dir_all(var.join("lib/systemd")).unwrap();
+        fs::create_dir_all(var.join("log")).unwrap();
+        symlink("/run", var.join("run")).unwrap();
+        let text = factory_var_tmpfiles(var).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "d /var/lib 0755 - - -",
+                "C /var/lib/dpkg - - - - /usr/share/factory/var/lib/dpkg",
+                "C /var/lib/systemd - - - - /usr/share/factory/var/lib/systemd",
+                "d /var/log 0755 - - -",
+            ]
+        );
+    }
+
+    #[test]
+    fn report_unit_is_inert_without_the_option_and_script_reports_one_line() {
+        assert!(REPORT_UNIT.contains(&format!("ConditionKernelCommandLine={REPORT_OPTION}")));
+        assert!(!REPORT_UNIT.contains("StandardOutput=tty"));
+        let report_lines = REPORT_SCRIPT
+            .lines()
+            .filter(|l| l.contains("\"BASALT-REPORT: system="))
+            .count();
+        assert_eq!(report_lines, 1);
     }
 
     #[test]
