@@ -139,6 +139,10 @@ fn fuzz(seconds: u32) -> Result<()> {
         let mut cmd = Command::new("cargo");
         cmd.current_dir(root.join(dir))
             .args(["+nightly", "fuzz", "run", target])
+            // One target folder for every fuzz crate: their common dependencies (ring, serde,
+            // gptman …) are built once with the sanitizer flags, not once per crate.
+            .arg("--target-dir")
+            .arg(root.join("target").join("fuzz"))
             .arg(&corpus);
         let seeds = fuzz_dir.join("seeds").join(target);
         if seeds.is_dir() {
