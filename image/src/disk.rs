@@ -315,6 +315,7 @@ fn inspect(image: &Path, cmdline: Option<&str>, as_json: bool) -> anyhow::Result
     // `File` is read-only here: GptPrio only reads for status.
     let boot = gp.status()?;
     let fields = gp.fields()?;
+    let esp = esp_view(image, &inv);
     let mut parts: Vec<_> = vec![("esp", &inv.esp), ("root", &inv.root)];
     for s in &inv.slots {
         parts.push((if s.slot == Slot::A { "usr-a" } else { "usr-b" }, &s.data));
@@ -362,7 +363,11 @@ fn inspect(image: &Path, cmdline: Option<&str>, as_json: bool) -> anyhow::Result
             },
             "partitions": partitions, "slots": slots,
             "booted": inv.booted.map(|s| s.to_string()),
-            "next_boot": {"gptprio": boot.next.map(|s| s.to_string())},
+            "esp": esp.to_json(),
+            "next_boot": {
+                "gptprio": boot.next.map(|s| s.to_string()),
+                "bls": esp.next_entry(),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -399,5 +404,94 @@ fn inspect(image: &Path, cmdline: Option<&str>, as_json: bool) -> anyhow::Result
         );
     }
     println!("next boot (gptprio): {}", next_text(boot.next));
+    esp.print();
     Ok(())
+}
+
+/// What the ESP says: systemd-boot's entries in its boot order, or why they cannot be read
+/// (an ESP that was never formatted is normal for a disk made by `basalt disk create`).
+enum EspView {
+    Entries(Vec<basalt_disk::bls::EntryInfo>),
+    Unreadable(String),
+}
+
+fn esp_view(image: &Path, inv: &slots::Inventory) -> EspView {
+    let read = || -> Result<_, basalt_disk::Error> {
+        let esp = basalt_disk::FatImageEsp::open(image, inv.esp.offset, inv.esp.size)?;
+        let bls = basalt_disk::BlsBackend::new(esp);
+        let mut entries = bls.boot_order()?;
+        // Entries systemd-boot would skip still belong in an inspection, after the others.
+        entries.extend(
+            bls.entries()?
+                .into_iter()
+                .filter(|e| e.unloadable.is_some()),
+        );
+        Ok(entries)
+    };
+    match read() {
+        Ok(entries) => EspView::Entries(entries),
+        Err(e) => EspView::Unreadable(e.to_string()),
+    }
+}
+
+impl EspView {
+    /// The entry file systemd-boot boots next: the first loadable one in its order.
+    fn next_entry(&self) -> Option<String> {
+        match self {
+            EspView::Entries(v) => v
+                .iter()
+                .find(|e| e.unloadable.is_none())
+                .map(|e| e.file.clone()),
+            EspView::Unreadable(_) => None,
+        }
+    }
+
+    fn entry_status(e: &basalt_disk::bls::EntryInfo) -> &'static str {
+        match (&e.unloadable, &e.name.counter) {
+            (Some(_), _) => "unloadable",
+            (None, None) => "good",
+            (None, Some(c)) if c.left == 0 => "bad",
+            (None, Some(_)) => "trying",
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            EspView::Entries(v) => json!({
+                "entries": v.iter().map(|e| json!({
+                    "file": e.file,
+                    "title": e.content.title,
+                    "version": e.basalt.as_ref().map(|b| b.version.clone()),
+                    "slot": e.basalt.as_ref().map(|b| b.slot.to_string()),
+                    "tries_left": e.name.counter.as_ref().map(|c| c.left),
+                    "tries_done": e.name.counter.as_ref().map(|c| c.done),
+                    "status": Self::entry_status(e),
+                })).collect::<Vec<_>>(),
+            }),
+            EspView::Unreadable(why) => json!({ "error": why }),
+        }
+    }
+
+    fn print(&self) {
+        match self {
+            EspView::Entries(v) if v.is_empty() => println!("esp: no boot entries"),
+            EspView::Entries(v) => {
+                println!("esp boot entries (systemd-boot's order; the first boots next):");
+                for e in v {
+                    println!(
+                        "  {:<28} {:<10} slot {:<2} {}",
+                        e.file,
+                        Self::entry_status(e),
+                        e.basalt.as_ref().map_or("-".into(), |b| b.slot.to_string()),
+                        e.content.title.as_deref().unwrap_or("")
+                    );
+                }
+                println!(
+                    "next boot (systemd-boot): {}",
+                    self.next_entry().as_deref().unwrap_or("none")
+                );
+            }
+            EspView::Unreadable(why) => println!("esp: boot entries not readable: {why}"),
+        }
+    }
 }

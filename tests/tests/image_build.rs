@@ -389,6 +389,26 @@ fn a_second_release_installs_into_slot_b() -> Result<()> {
         entries.contains("basalt-1.0.0.conf") && entries.contains("basalt-2.0.0+3.conf"),
         "{entries}"
     );
+    // `basalt disk inspect` reads the same ESP: the staged v2 entry (counting) sorts first,
+    // so it is what systemd-boot boots next; v1's blessed entry is the fallback.
+    let esp_entries = inv["esp"]["entries"].as_array().context("esp entries")?;
+    let files: Vec<&str> = esp_entries
+        .iter()
+        .filter_map(|e| e["file"].as_str())
+        .collect();
+    ensure!(
+        files == ["basalt-2.0.0+3.conf", "basalt-1.0.0.conf"],
+        "{inv}"
+    );
+    ensure!(
+        esp_entries[0]["status"] == "trying"
+            && esp_entries[0]["slot"] == "B"
+            && esp_entries[0]["tries_left"] == 3
+            && esp_entries[1]["status"] == "good"
+            && esp_entries[1]["slot"] == "A",
+        "{inv}"
+    );
+    ensure!(inv["next_boot"]["bls"] == "basalt-2.0.0+3.conf", "{inv}");
     let verify = run(&SGDISK, &[os("-v"), disk.as_os_str()])?;
     ensure!(verify.contains("No problems found"), "{verify}");
     Ok(())
