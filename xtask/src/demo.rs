@@ -540,43 +540,16 @@ fn product_image(d: &mut Demo) -> Result<ProductImage> {
             }
         );
     }
-    println!("      $ basalt disk inspect disk.img   (partitions, slots and their GPT attributes)");
+    println!(
+        "      $ basalt disk inspect disk.img   (partitions, slots, GPT attributes, ESP boot entries)"
+    );
     let inspect = d.basalt(&["disk", "inspect", &disk.display().to_string()])?;
     print!("{}", indent(&inspect));
     println!(
         "      (the gptprio lines are the ChromeOS/Flatcar-style backend, unused by this image:\n\
          \x20      it boots with systemd-boot, whose entries on the ESP decide)"
     );
-    esp_entries(&disk)?;
     Ok(ProductImage { out })
-}
-
-/// The boot entries on the ESP in systemd-boot's order: the first one boots next.
-fn esp_entries(disk: &Path) -> Result<()> {
-    use basalt_disk::{BlsBackend, FatImageEsp, Inventory};
-    let inv = Inventory::read_path(disk, None)?;
-    let esp = FatImageEsp::open(disk, inv.esp.offset, inv.esp.size)?;
-    let bls = BlsBackend::new(esp);
-    println!("      ESP boot entries (systemd-boot's order; the first boots next):");
-    for (i, e) in bls.boot_order()?.iter().enumerate() {
-        let slot = e
-            .basalt
-            .as_ref()
-            .map_or("-".to_owned(), |b| format!("slot {}", b.slot));
-        println!(
-            "        {} {:24} {:28} {}{}",
-            if i == 0 { "→" } else { " " },
-            e.file,
-            e.content.title.as_deref().unwrap_or("?"),
-            slot,
-            if e.name.counter.is_none() {
-                ", blessed (no try counter)"
-            } else {
-                ", with a try counter"
-            }
-        );
-    }
-    Ok(())
 }
 
 /// One stage of the boot as the console shows it: the marker, and what it means.
