@@ -44,14 +44,6 @@ pub enum Error {
         path: String,
     },
 
-    /// Taking the cache lock failed.
-    #[error("locking {path}")]
-    Lock {
-        /// The lock file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
     /// Creating a folder failed.
     #[error("creating folder {path}")]
     CreateDir {
