@@ -97,6 +97,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A scenario's expectation about a guest or its disk did not hold (the message says
+    /// which, with the console excerpt that matters).
+    #[error("{0}")]
+    ScenarioCheck(String),
     /// Reading or writing a slot of a disk image (GPT, slot contents) failed.
     #[error("{what} (slot {slot} of {disk})")]
     Slot {

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use basalt_disk::{
-    BlsBackend, BootControl, BootTarget, FatImageEsp, Inventory, PartitionRange, RootHash, Slot,
-    SlotPart,
+    BlsBackend, BootControl, BootStatus, BootTarget, FatImageEsp, Inventory, PartitionRange,
+    RootHash, Slot, SlotPart,
 };
 use basalt_image::build::image::write_usr_slot;
 use basalt_manifest::Digest;
@@ -216,6 +216,64 @@ pub fn kernel_boots(console: &str) -> Vec<&str> {
 pub fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// Check one kernel boot's console (`n` counts from 0): each `(marker, present)` must be in
+/// `boot` when `present` and absent otherwise. The error names the marker and shows the end of
+/// that boot.
+pub fn expect_markers(n: usize, boot: &str, markers: &[(&str, bool)]) -> Result<()> {
+    for &(marker, present) in markers {
+        if boot.contains(marker) != present {
+            return Err(Error::ScenarioCheck(format!(
+                "boot {}: {marker:?} {}expected; that boot's end:\n{}",
+                n + 1,
+                if present { "" } else { "not " },
+                tail(boot)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The ESP after a fallback run: exactly `v1_entry` (blessed) and `v2_spent` (tries used up),
+/// as basalt-disk and mtools both read them; slot A good, slot B bad, A boots next. Returns
+/// the backend for the scenario's own further checks.
+pub fn expect_fell_back(
+    disk: &Path,
+    v1_entry: &str,
+    v2_spent: &str,
+) -> Result<BlsBackend<FatImageEsp>> {
+    let check = |ok: bool, what: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::ScenarioCheck(what))
+        }
+    };
+    let mut want = vec![v1_entry.to_string(), v2_spent.to_string()];
+    want.sort();
+    let after = entry_files(disk)?;
+    check(
+        after == want,
+        format!("entries after the run: {after:?}, expected {want:?}"),
+    )?;
+    check(
+        entry_files_mtools(disk)? == want,
+        format!("mtools disagrees with basalt-disk on {want:?}"),
+    )?;
+    let bls = esp_backend(disk)?;
+    let state = bls.status().map_err(|source| Error::BootEntries {
+        what: "read the boot state",
+        disk: disk.to_path_buf(),
+        source,
+    })?;
+    check(
+        state.slot(Slot::A).status == BootStatus::Good
+            && state.slot(Slot::B).status == BootStatus::Bad
+            && state.next == Some(Slot::A),
+        format!("after the fallback, A must be good and next, B bad: {state:?}"),
+    )?;
+    Ok(bls)
 }
 
 /// How many times `marker` occurs in `console` (non-overlapping).

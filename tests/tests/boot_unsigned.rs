@@ -11,11 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use basalt_disk::{BootControl, BootStatus, Esp, RootHash, Slot};
+use basalt_disk::{BootControl, Esp, RootHash, Slot};
 use basalt_tests::artifacts::minimal_image;
 use basalt_tests::scenario::{
-    count_markers, entry_files, entry_files_mtools, esp_backend, install_usr, kernel_boots,
-    release_target, stage, tail, UsrImage,
+    count_markers, entry_files, esp_backend, expect_fell_back, expect_markers, install_usr,
+    kernel_boots, release_target, stage, UsrImage,
 };
 use basalt_tests::vm::{scenario_dir, VmConfig, RESTART_MARKER};
 use basalt_verity::{format_path, hash_tree_size, FormatOptions, BLOCK_SIZE};
@@ -194,41 +194,23 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
     let refused = format!("{FAILED}{NOT_SIGNED}");
     for (n, boot) in boots.iter().enumerate() {
         let v2_try = n < TRIES as usize;
-        for (marker, present) in [
-            (refused.as_str(), v2_try),
-            (RESTART_MARKER, v2_try),
-            (FAILED, v2_try),
-            ("basalt-init: dm-verity usr status", !v2_try),
-            (SWITCHING, !v2_try),
-            (USERSPACE_UP, !v2_try),
-            (V1_UP, !v2_try),
-            ("Kernel panic", false),
-        ] {
-            ensure!(
-                boot.contains(marker) == present,
-                "boot {}: {marker:?} {}expected; that boot's end:\n{}",
-                n + 1,
-                if present { "" } else { "not " },
-                tail(boot)
-            );
-        }
+        expect_markers(
+            n,
+            boot,
+            &[
+                (refused.as_str(), v2_try),
+                (RESTART_MARKER, v2_try),
+                (FAILED, v2_try),
+                ("basalt-init: dm-verity usr status", !v2_try),
+                (SWITCHING, !v2_try),
+                (USERSPACE_UP, !v2_try),
+                (V1_UP, !v2_try),
+                ("Kernel panic", false),
+            ],
+        )?;
     }
 
-    let after = entry_files(&disk)?;
-    let mut want = vec![v1_entry.clone(), v2_spent.clone()];
-    want.sort();
-    ensure!(
-        after == want,
-        "entries after the run: {after:?}, expected {want:?}"
-    );
-    ensure!(
-        entry_files_mtools(&disk)? == want,
-        "mtools disagrees with basalt-disk on {want:?}"
-    );
-    let bls = esp_backend(&disk)?;
-    let state = bls.status()?;
-    ensure!(state.slot(Slot::A).status == BootStatus::Good, "{state:?}");
-    ensure!(state.slot(Slot::B).status == BootStatus::Bad, "{state:?}");
+    let bls = expect_fell_back(&disk, v1_entry, &v2_spent)?;
     let spent = String::from_utf8(bls.esp().read(&format!("loader/entries/{v2_spent}"))?)?;
     ensure!(
         spent.contains(&format!("usrhash={}", unsigned.root_hash.to_hex())),
