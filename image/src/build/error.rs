@@ -125,3 +125,16 @@ pub(crate) fn io(
     let path = path.to_owned();
     move |source| BuildError::Io { op, path, source }
 }
+
+/// Shorthand for a [`BuildError::Disk`] mapper: `step` names what was being done to `disk`.
+pub(crate) fn disk_err(
+    step: &'static str,
+    disk: &std::path::Path,
+) -> impl FnOnce(basalt_disk::Error) -> BuildError {
+    let path = disk.to_owned();
+    move |source| BuildError::Disk {
+        step,
+        path,
+        source: Box::new(source),
+    }
+}

@@ -42,7 +42,7 @@ use serde::Serialize;
 
 use super::config::{ImageConfig, Profile};
 use super::erofs::{self, Compression};
-use super::error::{io, BuildError};
+use super::error::{disk_err, io, BuildError};
 use super::rootfs;
 use crate::kernel::elf::Elf64;
 use crate::kernel::KernelTree;
@@ -663,16 +663,8 @@ fn write_disk(
     initrd: &Path,
     cmdline: &str,
 ) -> Result<(), BuildError> {
-    let disk_err = |step: &'static str| {
-        let path = disk.to_owned();
-        move |source| BuildError::Disk {
-            step,
-            path,
-            source: Box::new(source),
-        }
-    };
     basalt_disk::create_image(disk, &layout_for(config.profile))
-        .map_err(disk_err("create the GPT layout"))?;
+        .map_err(disk_err("create the GPT layout", disk))?;
 
     let version = config.os.version.to_string();
     write_usr_slot(
@@ -686,7 +678,7 @@ fn write_disk(
         &version,
     )?;
 
-    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout"))?;
+    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout", disk))?;
     // ESP: systemd-boot, loader.conf, the blessed slot-A entry with its kernel and initrd.
     let target = BootTarget {
         version: version.clone(),
@@ -704,9 +696,11 @@ fn write_disk(
     )
     .map_err(disk_err(
         "install systemd-boot and the slot-A entry on the ESP",
+        disk,
     ))?;
 
-    // Root: ext4 with the merged-/usr skeleton (basalt-init never formats).
+    // Root: ext4 with the merged-/usr skeleton, so the first boot needs no mkfs (basalt-init
+    // can create it too, when a node's root partition is blank).
     let skeleton = disk.with_file_name("root-skeleton");
     make_root_skeleton(&skeleton)?;
     let blocks = inv.root.size / 4096;
@@ -743,18 +737,10 @@ pub fn write_usr_slot(
     os: &str,
     version: &str,
 ) -> Result<(), BuildError> {
-    let disk_err = |step: &'static str| {
-        let path = disk.to_owned();
-        move |source| BuildError::Disk {
-            step,
-            path,
-            source: Box::new(source),
-        }
-    };
     let open = || File::open(usr).map_err(io("open", usr));
     let mut data = RangeReader::new(open()?, 0, hash_offset);
     let mut verity = RangeReader::new(open()?, hash_offset, usr_len - hash_offset);
-    let mut dev = basalt_disk::slots::open_rw(disk).map_err(disk_err("open"))?;
+    let mut dev = basalt_disk::slots::open_rw(disk).map_err(disk_err("open", disk))?;
     write_slot(
         &mut dev,
         disk,
@@ -772,7 +758,7 @@ pub fn write_usr_slot(
             version,
         },
     )
-    .map_err(disk_err("write the usr slot"))
+    .map_err(disk_err("write the usr slot", disk))
 }
 
 /// Install the release directory `release` (a [`build`] output) into `slot` of the Basalt
@@ -810,17 +796,9 @@ pub fn install_release(
         &facts.os,
         &facts.version,
     )?;
-    let disk_err = |step: &'static str| {
-        let path = disk.to_owned();
-        move |source| BuildError::Disk {
-            step,
-            path,
-            source: Box::new(source),
-        }
-    };
-    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout"))?;
+    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout", disk))?;
     let esp = basalt_disk::FatImageEsp::open(disk, inv.esp.offset, inv.esp.size)
-        .map_err(disk_err("open the ESP"))?;
+        .map_err(disk_err("open the ESP", disk))?;
     let mut bls = basalt_disk::BlsBackend::new(esp);
     let target = BootTarget {
         version: facts.version.clone(),
@@ -830,7 +808,7 @@ pub fn install_release(
         options: facts.cmdline.clone(),
     };
     bls.stage(slot, &target, tries)
-        .map_err(disk_err("stage the boot entry"))
+        .map_err(disk_err("stage the boot entry", disk))
 }
 
 /// The root partition's first content: merged-/usr symlinks and the empty top-level folders.
