@@ -16,6 +16,8 @@ pub enum Document {
     TrustRoot,
     /// A `/usr` root-hash statement envelope (`application/vnd.basalt.usrhash.v1+json`).
     UsrHash,
+    /// The frame index of a compressed artifact (`BSLTFRM1`, see [`crate::frames`]).
+    FrameIndex,
 }
 
 impl std::fmt::Display for Document {
@@ -24,6 +26,7 @@ impl std::fmt::Display for Document {
             Document::Release => "release manifest",
             Document::TrustRoot => "trust root",
             Document::UsrHash => "usr hash statement",
+            Document::FrameIndex => "frame index",
         })
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Owns: the release manifest schema ([`Manifest`]), the DSSE signature envelope
 //! ([`Envelope`]), trust roots with thresholds and rotation ([`TrustRoot`]), the verification
-//! policy (expiry, sequence, downgrade: [`Policy`], [`verify_release`]) and the signed
-//! `/usr` root-hash statement the initramfs checks ([`verify_usr_hash`]).
+//! policy (expiry, sequence, downgrade: [`Policy`], [`verify_release`]), the signed
+//! `/usr` root-hash statement the initramfs checks ([`verify_usr_hash`]), the frame index of
+//! compressed artifacts ([`frames`]) and the static repository layout ([`repo`]).
 //! Does not own: fetching manifests or artifacts (the updater), building artifacts or writing
 //! key files (`basalt`).
 //!
@@ -38,9 +39,11 @@ pub use semver;
 
 pub mod envelope;
 pub mod error;
+pub mod frames;
 pub mod keys;
 pub mod manifest;
 pub mod policy;
+pub mod repo;
 #[cfg(any(test, feature = "sign"))]
 pub mod sign;
 pub mod trust;
@@ -51,10 +54,11 @@ mod tests;
 
 pub use envelope::{pae, Envelope, Signature, MAX_SIGNATURES};
 pub use error::{Document, Error, Result};
+pub use frames::{Frame, FrameIndex};
 pub use keys::{Digest, KeyId, PublicKey};
 pub use manifest::{
-    Artifact, ArtifactKind, Compression, CompressionAlgorithm, HashAlgorithm, Manifest, Verity,
-    SCHEMA_VERSION,
+    Artifact, ArtifactKind, Compression, CompressionAlgorithm, FrameIndexRef, HashAlgorithm,
+    Manifest, Verity, SCHEMA_VERSION,
 };
 pub use policy::{
     verify_release, Policy, VerifiedRelease, VersionChange, DEFAULT_MAX_CLOCK_SKEW,

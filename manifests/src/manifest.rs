@@ -109,6 +109,21 @@ pub struct Compression {
     pub compressed_size: u64,
     /// SHA-256 of the compressed file (checked before decompressing).
     pub compressed_sha256: Digest,
+    /// The frame index of a file compressed as independent frames (resumable, checkable frame
+    /// by frame): see [`crate::frames`]. `basalt release publish` always writes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_index: Option<FrameIndexRef>,
+}
+
+/// Where a [`crate::FrameIndex`] blob is and how to check it: served, like every blob, under
+/// its SHA-256 (see [`crate::repo`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameIndexRef {
+    /// SHA-256 of the index blob.
+    pub sha256: Digest,
+    /// Size of the index blob in bytes (`16 + 72 × frames`).
+    pub size: u64,
 }
 
 /// Supported compression formats.
@@ -181,10 +196,11 @@ fn invalid(reason: impl Into<String>) -> Error {
     }
 }
 
-/// Names of OS, channel and arch: non-empty, `[a-z0-9._-]`, at most 64 bytes.
+/// Names of OS, channel and arch: non-empty, `[a-z0-9._-]`, at most 64 bytes, starting with
+/// `[a-z0-9]` (so never `.` or `..`: channel and arch become folder names in a repository).
 pub(crate) fn valid_label(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 64
+    text.len() <= 64
+        && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && text
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
@@ -241,7 +257,7 @@ impl Manifest {
         ] {
             if !valid_label(value) {
                 return Err(invalid(format!(
-                    "{field} {value:?} must be 1-64 characters of [a-z0-9._-]"
+                    "{field} {value:?} must be 1-64 characters of [a-z0-9._-], starting with [a-z0-9]"
                 )));
             }
         }
@@ -287,6 +303,28 @@ impl Artifact {
         if let Some(c) = &self.compression {
             if c.compressed_size == 0 {
                 return Err(invalid(format!("artifact {name:?} has compressed_size 0")));
+            }
+            if let Some(index) = &c.frame_index {
+                let records = index
+                    .size
+                    .checked_sub(crate::frames::HEADER_LEN as u64)
+                    .filter(|n| n % crate::frames::RECORD_LEN as u64 == 0)
+                    .map(|n| n / crate::frames::RECORD_LEN as u64);
+                let ok =
+                    records.is_some_and(|n| (1..=crate::frames::MAX_FRAMES as u64).contains(&n));
+                if !ok {
+                    return Err(invalid(format!(
+                        "artifact {name:?}: frame index size {} is not 16 + 72 x (1..={}) bytes",
+                        index.size,
+                        crate::frames::MAX_FRAMES
+                    )));
+                }
+                if c.algorithm != CompressionAlgorithm::Zstd {
+                    return Err(invalid(format!(
+                        "artifact {name:?}: a frame index needs zstd frames, not {:?}",
+                        c.algorithm
+                    )));
+                }
             }
         }
         match (self.kind, &self.verity) {

@@ -53,6 +53,7 @@ fn manifest() -> Manifest {
                     algorithm: CompressionAlgorithm::Zstd,
                     compressed_size: 1000,
                     compressed_sha256: digest(2),
+                    frame_index: None,
                 }),
                 verity: Some(Verity {
                     root_hash: digest(3),

@@ -1,0 +1,138 @@
+//! File helpers every Basalt tool on a normal filesystem shares, so each exists once.
+//!
+//! Owns: replacing a file atomically and durably ([`write_atomic`]), syncing a directory
+//! ([`sync_dir`]). Does not own: ESP files (`basalt-disk` writes those through its `Esp`
+//! abstraction, which may be a FAT image) or anything the initramfs does (it stays std-only and
+//! small).
+//!
+//! Why the exact sequence in [`write_atomic`]: after a crash the path holds either the old or
+//! the new bytes, never a mix or an empty file. The temporary file sits in the same directory
+//! (a rename never crosses filesystems), is fsynced before the rename (so the rename cannot be
+//! persisted before the data), and the directory is fsynced after it (so the rename itself is
+//! persisted before we report success).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Which step of an atomic replace failed, and on which path.
+#[derive(Debug)]
+pub struct Error {
+    /// The step: "create", "write", "sync", "rename", "sync directory".
+    pub op: &'static str,
+    /// The file or directory the step worked on.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The temporary name used while replacing `path`: same directory, hidden, with the process
+/// id so two writers of the same file never share a temporary.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Replace `path` with `bytes`: write a temporary file next to it, fsync it, rename it over
+/// `path`, fsync the directory. `mode` sets the new file's permission bits (e.g. `0o600` for a
+/// private key, `0o644` for a status file). On error the temporary file is removed and `path`
+/// is unchanged.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err("create", &tmp))?;
+        f.write_all(bytes).map_err(err("write", &tmp))?;
+        f.sync_all().map_err(err("sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(err("rename", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(parent_dir(path))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync a directory, so renames and creations inside it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err("sync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        // No temporary left behind.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn failure_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_atomic(&path, b"old", 0o644).unwrap();
+        // A directory where the temporary must go makes "create" fail.
+        fs::create_dir(temp_path(&path)).unwrap();
+        let e = write_atomic(&path, b"new", 0o644).unwrap_err();
+        assert_eq!(e.op, "create");
+        assert!(e.to_string().contains(".f.tmp-"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn missing_directory_is_named() {
+        let e = write_atomic(Path::new("/nonexistent-basalt/x"), b"", 0o644).unwrap_err();
+        assert_eq!(e.op, "create");
+        assert!(e.to_string().contains("/nonexistent-basalt/"), "{e}");
+    }
+}

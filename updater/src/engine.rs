@@ -1,0 +1,186 @@
+//! The seam between the daemon and the update pipeline.
+//!
+//! The daemon (one task owning the state machine) decides *what* to do; an [`Engine`] does it:
+//! reads the node's disk and boot state, fetches and verifies the channel head, streams a
+//! release into the inactive slot, re-verifies it, stages it, and performs the boot-control
+//! verdicts. Every method blocks and does I/O; the daemon calls them on one worker thread, one
+//! call at a time, and never holds its state lock across a call. Tests of the daemon use an
+//! in-memory engine; the production engine (`pipeline`) is tested against real disks images, a
+//! real web server and the real boot-control backends.
+//!
+//! Invariants every implementation keeps (the host integration tests check them):
+//! - the booted slot's partitions are never written (`basalt_disk::Error::BootedSlot`);
+//! - before the first byte goes to the inactive slot, that slot is made unbootable (its boot
+//!   entry withdrawn / priority cleared, partitions labelled `_installing`), and it stays so
+//!   until the written bytes were re-read and their verity root hash matched the signed one;
+//! - a failed or cancelled download leaves the inactive slot unbootable and the other slot's
+//!   boot state exactly as it was (Bottlerocket #949);
+//! - a download interrupted by a dropped connection, a killed daemon or a reboot resumes from
+//!   what is already written *and re-verified*, never from trusting half-written data.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use basalt_disk::{BootStatus, Slot, SlotState};
+use basalt_manifest::chrono::{DateTime, Utc};
+use basalt_manifest::semver::Version;
+use basalt_manifest::{Digest, VerifiedRelease};
+
+/// The node's disk and boot state as the engine reads it (no writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// The slot the running system booted from (its root hash is the kernel's `usrhash=`).
+    pub booted: Option<Slot>,
+    /// Both slots, A first.
+    pub slots: [SlotView; 2],
+    /// The slot the boot loader picks next, by the boot-control backend's own rule.
+    pub next_boot: Option<Slot>,
+}
+
+/// One slot: content (from the GPT) and boot state (from the boot-control backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotView {
+    pub slot: Slot,
+    /// Content state (empty, installing, valid, active, bad).
+    pub state: SlotState,
+    /// The OS version in the slot, when it holds an image.
+    pub version: Option<Version>,
+    /// The verity root hash of the slot's `/usr`, when it holds an image.
+    pub usr_hash: Option<Digest>,
+    /// Boot-control state (absent, trying with tries left, good, bad).
+    pub boot: BootStatus,
+}
+
+/// What a check needs from the daemon's persisted state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    /// Now, for expiry and issue-time checks.
+    pub now: DateTime<Utc>,
+    /// The booted version (anti-downgrade).
+    pub installed_version: Option<Version>,
+    /// The highest manifest sequence this node accepted, and the SHA-256 of that envelope: the
+    /// same head seen again is "up to date", a lower sequence is a replay and refused.
+    pub last_seen: Option<(u64, Digest)>,
+    /// The operator explicitly allowed an older version (logged, reported).
+    pub allow_downgrade: bool,
+}
+
+/// The result of a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The channel head is the one already seen (same sequence, same bytes).
+    UpToDate { sequence: u64, version: Version },
+    /// A verified release newer than what was seen.
+    Available(Candidate),
+}
+
+/// A release that passed signature and policy checks, with the envelope bytes it came from (the
+/// daemon persists them so a restart can resume; they are verified again when loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub release: VerifiedRelease,
+    pub envelope: Vec<u8>,
+}
+
+/// Which part of the work a [`Progress`] report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Bytes fetched, checked and written into the slot.
+    Downloading,
+    /// The written slot re-read and re-hashed.
+    Verifying,
+    /// Kernel and initrd copied to the ESP, the boot entry staged.
+    Staging,
+}
+
+/// Progress of a long call, reported often (at least once per MiB written) and cheaply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Bytes done in this phase, out of `total`.
+    pub done: u64,
+    pub total: u64,
+    /// Bytes fetched from the source so far in this call (compressed).
+    pub fetched: u64,
+    /// Bytes that did not need fetching (already written and re-verified on resume).
+    pub reused: u64,
+}
+
+/// The result of a successful download: the inactive slot holds the release, re-verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    pub slot: Slot,
+    pub version: Version,
+    pub sequence: u64,
+    /// The verity root hash that was recomputed from the written bytes.
+    pub usr_hash: Digest,
+    /// Compressed bytes fetched by this call.
+    pub fetched: u64,
+    /// Uncompressed bytes kept from an earlier, interrupted attempt (re-verified).
+    pub reused: u64,
+}
+
+/// A cancellation request shared between the daemon and a running call. The engine checks it
+/// between chunks and returns its cancellation error soon after it is set.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A flag that is not set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask the running call to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the daemon asks of the update pipeline. Every method blocks; see the module docs for
+/// the invariants. Errors are the crate's typed errors (they name the artifact, slot, URL or
+/// version involved and map to stable D-Bus error names).
+pub trait Engine: Send {
+    /// The error type; `Display` must be a complete, human-readable sentence.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Read the disk and boot state. No writes.
+    fn node(&mut self) -> Result<NodeView, Self::Error>;
+
+    /// Walk the trust-root chain from the newest trusted generation, fetch the channel head and
+    /// verify it (threshold, expiry, sequence, downgrade, os/arch/channel). Persists newly
+    /// trusted root generations; no slot writes.
+    fn check(&mut self, request: &CheckRequest) -> Result<CheckOutcome, Self::Error>;
+
+    /// Stream `candidate` into the inactive slot and re-verify it (resuming an interrupted
+    /// download of the same release). `progress` is called from the calling thread.
+    fn download(
+        &mut self,
+        candidate: &Candidate,
+        progress: &mut dyn FnMut(&Progress),
+        cancel: &CancelFlag,
+    ) -> Result<Downloaded, Self::Error>;
+
+    /// Copy kernel and initrd to the ESP and stage the slot as the next boot with `tries`
+    /// attempts (the flip). The slot must hold `downloaded`, re-verified.
+    fn apply(&mut self, downloaded: &Downloaded, tries: u32) -> Result<(), Self::Error>;
+
+    /// Withdraw a partial download or a staged, not yet booted slot: it becomes unbootable; the
+    /// booted slot's bytes and boot state are untouched.
+    fn cancel(&mut self) -> Result<(), Self::Error>;
+
+    /// Make the other (good) slot the next boot and mark the booted one bad (explicit,
+    /// operator-requested rollback). Returns the slot that boots next.
+    fn rollback(&mut self) -> Result<Slot, Self::Error>;
+
+    /// The booted slot passed its health gate: stop boot counting, keep it as the default.
+    fn mark_good(&mut self) -> Result<(), Self::Error>;
+
+    /// `slot` must not boot again until re-staged.
+    fn mark_bad(&mut self, slot: Slot) -> Result<(), Self::Error>;
+}
