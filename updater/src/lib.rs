@@ -14,3 +14,4 @@
 //! time.
 
 pub mod engine;
+pub mod source;
