@@ -14,4 +14,5 @@
 //! time.
 
 pub mod engine;
+pub mod pipeline;
 pub mod source;

@@ -1,0 +1,485 @@
+//! Streaming one artifact, frame by frame, from the repository into a sink.
+//!
+//! ```text
+//!  resume:  frames 0..k claimed by the journal ─▶ read back from the sink, re-hashed;
+//!           the first mismatch is where fetching starts (never trusting half-written data)
+//!  fetch:   ONE ranged request from frame k's compressed offset to the end of the blob
+//!           for each frame: read its compressed bytes (cancel checked per 256 KiB)
+//!                        → sha256 == index? (before the decoder sees a byte)
+//!                        → zstd-decode into a buffer of exactly its length
+//!                        → sha256 == index? → write at its offset in the sink
+//!           every `checkpoint_bytes`: fdatasync the sink, then record the frames in the
+//!           journal; at the end: the body must be over (no extra byte), sync, record
+//!  whole:   the artifact's sha256 over every frame (re-read ones included); the blob's
+//!           compressed sha256 when the stream started at byte 0
+//! ```
+//!
+//! Memory: one compressed and one decoded frame (4 MiB each as published; at most
+//! `frames::MAX_FRAME_LEN`), whatever the artifact's size.
+
+use std::io::Read;
+
+use basalt_disk::RangeWriter;
+use basalt_manifest::{Digest, FrameIndex};
+use ring::digest::{Context, SHA256};
+
+use super::error::{Checked, Error};
+use super::io::Disk;
+use super::plan::Fetch;
+use crate::engine::{CancelFlag, Phase, Progress};
+use crate::source::{ByteRange, Source, SourceError};
+
+/// Bytes read from the source per call (cancellation and progress granularity).
+const READ_CHUNK: usize = 256 << 10;
+/// Bytes per write into the sink (progress granularity: at least once per MiB).
+const WRITE_CHUNK: usize = 1 << 20;
+
+pub(crate) fn sha256(bytes: &[u8]) -> Digest {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(bytes);
+    finish(ctx)
+}
+
+pub(crate) fn finish(ctx: Context) -> Digest {
+    let mut d = [0u8; 32];
+    d.copy_from_slice(ctx.finish().as_ref());
+    Digest(d)
+}
+
+/// Where an artifact's bytes go, by offset in the artifact.
+pub trait Sink {
+    /// Write `buf` at artifact offset `offset`.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), Error>;
+    /// Read back `buf.len()` bytes at artifact offset `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
+    /// Make everything written durable.
+    fn sync(&mut self) -> Result<(), Error>;
+}
+
+/// `usr.img` into a slot being installed: bytes before `hash_offset` go to the data
+/// partition at the same offset, the rest to the verity partition from its start.
+pub struct SlotSink {
+    pub data: RangeWriter<Box<dyn Disk>>,
+    pub verity: RangeWriter<Box<dyn Disk>>,
+    /// A read-only handle on the disk for reading frames back.
+    pub reader: std::fs::File,
+    pub disk: std::path::PathBuf,
+    pub data_offset: u64,
+    pub verity_offset: u64,
+    pub hash_offset: u64,
+}
+
+impl std::fmt::Debug for SlotSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotSink")
+            .field("disk", &self.disk)
+            .field("data_offset", &self.data_offset)
+            .field("verity_offset", &self.verity_offset)
+            .field("hash_offset", &self.hash_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotSink {
+    /// Split `[offset, offset + len)` of the artifact at `hash_offset`: pieces of
+    /// `(is_data, offset in that partition, start in buf, len)`.
+    fn split(&self, offset: u64, len: usize) -> Vec<(bool, u64, usize, usize)> {
+        let end = offset + len as u64;
+        let mut out = Vec::with_capacity(2);
+        if offset < self.hash_offset {
+            let n = (end.min(self.hash_offset) - offset) as usize;
+            out.push((true, offset, 0, n));
+        }
+        if end > self.hash_offset {
+            let start = offset.max(self.hash_offset);
+            let skip = (start - offset) as usize;
+            out.push((false, start - self.hash_offset, skip, len - skip));
+        }
+        out
+    }
+}
+
+impl Sink for SlotSink {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        for (is_data, at, start, n) in self.split(offset, buf.len()) {
+            let w = if is_data {
+                &mut self.data
+            } else {
+                &mut self.verity
+            };
+            w.set_position(at)
+                .and_then(|()| w.write(&buf[start..start + n]))
+                .map_err(super::error::disk("write the slot"))?;
+        }
+        Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        for (is_data, at, start, n) in self.split(offset, buf.len()) {
+            let base = if is_data {
+                self.data_offset
+            } else {
+                self.verity_offset
+            };
+            self.reader
+                .read_exact_at(&mut buf[start..start + n], base + at)
+                .map_err(super::error::io("read back the slot on", &self.disk))?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Error> {
+        self.data
+            .sync()
+            .and_then(|()| self.verity.sync())
+            .map_err(super::error::disk("sync the slot"))
+    }
+}
+
+/// A staged file (kernel, initrd) in the state folder.
+pub struct FileSink {
+    pub file: Box<dyn Disk>,
+    pub path: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSink")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink for FileSink {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        use std::io::{Seek, SeekFrom, Write};
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.write_all(buf))
+            .map_err(super::error::io("write", &self.path))
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        use std::io::{Seek, SeekFrom};
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(buf))
+            .map_err(super::error::io("read back", &self.path))
+    }
+
+    fn sync(&mut self) -> Result<(), Error> {
+        self.file
+            .sync_data()
+            .map_err(super::error::io("sync", &self.path))
+    }
+}
+
+/// Progress across the artifacts of one call.
+pub struct Meter<'a> {
+    pub report: &'a mut dyn FnMut(&Progress),
+    pub phase: Phase,
+    pub done: u64,
+    pub total: u64,
+    pub fetched: u64,
+    pub reused: u64,
+    last: u64,
+}
+
+impl std::fmt::Debug for Meter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("phase", &self.phase)
+            .field("done", &self.done)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Meter<'a> {
+    pub fn new(report: &'a mut dyn FnMut(&Progress), total: u64) -> Self {
+        Meter {
+            report,
+            phase: Phase::Downloading,
+            done: 0,
+            total,
+            fetched: 0,
+            reused: 0,
+            last: 0,
+        }
+    }
+
+    /// Report now.
+    pub fn emit(&mut self) {
+        self.last = self.done;
+        (self.report)(&Progress {
+            phase: self.phase,
+            done: self.done,
+            total: self.total,
+            fetched: self.fetched,
+            reused: self.reused,
+        });
+    }
+
+    /// Report if a MiB passed since the last report.
+    pub fn tick(&mut self) {
+        if self.done.saturating_sub(self.last) >= 1 << 20 || self.done < self.last {
+            self.emit();
+        }
+    }
+
+    /// Switch to `phase` with `total` bytes.
+    pub fn phase(&mut self, phase: Phase, total: u64) {
+        self.phase = phase;
+        self.done = 0;
+        self.total = total;
+        self.emit();
+    }
+}
+
+/// What streaming one artifact did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Streamed {
+    /// Compressed bytes fetched.
+    pub fetched: u64,
+    /// Uncompressed bytes kept from earlier (re-verified).
+    pub reused: u64,
+}
+
+/// Everything [`stream_artifact`] needs besides the sink.
+#[derive(Debug)]
+pub struct StreamJob<'a> {
+    pub source: &'a dyn Source,
+    pub fetch: &'a Fetch<'a>,
+    pub index: &'a FrameIndex,
+    /// Frames the journal claims are written.
+    pub claimed: usize,
+    pub checkpoint_bytes: u64,
+    pub cancel: &'a CancelFlag,
+}
+
+fn cancelled(job: &StreamJob<'_>, frame: usize) -> Result<(), Error> {
+    if job.cancel.is_cancelled() {
+        return Err(Error::Cancelled {
+            during: format!("downloading {} (frame {frame})", job.fetch.artifact.name),
+        });
+    }
+    Ok(())
+}
+
+/// Map a read error of the body to the pipeline's error.
+fn body_error(job: &StreamJob<'_>, location: &str, e: std::io::Error) -> Error {
+    let artifact = job.fetch.artifact.name.clone();
+    let what = format!("{artifact} (blob {})", job.fetch.blob);
+    if e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(source) = inner.downcast::<SourceError>() {
+                return Error::Fetch {
+                    what,
+                    source: *source,
+                };
+            }
+        }
+        return Error::Length {
+            artifact,
+            location: location.to_owned(),
+            detail: "the body could not be read".into(),
+        };
+    }
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return Error::Length {
+            artifact,
+            location: location.to_owned(),
+            detail: format!(
+                "the body ended before the {} signed compressed bytes",
+                job.fetch.compressed_size
+            ),
+        };
+    }
+    Error::Fetch {
+        what,
+        source: SourceError::Io {
+            location: location.to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// Stream one artifact into `sink` (see the module docs). `checkpoint(n)` is called after
+/// frames `0..n` are durable in the sink.
+pub fn stream_artifact(
+    job: &StreamJob<'_>,
+    sink: &mut dyn Sink,
+    meter: &mut Meter<'_>,
+    checkpoint: &mut dyn FnMut(usize) -> Result<(), Error>,
+) -> Result<Streamed, Error> {
+    let artifact = job.fetch.artifact;
+    let frames = job.index.frames();
+    let location = job.source.location(&job.fetch.blob);
+    let digest_err = |what: Checked, expected: &Digest, found: &Digest| Error::Digest {
+        artifact: artifact.name.clone(),
+        location: location.clone(),
+        what,
+        expected: expected.to_hex(),
+        found: found.to_hex(),
+    };
+    let mut whole = Context::new(&SHA256);
+    let mut out: Vec<u8> = Vec::new();
+    let mut stats = Streamed::default();
+
+    // 1. Re-verify what the journal claims.
+    let mut k = 0usize;
+    while k < job.claimed.min(frames.len()) {
+        cancelled(job, k)?;
+        let f = frames[k];
+        out.resize(f.len as usize, 0);
+        sink.read_at(f.offset, &mut out)?;
+        if sha256(&out) != f.sha256 {
+            tracing::info!(artifact = %artifact.name, frame = k, "frame does not match on resume; fetching from here");
+            break;
+        }
+        whole.update(&out);
+        stats.reused += u64::from(f.len);
+        meter.done += u64::from(f.len);
+        meter.reused += u64::from(f.len);
+        meter.tick();
+        k += 1;
+    }
+
+    // 2. Fetch the rest with one ranged request.
+    if k < frames.len() {
+        let start = frames[k].compressed_offset;
+        let len = job.fetch.compressed_size - start;
+        let range = (start > 0).then_some(ByteRange {
+            offset: start,
+            len: None,
+        });
+        let mut body = job
+            .source
+            .open(&job.fetch.blob, range, Some(len))
+            .map_err(|source| Error::Fetch {
+                what: format!(
+                    "{} (blob {}) from byte {start}",
+                    artifact.name, job.fetch.blob
+                ),
+                source,
+            })?;
+        let mut blob_ctx = (k == 0).then(|| Context::new(&SHA256));
+        let mut comp: Vec<u8> = Vec::new();
+        let mut decoder = zstd::bulk::Decompressor::new().map_err(|e| Error::Decode {
+            artifact: artifact.name.clone(),
+            frame: k,
+            len: 0,
+            detail: e.to_string(),
+        })?;
+        let mut since_checkpoint = 0u64;
+        for (i, f) in frames.iter().enumerate().skip(k) {
+            // Compressed bytes of frame i.
+            comp.clear();
+            comp.resize(f.compressed_len as usize, 0);
+            let mut got = 0usize;
+            while got < comp.len() {
+                cancelled(job, i)?;
+                let end = (got + READ_CHUNK).min(comp.len());
+                match body.read(&mut comp[got..end]) {
+                    Ok(0) => {
+                        return Err(body_error(
+                            job,
+                            &location,
+                            std::io::ErrorKind::UnexpectedEof.into(),
+                        ))
+                    }
+                    Ok(n) => {
+                        got += n;
+                        stats.fetched += n as u64;
+                        meter.fetched += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(body_error(job, &location, e)),
+                }
+            }
+            let found = sha256(&comp);
+            if found != f.compressed_sha256 {
+                return Err(digest_err(
+                    Checked::CompressedFrame(i),
+                    &f.compressed_sha256,
+                    &found,
+                ));
+            }
+            if let Some(ctx) = blob_ctx.as_mut() {
+                ctx.update(&comp);
+            }
+            // Decode into exactly its length.
+            out.clear();
+            out.reserve_exact(f.len as usize);
+            let n = decoder
+                .decompress_to_buffer(&comp[..], &mut out)
+                .map_err(|e| Error::Decode {
+                    artifact: artifact.name.clone(),
+                    frame: i,
+                    len: f.len,
+                    detail: e.to_string(),
+                })?;
+            if n != f.len as usize || out.len() != f.len as usize {
+                return Err(Error::Decode {
+                    artifact: artifact.name.clone(),
+                    frame: i,
+                    len: f.len,
+                    detail: format!("it decodes to {n} bytes"),
+                });
+            }
+            let found = sha256(&out);
+            if found != f.sha256 {
+                return Err(digest_err(Checked::Frame(i), &f.sha256, &found));
+            }
+            whole.update(&out);
+            for (j, piece) in out.chunks(WRITE_CHUNK).enumerate() {
+                sink.write_at(f.offset + (j * WRITE_CHUNK) as u64, piece)?;
+                meter.done += piece.len() as u64;
+                meter.tick();
+            }
+            since_checkpoint += u64::from(f.len);
+            if since_checkpoint >= job.checkpoint_bytes && i + 1 < frames.len() {
+                sink.sync()?;
+                checkpoint(i + 1)?;
+                since_checkpoint = 0;
+            }
+        }
+        // Not one byte more than signed.
+        let mut extra = [0u8; 1];
+        loop {
+            match body.read(&mut extra) {
+                Ok(0) => break,
+                Ok(_) => {
+                    return Err(Error::Length {
+                        artifact: artifact.name.clone(),
+                        location: location.clone(),
+                        detail: format!(
+                            "the body goes on after the {} signed compressed bytes",
+                            job.fetch.compressed_size
+                        ),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(body_error(job, &location, e)),
+            }
+        }
+        if let Some(ctx) = blob_ctx {
+            let found = finish(ctx);
+            if found != job.fetch.compressed_sha256 {
+                return Err(digest_err(
+                    Checked::Blob,
+                    &job.fetch.compressed_sha256,
+                    &found,
+                ));
+            }
+        }
+    }
+    sink.sync()?;
+    checkpoint(frames.len())?;
+    let found = finish(whole);
+    if found != artifact.sha256 {
+        return Err(digest_err(Checked::Artifact, &artifact.sha256, &found));
+    }
+    Ok(stats)
+}
