@@ -477,6 +477,7 @@ pub fn stream_artifact(
     }
     sink.sync()?;
     checkpoint(frames.len())?;
+    meter.emit();
     let found = finish(whole);
     if found != artifact.sha256 {
         return Err(digest_err(Checked::Artifact, &artifact.sha256, &found));
