@@ -44,7 +44,12 @@ fn setup() -> Setup {
     let node = Node::new(&world, "n", BackendKind::Bls, EspKind::Dir);
     let v2 = world.release("2.0.0", MIB);
     world.publish(&v2, Some(10));
-    let head = std::fs::read(world.repo.join(repo::head_path("stable", "x86_64").unwrap())).unwrap();
+    let head = std::fs::read(
+        world
+            .repo
+            .join(repo::head_path("stable", "x86_64").unwrap()),
+    )
+    .unwrap();
     let manifest = basalt_manifest::verify_release(
         &head,
         &basalt_manifest::TrustRoot::from_initial_envelope(&std::fs::read(&world.anchor).unwrap())
@@ -63,7 +68,10 @@ fn setup() -> Setup {
 
 impl Setup {
     fn serve(&self, channel: &str, arch: &str, bytes: &[u8]) {
-        let p = self.world.repo.join(repo::head_path(channel, arch).unwrap());
+        let p = self
+            .world
+            .repo
+            .join(repo::head_path(channel, arch).unwrap());
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
@@ -104,7 +112,11 @@ fn forged_and_stale_heads_are_refused() {
         let mut bad = s.head.clone();
         bad[at] ^= 0x01;
         s.serve("stable", "x86_64", &bad);
-        s.refused(&request(), ErrorKind::SignatureRefused, &format!("flip at {at}"));
+        s.refused(
+            &request(),
+            ErrorKind::SignatureRefused,
+            &format!("flip at {at}"),
+        );
     }
     // One key of a 2-of-3 root; an unknown key beside a known one.
     s.serve("stable", "x86_64", &s.signed(&s.manifest, &[&k1]));
@@ -157,7 +169,10 @@ fn forged_and_stale_heads_are_refused() {
         last_seen: Some((9, Digest([7; 32]))),
         ..request()
     };
-    assert!(matches!(s.check(&older_seen).unwrap(), CheckOutcome::Available(_)));
+    assert!(matches!(
+        s.check(&older_seen).unwrap(),
+        CheckOutcome::Available(_)
+    ));
 
     // Downgrade: refused unless the operator allowed it (then reported).
     let newer_installed = CheckRequest {
@@ -198,7 +213,12 @@ fn forged_and_stale_heads_are_refused() {
     s.refused(&request(), ErrorKind::InvalidRelease, "no frame index");
 
     // No head at all.
-    std::fs::remove_file(s.world.repo.join(repo::head_path("stable", "x86_64").unwrap())).unwrap();
+    std::fs::remove_file(
+        s.world
+            .repo
+            .join(repo::head_path("stable", "x86_64").unwrap()),
+    )
+    .unwrap();
     s.refused(&request(), ErrorKind::NotFound, "no head");
 }
 
@@ -215,7 +235,12 @@ fn the_trust_root_chain_is_walked_and_persisted() {
     let publics: Vec<_> = new_keys.iter().map(SigningKey::public_key).collect();
     let g2 = sign_trust_root(
         &TrustRootDocument::new(2, 2, &publics, None),
-        &[&s.world.keys[0], &s.world.keys[1], &new_keys[0], &new_keys[1]],
+        &[
+            &s.world.keys[0],
+            &s.world.keys[1],
+            &new_keys[0],
+            &new_keys[1],
+        ],
     )
     .unwrap();
     let roots = s.world.repo.join("roots");
@@ -223,13 +248,24 @@ fn the_trust_root_chain_is_walked_and_persisted() {
     // A head signed by the new keys only verifies after walking to generation 2.
     let mut m = s.manifest.clone();
     m.sequence = 11;
-    s.serve("stable", "x86_64", &sign_release(&m, &[&new_keys[0], &new_keys[1]]).unwrap());
-    assert!(matches!(s.check(&request()).unwrap(), CheckOutcome::Available(_)));
+    s.serve(
+        "stable",
+        "x86_64",
+        &sign_release(&m, &[&new_keys[0], &new_keys[1]]).unwrap(),
+    );
+    assert!(matches!(
+        s.check(&request()).unwrap(),
+        CheckOutcome::Available(_)
+    ));
     let persisted = s.node.config.trust_dir().join("2.root.json");
     assert_eq!(std::fs::read(&persisted).unwrap(), g2);
     // Old keys no longer count.
     s.serve("stable", "x86_64", &s.head);
-    s.refused(&request(), ErrorKind::SignatureRefused, "old keys after rotation");
+    s.refused(
+        &request(),
+        ErrorKind::SignatureRefused,
+        "old keys after rotation",
+    );
 
     // A generation 3 not signed by a threshold of generation 2: refused, nothing persisted.
     let g3_bad = sign_trust_root(
@@ -245,8 +281,15 @@ fn the_trust_root_chain_is_walked_and_persisted() {
     // A damaged persisted generation (the writable root is not trusted) is ignored and
     // fetched again; a forged one that does not rotate adds no trust.
     std::fs::write(&persisted, b"garbage").unwrap();
-    s.serve("stable", "x86_64", &sign_release(&m, &[&new_keys[0], &new_keys[1]]).unwrap());
-    assert!(matches!(s.check(&request()).unwrap(), CheckOutcome::Available(_)));
+    s.serve(
+        "stable",
+        "x86_64",
+        &sign_release(&m, &[&new_keys[0], &new_keys[1]]).unwrap(),
+    );
+    assert!(matches!(
+        s.check(&request()).unwrap(),
+        CheckOutcome::Available(_)
+    ));
     assert_eq!(std::fs::read(&persisted).unwrap(), g2);
     std::fs::remove_file(roots.join("2.root.json")).unwrap();
     let forged = sign_trust_root(
@@ -257,6 +300,14 @@ fn the_trust_root_chain_is_walked_and_persisted() {
     std::fs::write(&persisted, &forged).unwrap();
     let mut evil = m.clone();
     evil.sequence = 12;
-    s.serve("stable", "x86_64", &sign_release(&evil, &[&key(8)]).unwrap());
-    s.refused(&request(), ErrorKind::SignatureRefused, "forged persisted root");
+    s.serve(
+        "stable",
+        "x86_64",
+        &sign_release(&evil, &[&key(8)]).unwrap(),
+    );
+    s.refused(
+        &request(),
+        ErrorKind::SignatureRefused,
+        "forged persisted root",
+    );
 }

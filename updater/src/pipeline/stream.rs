@@ -445,6 +445,10 @@ pub fn stream_artifact(
                 since_checkpoint = 0;
             }
         }
+        // Every frame is verified and written: record that before judging the rest of the
+        // body (extra bytes do not make the frames bad).
+        sink.sync()?;
+        checkpoint(frames.len())?;
         // Not one byte more than signed.
         let mut extra = [0u8; 1];
         loop {

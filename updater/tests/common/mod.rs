@@ -270,6 +270,11 @@ impl Node {
         }
     }
 
+    /// The content state of `slot` (from the GPT).
+    pub fn state(&self, slot: Slot) -> SlotState {
+        self.inventory().slot(slot).state
+    }
+
     pub fn inventory(&self) -> Inventory {
         Inventory::read_path(self.disk(), None).unwrap()
     }
@@ -294,31 +299,38 @@ impl Node {
 
     /// What must not change when an update of slot B fails.
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_of(Slot::A)
+    }
+
+    /// What must not change in the booted slot `booted` when an update fails.
+    pub fn snapshot_of(&self, booted: Slot) -> Snapshot {
         Snapshot {
-            a_data: self.part_sha(Slot::A, SlotPart::Data),
-            a_verity: self.part_sha(Slot::A, SlotPart::Verity),
-            a_boot: self.boot_control().status().unwrap().slot(Slot::A).status,
-            a_label: self.inventory().slot(Slot::A).data.label.clone(),
+            a_data: self.part_sha(booted, SlotPart::Data),
+            a_verity: self.part_sha(booted, SlotPart::Verity),
+            a_boot: self.boot_control().status().unwrap().slot(booted).status,
+            a_label: self.inventory().slot(booted).data.label.clone(),
         }
     }
 
     /// The failure checks: A's bytes, label and boot state are exactly as before; B cannot
     /// boot (no valid image or no boot entry/priority); A boots next.
     pub fn assert_safe(&self, before: &Snapshot, ctx: &str) {
-        let now = self.snapshot();
-        assert_eq!(now, *before, "{ctx}: slot A changed");
+        self.assert_safe_for(Slot::A, before, ctx)
+    }
+
+    /// [`Node::assert_safe`] with `booted` as the booted slot.
+    pub fn assert_safe_for(&self, booted: Slot, before: &Snapshot, ctx: &str) {
+        let now = self.snapshot_of(booted);
+        assert_eq!(now, *before, "{ctx}: the booted slot {booted} changed");
         let st = self.boot_control().status().unwrap();
-        assert_eq!(st.next, Some(Slot::A), "{ctx}: A does not boot next");
-        let b = st.slot(Slot::B).status;
+        assert_eq!(st.next, Some(booted), "{ctx}: {booted} does not boot next");
+        let other = !booted;
+        let b = st.slot(other).status;
         let inv = self.inventory();
-        let b_state = inv.slot(Slot::B).state;
-        assert!(
-            matches!(b, BootStatus::Absent | BootStatus::Bad) || b_state != SlotState::Valid,
-            "{ctx}: slot B is bootable ({b:?}, {b_state:?})"
-        );
+        let b_state = inv.slot(other).state;
         assert!(
             !matches!(b, BootStatus::Trying { .. } | BootStatus::Good),
-            "{ctx}: slot B has a live boot entry ({b:?})"
+            "{ctx}: slot {other} has a live boot entry ({b:?}, {b_state:?})"
         );
     }
 
