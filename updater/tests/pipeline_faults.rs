@@ -407,3 +407,83 @@ fn a_journal_for_another_release_starts_over() {
         .unwrap();
     assert_eq!((again.fetched, again.slot), (0, Slot::B));
 }
+
+/// A tmpfs mounted for one test (we are root, as CI is), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        common::peer(
+            "mount",
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str().unwrap(),
+            ],
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_typed_and_the_download_resumes_once_space_is_freed() {
+    use std::io::Write;
+    let c = case("full", BackendKind::Bls);
+    let mnt = c.world.dir.join("tmpfs");
+    let _fs = Tmpfs::mount(&mnt, "16m");
+    // Move the node's disk and state onto the small file system.
+    let disk = mnt.join("disk.img");
+    basalt_image::build::image::copy_sparse(c.node.disk(), &disk).unwrap();
+    let mut node_config = c.node.config.clone();
+    node_config.disk = disk.clone();
+    node_config.state_dir = mnt.join("state");
+    let node = Node {
+        dir: c.node.dir.clone(),
+        config: node_config,
+        backend: c.node.backend,
+        esp_kind: c.node.esp_kind,
+        v1: c.node.v1.clone(),
+    };
+    // Fill it up, then leave ≈1.5 MiB: less than the 4 MiB slot write.
+    let filler = mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0xa5u8; 256 << 10];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len.saturating_sub(3 * MIB / 2))
+        .unwrap();
+    let before = node.snapshot();
+    let mut engine = node.engine(Box::new(c.world.source()));
+    let cand = candidate(&mut engine);
+    let e = engine
+        .download(&cand, &mut quiet(), &CancelFlag::new())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DiskFull, "{e}");
+    node.assert_safe(&before, "disk full");
+    assert_eq!(node.state(Slot::B), SlotState::Installing);
+    // Space comes back: the same download resumes and completes.
+    std::fs::remove_file(&filler).unwrap();
+    let d = engine
+        .download(&cand, &mut quiet(), &CancelFlag::new())
+        .unwrap();
+    assert!(d.reused > 0, "{d:?}");
+    node.assert_safe(&before, "after the resume");
+    node.veritysetup_verify(Slot::B, &c.v2.root_hash);
+}

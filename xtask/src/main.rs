@@ -4,8 +4,10 @@
 //!   every test (unit, property, peer interop, host integration, VM) and a short fuzz pass.
 //! - `bench` — throughput figures against peers run in the same process run.
 //! - `demo`  — the newcomer's tour of what Basalt does today.
+//! - `crash-sweep` — the full crash sweep of a whole update (≥ 200 kill/tear points).
 
 mod bench;
+mod crash_sweep;
 mod demo;
 mod sh;
 mod test;
@@ -27,6 +29,8 @@ enum Command {
     Bench(bench::Args),
     /// Show what Basalt does, step by step.
     Demo(demo::Args),
+    /// Kill and tear every write of a whole update, then check the boot and the resume.
+    CrashSweep(crash_sweep::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::CrashSweep(args) => crash_sweep::run(args),
     }
 }

@@ -932,7 +932,14 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
                 let n =
                     unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
                 if n < 0 {
-                    return Err(std::io::Error::last_os_error());
+                    let err = std::io::Error::last_os_error();
+                    // Across file systems (EXDEV) or where the call is missing: plain copy.
+                    let plain = [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL];
+                    if !err.raw_os_error().is_some_and(|c| plain.contains(&c)) {
+                        return Err(err);
+                    }
+                    copy_range(&src, dst, off_in as u64, hole as u64)?;
+                    break;
                 }
                 if n == 0 {
                     break;
@@ -947,6 +954,21 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
         path: to.to_path_buf(),
         source: std::io::Error::new(e.source.kind(), e.to_string()),
     })
+}
+
+/// Copy bytes `[from, to)` of `src` to the same offsets of `dst` with positional reads and
+/// writes (1 MiB at a time).
+fn copy_range(src: &File, dst: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = buf.len().min((to - at) as usize);
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// The issue time from `SOURCE_DATE_EPOCH` (reproducible-builds.org), else now.

@@ -434,12 +434,13 @@ impl NodeEngine {
             ),
         };
         let staging = self.staging_dir(&env_sha);
-        if journal.complete
+        if journal.is_for(&env_sha, target)
             && info.state == SlotState::Valid
             && info.root_hash == Some(root_hash)
             && info.version.as_deref() == Some(version.as_str())
         {
-            // Already downloaded and named: check it still is what was verified.
+            // Already written and named (the journal may not say so yet: a crash right after
+            // naming). Check it still is what was verified; anything else: start over.
             meter.phase(Phase::Verifying, plan.usr.artifact.size);
             let install = SlotInstall {
                 slot: target,
@@ -447,19 +448,45 @@ impl NodeEngine {
                 data: inv.slot_range(target, SlotPart::Data),
                 verity: inv.slot_range(target, SlotPart::Verity),
             };
-            reverify::reverify(&install, &plan, &root)?;
-            self.check_staged(&staging, &plan.kernel)?;
-            self.check_staged(&staging, &plan.initrd)?;
-            return Ok(Downloaded {
-                slot: target,
-                version: manifest.version.clone(),
-                sequence: manifest.sequence,
-                usr_hash: plan.verity.root_hash,
-                fetched: 0,
-                reused: plan.total_len(),
-            });
+            let checked = reverify::reverify(&install, &plan, &root)
+                .and_then(|()| self.check_staged(&staging, &plan.kernel))
+                .and_then(|_| self.check_staged(&staging, &plan.initrd));
+            match checked {
+                Ok(_) => {
+                    if !inv.health.is_clean() {
+                        // A crash while the slot was being named left one GPT copy behind.
+                        let mut dev = self
+                            .io
+                            .open_rw(&self.config.disk, false)
+                            .map_err(io_err("open the disk", &self.config.disk))?;
+                        basalt_disk::gpt::write_table(
+                            &mut dev,
+                            &self.config.disk,
+                            &inv.table,
+                            &inv.health,
+                        )
+                        .map_err(disk("repair the partition table"))?;
+                    }
+                    if !journal.complete {
+                        journal.complete = true;
+                        self.save_journal(&journal)?;
+                    }
+                    return Ok(Downloaded {
+                        slot: target,
+                        version: manifest.version.clone(),
+                        sequence: manifest.sequence,
+                        usr_hash: plan.verity.root_hash,
+                        fetched: 0,
+                        reused: plan.total_len(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(slot = %target, error = %e, "the downloaded slot no longer verifies; downloading again");
+                    meter.phase(Phase::Downloading, plan.total_len());
+                }
+            }
         }
-        if journal.complete || info.state != SlotState::Installing {
+        if !journal.is_for(&env_sha, target) || info.state != SlotState::Installing {
             // The slot was named or changed since: nothing in it is ours to keep.
             journal = Journal::new(
                 env_sha,
@@ -468,6 +495,7 @@ impl NodeEngine {
                 plan.verity.root_hash,
             );
         }
+        journal.complete = false;
         std::fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
         self.prune_staging(&staging);
         self.save_journal(&journal)?;

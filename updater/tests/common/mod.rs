@@ -45,7 +45,13 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        let tmp = tempfile::tempdir().unwrap();
+        World::new_in(&std::env::temp_dir())
+    }
+
+    /// A world in a temporary folder under `parent` (e.g. `/dev/shm`, where fsync is free:
+    /// the crash sweep replays hundreds of updates).
+    pub fn new_in(parent: &Path) -> World {
+        let tmp = tempfile::tempdir_in(parent).unwrap();
         let dir = tmp.path().to_path_buf();
         let keys: Vec<SigningKey> = (1..=3).map(key).collect();
         let publics: Vec<_> = keys.iter().map(SigningKey::public_key).collect();
