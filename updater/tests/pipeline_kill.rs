@@ -137,7 +137,9 @@ fn kill_9_mid_download_then_resume() {
     let CheckOutcome::Available(c) = engine.check(&request()).unwrap() else {
         panic!("no update")
     };
-    let d = engine.download(&c, &mut quiet(), &CancelFlag::new()).unwrap();
+    let d = engine
+        .download(&c, &mut quiet(), &CancelFlag::new())
+        .unwrap();
     let frame = u64::from(world.frame_len);
     assert!(
         d.reused >= claimed * frame,

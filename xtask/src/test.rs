@@ -118,6 +118,7 @@ pub fn install_packages() -> Result<()> {
 const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("verity", "superblock"),
     ("manifests", "envelope"),
+    ("manifests", "frame_index"),
     ("disk", "gpt"),
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
