@@ -142,6 +142,12 @@ fn install(work: &Path) -> Result<()> {
     config.trust_root = work.join("trust.json");
     config.cmdline = work.join("cmdline");
     config.boot_env = work.join("boot.env");
+    if let Some(mib) = std::env::var("BASALT_BENCH_CHECKPOINT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.checkpoint_bytes = mib * MIB;
+    }
     let mut engine = NodeEngine::new(config, Box::new(FileSource::new(work.join("repo"))));
     let started = Instant::now();
     let req = CheckRequest {
@@ -154,8 +160,18 @@ fn install(work: &Path) -> Result<()> {
         return Err("no update in the repository".into());
     };
     let bytes: u64 = c.release.manifest.artifacts.iter().map(|a| a.size).sum();
-    let d = engine.download(&c, &mut |_| {}, &CancelFlag::new())?;
+    let mut verify_started = None;
+    let d = engine.download(
+        &c,
+        &mut |p| {
+            if p.phase == basalt_updater::engine::Phase::Verifying && verify_started.is_none() {
+                verify_started = Some(Instant::now());
+            }
+        },
+        &CancelFlag::new(),
+    )?;
     let seconds = started.elapsed().as_secs_f64();
+    let verify = verify_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
     // SAFETY: getrusage fills the zeroed struct we own.
     let maxrss_kib = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
@@ -163,7 +179,7 @@ fn install(work: &Path) -> Result<()> {
         ru.ru_maxrss
     };
     println!(
-        "{{\"seconds\":{seconds:.3},\"bytes\":{bytes},\"fetched\":{},\"peak_rss_kib\":{maxrss_kib}}}",
+        "{{\"seconds\":{seconds:.3},\"verify_seconds\":{verify:.3},\"bytes\":{bytes},\"fetched\":{},\"peak_rss_kib\":{maxrss_kib}}}",
         d.fetched
     );
     Ok(())
