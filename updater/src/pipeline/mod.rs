@@ -162,11 +162,7 @@ impl NodeEngine {
     }
 
     fn trust(&self) -> Result<TrustRoot, Error> {
-        trust::load(
-            &self.config.trust_root,
-            &self.config.trust_dir(),
-            self.config.max_trust_steps,
-        )
+        trust::load(&self.config.trust_root, &self.config.trust_dir())
     }
 
     fn policy(&self, now: DateTime<Utc>) -> Policy {
@@ -827,5 +823,18 @@ impl Engine for NodeEngine {
         backend
             .mark_bad(slot)
             .map_err(boot::err(&self.config, "mark bad", slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon runs the engine on a worker thread.
+    #[test]
+    fn the_engine_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<NodeEngine>();
+        send::<Error>();
     }
 }

@@ -488,3 +488,57 @@ pub fn stream_artifact(
     }
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(hash_offset: u64) -> SlotSink {
+        let dir = std::env::temp_dir();
+        let range = basalt_disk::PartitionRange {
+            path: dir.clone(),
+            offset: 0,
+            len: 1 << 20,
+        };
+        let install = basalt_disk::slots::SlotInstall {
+            slot: basalt_disk::Slot::B,
+            path: dir.clone(),
+            data: range.clone(),
+            verity: range,
+        };
+        let mem = || -> Box<dyn Disk> { Box::new(std::io::Cursor::new(Vec::new())) };
+        SlotSink {
+            data: install.writer(mem(), basalt_disk::SlotPart::Data),
+            verity: install.writer(mem(), basalt_disk::SlotPart::Verity),
+            reader: std::fs::File::open("/dev/null").unwrap(),
+            disk: dir,
+            data_offset: 0,
+            verity_offset: 0,
+            hash_offset,
+        }
+    }
+
+    proptest::proptest! {
+        /// The pieces of a split cover the range exactly, data before hash_offset, verity after.
+        #[test]
+        fn split_covers_the_range(hash_offset in 1u64..10_000, offset in 0u64..20_000, len in 1usize..8_000) {
+            let s = sink(hash_offset);
+            let pieces = s.split(offset, len);
+            let mut covered = 0usize;
+            for (is_data, at, start, n) in pieces {
+                proptest::prop_assert_eq!(start, covered);
+                proptest::prop_assert!(n > 0);
+                let abs = offset + start as u64;
+                if is_data {
+                    proptest::prop_assert_eq!(at, abs);
+                    proptest::prop_assert!(abs + n as u64 <= hash_offset);
+                } else {
+                    proptest::prop_assert_eq!(at, abs - hash_offset);
+                    proptest::prop_assert!(abs >= hash_offset);
+                }
+                covered += n;
+            }
+            proptest::prop_assert_eq!(covered, len);
+        }
+    }
+}

@@ -22,6 +22,9 @@ use super::error::Error;
 use super::io::NodeIo;
 use crate::source::{Source, SourceError};
 
+/// Most persisted generations loaded after the anchor (a bound, far above any real chain).
+const MAX_PERSISTED: u64 = 4096;
+
 /// How to read files of at most `cap` bytes (an oversized one comes back `cap + 1` long, so
 /// the parser's size check refuses it).
 fn read_capped(path: &Path, cap: usize) -> std::io::Result<Option<Vec<u8>>> {
@@ -42,7 +45,7 @@ pub fn persisted_path(dir: &Path, generation: u64) -> PathBuf {
 }
 
 /// The anchor plus the persisted generations (see the module docs).
-pub fn load(anchor: &Path, dir: &Path, max_steps: u64) -> Result<TrustRoot, Error> {
+pub fn load(anchor: &Path, dir: &Path) -> Result<TrustRoot, Error> {
     let bytes = read_capped(anchor, MAX_TRUST_ROOT_BYTES)
         .map_err(super::error::io("read the trust root", anchor))?
         .ok_or_else(|| Error::Anchor {
@@ -56,7 +59,7 @@ pub fn load(anchor: &Path, dir: &Path, max_steps: u64) -> Result<TrustRoot, Erro
         path: anchor.to_path_buf(),
         source: Box::new(source),
     })?;
-    for _ in 0..max_steps.max(1) * 16 {
+    for _ in 0..MAX_PERSISTED {
         let path = persisted_path(dir, root.generation() + 1);
         let bytes = match read_capped(&path, MAX_TRUST_ROOT_BYTES) {
             Ok(Some(b)) => b,
