@@ -369,6 +369,32 @@ fn refusals_leave_the_head_untouched() {
         "bad manifest",
     );
     assert!(matches!(e, ReleaseError::ReleaseManifest { .. }), "{e}");
+    // A missing artifact file.
+    let v5 = fx.release("5.0.0", 1 << 20, &[0, 1]);
+    std::fs::remove_file(v5.dir.join("initrd.img")).unwrap();
+    let e = check(
+        fx.publish(&v5, "stable", &[0, 1], None, false),
+        "missing initrd",
+    );
+    assert!(matches!(e, ReleaseError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("initrd.img"), "{e}");
+    // A channel head that is not a release envelope: the sequence cannot be known, refused.
+    let head_path = fx.head_path("stable");
+    std::fs::write(&head_path, b"not json").unwrap();
+    let e = fx
+        .publish(&v2, "stable", &[0, 1], Some(99), false)
+        .unwrap_err();
+    assert!(matches!(e, ReleaseError::Head { .. }), "{e}");
+    std::fs::write(&head_path, &head).unwrap();
+    // A damaged trust root in the repository stops every publish.
+    let root1 = fx.repo.join(repo::root_path(1));
+    std::fs::write(&root1, b"{}").unwrap();
+    let e = check(
+        fx.publish(&v2, "stable", &[0, 1], Some(99), false),
+        "damaged root",
+    );
+    assert!(matches!(e, ReleaseError::TrustRoot { .. }), "{e}");
+    std::fs::write(&root1, &fx.root1).unwrap();
     // The downgrade with the override goes through and is reported.
     let r = fx.publish(&v1, "stable", &[0, 1], None, true).unwrap();
     assert!(r.downgrade);

@@ -487,3 +487,74 @@ fn a_full_disk_is_typed_and_the_download_resumes_once_space_is_freed() {
     node.assert_safe(&before, "after the resume");
     node.veritysetup_verify(Slot::B, &c.v2.root_hash);
 }
+
+/// The writable root and the disk are not trusted between calls: frames the journal claims
+/// are re-hashed (a damaged one is fetched again), a swapped staged kernel or a tampered
+/// kept release is refused at apply, a malformed `usrhash=` is an error, not a guess.
+#[test]
+fn nothing_written_earlier_is_trusted_later() {
+    use std::os::unix::fs::FileExt;
+    let c = case("distrust", BackendKind::Bls);
+    let before = c.node.snapshot();
+    let src =
+        FaultySource::new(c.world.source()).fault(&c.usr_blob(), Fault::DropAfter(3 * MIB), 1);
+    c.download_with(Box::new(src), &CancelFlag::new())
+        .unwrap_err();
+    // Damage one byte of slot B's first frame (written, checkpointed, claimed by the journal).
+    let inv = c.node.inventory();
+    let b = inv.slot_range(Slot::B, basalt_disk::SlotPart::Data);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(c.node.disk())
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, b.offset + 1000).unwrap();
+    byte[0] ^= 0xff;
+    f.write_all_at(&byte, b.offset + 1000).unwrap();
+    drop(f);
+    let d = c.resume();
+    assert_eq!(d.reused, 0, "a damaged frame 0 was kept: {d:?}");
+    c.node.assert_safe(&before, "resumed over a damaged frame");
+
+    // A staged kernel swapped between download and apply.
+    let mut engine = c.node.engine(Box::new(c.world.source()));
+    let staging = c.node.config.staging_dir();
+    let dir = std::fs::read_dir(&staging)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let kernel = dir.join("vmlinuz");
+    let good = std::fs::read(&kernel).unwrap();
+    std::fs::write(&kernel, b"#!/bin/sh\necho owned\n").unwrap();
+    let e = engine.apply(&d, 3).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::IntegrityMismatch, "{e}");
+    c.node.assert_safe(&before, "swapped kernel");
+    std::fs::write(&kernel, &good).unwrap();
+    // A tampered kept release.
+    let kept = dir.join("release.signed");
+    let good_release = std::fs::read(&kept).unwrap();
+    let mut bad = good_release.clone();
+    let n = bad.len() / 2;
+    bad[n] ^= 1;
+    std::fs::write(&kept, &bad).unwrap();
+    let e = engine.apply(&d, 3).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::State, "{e}");
+    std::fs::write(&kept, &good_release).unwrap();
+    // A journal that lies about another slot.
+    let journal = c.node.config.journal_path();
+    let text = std::fs::read_to_string(&journal).unwrap();
+    std::fs::write(&journal, text.replace("\"slot\": \"B\"", "\"slot\": \"A\"")).unwrap();
+    let e = engine.apply(&d, 3).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotDownloaded, "{e}");
+    std::fs::write(&journal, text).unwrap();
+    engine.apply(&d, 3).unwrap();
+
+    // A malformed usrhash= on the command line: refused, never guessed.
+    std::fs::write(&c.node.config.cmdline, "usrhash=not-a-hash").unwrap();
+    let e = engine.node().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disk, "{e}");
+    assert!(e.to_string().contains("not-a-hash"), "{e}");
+}
