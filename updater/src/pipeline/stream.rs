@@ -14,8 +14,10 @@
 //!           compressed sha256 when the stream started at byte 0
 //! ```
 //!
-//! Memory: one compressed and one decoded frame (4 MiB each as published; at most
-//! `frames::MAX_FRAME_LEN`), whatever the artifact's size.
+//! Memory: three compressed frames (reading, queued, decoding) and one decoded frame (4 MiB
+//! each as published; at most `frames::MAX_FRAME_LEN`), whatever the artifact's size. The
+//! two threads let reading and hashing overlap with decoding and writing; progress is still
+//! reported from the calling thread.
 
 use std::io::Read;
 
@@ -324,6 +326,100 @@ fn body_error(job: &StreamJob<'_>, location: &str, e: std::io::Error) -> Error {
     }
 }
 
+/// A compressed frame whose digest matched, on its way to the decoder.
+struct Fetched {
+    frame: usize,
+    bytes: Vec<u8>,
+}
+
+/// The fetch thread: read frames `first..` from `body`, check each compressed digest before
+/// handing it on, then require the body to end exactly after the last frame. Returns the
+/// blob's digest when the body started at byte 0. Stops quietly when the receiver is gone.
+fn fetch_frames(
+    job: &StreamJob<'_>,
+    mut body: Box<dyn Read + Send>,
+    first: usize,
+    location: &str,
+    tx: std::sync::mpsc::SyncSender<Result<Fetched, Error>>,
+    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<Option<Digest>, Error> {
+    let artifact = job.fetch.artifact;
+    let mut blob_ctx = (first == 0).then(|| Context::new(&SHA256));
+    for (i, f) in job.index.frames().iter().enumerate().skip(first) {
+        let mut comp = recycled.try_recv().unwrap_or_default();
+        comp.clear();
+        comp.resize(f.compressed_len as usize, 0);
+        let mut got = 0usize;
+        let read: Result<(), Error> = (|| {
+            while got < comp.len() {
+                cancelled(job, i)?;
+                let end = (got + READ_CHUNK).min(comp.len());
+                match body.read(&mut comp[got..end]) {
+                    Ok(0) => {
+                        return Err(body_error(
+                            job,
+                            location,
+                            std::io::ErrorKind::UnexpectedEof.into(),
+                        ))
+                    }
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(body_error(job, location, e)),
+                }
+            }
+            let found = sha256(&comp);
+            if found != f.compressed_sha256 {
+                return Err(Error::Digest {
+                    artifact: artifact.name.clone(),
+                    location: location.to_owned(),
+                    what: Checked::CompressedFrame(i),
+                    expected: f.compressed_sha256.to_hex(),
+                    found: found.to_hex(),
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = read {
+            // The decoder side reports it (its channel yields the error in order).
+            let _ = tx.send(Err(e));
+            return Ok(None);
+        }
+        if let Some(ctx) = blob_ctx.as_mut() {
+            ctx.update(&comp);
+        }
+        if tx
+            .send(Ok(Fetched {
+                frame: i,
+                bytes: comp,
+            }))
+            .is_err()
+        {
+            return Ok(None);
+        }
+    }
+    drop(tx);
+    // Not one byte more than signed.
+    let mut extra = [0u8; 1];
+    loop {
+        match body.read(&mut extra) {
+            Ok(0) => break,
+            Ok(_) => {
+                return Err(Error::Length {
+                    artifact: artifact.name.clone(),
+                    location: location.to_owned(),
+                    detail: format!(
+                        "the body goes on after the {} signed compressed bytes",
+                        job.fetch.compressed_size
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(body_error(job, location, e)),
+        }
+    }
+    Ok(blob_ctx.map(finish))
+}
+
 /// Stream one artifact into `sink` (see the module docs). `checkpoint(n)` is called after
 /// frames `0..n` are durable in the sink.
 pub fn stream_artifact(
@@ -365,7 +461,8 @@ pub fn stream_artifact(
         k += 1;
     }
 
-    // 2. Fetch the rest with one ranged request.
+    // 2. Fetch the rest with one ranged request: a fetch thread reads and checks the
+    //    compressed frames, this thread decodes, checks and writes them.
     if k < frames.len() {
         let start = frames[k].compressed_offset;
         let len = job.fetch.compressed_size - start;
@@ -373,7 +470,7 @@ pub fn stream_artifact(
             offset: start,
             len: None,
         });
-        let mut body = job
+        let body = job
             .source
             .open(&job.fetch.blob, range, Some(len))
             .map_err(|source| Error::Fetch {
@@ -383,112 +480,84 @@ pub fn stream_artifact(
                 ),
                 source,
             })?;
-        let mut blob_ctx = (k == 0).then(|| Context::new(&SHA256));
-        let mut comp: Vec<u8> = Vec::new();
         let mut decoder = zstd::bulk::Decompressor::new().map_err(|e| Error::Decode {
             artifact: artifact.name.clone(),
             frame: k,
             len: 0,
             detail: e.to_string(),
         })?;
-        let mut since_checkpoint = 0u64;
-        for (i, f) in frames.iter().enumerate().skip(k) {
-            // Compressed bytes of frame i.
-            comp.clear();
-            comp.resize(f.compressed_len as usize, 0);
-            let mut got = 0usize;
-            while got < comp.len() {
-                cancelled(job, i)?;
-                let end = (got + READ_CHUNK).min(comp.len());
-                match body.read(&mut comp[got..end]) {
-                    Ok(0) => {
-                        return Err(body_error(
-                            job,
-                            &location,
-                            std::io::ErrorKind::UnexpectedEof.into(),
-                        ))
+        // One frame in the channel, one being read, one being decoded: bounded memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Fetched, Error>>(1);
+        // Decoded-from buffers go back to the fetcher: no allocation per frame.
+        let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let fetched_blob = std::thread::scope(|scope| -> Result<Option<Digest>, Error> {
+            let fetcher = scope.spawn(|| fetch_frames(job, body, k, &location, tx, back_rx));
+            let written = (|| -> Result<(), Error> {
+                let mut since_checkpoint = 0u64;
+                for msg in rx.iter() {
+                    let Fetched {
+                        frame: i,
+                        bytes: comp,
+                    } = msg?;
+                    let f = frames[i];
+                    stats.fetched += comp.len() as u64;
+                    meter.fetched += comp.len() as u64;
+                    cancelled(job, i)?;
+                    // Decode into exactly its length.
+                    out.clear();
+                    out.reserve_exact(f.len as usize);
+                    let n = decoder
+                        .decompress_to_buffer(&comp[..], &mut out)
+                        .map_err(|e| Error::Decode {
+                            artifact: artifact.name.clone(),
+                            frame: i,
+                            len: f.len,
+                            detail: e.to_string(),
+                        })?;
+                    if n != f.len as usize || out.len() != f.len as usize {
+                        return Err(Error::Decode {
+                            artifact: artifact.name.clone(),
+                            frame: i,
+                            len: f.len,
+                            detail: format!("it decodes to {n} bytes"),
+                        });
                     }
-                    Ok(n) => {
-                        got += n;
-                        stats.fetched += n as u64;
-                        meter.fetched += n as u64;
+                    let found = sha256(&out);
+                    if found != f.sha256 {
+                        return Err(digest_err(Checked::Frame(i), &f.sha256, &found));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(body_error(job, &location, e)),
+                    whole.update(&out);
+                    for (j, piece) in out.chunks(WRITE_CHUNK).enumerate() {
+                        sink.write_at(f.offset + (j * WRITE_CHUNK) as u64, piece)?;
+                        meter.done += piece.len() as u64;
+                        meter.tick();
+                    }
+                    let _ = back_tx.try_send(comp);
+                    since_checkpoint += u64::from(f.len);
+                    if since_checkpoint >= job.checkpoint_bytes && i + 1 < frames.len() {
+                        sink.sync()?;
+                        checkpoint(i + 1)?;
+                        since_checkpoint = 0;
+                    }
                 }
-            }
-            let found = sha256(&comp);
-            if found != f.compressed_sha256 {
-                return Err(digest_err(
-                    Checked::CompressedFrame(i),
-                    &f.compressed_sha256,
-                    &found,
-                ));
-            }
-            if let Some(ctx) = blob_ctx.as_mut() {
-                ctx.update(&comp);
-            }
-            // Decode into exactly its length.
-            out.clear();
-            out.reserve_exact(f.len as usize);
-            let n = decoder
-                .decompress_to_buffer(&comp[..], &mut out)
-                .map_err(|e| Error::Decode {
-                    artifact: artifact.name.clone(),
-                    frame: i,
-                    len: f.len,
-                    detail: e.to_string(),
-                })?;
-            if n != f.len as usize || out.len() != f.len as usize {
-                return Err(Error::Decode {
-                    artifact: artifact.name.clone(),
-                    frame: i,
-                    len: f.len,
-                    detail: format!("it decodes to {n} bytes"),
-                });
-            }
-            let found = sha256(&out);
-            if found != f.sha256 {
-                return Err(digest_err(Checked::Frame(i), &f.sha256, &found));
-            }
-            whole.update(&out);
-            for (j, piece) in out.chunks(WRITE_CHUNK).enumerate() {
-                sink.write_at(f.offset + (j * WRITE_CHUNK) as u64, piece)?;
-                meter.done += piece.len() as u64;
-                meter.tick();
-            }
-            since_checkpoint += u64::from(f.len);
-            if since_checkpoint >= job.checkpoint_bytes && i + 1 < frames.len() {
-                sink.sync()?;
-                checkpoint(i + 1)?;
-                since_checkpoint = 0;
-            }
-        }
-        // Every frame is verified and written: record that before judging the rest of the
-        // body (extra bytes do not make the frames bad).
-        sink.sync()?;
-        checkpoint(frames.len())?;
-        // Not one byte more than signed.
-        let mut extra = [0u8; 1];
-        loop {
-            match body.read(&mut extra) {
-                Ok(0) => break,
-                Ok(_) => {
-                    return Err(Error::Length {
-                        artifact: artifact.name.clone(),
-                        location: location.clone(),
-                        detail: format!(
-                            "the body goes on after the {} signed compressed bytes",
-                            job.fetch.compressed_size
-                        ),
-                    })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(body_error(job, &location, e)),
-            }
-        }
-        if let Some(ctx) = blob_ctx {
-            let found = finish(ctx);
+                Ok(())
+            })();
+            // Stop the fetcher (its next send fails) before waiting for it.
+            drop(rx);
+            let fetch_result = fetcher.join().unwrap_or_else(|_| {
+                Err(Error::State {
+                    path: location.clone().into(),
+                    reason: "the fetch thread panicked".into(),
+                })
+            });
+            written?;
+            // Every frame arrived, was verified and written: record that before judging the
+            // end of the body (extra bytes do not make the frames bad).
+            sink.sync()?;
+            checkpoint(frames.len())?;
+            fetch_result
+        })?;
+        if let Some(found) = fetched_blob {
             if found != job.fetch.compressed_sha256 {
                 return Err(digest_err(
                     Checked::Blob,
