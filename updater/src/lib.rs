@@ -14,4 +14,5 @@
 //! time.
 
 pub mod engine;
+pub mod http;
 pub mod source;
