@@ -417,11 +417,7 @@ impl BodyReader {
     }
 
     fn body_error(&mut self, err: HttpError) -> io::Error {
-        let incomplete = matches!(
-            &err.kind,
-            HttpErrorKind::Protocol { source, .. } if source.is_incomplete_message()
-        );
-        if incomplete {
+        if closed_early(&err) {
             let e = length(
                 &self.location,
                 format!(
@@ -437,9 +433,36 @@ impl BodyReader {
         } else {
             io::ErrorKind::Other
         };
-        let e = source_error(&self.location, err);
+        let e = match source_error(&self.location, err) {
+            SourceError::Transport { location, detail } => SourceError::Transport {
+                location,
+                detail: format!("{detail} (after {} body bytes)", self.received),
+            },
+            other => other,
+        };
         self.fail(kind, e)
     }
+}
+
+/// Whether the body ended (clean EOF from the peer) before its announced length: hyper
+/// reports it as an incomplete message or as an `UnexpectedEof` I/O error in the chain.
+fn closed_early(err: &HttpError) -> bool {
+    let HttpErrorKind::Protocol { source, .. } = &err.kind else {
+        return false;
+    };
+    if source.is_incomplete_message() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::UnexpectedEof {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl Read for BodyReader {

@@ -1,0 +1,455 @@
+//! The HTTP release source against a misbehaving server (`basalt_tests::faulty_http`): each
+//! fault gives the right typed `SourceError`, names the URL, and comes back in bounded time
+//! (read timeout 2 s in these tests; the bound checked is generous and only proves that
+//! nothing hangs).
+
+mod http_common;
+
+use std::time::{Duration, Instant};
+
+use basalt_tests::faulty_http::{Fault, FaultyServer};
+use basalt_updater::source::{Source, SourceError};
+use http_common::{config, content, fetch, populate, range, source};
+
+const FILE: &str = "blobs/sha256/f00d";
+const LEN: usize = 300_000;
+/// Far above every timeout involved: a failure here means something hangs.
+const HANG: Duration = Duration::from_secs(30);
+
+fn server() -> (tempfile::TempDir, FaultyServer, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = content(LEN, 7);
+    populate(dir.path(), &[(FILE, &data)]);
+    let server = FaultyServer::start(dir.path()).expect("faulty server");
+    (dir, server, data)
+}
+
+fn file_url(server: &FaultyServer) -> String {
+    format!("{}{FILE}", server.url())
+}
+
+/// Fetch the whole file (expected length given) and return the error, timing the call.
+fn fetch_err(
+    server: &FaultyServer,
+    r: Option<basalt_updater::source::ByteRange>,
+    expected: Option<u64>,
+) -> SourceError {
+    let src = source(&server.url());
+    let start = Instant::now();
+    let err = fetch(&src, FILE, r, expected).expect_err("the fault must be an error");
+    assert!(start.elapsed() < HANG, "took {:?}", start.elapsed());
+    assert!(
+        err.to_string().contains(&file_url(server)),
+        "error does not name the URL: {err}"
+    );
+    err
+}
+
+#[test]
+fn healthy_server_serves_whole_files_and_ranges() {
+    let (_dir, server, data) = server();
+    let src = source(&server.url());
+    assert_eq!(fetch(&src, FILE, None, Some(LEN as u64)).unwrap(), data);
+    assert_eq!(
+        fetch(&src, FILE, range(1000, None), Some(LEN as u64 - 1000)).unwrap(),
+        data[1000..]
+    );
+    assert_eq!(
+        fetch(&src, FILE, range(10, Some(20)), Some(20)).unwrap(),
+        data[10..30]
+    );
+    let log = server.requests_for(FILE);
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0].range, None);
+    assert_eq!(log[1].range.as_deref(), Some("bytes=1000-"));
+    assert_eq!(log[2].range.as_deref(), Some("bytes=10-29"));
+    assert_eq!(log[2].status, 206);
+    let ua = log[0].header("user-agent").unwrap();
+    assert!(ua.starts_with("basalt-updated/"), "{ua}");
+    assert_eq!(log[0].header("accept-encoding"), Some("identity"));
+}
+
+#[test]
+fn connection_dropped_mid_body_is_a_length_error() {
+    let (_dir, server, _) = server();
+    server.on(FILE, Fault::DropAfter(1000));
+    match fetch_err(&server, None, Some(LEN as u64)) {
+        SourceError::Length { detail, .. } => assert!(detail.contains("1000"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    // Without an expected length, the announced Content-Length still catches it.
+    assert!(matches!(
+        fetch_err(&server, None, None),
+        SourceError::Length { .. }
+    ));
+    // Chunked, no length known at all: the expected length catches it.
+    server.on(FILE, Fault::Chunked);
+    assert!(matches!(
+        fetch_err(&server, None, Some(LEN as u64)),
+        SourceError::Length { .. }
+    ));
+}
+
+#[test]
+fn stalled_body_times_out() {
+    let (_dir, server, _) = server();
+    server.on(FILE, Fault::StallAfter(5000));
+    match fetch_err(&server, None, Some(LEN as u64)) {
+        SourceError::Timeout { while_, secs, .. } => {
+            assert_eq!(while_, "reading the body");
+            assert_eq!(secs, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Stalled before the first body byte, and on a ranged request.
+    server.clear_faults();
+    server.on(FILE, Fault::StallAfter(0));
+    assert!(matches!(
+        fetch_err(&server, range(5, None), None),
+        SourceError::Timeout { .. }
+    ));
+}
+
+#[test]
+fn silent_server_and_slowloris_headers_time_out() {
+    let (_dir, server, _) = server();
+    server.on(FILE, Fault::Silent);
+    match fetch_err(&server, None, None) {
+        SourceError::Timeout { while_, .. } => {
+            assert_eq!(while_, "waiting for the response headers")
+        }
+        other => panic!("{other:?}"),
+    }
+    server.clear_faults();
+    // One header byte every 100 ms: each byte is well within the read timeout, the whole head
+    // is not.
+    server.on(FILE, Fault::SlowHeaders(Duration::from_millis(100)));
+    match fetch_err(&server, None, None) {
+        SourceError::Timeout { while_, .. } => {
+            assert_eq!(while_, "waiting for the response headers")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn extra_bytes_never_reach_the_caller() {
+    let (_dir, server, data) = server();
+    let src = source(&server.url());
+    // After an honest Content-Length the extra bytes are outside the message: ignored.
+    server.on(FILE, Fault::ExtraBytes(100));
+    assert_eq!(fetch(&src, FILE, None, Some(LEN as u64)).unwrap(), data);
+    // Without a length, the body runs on: refused as soon as it passes the expected length.
+    server.on(FILE, Fault::NoContentLength);
+    match fetch_err(&server, None, Some(LEN as u64)) {
+        SourceError::Length { detail, .. } => {
+            assert!(detail.contains("more bytes than expected"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    server.clear_faults();
+    server.on(FILE, Fault::Chunked);
+    server.on(FILE, Fault::ExtraBytes(10));
+    // Chunked framing ends the message; the junk after it is not body.
+    assert_eq!(fetch(&src, FILE, None, Some(LEN as u64)).unwrap(), data);
+}
+
+#[test]
+fn lying_content_length_is_refused() {
+    let (_dir, server, data) = server();
+    // Announces more than it sends: cut short.
+    server.on(FILE, Fault::ContentLength(LEN as u64 + 10));
+    assert!(matches!(
+        fetch_err(&server, None, None),
+        SourceError::Length { .. }
+    ));
+    // Announces another length than the manifest says: refused before reading.
+    server.clear_faults();
+    server.on(FILE, Fault::ContentLength(LEN as u64 - 10));
+    match fetch_err(&server, None, Some(LEN as u64)) {
+        SourceError::Length { detail, .. } => assert!(detail.contains("announces"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    // A truncated file with an honest length: refused up front as well.
+    server.clear_faults();
+    server.on(FILE, Fault::Truncate(1000));
+    assert!(matches!(
+        fetch_err(&server, None, Some(LEN as u64)),
+        SourceError::Length { .. }
+    ));
+    // Truncated and chunked (no length to compare): refused at the end.
+    server.on(FILE, Fault::Chunked);
+    match fetch_err(&server, None, Some(LEN as u64)) {
+        SourceError::Length { detail, .. } => assert!(detail.contains("1000 of"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    // Not a number.
+    server.clear_faults();
+    server.on(FILE, Fault::NoContentLength);
+    server.on(FILE, Fault::Header("Content-Length".into(), "12x".into()));
+    assert!(fetch_err(&server, None, None).to_string().contains("/f00d"));
+    drop(data);
+}
+
+#[test]
+fn a_flipped_byte_is_delivered_as_sent() {
+    // The source cannot know the bytes are wrong: it must hand them over unchanged so the
+    // pipeline's sha256 check sees exactly what the network delivered.
+    let (_dir, server, data) = server();
+    server.on(FILE, Fault::FlipByte(12345));
+    let got = fetch(
+        &source(&server.url()),
+        FILE,
+        range(12000, Some(1000)),
+        Some(1000),
+    )
+    .unwrap();
+    let diff: Vec<usize> = (0..1000).filter(|&i| got[i] != data[12000 + i]).collect();
+    assert_eq!(diff, vec![345]);
+}
+
+#[test]
+fn server_ignoring_range_is_skipped_to_the_offset() {
+    let (_dir, server, data) = server();
+    server.on(FILE, Fault::IgnoreRange);
+    let src = source(&server.url());
+    assert_eq!(
+        fetch(&src, FILE, range(70_000, None), Some(LEN as u64 - 70_000)).unwrap(),
+        data[70_000..]
+    );
+    assert_eq!(
+        fetch(&src, FILE, range(100, Some(50)), Some(50)).unwrap(),
+        data[100..150]
+    );
+    // Without a Content-Length either.
+    server.on(FILE, Fault::NoContentLength);
+    assert_eq!(
+        fetch(&src, FILE, range(250_000, None), None).unwrap(),
+        data[250_000..]
+    );
+    let log = server.requests_for(FILE);
+    assert!(log.iter().all(|r| r.status == 200 && r.range.is_some()));
+    // An offset past the end of a whole-file reply.
+    server.clear_faults();
+    server.on(FILE, Fault::IgnoreRange);
+    assert!(matches!(
+        fetch_err(&server, range(LEN as u64 + 5, None), None),
+        SourceError::Length { .. }
+    ));
+}
+
+#[test]
+fn wrong_content_range_is_refused() {
+    let (_dir, server, _) = server();
+    for bad in [
+        "bytes 0-99/300000".to_string(),  // other start
+        "bytes 100-198/300000".into(),    // ends early
+        "bytes 100-299999/300000".into(), // more than asked
+        "bytes 100-199/150".into(),       // malformed: end beyond length
+        "items 100-199/300000".into(),    // not bytes
+        "bytes 100-199".into(),           // no length part
+    ] {
+        server.clear_faults();
+        server.on(FILE, Fault::ContentRange(bad.clone()));
+        match fetch_err(&server, range(100, Some(100)), Some(100)) {
+            SourceError::Length { detail, .. } => {
+                assert!(detail.contains("Content-Range"), "{bad}: {detail}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Open range answered with a range that stops before the end of the file.
+    server.clear_faults();
+    server.on(FILE, Fault::ContentRange("bytes 100-199/300000".into()));
+    assert!(matches!(
+        fetch_err(&server, range(100, None), None),
+        SourceError::Length { .. }
+    ));
+    // An offset past the end: 416.
+    server.clear_faults();
+    match fetch_err(&server, range(LEN as u64, None), None) {
+        SourceError::Length { detail, .. } => {
+            assert!(detail.contains("not satisfiable"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn status_codes_map_to_typed_errors() {
+    let (_dir, server, _) = server();
+    assert!(matches!(
+        fetch(&source(&server.url()), "blobs/sha256/missing", None, None),
+        Err(SourceError::NotFound { location }) if location.ends_with("/blobs/sha256/missing")
+    ));
+    for (status, not_found) in [
+        (404, true),
+        (410, true),
+        (429, false),
+        (500, false),
+        (503, false),
+        (403, false),
+        (206, false),
+    ] {
+        server.clear_faults();
+        server.on(FILE, Fault::Status(status));
+        match fetch_err(&server, None, None) {
+            SourceError::NotFound { .. } if not_found => {}
+            SourceError::Status { status: s, .. } if !not_found => assert_eq!(s, status),
+            other => panic!("{status}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn redirects_are_followed_within_bounds() {
+    let (_dir, server, data) = server();
+    let src = source(&server.url());
+    // A chain of four, relative and absolute, ending at the file.
+    server.on(
+        "r1",
+        Fault::Redirect {
+            status: 301,
+            location: "/r2".into(),
+        },
+    );
+    server.on(
+        "r2",
+        Fault::Redirect {
+            status: 302,
+            location: "r3?x=1".into(),
+        },
+    );
+    server.on(
+        "r3",
+        Fault::Redirect {
+            status: 307,
+            location: format!("{}r4", server.url()),
+        },
+    );
+    server.on(
+        "r4",
+        Fault::Redirect {
+            status: 308,
+            location: format!("/{FILE}"),
+        },
+    );
+    assert_eq!(
+        fetch(&src, "r1", range(5, Some(10)), Some(10)).unwrap(),
+        data[5..15]
+    );
+    // The Range header went along on every hop.
+    assert_eq!(
+        server.requests_for(FILE)[0].range.as_deref(),
+        Some("bytes=5-14")
+    );
+    assert_eq!(server.requests_for("r3")[0].target, "/r3?x=1");
+    // A loop.
+    server.on(
+        "loop-a",
+        Fault::Redirect {
+            status: 302,
+            location: "loop-b".into(),
+        },
+    );
+    server.on(
+        "loop-b",
+        Fault::Redirect {
+            status: 302,
+            location: "loop-a".into(),
+        },
+    );
+    let err = fetch(&src, "loop-a", None, None).unwrap_err();
+    assert!(err.to_string().contains("more than 5 redirects"), "{err}");
+    assert!(err.to_string().contains("loop-a"), "{err}");
+    assert_eq!(
+        server.requests_for("loop-a").len() + server.requests_for("loop-b").len(),
+        6
+    );
+    // Too long a chain (6 hops with max 5), a redirect without Location, to another scheme.
+    for i in 0..6 {
+        server.on(
+            &format!("c{i}"),
+            Fault::Redirect {
+                status: 302,
+                location: format!("c{}", i + 1),
+            },
+        );
+    }
+    populate(_dir.path(), &[("c6", b"end")]);
+    assert!(fetch(&src, "c0", None, None)
+        .unwrap_err()
+        .to_string()
+        .contains("redirects"));
+    assert_eq!(fetch(&src, "c1", None, None).unwrap(), b"end");
+    server.on("noloc", Fault::Status(302));
+    assert!(fetch(&src, "noloc", None, None)
+        .unwrap_err()
+        .to_string()
+        .contains("without a Location"));
+    server.on(
+        "file",
+        Fault::Redirect {
+            status: 302,
+            location: "file:///etc/passwd".into(),
+        },
+    );
+    assert!(fetch(&src, "file", None, None)
+        .unwrap_err()
+        .to_string()
+        .contains("not supported"));
+}
+
+#[test]
+fn encoded_replies_are_refused() {
+    let (_dir, server, _) = server();
+    server.on(
+        FILE,
+        Fault::Header("Content-Encoding".into(), "gzip".into()),
+    );
+    match fetch_err(&server, None, None) {
+        SourceError::Transport { detail, .. } => assert!(detail.contains("gzip"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn connection_refused_and_bad_paths() {
+    // A port nothing listens on (bound then released).
+    let port = basalt_tests::web::free_port().unwrap();
+    let src = source(&format!("http://127.0.0.1:{port}/repo"));
+    match fetch(&src, "x", None, None) {
+        Err(SourceError::Transport { location, detail }) => {
+            assert_eq!(location, format!("http://127.0.0.1:{port}/repo/x"));
+            assert!(detail.contains("connecting"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in ["", "../x", "a//b", "./a", "a/..", "/abs"] {
+        assert!(src.open(bad, None, None).is_err(), "{bad:?} accepted");
+    }
+    // Segments are encoded, never interpreted.
+    assert_eq!(
+        src.location("a b/%2e%2e/c?d#e"),
+        format!("http://127.0.0.1:{port}/repo/a%20b/%252e%252e/c%3Fd%23e")
+    );
+    // A range and an expected length that disagree are a caller error, caught before any
+    // request.
+    assert!(matches!(
+        src.open("x", range(0, Some(5)), Some(6)),
+        Err(SourceError::Length { .. })
+    ));
+    assert!(http_common::config().read_timeout > Duration::ZERO);
+    let _ = config();
+}
+
+#[test]
+fn read_small_caps_the_size() {
+    let (_dir, server, data) = server();
+    let src = source(&server.url());
+    assert_eq!(src.read_small(FILE, LEN as u64).unwrap(), data);
+    assert!(matches!(
+        src.read_small(FILE, LEN as u64 - 1),
+        Err(SourceError::Length { .. })
+    ));
+}
