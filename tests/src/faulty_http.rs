@@ -14,6 +14,10 @@
 //! # Ok::<(), basalt_tests::Error>(())
 //! ```
 //!
+//! Any method is answered like GET (HEAD without a body), so a POST client (FleetLock) can be
+//! tested too: the request body is logged ([`Logged::body`]) and the reply is the file at the
+//! path, or the programmed status.
+//!
 //! Several faults may apply to one request; they combine where that makes sense (e.g.
 //! `FlipByte` + `IgnoreRange`). Paths are given relative to the served folder, without the
 //! leading `/`.
@@ -99,6 +103,8 @@ pub struct Logged {
     pub status: u16,
     /// Body bytes actually written to the socket.
     pub body_bytes: u64,
+    /// The request body (read when it has a `Content-Length` of at most 1 MiB).
+    pub body: Vec<u8>,
 }
 
 impl Logged {
@@ -269,6 +275,8 @@ struct Head {
     method: String,
     target: String,
     headers: Vec<(String, String)>,
+    /// Bytes read past the head (the start of the body).
+    rest: Vec<u8>,
 }
 
 fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Option<Head> {
@@ -276,10 +284,11 @@ fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Option<Head> {
     let mut buf = Vec::with_capacity(1024);
     let mut byte = [0u8; 1024];
     let _ = stream.set_read_timeout(Some(POLL * 5));
-    loop {
+    let rest = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
             buf.truncate(end);
-            break;
+            break rest;
         }
         if buf.len() > MAX_HEAD || Instant::now() > deadline || stop.load(Ordering::SeqCst) {
             return None;
@@ -290,7 +299,7 @@ fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Option<Head> {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return None,
         }
-    }
+    };
     let text = String::from_utf8_lossy(&buf);
     let mut lines = text.split("\r\n");
     let mut request_line = lines.next()?.split(' ');
@@ -304,7 +313,33 @@ fn read_head(stream: &mut TcpStream, stop: &AtomicBool) -> Option<Head> {
         method,
         target,
         headers,
+        rest,
     })
+}
+
+/// The request body announced by `Content-Length` (at most 1 MiB, read within the head
+/// timeout); what arrived when it is cut short.
+fn read_body(stream: &mut TcpStream, head: &Head) -> Vec<u8> {
+    let len = head
+        .headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    let mut body = head.rest.clone();
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while body.len() < len && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    body.truncate(len);
+    body
 }
 
 /// The path a request target names: origin form or absolute form, query dropped.
@@ -371,6 +406,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     let Some(head) = read_head(&mut stream, &shared.stop) else {
         return;
     };
+    let body = read_body(&mut stream, &head);
     let path = target_path(&head.target);
     let nth = {
         let mut counts = lock(&shared.counts);
@@ -399,6 +435,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             headers: head.headers.clone(),
             status: 0,
             body_bytes: 0,
+            body,
         });
         log.len() - 1
     };

@@ -453,3 +453,39 @@ fn read_small_caps_the_size() {
         Err(SourceError::Length { .. })
     ));
 }
+
+/// The async client as the daemon uses it: on a current-thread runtime, POST with a JSON body
+/// (FleetLock), no redirect following for POST, a small body read with a cap.
+#[test]
+fn async_client_posts_json_on_a_current_thread_runtime() {
+    use basalt_updater::http::{url, HttpClient, Request};
+    let (dir, server, _) = server();
+    populate(dir.path(), &[("v1/pre-reboot", b"{}")]);
+    server.on("moved", Fault::Redirect { status: 307, location: "v1/pre-reboot".into() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = HttpClient::new(config()).unwrap();
+    let body = br#"{"client_params":{"id":"node-1","group":"default"}}"#;
+    let post = |path: &str| {
+        Request::post(url::parse(&format!("{}{path}", server.url())).unwrap(), "application/json", &body[..])
+            .header("fleet-lock-protocol".parse().unwrap(), "true".parse().unwrap())
+    };
+    let (status, reply) = rt.block_on(async {
+        let response = client.send(&post("v1/pre-reboot")).await.unwrap();
+        (response.status().as_u16(), response.bytes(1024).await.unwrap())
+    });
+    assert_eq!((status, reply.as_slice()), (200, &b"{}"[..]));
+    let logged = &server.requests_for("v1/pre-reboot")[0];
+    assert_eq!(logged.method, "POST");
+    assert_eq!(logged.body, body);
+    assert_eq!(logged.header("content-type"), Some("application/json"));
+    assert_eq!(logged.header("fleet-lock-protocol"), Some("true"));
+    // A POST is never replayed to a redirect target: the 307 comes back to the caller.
+    let status = rt.block_on(async { client.send(&post("moved")).await.unwrap().status().as_u16() });
+    assert_eq!(status, 307);
+    assert_eq!(server.requests_for("v1/pre-reboot").len(), 1);
+    // A reply larger than the cap is refused.
+    let err = rt
+        .block_on(async { client.send(&post("v1/pre-reboot")).await.unwrap().bytes(1).await })
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than the 1-byte limit"), "{err}");
+}
