@@ -461,17 +461,36 @@ fn async_client_posts_json_on_a_current_thread_runtime() {
     use basalt_updater::http::{url, HttpClient, Request};
     let (dir, server, _) = server();
     populate(dir.path(), &[("v1/pre-reboot", b"{}")]);
-    server.on("moved", Fault::Redirect { status: 307, location: "v1/pre-reboot".into() });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    server.on(
+        "moved",
+        Fault::Redirect {
+            status: 307,
+            location: "v1/pre-reboot".into(),
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = HttpClient::new(config()).unwrap();
     let body = br#"{"client_params":{"id":"node-1","group":"default"}}"#;
     let post = |path: &str| {
-        Request::post(url::parse(&format!("{}{path}", server.url())).unwrap(), "application/json", &body[..])
-            .header("fleet-lock-protocol".parse().unwrap(), "true".parse().unwrap())
+        Request::post(
+            url::parse(&format!("{}{path}", server.url())).unwrap(),
+            "application/json",
+            &body[..],
+        )
+        .header(
+            "fleet-lock-protocol".parse().unwrap(),
+            "true".parse().unwrap(),
+        )
     };
     let (status, reply) = rt.block_on(async {
         let response = client.send(&post("v1/pre-reboot")).await.unwrap();
-        (response.status().as_u16(), response.bytes(1024).await.unwrap())
+        (
+            response.status().as_u16(),
+            response.bytes(1024).await.unwrap(),
+        )
     });
     assert_eq!((status, reply.as_slice()), (200, &b"{}"[..]));
     let logged = &server.requests_for("v1/pre-reboot")[0];
@@ -480,12 +499,73 @@ fn async_client_posts_json_on_a_current_thread_runtime() {
     assert_eq!(logged.header("content-type"), Some("application/json"));
     assert_eq!(logged.header("fleet-lock-protocol"), Some("true"));
     // A POST is never replayed to a redirect target: the 307 comes back to the caller.
-    let status = rt.block_on(async { client.send(&post("moved")).await.unwrap().status().as_u16() });
+    let status =
+        rt.block_on(async { client.send(&post("moved")).await.unwrap().status().as_u16() });
     assert_eq!(status, 307);
     assert_eq!(server.requests_for("v1/pre-reboot").len(), 1);
     // A reply larger than the cap is refused.
     let err = rt
-        .block_on(async { client.send(&post("v1/pre-reboot")).await.unwrap().bytes(1).await })
+        .block_on(async {
+            client
+                .send(&post("v1/pre-reboot"))
+                .await
+                .unwrap()
+                .bytes(1)
+                .await
+        })
         .unwrap_err();
-    assert!(err.to_string().contains("larger than the 1-byte limit"), "{err}");
+    assert!(
+        err.to_string().contains("larger than the 1-byte limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn redirect_to_another_host_is_followed() {
+    // A CDN or mirror: `localhost` is another host than `127.0.0.1` as far as URLs go.
+    let (_dir, server, data) = server();
+    let port = server.addr().port();
+    server.on(
+        "elsewhere",
+        Fault::Redirect {
+            status: 302,
+            location: format!("http://localhost:{port}/{FILE}"),
+        },
+    );
+    let src = source(&server.url());
+    assert_eq!(
+        fetch(&src, "elsewhere", None, Some(LEN as u64)).unwrap(),
+        data
+    );
+    assert_eq!(
+        server.requests_for(FILE)[0].header("host"),
+        Some(format!("localhost:{port}").as_str())
+    );
+}
+
+#[test]
+fn a_tls_handshake_that_never_completes_times_out() {
+    // Accepts TCP (the kernel's backlog) but never speaks: the TLS handshake waits for a
+    // ServerHello that never comes. Bounded by the connect timeout.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = basalt_updater::http::HttpConfig {
+        connect_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let src =
+        basalt_updater::source::http::HttpSource::new(&format!("https://127.0.0.1:{port}/"), cfg)
+            .unwrap();
+    let start = Instant::now();
+    match fetch(&src, FILE, None, None) {
+        Err(SourceError::Timeout {
+            while_, location, ..
+        }) => {
+            assert_eq!(while_, "connecting");
+            assert!(location.contains(&port.to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() < HANG);
+    drop(listener);
 }

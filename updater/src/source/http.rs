@@ -180,7 +180,6 @@ impl Source for HttpSource {
             chunk: Bytes::new(),
             skip: plan.skip,
             limit: plan.limit,
-            exact: plan.exact,
             truncate: plan.truncate,
             received: 0,
             state: State::Reading,
@@ -195,13 +194,13 @@ impl Source for HttpSource {
     }
 }
 
-/// How to read a body: bytes to discard first, then at most `limit` bytes, of which exactly
-/// `limit` must arrive when `exact`; with `truncate`, more may follow and are not read.
+/// How to read a body: bytes to discard first, then exactly `limit` bytes when it is known
+/// (an error as soon as more arrive, and at the end when fewer did); with `truncate`, more
+/// may follow and are not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Plan {
     skip: u64,
     limit: Option<u64>,
-    exact: bool,
     truncate: bool,
 }
 
@@ -305,13 +304,11 @@ fn plan_body(
         }
     }
     let limit = announced.or(expected_len);
-    let exact = limit.is_some();
     // A 200 to a bounded range: the body continues past what we want.
     let truncate = status == 200 && sent_range && asked.len.is_some();
     Ok(Plan {
         skip,
         limit,
-        exact,
         truncate,
     })
 }
@@ -335,7 +332,6 @@ struct BodyReader {
     /// Bytes still to discard before the range starts (a 200 reply to a range request).
     skip: u64,
     limit: Option<u64>,
-    exact: bool,
     /// The body is the whole file and we want only `limit` bytes of it: stop there.
     truncate: bool,
     /// Bytes accepted so far (after the skip).
@@ -403,7 +399,7 @@ impl BodyReader {
             );
             return Err(self.fail(io::ErrorKind::UnexpectedEof, err));
         }
-        if let (true, Some(limit)) = (self.exact, self.limit) {
+        if let Some(limit) = self.limit {
             if self.received < limit {
                 let err = length(
                     &self.location,
