@@ -207,6 +207,20 @@ impl FaultyServer {
         self
     }
 
+    /// Connections being served right now (a client that leaks connections keeps this up).
+    pub fn open_connections(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Wait up to `timeout` for every connection to end; returns how many remain.
+    pub fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        while self.open_connections() > 0 && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        self.open_connections()
+    }
+
     /// Forget every fault (the request log and counts stay).
     pub fn clear_faults(&self) {
         lock(&self.shared.rules).clear();

@@ -101,6 +101,13 @@ fn stalled_body_times_out() {
         }
         other => panic!("{other:?}"),
     }
+    // The timed-out connection is closed once the reader is dropped (no leak): the server's
+    // stalled connection sees the hang-up.
+    assert_eq!(
+        server.wait_idle(Duration::from_secs(10)),
+        0,
+        "connection leaked"
+    );
     // Stalled before the first body byte, and on a ranged request.
     server.clear_faults();
     server.on(FILE, Fault::StallAfter(0));
@@ -568,4 +575,47 @@ fn a_tls_handshake_that_never_completes_times_out() {
     }
     assert!(start.elapsed() < HANG);
     drop(listener);
+}
+
+/// The daemon's arrangement: its current-thread runtime, the pipeline on a `spawn_blocking`
+/// worker reading through the blocking source (which runs its own runtime).
+#[test]
+fn blocking_source_inside_spawn_blocking_of_a_current_thread_runtime() {
+    let (_dir, server, data) = server();
+    let src = source(&server.url());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                fetch(&src, FILE, range(1, None), Some(LEN as u64 - 1))
+            })
+            .await
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, data[1..]);
+    // Dropping the source inside an async task is allowed (its runtime shuts down in the
+    // background).
+    let src = source(&server.url());
+    rt.block_on(async move { drop(src) });
+}
+
+#[test]
+fn a_reader_dropped_mid_body_closes_its_connection() {
+    let (_dir, server, _) = server();
+    server.on(FILE, Fault::StallAfter(100_000));
+    let src = source(&server.url());
+    let mut reader = src.open(FILE, None, Some(LEN as u64)).unwrap();
+    let mut buf = vec![0u8; 50_000];
+    std::io::Read::read_exact(&mut reader, &mut buf).unwrap();
+    assert_eq!(server.open_connections(), 1);
+    drop(reader);
+    assert_eq!(
+        server.wait_idle(Duration::from_secs(10)),
+        0,
+        "connection leaked"
+    );
 }
