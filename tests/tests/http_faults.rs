@@ -619,3 +619,25 @@ fn a_reader_dropped_mid_body_closes_its_connection() {
         "connection leaked"
     );
 }
+
+#[test]
+fn bad_client_settings_are_named() {
+    use basalt_updater::http::{HttpConfig, Roots};
+    use basalt_updater::source::http::HttpSource;
+    let err = HttpSource::new(
+        "https://repo.example/",
+        HttpConfig {
+            roots: Roots::Pinned("/nonexistent/ca.pem".into()),
+            ..config()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("https://repo.example/: "),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    for bad in ["ftp://h/", "https://u:p@h/", "not a url", "https://h/?q=1"] {
+        assert!(HttpSource::new(bad, config()).is_err(), "{bad}");
+    }
+}

@@ -59,7 +59,10 @@ impl HttpSource {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let client = BlockingClient::new(config)?;
+        let client = BlockingClient::new(config).map_err(|mut e| {
+            e.url = base.to_string();
+            e
+        })?;
         Ok(HttpSource { base, client })
     }
 
