@@ -125,6 +125,20 @@ pub fn parse_content_range(value: &str) -> Result<ContentRange, RangeError> {
     })
 }
 
+/// Parse the `Content-Range: bytes */COMPLETE` of a `416 Range Not Satisfiable` reply: the
+/// file's length.
+pub fn parse_unsatisfied(value: &str) -> Result<u64, RangeError> {
+    let bad = |reason| RangeError::Malformed {
+        value: value.chars().take(128).collect(),
+        reason,
+    };
+    value
+        .get(..8)
+        .filter(|head| head.eq_ignore_ascii_case("bytes */"))
+        .and_then(|_| decimal(&value[8..]))
+        .ok_or_else(|| bad("a 416 reply's Content-Range must be `bytes */COMPLETE-LENGTH`"))
+}
+
 /// 1 to 19 ASCII digits (no sign, no spaces) that fit in a u64.
 fn decimal(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -233,6 +247,23 @@ mod tests {
             "bytes ０-1/2",
         ] {
             assert!(parse_content_range(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parses_unsatisfied_ranges() {
+        assert_eq!(parse_unsatisfied("bytes */1234"), Ok(1234));
+        assert_eq!(parse_unsatisfied("Bytes */0"), Ok(0));
+        for bad in [
+            "bytes */",
+            "bytes */*",
+            "bytes 0-1/2",
+            "bytes */-1",
+            "bytes */ 1",
+            "*/1",
+            "",
+        ] {
+            assert!(parse_unsatisfied(bad).is_err(), "{bad:?} accepted");
         }
     }
 

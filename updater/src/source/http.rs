@@ -9,7 +9,9 @@
 //!   are read and discarded (under the same read timeout), then the asked bytes are yielded.
 //!   Refusing it would make resume impossible behind such a server, and the bytes are checked
 //!   against the signed manifest above us anyway; the cost is re-downloading the prefix, which
-//!   is logged. A `416` is a [`SourceError::Length`] (the file is shorter than the offset).
+//!   is logged. A `416` is a [`SourceError::Length`] (the file is shorter than the offset),
+//!   except for an open range that starts exactly at the end of the file (`bytes */OFF`):
+//!   that is an empty body, as the folder source gives.
 //! - **Lengths.** `expected_len` is the number of bytes the reader yields (the range's length,
 //!   or the rest of the file from the offset). A reply that announces another length
 //!   (`Content-Length`, `Content-Range`) is refused before any byte is read; a body without a
@@ -231,13 +233,27 @@ fn plan_body(
             })
         }
         416 if sent_range => {
-            return Err(length(
-                location,
-                format!(
-                    "range {} not satisfiable: the file is shorter than the offset",
-                    range::describe(asked)
-                ),
-            ))
+            // An open range starting exactly at the end of the file is empty, not an error
+            // (the folder source agrees); anything else asked beyond the end is.
+            let complete = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| range::parse_unsatisfied(v).ok());
+            if asked.len.is_none() && complete == Some(asked.offset) {
+                (0, Some(0))
+            } else {
+                return Err(length(
+                    location,
+                    format!(
+                        "range {} not satisfiable: the file is shorter{}",
+                        range::describe(asked),
+                        complete
+                            .map(|c| format!(" ({c} bytes)"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
         }
         206 if sent_range => {
             let value = response
@@ -307,8 +323,9 @@ fn plan_body(
         }
     }
     let limit = announced.or(expected_len);
-    // A 200 to a bounded range: the body continues past what we want.
-    let truncate = status == 200 && sent_range && asked.len.is_some();
+    // A 200 to a bounded range: the body continues past what we want. A 416 for an empty
+    // range at the end: its body is an error page, not ours.
+    let truncate = (status == 200 && sent_range && asked.len.is_some()) || status == 416;
     Ok(Plan {
         skip,
         limit,
@@ -356,6 +373,11 @@ impl BodyReader {
     }
     /// Wait for the next chunk and account for it (into `chunk`, or the end into `state`).
     fn fill(&mut self) -> io::Result<()> {
+        if self.truncate && self.limit == Some(self.received) {
+            // Nothing (more) wanted from this body.
+            self.state = State::Done;
+            return Ok(());
+        }
         loop {
             let mut data = match self.response.chunk() {
                 Ok(Some(data)) => data,
