@@ -1,6 +1,6 @@
-//! Fuzzes every header the HTTP client parses itself: `Content-Range` (and the check against
-//! the asked range), `Location` resolution, proxy URLs and `NO_PROXY` lists. Never panics;
-//! the invariants below hold for any input.
+//! Fuzzes every header the HTTP client parses itself: `Content-Range` (206 and 416 forms, and
+//! the check against the asked range), `Location` resolution, proxy URLs and `NO_PROXY`
+//! lists. Never panics; the invariants below hold for any input.
 //!
 //! Input: up to four fields separated by `\n` — a header value, a host, a NO_PROXY list, and a
 //! port/offset seed. Seeds are committed in `seeds/http_headers/`:
@@ -9,7 +9,7 @@
 #![no_main]
 
 use basalt_updater::http::proxy::{NoProxy, Proxy, ProxyConfig};
-use basalt_updater::http::range::{check_reply, parse_content_range, range_header};
+use basalt_updater::http::range::{check_reply, parse_content_range, parse_unsatisfied, range_header};
 use basalt_updater::http::url::{parse, resolve_location, Url};
 use basalt_updater::source::ByteRange;
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
 
     // Content-Range: a parsed value prints back to itself, and checking it never panics.
     if let Ok(text) = std::str::from_utf8(value) {
+        if let Ok(complete) = parse_unsatisfied(text) {
+            assert_eq!(parse_unsatisfied(&format!("bytes */{complete}")), Ok(complete));
+        }
         if let Ok(cr) = parse_content_range(text) {
             assert!(cr.first <= cr.last);
             assert_eq!(parse_content_range(&cr.to_string()), Ok(cr));
