@@ -9,7 +9,9 @@
 #![no_main]
 
 use basalt_updater::http::proxy::{NoProxy, Proxy, ProxyConfig};
-use basalt_updater::http::range::{check_reply, parse_content_range, parse_unsatisfied, range_header};
+use basalt_updater::http::range::{
+    check_reply, parse_content_range, parse_unsatisfied, range_header,
+};
 use basalt_updater::http::url::{parse, resolve_location, Url};
 use basalt_updater::source::ByteRange;
 use libfuzzer_sys::fuzz_target;
@@ -29,13 +31,19 @@ fuzz_target!(|data: &[u8]| {
     // Content-Range: a parsed value prints back to itself, and checking it never panics.
     if let Ok(text) = std::str::from_utf8(value) {
         if let Ok(complete) = parse_unsatisfied(text) {
-            assert_eq!(parse_unsatisfied(&format!("bytes */{complete}")), Ok(complete));
+            assert_eq!(
+                parse_unsatisfied(&format!("bytes */{complete}")),
+                Ok(complete)
+            );
         }
         if let Ok(cr) = parse_content_range(text) {
             assert!(cr.first <= cr.last);
             assert_eq!(parse_content_range(&cr.to_string()), Ok(cr));
             for len in [None, Some(n), Some(cr.len())] {
-                let asked = ByteRange { offset: cr.first, len };
+                let asked = ByteRange {
+                    offset: cr.first,
+                    len,
+                };
                 if let Ok(body) = check_reply(asked, cr) {
                     assert_eq!(body, cr.len());
                 }
