@@ -645,3 +645,89 @@ fn bad_client_settings_are_named() {
         assert!(HttpSource::new(bad, config()).is_err(), "{bad}");
     }
 }
+
+/// The wire form of proxied requests, seen by the faulty server playing the proxy: absolute
+/// form with `Proxy-Authorization` for http, `CONNECT` for https, and the origin's name is
+/// never resolved by us (the proxy does that).
+#[test]
+fn proxied_requests_on_the_wire() {
+    use basalt_updater::http::{HttpConfig, ProxyConfig};
+    use basalt_updater::source::http::HttpSource;
+    let (_dir, proxy, data) = server();
+    let proxy_url = format!("http://al%40ice:pa%3Ass@{}", proxy.addr());
+    let cfg = |vars: Vec<(&'static str, String)>| HttpConfig {
+        proxy: ProxyConfig::from_vars(|n| {
+            vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
+        })
+        .unwrap(),
+        ..config()
+    };
+    // `.invalid` never resolves: only the proxy could reach it.
+    let src = HttpSource::new(
+        "http://repo.invalid/",
+        cfg(vec![("http_proxy", proxy_url.clone())]),
+    )
+    .unwrap();
+    assert_eq!(
+        fetch(&src, FILE, range(3, Some(4)), Some(4)).unwrap(),
+        data[3..7]
+    );
+    let seen = &proxy.requests_for(FILE)[0];
+    assert_eq!(seen.target, format!("http://repo.invalid/{FILE}"));
+    assert_eq!(seen.header("host"), Some("repo.invalid"));
+    // base64("al@ice:pa:ss")
+    assert_eq!(
+        seen.header("proxy-authorization"),
+        Some("Basic YWxAaWNlOnBhOnNz")
+    );
+    assert_eq!(seen.range.as_deref(), Some("bytes=3-6"));
+
+    // https goes through CONNECT (this "proxy" refuses it: a typed error naming the proxy).
+    let src = HttpSource::new(
+        "https://repo.invalid:8443/",
+        cfg(vec![("HTTPS_PROXY", proxy_url.clone())]),
+    )
+    .unwrap();
+    match fetch(&src, FILE, None, None) {
+        Err(SourceError::Transport { detail, .. }) => {
+            assert!(
+                detail.contains(&format!(
+                    "proxy {} refused the tunnel to repo.invalid:8443: HTTP 404",
+                    proxy.addr()
+                )),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let connect = proxy
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "CONNECT")
+        .unwrap();
+    assert_eq!(connect.target, "repo.invalid:8443");
+    assert_eq!(
+        connect.header("proxy-authorization"),
+        Some("Basic YWxAaWNlOnBhOnNz")
+    );
+
+    // An https proxy setting does not apply to http URLs, and NO_PROXY wins: both go direct
+    // (and fail to resolve `.invalid`, naming it).
+    let before = proxy.requests().len();
+    for vars in [
+        vec![("https_proxy", proxy_url.clone())],
+        vec![
+            ("http_proxy", proxy_url.clone()),
+            ("no_proxy", ".invalid".to_string()),
+        ],
+    ] {
+        let src = HttpSource::new("http://repo.invalid/", cfg(vars)).unwrap();
+        match fetch(&src, FILE, None, None) {
+            Err(SourceError::Transport { detail, .. }) => {
+                assert!(detail.contains("resolving repo.invalid"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(proxy.requests().len(), before);
+}
