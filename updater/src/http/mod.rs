@@ -90,6 +90,45 @@ impl Default for HttpConfig {
     }
 }
 
+impl HttpConfig {
+    /// The longest timeout accepted (a day): beyond that a value is a unit mistake.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+    /// The most redirect hops accepted.
+    pub const MAX_REDIRECTS: u32 = 20;
+
+    /// Refuse settings that would make the client hang or loop: zero or absurd timeouts, too
+    /// many redirects.
+    pub fn validate(&self) -> Result<(), SetupError> {
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("read timeout", self.read_timeout),
+        ] {
+            if value.is_zero() || value > Self::MAX_TIMEOUT {
+                return Err(SetupError::Setting {
+                    name,
+                    reason: format!("{value:?} is not between 1 ns and one day"),
+                });
+            }
+        }
+        if self.max_redirects > Self::MAX_REDIRECTS {
+            return Err(SetupError::Setting {
+                name: "max redirects",
+                reason: format!("{} is above {}", self.max_redirects, Self::MAX_REDIRECTS),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The client cannot be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("HTTP client setting {name}: {reason}")]
+    Setting { name: &'static str, reason: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+}
+
 /// A failed request: the URL of the hop that failed, and what went wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{url}: {kind}")]
@@ -338,8 +377,9 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `config`; a pinned CA file is read and checked now.
-    pub fn new(config: HttpConfig) -> Result<Self, tls::TlsSetupError> {
+    /// A client for `config`; the settings are checked and a pinned CA file is read now.
+    pub fn new(config: HttpConfig) -> Result<Self, SetupError> {
+        config.validate()?;
         let tls = tokio_rustls::TlsConnector::from(tls::client_config(&config.roots)?);
         Ok(HttpClient { config, tls })
     }
@@ -627,4 +667,36 @@ async fn tunnel(
     hyper::upgrade::on(response)
         .await
         .map_err(|e| protocol("opening the proxy tunnel", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_settings_that_would_hang_or_loop() {
+        let ok = HttpConfig::default();
+        HttpClient::new(ok.clone()).unwrap();
+        for bad in [
+            HttpConfig {
+                connect_timeout: Duration::ZERO,
+                ..ok.clone()
+            },
+            HttpConfig {
+                read_timeout: Duration::ZERO,
+                ..ok.clone()
+            },
+            HttpConfig {
+                read_timeout: Duration::from_secs(86_401),
+                ..ok.clone()
+            },
+            HttpConfig {
+                max_redirects: 21,
+                ..ok.clone()
+            },
+        ] {
+            let err = HttpClient::new(bad).unwrap_err();
+            assert!(matches!(err, SetupError::Setting { .. }), "{err}");
+        }
+    }
 }
