@@ -150,11 +150,25 @@ pub struct FaultyServer {
 impl FaultyServer {
     /// Serve `root` on 127.0.0.1 (a free port).
     pub fn start(root: impl AsRef<Path>) -> Result<FaultyServer> {
+        Self::start_on(root, "127.0.0.1:0")
+    }
+
+    /// Serve `root` on a loopback address (`127.0.0.1:0`, `[::1]:0`; anything else is
+    /// refused: tests never listen beyond this machine).
+    pub fn start_on(root: impl AsRef<Path>, bind: &str) -> Result<FaultyServer> {
         let socket = |what: &str| {
             let what = what.to_string();
             move |source| Error::Socket { what, source }
         };
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(socket("binding 127.0.0.1:0"))?;
+        let addr = bind
+            .parse::<SocketAddr>()
+            .ok()
+            .filter(|a| a.ip().is_loopback())
+            .ok_or_else(|| Error::Socket {
+                what: format!("{bind:?} is not a loopback socket address"),
+                source: std::io::Error::from(ErrorKind::InvalidInput),
+            })?;
+        let listener = TcpListener::bind(addr).map_err(socket(&format!("binding {addr}")))?;
         listener
             .set_nonblocking(true)
             .map_err(socket("making the listener non-blocking"))?;
@@ -179,7 +193,7 @@ impl FaultyServer {
         })
     }
 
-    /// `http://127.0.0.1:PORT/`.
+    /// `http://127.0.0.1:PORT/` (or `http://[::1]:PORT/`).
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
     }

@@ -731,3 +731,23 @@ fn proxied_requests_on_the_wire() {
     }
     assert_eq!(proxy.requests().len(), before);
 }
+
+#[test]
+fn ipv6_loopback_literal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(10_000, 3);
+    populate(dir.path(), &[(FILE, &data)]);
+    let server = FaultyServer::start_on(dir.path(), "[::1]:0").unwrap();
+    assert!(server.url().starts_with("http://[::1]:"));
+    let src = source(&server.url());
+    assert_eq!(
+        fetch(&src, FILE, range(10, None), Some(9990)).unwrap(),
+        data[10..]
+    );
+    let port = server.addr().port();
+    assert_eq!(
+        server.requests()[0].header("host"),
+        Some(format!("[::1]:{port}").as_str())
+    );
+    assert!(FaultyServer::start_on(dir.path(), "0.0.0.0:0").is_err());
+}
