@@ -24,9 +24,9 @@
 //!
 //! Bounds, so a broken test cannot hang or flood the machine: at most [`MAX_CONNECTIONS`]
 //! connections at once (more are closed at once), request heads of at most 16 KiB read within
-//! 10 s, a stall lasts until the client hangs up, the server is dropped, or
-//! [`MAX_STALL`] passes. Dropping the server stops the accept loop and every connection thread
-//! and joins them.
+//! 10 s, a stall (ours, or a client that stops reading) lasts until the client hangs up, the
+//! server is dropped, or [`MAX_STALL`] passes. Dropping the server stops the accept loop and
+//! every connection thread and joins them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -429,8 +429,10 @@ struct Reply {
 }
 
 fn serve(mut stream: TcpStream, shared: &Shared) {
-    // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux; make sure.
+    // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux; make sure. A client
+    // that stops reading cannot block a writer for longer than MAX_STALL.
     let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(MAX_STALL));
     let Some(head) = read_head(&mut stream, &shared.stop) else {
         return;
     };
