@@ -49,7 +49,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/2";
+pub const BUILDER_VERSION: &str = "basalt-image-build/3"; // 3: ESP entries with stage keys
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
