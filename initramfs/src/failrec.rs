@@ -249,15 +249,27 @@ pub fn store(efivars: &Path, record: &Record) -> std::io::Result<()> {
         Err(e) => return Err(e),
     };
     let content = efivarfs_content(current.as_deref(), record);
+    // efivarfs makes a variable of an unknown vendor immutable as soon as it exists: clear
+    // the flag to rewrite it, and set it again afterwards (as systemd does).
+    #[cfg(target_os = "linux")]
+    let was_immutable = match current {
+        Some(_) => crate::sys::set_immutable(&path, false)?,
+        None => false,
+    };
     // No O_TRUNC: efivarfs replaces the whole variable on each write (the file has no
     // settable size). The content never shrinks below what a plain file held before, so a
     // directory standing in for efivarfs in tests reads the same.
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)?;
-    let n = f.write(&content)?;
+        .open(&path)
+        .and_then(|mut f| f.write(&content));
+    #[cfg(target_os = "linux")]
+    if was_immutable {
+        crate::sys::set_immutable(&path, true)?;
+    }
+    let n = written?;
     if n != content.len() {
         return Err(std::io::Error::other(format!(
             "short write to {}: {n} of {} bytes",
@@ -497,5 +509,30 @@ mod tests {
             var_file_name(),
             "BasaltInitFailure-009957d3-23b2-474e-b6a0-3215a257ae44"
         );
+    }
+
+    /// efivarfs marks an existing variable immutable; `store` clears the flag to rewrite it
+    /// and sets it again (seen under OVMF: without this the second failure got EPERM).
+    /// Needs a file system with inode flags and CAP_LINUX_IMMUTABLE, as the tests run here.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn store_rewrites_an_immutable_variable_and_keeps_it_immutable() {
+        use crate::sys::set_immutable;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(var_file_name());
+        let r = Record::new(Reason::MountRoot, "", None, "first");
+        store(dir.path(), &r).unwrap();
+        assert!(!set_immutable(&path, true).unwrap());
+        assert!(
+            std::fs::OpenOptions::new().write(true).open(&path).is_err(),
+            "this file system ignores the immutable flag: the test would prove nothing"
+        );
+        let r2 = Record::new(Reason::MountUsr, "", None, "second");
+        let stored = store(dir.path(), &r2);
+        let still = set_immutable(&path, false).unwrap(); // and clear it for the cleanup
+        stored.unwrap();
+        assert!(still, "the flag was not restored");
+        let (records, _) = decode(&std::fs::read(&path).unwrap()[4..]);
+        assert_eq!(records, [r, r2]);
     }
 }
