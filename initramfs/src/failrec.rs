@@ -18,6 +18,9 @@
 //! v1 reason=usrhash-not-signed slot=b usrhash=<64 hex> uptime=2.31 detail=<error, one line>
 //! ```
 //!
+//! A line is at most 322 bytes as written ([`MAX_LINE`] accepts 400), so the variable stays
+//! under 1.3 KiB.
+//!
 //! `slot` and `usrhash` are `-` when the command line does not give them, `uptime` when
 //! `/proc/uptime` is unreadable; `detail` is the error chain reduced to printable ASCII and
 //! at most [`MAX_DETAIL`] bytes. Whoever can write firmware variables (root on the node) can
@@ -38,8 +41,9 @@ pub const EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
 pub const ATTRIBUTES: u32 = 0x7;
 /// Records kept: the newest ones (three tries of a slot and one more).
 pub const MAX_RECORDS: usize = 4;
-/// Longest record line accepted.
-pub const MAX_LINE: usize = 256;
+/// Longest record line accepted: the longest line the writer produces (tag, a 40-character
+/// reason, slot, 64-digit usrhash, 16-character uptime, [`MAX_DETAIL`]) is 322 bytes.
+pub const MAX_LINE: usize = 400;
 /// Longest `detail` written.
 pub const MAX_DETAIL: usize = 160;
 /// Bytes of an existing variable read at most (a forged huge one is cut here).
@@ -387,16 +391,24 @@ mod tests {
         );
         assert_eq!(Record::parse(&line), Ok(r.clone()));
         assert_eq!(r.known_reason(), Some(Reason::UsrhashNotSigned));
-        // Every reason token fits the line format.
+        // Every reason token fits the line format, with every field at its longest.
+        let full = format!("usrhash={} basalt.slot=a", hash());
         for reason in Reason::ALL {
-            let r = Record::new(reason, "", None, &"x".repeat(500));
+            let r = Record::new(reason, &full, Some(9_999_999_999.0), &"x".repeat(500));
             assert_eq!(r.detail.len(), MAX_DETAIL);
-            assert!(r.line().len() <= MAX_LINE);
+            assert!(r.line().len() <= MAX_LINE, "{}", r.line().len());
             assert_eq!(
                 Record::parse(&r.line()).unwrap().known_reason(),
                 Some(reason)
             );
         }
+        let longest = Record {
+            reason: "r".repeat(40),
+            uptime: Some("9".repeat(16)),
+            ..Record::new(Reason::Panic, &full, None, &"x".repeat(500))
+        };
+        assert_eq!(longest.line().len(), 322);
+        assert_eq!(Record::parse(&longest.line()), Ok(longest));
     }
 
     #[test]
@@ -432,8 +444,10 @@ mod tests {
     #[test]
     fn the_variable_keeps_the_newest_four() {
         let mut content: Option<Vec<u8>> = None;
+        // Full-size records, as a real refused boot writes them.
+        let cmd = format!("usrhash={} basalt.slot=b", hash());
         for i in 0..7 {
-            let r = Record::new(Reason::ALL[i], "basalt.slot=b", Some(i as f64), "e");
+            let r = Record::new(Reason::ALL[i], &cmd, Some(i as f64), &"d".repeat(400));
             content = Some(efivarfs_content(content.as_deref(), &r));
         }
         let content = content.unwrap();
@@ -456,7 +470,7 @@ mod tests {
     #[test]
     fn garbage_is_reported_and_dropped_never_kept() {
         let good = Record::new(Reason::Panic, "", None, "boom").line();
-        let long = format!("{good}{}", "y".repeat(300));
+        let long = format!("{good}{}", "y".repeat(MAX_LINE));
         let lines = [
             "garbage",
             "v2 reason=x detail=y",
