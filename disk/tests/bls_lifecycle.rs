@@ -845,7 +845,7 @@ fn name_taken(esp: &Path, other: Slot, version: &str) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn staged_slot_boots_next_and_prediction_matches_the_model(
