@@ -563,6 +563,10 @@ pub struct Snapshot {
     pub history: VecDeque<Outcome>,
     /// Releases rolled back on this node (newest last).
     pub denied: VecDeque<Release>,
+    /// Outcomes ever recorded (the history keeps the last [`HISTORY_LEN`]); lets a reader tell
+    /// how many entries are new.
+    #[serde(default)]
+    pub recorded: u64,
 }
 
 impl Default for Snapshot {
@@ -576,6 +580,7 @@ impl Default for Snapshot {
             last_check: None,
             history: VecDeque::new(),
             denied: VecDeque::new(),
+            recorded: 0,
         }
     }
 }
@@ -1485,6 +1490,14 @@ impl Machine {
             }
         }
     }
+}
+
+/// The SHA-256 of a signed envelope: what [`Release::envelope_sha256`] holds.
+pub fn envelope_digest(bytes: &[u8]) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Digest(out)
 }
 
 /// `Slot` as `"A"` / `"B"` in the status file.
