@@ -17,11 +17,12 @@
 //! persisted form) → [`config`] (drop-ins → settings) → [`schedule`] (check times with jitter,
 //! maintenance windows) → [`health`], [`reboot`], [`fleetlock`], [`metrics`], [`notify`],
 //! [`httpc`] (the daemon's I/O edges, each behind a trait or a plain function) → [`daemon`]
-//! (the owning task and the engine worker) → `dbus` (`org.basalt.Updater1`, server and client
+//! (the owning task and the engine worker) → [`dbus`] (`org.basalt.Updater1`, server and client
 //! proxy). [`memory`] is an in-memory engine for tests.
 
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod engine;
 pub mod fleetlock;
 pub mod health;
