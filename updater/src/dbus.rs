@@ -414,14 +414,69 @@ impl Updater1 {
     }
 }
 
-/// Serve the interface on `conn` and emit `PropertiesChanged` for every change of the view,
-/// one signal per change carrying every property that changed. Returns when the view's sender
-/// is gone (the daemon stopped).
-pub async fn serve(conn: &zbus::Connection, handle: Handle) -> zbus::Result<()> {
-    let mut rx = handle.view();
+/// The D-Bus error name of a failure class, re-exported for clients.
+pub fn class_error_name(class: ErrorClass) -> String {
+    error_name(class)
+}
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Start(#[from] crate::daemon::StartError),
+    #[error("serving {OBJECT_PATH} on the bus: {0}")]
+    Serve(zbus::Error),
+    #[error("owning the bus name {BUS_NAME}: {0} (is another basalt-updated running, or does the bus policy not allow this user to own it?)")]
+    Name(zbus::Error),
+    #[error("the bus name {BUS_NAME} is already owned (another basalt-updated is running)")]
+    NameTaken,
+}
+
+/// Run the whole service on `conn` until `shutdown`: start the daemon (status, boot facts,
+/// reconcile), serve the object, own [`BUS_NAME`], tell systemd `READY=1` (only now: a client
+/// started after readiness finds the name), then run the owning task.
+pub async fn run_service<E: crate::engine::Engine + 'static>(
+    conn: zbus::Connection,
+    parts: crate::daemon::Parts<E>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let (daemon, handle) = crate::daemon::Daemon::start(parts).await?;
+    let rx = handle.view();
     conn.object_server()
         .at(OBJECT_PATH, Updater1::new(handle))
-        .await?;
+        .await
+        .map_err(ServiceError::Serve)?;
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, zbus::fdo::RequestNameFlags::DoNotQueue.into())
+        .await
+        .map_err(ServiceError::Name)?;
+    if !matches!(
+        reply,
+        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner
+    ) {
+        return Err(ServiceError::NameTaken);
+    }
+    tracing::info!(name = BUS_NAME, "serving {BUS_NAME} at {OBJECT_PATH}");
+    daemon.ready();
+    let signals = emit_changes(conn.clone(), rx);
+    tokio::select! {
+        () = daemon.run(shutdown) => {}
+        r = signals => {
+            if let Err(e) = r {
+                tracing::error!("property signals stopped: {e}");
+            }
+        }
+    }
+    let _ = conn.release_name(BUS_NAME).await;
+    Ok(())
+}
+
+/// Emit `PropertiesChanged` for every change of the view (one signal carrying every property
+/// that changed), until the view's sender is gone.
+pub async fn emit_changes(
+    conn: zbus::Connection,
+    mut rx: tokio::sync::watch::Receiver<View>,
+) -> zbus::Result<()> {
     let iface = conn
         .object_server()
         .interface::<_, Updater1>(OBJECT_PATH)
@@ -452,7 +507,41 @@ pub async fn serve(conn: &zbus::Connection, handle: Handle) -> zbus::Result<()> 
     Ok(())
 }
 
-/// The D-Bus error name of a failure class, re-exported for clients.
-pub fn class_error_name(class: ErrorClass) -> String {
-    error_name(class)
+/// `basaltctl`'s exit code for a D-Bus error name (stable; documented in `basaltctl --help`).
+pub fn exit_code_for_error(name: &str) -> u8 {
+    let short = name
+        .strip_prefix("org.basalt.Updater1.Error.")
+        .unwrap_or("");
+    match short {
+        "Busy" => 10,
+        "NothingToCancel" => 11,
+        "UpdatePending" => 12,
+        "Pinned" => 13,
+        "NotPendingHealth" => 14,
+        "RebootPending" => 15,
+        "DowngradeNotAllowed" => 16,
+        "InvalidArgument" => 17,
+        "Network" => 20,
+        "Integrity" => 21,
+        "Policy" => 22,
+        "Disk" => 23,
+        "BootControl" => 24,
+        "Cancelled" => 25,
+        "Config" => 26,
+        "Internal" => 27,
+        "ShuttingDown" => 28,
+        _ => match name {
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+            | "org.freedesktop.DBus.Error.NameHasNoOwner" => EXIT_NOT_RUNNING,
+            "org.freedesktop.DBus.Error.AccessDenied" => EXIT_ACCESS_DENIED,
+            _ => 1,
+        },
+    }
 }
+
+/// `basaltctl`: the daemon is not running.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+/// `basaltctl`: the bus policy refused the call.
+pub const EXIT_ACCESS_DENIED: u8 = 4;
+/// `basaltctl`: the bus cannot be reached.
+pub const EXIT_NO_BUS: u8 = 5;
