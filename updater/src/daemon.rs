@@ -548,7 +548,12 @@ fn slot_target(node: &NodeView, slot: Slot) -> Option<Target> {
 }
 
 /// What booted, from `boot.env` (the kernel's `usrhash=`, authoritative) and the engine's view.
-fn boot_facts(node: Option<&NodeView>, boot_env_hash: Option<Digest>, rebooted: bool) -> BootFacts {
+/// Public so tests build facts exactly as the daemon does.
+pub fn boot_facts(
+    node: Option<&NodeView>,
+    boot_env_hash: Option<Digest>,
+    rebooted: bool,
+) -> BootFacts {
     let mut facts = BootFacts {
         booted: None,
         booted_version: None,
