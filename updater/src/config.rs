@@ -579,10 +579,18 @@ impl Merged {
         let auto_apply = u.auto_apply.unwrap_or(true);
         let auto_download = u.auto_download.unwrap_or(true);
         if auto_apply && !auto_download {
-            return Err(self.invalid(
-                "update.auto_apply",
-                "true needs update.auto_download = true (an update is downloaded before it is applied)",
-            ));
+            // Blame the key that was set explicitly (the other is the default).
+            return Err(if self.origin.contains_key("update.auto_apply") {
+                self.invalid(
+                    "update.auto_apply",
+                    "true needs update.auto_download = true (an update is downloaded before it is applied)",
+                )
+            } else {
+                self.invalid(
+                    "update.auto_download",
+                    "false needs update.auto_apply = false too (an update is downloaded before it is applied)",
+                )
+            });
         }
         let tries = u.tries.unwrap_or(3);
         // The GPT priority backend stores tries in 4 bits.
