@@ -10,7 +10,7 @@
 //!                                                  └──────────┬─────────────┘
 //!                                      WorkerJob (one at a time) │ ▲ WorkerMsg (progress, results, node view)
 //!                                                  ┌──────────▼─┴───────────┐
-//!                                                  │ engine worker thread   │  blocking Engine calls,
+//!                                                  │ engine (spawn_blocking)│  blocking Engine calls,
 //!                                                  │ (owns the Engine)      │  CancelFlag, catch_unwind
 //!                                                  └────────────────────────┘
 //! ```
@@ -291,31 +291,38 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, JobError>) -> Result<T, 
         .unwrap_or_else(|_| Err(panicked(what)))
 }
 
-fn spawn_worker<E: Engine + 'static>(
+/// The engine and its output channel, behind one lock, type-erased: each job runs as one
+/// `spawn_blocking` call (the machine never asks for two at once). Why `spawn_blocking` and
+/// not a dedicated thread: tokio does not auto-advance a paused clock while a blocking task
+/// runs, so tests with a paused clock see engine work take no simulated time.
+type Runner = Arc<std::sync::Mutex<Box<dyn FnMut(WorkerJob) + Send>>>;
+
+fn make_runner<E: Engine + 'static>(
     mut engine: E,
     out: mpsc::UnboundedSender<WorkerMsg>,
-) -> std::io::Result<std::sync::mpsc::Sender<WorkerJob>> {
-    let (tx, rx) = std::sync::mpsc::channel::<WorkerJob>();
-    std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || {
-            while let Ok(job) = rx.recv() {
-                let is_node = matches!(job, WorkerJob::Node);
-                let msg = run_job(&mut engine, job, &out);
-                if out.send(msg).is_err() {
-                    break;
-                }
-                if is_node {
-                    continue;
-                }
-                // Every job may have changed the disk: publish a fresh view after it.
-                let node = guarded("node", || engine.node().map_err(job_error));
-                if out.send(WorkerMsg::Node(node)).is_err() {
-                    break;
-                }
-            }
-        })?;
-    Ok(tx)
+) -> Runner {
+    let f = move |job: WorkerJob| {
+        let is_node = matches!(job, WorkerJob::Node);
+        let msg = run_job(&mut engine, job, &out);
+        let _ = out.send(msg);
+        if !is_node {
+            // Every job may have changed the disk: publish a fresh view after it.
+            let node = guarded("node", || engine.node().map_err(job_error));
+            let _ = out.send(WorkerMsg::Node(node));
+        }
+    };
+    Arc::new(std::sync::Mutex::new(Box::new(f)))
+}
+
+fn submit(runner: &Runner, job: WorkerJob) {
+    let runner = runner.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut f = match runner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        (*f)(job);
+    });
 }
 
 fn run_job<E: Engine>(
@@ -438,6 +445,9 @@ pub struct Parts<E: Engine> {
     pub metrics: Metrics,
     /// Ping the systemd watchdog this often.
     pub watchdog: Option<Duration>,
+    /// Pause before asking again after a refused lock, a failed steady-state release or a
+    /// failed reboot request ([`RETRY`] in production).
+    pub retry: Duration,
 }
 
 impl<E: Engine> std::fmt::Debug for Parts<E> {
@@ -466,8 +476,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("starting the engine worker thread: {0}")]
-    Worker(std::io::Error),
 }
 
 /// The running daemon's owning task.
@@ -484,8 +492,9 @@ pub struct Daemon {
     notifier: Notifier,
     metrics: Metrics,
     watchdog: Option<Duration>,
+    retry: Duration,
 
-    jobs: std::sync::mpsc::Sender<WorkerJob>,
+    runner: Runner,
     worker_rx: mpsc::UnboundedReceiver<WorkerMsg>,
     requests: mpsc::Receiver<Request>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -519,7 +528,7 @@ impl std::fmt::Debug for Daemon {
 }
 
 /// Retry pause for a refused or failed lock / reboot / steady-state request.
-const RETRY: Duration = Duration::from_secs(60);
+pub const RETRY: Duration = Duration::from_secs(60);
 
 /// Read `KEY=value` lines (systemd `EnvironmentFile=` syntax, no quoting used by basalt-init).
 pub fn read_env_file(path: &Path) -> Option<Vec<(String, String)>> {
@@ -610,6 +619,7 @@ impl Daemon {
             notifier,
             metrics,
             watchdog,
+            retry,
         } = parts;
         std::fs::create_dir_all(&paths.state_dir).map_err(|source| StartError::StateDir {
             path: paths.state_dir.clone(),
@@ -647,7 +657,7 @@ impl Daemon {
         }
 
         let (worker_tx, worker_rx) = mpsc::unbounded_channel();
-        let jobs = spawn_worker(engine, worker_tx).map_err(StartError::Worker)?;
+        let runner = make_runner(engine, worker_tx);
         let (req_tx, requests) = mpsc::channel(64);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let (view_tx, view_rx) = watch::channel(View::default());
@@ -665,7 +675,8 @@ impl Daemon {
             notifier,
             metrics,
             watchdog,
-            jobs,
+            retry,
+            runner,
             worker_rx,
             requests,
             internal_tx,
@@ -742,9 +753,7 @@ impl Daemon {
     }
 
     async fn read_node(&mut self) -> Option<NodeView> {
-        if self.jobs.send(WorkerJob::Node).is_err() {
-            return None;
-        }
+        submit(&self.runner, WorkerJob::Node);
         loop {
             match self.worker_rx.recv().await? {
                 WorkerMsg::Node(Ok(n)) => return Some(n),
@@ -912,10 +921,7 @@ impl Daemon {
             Job::MarkGood => WorkerJob::MarkGood,
             Job::MarkBad { slot } => WorkerJob::MarkBad(slot),
         };
-        if self.jobs.send(work).is_err() {
-            tracing::error!("the engine worker is gone; the job cannot run");
-            return;
-        }
+        submit(&self.runner, work);
     }
 
     fn on_worker(&mut self, msg: WorkerMsg) {
@@ -1047,9 +1053,9 @@ impl Daemon {
                     Err(e) => {
                         tracing::warn!(
                             "fleet-lock: no reboot slot yet: {e}; retrying in {} s",
-                            RETRY.as_secs()
+                            self.retry.as_secs()
                         );
-                        self.reboot_at = Some(Instant::now() + RETRY);
+                        self.reboot_at = Some(Instant::now() + self.retry);
                     }
                 }
             }
@@ -1058,16 +1064,16 @@ impl Daemon {
                 Err(e) => {
                     tracing::warn!(
                         "fleet-lock steady-state: {e}; retrying in {} s",
-                        RETRY.as_secs()
+                        self.retry.as_secs()
                     );
-                    self.steady_state_at = Some(Instant::now() + RETRY);
+                    self.steady_state_at = Some(Instant::now() + self.retry);
                 }
             },
             Internal::Rebooted(result) => {
                 if let Err(e) = result {
-                    tracing::error!("{e}; retrying in {} s", RETRY.as_secs());
+                    tracing::error!("{e}; retrying in {} s", self.retry.as_secs());
                     self.reboot_in_flight = false;
-                    self.reboot_at = Some(Instant::now() + RETRY);
+                    self.reboot_at = Some(Instant::now() + self.retry);
                 }
             }
         }

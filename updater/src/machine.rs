@@ -812,6 +812,7 @@ impl Machine {
             to,
             detail,
         });
+        self.s.recorded += 1;
     }
 
     fn fail(&mut self, now: DateTime<Utc>, operation: Operation, error: JobError) {

@@ -180,7 +180,15 @@ pub fn set_aside(path: &Path, now: DateTime<Utc>) -> Result<PathBuf, StatusError
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| STATUS_FILE.to_owned());
-    let to = path.with_file_name(format!("{name}.bad-{}", now.format("%Y%m%dT%H%M%S%.3fZ")));
+    let stamp = now.format("%Y%m%dT%H%M%S%.3fZ");
+    // Never overwrite an earlier kept copy (two bad files within the same millisecond, or a
+    // clock that went back).
+    let mut to = path.with_file_name(format!("{name}.bad-{stamp}"));
+    let mut n = 1u32;
+    while to.exists() && n < 1000 {
+        to = path.with_file_name(format!("{name}.bad-{stamp}.{n}"));
+        n += 1;
+    }
     std::fs::rename(path, &to).map_err(|source| StatusError::SetAside {
         path: path.to_owned(),
         to: to.clone(),

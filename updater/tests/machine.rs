@@ -271,6 +271,7 @@ fn happy_path_check_download_apply_reboot_commit() {
     assert_eq!(h.world.slot(Slot::B).boot, BootStatus::Good);
     let last = h.m.snapshot().history.back().unwrap();
     assert_eq!(last.kind, "committed");
+    assert_eq!(h.m.snapshot().recorded, 1);
     // The same head again: up to date.
     h.cmd(Command::Check { origin: op() }).unwrap();
     h.complete();
@@ -818,6 +819,8 @@ proptest! {
             }
             prop_assert!(State::NAMES.contains(&h.state()));
             prop_assert!(h.m.snapshot().history.len() <= HISTORY_LEN);
+            let hist_len = h.m.snapshot().history.len() as u64;
+            prop_assert!(h.m.snapshot().recorded >= hist_len, "recorded counts every outcome");
             let file = StatusFile::new(h.m.snapshot().clone(), "b", None, now());
             let back = StatusFile::parse(&file.to_bytes().unwrap(), std::path::Path::new("s")).unwrap();
             prop_assert_eq!(back.machine, h.m.snapshot().clone());

@@ -186,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             notifier: notify::Notifier::from_env(),
             metrics,
             watchdog: notify::watchdog_interval(),
+            retry: basalt_updater::daemon::RETRY,
         };
         dbus::run_service(conn, parts, shutdown_signal()).await?;
         Ok(())
