@@ -536,7 +536,8 @@ impl Engine for MemoryEngine {
         let booted = w.booted;
         let other = !booted;
         let o = &w.slots[idx(other)];
-        if !o.state.has_image() || o.state == SlotState::Bad || o.boot == BootStatus::Bad {
+        // Only to a slot that booted and was blessed before (boot state good).
+        if !o.state.has_image() || o.state == SlotState::Bad || o.boot != BootStatus::Good {
             return Err(MemoryError::new(
                 ErrorClass::BootControl,
                 "NothingToRollBackTo",

@@ -373,8 +373,11 @@ fn options(allow_downgrade: bool) -> Res<HashMap<String, OwnedValue>> {
 
 /// Draw progress until the state is one of `done`; returns the final state.
 async fn follow(p: &Updater1Proxy<'_>, done: &[&str]) -> Res<String> {
-    let mut states = p.receive_state_changed().await;
-    let mut progress = p.receive_progress_changed().await;
+    // Change streams need a caching proxy (zbus delivers none without a cache); values are
+    // still read fresh through `p`.
+    let signals = z(Updater1Proxy::new(p.inner().connection()).await)?;
+    let mut states = signals.receive_state_changed().await;
+    let mut progress = signals.receive_progress_changed().await;
     let tty = basalt_log::stderr_is_terminal();
     let mut last_line = String::new();
     loop {
