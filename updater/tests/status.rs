@@ -149,3 +149,62 @@ fn save_into_a_missing_directory_fails_and_names_it() {
         .unwrap_err();
     assert!(e.to_string().contains("/nonexistent-basalt"), "{e}");
 }
+
+/// The fuzz seeds of `updater/fuzz` (status_file) are real status files of this format; they
+/// are rewritten with BASALT_UPDATE_GOLDEN=1 and must always parse.
+#[test]
+fn the_fuzz_seeds_are_current_status_files() {
+    use basalt_updater::engine::ErrorClass;
+    use basalt_updater::machine::{
+        envelope_digest, Failure, JobError, Operation, Outcome, Release, Target,
+    };
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/status_file");
+    let release = Release {
+        version: "2.0.0".parse().unwrap(),
+        sequence: 7,
+        envelope_sha256: envelope_digest(b"envelope"),
+        downgrade: false,
+    };
+    let at = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
+    let mut staged = Snapshot::default();
+    staged.current = Some("1.0.0".parse().unwrap());
+    staged.known = Some(release.clone());
+    staged.state = State::Staged {
+        target: Target {
+            release: release.clone(),
+            slot: basalt_disk::Slot::B,
+            usr_hash: envelope_digest(b"usr"),
+        },
+    };
+    staged.history.push_back(Outcome {
+        at,
+        kind: "cancelled".into(),
+        from: None,
+        to: Some("2.0.0".parse().unwrap()),
+        detail: String::new(),
+    });
+    staged.recorded = 1;
+    let mut failed = Snapshot::default();
+    let failure = Failure {
+        operation: Operation::Download,
+        error: JobError {
+            class: ErrorClass::Network,
+            name: "Timeout".into(),
+            message: "timed out".into(),
+        },
+    };
+    failed.last_error = Some(failure.clone());
+    failed.state = State::Failed { failure };
+    for (name, snap) in [("staged.json", staged), ("failed.json", failed)] {
+        let file = StatusFile::new(snap, "5e0c", Some(b"envelope"), at);
+        let path = seeds.join(name);
+        if std::env::var_os("BASALT_UPDATE_GOLDEN").is_some() {
+            fs::create_dir_all(&seeds).unwrap();
+            fs::write(&path, file.to_bytes().unwrap()).unwrap();
+        }
+        let bytes = fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (BASALT_UPDATE_GOLDEN=1 writes it)", path.display())
+        });
+        assert_eq!(parse(&bytes).unwrap(), file, "{name} drifted");
+    }
+}

@@ -28,6 +28,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "systemd-boot-efi",
     "dbus",
+    // systemd-analyze verifies dist/systemd/basalt-updated.service (updater/tests/systemd_unit.rs).
+    "systemd",
     "mmdebstrap",
     "gpgv",
     "debian-archive-keyring",
@@ -121,6 +123,8 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("disk", "gpt"),
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
+    ("updater", "config_fragment"),
+    ("updater", "status_file"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {
