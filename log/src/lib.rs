@@ -297,7 +297,10 @@ mod tests {
         assert_eq!(detect_output(Some("8:1234"), Some((8, 999))), Output::Human);
         assert_eq!(detect_output(Some("8:1234"), None), Output::Human);
         assert_eq!(detect_output(None, Some((8, 1234))), Output::Human);
-        assert_eq!(detect_output(Some("garbage"), Some((8, 1234))), Output::Human);
+        assert_eq!(
+            detect_output(Some("garbage"), Some((8, 1234))),
+            Output::Human
+        );
         assert_eq!(detect_output(Some("8:"), Some((8, 0))), Output::Human);
         assert_eq!(
             detect_output(Some(" 8:1234\n"), Some((8, 1234))),

@@ -1,5 +1,6 @@
 //! Configuration drop-ins: systemd override semantics, merge order, validation, and an error
 //! naming file and key for each kind of bad input.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::fs;
 use std::path::{Path, PathBuf};

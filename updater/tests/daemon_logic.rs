@@ -3,6 +3,7 @@
 //! (immediate, off, maintenance window, fleet-lock against a lock server on 127.0.0.1), the
 //! health gate across a simulated reboot, cancel mid-download, a corrupt status file,
 //! sd_notify messages.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod support;
 

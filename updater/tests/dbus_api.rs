@@ -7,6 +7,7 @@
 //!
 //! Needs the Debian packages `dbus` (dbus-daemon) and `util-linux` (runuser); fails, naming
 //! them, when missing.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod support;
 
@@ -242,11 +243,10 @@ impl InProcess {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let d = InProcess {
+        InProcess {
             stop: Some(stop),
             thread: Some(thread),
-        };
-        d
+        }
     }
 }
 
@@ -288,8 +288,7 @@ fn basaltctl(bus: &Bus, user: Option<&str>, args: &[&str]) -> Output {
         .arg(&bus.address)
         .args(args)
         .env_remove("BASALT_LOG");
-    let out = cmd.output().expect("run basaltctl");
-    out
+    cmd.output().expect("run basaltctl")
 }
 
 fn text(o: &Output) -> String {

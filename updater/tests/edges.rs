@@ -1,5 +1,6 @@
 //! The daemon's I/O edges on their own: the interim HTTP client, health probes (commands,
 //! HTTP endpoints, the gate's deadline), the metrics endpoint on TCP and on a unix socket.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -1,6 +1,7 @@
 //! The update state machine driven against the in-memory engine: every transition, do / undo /
 //! redo (cancel never touches the booted slot: Bottlerocket #949), restarts and reboots, and
 //! a property test of random command/event sequences against a small model.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use basalt_disk::{BootStatus, Slot, SlotState};
 use basalt_manifest::chrono::{DateTime, TimeZone, Utc};

@@ -1,5 +1,6 @@
 //! The status file: round trip, and every kind of bad file → a typed error, the file kept
 //! aside, and a start from what the disk says.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::fs;
 use std::path::Path;
@@ -9,10 +10,12 @@ use basalt_updater::machine::{Machine, Snapshot, State};
 use basalt_updater::status::{self, StatusError, StatusFile, MAX_STATUS_BYTES, STATUS_FORMAT};
 
 fn sample() -> StatusFile {
-    let mut s = Snapshot::default();
-    s.pinned = true;
-    s.current = Some("1.2.3".parse().unwrap());
-    s.last_check = Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
+    let s = Snapshot {
+        pinned: true,
+        current: Some("1.2.3".parse().unwrap()),
+        last_check: Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()),
+        ..Snapshot::default()
+    };
     StatusFile::new(
         s,
         "0f1e",
@@ -166,15 +169,17 @@ fn the_fuzz_seeds_are_current_status_files() {
         downgrade: false,
     };
     let at = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
-    let mut staged = Snapshot::default();
-    staged.current = Some("1.0.0".parse().unwrap());
-    staged.known = Some(release.clone());
-    staged.state = State::Staged {
-        target: Target {
-            release: release.clone(),
-            slot: basalt_disk::Slot::B,
-            usr_hash: envelope_digest(b"usr"),
+    let mut staged = Snapshot {
+        current: Some("1.0.0".parse().unwrap()),
+        known: Some(release.clone()),
+        state: State::Staged {
+            target: Target {
+                release: release.clone(),
+                slot: basalt_disk::Slot::B,
+                usr_hash: envelope_digest(b"usr"),
+            },
         },
+        ..Snapshot::default()
     };
     staged.history.push_back(Outcome {
         at,
@@ -184,7 +189,6 @@ fn the_fuzz_seeds_are_current_status_files() {
         detail: String::new(),
     });
     staged.recorded = 1;
-    let mut failed = Snapshot::default();
     let failure = Failure {
         operation: Operation::Download,
         error: JobError {
@@ -193,8 +197,11 @@ fn the_fuzz_seeds_are_current_status_files() {
             message: "timed out".into(),
         },
     };
-    failed.last_error = Some(failure.clone());
-    failed.state = State::Failed { failure };
+    let failed = Snapshot {
+        last_error: Some(failure.clone()),
+        state: State::Failed { failure },
+        ..Snapshot::default()
+    };
     for (name, snap) in [("staged.json", staged), ("failed.json", failed)] {
         let file = StatusFile::new(snap, "5e0c", Some(b"envelope"), at);
         let path = seeds.join(name);

@@ -2,6 +2,7 @@
 //! (syntax, known directives, the executable exists) and `systemd-analyze security --offline`
 //! (the sandbox keeps the exposure score low). Peer: package `systemd`; the test fails naming
 //! it when missing.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::Path;
 use std::process::Command;

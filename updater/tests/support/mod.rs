@@ -1,5 +1,6 @@
 //! Shared pieces of the daemon tests: the daemon's parts around the in-memory engine, a
 //! recording reboot, switchable health probes, a fixed random source, a tiny FleetLock server.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
