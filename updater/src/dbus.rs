@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 
+use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::daemon::{error_name, Accepted, ApiError, Handle, View};
@@ -199,6 +200,12 @@ pub fn property_values(v: &View) -> Vec<(&'static str, Value<'static>)> {
     ]
 }
 
+/// Log who asked (the unique bus name; the bus policy already decided whether they may).
+fn log_caller(header: &Header<'_>, method: &str) {
+    let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+    tracing::info!(method, sender, "D-Bus request {method} from {sender}");
+}
+
 /// The served object.
 #[derive(Debug)]
 pub struct Updater1 {
@@ -234,7 +241,8 @@ impl Updater1 {
 )]
 impl Updater1 {
     /// Check the repository now. Returns the available version, or "" when up to date.
-    async fn check(&self) -> Result<String, UpdaterError> {
+    async fn check(&self, #[zbus(header)] header: Header<'_>) -> Result<String, UpdaterError> {
+        log_caller(&header, "check");
         match self
             .command(Command::Check {
                 origin: Origin::Operator,
@@ -248,7 +256,12 @@ impl Updater1 {
 
     /// Check if needed, then download and verify the update into the inactive slot (not
     /// staged). Options: "allow-downgrade" (b) lets an older release through (logged).
-    async fn download(&self, options: HashMap<String, OwnedValue>) -> Result<(), UpdaterError> {
+    async fn download(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), UpdaterError> {
+        log_caller(&header, "download");
         let allow = allow_downgrade(&options)?;
         self.command(Command::Download {
             origin: Origin::Operator,
@@ -260,7 +273,12 @@ impl Updater1 {
 
     /// Check and download if needed, then stage the update for the next boot. Options as for
     /// Download. The reboot follows the configured strategy.
-    async fn apply(&self, options: HashMap<String, OwnedValue>) -> Result<(), UpdaterError> {
+    async fn apply(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), UpdaterError> {
+        log_caller(&header, "apply");
         let allow = allow_downgrade(&options)?;
         self.command(Command::Apply {
             origin: Origin::Operator,
@@ -272,34 +290,40 @@ impl Updater1 {
 
     /// Stop a download, or withdraw a downloaded or staged update. The booted slot is never
     /// touched.
-    async fn cancel(&self) -> Result<(), UpdaterError> {
+    async fn cancel(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
+        log_caller(&header, "cancel");
         self.command(Command::Cancel).await.map(|_| ())
     }
 
     /// Make the other slot boot next and mark the booted one bad; the reboot follows the
     /// configured strategy.
-    async fn rollback(&self) -> Result<(), UpdaterError> {
+    async fn rollback(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
+        log_caller(&header, "rollback");
         self.command(Command::Rollback).await.map(|_| ())
     }
 
     /// Declare the freshly booted update good (skips the rest of the health gate).
-    async fn mark_good(&self) -> Result<(), UpdaterError> {
+    async fn mark_good(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
+        log_caller(&header, "mark_good");
         self.command(Command::MarkGood).await.map(|_| ())
     }
 
     /// Declare the freshly booted update bad: it is marked bad and the node reboots into the
     /// previous slot.
-    async fn mark_bad(&self) -> Result<(), UpdaterError> {
+    async fn mark_bad(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
+        log_caller(&header, "mark_bad");
         self.command(Command::MarkBad).await.map(|_| ())
     }
 
     /// Hold the node at its version: downloads and applies are refused until Unpin.
-    async fn pin(&self) -> Result<(), UpdaterError> {
+    async fn pin(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
+        log_caller(&header, "pin");
         self.command(Command::Pin).await.map(|_| ())
     }
 
     /// Allow updates again.
-    async fn unpin(&self) -> Result<(), UpdaterError> {
+    async fn unpin(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
+        log_caller(&header, "unpin");
         self.command(Command::Unpin).await.map(|_| ())
     }
 

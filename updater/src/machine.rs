@@ -654,6 +654,16 @@ impl Machine {
             }
             return (m, Vec::new());
         }
+        if facts.booted.is_none() {
+            // The engine could not read the disk and basalt-init left no record: nothing can be
+            // concluded about the last update. Keep the persisted state untouched (no
+            // rollback recorded, no job resumed) until a start that can tell.
+            tracing::error!(
+                state = m.s.state.name(),
+                "cannot tell which slot booted; keeping the persisted state as it is"
+            );
+            return (m, Vec::new());
+        }
         let state = m.s.state.clone();
         let was_staged = matches!(state, State::Staged { .. });
         match state {

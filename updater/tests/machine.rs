@@ -693,6 +693,28 @@ fn start_without_status_follows_the_disk() {
 }
 
 #[test]
+fn unknown_boot_facts_keep_the_persisted_state() {
+    let mut h = Harness::new();
+    h.world.publish(FakeRelease::new("2.0.0", 2));
+    h.cmd(Command::Apply {
+        origin: op(),
+        allow_downgrade: false,
+    })
+    .unwrap();
+    h.settle();
+    let snap = h.m.snapshot().clone();
+    // Rebooted, but neither the engine nor boot.env can say what booted.
+    let facts = boot_facts(None, None, true);
+    let (m, effects) = Machine::start(Some(snap.clone()), &facts, now());
+    assert_eq!(
+        m.snapshot(),
+        &snap,
+        "no rollback concluded from missing facts"
+    );
+    assert!(effects.is_empty());
+}
+
+#[test]
 fn late_events_are_ignored() {
     let mut m = Machine::from_snapshot(Default::default());
     let before = m.clone();
