@@ -734,6 +734,90 @@ fn every_state_name_is_listed_once() {
 
 // ───────────────────────────── property test ─────────────────────────────
 
+/// The state an accepted command leads to (before any job finishes).
+fn model_next(cmd: &Command, state: &'static str, timer_denied: bool) -> &'static str {
+    const REST: [&str; 4] = ["idle", "committed", "rolled-back", "failed"];
+    match cmd {
+        Command::Pin | Command::Unpin => state,
+        Command::Check { .. } => "checking",
+        Command::Download { .. } | Command::Apply { .. } => match state {
+            s if REST.contains(&s) => "checking",
+            "available" if timer_denied => "available",
+            "available" => "downloading",
+            "downloaded" if matches!(cmd, Command::Apply { .. }) => "staging",
+            s => s,
+        },
+        Command::Cancel => "cancelling",
+        Command::Rollback => "rolling-back",
+        Command::MarkGood => "committing",
+        Command::MarkBad => "marking-bad",
+    }
+}
+
+/// The model: which commands each state accepts, written as the table an operator reads
+/// (independently of the machine's match): `Ok(())` or the refusal's name. [`model_next`]
+/// says where an accepted command leads.
+fn model(cmd: &Command, state: &str, pinned: bool, downgrade: bool) -> Result<(), &'static str> {
+    const BUSY: [&str; 7] = [
+        "downloading",
+        "verifying",
+        "staging",
+        "cancelling",
+        "committing",
+        "marking-bad",
+        "rolling-back",
+    ];
+    const REST: [&str; 4] = ["idle", "committed", "rolled-back", "failed"];
+    let busy = BUSY.contains(&state);
+    let rest = REST.contains(&state);
+    if state == "reboot-pending" && !matches!(cmd, Command::Pin | Command::Unpin) {
+        return Err("RebootPending");
+    }
+    match cmd {
+        Command::Pin | Command::Unpin => Ok(()),
+        Command::Check { .. } => match state {
+            _ if rest || state == "available" || state == "checking" => Ok(()),
+            "downloaded" | "staged" => Err("UpdatePending"),
+            _ => Err("Busy"),
+        },
+        Command::Download {
+            allow_downgrade, ..
+        }
+        | Command::Apply {
+            allow_downgrade, ..
+        } => {
+            if pinned {
+                return Err("Pinned");
+            }
+            match state {
+                "available" if downgrade && !allow_downgrade => Err("DowngradeNotAllowed"),
+                _ if rest || state == "available" || state == "downloaded" || state == "staged" => {
+                    Ok(())
+                }
+                // Joining a running check: refused only when it would silently drop the override.
+                "checking" => Ok(()),
+                "downloading" | "verifying" | "staging" => Ok(()),
+                _ => Err("Busy"),
+            }
+        }
+        Command::Cancel => match state {
+            "downloading" | "verifying" | "downloaded" | "staged" | "cancelling" => Ok(()),
+            "checking" | "staging" | "committing" | "marking-bad" | "rolling-back" => Err("Busy"),
+            _ => Err("NothingToCancel"),
+        },
+        Command::Rollback => match state {
+            _ if rest || state == "available" || state == "pending-health" => Ok(()),
+            "downloaded" | "staged" => Err("UpdatePending"),
+            _ if busy || state == "checking" => Err("Busy"),
+            _ => Err("Busy"),
+        },
+        Command::MarkGood | Command::MarkBad => match state {
+            "pending-health" => Ok(()),
+            _ => Err("NotPendingHealth"),
+        },
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Cmd(Command),
@@ -799,7 +883,18 @@ proptest! {
             match s {
                 Step::Cmd(c) => {
                     let pinned = h.m.pinned();
+                    let state = h.state();
+                    let downgrade = h.m.state().release().is_some_and(|r| r.downgrade);
+                    let joins_check_with_override = matches!(h.m.state(), State::Checking { allow_downgrade: false, .. })
+                        && matches!(c, Command::Download { allow_downgrade: true, .. } | Command::Apply { allow_downgrade: true, .. });
+                    let expected = if joins_check_with_override && !pinned { Err("Busy") } else { model(&c, state, pinned, downgrade) };
+                    let timer_denied = matches!(c, Command::Download { origin: Origin::Timer, .. } | Command::Apply { origin: Origin::Timer, .. })
+                        && h.m.state().release().is_some_and(|r| h.m.is_denied(r));
                     let r = h.cmd(c);
+                    prop_assert_eq!(r.as_ref().map(|_| ()).map_err(|e| e.name()), expected, "{:?} in {}", c, state);
+                    if r.is_ok() {
+                        prop_assert_eq!(h.state(), model_next(&c, state, timer_denied), "{:?} from {}", c, state);
+                    }
                     if pinned && matches!(c, Command::Download { .. } | Command::Apply { .. }) {
                         prop_assert!(matches!(r, Err(Refusal::Pinned { .. })), "{r:?}");
                     }
