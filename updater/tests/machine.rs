@@ -770,6 +770,10 @@ fn model(cmd: &Command, state: &str, pinned: bool, downgrade: bool) -> Result<()
     const REST: [&str; 4] = ["idle", "committed", "rolled-back", "failed"];
     let busy = BUSY.contains(&state);
     let rest = REST.contains(&state);
+    // Pinned refuses downloads and applies first, in every state.
+    if pinned && matches!(cmd, Command::Download { .. } | Command::Apply { .. }) {
+        return Err("Pinned");
+    }
     if state == "reboot-pending" && !matches!(cmd, Command::Pin | Command::Unpin) {
         return Err("RebootPending");
     }
