@@ -1145,6 +1145,9 @@ impl Daemon {
 
     fn consider_reboot(&mut self) {
         let state = self.machine.state().clone();
+        if !state.needs_reboot() {
+            self.told_reboot_off = false;
+        }
         if !state.needs_reboot()
             || self.reboot_in_flight
             || self.lock_in_flight
