@@ -569,6 +569,7 @@ pub fn boot_facts(
         rebooted,
         staged_on_disk: None,
         booted_on_trial: None,
+        booted_blessed: false,
     };
     let Some(node) = node else {
         return facts;
@@ -592,6 +593,7 @@ pub fn boot_facts(
         if matches!(v.boot, BootStatus::Trying { .. }) {
             facts.booted_on_trial = slot_target(node, b);
         }
+        facts.booted_blessed = v.boot == BootStatus::Good;
         let o = &node.slots[usize::from(b == Slot::A)];
         if matches!(o.boot, BootStatus::Trying { tries_left, .. } if tries_left > 0) {
             facts.staged_on_disk = slot_target(node, !b);

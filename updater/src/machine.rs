@@ -547,6 +547,8 @@ pub struct BootFacts {
     /// The booted slot is still on trial (boot state "trying"): an update booted whose
     /// status was lost.
     pub booted_on_trial: Option<Target>,
+    /// The booted slot's boot state is "good" (blessed).
+    pub booted_blessed: bool,
 }
 
 /// The persistent part of the machine (what the status file holds besides daemon facts).
@@ -689,8 +691,27 @@ impl Machine {
                 m.rolled_back(now, Some(target.release.clone()), reason);
                 (m, Vec::new())
             }
+            State::MarkingBad { target, .. }
+                if facts.booted_blessed && booted_hash == Some(target.usr_hash) =>
+            {
+                // The status file (on the writable root) asks to condemn a slot the boot loader
+                // already holds as good: never act on that, say so.
+                m.fail(
+                    now,
+                    Operation::MarkBad,
+                    JobError {
+                        class: ErrorClass::Internal,
+                        name: "StatusInconsistent".into(),
+                        message: format!(
+                            "the status file says slot {} is being marked bad, but it booted and is blessed; nothing was changed",
+                            target.slot
+                        ),
+                    },
+                );
+                (m, Vec::new())
+            }
             State::MarkingBad { target, reason } => {
-                if booted_hash == Some(target.usr_hash) {
+                if booted_hash == Some(target.usr_hash) && booted_slot == Some(target.slot) {
                     // Interrupted before the verdict was written: write it again.
                     m.go(
                         State::MarkingBad {

@@ -714,6 +714,35 @@ fn unknown_boot_facts_keep_the_persisted_state() {
     assert!(effects.is_empty());
 }
 
+/// The status file lives on the writable root: a forged "marking-bad" of the booted, blessed
+/// slot must not make the daemon condemn it.
+#[test]
+fn a_forged_mark_bad_of_the_blessed_booted_slot_is_refused() {
+    let mut h = Harness::new();
+    let booted_hash = h.world.booted_hash().unwrap();
+    let mut snap = h.m.snapshot().clone();
+    snap.state = State::MarkingBad {
+        target: basalt_updater::machine::Target {
+            release: Release {
+                version: "1.0.0".parse().unwrap(),
+                sequence: 1,
+                envelope_sha256: envelope_digest(b"forged"),
+                downgrade: false,
+            },
+            slot: Slot::A,
+            usr_hash: booted_hash,
+        },
+        reason: RollbackReason::MarkedBad,
+    };
+    h.start(Some(snap), true);
+    assert!(h.pending.is_none(), "no mark-bad job: {:?}", h.pending);
+    match h.m.state() {
+        State::Failed { failure } => assert_eq!(failure.error.name, "StatusInconsistent"),
+        s => panic!("{s:?}"),
+    }
+    assert_eq!(h.world.slot(Slot::A).boot, BootStatus::Good);
+}
+
 #[test]
 fn late_events_are_ignored() {
     let mut m = Machine::from_snapshot(Default::default());
