@@ -447,7 +447,10 @@ async fn run(cli: Cli) -> Res<()> {
     }
     .map_err(|e| Failure {
         code: EXIT_NO_BUS,
-        message: format!("cannot reach the D-Bus system bus: {e}"),
+        message: format!(
+            "cannot reach the D-Bus bus {}: {e}",
+            cli.bus_address.as_deref().unwrap_or("(system bus)")
+        ),
     })?;
     let p = z(Updater1Proxy::builder(&conn)
         .cache_properties(zbus::proxy::CacheProperties::No)
