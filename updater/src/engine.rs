@@ -15,6 +15,8 @@
 //!   until the written bytes were re-read and their verity root hash matched the signed one;
 //! - a failed or cancelled download leaves the inactive slot unbootable and the other slot's
 //!   boot state exactly as it was (Bottlerocket #949);
+//! - `apply` either stages the slot completely or leaves it unbootable (the daemon records a
+//!   failed apply as `Failed` and does not retry it on its own);
 //! - a download interrupted by a dropped connection, a killed daemon or a reboot resumes from
 //!   what is already written *and re-verified*, never from trusting half-written data.
 

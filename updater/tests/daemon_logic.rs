@@ -117,14 +117,14 @@ async fn automatic_apply_reboots_immediately_with_the_reason_on_disk() {
     let clock = Arc::new(TokioClock::starting_at(t0()));
     rig.world.publish(FakeRelease::new("2.0.0", 2));
     let s = settings(
-        "[repository]\nurl = \"/srv/repo\"\n[check]\ninitial_delay_secs = 60\njitter_secs = 0\n",
+        "[repository]\nurl = \"/srv/repo\"\n[check]\ninitial_delay_secs = 60\njitter_secs = 0\n[update]\ntries = 5\n",
     );
     let r = run(rig.parts(s, clock, vec![])).await;
     let v = r.wait("staged", |v| v.state == "staged").await;
     assert!(v.reboot_required);
     assert_eq!(v.staged_version, "2.0.0");
     assert_eq!(v.slots[1].boot, "trying");
-    assert_eq!(v.slots[1].tries_left, 3);
+    assert_eq!(v.slots[1].tries_left, 5, "update.tries reaches the engine");
     tokio::time::sleep(Duration::from_millis(10)).await;
     let seen = rig.reboots.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");

@@ -942,6 +942,47 @@ async fn health_gate_asks_systemd_and_reboots_through_it() {
     assert_eq!(p.current_version().await.unwrap(), "1.0.0");
 }
 
+/// `basaltctl update --reboot` asks systemd (on the same bus) for the reboot once staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basaltctl_update_reboot_asks_systemd() {
+    let bus = Bus::start();
+    let sd = Systemd::default();
+    let _systemd = serve_systemd(&bus.address, sd.clone(), &[]).await;
+    let rig = Arc::new(Rig::new("1.0.0"));
+    rig.world.publish(FakeRelease::new("2.0.0", 2));
+    let r2 = rig.clone();
+    let _d = InProcess::start(&bus.address, move |conn| parts_for(&r2, conn, MANUAL));
+    let address = bus.address.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let o = Proc::new(env!("CARGO_BIN_EXE_basaltctl"))
+                .args(["--bus-address", &address, "update", "--reboot"])
+                .output()
+                .unwrap();
+            if o.status.code() != Some(3) || Instant::now() > end {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("staged: 2.0.0") && text(&out).contains("rebooting"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        sd.started.lock().unwrap().as_slice(),
+        [(
+            "reboot.target".to_owned(),
+            "replace-irreversibly".to_owned()
+        )]
+    );
+}
+
 /// The real binary: configuration check, owning the name, READY=1 only after that, and the
 /// unwired engine's error for a check.
 #[test]
