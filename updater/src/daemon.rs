@@ -1407,3 +1407,80 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SlotView;
+    use basalt_disk::SlotState;
+
+    fn node(booted: Slot, b_boot: BootStatus) -> NodeView {
+        let view = |slot, v: &str, boot| SlotView {
+            slot,
+            state: SlotState::Valid,
+            version: Some(v.parse().unwrap()),
+            usr_hash: Some(crate::machine::envelope_digest(v.as_bytes())),
+            boot,
+        };
+        NodeView {
+            booted: Some(booted),
+            slots: [
+                view(Slot::A, "1.0.0", BootStatus::Good),
+                view(Slot::B, "2.0.0", b_boot),
+            ],
+            next_boot: Some(Slot::A),
+        }
+    }
+
+    #[test]
+    fn boot_env_usrhash_decides_which_slot_booted() {
+        let n = node(
+            Slot::A,
+            BootStatus::Trying {
+                tries_left: 2,
+                tries_done: 1,
+            },
+        );
+        let b_hash = crate::machine::envelope_digest(b"2.0.0");
+        let f = boot_facts(Some(&n), Some(b_hash), true);
+        assert_eq!(
+            f.booted,
+            Some((Slot::B, b_hash)),
+            "the kernel's usrhash wins"
+        );
+        assert_eq!(f.booted_version.unwrap().to_string(), "2.0.0");
+        assert!(f.booted_on_trial.is_some());
+        assert!(!f.booted_blessed);
+        // Without boot.env: the engine's view.
+        let f = boot_facts(Some(&n), None, false);
+        assert_eq!(f.booted.map(|(s, _)| s), Some(Slot::A));
+        assert!(f.booted_blessed);
+        assert_eq!(
+            f.staged_on_disk.unwrap().slot,
+            Slot::B,
+            "B is staged with tries left"
+        );
+        // An unknown hash: the engine's view too.
+        let f = boot_facts(Some(&n), Some(crate::machine::envelope_digest(b"x")), false);
+        assert_eq!(f.booted.map(|(s, _)| s), Some(Slot::A));
+        // No engine view: nothing is known.
+        assert_eq!(boot_facts(None, Some(b_hash), true).booted, None);
+    }
+
+    #[test]
+    fn env_files_parse_and_bad_hashes_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("boot.env");
+        std::fs::write(&p, "BASALT_USRHASH=zz\nBASALT_DISK=/dev/vda\nnot a pair\n").unwrap();
+        let kv = read_env_file(&p).unwrap();
+        assert_eq!(
+            kv,
+            [
+                ("BASALT_USRHASH".to_owned(), "zz".to_owned()),
+                ("BASALT_DISK".to_owned(), "/dev/vda".to_owned())
+            ]
+        );
+        assert!(Digest::from_hex("zz").is_none());
+        assert!(read_env_file(&dir.path().join("missing")).is_none());
+    }
+}

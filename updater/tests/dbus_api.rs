@@ -950,6 +950,8 @@ async fn basaltctl_update_reboot_asks_systemd() {
     let _systemd = serve_systemd(&bus.address, sd.clone(), &[]).await;
     let rig = Arc::new(Rig::new("1.0.0"));
     rig.world.publish(FakeRelease::new("2.0.0", 2));
+    // Chunks that take a moment, so progress is drawn (stderr is not a terminal: lines).
+    rig.world.lock().chunk_delay = Duration::from_millis(150);
     let r2 = rig.clone();
     let _d = InProcess::start(&bus.address, move |conn| parts_for(&r2, conn, MANUAL));
     let address = bus.address.clone();
