@@ -569,3 +569,36 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
 pub const EXIT_ACCESS_DENIED: u8 = 4;
 /// `basaltctl`: the bus cannot be reached.
 pub const EXIT_NO_BUS: u8 = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_name_has_its_own_exit_code() {
+        let mut codes: Vec<u8> = ERROR_NAMES
+            .iter()
+            .map(|n| exit_code_for_error(&format!("org.basalt.Updater1.Error.{n}")))
+            .collect();
+        assert!(codes.iter().all(|c| *c >= 10), "{codes:?}");
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ERROR_NAMES.len());
+        assert_eq!(
+            exit_code_for_error("org.freedesktop.DBus.Error.ServiceUnknown"),
+            EXIT_NOT_RUNNING
+        );
+        assert_eq!(
+            exit_code_for_error("org.freedesktop.DBus.Error.AccessDenied"),
+            EXIT_ACCESS_DENIED
+        );
+        assert_eq!(exit_code_for_error("org.example.Other"), 1);
+        // Every engine class has a D-Bus error of the same name.
+        for class in ErrorClass::ALL {
+            assert!(ERROR_NAMES.contains(&class.as_str()), "{class:?}");
+            let e = UpdaterError::from_class(class, String::new());
+            use zbus::DBusError;
+            assert_eq!(e.name().as_str(), error_name(class));
+        }
+    }
+}

@@ -741,6 +741,27 @@ fn the_bus_policy_lets_anyone_read_and_only_root_and_the_group_act() {
 }
 
 #[test]
+fn basaltctl_help_lists_the_exit_codes_the_code_uses() {
+    let o = Proc::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout).replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for name in dbus::ERROR_NAMES {
+        let code = dbus::exit_code_for_error(&format!("org.basalt.Updater1.Error.{name}"));
+        assert!(
+            help.contains(&format!("{code} {name}")),
+            "--help lacks \"{code} {name}\": {help}"
+        );
+    }
+    assert!(
+        help.contains("3 basalt-updated not running") && help.contains("4 not allowed"),
+        "{help}"
+    );
+}
+
+#[test]
 fn basaltctl_says_when_the_daemon_or_the_bus_is_missing() {
     let bus = Bus::start();
     let o = basaltctl(&bus, None, &["status"]);
@@ -940,6 +961,100 @@ async fn health_gate_asks_systemd_and_reboots_through_it() {
         .expect("a rollback in the history");
     assert!(last.4.contains("test.service"), "{last:?}");
     assert_eq!(p.current_version().await.unwrap(), "1.0.0");
+}
+
+/// The remaining error classes over the bus: every engine class the daemon can meet (injected
+/// faults) and RebootPending; each with its basaltctl exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_engine_failure_class_reaches_the_caller() {
+    use basalt_updater::engine::ErrorClass;
+    let bus = Bus::start();
+    let rig = Arc::new(Rig::new("1.0.0"));
+    let world = rig.world.clone();
+    let r2 = rig.clone();
+    let _d = InProcess::start(&bus.address, move |conn| parts_for(&r2, conn, MANUAL));
+    let conn = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let p = Updater1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while p.state().await.is_err() {
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wait_state = |want: &'static str| {
+        let p = p.clone();
+        async move {
+            let end = Instant::now() + Duration::from_secs(20);
+            loop {
+                let s = p.state().await.unwrap();
+                if s == want {
+                    return;
+                }
+                assert!(Instant::now() < end, "state {s}, wanted {want}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for class in ErrorClass::ALL {
+        world.fail_next(
+            Call::Check,
+            MemoryError::new(class, "Injected", format!("injected {}", class.as_str())),
+        );
+        let e = p.check().await.unwrap_err();
+        let name = match &e {
+            dbus::UpdaterError::ZBus(zbus::Error::MethodError(n, _, _)) => n.to_string(),
+            other => zbus::DBusError::name(other).to_string(),
+        };
+        let expected = format!("org.basalt.Updater1.Error.{}", class.as_str());
+        assert_eq!(name, expected);
+        let code = dbus::exit_code_for_error(&expected);
+        assert!((20..=27).contains(&code), "{expected} → {code}");
+        let (n, m) = p.last_error().await.unwrap();
+        assert_eq!(n, expected);
+        assert!(m.contains(&format!("injected {}", class.as_str())), "{m}");
+    }
+    // A failed apply: Disk, recorded, the booted slot untouched.
+    world.publish(FakeRelease::new("2.0.0", 2));
+    world.fail_next(
+        Call::Apply,
+        MemoryError::new(ErrorClass::Disk, "EspFull", "no space left on the ESP"),
+    );
+    p.apply(HashMap::new()).await.unwrap();
+    wait_state("failed").await;
+    let (n, m) = p.last_error().await.unwrap();
+    assert_eq!(n, "org.basalt.Updater1.Error.Disk");
+    assert!(m.contains("apply failed (EspFull)"), "{m}");
+    assert_eq!(p.slot_a().await.unwrap().2, "good");
+    // RebootPending: after a committed update, an operator rollback waits for the reboot.
+    p.apply(HashMap::new()).await.unwrap();
+    wait_state("staged").await;
+    drop(_d);
+    rig.reboot_node(2);
+    let r2 = rig.clone();
+    let _d = InProcess::start(&bus.address, move |conn| {
+        parts_for(&r2, conn, "[repository]\nurl = \"/srv/repo\"\n[check]\ninitial_delay_secs = 3600\n[reboot]\nstrategy = \"off\"\n[health]\nboot_complete = false\n")
+    });
+    let end = Instant::now() + Duration::from_secs(20);
+    while p.state().await.map(|s| s != "committed").unwrap_or(true) {
+        assert!(Instant::now() < end, "not committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.rollback().await.unwrap();
+    wait_state("reboot-pending").await;
+    let e = p.check().await.unwrap_err();
+    assert_eq!(
+        zbus::DBusError::name(&e).as_str(),
+        "org.basalt.Updater1.Error.RebootPending"
+    );
+    assert_eq!(p.next_boot_slot().await.unwrap(), "A");
+    assert!(p.reboot_required().await.unwrap());
 }
 
 /// `basaltctl update --reboot` asks systemd (on the same bus) for the reboot once staged.
