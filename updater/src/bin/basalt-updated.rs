@@ -133,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let conn = match &cli.bus_address {
             Some(a) => {
                 zbus::connection::Builder::address(a.as_str())?
@@ -190,7 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         dbus::run_service(conn, parts, shutdown_signal()).await?;
         Ok(())
-    })
+    });
+    // A running engine call (a download) was told to stop; do not wait for it forever.
+    rt.shutdown_timeout(std::time::Duration::from_secs(30));
+    result
 }
 
 fn main() -> ExitCode {
