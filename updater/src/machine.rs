@@ -632,6 +632,14 @@ impl Machine {
         let mut m = Machine {
             s: persisted.unwrap_or_default(),
         };
+        // A status file is data from the writable root: keep its lists within their bounds
+        // (newest entries kept) whatever it says.
+        while m.s.history.len() > HISTORY_LEN {
+            m.s.history.pop_front();
+        }
+        while m.s.denied.len() > DENIED_LEN {
+            m.s.denied.pop_front();
+        }
         m.s.current = facts.booted_version.clone().or(m.s.current.take());
         let booted_hash = facts.booted.map(|(_, h)| h);
         let booted_slot = facts.booted.map(|(s, _)| s);

@@ -744,6 +744,39 @@ fn a_forged_mark_bad_of_the_blessed_booted_slot_is_refused() {
 }
 
 #[test]
+fn oversized_lists_in_a_status_file_are_bounded_at_start() {
+    let mut snap = basalt_updater::machine::Snapshot::default();
+    for i in 0..(HISTORY_LEN as u64 + 50) {
+        snap.history.push_back(basalt_updater::machine::Outcome {
+            at: now(),
+            kind: "failed".into(),
+            from: None,
+            to: None,
+            detail: i.to_string(),
+        });
+        snap.denied.push_back(Release {
+            version: "9.9.9".parse().unwrap(),
+            sequence: i,
+            envelope_sha256: envelope_digest(&i.to_le_bytes()),
+            downgrade: false,
+        });
+    }
+    let world = MemoryWorld::new("1.0.0");
+    let node = world.engine().node().unwrap();
+    let (m, _) = Machine::start(Some(snap), &boot_facts(Some(&node), None, false), now());
+    assert_eq!(m.snapshot().history.len(), HISTORY_LEN);
+    assert_eq!(
+        m.snapshot().history.back().unwrap().detail,
+        (HISTORY_LEN as u64 + 49).to_string(),
+        "the newest are kept"
+    );
+    assert_eq!(
+        m.snapshot().denied.len(),
+        basalt_updater::machine::DENIED_LEN
+    );
+}
+
+#[test]
 fn late_events_are_ignored() {
     let mut m = Machine::from_snapshot(Default::default());
     let before = m.clone();
