@@ -15,9 +15,9 @@
 //! every error names the file and the key.
 //!
 //! Durations are whole seconds (`*_secs`) or minutes (`*_minutes`): no unit parser to get
-//! wrong. Time zones for the maintenance window are `UTC` or a fixed offset (`+01:00`): explicit,
-//! and not dependent on the node's tz database. Named zones with daylight saving time are not
-//! supported (refused with a clear message).
+//! wrong. The maintenance window's time zone is always explicit (never the node's local time):
+//! `UTC`, a fixed offset (`+01:00`), or an IANA name (`Europe/Berlin`, read from the node's
+//! `/usr/share/zoneinfo` when the configuration is loaded, so daylight saving time is followed).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -213,7 +213,44 @@ pub struct Window {
     pub days: Vec<Weekday>,
     pub start: NaiveTime,
     pub length_minutes: u32,
-    pub offset: FixedOffset,
+    pub zone: Zone,
+}
+
+/// The time zone of a maintenance window.
+#[derive(Debug, Clone)]
+pub enum Zone {
+    /// `UTC` or `±HH:MM`.
+    Fixed(FixedOffset),
+    /// An IANA name (`Europe/Berlin`), read from the node's tz database when the configuration
+    /// is loaded: the window follows daylight saving time.
+    Named {
+        name: String,
+        tz: std::sync::Arc<tz::TimeZone>,
+    },
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Zone::Fixed(a), Zone::Fixed(b)) => a == b,
+            (Zone::Named { name: a, .. }, Zone::Named { name: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Zone {}
+
+impl Zone {
+    /// Seconds east of UTC in force at `unix` (seconds).
+    pub fn offset_at(&self, unix: i64) -> i32 {
+        match self {
+            Zone::Fixed(o) => o.local_minus_utc(),
+            // A time outside the zone data's range: fall back to UTC rather than fail a reboot
+            // decision (validation already read the file).
+            Zone::Named { tz, .. } => tz.find_local_time_type(unix).map_or(0, |t| t.ut_offset()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -697,13 +734,13 @@ impl Merged {
                 let tz = w
                     .time_zone
                     .ok_or_else(|| missing("reboot.window.time_zone"))?;
-                let offset =
-                    parse_time_zone(&tz).map_err(|m| self.invalid("reboot.window.time_zone", m))?;
+                let zone = parse_zone(&tz, Path::new(ZONEINFO))
+                    .map_err(|m| self.invalid("reboot.window.time_zone", m))?;
                 Ok(RebootStrategy::Window(Window {
                     days,
                     start,
                     length_minutes,
-                    offset,
+                    zone,
                 }))
             }
             "fleet-lock" => {
@@ -858,6 +895,41 @@ fn parse_weekday(s: &str) -> Option<Weekday> {
     })
 }
 
+/// The node's tz database.
+pub const ZONEINFO: &str = "/usr/share/zoneinfo";
+
+/// `UTC`, `±HH:MM`, or an IANA zone name found under `zoneinfo` (`Europe/Berlin`).
+pub fn parse_zone(s: &str, zoneinfo: &Path) -> Result<Zone, String> {
+    if s == "UTC" || s == "Z" || s.starts_with('+') || s.starts_with('-') {
+        return parse_time_zone(s).map(Zone::Fixed);
+    }
+    let valid = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('/')
+        && s.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+    if !valid {
+        return Err(format!(
+            "{s:?} is not a time zone: use \"UTC\", a fixed offset like \"+01:00\" or an IANA name like \"Europe/Berlin\""
+        ));
+    }
+    let path = zoneinfo.join(s);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "{s:?}: reading {}: {e} (is tzdata installed?)",
+            path.display()
+        )
+    })?;
+    let tz = tz::TimeZone::from_tz_data(&bytes)
+        .map_err(|e| format!("{s:?}: {} is not a time zone file: {e}", path.display()))?;
+    Ok(Zone::Named {
+        name: s.to_owned(),
+        tz: std::sync::Arc::new(tz),
+    })
+}
+
 /// `UTC` or `±HH:MM`.
 pub fn parse_time_zone(s: &str) -> Result<FixedOffset, String> {
     if s == "UTC" || s == "Z" {
@@ -869,7 +941,7 @@ pub fn parse_time_zone(s: &str) -> Result<FixedOffset, String> {
         Some(b'-') => -1,
         _ => {
             return Err(format!(
-                "{s:?}: use \"UTC\" or a fixed offset like \"+01:00\" (named zones with daylight saving time are not supported: the window would move twice a year)"
+                "{s:?}: use \"UTC\" or a fixed offset like \"+01:00\""
             ))
         }
     };

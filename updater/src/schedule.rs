@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use basalt_manifest::chrono::{DateTime, Datelike, Duration as ChronoDuration, TimeZone, Utc};
+use basalt_manifest::chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDateTime, Utc};
 
-use crate::config::{CheckSettings, Window};
+use crate::config::{CheckSettings, Window, Zone};
 
 /// A source of random numbers (passed in: tests use a fixed sequence).
 pub trait Random: Send {
@@ -53,23 +53,32 @@ pub fn first_check_delay(check: &CheckSettings, rng: &mut dyn Random) -> Duratio
     Duration::from_secs(check.initial_delay_secs + rng.up_to(check.jitter_secs))
 }
 
+/// The UTC instant of a local wall-clock time in `zone`. DST gaps (the local time does not
+/// exist) resolve to the instant after the gap; overlaps (it exists twice) to the first one.
+fn local_to_utc(zone: &Zone, local: NaiveDateTime) -> DateTime<Utc> {
+    let t = local.and_utc().timestamp();
+    // A zone changes its offset at most once around a given day: the offsets a day before and
+    // after cover both sides.
+    let mut offsets = [zone.offset_at(t - 86_400), zone.offset_at(t + 86_400)];
+    offsets.sort_unstable_by(|a, b| b.cmp(a));
+    let unix = offsets
+        .iter()
+        .map(|o| t - i64::from(*o))
+        .find(|u| i64::from(zone.offset_at(*u)) == t - u)
+        .unwrap_or(t - i64::from(offsets[1]));
+    DateTime::from_timestamp(unix, 0).unwrap_or_default()
+}
+
 /// The window openings around `now`: the opening on each configured day of the week before,
 /// this week and the next (enough to cover a window of up to a week that started earlier).
 fn openings(w: &Window, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
-    let local = now.with_timezone(&w.offset);
-    let today = local.date_naive();
+    let offset = i64::from(w.zone.offset_at(now.timestamp()));
+    let today = (now + ChronoDuration::seconds(offset)).date_naive();
     let mut out = Vec::new();
     for delta in -8i64..=8 {
         let day = today + ChronoDuration::days(delta);
-        if !w.days.contains(&day.weekday()) {
-            continue;
-        }
-        if let Some(open) = w
-            .offset
-            .from_local_datetime(&day.and_time(w.start))
-            .single()
-        {
-            out.push(open.with_timezone(&Utc));
+        if w.days.contains(&day.weekday()) {
+            out.push(local_to_utc(&w.zone, day.and_time(w.start)));
         }
     }
     out.sort();
@@ -120,7 +129,7 @@ mod tests {
             days: days.to_vec(),
             start: NaiveTime::parse_from_str(start, "%H:%M").unwrap(),
             length_minutes: minutes,
-            offset: FixedOffset::east_opt(offset_secs).unwrap(),
+            zone: Zone::Fixed(FixedOffset::east_opt(offset_secs).unwrap()),
         }
     }
 
@@ -195,6 +204,46 @@ mod tests {
         // Same instant seen from UTC's Saturday: the local day decides.
         let w2 = window(&[Weekday::Sat], "00:30", 60, 2 * 3600);
         assert!(in_window(&w2, at("2026-12-04T22:45:00Z")));
+    }
+
+    fn berlin() -> Zone {
+        crate::config::parse_zone(
+            "Europe/Berlin",
+            std::path::Path::new(crate::config::ZONEINFO),
+        )
+        .expect("tzdata: apt-get install tzdata")
+    }
+
+    #[test]
+    fn a_named_zone_follows_daylight_saving_time() {
+        // Sundays 02:30-03:30 Berlin time. 2026-03-29 is the spring-forward Sunday (02:00 →
+        // 03:00, so 02:30 does not exist); 2026-10-25 the fall-back one (02:30 exists twice).
+        let w = Window {
+            zone: berlin(),
+            ..window(&[Weekday::Sun], "02:30", 60, 0)
+        };
+        // Winter: 02:30 CET = 01:30 UTC.
+        assert_eq!(
+            next_opening(&w, at("2026-12-01T00:00:00Z")),
+            Some(at("2026-12-06T01:30:00Z"))
+        );
+        // Summer: 02:30 CEST = 00:30 UTC.
+        assert_eq!(
+            next_opening(&w, at("2026-07-01T00:00:00Z")),
+            Some(at("2026-07-05T00:30:00Z"))
+        );
+        assert!(in_window(&w, at("2026-07-05T01:00:00Z")));
+        assert!(!in_window(&w, at("2026-07-05T01:30:00Z")));
+        // The gap: 02:30 does not exist; the window opens right after the gap (03:30 CEST).
+        assert_eq!(
+            next_opening(&w, at("2026-03-28T12:00:00Z")),
+            Some(at("2026-03-29T01:30:00Z"))
+        );
+        // The overlap: the first 02:30 (CEST, 00:30 UTC).
+        assert_eq!(
+            next_opening(&w, at("2026-10-24T12:00:00Z")),
+            Some(at("2026-10-25T00:30:00Z"))
+        );
     }
 
     #[test]

@@ -152,8 +152,20 @@ fn window_and_fleet_lock_strategies() {
             assert_eq!(w.days, [Weekday::Sat, Weekday::Sun]);
             assert_eq!(w.start, NaiveTime::from_hms_opt(2, 30, 0).unwrap());
             assert_eq!(w.length_minutes, 90);
-            assert_eq!(w.offset, FixedOffset::east_opt(3600).unwrap());
+            assert_eq!(
+                w.zone,
+                config::Zone::Fixed(FixedOffset::east_opt(3600).unwrap())
+            );
         }
+        other => panic!("{other:?}"),
+    }
+    let d = Dirs::new();
+    d.write(0, "10.toml", "[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"sun\"]\nstart = \"03:00\"\nlength_minutes = 60\ntime_zone = \"Europe/Berlin\"\n");
+    match d.load().expect("tzdata: apt-get install tzdata").reboot {
+        RebootStrategy::Window(w) => match w.zone {
+            config::Zone::Named { name, .. } => assert_eq!(name, "Europe/Berlin"),
+            other => panic!("{other:?}"),
+        },
         other => panic!("{other:?}"),
     }
     let d = Dirs::new();
@@ -187,7 +199,10 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"funday\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"UTC\"\n", "reboot.window.days", "weekday"),
     ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"25:00\"\nlength_minutes = 5\ntime_zone = \"UTC\"\n", "reboot.window.start", "HH:MM"),
     ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 0\ntime_zone = \"UTC\"\n", "reboot.window.length_minutes", "outside"),
-    ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"Europe/Berlin\"\n", "reboot.window.time_zone", "daylight saving"),
+    ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"Europe/Atlantis\"\n", "reboot.window.time_zone", "reading /usr/share/zoneinfo/Europe/Atlantis"),
+    ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"../../etc/passwd\"\n", "reboot.window.time_zone", "not a time zone"),
+    ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"/etc/localtime\"\n", "reboot.window.time_zone", "not a time zone"),
+    ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"Europe\"\n", "reboot.window.time_zone", "Europe"),
     ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\ntime_zone = \"+15:00\"\n", "reboot.window.time_zone", "range"),
     ("[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"mon\"]\nstart = \"02:00\"\nlength_minutes = 5\n", "reboot.window.time_zone", "required"),
     ("[reboot]\nstrategy = \"fleet-lock\"\n", "reboot.fleet_lock.url", "required"),

@@ -30,6 +30,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "dbus",
     // systemd-analyze verifies dist/systemd/basalt-updated.service (updater/tests/systemd_unit.rs).
     "systemd",
+    // Named time zones of the updater's maintenance window (updater/src/config.rs).
+    "tzdata",
     "mmdebstrap",
     "gpgv",
     "debian-archive-keyring",
