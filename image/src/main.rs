@@ -86,6 +86,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Library code logs through `tracing`; without a subscriber those lines were dropped.
+    if let Err(e) = basalt_log::init() {
+        eprintln!("basalt: {e}");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

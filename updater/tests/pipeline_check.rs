@@ -311,3 +311,64 @@ fn the_trust_root_chain_is_walked_and_persisted() {
         "forged persisted root",
     );
 }
+
+/// `verify_candidate`: a persisted envelope verified again without fetching (after a daemon
+/// restart): accepted when it is exactly the one last seen, refused when replayed, swapped,
+/// tampered with or expired.
+#[test]
+fn a_persisted_candidate_is_verified_again() {
+    let s = setup();
+    let mut engine = s.node.engine(Box::new(s.world.source()));
+    let seen = CheckRequest {
+        last_seen: Some((10, sha(&s.head))),
+        ..request()
+    };
+    let c = engine.verify_candidate(&s.head, &seen).unwrap();
+    assert_eq!(c.release.manifest.sequence, 10);
+    assert_eq!(c.envelope, s.head);
+    let kind = |r: Result<basalt_updater::engine::Candidate, Error>| r.unwrap_err().kind();
+    let mut bad = s.head.clone();
+    let n = bad.len() / 3;
+    bad[n] ^= 1;
+    assert_eq!(
+        kind(engine.verify_candidate(&bad, &seen)),
+        ErrorKind::SignatureRefused
+    );
+    let later = CheckRequest {
+        last_seen: Some((12, Digest([1; 32]))),
+        ..request()
+    };
+    assert_eq!(
+        kind(engine.verify_candidate(&s.head, &later)),
+        ErrorKind::Replay
+    );
+    let other = CheckRequest {
+        last_seen: Some((10, Digest([1; 32]))),
+        ..request()
+    };
+    assert_eq!(
+        kind(engine.verify_candidate(&s.head, &other)),
+        ErrorKind::Equivocation
+    );
+    let expired = CheckRequest {
+        now: Utc::now() + ChronoDuration::days(40),
+        ..seen.clone()
+    };
+    assert_eq!(
+        kind(engine.verify_candidate(&s.head, &expired)),
+        ErrorKind::Expired
+    );
+    let newer_installed = CheckRequest {
+        installed_version: Some("9.0.0".parse().unwrap()),
+        ..seen
+    };
+    assert_eq!(
+        kind(engine.verify_candidate(&s.head, &newer_installed)),
+        ErrorKind::Downgrade
+    );
+    // Every kind has a daemon class and the kind's name is the EngineError name.
+    use basalt_updater::engine::EngineError;
+    let e = engine.verify_candidate(&bad, &request()).unwrap_err();
+    assert_eq!(e.name(), "SignatureRefused");
+    assert_eq!(e.class(), basalt_updater::engine::ErrorClass::Integrity);
+}

@@ -8,6 +8,7 @@
 //! - `bench-install` — the update agent's install path vs a zstd/sha256 pipeline, peak RSS.
 
 mod bench;
+mod bench_http;
 mod bench_install;
 mod crash_sweep;
 mod demo;

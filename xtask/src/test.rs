@@ -28,10 +28,19 @@ pub const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "systemd-boot-efi",
     "dbus",
+    // systemd-analyze verifies dist/systemd/basalt-updated.service (updater/tests/systemd_unit.rs).
+    "systemd",
+    // Named time zones of the updater's maintenance window (updater/src/config.rs).
+    "tzdata",
     "mmdebstrap",
     "gpgv",
     "debian-archive-keyring",
     "openssl",
+    // The HTTP source's peers (tests/src/web.rs): a real web server, a forward proxy, and
+    // curl for `cargo xtask bench`.
+    "nginx-light",
+    "tinyproxy",
+    "curl",
     // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
     "gcc",
     "linux-libc-dev",
@@ -122,6 +131,9 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("disk", "gpt"),
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
+    ("updater", "http_headers"),
+    ("updater", "config_fragment"),
+    ("updater", "status_file"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

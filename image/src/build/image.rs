@@ -49,7 +49,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/2";
+pub const BUILDER_VERSION: &str = "basalt-image-build/3"; // 3: stage keys, efivarfs module
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -82,8 +82,9 @@ pub const INITRD_MODULES: [&str; 6] = [
     "ext4",
 ];
 /// Modules loaded when present and loadable (sha256-ssse3 fails with ENODEV under TCG's
-/// default CPU).
-pub const INITRD_OPTIONAL_MODULES: [&str; 1] = ["sha256-ssse3"];
+/// default CPU; efivarfs lets basalt-init record a failure for the next boot, see
+/// `basalt_initramfs::failrec`).
+pub const INITRD_OPTIONAL_MODULES: [&str; 2] = ["sha256-ssse3", "efivarfs"];
 /// Extra optional modules for the container-host profile: systemd mounts the ESP (vfat).
 pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nls_ascii"];
 

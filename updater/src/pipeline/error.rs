@@ -4,7 +4,9 @@
 //! slot, URL or path, version). [`Error::kind`] maps it to an [`ErrorKind`], a failure *class*
 //! with a name that never changes meaning ([`ErrorKind::as_str`]): the daemon turns it into
 //! the D-Bus error `org.basalt.Updater1.Error.<Name>`, `basaltctl` into its exit code, tests
-//! match on it. Pattern: `initramfs/src/reason.rs`.
+//! match on it. Pattern: `initramfs/src/reason.rs`. For the daemon, [`ErrorKind::class`] groups
+//! the kinds into its `engine::ErrorClass` (Network, Integrity, Policy, Disk, …) and the kind's
+//! name is the `EngineError::name` reported in `LastError` and the history.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use basalt_disk::Slot;
 use basalt_manifest::semver::Version;
 
+use crate::engine::{EngineError, ErrorClass};
 use crate::source::SourceError;
 
 /// A failure class of the pipeline. Names are stable (D-Bus error names, exit codes).
@@ -21,7 +24,8 @@ pub enum ErrorKind {
     Network,
     /// A repository file (channel head, blob, frame index) does not exist.
     NotFound,
-    /// A body was shorter or longer than the signed size, or than announced.
+    /// A body was shorter or longer than the signed size, or than announced (a connection
+    /// closed mid-body included). Transport-level: retried later (nothing of it is trusted).
     LengthMismatch,
     /// The trust-root chain could not be walked (a refused rotation, an unusable anchor).
     TrustRootRefused,
@@ -136,6 +140,37 @@ impl ErrorKind {
             ErrorKind::NotDownloaded => "NotDownloaded",
             ErrorKind::Cancelled => "Cancelled",
             ErrorKind::Io => "Io",
+        }
+    }
+
+    /// The daemon's failure class (what it does about it, which D-Bus error the caller
+    /// sees); the kind itself travels as the exact name (`EngineError::name`).
+    pub fn class(self) -> ErrorClass {
+        match self {
+            ErrorKind::Network | ErrorKind::NotFound | ErrorKind::LengthMismatch => {
+                ErrorClass::Network
+            }
+            ErrorKind::SignatureRefused
+            | ErrorKind::IntegrityMismatch
+            | ErrorKind::VerificationFailed => ErrorClass::Integrity,
+            ErrorKind::TrustRootRefused
+            | ErrorKind::Expired
+            | ErrorKind::Replay
+            | ErrorKind::Equivocation
+            | ErrorKind::Downgrade
+            | ErrorKind::WrongTarget
+            | ErrorKind::InvalidRelease
+            | ErrorKind::BootedSlotPending
+            | ErrorKind::AlreadyInstalled => ErrorClass::Policy,
+            ErrorKind::NoBootedSlot
+            | ErrorKind::BootedSlot
+            | ErrorKind::SlotTooSmall
+            | ErrorKind::DiskFull
+            | ErrorKind::Disk
+            | ErrorKind::Io => ErrorClass::Disk,
+            ErrorKind::BootControl | ErrorKind::EspBusy => ErrorClass::BootControl,
+            ErrorKind::State | ErrorKind::NotDownloaded => ErrorClass::Config,
+            ErrorKind::Cancelled => ErrorClass::Cancelled,
         }
     }
 
@@ -436,6 +471,16 @@ impl Error {
             Error::NotDownloaded { .. } => ErrorKind::NotDownloaded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
+    }
+}
+
+impl EngineError for Error {
+    fn class(&self) -> ErrorClass {
+        self.kind().class()
+    }
+
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
     }
 }
 

@@ -585,6 +585,48 @@ impl NodeEngine {
     }
 }
 
+/// How a verified head relates to the last one this node accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// The same sequence and the same bytes.
+    Same,
+    /// A higher sequence (or nothing seen yet).
+    Newer,
+}
+
+/// The anti-replay rule: below the last seen sequence is a replay; the same sequence with
+/// other bytes is equivocation.
+fn sequence_verdict(
+    location: &str,
+    m: &basalt_manifest::Manifest,
+    sha: &Digest,
+    last_seen: Option<&(u64, Digest)>,
+) -> Result<Seen, Error> {
+    let Some((seen, seen_sha)) = last_seen else {
+        return Ok(Seen::Newer);
+    };
+    if m.sequence < *seen {
+        return Err(Error::Replay {
+            location: location.to_owned(),
+            sequence: m.sequence,
+            version: m.version.clone(),
+            highest_seen: *seen,
+        });
+    }
+    if m.sequence == *seen {
+        if sha == seen_sha {
+            return Ok(Seen::Same);
+        }
+        return Err(Error::Equivocation {
+            location: location.to_owned(),
+            sequence: m.sequence,
+            accepted: seen_sha.to_hex(),
+            found: sha.to_hex(),
+        });
+    }
+    Ok(Seen::Newer)
+}
+
 impl Engine for NodeEngine {
     type Error = Error;
 
@@ -642,29 +684,11 @@ impl Engine for NodeEngine {
             verify_release(&bytes, &root, &self.policy(request.now)).map_err(head_err)?;
         let sha = sha256(&bytes);
         let m = &verified.manifest;
-        if let Some((seen, seen_sha)) = &request.last_seen {
-            if m.sequence < *seen {
-                return Err(Error::Replay {
-                    location,
-                    sequence: m.sequence,
-                    version: m.version.clone(),
-                    highest_seen: *seen,
-                });
-            }
-            if m.sequence == *seen {
-                if sha == *seen_sha {
-                    return Ok(CheckOutcome::UpToDate {
-                        sequence: m.sequence,
-                        version: m.version.clone(),
-                    });
-                }
-                return Err(Error::Equivocation {
-                    location,
-                    sequence: m.sequence,
-                    accepted: seen_sha.to_hex(),
-                    found: sha.to_hex(),
-                });
-            }
+        if sequence_verdict(&location, m, &sha, request.last_seen.as_ref())? == Seen::Same {
+            return Ok(CheckOutcome::UpToDate {
+                sequence: m.sequence,
+                version: m.version.clone(),
+            });
         }
         let policy = Policy {
             installed_version: request.installed_version.clone(),
@@ -683,6 +707,40 @@ impl Engine for NodeEngine {
             release: verified,
             envelope: bytes,
         }))
+    }
+
+    fn verify_candidate(
+        &mut self,
+        envelope: &[u8],
+        request: &CheckRequest,
+    ) -> Result<Candidate, Error> {
+        let root = self.trust()?;
+        let (_, location) = self.head_location()?;
+        let head_err = |e| Error::Head {
+            location: location.clone(),
+            source: Box::new(e),
+        };
+        let verified =
+            verify_release(envelope, &root, &self.policy(request.now)).map_err(head_err)?;
+        // The persisted envelope itself is the one last seen: equal is fine (these bytes
+        // only); a lower sequence or other bytes under the same one are refused.
+        sequence_verdict(
+            &location,
+            &verified.manifest,
+            &sha256(envelope),
+            request.last_seen.as_ref(),
+        )?;
+        let policy = Policy {
+            installed_version: request.installed_version.clone(),
+            allow_downgrade: request.allow_downgrade,
+            ..self.policy(request.now)
+        };
+        let verified = verify_release(envelope, &root, &policy).map_err(head_err)?;
+        plan(&verified.manifest)?;
+        Ok(Candidate {
+            release: verified,
+            envelope: envelope.to_vec(),
+        })
     }
 
     fn download(

@@ -11,6 +11,7 @@
 use std::io::Read;
 
 pub mod file;
+pub mod http;
 
 pub use file::FileSource;
 
