@@ -14,7 +14,9 @@
 //!
 //! The seam between the daemon (state, D-Bus, timers) and the pipeline (disk and network I/O) is
 //! the [`engine::Engine`] trait: blocking calls the daemon runs on a worker thread, one at a
-//! time.
+//! time. [`pipeline::NodeEngine`] is the production engine (trust walk, channel head checks,
+//! resumable streaming into the inactive slot, re-verification, staging); releases come from a
+//! [`source::Source`] (a folder, or HTTP(S)).
 //!
 //! Daemon modules, from the inside out: [`machine`] (pure state machine) → [`status`] (its
 //! persisted form) → [`config`] (drop-ins → settings) → [`schedule`] (check times with jitter,
