@@ -5,13 +5,14 @@
 
 use basalt_disk::{BootStatus, Slot, SlotState};
 use basalt_manifest::chrono::{DateTime, TimeZone, Utc};
+use basalt_manifest::Digest;
 use basalt_updater::daemon::boot_facts;
 use basalt_updater::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, Phase,
 };
 use basalt_updater::machine::{
-    envelope_digest, CheckResult, Command, Effect, Event, Intent, Job, JobError, Machine, Origin,
-    Refusal, Release, RollbackReason, State, HISTORY_LEN,
+    envelope_digest, BootFacts, CheckResult, Command, Effect, Event, InitFailure, InitFailures,
+    Intent, Job, JobError, Machine, Origin, Refusal, Release, RollbackReason, State, HISTORY_LEN,
 };
 use basalt_updater::memory::{Call, FakeRelease, MemoryEngine, MemoryError, MemoryWorld};
 use basalt_updater::status::StatusFile;
@@ -39,6 +40,9 @@ struct Harness {
     candidate: Option<Candidate>,
     cancel: CancelFlag,
     boot_id: u32,
+    /// basalt-init's records the next start finds, and how often a start asked to clear them.
+    init_failures: Option<InitFailures>,
+    cleared: u32,
 }
 
 impl Harness {
@@ -54,6 +58,8 @@ impl Harness {
             candidate: None,
             cancel: CancelFlag::new(),
             boot_id: 0,
+            init_failures: None,
+            cleared: 0,
         };
         h.start(None, false);
         h
@@ -61,7 +67,8 @@ impl Harness {
 
     fn start(&mut self, snapshot: Option<basalt_updater::machine::Snapshot>, rebooted: bool) {
         let node = self.engine.node().unwrap();
-        let facts = boot_facts(Some(&node), self.world.booted_hash(), rebooted);
+        let mut facts = boot_facts(Some(&node), self.world.booted_hash(), rebooted);
+        facts.init_failures = self.init_failures.clone();
         let (m, effects) = Machine::start(snapshot, &facts, now());
         self.m = m;
         self.pending = None;
@@ -86,6 +93,7 @@ impl Harness {
                 Effect::CancelRunning => self.cancel.cancel(),
                 Effect::StartHealthGate => self.health = true,
                 Effect::StopHealthGate => self.health = false,
+                Effect::ClearInitFailures => self.cleared += 1,
             }
         }
     }
@@ -471,15 +479,113 @@ fn staged_slot_that_never_boots_is_recorded_as_rolled_back() {
     assert_eq!(h.reboot(), Slot::A);
     match h.m.state() {
         State::RolledBack {
-            reason: RollbackReason::StagedDidNotBoot,
+            reason: RollbackReason::StagedDidNotBoot { init_failures },
             from,
             ..
         } => {
-            assert_eq!(from.as_ref().unwrap().to_string(), "2.0.0")
+            assert_eq!(from.as_ref().unwrap().to_string(), "2.0.0");
+            assert!(init_failures.is_empty());
         }
         s => panic!("{s:?}"),
     }
     assert!(!h.health);
+    let last = h.m.snapshot().history.back().unwrap();
+    assert!(last.detail.contains("no failure record"), "{}", last.detail);
+    assert_eq!(h.cleared, 0, "no variable, nothing to clear");
+}
+
+fn init_failure(reason: &str, slot: Option<Slot>, usrhash: Option<Digest>) -> InitFailure {
+    InitFailure {
+        reason: reason.into(),
+        slot,
+        usrhash,
+        detail: format!("{reason} detail"),
+    }
+}
+
+/// basalt-init refused the staged slot three times and once refused something else: the three
+/// explain the rollback, the fourth is reported on its own, each exactly once, and the
+/// variable is cleared only by a start that could tell which slot booted.
+#[test]
+fn basalt_init_records_explain_the_rollback_once() {
+    let mut h = Harness::new();
+    h.world.publish(FakeRelease::new("2.0.0", 2));
+    h.cmd(Command::Apply {
+        origin: op(),
+        allow_downgrade: false,
+    })
+    .unwrap();
+    h.settle();
+    let staged = h.m.state().target().unwrap().clone();
+    let records = InitFailures {
+        records: vec![
+            init_failure("usrhash-not-signed", Some(Slot::B), Some(staged.usr_hash)),
+            init_failure("usrhash-not-signed", Some(Slot::B), Some(staged.usr_hash)),
+            // No usrhash on the command line: matched by its slot.
+            init_failure("mount-usr", Some(Slot::B), None),
+            init_failure("no-boot-disk", None, None),
+        ],
+        digest: Digest([7; 32]),
+    };
+    h.init_failures = Some(records.clone());
+    h.world.lock().slots[1].fails_to_boot = true;
+    assert_eq!(h.reboot(), Slot::A);
+    let State::RolledBack {
+        reason: RollbackReason::StagedDidNotBoot { init_failures },
+        ..
+    } = h.m.state()
+    else {
+        panic!("{:?}", h.m.state())
+    };
+    assert_eq!(init_failures, &records.records[..3]);
+    let history: Vec<_> = h.m.snapshot().history.iter().cloned().collect();
+    let n = history.len();
+    assert_eq!(history[n - 2].kind, "rolled-back");
+    assert!(
+        history[n - 2].detail.contains(
+            "basalt-init refused 3 boots: usrhash-not-signed ×2, mount-usr ×1 (last: mount-usr detail)"
+        ),
+        "{}",
+        history[n - 2].detail
+    );
+    assert_eq!(history[n - 1].kind, "boot-refused");
+    assert!(
+        history[n - 1]
+            .detail
+            .contains("an unnamed slot: basalt-init refused 1 boot: no-boot-disk ×1"),
+        "{}",
+        history[n - 1].detail
+    );
+    assert_eq!(h.cleared, 1);
+    assert_eq!(h.m.snapshot().init_failures_seen, Some(records.digest));
+    // The variable could not be deleted: the next start clears again, reports nothing new.
+    let recorded = h.m.snapshot().recorded;
+    h.reboot();
+    assert_eq!(h.m.snapshot().recorded, recorded);
+    assert_eq!(h.cleared, 2);
+    // A start that cannot tell which slot booted keeps the records for a later start.
+    h.init_failures = Some(InitFailures {
+        records: vec![init_failure("dm-setup", Some(Slot::B), None)],
+        digest: Digest([8; 32]),
+    });
+    let snapshot = h.m.snapshot().clone();
+    let facts = BootFacts {
+        booted: None,
+        ..boot_facts(None, None, true)
+    };
+    let facts = BootFacts {
+        init_failures: h.init_failures.clone(),
+        ..facts
+    };
+    let (m, effects) = Machine::start(Some(snapshot.clone()), &facts, now());
+    assert!(!effects.contains(&Effect::ClearInitFailures));
+    assert_eq!(m.snapshot().recorded, snapshot.recorded);
+    // And one that can, reports them.
+    h.reboot();
+    assert_eq!(h.cleared, 3);
+    let last = h.m.snapshot().history.back().unwrap();
+    assert_eq!(last.kind, "boot-refused");
+    assert!(last.detail.starts_with("slot B: "), "{}", last.detail);
 }
 
 #[test]
