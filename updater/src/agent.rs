@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{self, RepositoryLocation, Settings};
+use crate::envfile;
 use crate::fleetlock::FleetLock;
 use crate::http::{HttpClient, HttpConfig, ProxyConfig, ProxyError, Roots};
 use crate::pipeline::{BackendKind, EngineConfig, EspLocation, NodeEngine};
@@ -107,49 +108,18 @@ impl NodeFacts {
         }
     }
 
-    fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    }
-
     /// A value of `boot.env`.
     pub fn boot_env(&self, key: &str) -> Option<&str> {
-        Self::get(&self.boot_env, key)
+        envfile::get(&self.boot_env, key)
     }
 
     /// A value of `os-release`.
     pub fn os_release(&self, key: &str) -> Option<&str> {
-        Self::get(&self.os_release, key)
+        envfile::get(&self.os_release, key)
     }
 }
 
-/// `KEY=value` lines (systemd `EnvironmentFile=` and os-release(5) syntax): blank lines and
-/// `#` comments skipped, one level of matching single or double quotes removed from values.
-/// `None` when the file cannot be read.
-pub fn read_env_file(path: &Path) -> Option<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_owned(), unquote(v.trim()).to_owned()))
-            .collect(),
-    )
-}
-
-fn unquote(v: &str) -> &str {
-    for q in ['"', '\''] {
-        if let Some(inner) = v.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-            return inner;
-        }
-    }
-    v
-}
+pub use crate::envfile::read as read_env_file;
 
 /// Why the agent cannot be built from its configuration on this node. Each names the
 /// configuration key and where it was set, or the node file that was read.
@@ -231,7 +201,7 @@ pub fn engine_config(
     facts: &NodeFacts,
     paths: &HostPaths,
 ) -> Result<EngineConfig, AgentError> {
-    let disk = match (&settings.boot.disk, facts.boot_env("BASALT_DISK")) {
+    let disk = match (&settings.boot.disk, facts.boot_env(envfile::BASALT_DISK)) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) if Path::new(d).is_absolute() => PathBuf::from(d),
         (None, _) => {

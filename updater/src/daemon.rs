@@ -535,7 +535,7 @@ impl std::fmt::Debug for Daemon {
 /// Retry pause for a refused or failed lock / reboot / steady-state request.
 pub const RETRY: Duration = Duration::from_secs(60);
 
-pub use crate::agent::read_env_file;
+pub use crate::envfile::read as read_env_file;
 
 fn slot_target(node: &NodeView, slot: Slot) -> Option<Target> {
     let v = &node.slots[usize::from(slot == Slot::B)];
@@ -644,13 +644,9 @@ impl Daemon {
             .unwrap_or_default();
         let boot_env = read_env_file(&paths.boot_env);
         let boot_env_hash = boot_env
-            .as_ref()
-            .and_then(|kv| {
-                kv.iter()
-                    .find(|(k, _)| k == "BASALT_USRHASH")
-                    .map(|(_, v)| v.clone())
-            })
-            .and_then(|v| Digest::from_hex(&v));
+            .as_deref()
+            .and_then(|kv| crate::envfile::get(kv, crate::envfile::BASALT_USRHASH))
+            .and_then(Digest::from_hex);
         if boot_env.is_none() {
             tracing::warn!(path = %paths.boot_env.display(), "no {}: the booted slot comes from the engine alone", paths.boot_env.display());
         }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod dbus;
 pub mod engine;
+pub mod envfile;
 pub mod fleetlock;
 pub mod health;
 pub mod http;

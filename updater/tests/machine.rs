@@ -229,6 +229,18 @@ impl Harness {
     fn state(&self) -> &'static str {
         self.m.state().name()
     }
+
+    /// Publish `version` and have an operator apply it: the slot is staged.
+    fn stage(&mut self, version: &str, sequence: u64) {
+        self.world.publish(FakeRelease::new(version, sequence));
+        self.cmd(Command::Apply {
+            origin: op(),
+            allow_downgrade: false,
+        })
+        .unwrap();
+        self.settle();
+        assert_eq!(self.state(), "staged");
+    }
 }
 
 fn op() -> Origin {
@@ -415,13 +427,7 @@ fn do_undo_redo_every_cancellable_state() {
 #[test]
 fn health_failure_marks_bad_reboots_and_records_rollback_then_no_auto_reinstall() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     assert_eq!(h.reboot(), Slot::B);
     h.event(Event::HealthFailed {
         check: "unit containerd.service".into(),
@@ -468,13 +474,7 @@ fn health_failure_marks_bad_reboots_and_records_rollback_then_no_auto_reinstall(
 #[test]
 fn staged_slot_that_never_boots_is_recorded_as_rolled_back() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.world.lock().slots[1].fails_to_boot = true;
     assert_eq!(h.reboot(), Slot::A);
     match h.m.state() {
@@ -509,13 +509,7 @@ fn init_failure(reason: &str, slot: Option<Slot>, usrhash: Option<Digest>) -> In
 #[test]
 fn basalt_init_records_explain_the_rollback_once() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     let staged = h.m.state().target().unwrap().clone();
     let records = InitFailures {
         records: vec![
@@ -591,13 +585,7 @@ fn basalt_init_records_explain_the_rollback_once() {
 #[test]
 fn operator_mark_bad_and_mark_good() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     for c in [Command::MarkGood, Command::MarkBad] {
         assert!(matches!(h.cmd(c), Err(Refusal::NotPendingHealth { .. })));
     }
@@ -608,13 +596,7 @@ fn operator_mark_bad_and_mark_good() {
     assert_eq!(h.state(), "committed");
 
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.reboot();
     h.cmd(Command::MarkBad).unwrap();
     h.settle();
@@ -643,13 +625,7 @@ fn operator_rollback_needs_a_good_other_slot() {
         s => panic!("{s:?}"),
     }
     // After an update is committed, rollback to the old slot works across a reboot.
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.reboot();
     h.event(Event::HealthPassed);
     h.settle();
@@ -779,13 +755,7 @@ fn restart_mid_download_resumes_and_mid_check_drops() {
 fn start_without_status_follows_the_disk() {
     // A slot staged on disk, status lost: staged.
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.start(None, false);
     assert_eq!(h.state(), "staged");
     // Booted into it, status lost: the gate runs.
@@ -801,13 +771,7 @@ fn start_without_status_follows_the_disk() {
 #[test]
 fn unknown_boot_facts_keep_the_persisted_state() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     let snap = h.m.snapshot().clone();
     // Rebooted, but neither the engine nor boot.env can say what booted.
     let facts = boot_facts(None, None, true);
