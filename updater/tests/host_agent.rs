@@ -1,0 +1,403 @@
+//! Host integration of the real `basalt-updated` binary: the daemon as a user meets it, with
+//! every part real except the reboot.
+//!
+//! - the bus: a private `dbus-daemon` loaded with the shipped policy, and a fake
+//!   `org.freedesktop.systemd1` on it (the health gate's unit states; reboot requests are
+//!   recorded, not carried out);
+//! - the repository: made by `basalt release publish` (the publisher's library), served by
+//!   nginx on 127.0.0.1 with the test's own config, or by the misbehaving `faulty_http` server
+//!   for what a network does wrong;
+//! - the node: a GPT disk image file with slot A installed and blessed (BLS on the FAT inside
+//!   the image, or GPT priority bits), drop-ins pointing `basalt-updated` at the image, its
+//!   own state dir and the repository URL, and stand-ins for `/proc/cmdline`,
+//!   `/run/basalt/boot.env`, `/usr/lib/os-release`, the boot id and efivarfs;
+//! - the client: the real `basaltctl` binary.
+//!
+//! A reboot is simulated the way firmware and basalt-init would do it: `BootControl::
+//! boot_attempt` on the image (the boot loader's choice, tries counted), a new command line,
+//! boot.env and boot id for the slot it chose, and the daemon started again.
+//!
+//! Each failure case checks what a user sees (`basaltctl` exit code, `status --json`'s
+//! `last_error`) and what must hold on the disk: slot A's bytes and boot state identical
+//! (checksummed), slot B not bootable. The engine's own tests cover the fine-grained cases;
+//! these cover the seam daemon + pipeline + real server + real bus.
+//!
+//! Needs the Debian packages `dbus`, `nginx`, `cryptsetup-bin`; fails naming them when missing.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Proc, Stdio};
+use std::time::{Duration, Instant};
+
+use basalt_disk::{BootStatus, Slot, SlotState};
+use basalt_image::release::synthetic::SyntheticRelease;
+use basalt_tests::faulty_http::{Fault, FaultyServer};
+use basalt_tests::web::Nginx;
+use basalt_updater::pipeline::BackendKind;
+use common::{EspKind, Node, World, MIB};
+use serde_json::Value;
+use support::bus::{basaltctl, code, serve_systemd, text, Bus, Systemd};
+
+/// The fake systemd runs on its own runtime so the tests stay plain blocking code.
+struct FakeSystemd {
+    sd: Systemd,
+    _conn: zbus::Connection,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl FakeSystemd {
+    fn start(bus: &Bus, units: &[&str]) -> FakeSystemd {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sd = Systemd::default();
+        let conn = rt.block_on(serve_systemd(&bus.address, sd.clone(), units));
+        FakeSystemd {
+            sd,
+            _conn: conn,
+            _rt: rt,
+        }
+    }
+
+    fn set(&self, unit: &str, state: &str) {
+        self.sd
+            .units
+            .lock()
+            .unwrap()
+            .insert(unit.into(), state.into());
+    }
+
+    fn reboots(&self) -> usize {
+        self.sd
+            .started
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| u == "reboot.target")
+            .count()
+    }
+}
+
+/// The stand-ins for the node's files and the daemon's configuration.
+struct Host<'a> {
+    node: &'a Node,
+    dir: PathBuf,
+    bus: &'a Bus,
+}
+
+/// A running `basalt-updated`, killed (SIGKILL, by PID) when dropped unless stopped.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl<'a> Host<'a> {
+    fn new(node: &'a Node, bus: &'a Bus) -> Host<'a> {
+        let dir = node.dir.join("host");
+        std::fs::create_dir_all(dir.join("etc/basalt/updater.d")).unwrap();
+        std::fs::create_dir_all(dir.join("efivars")).unwrap();
+        std::fs::write(
+            dir.join("os-release"),
+            "ID=basalt\nVERSION_ID=1.0.0\nBASALT_CHANNEL=stable\n",
+        )
+        .unwrap();
+        let host = Host { node, dir, bus };
+        host.booted(&node.v1.root_hash.to_hex(), Slot::A, 1);
+        host
+    }
+
+    /// What basalt-init and the kernel say after booting `usrhash` from `slot`.
+    fn booted(&self, usrhash: &str, slot: Slot, boot: u32) {
+        let letter = slot.letter().to_ascii_lowercase();
+        std::fs::write(
+            self.dir.join("cmdline"),
+            format!("console=ttyS0 usrhash={usrhash} basalt.slot={letter}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            self.dir.join("boot.env"),
+            format!(
+                "BASALT_DISK={}\nBASALT_USRHASH={usrhash}\n",
+                self.node.disk().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(self.dir.join("boot_id"), format!("boot-{boot}\n")).unwrap();
+    }
+
+    /// The drop-in `50-test.toml`: the repository at `url`, the disk image, manual updates,
+    /// no reboots by the daemon, plus `extra` TOML appended.
+    fn configure(&self, url: &str, extra: &str) {
+        let backend = match self.node.backend {
+            BackendKind::Bls => "bls",
+            BackendKind::GptPrio => "gptprio",
+        };
+        let esp = match self.node.esp_kind {
+            EspKind::Dir => format!("esp = \"{}\"\n", self.node.dir.join("esp").display()),
+            EspKind::Fat => String::new(),
+        };
+        let toml = format!(
+            "[repository]\nurl = \"{url}\"\ntrust_root = \"{anchor}\"\n\
+             [check]\ninitial_delay_secs = 3600\n\
+             [update]\nauto_download = false\nauto_apply = false\n\
+             [reboot]\nstrategy = \"off\"\n\
+             [boot]\nbackend = \"{backend}\"\ndisk = \"{disk}\"\nkernel_options = \"console=ttyS0\"\n{esp}\
+             [metrics]\nlisten = \"off\"\n\
+             [http]\nread_timeout_secs = 3\nconnect_timeout_secs = 3\n{extra}",
+            anchor = self.anchor().display(),
+            disk = self.node.disk().display(),
+        );
+        std::fs::write(self.dir.join("etc/basalt/updater.d/50-test.toml"), toml).unwrap();
+    }
+
+    fn anchor(&self) -> PathBuf {
+        self.node.dir.parent().unwrap().join("trust.json")
+    }
+
+    fn efivars(&self) -> PathBuf {
+        self.dir.join("efivars")
+    }
+
+    /// Start `basalt-updated` and wait (bounded) until it answers on the bus.
+    fn start(&self) -> Agent {
+        let log = self.dir.join(format!(
+            "agent-{}.log",
+            std::fs::read_dir(&self.dir).unwrap().count()
+        ));
+        let child = Proc::new(env!("CARGO_BIN_EXE_basalt-updated"))
+            .arg("--config-root")
+            .arg(&self.dir)
+            .arg("--state-dir")
+            .arg(self.node.dir.join("state"))
+            .arg("--boot-env")
+            .arg(self.dir.join("boot.env"))
+            .arg("--cmdline")
+            .arg(self.dir.join("cmdline"))
+            .arg("--os-release")
+            .arg(self.dir.join("os-release"))
+            .arg("--efivars")
+            .arg(self.efivars())
+            .arg("--boot-id")
+            .arg(self.dir.join("boot_id"))
+            .arg("--machine-id")
+            .arg(self.dir.join("machine-id"))
+            .args(["--bus-address", &self.bus.address])
+            .env("BASALT_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start basalt-updated");
+        let mut agent = Agent { child, log };
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if basaltctl(self.bus, None, &["status", "--json"])
+                .status
+                .success()
+            {
+                return agent;
+            }
+            if let Some(st) = agent.child.try_wait().unwrap() {
+                panic!("basalt-updated exited {st}: {}", agent.log_text());
+            }
+            assert!(
+                Instant::now() < end,
+                "basalt-updated never answered: {}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        basaltctl(self.bus, None, args)
+    }
+
+    fn status(&self) -> Value {
+        let o = self.ctl(&["status", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn history(&self) -> Vec<Value> {
+        let o = self.ctl(&["history", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Wait (bounded) for `status.state == want`.
+    fn wait_state(&self, want: &str, secs: u64) -> Value {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.status();
+            if v["state"] == want {
+                return v;
+            }
+            assert!(Instant::now() < end, "never reached {want}: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `basaltctl update` must fail with `exit` and the status must name `class` and `kind`.
+    fn update_fails(&self, args: &[&str], exit: i32, class: &str, kind: &str, ctx: &str) -> Value {
+        let mut all = vec!["update"];
+        all.extend_from_slice(args);
+        let o = self.ctl(&all);
+        assert_eq!(code(&o), exit, "{ctx}: {}", text(&o));
+        let v = self.status();
+        assert_eq!(v["state"], "failed", "{ctx}: {v}");
+        let name = v["last_error"]["name"].as_str().unwrap();
+        let message = v["last_error"]["message"].as_str().unwrap();
+        assert!(
+            name.ends_with(&format!(".{class}")),
+            "{ctx}: last_error {name}: {message}"
+        );
+        assert!(message.contains(kind), "{ctx}: {message}");
+        v
+    }
+}
+
+impl Agent {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, by PID; a clean stop within 30 s.
+    fn stop(mut self) {
+        let o = Proc::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "{st}: {}", self.log_text());
+                return;
+            }
+            assert!(Instant::now() < end, "no stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (`kill -9`), by PID.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Only the process this test started, by its PID.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The boot loader's next choice on the node's disk (tries counted), then what basalt-init
+/// says about it: a reboot.
+fn reboot(host: &Host, boot: u32, releases: &[&SyntheticRelease]) -> Slot {
+    let slot = host
+        .node
+        .boot_control()
+        .boot_attempt()
+        .unwrap()
+        .expect("a bootable slot");
+    let label = host.node.inventory().slot(slot).data.label.clone();
+    let rel = releases
+        .iter()
+        .find(|r| label.contains(&r.manifest.version.to_string()))
+        .unwrap_or_else(|| panic!("slot {slot} holds {label}"));
+    host.booted(&rel.root_hash.to_hex(), slot, boot);
+    slot
+}
+
+fn slot_json<'v>(status: &'v Value, slot: &str) -> &'v Value {
+    status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"] == slot)
+        .unwrap()
+}
+
+/// The happy path on both boot-control backends: update over nginx, reboot into B, the health
+/// gate passes (boot-complete.target and a unit), committed; B verified by `veritysetup`, A's
+/// bytes unchanged until the commit.
+#[test]
+fn update_reboot_commit_on_both_backends() {
+    let world = World::new();
+    let v2 = world.release("2.0.0", 4 * MIB);
+    world.publish(&v2, None);
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    for (name, backend, esp) in [
+        ("bls", BackendKind::Bls, EspKind::Fat),
+        ("gptprio", BackendKind::GptPrio, EspKind::Dir),
+    ] {
+        let bus = Bus::start();
+        let systemd = FakeSystemd::start(&bus, &["boot-complete.target", "app.service"]);
+        let node = Node::new(&world, name, backend, esp);
+        let host = Host::new(&node, &bus);
+        host.configure(
+            &nginx.url(),
+            "[health]\nunits = [\"app.service\"]\ndeadline_secs = 30\ninterval_secs = 1\n",
+        );
+        let before = node.snapshot();
+        let agent = host.start();
+        let v = host.status();
+        assert_eq!(
+            (v["state"].as_str(), v["current_version"].as_str()),
+            (Some("idle"), Some("1.0.0")),
+            "{name}: {v}"
+        );
+        let o = host.ctl(&["update"]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let v = host.wait_state("staged", 30);
+        assert_eq!(v["staged_version"], "2.0.0", "{name}: {v}");
+        assert_eq!(v["next_boot_slot"], "B", "{name}: {v}");
+        assert_eq!(node.snapshot(), before, "{name}: slot A changed");
+        node.veritysetup_verify(Slot::B, &v2.root_hash);
+        assert_eq!(node.state(Slot::B), SlotState::Valid, "{name}");
+        agent.stop();
+
+        assert_eq!(reboot(&host, 2, &[&node.v1, &v2]), Slot::B, "{name}");
+        systemd.set("boot-complete.target", "active");
+        systemd.set("app.service", "active");
+        let agent = host.start();
+        let v = host.wait_state("committed", 60);
+        assert_eq!(
+            (v["current_version"].as_str(), v["booted_slot"].as_str()),
+            (Some("2.0.0"), Some("B")),
+            "{name}: {v}"
+        );
+        assert_eq!(slot_json(&v, "B")["boot"], "good", "{name}: {v}");
+        assert_eq!(
+            node.boot_control().status().unwrap().slot(Slot::B).status,
+            BootStatus::Good,
+            "{name}"
+        );
+        assert_eq!(node.boot_control().status().unwrap().next, Some(Slot::B));
+        assert!(
+            host.history().iter().any(|h| h["kind"] == "committed"),
+            "{name}: {:?}",
+            host.history()
+        );
+        assert_eq!(systemd.reboots(), 0, "{name}: strategy off never reboots");
+        agent.stop();
+    }
+}
