@@ -401,3 +401,131 @@ fn update_reboot_commit_on_both_backends() {
         agent.stop();
     }
 }
+
+/// Stage 2.0.0 on `host` (through the real daemon) and stop the daemon.
+fn stage(host: &Host, ctx: &str) {
+    let agent = host.start();
+    let o = host.ctl(&["update"]);
+    assert!(o.status.success(), "{ctx}: {}", text(&o));
+    host.wait_state("staged", 30);
+    agent.stop();
+}
+
+/// A failing health check after the reboot: the daemon marks B bad and asks systemd for the
+/// reboot; the boot loader then picks A; the daemon reports the rollback with the failed
+/// check's name, in `status` and `history`. A's bytes are the same as before the update.
+#[test]
+fn failing_health_marks_bad_and_rolls_back() {
+    let world = World::new();
+    let v2 = world.release("2.0.0", 4 * MIB);
+    world.publish(&v2, None);
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    let bus = Bus::start();
+    let systemd = FakeSystemd::start(&bus, &["boot-complete.target", "app.service"]);
+    let node = Node::new(&world, "health", BackendKind::Bls, EspKind::Fat);
+    let host = Host::new(&node, &bus);
+    host.configure(
+        &nginx.url(),
+        "[health]\nunits = [\"app.service\"]\ndeadline_secs = 10\ninterval_secs = 1\n",
+    );
+    let before = node.snapshot();
+    stage(&host, "health");
+
+    assert_eq!(reboot(&host, 2, &[&node.v1, &v2]), Slot::B);
+    systemd.set("boot-complete.target", "active");
+    systemd.set("app.service", "failed");
+    let agent = host.start();
+    let end = Instant::now() + Duration::from_secs(60);
+    while systemd.reboots() == 0 {
+        assert!(
+            Instant::now() < end,
+            "no reboot asked: {} {}",
+            host.status(),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = host.status();
+    assert_eq!(v["next_boot_slot"], "A", "{v}");
+    assert_eq!(
+        node.boot_control().status().unwrap().slot(Slot::B).status,
+        BootStatus::Bad
+    );
+    agent.stop();
+
+    assert_eq!(reboot(&host, 3, &[&node.v1, &v2]), Slot::A);
+    let agent = host.start();
+    let v = host.wait_state("rolled-back", 30);
+    assert_eq!(
+        (v["current_version"].as_str(), v["booted_slot"].as_str()),
+        (Some("1.0.0"), Some("A")),
+        "{v}"
+    );
+    let h = host.history();
+    let rb = h
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "rolled-back")
+        .unwrap_or_else(|| panic!("no rollback in {h:?}"));
+    assert!(
+        rb["detail"].as_str().unwrap().contains("app.service"),
+        "{rb}"
+    );
+    let o = host.ctl(&["history"]);
+    assert!(text(&o).contains("app.service"), "{}", text(&o));
+    // The booted slot's bytes and boot state are those of before the update.
+    assert_eq!(node.snapshot(), before);
+    agent.stop();
+}
+
+/// basalt-init refused the new slot (a failure record in efivarfs) and the boot loader fell
+/// back after the only try: the daemon on A reports the rollback with basalt-init's reason,
+/// in `status` and `history`, and clears the record.
+#[test]
+fn init_failure_record_explains_the_fallback() {
+    use basalt_initramfs::failrec;
+    let world = World::new();
+    let v2 = world.release("2.0.0", 2 * MIB);
+    world.publish(&v2, None);
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    let bus = Bus::start();
+    let _systemd = FakeSystemd::start(&bus, &["boot-complete.target"]);
+    let node = Node::new(&world, "failrec", BackendKind::GptPrio, EspKind::Dir);
+    let host = Host::new(&node, &bus);
+    host.configure(&nginx.url(), "");
+    // tries = 1 (a second drop-in overriding the first): one failed boot falls back.
+    let conf = host.dir.join("etc/basalt/updater.d/60-tries.toml");
+    std::fs::write(&conf, "[update]\ntries = 1\n").unwrap();
+    stage(&host, "failrec");
+
+    // The firmware boots B; basalt-init refuses it, leaves its record, reboots.
+    assert_eq!(reboot(&host, 2, &[&node.v1, &v2]), Slot::B);
+    let cmdline = std::fs::read_to_string(host.dir.join("cmdline")).unwrap();
+    let record = failrec::Record::new(
+        basalt_initramfs::reason::Reason::UsrhashNotSigned,
+        &cmdline,
+        Some(1.25),
+        "usrhash is not signed by the initramfs trust root",
+    );
+    let var = host.efivars().join(failrec::var_file_name());
+    std::fs::write(&var, failrec::efivarfs_content(None, &record)).unwrap();
+    assert_eq!(reboot(&host, 3, &[&node.v1, &v2]), Slot::A);
+
+    let agent = host.start();
+    let v = host.wait_state("rolled-back", 30);
+    assert_eq!(v["current_version"], "1.0.0", "{v}");
+    let h = host.history();
+    let rb = h
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "rolled-back")
+        .unwrap_or_else(|| panic!("no rollback in {h:?}"));
+    let detail = rb["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(basalt_initramfs::reason::Reason::UsrhashNotSigned.as_str()),
+        "{rb}"
+    );
+    assert!(detail.contains("not signed"), "{rb}");
+    assert!(!var.exists(), "the failure record was not cleared");
+    agent.stop();
+}
