@@ -29,7 +29,7 @@
 mod common;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
@@ -445,8 +445,17 @@ fn failing_health_marks_bad_and_rolls_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let v = host.status();
-    assert_eq!(v["next_boot_slot"], "A", "{v}");
+    // The slots in the status are refreshed after the verdict (the reboot request may come
+    // first): wait, bounded.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = host.status();
+        if v["next_boot_slot"] == "A" && slot_json(&v, "B")["boot"] == "bad" {
+            break;
+        }
+        assert!(Instant::now() < end, "{v}\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         node.boot_control().status().unwrap().slot(Slot::B).status,
         BootStatus::Bad
@@ -527,5 +536,219 @@ fn init_failure_record_explains_the_fallback() {
     );
     assert!(detail.contains("not signed"), "{rb}");
     assert!(!var.exists(), "the failure record was not cleared");
+    agent.stop();
+}
+
+/// What a network does wrong, through the daemon: a 404, corrupted bytes, a truncated
+/// artifact, a stalled server (read timeout), a connection dropped mid-body. Each failure is a
+/// typed error in `basaltctl`'s exit code and `status` naming the URL, slot A unchanged, slot
+/// B not bootable (each case on a fresh node, so the fault hits the same bytes). Then the
+/// network behaves again and sends more bytes than declared: the daemon completes the update
+/// of the node whose connection dropped, resuming with a `Range` request from what it had
+/// verified, and ignores the extra bytes.
+#[test]
+fn network_faults_through_the_daemon() {
+    let world = World::new();
+    let v2 = world.release("2.0.0", 4 * MIB);
+    let report = world.publish(&v2, None);
+    let blob = basalt_manifest::repo::blob_path(&report.artifacts[0].blob);
+    let size = report.artifacts[0].compressed_size;
+    let server = FaultyServer::start(&world.repo).unwrap();
+    let bus = Bus::start();
+    // (case, fault, exit code, class, the engine's kind); the dropped connection last: its
+    // node is the one the recovery below resumes.
+    let cases = [
+        ("missing", Fault::Status(404), 20, "Network", "NotFound"),
+        (
+            "corrupted",
+            Fault::FlipByte(size * 3 / 4),
+            21,
+            "Integrity",
+            "IntegrityMismatch",
+        ),
+        (
+            "truncated",
+            Fault::Truncate(size - 10),
+            20,
+            "Network",
+            "LengthMismatch",
+        ),
+        (
+            "stalled",
+            Fault::StallAfter(size / 3),
+            20,
+            "Network",
+            "Network",
+        ),
+        (
+            "dropped",
+            Fault::DropAfter(size / 2),
+            20,
+            "Network",
+            "LengthMismatch",
+        ),
+    ];
+    let mut last = None;
+    for (name, fault, exit, class, kind) in cases {
+        let node = Node::new(&world, name, BackendKind::Bls, EspKind::Fat);
+        let host = Host::new(&node, &bus);
+        host.configure(&server.url(), "");
+        let before = node.snapshot();
+        let agent = host.start();
+        server.clear_faults();
+        server.on(&blob, fault);
+        let started = Instant::now();
+        let v = host.update_fails(&[], exit, class, kind, name);
+        assert!(
+            v["last_error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("127.0.0.1"),
+            "{name}: the URL is named: {v}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{name}");
+        node.assert_safe(&before, name);
+        assert_ne!(v["next_boot_slot"], "B", "{name}: {v}");
+        agent.stop();
+        last = Some((node, before));
+    }
+    let (node, before) = last.unwrap();
+    let host = Host::new(&node, &bus);
+    host.configure(&server.url(), "");
+    let agent = host.start();
+    server.clear_faults();
+    server.on(&blob, Fault::ExtraBytes(64 << 10));
+    let seen = server.requests_for(&blob).len();
+    let o = host.ctl(&["update"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = host.wait_state("staged", 30);
+    assert_eq!(v["staged_version"], "2.0.0");
+    node.veritysetup_verify(Slot::B, &v2.root_hash);
+    assert_eq!(node.snapshot(), before);
+    let retry = &server.requests_for(&blob)[seen..];
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    assert!(
+        retry[0]
+            .range
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("bytes=")
+            && retry[0].status == 206,
+        "no resume with a range: {retry:?}"
+    );
+    agent.stop();
+}
+
+/// `kill -9` of the daemon at several points of an update: mid-body (the server stalls after
+/// 90 % of the blob, past the first periodic checkpoint, 32 MiB of /usr: the payload is
+/// 40 MiB), and after the download before the apply. Each time slot A is unchanged and B not bootable; the restarted daemon answers, and
+/// `basaltctl update` finishes: mid-body with one `Range` request from a frame boundary,
+/// after the download without fetching the blob again.
+#[test]
+fn kill_9_at_several_points_then_resume() {
+    let world = World::new();
+    let v2 = world.release("2.0.0", 40 * MIB);
+    let report = world.publish(&v2, None);
+    // The /usr image: the largest artifact.
+    let usr = report
+        .artifacts
+        .iter()
+        .max_by_key(|a| a.compressed_size)
+        .unwrap();
+    let blob = basalt_manifest::repo::blob_path(&usr.blob);
+    let size = usr.compressed_size;
+    let server = FaultyServer::start(&world.repo).unwrap();
+    let bus = Bus::start();
+    let spec = basalt_disk::LayoutSpec {
+        disk_size: 128 * MIB,
+        usr_size: 48 * MIB,
+        verity_size: MIB,
+        ..common::spec()
+    };
+    let node = Node::with_spec(&world, "kill", BackendKind::GptPrio, EspKind::Dir, &spec);
+    let host = Host::new(&node, &bus);
+    // A long read timeout: the stall must outlast the kill.
+    host.configure(&server.url(), "");
+    let conf = host.dir.join("etc/basalt/updater.d/60-slow.toml");
+    std::fs::write(&conf, "[http]\nread_timeout_secs = 120\n").unwrap();
+    let before = node.snapshot();
+    let journal = node.dir.join("state/download.json");
+
+    // 1. Mid-body: the server stalls after 90 % of the blob; once the journal records a
+    // checkpoint, the daemon is killed.
+    server.on(&blob, Fault::StallAfter(size / 10 * 9));
+    let agent = host.start();
+    let mut update = Proc::new(env!("CARGO_BIN_EXE_basaltctl"))
+        .args(["--bus-address", &bus.address, "update"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = host.status();
+        let checkpointed = std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|j| j["frames_done"].as_object().cloned())
+            .is_some_and(|m| m.values().any(|n| n.as_u64().unwrap_or(0) > 0));
+        if checkpointed {
+            break;
+        }
+        assert!(Instant::now() < end, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.kill9();
+    let _ = update.wait();
+    node.assert_safe(&before, "killed mid-body");
+    server.clear_faults();
+    let seen = server.requests_for(&blob).len();
+    let agent = host.start();
+    // The restarted daemon carries on with the operator's interrupted `update` by itself (or,
+    // had it not, the same command would): it ends staged.
+    let v = host.status();
+    if ["idle", "available", "failed"].contains(&v["state"].as_str().unwrap()) {
+        let o = host.ctl(&["update"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let v = host.wait_state("staged", 60);
+    assert_eq!(v["staged_version"], "2.0.0");
+    node.veritysetup_verify(Slot::B, &v2.root_hash);
+    assert_eq!(node.snapshot(), before);
+    let retry = &server.requests_for(&blob)[seen..];
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    let range = retry[0].range.clone().unwrap_or_default();
+    assert!(
+        range.starts_with("bytes=") && range != "bytes=0-" && retry[0].status == 206,
+        "the resume did not start from a frame boundary: {retry:?}"
+    );
+    // Withdraw it (cancel never touches A), download again and stop before the apply.
+    let o = host.ctl(&["cancel"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let end = Instant::now() + Duration::from_secs(30);
+    while !["idle", "available"].contains(&host.status()["state"].as_str().unwrap()) {
+        assert!(Instant::now() < end, "{}", host.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.assert_safe(&before, "cancelled");
+    let o = host.ctl(&["update", "--download-only"]);
+    assert!(o.status.success(), "{}", text(&o));
+    host.wait_state("downloaded", 60);
+    // 2. After the download, before the apply.
+    agent.kill9();
+    node.assert_safe(&before, "killed after the download");
+    let seen = server.requests_for(&blob).len();
+    let agent = host.start();
+    let o = host.ctl(&["update"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = host.wait_state("staged", 30);
+    assert_eq!(v["staged_version"], "2.0.0");
+    assert_eq!(
+        server.requests_for(&blob).len(),
+        seen,
+        "the blob was fetched again"
+    );
+    node.veritysetup_verify(Slot::B, &v2.root_hash);
+    assert_eq!(node.snapshot(), before);
     agent.stop();
 }
