@@ -752,3 +752,195 @@ fn kill_9_at_several_points_then_resume() {
     assert_eq!(node.snapshot(), before);
     agent.stop();
 }
+
+/// SHA-256 of a whole file (the disk image: a refused check writes no byte of it).
+fn file_sha(path: &std::path::Path) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, &std::fs::read(path).unwrap())
+        .as_ref()
+        .to_vec()
+}
+
+/// A repository the attacker owns, through the daemon: a flipped byte, below threshold,
+/// expired, wrong OS / architecture / channel, a replayed older head, a downgrade (refused
+/// unless overridden; the override logged). Each refusal: `basaltctl check` exits with the
+/// class's code, `status` names the class and the engine's kind, the disk image is not
+/// written at all.
+#[test]
+fn repository_attacks_through_the_daemon() {
+    use basalt_manifest::chrono::{TimeDelta, Utc};
+    use basalt_manifest::{repo, sign_release, Manifest};
+    let world = World::new();
+    let v2 = world.release("2.0.0", 2 * MIB);
+    world.publish(&v2, Some(10));
+    let head_path = world
+        .repo
+        .join(repo::head_path("stable", "x86_64").unwrap());
+    let head = std::fs::read(&head_path).unwrap();
+    let manifest: Manifest = basalt_manifest::verify_release(
+        &head,
+        &basalt_manifest::TrustRoot::from_initial_envelope(&std::fs::read(&world.anchor).unwrap())
+            .unwrap(),
+        &basalt_manifest::Policy::new(Utc::now()),
+    )
+    .unwrap()
+    .manifest;
+    let (k1, k2) = (common::key(1), common::key(2));
+    let signed =
+        |m: &Manifest, keys: &[&basalt_manifest::SigningKey]| sign_release(m, keys).unwrap();
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    let bus = Bus::start();
+    let node = Node::new(&world, "attacks", BackendKind::Bls, EspKind::Fat);
+    let host = Host::new(&node, &bus);
+    host.configure(&nginx.url(), "");
+    let agent = host.start();
+    let disk = file_sha(node.disk());
+    let before = node.snapshot();
+    let refused = |bytes: &[u8], exit: i32, class: &str, kind: &str, what: &str| {
+        std::fs::write(&head_path, bytes).unwrap();
+        let o = host.ctl(&["check"]);
+        assert_eq!(code(&o), exit, "{what}: {}", text(&o));
+        let v = host.status();
+        assert_eq!(v["state"], "failed", "{what}: {v}");
+        let name = v["last_error"]["name"].as_str().unwrap();
+        let message = v["last_error"]["message"].as_str().unwrap();
+        assert!(
+            name.ends_with(&format!(".{class}")),
+            "{what}: {name}: {message}"
+        );
+        assert!(message.contains(kind), "{what}: {message}");
+        assert_eq!(file_sha(node.disk()), disk, "{what}: the disk was written");
+        node.assert_safe(&before, what);
+    };
+    let mut flipped = head.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    refused(
+        &flipped,
+        21,
+        "Integrity",
+        "SignatureRefused",
+        "flipped byte",
+    );
+    refused(
+        &signed(&manifest, &[&k1]),
+        21,
+        "Integrity",
+        "SignatureRefused",
+        "below threshold",
+    );
+    let mut expired = manifest.clone();
+    expired.issued_at = Utc::now() - TimeDelta::days(10);
+    expired.expires_at = Utc::now() - TimeDelta::days(1);
+    refused(
+        &signed(&expired, &[&k1, &k2]),
+        22,
+        "Policy",
+        "Expired",
+        "expired",
+    );
+    for (what, edit) in [
+        (
+            "wrong os",
+            (|m: &mut Manifest| m.os = "flatcar".into()) as fn(&mut Manifest),
+        ),
+        ("wrong arch", |m: &mut Manifest| m.arch = "aarch64".into()),
+        ("wrong channel", |m: &mut Manifest| {
+            m.channel = "beta".into()
+        }),
+    ] {
+        let mut m = manifest.clone();
+        edit(&mut m);
+        refused(&signed(&m, &[&k1, &k2]), 22, "Policy", "WrongTarget", what);
+    }
+    // The real head (sequence 10): available. Then a replay of an older signed head.
+    std::fs::write(&head_path, &head).unwrap();
+    let o = host.ctl(&["check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(host.status()["available_version"], "2.0.0");
+    let mut older = manifest.clone();
+    older.sequence = 9;
+    refused(
+        &signed(&older, &[&k1, &k2]),
+        22,
+        "Policy",
+        "Replay",
+        "replayed older head",
+    );
+    // A downgrade (an older version, a newer sequence, published with the publisher's
+    // override): refused, then installed with the operator's override.
+    let v09 = world.release("0.9.0", 2 * MIB);
+    world.publish_on(&v09, "stable", Some(11), true).unwrap();
+    let down = std::fs::read(&head_path).unwrap();
+    refused(&down, 22, "Policy", "Downgrade", "downgrade");
+    let o = host.ctl(&["update"]);
+    assert_ne!(
+        code(&o),
+        0,
+        "a downgrade without the override: {}",
+        text(&o)
+    );
+    assert_eq!(
+        file_sha(node.disk()),
+        disk,
+        "downgrade: the disk was written"
+    );
+    let o = host.ctl(&["update", "--allow-downgrade"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = host.wait_state("staged", 30);
+    assert_eq!(v["staged_version"], "0.9.0", "{v}");
+    assert_eq!(node.snapshot(), before);
+    let log = agent.log_text();
+    assert!(
+        log.contains("allow-downgrade"),
+        "the override is not logged: {log}"
+    );
+    agent.stop();
+}
+
+/// The node's own limits, through the daemon: a release whose /usr does not fit the slot,
+/// and one whose kernel does not fit the ESP (a full disk at staging). Both are `Disk`
+/// failures naming the cause; A unchanged, B not bootable.
+#[test]
+fn slot_too_small_and_full_esp_through_the_daemon() {
+    use basalt_image::release::synthetic::{synthetic_release, SyntheticSpec};
+    use basalt_manifest::chrono::Utc;
+    let world = World::new();
+    let bus = Bus::start();
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    // /usr of 10 MiB for an 8 MiB slot.
+    let big = world.release("2.0.0", 10 * MIB);
+    world.publish(&big, None);
+    let node = Node::new(&world, "small", BackendKind::Bls, EspKind::Fat);
+    let host = Host::new(&node, &bus);
+    host.configure(&nginx.url(), "");
+    let before = node.snapshot();
+    let agent = host.start();
+    host.update_fails(&[], 23, "Disk", "SlotTooSmall", "slot too small");
+    node.assert_safe(&before, "slot too small");
+    agent.stop();
+    // A 9 MiB kernel for an 8 MiB ESP.
+    let mut spec = SyntheticSpec::small("3.0.0", Utc::now()).unwrap();
+    spec.usr_len = MIB;
+    spec.kernel_len = 9 * MIB;
+    spec.initrd_len = 200 << 10;
+    let fat = synthetic_release(
+        &world.dir.join("release-3.0.0"),
+        &spec,
+        &[&world.keys[0], &world.keys[1]],
+    )
+    .unwrap();
+    world.publish(&fat, None);
+    let node = Node::new(&world, "espfull", BackendKind::Bls, EspKind::Fat);
+    let host = Host::new(&node, &bus);
+    host.configure(&nginx.url(), "");
+    let before = node.snapshot();
+    let agent = host.start();
+    let v = host.update_fails(&[], 23, "Disk", "", "full ESP");
+    let message = v["last_error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(
+        message.contains("space") || message.contains("full"),
+        "{message}"
+    );
+    node.assert_safe(&before, "full ESP");
+    agent.stop();
+}
