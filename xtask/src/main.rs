@@ -6,8 +6,11 @@
 //! - `demo`  — the newcomer's tour of what Basalt does today.
 //! - `crash-sweep` — the full crash sweep of a whole update (≥ 200 kill/tear points).
 //! - `bench-install` — the update agent's install path vs a zstd/sha256 pipeline, peak RSS.
+//! - `bench-agent` — the real `basalt-updated` over D-Bus installing from nginx vs `curl | zstd |
+//!   tee`, its idle and peak RSS at two payload sizes.
 
 mod bench;
+mod bench_agent;
 mod bench_http;
 mod bench_install;
 mod crash_sweep;
@@ -36,6 +39,9 @@ enum Command {
     CrashSweep(crash_sweep::Args),
     /// The agent's install path vs `zstd -dc | tee >(sha256) > file`, and its peak RSS.
     BenchInstall(bench_install::Args),
+    /// The real basalt-updated installing from nginx over D-Bus vs `curl | zstd | tee`, and
+    /// its idle and peak RSS at two payload sizes.
+    BenchAgent(bench_agent::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::CrashSweep(args) => crash_sweep::run(args),
         Command::BenchInstall(args) => bench_install::run(args),
+        Command::BenchAgent(args) => bench_agent::run(args),
     }
 }

@@ -1,0 +1,386 @@
+//! `cargo xtask bench-agent`: the real `basalt-updated` (release build) installing a release
+//! from nginx on 127.0.0.1 into slot B of a disk image file, driven over D-Bus by the real
+//! `basaltctl` on a private `dbus-daemon` — against the ceiling of a download:
+//! `curl -s URL | zstd -dc | tee >(openssl dgst -sha256) > slot` on the same usr blob, in the
+//! same run.
+//!
+//! The agent's side is `basaltctl update --download-only`, timed from the command's start to
+//! its exit: the check (trust root, channel head), every frame hashed before and after
+//! decoding, written, fdatasync'ed, the page cache dropped, the slot re-read and its verity
+//! tree and usr-hash statement verified; plus the kernel and initrd (10 MiB), which the peer
+//! does not fetch. A second peer line adds the I/O the agent also does and the first peer
+//! skips (`sync --data`, a re-read with `dd iflag=direct | openssl dgst`). Ratios are peer
+//! time / agent time (target ≥ 0.9 against the first peer).
+//!
+//! Memory: the daemon's `VmRSS` (from `/proc/PID/status`) after start-up, idle (target
+//! ≤ 8 MiB), and its `VmHWM` (the kernel's high-water mark of resident memory) after an
+//! install (target ≤ 32 MiB), at two payload sizes (`--size-mib` and 64 MiB) to show the
+//! peak does not grow with the image. Each size runs in a fresh daemon.
+//!
+//! The releases and pristine disks come from `updater/examples/install_payload.rs prepare`
+//! (cached under `target/bench/install-*`, shared with `cargo xtask bench-install`).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+
+use crate::sh;
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Size of the /usr payload, in MiB (the second, small size is 64 MiB).
+    #[arg(long, default_value_t = 512)]
+    size_mib: u64,
+    /// Rounds; each time figure is the best of them.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+}
+
+/// A process this bench started; killed (by PID) when dropped.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A private bus where root may own and call anything (the bench runs as root).
+fn start_bus(dir: &Path) -> Result<(Owned, String)> {
+    let socket = dir.join("bus");
+    let _ = std::fs::remove_file(&socket);
+    let config = dir.join("bus.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+            socket.display()
+        ),
+    )?;
+    let mut child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .args(["--nofork", "--print-address"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting dbus-daemon (package dbus)")?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().context("dbus-daemon stdout")?;
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let address = line.trim().to_string();
+    ensure!(
+        address.starts_with("unix:"),
+        "dbus-daemon printed {address:?}"
+    );
+    Ok((Owned(child), address))
+}
+
+fn release_dir(root: &Path) -> PathBuf {
+    root.join("target").join("release")
+}
+
+/// `VmRSS` / `VmHWM` of `pid`, in KiB.
+fn proc_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{field} of /proc/{pid}/status"))
+}
+
+struct Node<'a> {
+    work: &'a Path,
+    host: PathBuf,
+    bus: &'a str,
+    url: String,
+}
+
+struct Install {
+    seconds: f64,
+    idle_kib: u64,
+    peak_kib: u64,
+    after_kib: u64,
+}
+
+impl Node<'_> {
+    /// A fresh copy of the pristine node (disk, ESP, no state) and the daemon's files.
+    fn reset(&self) -> Result<()> {
+        let disk = self.work.join("disk.img");
+        sh::run(
+            Command::new("cp")
+                .args(["--sparse=always"])
+                .arg(self.work.join("pristine.img"))
+                .arg(&disk),
+        )?;
+        for d in ["esp", "state"] {
+            let p = self.work.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p)?;
+            }
+        }
+        sh::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(self.work.join("esp-pristine"))
+                .arg(self.work.join("esp")),
+        )?;
+        if self.host.exists() {
+            std::fs::remove_dir_all(&self.host)?;
+        }
+        let conf = self.host.join("etc/basalt/updater.d");
+        std::fs::create_dir_all(&conf)?;
+        let cmdline = std::fs::read_to_string(self.work.join("cmdline"))?;
+        let usrhash = cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("usrhash="))
+            .context("usrhash= in the prepared cmdline")?;
+        std::fs::write(self.host.join("cmdline"), format!("{}\n", cmdline.trim()))?;
+        std::fs::write(
+            self.host.join("boot.env"),
+            format!("BASALT_DISK={}\nBASALT_USRHASH={usrhash}\n", disk.display()),
+        )?;
+        std::fs::write(
+            self.host.join("os-release"),
+            "ID=basalt\nBASALT_CHANNEL=stable\n",
+        )?;
+        std::fs::write(self.host.join("boot_id"), "bench-1\n")?;
+        std::fs::write(
+            conf.join("50-bench.toml"),
+            format!(
+                "[repository]\nurl = \"{}\"\ntrust_root = \"{}\"\n\
+                 [check]\ninitial_delay_secs = 3600\n\
+                 [update]\nauto_download = false\nauto_apply = false\n\
+                 [reboot]\nstrategy = \"off\"\n\
+                 [boot]\nbackend = \"bls\"\ndisk = \"{}\"\nesp = \"{}\"\nkernel_options = \"console=ttyS0\"\n\
+                 [metrics]\nlisten = \"off\"\n",
+                self.url,
+                self.work.join("trust.json").display(),
+                disk.display(),
+                self.work.join("esp").display()
+            ),
+        )?;
+        Ok(())
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String> {
+        sh::output(
+            Command::new(release_dir(&sh::root()).join("basaltctl"))
+                .args(["--bus-address", self.bus])
+                .args(args),
+        )
+    }
+
+    /// Start the daemon, measure idle RSS, install, measure the peak, stop it.
+    fn install(&self) -> Result<Install> {
+        self.reset()?;
+        let h = &self.host;
+        let mut daemon = Owned(
+            Command::new(release_dir(&sh::root()).join("basalt-updated"))
+                .arg("--config-root")
+                .arg(h)
+                .arg("--state-dir")
+                .arg(self.work.join("state"))
+                .arg("--boot-env")
+                .arg(h.join("boot.env"))
+                .arg("--cmdline")
+                .arg(h.join("cmdline"))
+                .arg("--os-release")
+                .arg(h.join("os-release"))
+                .arg("--efivars")
+                .arg(h.join("efivars"))
+                .arg("--boot-id")
+                .arg(h.join("boot_id"))
+                .arg("--machine-id")
+                .arg(h.join("machine-id"))
+                .args(["--bus-address", self.bus])
+                .env("BASALT_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting basalt-updated")?,
+        );
+        let pid = daemon.0.id();
+        let end = Instant::now() + Duration::from_secs(30);
+        while self.ctl(&["status"]).is_err() {
+            if let Some(st) = daemon.0.try_wait()? {
+                bail!("basalt-updated exited {st}");
+            }
+            ensure!(Instant::now() < end, "basalt-updated never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Idle: settled after start-up and one status call.
+        std::thread::sleep(Duration::from_secs(2));
+        let idle_kib = proc_kib(pid, "VmRSS")?;
+        let started = Instant::now();
+        self.ctl(&["update", "--download-only"])?;
+        let seconds = started.elapsed().as_secs_f64();
+        let peak_kib = proc_kib(pid, "VmHWM")?;
+        std::thread::sleep(Duration::from_secs(1));
+        let after_kib = proc_kib(pid, "VmRSS")?;
+        sh::run(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+        let end = Instant::now() + Duration::from_secs(30);
+        while daemon.0.try_wait()?.is_none() {
+            ensure!(
+                Instant::now() < end,
+                "basalt-updated did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Install {
+            seconds,
+            idle_kib,
+            peak_kib,
+            after_kib,
+        })
+    }
+}
+
+/// The ceiling: fetch, decode and hash the usr blob into a file; `durable` adds the agent's
+/// extra I/O (durable write, re-read from the device).
+fn peer(work: &Path, url: &str, durable: bool) -> Result<f64> {
+    let curl = basalt_tests::tool::CURL.locate()?;
+    let openssl = basalt_tests::tool::OPENSSL.locate()?;
+    let slot = work.join("peer-slot");
+    let mut script = format!(
+        "set -e -o pipefail; '{}' -sf '{url}' | zstd -dc | tee >('{}' dgst -sha256 >/dev/null) > '{}'",
+        curl.display(),
+        openssl.display(),
+        slot.display()
+    );
+    if durable {
+        script.push_str(&format!(
+            "; sync --data '{0}'; dd if='{0}' iflag=direct bs=4M status=none | openssl dgst -sha256 >/dev/null",
+            slot.display()
+        ));
+    }
+    let started = Instant::now();
+    sh::output(Command::new("bash").args(["-c", &script]))
+        .context("the peer needs bash, curl, zstd (package zstd) and openssl")?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&slot)?;
+    Ok(seconds)
+}
+
+fn prepared(root: &Path, size_mib: u64) -> Result<PathBuf> {
+    let work = root
+        .join("target")
+        .join("bench")
+        .join(format!("install-{size_mib}MiB"));
+    if !work.join("usr-blob.path").exists() {
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        eprintln!(
+            "bench-agent: preparing a {size_mib} MiB release in {}",
+            work.display()
+        );
+        sh::run(
+            Command::new(release_dir(root).join("examples").join("install_payload"))
+                .arg("prepare")
+                .arg(&work)
+                .arg(size_mib.to_string()),
+        )?;
+    }
+    Ok(work)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure!(
+        args.size_mib >= 16 && args.runs > 0,
+        "--size-mib >= 16, --runs > 0"
+    );
+    let root = sh::root();
+    sh::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "basalt-updater",
+        "--bins",
+        "--example",
+        "install_payload",
+    ]))?;
+    let sizes = [args.size_mib, 64];
+    let mut lines = Vec::new();
+    for (i, size) in sizes.into_iter().enumerate() {
+        let work = prepared(&root, size)?;
+        let blob = std::fs::read_to_string(work.join("usr-blob.path"))?;
+        let blob_rel = Path::new(blob.trim())
+            .strip_prefix(work.join("repo"))
+            .context("the usr blob is inside the repository")?
+            .to_path_buf();
+        let nginx = basalt_tests::web::Nginx::start(&work.join("nginx"), &work.join("repo"))?;
+        let (_bus, address) = start_bus(&work)?;
+        let node = Node {
+            work: &work,
+            host: work.join("host"),
+            bus: &address,
+            url: nginx.url(),
+        };
+        let blob_url = format!("{}{}", nginx.url(), blob_rel.display());
+        // The small size only for memory: one round.
+        let runs = if i == 0 { args.runs } else { 1 };
+        let (mut ours, mut p, mut d) = (f64::MAX, f64::MAX, f64::MAX);
+        let (mut idle, mut peak, mut after) = (0u64, 0u64, 0u64);
+        for round in 0..runs {
+            let o = node.install()?;
+            let pt = peer(&work, &blob_url, false)?;
+            let dt = peer(&work, &blob_url, true)?;
+            eprintln!(
+                "{size} MiB round {}: agent {:.2} s (idle {} KiB, peak {} KiB, after {} KiB), peer {pt:.2} s, durable peer {dt:.2} s",
+                round + 1,
+                o.seconds,
+                o.idle_kib,
+                o.peak_kib,
+                o.after_kib
+            );
+            ours = ours.min(o.seconds);
+            p = p.min(pt);
+            d = d.min(dt);
+            idle = idle.max(o.idle_kib);
+            peak = peak.max(o.peak_kib);
+            after = after.max(o.after_kib);
+        }
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let rate = |s: f64| size as f64 / s;
+        lines.push(format!(
+            "{size:>5} MiB of /usr from nginx, best of {runs}:\n\
+             \x20 basalt-updated (basaltctl update --download-only)  {ours:>7.2} s  {:>7.1} MiB/s\n\
+             \x20 curl | zstd -dc | tee >(openssl sha256) > slot    {p:>7.2} s  {:>7.1} MiB/s   ratio peer/agent {:.2} (target >= 0.9)\n\
+             \x20 + sync --data, dd iflag=direct | openssl sha256   {d:>7.2} s  {:>7.1} MiB/s   ratio peer/agent {:.2} (same I/O)\n\
+             \x20 daemon RSS: idle {:.1} MiB (target <= 8), peak {:.1} MiB (target <= 32), after {:.1} MiB",
+            rate(ours),
+            rate(p),
+            p / ours,
+            rate(d),
+            d / ours,
+            mib(idle),
+            mib(peak),
+            mib(after)
+        ));
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
