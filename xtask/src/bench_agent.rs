@@ -121,6 +121,10 @@ struct Install {
     idle_kib: u64,
     peak_kib: u64,
     after_kib: u64,
+    /// `RssAnon` / `RssFile` after the install: heap and stacks vs the binary's and
+    /// libraries' pages (shared, clean, reclaimable).
+    after_anon_kib: u64,
+    after_file_kib: u64,
 }
 
 impl Node<'_> {
@@ -238,6 +242,8 @@ impl Node<'_> {
         let peak_kib = proc_kib(pid, "VmHWM")?;
         std::thread::sleep(Duration::from_secs(1));
         let after_kib = proc_kib(pid, "VmRSS")?;
+        let after_anon_kib = proc_kib(pid, "RssAnon")?;
+        let after_file_kib = proc_kib(pid, "RssFile")?;
         sh::run(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
         let end = Instant::now() + Duration::from_secs(30);
         while daemon.0.try_wait()?.is_none() {
@@ -252,6 +258,8 @@ impl Node<'_> {
             idle_kib,
             peak_kib,
             after_kib,
+            after_anon_kib,
+            after_file_kib,
         })
     }
 }
@@ -347,12 +355,14 @@ pub fn run(args: Args) -> Result<()> {
             let pt = peer(&work, &blob_url, false)?;
             let dt = peer(&work, &blob_url, true)?;
             eprintln!(
-                "{size} MiB round {}: agent {:.2} s (idle {} KiB, peak {} KiB, after {} KiB), peer {pt:.2} s, durable peer {dt:.2} s",
+                "{size} MiB round {}: agent {:.2} s (idle {} KiB, peak {} KiB, after {} KiB = anon {} + file {}), peer {pt:.2} s, durable peer {dt:.2} s",
                 round + 1,
                 o.seconds,
                 o.idle_kib,
                 o.peak_kib,
-                o.after_kib
+                o.after_kib,
+                o.after_anon_kib,
+                o.after_file_kib
             );
             ours = ours.min(o.seconds);
             p = p.min(pt);
