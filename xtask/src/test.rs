@@ -11,6 +11,7 @@ use crate::sh;
 pub const APT_PACKAGES: &[&str] = &[
     "cryptsetup-bin",
     "gdisk",
+    // fdisk: also the GPT peer of basalt-identity at 4096-byte sectors (identity/tests).
     "fdisk",
     "cgpt",
     "mtools",
@@ -121,6 +122,8 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("disk", "gpt"),
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
+    ("identity", "gpt"),
+    ("identity", "text"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {
