@@ -3,28 +3,34 @@
 //! which `main` logs before rebooting.
 //!
 //! ```text
-//! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► load modules (/etc/basalt/modules)
+//! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► boot policy (/etc/basalt/boot-policy:
+//!      basalt.verity=eio|logging only in test images) ─► load modules (/etc/basalt/modules)
 //!   ─► poll disks (≤ basalt.wait s) until one's GPT has the usr data partition
 //!      (UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
 //!   ─► verity superblock fits the partitions ─► usrhash signed (if trust root present)
 //!   ─► dm-verity "usr" (read-only, restart_on_corruption)
 //!   ─► root partition blank? mke2fs (neither blank nor ext: refuse) ─► mount it at /sysroot
-//!   ─► mount erofs /dev/dm-N at /sysroot/usr (ro) ─► /etc from factory if missing
-//!   ─► /var from factory if empty ─► missing skeleton entries (bin→usr/bin, tmp, …)
+//!   ─► repair the root's mount points and merged-/usr links (usr dev proc sys run: real
+//!      directories; bin sbin lib lib64: links into usr/), checked without following links
+//!   ─► mount erofs /dev/dm-N at /sysroot/usr (ro, not following links) ─► /etc from
+//!      factory if missing ─► /var from factory if empty ─► missing skeleton directories
+//!   ─► init= resolves, inside the new root, to an executable on the verified /usr
 //!   ─► switch_root + exec init
 //! any failure ─► "BASALT-INIT FAILED reason=…" ─► sync ─► reboot
 //! ```
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::blockdev::{BlockRoots, Disk};
-use crate::cmdline::Cmdline;
+use crate::cmdline::{Cmdline, VerityErrorMode};
 use crate::error::Error;
 use crate::gpt::{usr_partition_uuids, DiskTable, Partition, UsrPartitions};
 use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
+use crate::policy::{BootPolicy, POLICY_PATH};
 use crate::reason::{Classify, Failure, Reason};
 use crate::rootfs;
 use crate::slot::{check_superblock, verity_table};
@@ -278,9 +284,25 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
     })?;
     log.verbose = cmd.debug;
     log.info(&format!(
-        "usrhash={} verity={:?} root {} init={}",
-        cmd.usrhash, cmd.verity_mode, cmd.root, cmd.init
+        "usrhash={} verity={} root {} init={}",
+        cmd.usrhash,
+        cmd.verity_mode.name(),
+        cmd.root,
+        cmd.init
     ));
+    let policy = match BootPolicy::load(Path::new(POLICY_PATH)).class(Reason::BootPolicy)? {
+        Some(p) => p,
+        None => {
+            log.warn(&format!(
+                "no boot policy at {POLICY_PATH}: OS name and version floor are NOT checked; options that weaken verification are refused"
+            ));
+            BootPolicy::default()
+        }
+    };
+    let (verity_mode, refused) = policy.verity_mode(cmd.verity_mode);
+    if let Some(line) = refused {
+        log.warn(&line);
+    }
 
     let n = load_modules(log, Path::new(MODULE_LIST_PATH)).class(Reason::ModuleLoad)?;
     log.info(&format!("loaded {n} kernel modules"));
@@ -312,13 +334,7 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
     check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
         .class(Reason::UsrhashNotSigned)?;
 
-    let table = verity_table(
-        &sb,
-        &l.data_node,
-        &l.hash_node,
-        &cmd.usrhash,
-        cmd.verity_mode,
-    );
+    let table = verity_table(&sb, &l.data_node, &l.hash_node, &cmd.usrhash, verity_mode);
     let dm_node = crate::dm::Control::open()
         .and_then(|c| c.create_verity(DM_NAME, &table))
         .class(Reason::DmSetup)?;
@@ -332,12 +348,25 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         .map_err(mount_err(&root_src, "ext4", sysroot))
         .class(Reason::MountRoot)?;
 
+    // Before anything is mounted into the root: nothing on it may decide where /usr, the
+    // merged-/usr links or the API mount points lead.
+    let entries = rootfs::secure_root_entries(sysroot).class(Reason::RootEntries)?;
+    for line in &entries.repaired {
+        log.warn(line);
+    }
     let usr = sysroot.join("usr");
-    mkdir(&usr).class(Reason::MountUsr)?;
     let dm_src = dm_node.display().to_string();
-    sys::mount(&dm_src, &usr, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
+    sys::mount_nofollow(&dm_src, &usr, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
         .map_err(mount_err(&dm_src, "erofs", &usr))
         .class(Reason::MountUsr)?;
+    let usr_dev = std::fs::symlink_metadata(&usr)
+        .map_err(|source| Error::Fs {
+            operation: "inspecting the mounted",
+            path: usr.clone(),
+            source,
+        })
+        .class(Reason::MountUsr)?
+        .dev();
     // The kernel's own verdict after the mount read the superblock: `V` = verified.
     match crate::dm::Control::open().and_then(|c| c.status(DM_NAME)) {
         Ok(status) => log.info(&format!("dm-verity {DM_NAME} status {status}")),
@@ -346,19 +375,11 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
 
     let etc = crate::factory::populate_etc(sysroot).class(Reason::PopulateEtc)?;
     log.debug(&format!("/etc: {etc:?}"));
-    populate_root(log, sysroot).class(Reason::PopulateRoot)?;
+    populate_root(log, sysroot, entries.created).class(Reason::PopulateRoot)?;
 
-    let init_inside = sysroot.join(cmd.init.trim_start_matches('/'));
-    if !is_executable(&init_inside) {
-        return Err(Failure {
-            reason: Reason::SwitchRoot,
-            error: Error::InitMissing {
-                path: PathBuf::from(&cmd.init),
-            },
-        });
-    }
+    verify_init(sysroot, &cmd.init, usr_dev).class(Reason::InitNotVerified)?;
     let up = sys::uptime().map_or_else(|| "?".to_owned(), |s| format!("{s:.3}"));
-    let record = boot_record(&cmd, &l, &dm_node, &up);
+    let record = boot_record(&cmd, verity_mode, &l, &dm_node, &up);
     if let Err(e) = std::fs::create_dir_all(RUN_DIR)
         .and_then(|()| std::fs::write(format!("{RUN_DIR}/boot.env"), record))
     {
@@ -406,11 +427,16 @@ fn prepare_root_partition(log: &mut Log, node: &Path) -> Result<(), Failure> {
 }
 
 /// After `/etc`: `/var` from the factory tree if empty, then the skeleton's missing entries
-/// (also on pre-formatted roots that lack them).
-fn populate_root(log: &mut Log, sysroot: &Path) -> Result<(), Error> {
+/// (also on pre-formatted roots that lack them). `created`: the mount points and links
+/// [`rootfs::secure_root_entries`] created, for the same log line.
+fn populate_root(
+    log: &mut Log,
+    sysroot: &Path,
+    mut created: Vec<&'static str>,
+) -> Result<(), Error> {
     let var = rootfs::populate_var(sysroot)?;
     log.debug(&format!("/var: {var:?}"));
-    let created = rootfs::create_skeleton(sysroot)?;
+    created.extend(rootfs::create_skeleton(sysroot)?);
     if !created.is_empty() {
         log.info(&format!("root skeleton: created {}", created.join(" ")));
     }
@@ -422,7 +448,13 @@ pub const RUN_DIR: &str = "/run/basalt";
 
 /// `/run/basalt/boot.env`: what was booted, `KEY=value` lines (systemd `EnvironmentFile=`
 /// syntax), for the updater and for debugging.
-fn boot_record(cmd: &Cmdline, l: &Located, dm_node: &Path, uptime: &str) -> String {
+fn boot_record(
+    cmd: &Cmdline,
+    verity_mode: VerityErrorMode,
+    l: &Located,
+    dm_node: &Path,
+    uptime: &str,
+) -> String {
     format!(
         "BASALT_USRHASH={}\nBASALT_DISK={}\nBASALT_USR_PARTITION={}\nBASALT_VERITY_PARTITION={}\n\
          BASALT_ROOT_PARTITION={}\nBASALT_USR_DEVICE={}\nBASALT_VERITY_MODE={}\n\
@@ -433,18 +465,42 @@ fn boot_record(cmd: &Cmdline, l: &Located, dm_node: &Path, uptime: &str) -> Stri
         l.usr.verity.number,
         l.root.number,
         dm_node.display(),
-        cmd.verity_mode.table_option().unwrap_or("eio"),
+        verity_mode.table_option().unwrap_or("eio"),
     )
 }
 
-fn is_executable(path: &Path) -> bool {
+/// `init` (the `init=` path) must be an executable regular file on the verified `/usr`
+/// (device `usr_dev`), resolved as the new root will see it: inside `sysroot`, symlinks
+/// (absolute ones too) and `..` confined to it ([`sys::open_in_root`]). So neither an
+/// `init=` naming a file on the writable root nor a path that leaves `/usr` through `..` or
+/// a link is ever executed. (The kernel resolves the interpreter of a script or ELF file
+/// again at exec: `/usr/bin/…` stays on `/usr`; `/lib64/…` follows the link
+/// [`rootfs::secure_root_entries`] just made point into `/usr`.)
+pub fn verify_init(sysroot: &Path, init: &str, usr_dev: u64) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    // Follows symlinks: /usr/lib/systemd/systemd may be one, resolved inside the new root
-    // only for relative targets; absolute targets are checked again by exec itself.
-    match std::fs::metadata(path) {
-        Ok(m) => m.is_file() && m.permissions().mode() & 0o111 != 0,
-        Err(_) => std::fs::symlink_metadata(path).is_ok(),
+    let refused = |reason: String| Error::InitNotVerified {
+        path: PathBuf::from(init),
+        reason,
+    };
+    let fd = sys::open_in_root(sysroot, init)
+        .map_err(|e| refused(format!("resolving it inside the new root: {e}")))?;
+    let m = sys::fstat(fd).map_err(|e| refused(format!("inspecting it: {e}")))?;
+    if m.dev() != usr_dev {
+        return Err(refused(format!(
+            "it resolves to a file on device {}:{}, not on the verified /usr ({}:{})",
+            libc::major(m.dev()),
+            libc::minor(m.dev()),
+            libc::major(usr_dev),
+            libc::minor(usr_dev)
+        )));
     }
+    if !m.is_file() {
+        return Err(refused("it is not a regular file".into()));
+    }
+    if m.permissions().mode() & 0o111 == 0 {
+        return Err(refused("it is not executable".into()));
+    }
+    Ok(())
 }
 
 /// `printk.devkmsg` rate-limits userspace writes to /dev/kmsg by default (10 lines per 5 s),
@@ -541,6 +597,50 @@ mod tests {
 
     fn cmdline(h: &RootHash) -> Cmdline {
         Cmdline::parse(&format!("usrhash={h} basalt.wait=1")).unwrap()
+    }
+
+    /// The device check itself is exercised in the VM (`boot_hostile_root`: an `init=` on the
+    /// writable root); here one device stands for "/usr" and any other for "not /usr".
+    #[test]
+    fn init_is_resolved_inside_the_new_root_and_must_be_an_executable_on_usr() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let write = |rel: &str, mode: u32| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "#!/usr/bin/busybox sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("usr/lib/systemd/systemd", 0o755);
+        write("usr/lib/notexec", 0o644);
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        // Absolute links resolve inside the new root, not in the initramfs.
+        symlink("/usr/lib/systemd/systemd", root.join("usr/sbin/init")).unwrap();
+        let dev = std::fs::metadata(root).unwrap().dev();
+        for ok in [
+            "/usr/lib/systemd/systemd",
+            "/usr/sbin/init",
+            "/usr//lib/../lib/systemd/systemd",
+        ] {
+            verify_init(root, ok, dev).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let refused = |init: &str, usr_dev: u64| {
+            let e = verify_init(root, init, usr_dev).unwrap_err();
+            assert_eq!(
+                Reason::of(&e, Reason::Panic),
+                Reason::InitNotVerified,
+                "{e}"
+            );
+            e.to_string()
+        };
+        assert!(refused("/usr/lib/systemd/systemd", dev + 1).contains("not on the verified /usr"));
+        assert!(refused("/usr/lib/notexec", dev).contains("not executable"));
+        assert!(refused("/usr/lib", dev).contains("not a regular file"));
+        // `..` cannot climb out of the new root to a file of the initramfs.
+        let e = refused("/usr/../../../../../../proc/self/exe", dev);
+        assert!(e.contains("resolving it inside the new root"), "{e}");
+        assert!(refused("/nonexistent", dev).contains("No such file"));
     }
 
     #[test]

@@ -5,15 +5,16 @@
 //! | option | meaning | default |
 //! |---|---|---|
 //! | `usrhash=<64 hex>` (or Flatcar's `verity.usrhash=`) | dm-verity root hash (sha256) of the `/usr` slot to boot | required |
-//! | `basalt.verity=restart\|panic\|eio\|logging` | what dm-verity does on a corrupted block | `restart` |
+//! | `basalt.verity=restart\|panic\|eio\|logging` | what dm-verity does on a corrupted block; `eio` and `logging` only in test images (see [`crate::policy`]) | `restart` |
 //! | `basalt.root=PARTUUID=<uuid>\|PARTLABEL=<label>` | the writable root partition | by type GUID |
-//! | `init=<absolute path>` | the init of the real root | `/usr/lib/systemd/systemd` |
+//! | `init=<absolute path>` | the init of the real root; must resolve to a file on the verified `/usr` (checked after mounting it) | `/usr/lib/systemd/systemd` |
 //! | `basalt.debug[=0\|1]` | verbose logging | off |
 //! | `basalt.wait=<seconds>` | how long to wait for the boot disk (1–600) | 10 |
 //!
 //! `restart` (`restart_on_corruption`) is the default because a reboot lets systemd-boot's boot
 //! counter move towards the other slot; `eio` is the kernel's own default (reads fail with
-//! EIO), `logging` maps to `ignore_corruption` (debugging only).
+//! EIO), `logging` maps to `ignore_corruption` (debugging only). This parser accepts all four;
+//! the initramfs's boot policy decides which are honoured.
 //! Quoting follows the kernel's `next_arg()`: double quotes group spaces and are removed.
 //! Everything after a lone `--` belongs to init and is not parsed.
 
@@ -80,6 +81,23 @@ pub enum VerityErrorMode {
 }
 
 impl VerityErrorMode {
+    /// The option's value on the command line (`basalt.verity=<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Panic => "panic",
+            Self::Eio => "eio",
+            Self::Logging => "logging",
+        }
+    }
+
+    /// Whether the mode weakens the boot: `logging` returns corrupted data, `eio` keeps a
+    /// corrupted slot running (no restart, so boot counting never falls back). Honoured only
+    /// in test images ([`crate::policy::BootPolicy::verity_mode`]).
+    pub fn weakens(self) -> bool {
+        matches!(self, Self::Eio | Self::Logging)
+    }
+
     /// The optional argument for the dm-verity table, if any.
     pub fn table_option(self) -> Option<&'static str> {
         match self {

@@ -335,11 +335,32 @@ pub enum Error {
         /// What went wrong (spawn error, exit status and output, timeout).
         reason: String,
     },
-    /// The init to execute does not exist in the new root.
-    #[error("init {path} is missing or not executable in the new root")]
-    InitMissing {
-        /// The path inside the new root.
+    /// The init to execute does not resolve to an executable file on the verified `/usr`.
+    #[error("init {path} is not a program of the verified /usr: {reason}")]
+    InitNotVerified {
+        /// The path inside the new root (`init=`).
         path: PathBuf,
+        /// What it resolved to instead.
+        reason: String,
+    },
+    /// An entry at the top of the root partition that decides what `/usr`, `/bin`, `/sbin`,
+    /// `/lib`, `/lib64` or an API mount point resolves to could not be repaired.
+    #[error("root partition entry {name}: {reason}")]
+    RootEntry {
+        /// The entry (`usr`, `bin`, `run`, …).
+        name: String,
+        /// What was found and what failed.
+        reason: String,
+    },
+    /// The boot policy file in the initramfs is malformed.
+    #[error("boot policy {path}, line {line}: {reason}")]
+    PolicyInvalid {
+        /// The policy file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
     },
     /// A step of switch_root failed.
     #[error("switch_root: {step}: {source}")]

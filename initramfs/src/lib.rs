@@ -26,6 +26,7 @@ pub mod elf;
 mod error;
 pub mod gpt;
 pub mod modules;
+pub mod policy;
 
 pub use error::{Error, Result};
 #[cfg(target_os = "linux")]

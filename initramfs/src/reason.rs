@@ -49,6 +49,13 @@ pub enum Reason {
     PopulateRoot,
     /// Populating `/etc` from `/usr/share/factory/etc` failed.
     PopulateEtc,
+    /// `init=` does not resolve to an executable file on the verified `/usr`.
+    InitNotVerified,
+    /// An entry of the root partition that decides what `/usr`, `/bin`, `/sbin`, `/lib`,
+    /// `/lib64` or an API mount point resolves to could not be repaired.
+    RootEntries,
+    /// The boot policy packed into the initramfs is unreadable or malformed.
+    BootPolicy,
     /// `switch_root` or exec of the real init failed.
     SwitchRoot,
     /// `basalt-init` panicked (a bug).
@@ -57,7 +64,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 24] = [
         Reason::NotPid1,
         Reason::EarlyMounts,
         Reason::UsrhashMissing,
@@ -77,6 +84,9 @@ impl Reason {
         Reason::MkfsRoot,
         Reason::PopulateRoot,
         Reason::PopulateEtc,
+        Reason::InitNotVerified,
+        Reason::RootEntries,
+        Reason::BootPolicy,
         Reason::SwitchRoot,
         Reason::Panic,
     ];
@@ -103,6 +113,9 @@ impl Reason {
             Reason::MkfsRoot => "mkfs-root",
             Reason::PopulateRoot => "populate-root",
             Reason::PopulateEtc => "populate-etc",
+            Reason::InitNotVerified => "init-not-verified",
+            Reason::RootEntries => "root-entries",
+            Reason::BootPolicy => "boot-policy",
             Reason::SwitchRoot => "switch-root",
             Reason::Panic => "panic",
         }
@@ -123,6 +136,9 @@ impl Reason {
             Error::PartitionDevice { .. } => Reason::PartitionDevice,
             Error::RootUnrecognised { .. } => Reason::RootUnrecognised,
             Error::Mkfs { .. } => Reason::MkfsRoot,
+            Error::InitNotVerified { .. } => Reason::InitNotVerified,
+            Error::RootEntry { .. } => Reason::RootEntries,
+            Error::PolicyInvalid { .. } => Reason::BootPolicy,
             _ => fallback,
         }
     }

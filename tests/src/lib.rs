@@ -15,6 +15,7 @@
 pub mod artifacts;
 pub mod error;
 pub mod fixture;
+pub mod hostile;
 pub mod scenario;
 pub mod tool;
 pub mod vm;

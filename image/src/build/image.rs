@@ -3,7 +3,7 @@
 //! ```text
 //! IMAGE.toml ─► stage /usr (profile; + kernel modules for container-host)
 //!   ─► erofs (reproducible) ─► usr.img = erofs ‖ verity superblock + tree ‖ signed statement
-//!   ─► vmlinuz (Debian kernel) ─► initrd.img (basalt-init, modules, trust root)
+//!   ─► vmlinuz (Debian kernel) ─► initrd.img (basalt-init, modules, trust root, boot policy)
 //!   ─► release.json / release.signed (usr with verity facts, kernel, initrd)
 //!   ─► disk.img: GPT layout, slot A = usr.img split at hash_offset, slot B _empty,
 //!      ESP (FAT32, systemd-boot, loader.conf, blessed slot-A entry), root ext4 skeleton
@@ -49,7 +49,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/2";
+pub const BUILDER_VERSION: &str = "basalt-image-build/3";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -394,6 +394,17 @@ pub fn kernel_cmdline(config: &ImageConfig) -> String {
     opts.join(" ")
 }
 
+/// What the image's initramfs boots: this OS only, no `/usr` older than this release (an
+/// entry edited to pair this kernel and initramfs with an older signed `/usr` is refused),
+/// options that weaken verification only when the definition says it is a test image.
+pub fn boot_policy(config: &ImageConfig) -> basalt_initramfs::policy::BootPolicy {
+    basalt_initramfs::policy::BootPolicy {
+        os: Some(config.os.name.clone()),
+        min_usr_version: Some(config.os.version.clone()),
+        test_options: config.boot.test_options,
+    }
+}
+
 /// Disk sizes: small for `minimal` (a ≈300 MiB sparse file), realistic for `container-host`.
 pub fn layout_for(profile: Profile) -> LayoutSpec {
     match profile {
@@ -538,6 +549,7 @@ fn build_into(
     let extras = basalt_initramfs::builder::Extras {
         binaries: vec![PathBuf::from(INITRD_MKE2FS)],
         binary_root: None,
+        policy: Some(boot_policy(config)),
     };
     let built = basalt_initramfs::builder::build_with(&spec, &extras).map_err(|source| {
         BuildError::Initramfs {
@@ -943,8 +955,8 @@ mod tests {
             "console=ttyS0 panic=-1"
         );
         assert_eq!(
-            kernel_cmdline(&config("minimal", "init=/bin/sh")),
-            "console=ttyS0 panic=-1 init=/bin/sh"
+            kernel_cmdline(&config("minimal", "init=/usr/bin/sh")),
+            "console=ttyS0 panic=-1 init=/usr/bin/sh"
         );
     }
 

@@ -93,6 +93,9 @@ pub const MINIMAL_INIT: &str = r#"#!/usr/bin/busybox sh
 export PATH=/usr/bin
 . /usr/lib/os-release
 echo "BASALT-MINIMAL: userspace up, version=$VERSION_ID"
+# Which root partition supplied /etc, and what the merged-/usr links resolve to.
+echo "BASALT-MINIMAL: hostname=$(cat /etc/hostname 2>/dev/null)"
+echo "BASALT-MINIMAL: links bin=$(readlink /bin) sbin=$(readlink /sbin) lib=$(readlink /lib) lib64=$(readlink /lib64)"
 grep ' /usr ' /proc/mounts | sed 's/^/BASALT-MINIMAL: mount: /'
 # The verdict as one short marker: kernel messages can split a long console line.
 if grep -q '^[^ ]* /usr erofs ro[, ]' /proc/mounts; then
