@@ -23,12 +23,11 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::blockdev::{BlockRoots, Disk};
+use crate::blockdev::BlockRoots;
 use crate::cmdline::{Cmdline, VerityErrorMode};
 use crate::error::Error;
-use crate::gpt::{usr_partition_uuids, DiskTable, Partition, UsrPartitions};
+use crate::locate::{locate, Located, Pin};
 use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
 use crate::policy::{BootPolicy, POLICY_PATH};
 use crate::reason::{Classify, Failure, Reason};
@@ -36,13 +35,13 @@ use crate::rootfs;
 use crate::slot::{check_superblock, verity_table};
 use crate::sys::{self, Log};
 use crate::usrsig;
+use basalt_identity::efivar;
 use basalt_verity::Superblock;
 
 /// The new root's mount point.
 pub const SYSROOT: &str = "/sysroot";
 /// The DM device name of `/usr`.
 pub const DM_NAME: &str = "usr";
-const POLL: Duration = Duration::from_millis(100);
 
 fn mount_err(
     source_name: &str,
@@ -126,76 +125,74 @@ fn load_modules(log: &mut Log, list: &Path) -> Result<usize, Error> {
     Ok(loaded)
 }
 
-/// The disk holding the slot, with its partitions resolved to device nodes.
-#[derive(Debug)]
-struct Located {
-    disk: Disk,
-    usr: UsrPartitions,
-    root: Partition,
-    data_node: PathBuf,
-    hash_node: PathBuf,
-    root_node: PathBuf,
+/// The EFI variables basalt-init reads, taken in one go: efivarfs is mounted (read-only)
+/// for the read and unmounted again, so the real system finds `/sys/firmware/efi/efivars`
+/// as the kernel left it and mounts it the way it wants.
+#[derive(Debug, Default)]
+struct EfiVars {
+    /// systemd-boot's `LoaderDevicePartUUID`.
+    loader_part: Option<std::result::Result<Option<basalt_identity::Guid>, basalt_identity::Error>>,
 }
 
-/// Poll until a disk's GPT has the slot and the kernel has its partition devices.
-fn locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Located, Error> {
-    let started = Instant::now();
-    let deadline = Duration::from_secs(u64::from(cmd.wait_secs));
-    loop {
-        let attempt = try_locate(log, cmd, roots);
-        let waited_ms = started.elapsed().as_millis() as u64;
-        match attempt {
-            Ok(Some(l)) => return Ok(l),
-            // A disk without the slot may still be followed by one with it; partition
-            // devices may lag behind the disk. Both are worth waiting for.
-            Ok(None) | Err(Error::PartitionDevice { .. }) if started.elapsed() < deadline => {
-                std::thread::sleep(POLL);
-            }
-            Ok(None) => {
-                let saw_gpt = roots
-                    .disks()
-                    .map(|d| d.iter().any(|d| DiskTable::read_path(&d.node).is_ok()))
-                    .unwrap_or(false);
-                return Err(if saw_gpt {
-                    Error::UsrPartitionNotFound {
-                        uuid: usr_partition_uuids(&cmd.usrhash).data,
-                        waited_ms,
-                    }
-                } else {
-                    Error::NoBootDisk { waited_ms }
-                });
-            }
-            Err(e) => return Err(e),
+fn read_efi_vars(log: &mut Log) -> EfiVars {
+    let dir = Path::new(efivar::EFIVARS_DIR);
+    if !Path::new("/sys/firmware/efi").is_dir() {
+        log.debug("no EFI firmware (direct kernel boot or BIOS): no EFI variables");
+        return EfiVars::default();
+    }
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mounted = match sys::mount("efivarfs", dir, "efivarfs", flags, "") {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => false,
+        Err(e) => {
+            log.warn(&format!(
+                "cannot mount efivarfs at {}: {e}; EFI variables not read",
+                dir.display()
+            ));
+            return EfiVars::default();
+        }
+    };
+    let vars = EfiVars {
+        loader_part: Some(efivar::loader_device_part_uuid(dir)),
+    };
+    if mounted {
+        if let Err(e) = sys::umount(dir) {
+            log.warn(&format!(
+                "cannot unmount efivarfs at {}: {e}",
+                dir.display()
+            ));
         }
     }
+    vars
 }
 
-fn try_locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Option<Located>, Error> {
-    for disk in roots.disks()? {
-        let table = match DiskTable::read_path(&disk.node) {
-            Ok(t) => t,
-            Err(e) => {
-                log.debug(&format!("skipping {}: {e}", disk.node.display()));
-                continue;
+/// Who names the boot disk: systemd-boot's `LoaderDevicePartUUID` (the ESP it started
+/// from), else `basalt.bootdisk=` (direct kernel boot), else nobody (the disk holding the
+/// slot must then be unique). A loader variable that is present but cannot be trusted
+/// refuses the boot: falling back to "any disk" is what an attacker planting it would want.
+fn boot_pin(log: &mut Log, cmd: &Cmdline) -> Result<Option<Pin>, Error> {
+    let vars = read_efi_vars(log);
+    let pin = match vars.loader_part {
+        Some(Err(source)) => return Err(Error::BootDiskVariable { source }),
+        Some(Ok(Some(uuid))) => {
+            if let Some(other) = cmd.boot_disk.filter(|u| *u != uuid) {
+                log.warn(&format!(
+                    "ignoring basalt.bootdisk=PARTUUID={other}: the boot loader started from partition {uuid}"
+                ));
             }
-        };
-        let Some(usr) = table.find_usr(&cmd.usrhash)? else {
-            continue;
-        };
-        let root = table.find_root(&cmd.root)?.clone();
-        let data_node = roots.partition_node(&disk, &usr.data)?;
-        let hash_node = roots.partition_node(&disk, &usr.verity)?;
-        let root_node = roots.partition_node(&disk, &root)?;
-        return Ok(Some(Located {
-            disk,
-            usr,
-            root,
-            data_node,
-            hash_node,
-            root_node,
-        }));
+            Some(Pin::Loader(uuid))
+        }
+        Some(Ok(None)) | None => cmd.boot_disk.map(Pin::Cmdline),
+    };
+    match pin {
+        Some(p) => log.info(&format!(
+            "boot disk: the disk holding partition {} ({})",
+            p.uuid(),
+            p.named_by()
+        )),
+        None => log.info("boot disk: not named by the loader; the one disk holding the slot"),
     }
-    Ok(None)
+    Ok(pin)
 }
 
 fn read_superblock(node: &Path) -> Result<Superblock, Error> {
@@ -307,7 +304,14 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
     let n = load_modules(log, Path::new(MODULE_LIST_PATH)).class(Reason::ModuleLoad)?;
     log.info(&format!("loaded {n} kernel modules"));
 
-    let l = locate(log, &cmd, &BlockRoots::default()).map_err(|e| Failure {
+    let pin = boot_pin(log, &cmd).map_err(|e| Failure {
+        reason: Reason::of(&e, Reason::NoBootDisk),
+        error: e,
+    })?;
+    let l = locate(&cmd, pin, &BlockRoots::default(), &mut |line: &str| {
+        log.info(line)
+    })
+    .map_err(|e| Failure {
         reason: Reason::of(&e, Reason::NoBootDisk),
         error: e,
     })?;
@@ -533,71 +537,7 @@ impl DevKmsgLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmdline::RootHash;
-    use crate::gpt::{ROOT_TYPE_GUID, USR_TYPE_GUID, USR_VERITY_TYPE_GUID};
-    use uuid::Uuid;
-
-    const MIB: u64 = 1 << 20;
-
-    fn hash() -> RootHash {
-        let mut b = [0u8; 32];
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (i as u8).wrapping_mul(29).wrapping_add(3);
-        }
-        RootHash(b)
-    }
-
-    /// `dev/vda`: a 32 MiB image file with usr (2), verity (3) and root (4) partitions, and a
-    /// sysfs tree that describes it the way the kernel would.
-    fn fake_machine(dir: &Path, sysfs_geometry_ok: bool) -> BlockRoots {
-        let ids = usr_partition_uuids(&hash());
-        let dev = dir.join("dev");
-        std::fs::create_dir_all(&dev).unwrap();
-        let mut disk = std::io::Cursor::new(vec![0u8; 32 * MIB as usize]);
-        let mut gpt = gptman::GPT::new_from(&mut disk, 512, [9; 16]).unwrap();
-        let parts = [
-            (
-                Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b),
-                Uuid::from_u128(1),
-            ),
-            (USR_TYPE_GUID, ids.data),
-            (USR_VERITY_TYPE_GUID, ids.verity),
-            (ROOT_TYPE_GUID, Uuid::from_u128(2)),
-        ];
-        let sys = dir.join("sys/class/block");
-        let w = |p: PathBuf, v: String| {
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, v).unwrap();
-        };
-        w(sys.join("vda/size"), format!("{}\n", 32 * MIB / 512));
-        for (i, (ty, id)) in parts.iter().enumerate() {
-            let n = i as u32 + 1;
-            let start = 2048 + i as u64 * 8192;
-            gpt[n] = gptman::GPTPartitionEntry {
-                partition_type_guid: ty.to_bytes_le(),
-                unique_partition_guid: id.to_bytes_le(),
-                starting_lba: start,
-                ending_lba: start + 8191,
-                attribute_bits: 0,
-                partition_name: format!("p{n}").as_str().into(),
-            };
-            let size = if sysfs_geometry_ok { 8192 } else { 4096 };
-            w(sys.join(format!("vda/vda{n}/partition")), format!("{n}\n"));
-            w(sys.join(format!("vda/vda{n}/start")), format!("{start}\n"));
-            w(sys.join(format!("vda/vda{n}/size")), format!("{size}\n"));
-        }
-        gpt.write_into(&mut disk).unwrap();
-        gptman::GPT::write_protective_mbr_into(&mut disk, 512).unwrap();
-        std::fs::write(dev.join("vda"), disk.into_inner()).unwrap();
-        BlockRoots {
-            sys_class_block: sys,
-            dev,
-        }
-    }
-
-    fn cmdline(h: &RootHash) -> Cmdline {
-        Cmdline::parse(&format!("usrhash={h} basalt.wait=1")).unwrap()
-    }
+    use crate::reason::Reason;
 
     /// The device check itself is exercised in the VM (`boot_hostile_root`: an `init=` on the
     /// writable root); here one device stands for "/usr" and any other for "not /usr".
@@ -641,53 +581,5 @@ mod tests {
         let e = refused("/usr/../../../../../../proc/self/exe", dev);
         assert!(e.contains("resolving it inside the new root"), "{e}");
         assert!(refused("/nonexistent", dev).contains("No such file"));
-    }
-
-    #[test]
-    fn locates_the_slot_and_its_device_nodes() {
-        let t = tempfile::tempdir().unwrap();
-        let roots = fake_machine(t.path(), true);
-        let l = locate(&mut Log::default(), &cmdline(&hash()), &roots).unwrap();
-        assert_eq!(l.disk.name, "vda");
-        assert_eq!(l.data_node, roots.dev.join("vda2"));
-        assert_eq!(l.hash_node, roots.dev.join("vda3"));
-        assert_eq!(l.root_node, roots.dev.join("vda4"));
-        assert_eq!(
-            (l.usr.data.number, l.usr.verity.number, l.root.number),
-            (2, 3, 4)
-        );
-    }
-
-    #[test]
-    fn unknown_hash_times_out_as_usr_partition_not_found() {
-        let t = tempfile::tempdir().unwrap();
-        let roots = fake_machine(t.path(), true);
-        let err = locate(&mut Log::default(), &cmdline(&RootHash([7; 32])), &roots).unwrap_err();
-        assert!(matches!(err, Error::UsrPartitionNotFound { .. }), "{err}");
-        assert_eq!(
-            Reason::of(&err, Reason::NoBootDisk),
-            Reason::UsrPartitionNotFound
-        );
-    }
-
-    #[test]
-    fn no_disk_is_no_boot_disk_and_bad_geometry_is_partition_device() {
-        let t = tempfile::tempdir().unwrap();
-        let empty = BlockRoots {
-            sys_class_block: t.path().join("sys"),
-            dev: t.path().join("dev"),
-        };
-        std::fs::create_dir_all(&empty.sys_class_block).unwrap();
-        let err = locate(&mut Log::default(), &cmdline(&hash()), &empty).unwrap_err();
-        assert!(matches!(err, Error::NoBootDisk { .. }), "{err}");
-
-        let t = tempfile::tempdir().unwrap();
-        let roots = fake_machine(t.path(), false);
-        let err = locate(&mut Log::default(), &cmdline(&hash()), &roots).unwrap_err();
-        assert_eq!(
-            Reason::of(&err, Reason::NoBootDisk),
-            Reason::PartitionDevice,
-            "{err}"
-        );
     }
 }

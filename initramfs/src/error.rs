@@ -184,13 +184,13 @@ pub enum Error {
         /// The I/O error.
         source: io::Error,
     },
-    /// The disk has no readable GPT.
+    /// The disk has no readable GPT (or one we refuse: see `basalt_identity::gpt`).
     #[error("reading the GPT of {device}: {source}")]
     ReadGpt {
         /// The device node or image file.
         device: PathBuf,
-        /// The gptman error.
-        source: gptman::Error,
+        /// Why the table was refused.
+        source: basalt_identity::GptError,
     },
     /// No disk with a GPT appeared in time.
     #[error("no disk with a GPT appeared within {waited_ms} ms")]
@@ -204,7 +204,42 @@ pub enum Error {
     )]
     UsrPartitionNotFound {
         /// The expected partition UUID.
-        uuid: uuid::Uuid,
+        uuid: basalt_identity::Guid,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The boot disk is not unique: a partition that must be on exactly one disk (the ESP the
+    /// loader booted from; without it, the `/usr` data partition) is on several.
+    #[error("the boot disk is ambiguous: {what} is on {}; refusing to guess (remove the other disk, or boot through systemd-boot / basalt.bootdisk= to name it)", disks.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" and "))]
+    BootDiskAmbiguous {
+        /// What was found twice.
+        what: String,
+        /// The disks holding it.
+        disks: Vec<PathBuf>,
+    },
+    /// The disk named by the boot loader (or `basalt.bootdisk=`) did not appear.
+    #[error("no disk holds partition {uuid} ({named_by}) within {waited_ms} ms")]
+    BootDiskNotFound {
+        /// The ESP partition UUID.
+        uuid: basalt_identity::Guid,
+        /// `LoaderDevicePartUUID` or `basalt.bootdisk=`.
+        named_by: &'static str,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The boot loader's statement about the boot disk cannot be trusted.
+    #[error("the boot loader's boot-disk variable: {source}")]
+    BootDiskVariable {
+        /// What is wrong with it.
+        source: basalt_identity::Error,
+    },
+    /// The boot disk does not hold the `/usr` slot named by `usrhash=`.
+    #[error("the boot disk {disk} has no partition with UUID {uuid} (first half of usrhash) within {waited_ms} ms")]
+    UsrNotOnBootDisk {
+        /// The boot disk.
+        disk: PathBuf,
+        /// The expected partition UUID.
+        uuid: basalt_identity::Guid,
         /// How long we waited.
         waited_ms: u64,
     },
@@ -216,7 +251,7 @@ pub enum Error {
         /// The disk.
         device: PathBuf,
         /// The expected partition UUID.
-        uuid: uuid::Uuid,
+        uuid: basalt_identity::Guid,
     },
     /// The root partition was not found.
     #[error("no root partition {spec} on {device}")]

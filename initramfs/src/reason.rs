@@ -21,7 +21,10 @@ pub enum Reason {
     ModuleLoad,
     /// No disk with a GPT appeared in time.
     NoBootDisk,
-    /// No disk has the usr data partition named by `usrhash=`.
+    /// Several disks claim to be the boot disk (the loader's ESP, or without one the `/usr`
+    /// slot, is on more than one): refused rather than guessed.
+    BootDiskAmbiguous,
+    /// No disk has the usr data partition named by `usrhash=` (or the boot disk lacks it).
     UsrPartitionNotFound,
     /// The disk has the usr data partition but not its verity partition.
     VerityPartitionNotFound,
@@ -64,13 +67,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::NotPid1,
         Reason::EarlyMounts,
         Reason::UsrhashMissing,
         Reason::CmdlineInvalid,
         Reason::ModuleLoad,
         Reason::NoBootDisk,
+        Reason::BootDiskAmbiguous,
         Reason::UsrPartitionNotFound,
         Reason::VerityPartitionNotFound,
         Reason::RootPartitionNotFound,
@@ -100,6 +104,7 @@ impl Reason {
             Reason::CmdlineInvalid => "cmdline-invalid",
             Reason::ModuleLoad => "module-load",
             Reason::NoBootDisk => "no-boot-disk",
+            Reason::BootDiskAmbiguous => "boot-disk-ambiguous",
             Reason::UsrPartitionNotFound => "usr-partition-not-found",
             Reason::VerityPartitionNotFound => "verity-partition-not-found",
             Reason::RootPartitionNotFound => "root-partition-not-found",
@@ -129,8 +134,13 @@ impl Reason {
             Error::UsrhashInvalid { .. } | Error::CmdlineOptionInvalid { .. } => {
                 Reason::CmdlineInvalid
             }
-            Error::NoBootDisk { .. } => Reason::NoBootDisk,
-            Error::UsrPartitionNotFound { .. } => Reason::UsrPartitionNotFound,
+            Error::NoBootDisk { .. }
+            | Error::BootDiskNotFound { .. }
+            | Error::BootDiskVariable { .. } => Reason::NoBootDisk,
+            Error::BootDiskAmbiguous { .. } => Reason::BootDiskAmbiguous,
+            Error::UsrPartitionNotFound { .. } | Error::UsrNotOnBootDisk { .. } => {
+                Reason::UsrPartitionNotFound
+            }
             Error::VerityPartitionNotFound { .. } => Reason::VerityPartitionNotFound,
             Error::RootPartitionNotFound { .. } => Reason::RootPartitionNotFound,
             Error::PartitionDevice { .. } => Reason::PartitionDevice,

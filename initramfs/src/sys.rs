@@ -118,6 +118,17 @@ pub fn fstat(fd: OwnedFd) -> io::Result<std::fs::Metadata> {
     File::from(fd).metadata()
 }
 
+/// `umount(2)`.
+pub fn umount(target: &Path) -> io::Result<()> {
+    let tgt = cstr(target.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount(tgt.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `MODULE_INIT_COMPRESSED_FILE`: the kernel decompresses the module itself.
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 

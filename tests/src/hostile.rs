@@ -10,6 +10,7 @@
 //!   root hash);
 //! - [`attacker_program`]: a script that prints [`ATTACKER_MARKER`] and powers off — if the
 //!   marker ever reaches the console, the attacker's program ran;
+//! - [`write_absurd_gpt`]: a disk whose partition table claims more entries than memory;
 //! - [`direct_boot`]: the release's own kernel (PVH `vmlinux`), initramfs and command line
 //!   booted without firmware, the fastest way to run basalt-init against a disk.
 
@@ -142,6 +143,46 @@ pub fn replace_in_range(file: &Path, offset: u64, len: u64, from: &[u8], to: &[u
         .and_then(|()| f.sync_all())
         .map_err(write_err(file))?;
     Ok(at)
+}
+
+/// A disk image of `len` bytes whose GPT headers (both copies, valid CRCs) claim 2^32-1
+/// entries of 128 bytes: a reader that allocates what a header claims before checking it
+/// aborts — in PID 1, the kernel panics.
+pub fn write_absurd_gpt(path: &Path, len: u64) -> Result<()> {
+    use basalt_identity::gpt::crc32;
+    let sectors = len / 512;
+    let header = |lba: u64, alternate: u64, array: u64| {
+        let mut h = vec![0u8; 512];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&lba.to_le_bytes());
+        h[32..40].copy_from_slice(&alternate.to_le_bytes());
+        h[40..48].copy_from_slice(&34u64.to_le_bytes());
+        h[48..56].copy_from_slice(&(sectors - 34).to_le_bytes());
+        h[56..72].copy_from_slice(&[0x66; 16]);
+        h[72..80].copy_from_slice(&array.to_le_bytes());
+        h[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+    let f = fs::File::create(path).map_err(write_err(path))?;
+    f.set_len(len).map_err(write_err(path))?;
+    // A protective MBR, as any GPT disk has.
+    let mut mbr = vec![0u8; 512];
+    mbr[446 + 4] = 0xee;
+    mbr[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+    mbr[446 + 12..446 + 16]
+        .copy_from_slice(&u32::try_from(sectors - 1).unwrap_or(u32::MAX).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    f.write_all_at(&mbr, 0)
+        .and_then(|()| f.write_all_at(&header(1, sectors - 1, 2), 512))
+        .and_then(|()| f.write_all_at(&header(sectors - 1, 1, sectors - 33), (sectors - 1) * 512))
+        .and_then(|()| f.sync_all())
+        .map_err(write_err(path))
 }
 
 /// The kernel command line the release's boot entry carries for `/usr` root hash `usrhash`,

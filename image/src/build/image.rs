@@ -82,8 +82,9 @@ pub const INITRD_MODULES: [&str; 6] = [
     "ext4",
 ];
 /// Modules loaded when present and loadable (sha256-ssse3 fails with ENODEV under TCG's
-/// default CPU).
-pub const INITRD_OPTIONAL_MODULES: [&str; 1] = ["sha256-ssse3"];
+/// default CPU; efivarfs lets basalt-init read which ESP systemd-boot started from and the
+/// `/usr` version floor — absent on a BIOS or direct kernel boot, which then go without).
+pub const INITRD_OPTIONAL_MODULES: [&str; 2] = ["sha256-ssse3", "efivarfs"];
 /// Extra optional modules for the container-host profile: systemd mounts the ESP (vfat).
 pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nls_ascii"];
 
