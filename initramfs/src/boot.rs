@@ -5,9 +5,13 @@
 //! ```text
 //! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► boot policy (/etc/basalt/boot-policy:
 //!      basalt.verity=eio|logging only in test images) ─► load modules (/etc/basalt/modules)
-//!   ─► poll disks (≤ basalt.wait s) until one's GPT has the usr data partition
-//!      (UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
+//!   ─► EFI variables (efivarfs mounted ro, read, unmounted): LoaderDevicePartUUID, the
+//!      /usr version floor ─► poll disks (≤ basalt.wait s) for the boot disk (the one
+//!      holding the loader's ESP, else the only one holding the usr data partition,
+//!      UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
 //!   ─► verity superblock fits the partitions ─► usrhash signed (if trust root present)
+//!   ─► every mapped verity parameter is the signed one; OS = the policy's; version ≥
+//!      max(policy min-usr-version, BasaltUsrFloor)
 //!   ─► dm-verity "usr" (read-only, restart_on_corruption)
 //!   ─► root partition blank? mke2fs (neither blank nor ext: refuse) ─► mount it at /sysroot
 //!   ─► repair the root's mount points and merged-/usr links (usr dev proc sys run: real
@@ -36,6 +40,7 @@ use crate::slot::{check_superblock, verity_table};
 use crate::sys::{self, Log};
 use crate::usrsig;
 use basalt_identity::efivar;
+use basalt_manifest::semver::Version;
 use basalt_verity::Superblock;
 
 /// The new root's mount point.
@@ -132,6 +137,8 @@ fn load_modules(log: &mut Log, list: &Path) -> Result<usize, Error> {
 struct EfiVars {
     /// systemd-boot's `LoaderDevicePartUUID`.
     loader_part: Option<std::result::Result<Option<basalt_identity::Guid>, basalt_identity::Error>>,
+    /// The machine's `/usr` version floor (`BasaltUsrFloor`), when set and readable.
+    floor: Option<Version>,
 }
 
 fn read_efi_vars(log: &mut Log) -> EfiVars {
@@ -152,8 +159,27 @@ fn read_efi_vars(log: &mut Log) -> EfiVars {
             return EfiVars::default();
         }
     };
+    // An unreadable floor is ignored, logged: it is no weaker than a deleted one (root can
+    // do both, see SECURITY.md), and refusing would brick the machine on a corrupt variable.
+    let floor = match efivar::usr_floor(dir) {
+        Ok(None) => None,
+        Ok(Some(text)) => match Version::parse(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log.warn(&format!(
+                    "ignoring the BasaltUsrFloor EFI variable {text:?}: {e}"
+                ));
+                None
+            }
+        },
+        Err(e) => {
+            log.warn(&format!("ignoring the BasaltUsrFloor EFI variable: {e}"));
+            None
+        }
+    };
     let vars = EfiVars {
         loader_part: Some(efivar::loader_device_part_uuid(dir)),
+        floor,
     };
     if mounted {
         if let Err(e) = sys::umount(dir) {
@@ -170,9 +196,12 @@ fn read_efi_vars(log: &mut Log) -> EfiVars {
 /// from), else `basalt.bootdisk=` (direct kernel boot), else nobody (the disk holding the
 /// slot must then be unique). A loader variable that is present but cannot be trusted
 /// refuses the boot: falling back to "any disk" is what an attacker planting it would want.
-fn boot_pin(log: &mut Log, cmd: &Cmdline) -> Result<Option<Pin>, Error> {
-    let vars = read_efi_vars(log);
-    let pin = match vars.loader_part {
+fn boot_pin(
+    log: &mut Log,
+    cmd: &Cmdline,
+    loader_part: Option<std::result::Result<Option<basalt_identity::Guid>, basalt_identity::Error>>,
+) -> Result<Option<Pin>, Error> {
+    let pin = match loader_part {
         Some(Err(source)) => return Err(Error::BootDiskVariable { source }),
         Some(Ok(Some(uuid))) => {
             if let Some(other) = cmd.boot_disk.filter(|u| *u != uuid) {
@@ -195,6 +224,25 @@ fn boot_pin(log: &mut Log, cmd: &Cmdline) -> Result<Option<Pin>, Error> {
     Ok(pin)
 }
 
+/// "1.0.0 (boot policy), 2.0.0 (BasaltUsrFloor)" or "none", for the log.
+fn describe_floor(policy: &BootPolicy, efi: Option<&Version>) -> String {
+    let parts: Vec<String> = [
+        policy
+            .min_usr_version
+            .as_ref()
+            .map(|v| format!("{v} (boot policy)")),
+        efi.map(|v| format!("{v} (BasaltUsrFloor)")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn read_superblock(node: &Path) -> Result<Superblock, Error> {
     let mut buf = [0u8; 512];
     std::fs::File::open(node)
@@ -210,23 +258,24 @@ fn read_superblock(node: &Path) -> Result<Superblock, Error> {
 }
 
 /// With a trust root in the initramfs, the slot's usr-hash statement (after the hash tree)
-/// must verify for `usrhash=`; without one, the check is skipped with a warning (development
-/// images built without `--trust`).
+/// must verify for `usrhash=`; it is returned for the binding and version checks. Without a
+/// trust root the check is skipped with a warning (development images built without
+/// `--trust`), and so are those that need a signed statement.
 fn check_signature(
     log: &mut Log,
     hash_node: &Path,
     sb: &Superblock,
     hash_len: u64,
     cmd: &Cmdline,
-) -> Result<(), Error> {
+) -> Result<Option<usrsig::Signed>, Error> {
     let trust = match std::fs::read(usrsig::TRUST_PATH) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             log.warn(&format!(
-                "no trust root at {}: the usrhash signature is NOT checked",
+                "no trust root at {}: the usrhash signature, the verity parameters, the OS and the version floor are NOT checked",
                 usrsig::TRUST_PATH
             ));
-            return Ok(());
+            return Ok(None);
         }
         Err(source) => {
             return Err(Error::ReadInput {
@@ -251,9 +300,9 @@ fn check_signature(
                 hash_node.display()
             ),
         })?;
-    let who = usrsig::verify(&buf, &trust, &cmd.usrhash.to_string())?;
-    log.info(&format!("usrhash is signed: {who}"));
-    Ok(())
+    let signed = usrsig::verify(&buf, &trust, &cmd.usrhash.to_string())?;
+    log.info(&format!("usrhash is signed: {}", signed.describe()));
+    Ok(Some(signed))
 }
 
 /// Run the boot. Returns only on failure (success ends in exec).
@@ -304,7 +353,8 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
     let n = load_modules(log, Path::new(MODULE_LIST_PATH)).class(Reason::ModuleLoad)?;
     log.info(&format!("loaded {n} kernel modules"));
 
-    let pin = boot_pin(log, &cmd).map_err(|e| Failure {
+    let efi = read_efi_vars(log);
+    let pin = boot_pin(log, &cmd, efi.loader_part).map_err(|e| Failure {
         reason: Reason::of(&e, Reason::NoBootDisk),
         error: e,
     })?;
@@ -335,8 +385,22 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         sb.salt.len()
     ));
 
-    check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
+    let signed = check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
         .class(Reason::UsrhashNotSigned)?;
+    if let Some(signed) = &signed {
+        usrsig::check_binding(&signed.statement, &sb).class(Reason::VerityNotSigned)?;
+        usrsig::check_version(&signed.statement, &policy, efi.floor.as_ref()).map_err(|e| {
+            Failure {
+                reason: Reason::of(&e, Reason::UsrBelowFloor),
+                error: e,
+            }
+        })?;
+        log.info(&format!(
+            "verity parameters, OS and version {} are the signed ones (floor {})",
+            signed.statement.version,
+            describe_floor(&policy, efi.floor.as_ref())
+        ));
+    }
 
     let table = verity_table(&sb, &l.data_node, &l.hash_node, &cmd.usrhash, verity_mode);
     let dm_node = crate::dm::Control::open()

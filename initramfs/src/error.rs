@@ -316,6 +316,36 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A dm-verity parameter of the slot differs from the signed statement's.
+    #[error("the slot's {field} is {found}, the signed usr-hash statement says {signed}")]
+    VerityNotSigned {
+        /// Which parameter.
+        field: &'static str,
+        /// The signed value.
+        signed: String,
+        /// What the slot's superblock says.
+        found: String,
+    },
+    /// The statement was signed for another OS than the initramfs boots.
+    #[error("the usr-hash statement is for OS {signed:?}; this initramfs boots {expected:?}")]
+    UsrWrongOs {
+        /// The OS in the statement.
+        signed: String,
+        /// The OS of the boot policy.
+        expected: String,
+    },
+    /// The signed `/usr` version is below the floor.
+    #[error(
+        "/usr version {version} is below the floor {floor} set by {set_by}: refusing to roll back"
+    )]
+    UsrBelowFloor {
+        /// The statement's version.
+        version: String,
+        /// The floor.
+        floor: String,
+        /// Where the floor comes from.
+        set_by: &'static str,
+    },
     /// The usr-hash statement does not verify against the trust root for this usrhash.
     #[error("usr-hash statement refused: {reason}")]
     UsrSigVerify {

@@ -36,6 +36,12 @@ pub enum Reason {
     SuperblockInvalid,
     /// The root hash is not signed by the trust root in the initramfs.
     UsrhashNotSigned,
+    /// A dm-verity parameter of the slot (salt, data blocks, …) is not the signed one.
+    VerityNotSigned,
+    /// The usr-hash statement is for another OS than this initramfs boots.
+    UsrWrongOs,
+    /// The signed `/usr` version is below the floor (policy or `BasaltUsrFloor`).
+    UsrBelowFloor,
     /// A device-mapper ioctl failed.
     DmSetup,
     /// Mounting `/usr` (erofs on dm-verity) failed.
@@ -67,7 +73,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 28] = [
         Reason::NotPid1,
         Reason::EarlyMounts,
         Reason::UsrhashMissing,
@@ -81,6 +87,9 @@ impl Reason {
         Reason::PartitionDevice,
         Reason::SuperblockInvalid,
         Reason::UsrhashNotSigned,
+        Reason::VerityNotSigned,
+        Reason::UsrWrongOs,
+        Reason::UsrBelowFloor,
         Reason::DmSetup,
         Reason::MountUsr,
         Reason::MountRoot,
@@ -111,6 +120,9 @@ impl Reason {
             Reason::PartitionDevice => "partition-device",
             Reason::SuperblockInvalid => "superblock-invalid",
             Reason::UsrhashNotSigned => "usrhash-not-signed",
+            Reason::VerityNotSigned => "verity-not-signed",
+            Reason::UsrWrongOs => "usr-wrong-os",
+            Reason::UsrBelowFloor => "usr-below-floor",
             Reason::DmSetup => "dm-setup",
             Reason::MountUsr => "mount-usr",
             Reason::MountRoot => "mount-root",
@@ -147,6 +159,9 @@ impl Reason {
             Error::RootUnrecognised { .. } => Reason::RootUnrecognised,
             Error::Mkfs { .. } => Reason::MkfsRoot,
             Error::InitNotVerified { .. } => Reason::InitNotVerified,
+            Error::VerityNotSigned { .. } => Reason::VerityNotSigned,
+            Error::UsrWrongOs { .. } => Reason::UsrWrongOs,
+            Error::UsrBelowFloor { .. } => Reason::UsrBelowFloor,
             Error::RootEntry { .. } => Reason::RootEntries,
             Error::PolicyInvalid { .. } => Reason::BootPolicy,
             _ => fallback,

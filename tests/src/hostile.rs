@@ -201,6 +201,17 @@ pub fn release_cmdline(image: &MinimalImage, usrhash: &str, extra: &str) -> Stri
 /// directly, with the release's command line for its own `/usr` plus `extra`; logs in
 /// `dir`. Add disks with [`VmConfig::disk`] / [`VmConfig::arg`].
 pub fn direct_boot(dir: &Path, image: &MinimalImage, extra: &str) -> Result<VmConfig> {
+    direct_boot_usr(dir, image, &image.report.facts.root_hash, extra)
+}
+
+/// [`direct_boot`] with `usrhash` naming another `/usr` than the release's own (an edited
+/// boot entry).
+pub fn direct_boot_usr(
+    dir: &Path,
+    image: &MinimalImage,
+    usrhash: &str,
+    extra: &str,
+) -> Result<VmConfig> {
     let kernel = KernelTree::shared()?;
     let facts = &image.report.facts;
     if kernel.package != facts.kernel_package {
@@ -216,7 +227,7 @@ pub fn direct_boot(dir: &Path, image: &MinimalImage, extra: &str) -> Result<VmCo
         dir,
         &kernel.vmlinux,
         Some(image.file(basalt_image::build::image::INITRD_IMG)),
-        release_cmdline(image, &facts.root_hash, extra),
+        release_cmdline(image, usrhash, extra),
     )
     .no_reboot(true))
 }

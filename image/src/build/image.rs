@@ -3,6 +3,7 @@
 //! ```text
 //! IMAGE.toml ─► stage /usr (profile; + kernel modules for container-host)
 //!   ─► erofs (reproducible) ─► usr.img = erofs ‖ verity superblock + tree ‖ signed statement
+//!      (OS, version and the whole verity parameter set, the manifest's own)
 //!   ─► vmlinuz (Debian kernel) ─► initrd.img (basalt-init, modules, trust root, boot policy)
 //!   ─► release.json / release.signed (usr with verity facts, kernel, initrd)
 //!   ─► disk.img: GPT layout, slot A = usr.img split at hash_offset, slot B _empty,
@@ -49,7 +50,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/3";
+pub const BUILDER_VERSION: &str = "basalt-image-build/4";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -493,6 +494,17 @@ fn build_into(
             }
         })?;
     let root_hash = Digest(info.root_hash);
+    // One set of verity parameters: the manifest's usr artifact and the signed statement
+    // basalt-init checks carry the same.
+    let verity = Verity {
+        root_hash,
+        salt: hex::encode(&info.salt),
+        data_blocks,
+        hash_offset: erofs_len,
+        hash_algorithm: HashAlgorithm::Sha256,
+        data_block_size: basalt_verity::BLOCK_SIZE as u32,
+        hash_block_size: basalt_verity::BLOCK_SIZE as u32,
+    };
     steps.mark("verity");
 
     // 3. The signed usr-hash statement, in the block after the tree.
@@ -500,7 +512,7 @@ fn build_into(
     let statement = UsrHashStatement {
         os: config.os.name.clone(),
         version: config.os.version.clone(),
-        root_hash,
+        verity: verity.clone(),
     };
     let envelope = sign_usr_hash(&statement, &key_refs).map_err(|source| BuildError::Sign {
         what: "usr-hash statement",
@@ -583,20 +595,7 @@ fn build_into(
         issued_at: req.issued_at,
         expires_at: req.issued_at + ChronoDuration::days(i64::from(config.release.valid_days)),
         artifacts: vec![
-            artifact(
-                ArtifactKind::Usr,
-                USR_IMG,
-                &usr,
-                Some(Verity {
-                    root_hash,
-                    salt: hex::encode(&info.salt),
-                    data_blocks,
-                    hash_offset: erofs_len,
-                    hash_algorithm: HashAlgorithm::Sha256,
-                    data_block_size: basalt_verity::BLOCK_SIZE as u32,
-                    hash_block_size: basalt_verity::BLOCK_SIZE as u32,
-                }),
-            )?,
+            artifact(ArtifactKind::Usr, USR_IMG, &usr, Some(verity))?,
             artifact(ArtifactKind::Kernel, VMLINUZ, &vmlinuz, None)?,
             artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
         ],

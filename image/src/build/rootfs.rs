@@ -88,7 +88,8 @@ pub fn os_release(os: &Os, profile: &str) -> String {
 /// The script the `minimal` profile runs as its init (after `basalt-init`'s switch_root).
 /// It prints what the VM tests look for, then powers off — or, when the kernel command line
 /// has `basalt.test=read-payload`, reads the payload file first (a corrupted block there makes
-/// dm-verity react).
+/// dm-verity react); with `basalt.test=raise-floor` it first raises the machine's `/usr`
+/// version floor to its own version, as the updater does after blessing a release.
 pub const MINIMAL_INIT: &str = r#"#!/usr/bin/busybox sh
 export PATH=/usr/bin
 . /usr/lib/os-release
@@ -110,6 +111,17 @@ else
 fi
 for opt in $(cat /proc/cmdline); do
     case "$opt" in
+    basalt.test=raise-floor)
+        # What the updater does once a release is blessed (basalt_disk::floor): raise the
+        # machine's /usr version floor (EFI variable BasaltUsrFloor) to this version.
+        var=/sys/firmware/efi/efivars/BasaltUsrFloor-94319d65-6987-4f26-9d4a-a3d04fcce95f
+        grep -q ' /sys/firmware/efi/efivars ' /proc/mounts || mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+        if printf '\007\000\000\000%s' "$VERSION_ID" > "$var"; then
+            echo "BASALT-MINIMAL: floor raised to $VERSION_ID"
+        else
+            echo "BASALT-MINIMAL: floor NOT raised"
+        fi
+        ;;
     basalt.test=read-payload)
         echo "BASALT-MINIMAL: reading payload"
         if sha256sum /usr/share/basalt/payload.bin; then
