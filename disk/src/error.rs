@@ -127,9 +127,6 @@ pub enum Error {
     /// A staging request cannot be turned into a boot entry.
     #[error("cannot stage version {version:?}: {reason}")]
     BlsTarget { version: String, reason: String },
-    /// The `/usr` version floor variable cannot be read or written as expected.
-    #[error("/usr version floor {path}: {reason}")]
-    UsrFloor { path: PathBuf, reason: String },
     /// An EFI variable's content is not a valid string variable.
     #[error("EFI variable {name}: {reason}")]
     EfiVar { name: String, reason: &'static str },

@@ -10,13 +10,11 @@
 //!   kernel command line), installing an image into a slot.
 //! - [`range`]: partition-range I/O (device or file + offset + length), bounded memory.
 //! - [`gptprio`]: the ChromeOS/Flatcar GPT-priority [`BootControl`] backend.
-//! - [`floor`]: raising the machine's `/usr` version floor after a blessed update.
 
 pub mod bls;
 pub mod boot;
 mod error;
 pub mod esp;
-pub mod floor;
 pub mod gpt;
 pub mod gptprio;
 pub mod layout;

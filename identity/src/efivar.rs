@@ -15,7 +15,8 @@
 //!   NV counter; see SECURITY.md.)
 //!
 //! Reading only, std only: writing needs the `FS_IOC_SETFLAGS` ioctl (efivarfs marks
-//! variables immutable) and lives with the updater's side (`basalt-disk`).
+//! variables immutable) and lives in `basalt-initramfs` (`floor`, `failrec`), which the
+//! updater links for the same reason.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ pub const LOADER_VENDOR: Guid = guid("4a67b082-0a4c-41cf-b6c7-440b29bb8c4f");
 /// The ESP partition UUID the boot loader was started from.
 pub const LOADER_DEVICE_PART_UUID: &str = "LoaderDevicePartUUID";
 /// Basalt's vendor GUID for its own variables.
-pub const BASALT_VENDOR: Guid = guid("94319d65-6987-4f26-9d4a-a3d04fcce95f");
+pub const BASALT_VENDOR: Guid = guid("009957d3-23b2-474e-b6a0-3215a257ae44");
 /// The `/usr` version floor.
 pub const USR_FLOOR: &str = "BasaltUsrFloor";
 /// Attribute: kept across resets.

@@ -5,8 +5,8 @@
 //! ```text
 //! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► boot policy (/etc/basalt/boot-policy:
 //!      basalt.verity=eio|logging only in test images) ─► load modules (/etc/basalt/modules)
-//!   ─► EFI variables (efivarfs mounted ro, read, unmounted): LoaderDevicePartUUID, the
-//!      /usr version floor ─► poll disks (≤ basalt.wait s) for the boot disk (the one
+//!   ─► EFI variables (efivarfs): LoaderDevicePartUUID, the /usr version floor
+//!   ─► poll disks (≤ basalt.wait s) for the boot disk (the one
 //!      holding the loader's ESP, else the only one holding the usr data partition,
 //!      UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
 //!   ─► verity superblock fits the partitions ─► usrhash signed (if trust root present)
@@ -130,9 +130,10 @@ fn load_modules(log: &mut Log, list: &Path) -> Result<usize, Error> {
     Ok(loaded)
 }
 
-/// The EFI variables basalt-init reads, taken in one go: efivarfs is mounted (read-only)
-/// for the read and unmounted again, so the real system finds `/sys/firmware/efi/efivars`
-/// as the kernel left it and mounts it the way it wants.
+/// The EFI variables basalt-init reads before it trusts any disk. efivarfs is mounted the
+/// way the failure recorder mounts it (`failrec::mount_efivarfs`: loads the module if
+/// needed) and left mounted — it moves into the new root with `/sys`, where systemd finds it
+/// mounted as it would mount it itself.
 #[derive(Debug, Default)]
 struct EfiVars {
     /// systemd-boot's `LoaderDevicePartUUID`.
@@ -142,26 +143,23 @@ struct EfiVars {
 }
 
 fn read_efi_vars(log: &mut Log) -> EfiVars {
-    let dir = Path::new(efivar::EFIVARS_DIR);
-    if !Path::new("/sys/firmware/efi").is_dir() {
-        log.debug("no EFI firmware (direct kernel boot or BIOS): no EFI variables");
-        return EfiVars::default();
-    }
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    let mounted = match sys::mount("efivarfs", dir, "efivarfs", flags, "") {
-        Ok(()) => true,
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => false,
+    let dir = match crate::failrec::mount_efivarfs() {
+        Ok(Some(dir)) => dir,
+        Ok(None) => {
+            log.debug("no EFI firmware (direct kernel boot or BIOS): no EFI variables");
+            return EfiVars::default();
+        }
         Err(e) => {
             log.warn(&format!(
                 "cannot mount efivarfs at {}: {e}; EFI variables not read",
-                dir.display()
+                efivar::EFIVARS_DIR
             ));
             return EfiVars::default();
         }
     };
     // An unreadable floor is ignored, logged: it is no weaker than a deleted one (root can
     // do both, see SECURITY.md), and refusing would brick the machine on a corrupt variable.
-    let floor = match efivar::usr_floor(dir) {
+    let floor = match efivar::usr_floor(&dir) {
         Ok(None) => None,
         Ok(Some(text)) => match Version::parse(&text) {
             Ok(v) => Some(v),
@@ -177,19 +175,10 @@ fn read_efi_vars(log: &mut Log) -> EfiVars {
             None
         }
     };
-    let vars = EfiVars {
-        loader_part: Some(efivar::loader_device_part_uuid(dir)),
+    EfiVars {
+        loader_part: Some(efivar::loader_device_part_uuid(&dir)),
         floor,
-    };
-    if mounted {
-        if let Err(e) = sys::umount(dir) {
-            log.warn(&format!(
-                "cannot unmount efivarfs at {}: {e}",
-                dir.display()
-            ));
-        }
     }
-    vars
 }
 
 /// Who names the boot disk: systemd-boot's `LoaderDevicePartUUID` (the ESP it started

@@ -346,6 +346,14 @@ pub enum Error {
         /// Where the floor comes from.
         set_by: &'static str,
     },
+    /// The `/usr` version floor variable cannot be read or written as expected.
+    #[error("/usr version floor {path}: {reason}")]
+    UsrFloor {
+        /// The efivarfs file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The usr-hash statement does not verify against the trust root for this usrhash.
     #[error("usr-hash statement refused: {reason}")]
     UsrSigVerify {

@@ -192,6 +192,22 @@ pub enum Error {
         /// Where the console was and what it said last.
         console: Box<ConsoleExcerpt>,
     },
+    /// A test server (nginx, tinyproxy, the faulty HTTP server) could not be started.
+    #[error("starting {server}: {detail}")]
+    ServerStart {
+        /// Which server.
+        server: &'static str,
+        /// What went wrong (the end of its error log when there is one).
+        detail: String,
+    },
+    /// A socket operation of a test server failed.
+    #[error("{what}")]
+    Socket {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// QEMU did not exit in time; it was killed.
     #[error("QEMU did not exit within {timeout:?}; killed\n{console}")]
     ExitTimeout {

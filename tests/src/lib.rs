@@ -2,7 +2,8 @@
 //! ([`kernel`]), the QEMU harness every VM scenario drives ([`vm`]), and small fixture builders
 //! that assemble guest inputs with the real system tools ([`fixture`]); the built test images
 //! ([`artifacts`]) and the steps the boot-chain scenarios share (install a slot, stage an
-//! entry, read the ESP back: [`scenario`]).
+//! entry, read the ESP back: [`scenario`]). For the update agent's HTTP tests: real nginx,
+//! tinyproxy and a throwaway PKI ([`web`]), and a misbehaving HTTP server ([`faulty_http`]).
 //!
 //! Owns: how QEMU is started (TCG only, no network, OVMF or direct kernel boot), how the serial
 //! console is captured and matched, how a guest is killed, and where the guest kernel comes
@@ -14,11 +15,13 @@
 
 pub mod artifacts;
 pub mod error;
+pub mod faulty_http;
 pub mod fixture;
 pub mod hostile;
 pub mod scenario;
 pub mod tool;
 pub mod vm;
+pub mod web;
 
 /// The Debian guest kernel: the product's fetcher (`basalt_image::kernel`), one implementation.
 pub use basalt_image::kernel;

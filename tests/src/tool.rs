@@ -20,3 +20,11 @@ pub const MDIR: Tool = Tool::new("mdir", "mtools");
 pub const QEMU: Tool = Tool::new("qemu-system-x86_64", "qemu-system-x86");
 /// `veritysetup` (package `cryptsetup-bin`).
 pub const VERITYSETUP: Tool = Tool::new("veritysetup", "cryptsetup-bin");
+/// `nginx` (package `nginx-light`; any nginx flavour with the ssl module works).
+pub const NGINX: Tool = Tool::new("nginx", "nginx-light");
+/// `openssl` (package `openssl`).
+pub const OPENSSL: Tool = Tool::new("openssl", "openssl");
+/// `tinyproxy` (package `tinyproxy`).
+pub const TINYPROXY: Tool = Tool::new("tinyproxy", "tinyproxy");
+/// `curl` (package `curl`).
+pub const CURL: Tool = Tool::new("curl", "curl");

@@ -9,9 +9,13 @@
 //! (`basalt-disk`), the verity format (`basalt-verity`), building or publishing releases
 //! (`basalt`).
 //!
+//! [`http`] is the node's one HTTP(S) client (hyper + rustls/ring): the HTTP release source
+//! (`source::http`), the FleetLock client and the HTTP health checks all use it.
+//!
 //! The seam between the daemon (state, D-Bus, timers) and the pipeline (disk and network I/O) is
 //! the [`engine::Engine`] trait: blocking calls the daemon runs on a worker thread, one at a
 //! time.
 
 pub mod engine;
+pub mod http;
 pub mod source;

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: throughput against peers run in the same process run.
+//! `cargo xtask bench`: throughput against peers run in the same process run
+//! (`--only verity|http` for one of them; the HTTP bench is in `bench_http.rs`).
 //!
 //! verity: `basalt_verity::format` on one thread and on all cores vs `veritysetup format`, on
 //! the same random file (1 GiB by default, cached under `target/bench/`), best of N rounds.
@@ -29,15 +30,41 @@ pub struct Args {
     /// Rounds; each figure is the best of them.
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// Which benches to run.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    only: Only,
+    /// Size of the file fetched over HTTP, in MiB.
+    #[arg(long, default_value_t = 512)]
+    http_size_mib: u64,
+}
+
+/// A subset of the benches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    All,
+    /// `basalt_verity::format` vs `veritysetup format`.
+    Verity,
+    /// `HttpSource` vs `curl | openssl dgst` from nginx on 127.0.0.1.
+    Http,
 }
 
 const UUID: &str = "00000000-0000-4000-8000-000000000000";
 
 pub fn run(args: Args) -> Result<()> {
     ensure!(
-        args.size_mib > 0 && args.runs > 0,
-        "--size-mib and --runs must be positive"
+        args.size_mib > 0 && args.runs > 0 && args.http_size_mib > 0,
+        "--size-mib, --http-size-mib and --runs must be positive"
     );
+    if matches!(args.only, Only::All | Only::Verity) {
+        verity(&args)?;
+    }
+    if matches!(args.only, Only::All | Only::Http) {
+        crate::bench_http::run(args.http_size_mib, args.runs)?;
+    }
+    Ok(())
+}
+
+fn verity(args: &Args) -> Result<()> {
     let veritysetup = ["/usr/sbin/veritysetup", "/sbin/veritysetup"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -139,13 +166,13 @@ pub fn run(args: Args) -> Result<()> {
 /// Wall-clock time and CPU seconds (user + system, of this process and of waited-for
 /// children) of one run.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    wall: Duration,
-    cpu: f64,
+pub(crate) struct Sample {
+    pub(crate) wall: Duration,
+    pub(crate) cpu: f64,
 }
 
 impl Sample {
-    fn worst() -> Self {
+    pub(crate) fn worst() -> Self {
         Sample {
             wall: Duration::MAX,
             cpu: f64::MAX,
@@ -154,7 +181,7 @@ impl Sample {
 }
 
 /// Clock ticks per second of the times in /proc (`getconf CLK_TCK`, 100 on Linux).
-fn clock_tick() -> f64 {
+pub(crate) fn clock_tick() -> f64 {
     sh::output(Command::new("getconf").arg("CLK_TCK"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -181,7 +208,7 @@ fn cpu_ticks() -> Result<u64> {
     Ok(sum)
 }
 
-fn measure(tick: f64, f: impl FnOnce() -> Result<()>) -> Result<Sample> {
+pub(crate) fn measure(tick: f64, f: impl FnOnce() -> Result<()>) -> Result<Sample> {
     let cpu0 = cpu_ticks()?;
     let start = Instant::now();
     f()?;
@@ -211,7 +238,7 @@ fn read(p: &Path) -> Result<Vec<u8>> {
     fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
 
-fn hex_encode(b: &[u8]) -> String {
+pub(crate) fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -232,7 +259,7 @@ fn format_ours(data: &Path, hash: &Path, salt: &[u8], threads: usize) -> Result<
 
 /// Create `path` with `len` pseudo-random bytes unless it already has that size (the content
 /// does not matter for hashing speed, only that it is not compressible or sparse).
-fn ensure_random_file(path: &PathBuf, len: u64) -> Result<()> {
+pub(crate) fn ensure_random_file(path: &PathBuf, len: u64) -> Result<()> {
     if fs::metadata(path).map(|m| m.len() == len).unwrap_or(false) {
         return Ok(());
     }

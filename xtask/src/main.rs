@@ -6,6 +6,7 @@
 //! - `demo`  — the newcomer's tour of what Basalt does today.
 
 mod bench;
+mod bench_http;
 mod demo;
 mod sh;
 mod test;

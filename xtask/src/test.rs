@@ -33,6 +33,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "gpgv",
     "debian-archive-keyring",
     "openssl",
+    // The HTTP source's peers (tests/src/web.rs): a real web server, a forward proxy, and
+    // curl for `cargo xtask bench`.
+    "nginx-light",
+    "tinyproxy",
+    "curl",
     // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
     "gcc",
     "linux-libc-dev",
@@ -122,6 +127,7 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("disk", "gpt"),
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
+    ("updater", "http_headers"),
     ("identity", "gpt"),
     ("identity", "text"),
 ];

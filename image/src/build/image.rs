@@ -50,6 +50,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
+// 3: stage keys, efivarfs module; 4: boot policy, usr-hash statement v2 (trusted boot)
 pub const BUILDER_VERSION: &str = "basalt-image-build/4";
 
 /// The file names in a release directory.
@@ -84,7 +85,8 @@ pub const INITRD_MODULES: [&str; 6] = [
 ];
 /// Modules loaded when present and loadable (sha256-ssse3 fails with ENODEV under TCG's
 /// default CPU; efivarfs lets basalt-init read which ESP systemd-boot started from and the
-/// `/usr` version floor — absent on a BIOS or direct kernel boot, which then go without).
+/// `/usr` version floor, and record a failure for the next boot (`basalt_initramfs::failrec`)
+/// — absent on a BIOS or direct kernel boot, which then go without).
 pub const INITRD_OPTIONAL_MODULES: [&str; 2] = ["sha256-ssse3", "efivarfs"];
 /// Extra optional modules for the container-host profile: systemd mounts the ESP (vfat).
 pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nls_ascii"];

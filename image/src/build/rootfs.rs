@@ -109,12 +109,20 @@ if touch /usr/.write-test 2>/dev/null; then
 else
     echo "BASALT-MINIMAL: /usr is read-only"
 fi
+# Failures basalt-init recorded on earlier boots (EFI variable: 4 attribute bytes, then
+# one line per failed boot; read through a pipe, efivarfs files do not seek).
+if [ -d /sys/firmware/efi ]; then
+    grep -q ' /sys/firmware/efi/efivars ' /proc/mounts ||
+        mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+    cat /sys/firmware/efi/efivars/@FAILREC_VAR@ \
+        2>/dev/null | tail -c +5 | sed 's/^/BASALT-MINIMAL: init-failure: /'
+fi
 for opt in $(cat /proc/cmdline); do
     case "$opt" in
     basalt.test=raise-floor)
-        # What the updater does once a release is blessed (basalt_disk::floor): raise the
+        # What the updater does once a release is blessed (basalt_initramfs::floor): raise the
         # machine's /usr version floor (EFI variable BasaltUsrFloor) to this version.
-        var=/sys/firmware/efi/efivars/BasaltUsrFloor-94319d65-6987-4f26-9d4a-a3d04fcce95f
+        var=/sys/firmware/efi/efivars/@FLOOR_VAR@
         grep -q ' /sys/firmware/efi/efivars ' /proc/mounts || mount -t efivarfs efivarfs /sys/firmware/efi/efivars
         if printf '\007\000\000\000%s' "$VERSION_ID" > "$var"; then
             echo "BASALT-MINIMAL: floor raised to $VERSION_ID"
@@ -136,6 +144,20 @@ echo "BASALT-MINIMAL: done"
 sync
 poweroff -f
 "#;
+
+/// [`MINIMAL_INIT`] as installed: `@FAILREC_VAR@` becomes the efivarfs name of
+/// basalt-init's failure records (`basalt_initramfs::failrec`, the one place it is defined),
+/// `@FLOOR_VAR@` that of the `/usr` version floor (`basalt_identity::efivar`).
+pub fn minimal_init() -> String {
+    let floor = basalt_identity::efivar::path(
+        std::path::Path::new(""),
+        basalt_identity::efivar::USR_FLOOR,
+        basalt_identity::efivar::BASALT_VENDOR,
+    );
+    MINIMAL_INIT
+        .replace("@FAILREC_VAR@", &basalt_initramfs::failrec::var_file_name())
+        .replace("@FLOOR_VAR@", &floor.to_string_lossy())
+}
 
 /// Size of the deterministic payload in the minimal image (the corruption tests target it).
 pub const PAYLOAD_BYTES: usize = 4 << 20;
@@ -177,7 +199,7 @@ pub fn stage_minimal(staging: &Path, os: &Os, busybox: &Path) -> Result<(), Root
     }
     write(&usr.join("lib/os-release"), os_release(os, "minimal"))?;
     let init = usr.join("lib/basalt/init-minimal");
-    write(&init, MINIMAL_INIT)?;
+    write(&init, minimal_init())?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &init))?;
     write(&usr.join("share/basalt/payload.bin"), payload())?;
     let factory = usr.join("share/factory/etc");

@@ -10,6 +10,8 @@
 
 use std::io::Read;
 
+pub mod http;
+
 /// A byte range of a file: from `offset`, `len` bytes (to the end of the file when `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {

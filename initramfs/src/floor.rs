@@ -17,16 +17,19 @@
 //! `min-usr-version` applies.
 //!
 //! Only raising is offered: a lower or equal version leaves the variable untouched.
+//!
+//! Here, next to `failrec`, because both write Basalt's EFI variables through efivarfs (the
+//! immutable flag: `sys::set_immutable`) and the updater links this crate for `failrec`'s
+//! reader already; basalt-init itself only reads the floor (`basalt_identity::efivar`).
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use basalt_identity::efivar;
-use semver::Version;
+use basalt_manifest::semver::Version;
 
-use crate::Error;
+use crate::error::Error;
 
 /// What [`raise_usr_floor`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,12 +73,16 @@ pub fn raise_usr_floor(efivars: &Path, version: &Version) -> Result<FloorChange,
         });
     }
     let path = efivar::path(efivars, efivar::USR_FLOOR, efivar::BASALT_VENDOR);
-    let io = |op| {
+    let io = |operation| {
         let path = path.clone();
-        move |source| Error::Io { op, path, source }
+        move |source| Error::Fs {
+            operation,
+            path,
+            source,
+        }
     };
     if path.exists() {
-        set_immutable(&path, false).map_err(io("make writable (chattr -i)"))?;
+        crate::sys::set_immutable(&path, false).map_err(io("making writable (chattr -i)"))?;
     }
     // efivarfs takes the attributes and the whole value in one write(2), which replaces the
     // variable; it has no use for O_TRUNC. Any other file system (tests) needs it.
@@ -85,8 +92,8 @@ pub fn raise_usr_floor(efivars: &Path, version: &Version) -> Result<FloorChange,
         .create(true)
         .truncate(!is_efivarfs(efivars))
         .open(&path)
-        .map_err(io("open EFI variable"))?;
-    let n = f.write(&bytes).map_err(io("write EFI variable"))?;
+        .map_err(io("opening EFI variable"))?;
+    let n = f.write(&bytes).map_err(io("writing EFI variable"))?;
     if n != bytes.len() {
         return Err(Error::UsrFloor {
             path,
@@ -109,38 +116,6 @@ fn is_efivarfs(dir: &Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == EFIVARFS_MAGIC }
-}
-
-/// `FS_IOC_GETFLAGS` / `FS_IOC_SETFLAGS` (linux/fs.h) and the immutable bit: efivarfs marks
-/// variables it does not know as immutable, so they must be unlocked before a write. A file
-/// system without the flags (tests on tmpfs) is treated as unlocked.
-fn set_immutable(path: &Path, on: bool) -> std::io::Result<()> {
-    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
-    const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
-    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
-    let f = std::fs::File::open(path)?;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: a valid descriptor and a pointer to a long, as the ioctl expects.
-    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(()),
-            _ => Err(e),
-        };
-    }
-    let wanted = if on {
-        flags | FS_IMMUTABLE_FL
-    } else {
-        flags & !FS_IMMUTABLE_FL
-    };
-    if wanted == flags {
-        return Ok(());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS, &wanted) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
