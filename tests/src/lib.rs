@@ -19,6 +19,7 @@ pub mod faulty_http;
 pub mod fixture;
 pub mod hostile;
 pub mod scenario;
+pub mod secure;
 pub mod tool;
 pub mod vm;
 pub mod web;

@@ -33,6 +33,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "gpgv",
     "debian-archive-keyring",
     "openssl",
+    // sbsign/sbverify: signing UKIs and systemd-boot for Secure Boot (image, tests).
+    "sbsigntool",
+    // cert-to-efi-sig-list, sign-efi-sig-list: Secure Boot key enrolment files.
+    "efitools",
+    // objdump: the PE peer of the UKI builder (image/tests/uki_peers.rs).
+    "binutils",
     // The HTTP source's peers (tests/src/web.rs): a real web server, a forward proxy, and
     // curl for `cargo xtask bench`.
     "nginx-light",
