@@ -804,5 +804,28 @@ mod tests {
         assert!(cmdline_usrhash("console=ttyS0 root=/dev/vda").is_none());
         assert!(cmdline_usrhash("usrhash=xyz").unwrap().is_err());
         assert!(cmdline_usrhash("myusrhash=abc").is_none());
+        // The kernel's quoting, as basalt-init reads the same line: quotes are removed
+        // wherever they are, a quoted space does not split, `--` ends the kernel's part.
+        for quoted in [
+            format!("usrhash=\"{h}\""),
+            format!("\"usrhash={h}\""),
+            format!("a=\"x y\" usrhash={h}"),
+        ] {
+            assert_eq!(
+                cmdline_usrhash(&quoted).unwrap().unwrap().to_hex(),
+                h,
+                "{quoted}"
+            );
+        }
+        assert!(cmdline_usrhash(&format!("a=\"x usrhash={h}\"")).is_none());
+        assert!(cmdline_usrhash(&format!("ro -- usrhash={h}")).is_none());
+        assert!(matches!(
+            cmdline_usrhash(&format!("usrhash={}", "0".repeat(64))),
+            Some(Err(Error::InvalidRootHash { .. }))
+        ));
+        assert!(matches!(
+            cmdline_usrhash("usrhash"),
+            Some(Err(Error::InvalidRootHash { .. }))
+        ));
     }
 }

@@ -13,6 +13,11 @@
 //!    here each cycle is a new QEMU run on the same disk and variables.
 //! 3. v2's UKI unsigned: the same.
 //! 4. systemd-boot with one byte changed: the firmware refuses to start it; nothing boots.
+//! 5. The production path: firmware in setup mode (no keys), `basalt secure-boot keys`'
+//!    `loader/keys/basalt/*.auth` on the ESP and `secure-boot-enroll force` in loader.conf;
+//!    systemd-boot enrols PK, KEK and db and resets; from then on Secure Boot is enforcing
+//!    with our keys, and our db-signed systemd-boot and UKI boot v1 (a snakeoil-signed
+//!    systemd-boot is then refused).
 //!
 //! Each case runs on its own disk copy even when another fails.
 
@@ -63,7 +68,7 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
         sd_boot,
     };
     type Case = fn(&Path, &MinimalImage, &Inputs) -> Result<()>;
-    let cases: [(&str, &str, Case); 4] = [
+    let cases: [(&str, &str, Case); 5] = [
         ("the signed chain boots", "signed", signed_chain),
         (
             "a UKI with one byte changed falls back",
@@ -75,6 +80,11 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
             "systemd-boot with one byte changed is refused",
             "tampered-loader",
             tampered_loader,
+        ),
+        (
+            "our own keys enrolled by systemd-boot",
+            "enrol",
+            enrol_own_keys,
         ),
     ];
     let mut failed = Vec::new();
@@ -262,6 +272,60 @@ fn tampered_loader(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()>
     ensure!(
         entries == ["basalt-1.0.0.efi", "basalt-2.0.0+3.efi"],
         "systemd-boot must not have run: {entries:?}"
+    );
+    Ok(())
+}
+
+fn enrol_own_keys(dir: &Path, v1: &MinimalImage, _inputs: &Inputs) -> Result<()> {
+    use basalt_disk::Esp;
+    let keys = basalt_image::build::sbkeys::generate(
+        &dir.join("keys"),
+        "Basalt Test",
+        "basalt",
+        "5a1d3a6e-0b1c-4d2e-9f30-112233445566",
+    )?;
+    let signer = (keys.file("db", "key"), keys.file("db", "crt"));
+    let uki = dir.join("basalt-1.0.0.efi");
+    release_uki(v1, &v1.report.facts.root_hash, "", Some(&signer), &uki)?;
+    let sd_boot = signed_systemd_boot(&signer, &dir.join("systemd-bootx64.efi"))?;
+    let disk = dir.join("disk.img");
+    v1.copy_disk(&disk)?;
+    secure_esp(&disk, &sd_boot, &[("basalt-1.0.0.efi", &uki)])?;
+    let mut esp = basalt_tests::secure::esp(&disk)?;
+    for key in basalt_image::build::sbkeys::KEYS {
+        let auth = std::fs::read(keys.loader_keys.join(format!("{key}.auth")))?;
+        esp.write_atomic(&format!("loader/keys/basalt/{key}.auth"), &auth)?;
+    }
+    let conf = String::from_utf8(esp.read("loader/loader.conf")?)?;
+    esp.write_atomic(
+        "loader/loader.conf",
+        format!("{conf}secure-boot-enroll force\n").as_bytes(),
+    )?;
+    drop(esp);
+
+    let config = VmConfig::uefi(dir)
+        .secure_boot_setup_mode()
+        .disk(&disk)
+        .no_reboot(true);
+    // Run 1: systemd-boot enrols the keys and resets the machine (QEMU exits).
+    let mut vm = config.spawn()?;
+    let seen = vm.expect_any(&["Linux version ", UP, "reboot", "Enrolling"], BOOT);
+    let exit = vm.wait_exit(BOOT);
+    println!("enrolment run: {seen:?}, {exit:?}");
+    ensure!(
+        !vm.console().contains("Linux version "),
+        "a kernel started before the keys were enrolled\n{}",
+        vm.excerpt()
+    );
+    // Run 2: enforcing with our keys.
+    let mut vm = config.spawn()?;
+    let seen = vm.expect_any(&[&format!("{UP}1.0.0"), "Access Denied"], BOOT)?;
+    ensure!(seen == 0, "our signed chain did not boot\n{}", vm.excerpt());
+    vm.expect_poweroff(STEP)?;
+    ensure!(
+        vm.console().contains(SB_ON),
+        "Secure Boot is not enforcing after the enrolment\n{}",
+        vm.excerpt()
     );
     Ok(())
 }
