@@ -17,8 +17,9 @@ pub enum Command {
         /// Certificate common names: "<COMMON_NAME> PK", "… KEK", "… db".
         #[arg(long, default_value = "Basalt")]
         common_name: String,
-        /// The key set's folder name under loader/keys/ on the ESP.
-        #[arg(long, default_value = "basalt")]
+        /// The key set's folder name under loader/keys/ on the ESP: systemd-boot enrols only
+        /// `auto` unattended (`secure-boot-enroll force`); any other name is a menu entry.
+        #[arg(long, default_value = sbkeys::AUTO_ENROL)]
         name: String,
         /// Signature owner GUID (default: a random one).
         #[arg(long)]

@@ -64,7 +64,7 @@ fn keys_sign_and_verify_with_the_peers() {
         let esl = std::fs::read(k.join(format!("{key}.esl"))).unwrap();
         let auth = std::fs::read(k.join(format!("{key}.auth"))).unwrap();
         assert!(auth.len() > esl.len() && auth.ends_with(&esl), "{key}.auth");
-        let on_esp = std::fs::read(k.join(format!("loader/keys/basalt/{key}.auth"))).unwrap();
+        let on_esp = std::fs::read(k.join(format!("loader/keys/auto/{key}.auth"))).unwrap();
         assert_eq!(on_esp, auth);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(k.join(format!("{key}.key")))

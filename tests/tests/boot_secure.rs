@@ -14,12 +14,14 @@
 //! 3. v2's UKI unsigned: the same.
 //! 4. systemd-boot with one byte changed: the firmware refuses to start it; nothing boots.
 //! 5. The production path: firmware in setup mode (no keys), `basalt secure-boot keys`'
-//!    `loader/keys/basalt/*.auth` on the ESP and `secure-boot-enroll force` in loader.conf;
+//!    `loader/keys/auto/*.auth` on the ESP and `secure-boot-enroll force` in loader.conf;
 //!    systemd-boot enrols PK, KEK and db and resets; from then on Secure Boot is enforcing
-//!    with our keys, and our db-signed systemd-boot and UKI boot v1 (a snakeoil-signed
-//!    systemd-boot is then refused).
+//!    with our keys, and our db-signed systemd-boot and UKI boot v1; a snakeoil-signed
+//!    systemd-boot is then refused. (systemd-boot enrols unattended only a key set named
+//!    `auto`; any other name is just a menu entry.)
 //!
-//! Each case runs on its own disk copy even when another fails.
+//! Each case runs on its own disk copy even when another fails; `BASALT_SECURE_CASES=enrol,…`
+//! (the case folders) runs only those.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,8 +89,18 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
             enrol_own_keys,
         ),
     ];
+    // BASALT_SECURE_CASES=enrol,signed runs only those (while working on one case).
+    let only = std::env::var("BASALT_SECURE_CASES").ok();
+    let wanted = |folder: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|c| c.trim() == folder))
+    };
+    ensure!(
+        cases.iter().any(|(_, folder, _)| wanted(folder)),
+        "BASALT_SECURE_CASES={only:?} names no case"
+    );
     let mut failed = Vec::new();
-    for (name, folder, case) in cases {
+    for (name, folder, case) in cases.into_iter().filter(|(_, f, _)| wanted(f)) {
         let dir = root.join(folder);
         std::fs::create_dir_all(&dir)?;
         match case(&dir, &v1, &inputs) {
@@ -276,12 +288,12 @@ fn tampered_loader(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()>
     Ok(())
 }
 
-fn enrol_own_keys(dir: &Path, v1: &MinimalImage, _inputs: &Inputs) -> Result<()> {
+fn enrol_own_keys(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()> {
     use basalt_disk::Esp;
     let keys = basalt_image::build::sbkeys::generate(
         &dir.join("keys"),
         "Basalt Test",
-        "basalt",
+        basalt_image::build::sbkeys::AUTO_ENROL,
         "5a1d3a6e-0b1c-4d2e-9f30-112233445566",
     )?;
     let signer = (keys.file("db", "key"), keys.file("db", "crt"));
@@ -294,7 +306,7 @@ fn enrol_own_keys(dir: &Path, v1: &MinimalImage, _inputs: &Inputs) -> Result<()>
     let mut esp = basalt_tests::secure::esp(&disk)?;
     for key in basalt_image::build::sbkeys::KEYS {
         let auth = std::fs::read(keys.loader_keys.join(format!("{key}.auth")))?;
-        esp.write_atomic(&format!("loader/keys/basalt/{key}.auth"), &auth)?;
+        esp.write_atomic(&format!("loader/keys/auto/{key}.auth"), &auth)?;
     }
     let conf = String::from_utf8(esp.read("loader/loader.conf")?)?;
     esp.write_atomic(
@@ -327,5 +339,18 @@ fn enrol_own_keys(dir: &Path, v1: &MinimalImage, _inputs: &Inputs) -> Result<()>
         "Secure Boot is not enforcing after the enrolment\n{}",
         vm.excerpt()
     );
+    // Run 3: a loader signed by another key (Debian's snakeoil) is refused: only our db
+    // is trusted now.
+    let mut esp = basalt_tests::secure::esp(&disk)?;
+    esp.write_atomic("EFI/BOOT/BOOTX64.EFI", &inputs.sd_boot)?;
+    drop(esp);
+    let mut vm = config.spawn()?;
+    let seen = vm.expect_any(&["Access Denied", "Linux version ", UP], BOOT)?;
+    ensure!(
+        seen == 0,
+        "a loader signed by another key started something\n{}",
+        vm.excerpt()
+    );
+    vm.kill()?;
     Ok(())
 }

@@ -12,10 +12,14 @@
 //! OUT/loader/keys/<name>/PK.auth KEK.auth db.auth   (copy to the ESP's loader/keys/)
 //! ```
 //!
-//! The production path (systemd-boot 252): put `loader/keys/<name>/*.auth` on the ESP and
+//! The production path (systemd-boot 252): put `loader/keys/auto/*.auth` on the ESP and
 //! `secure-boot-enroll force` in `loader/loader.conf`; on a machine in setup mode systemd-boot
-//! enrols them (counting down first) and reboots, and from then on only binaries signed by
-//! `db.key` run. Sign systemd-boot and UKIs with `db.key`/`db.crt` (`uki::sign`). Keep
+//! enrols them (on bare metal after a 15 s countdown a key press aborts; in a VM at once) and
+//! resets, and from then on only binaries signed by `db.key` run. Only a key set named `auto`
+//! ([`AUTO_ENROL`]) is enrolled unattended: any other name just becomes a menu entry
+//! ("Enroll Secure Boot keys: NAME") someone at the console must pick — systemd-boot's rule
+//! (`secure_boot_discover_keys` in `src/boot/efi/boot.c`), found the hard way when a set named
+//! `basalt` was silently skipped in the VM scenario. Sign systemd-boot and UKIs with `db.key`/`db.crt` (`uki::sign`). Keep
 //! `PK.key` and `KEK.key` offline: they only sign future key updates (e.g. a new db).
 
 use std::path::{Path, PathBuf};
@@ -58,6 +62,10 @@ pub enum SbKeysError {
         name: String,
     },
 }
+
+/// The key set name systemd-boot enrols without anyone at the console
+/// (`secure-boot-enroll force`).
+pub const AUTO_ENROL: &str = "auto";
 
 /// The three keys, in enrolment order.
 pub const KEYS: [&str; 3] = ["PK", "KEK", "db"];
