@@ -1,4 +1,5 @@
-//! `basalt secure-boot …` and `basalt uki …`: glue over `basalt_image::build::{sbkeys, uki}`.
+//! `basalt secure-boot keys|sign|release-uki|uki`: glue over
+//! `basalt_image::build::{sbkeys, uki}`.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,22 @@ pub enum Command {
         out: PathBuf,
         /// The EFI binary.
         input: PathBuf,
+    },
+    /// Build a release's unified kernel image from a `basalt image build` output folder
+    /// (vmlinuz, initrd.img, build.json: its command line plus usrhash=, os-release from its
+    /// OS and version) into RELEASE/<os>-<version>.efi, signed when --key/--cert are given.
+    ReleaseUki {
+        /// The db private key (PEM); with --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// The db certificate (PEM); with --key.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// systemd-stub.
+        #[arg(long, default_value = uki::STUB)]
+        stub: PathBuf,
+        /// The release folder.
+        release: PathBuf,
     },
     /// Build a unified kernel image: systemd-stub + kernel + initrd + command line + os-release.
     Uki {
@@ -93,6 +110,22 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         } => {
             uki::sign(&input, &key, &cert, &out)?;
             println!("signed {} → {}", input.display(), out.display());
+            Ok(())
+        }
+        Command::ReleaseUki {
+            key,
+            cert,
+            stub,
+            release,
+        } => {
+            let signer = key.as_deref().zip(cert.as_deref());
+            let out = uki::build_release(&release, &stub, signer)?;
+            let how = if signer.is_some() {
+                "signed"
+            } else {
+                "unsigned"
+            };
+            println!("wrote {} ({how})", out.display());
             Ok(())
         }
         Command::Uki {
