@@ -154,13 +154,24 @@ pub fn generate(
             .arg(set.file(key, "auth"));
         SIGN_EFI_SIG_LIST.run(&mut auth)?;
     }
+    let atomic = |e: basalt_fsutil::Error| SbKeysError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    };
     std::fs::create_dir_all(&set.loader_keys).map_err(io("create", &set.loader_keys))?;
     for key in KEYS {
-        let to = set.loader_keys.join(format!("{key}.auth"));
-        std::fs::copy(set.file(key, "auth"), &to).map_err(io("copy to", &to))?;
+        let from = set.file(key, "auth");
+        let auth = std::fs::read(&from).map_err(io("read", &from))?;
+        basalt_fsutil::write_atomic(&set.loader_keys.join(format!("{key}.auth")), &auth, 0o644)
+            .map_err(atomic)?;
     }
-    let owner_file = dir.join("owner.guid");
-    std::fs::write(&owner_file, format!("{owner}\n")).map_err(io("write", &owner_file))?;
+    basalt_fsutil::write_atomic(
+        &dir.join("owner.guid"),
+        format!("{owner}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(atomic)?;
     for key in KEYS {
         use std::os::unix::fs::PermissionsExt;
         let p = set.file(key, "key");
