@@ -13,7 +13,11 @@
 //!    here each cycle is a new QEMU run on the same disk and variables.
 //! 3. v2's UKI unsigned: the same.
 //! 4. systemd-boot with one byte changed: the firmware refuses to start it; nothing boots.
-//! 5. The production path: firmware in setup mode (no keys), `basalt secure-boot keys`'
+//! 5. A type #1 entry (which an attacker with the ESP can write) that boots v1's signed UKI
+//!    through an `efi` line with its own `options` (`init=`, `basalt.verity=logging`, another
+//!    `usrhash=`): systemd-stub ignores them under Secure Boot, the kernel gets the UKI's
+//!    signed command line and v1 boots as released.
+//! 6. The production path: firmware in setup mode (no keys), `basalt secure-boot keys`'
 //!    `loader/keys/auto/*.auth` on the ESP and `secure-boot-enroll force` in loader.conf;
 //!    systemd-boot enrols PK, KEK and db and resets; from then on Secure Boot is enforcing
 //!    with our keys, and our db-signed systemd-boot and UKI boot v1; a snakeoil-signed
@@ -70,7 +74,7 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
         sd_boot,
     };
     type Case = fn(&Path, &MinimalImage, &Inputs) -> Result<()>;
-    let cases: [(&str, &str, Case); 5] = [
+    let cases: [(&str, &str, Case); 6] = [
         ("the signed chain boots", "signed", signed_chain),
         (
             "a UKI with one byte changed falls back",
@@ -82,6 +86,11 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
             "systemd-boot with one byte changed is refused",
             "tampered-loader",
             tampered_loader,
+        ),
+        (
+            "an entry's options do not reach a signed UKI",
+            "edited-options",
+            edited_options,
         ),
         (
             "our own keys enrolled by systemd-boot",
@@ -284,6 +293,54 @@ fn tampered_loader(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()>
     ensure!(
         entries == ["basalt-1.0.0.efi", "basalt-2.0.0+3.efi"],
         "systemd-boot must not have run: {entries:?}"
+    );
+    Ok(())
+}
+
+fn edited_options(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()> {
+    use basalt_disk::Esp;
+    let disk = dir.join("disk.img");
+    v1.copy_disk(&disk)?;
+    secure_esp(&disk, &inputs.sd_boot, &[])?;
+    let hostile = format!(
+        "console=ttyS0 panic=-1 init=/bin/sh basalt.verity=logging usrhash={}",
+        "ab".repeat(32)
+    );
+    let mut esp = basalt_tests::secure::esp(&disk)?;
+    esp.write_atomic("basalt/uki/basalt-1.0.0.efi", &std::fs::read(&inputs.uki1)?)?;
+    esp.write_atomic(
+        "loader/entries/edited.conf",
+        format!(
+            "title Edited\nversion 9.9.9\nefi /basalt/uki/basalt-1.0.0.efi\noptions {hostile}\n"
+        )
+        .as_bytes(),
+    )?;
+    drop(esp);
+    let mut vm = VmConfig::uefi(dir)
+        .secure_boot(true)
+        .disk(&disk)
+        .no_reboot(true)
+        .spawn()?;
+    let seen = vm.expect_any(&[&format!("{UP}1.0.0"), "BASALT-INIT FAILED"], BOOT)?;
+    ensure!(seen == 0, "v1 did not boot as released\n{}", vm.excerpt());
+    vm.expect_poweroff(STEP)?;
+    let console = vm.console();
+    let line = console
+        .lines()
+        .find(|l| l.contains("Command line: "))
+        .context("the kernel printed no command line")?;
+    ensure!(
+        !line.contains("init=/bin/sh") && !line.contains(&"ab".repeat(32)),
+        "the entry's options reached the kernel: {line}"
+    );
+    ensure!(
+        line.contains(&format!("usrhash={}", v1.report.facts.root_hash)),
+        "the UKI's own command line is not the kernel's: {line}"
+    );
+    ensure!(
+        console.contains(SB_ON),
+        "Secure Boot is off\n{}",
+        vm.excerpt()
     );
     Ok(())
 }
