@@ -1,0 +1,1 @@
+//! The operator CLI client (in progress).
