@@ -263,3 +263,83 @@ pub struct History {
     /// Per wave: nodes admitted so far.
     pub admitted_by_wave: Vec<u64>,
 }
+
+/// `status POOL` for people: the rollout, its counts by stage and wave, its failures.
+pub fn render_status(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let p = &s.pool;
+    let _ = writeln!(
+        o,
+        "pool {} ({}/{}), {} nodes",
+        p.name, p.channel, p.arch, p.nodes
+    );
+    if let Some(pin) = &p.pin {
+        let _ = writeln!(o, "pinned at {pin}");
+    }
+    let versions: Vec<String> = s
+        .versions
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
+    let _ = writeln!(o, "versions: {}", versions.join(", "));
+    let Some(r) = &s.rollout else {
+        let _ = writeln!(o, "no rollout");
+        return o;
+    };
+    let i = &r.info;
+    let _ = writeln!(
+        o,
+        "rollout {} to {} (sequence {}): {}{}",
+        i.id,
+        i.target.version,
+        i.target.sequence,
+        i.state.as_str(),
+        if r.complete { ", complete" } else { "" }
+    );
+    if let Some(reason) = &i.reason {
+        let _ = writeln!(o, "  why: {reason}");
+    }
+    let _ = writeln!(
+        o,
+        "  started {}; waves allow {}%; at target {}; touched {}; failed {}; in flight {}/{}; unavailable {}/{}",
+        i.started_at.to_rfc3339(),
+        r.allowed_percent,
+        r.at_target,
+        r.touched,
+        r.failed,
+        r.in_flight,
+        r.in_flight_limit,
+        r.unavailable,
+        r.unavailable_limit
+    );
+    let stages: Vec<String> = r.stages.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(o, "  by stage: {}", stages.join(", "));
+    for w in &r.waves {
+        let stages: Vec<String> = w.stages.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            o,
+            "  wave {} ({}%, {} {}): {} nodes: {}",
+            w.wave,
+            w.percent,
+            if w.open { "opened" } else { "opens" },
+            w.opens_at.to_rfc3339(),
+            w.nodes,
+            stages.join(", ")
+        );
+    }
+    if !r.failures.is_empty() {
+        let _ = writeln!(o, "  failures:");
+        for f in &r.failures {
+            let _ = writeln!(
+                o,
+                "    {} {} at {}: {}",
+                f.node,
+                f.version,
+                f.at.to_rfc3339(),
+                f.reason
+            );
+        }
+    }
+    o
+}

@@ -573,40 +573,6 @@ impl Service {
         }
     }
 
-    /// Creates an operator token without an HTTP call (bootstrap: `basalt-rollout operator
-    /// add`, run against the database).
-    pub fn create_operator_token(&self, name: &str) -> Result<api::TokenIssued> {
-        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(Error::bad("operator name", "1-128 printable characters"));
-        }
-        let (token, hash) = self.new_token(TokenKind::Operator)?;
-        let mut tx = self.tx()?;
-        tx.insert_token(
-            &hash,
-            &TokenRow {
-                kind: TokenKind::Operator,
-                subject: name.to_owned(),
-                pool: None,
-                revoked: false,
-            },
-            self.now(),
-        )?;
-        tx.commit()?;
-        Ok(api::TokenIssued {
-            kind: "operator".into(),
-            subject: name.to_owned(),
-            token,
-        })
-    }
-
-    /// Revokes every operator token of `name` (offline, like its creation).
-    pub fn revoke_operator(&self, name: &str) -> Result<u64> {
-        let mut tx = self.tx()?;
-        let n = tx.revoke_tokens(TokenKind::Operator, name, self.now())?;
-        tx.commit()?;
-        Ok(n)
-    }
-
     pub fn create_pool(&self, caller: &Caller, body: &[u8]) -> Result<api::PoolInfo> {
         Self::operator(caller)?;
         let req: api::CreatePool = parse_json("pool", body)?;
@@ -1408,4 +1374,71 @@ fn rollout_status(
         failures,
         complete,
     })
+}
+
+/// Creates a token for operator `name` straight in the database (bootstrap: `basalt-rollout
+/// operator add`; there is no HTTP call that mints operator tokens).
+pub fn create_operator_token(
+    backend: &dyn Backend,
+    random: &dyn Random,
+    name: &str,
+) -> Result<api::TokenIssued> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(Error::bad("operator name", "1-128 printable characters"));
+    }
+    let (token, hash) = auth::generate(TokenKind::Operator, random).map_err(Error::Internal)?;
+    let mut tx = Tx::begin(backend)?;
+    tx.insert_token(
+        &hash,
+        &TokenRow {
+            kind: TokenKind::Operator,
+            subject: name.to_owned(),
+            pool: None,
+            revoked: false,
+        },
+        Utc::now(),
+    )?;
+    tx.commit()?;
+    Ok(api::TokenIssued {
+        kind: "operator".into(),
+        subject: name.to_owned(),
+        token,
+    })
+}
+
+/// Revokes every token of operator `name`; returns how many.
+pub fn revoke_operator(backend: &dyn Backend, name: &str) -> Result<u64> {
+    let mut tx = Tx::begin(backend)?;
+    let n = tx.revoke_tokens(TokenKind::Operator, name, Utc::now())?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// The trust root releases are checked against: the initial root from `path` (signed by its
+/// own keys), then, when the server serves a repository, each newer `roots/N.root.json` of it
+/// in turn (TUF's walk: every step signed by the old and the new keys).
+pub fn load_trust_root(
+    path: &std::path::Path,
+    repository: Option<&std::path::Path>,
+) -> Result<TrustRoot> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| Error::Internal(format!("reading the trust root {}: {e}", p.display())))
+    };
+    let mut root = TrustRoot::from_initial_envelope(&read(path)?)
+        .map_err(|e| Error::Internal(format!("trust root {}: {e}", path.display())))?;
+    if let Some(dir) = repository {
+        loop {
+            let next = dir.join(basalt_manifest::repo::root_path(
+                root.generation().saturating_add(1),
+            ));
+            if !next.is_file() {
+                break;
+            }
+            root = root
+                .rotate(&read(&next)?)
+                .map_err(|e| Error::Internal(format!("trust root {}: {e}", next.display())))?;
+        }
+    }
+    Ok(root)
 }
