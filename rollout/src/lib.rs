@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod service;
+pub mod sim;
 pub mod store;
 pub mod window;
 

@@ -583,6 +583,45 @@ fn json_error(status: u16, kind: &str, message: &str) -> Response<Body> {
     r
 }
 
+/// A server running on a tokio runtime (tests, simulations, benches): stop it with
+/// [`Running::stop`].
+#[derive(Debug)]
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Binds `addr` (port 0: any free port) and serves on the current runtime.
+    pub async fn start(server: Server, addr: &str) -> std::io::Result<Running> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Ok(Running {
+            addr,
+            stop: Some(tx),
+            task,
+        })
+    }
+
+    /// The base URL (`http://127.0.0.1:PORT/`).
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops accepting, finishes requests in progress, returns when the server is gone.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
 /// Binds `addr` (e.g. `127.0.0.1:8080`).
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
