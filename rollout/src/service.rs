@@ -98,14 +98,19 @@ impl Service {
     /// Resolves a bearer token to its caller; unknown, revoked or mislabelled tokens are
     /// refused.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Caller> {
+        let mut tx = Tx::begin_read(self.backend.as_ref())?;
+        Self::authenticate_in(&mut tx, token)
+    }
+
+    /// [`Service::authenticate`] inside a transaction the caller goes on using.
+    fn authenticate_in(tx: &mut Tx<'_>, token: Option<&str>) -> Result<Caller> {
         let token = token.ok_or_else(|| {
             Error::Unauthenticated("no credentials: send Authorization: Bearer <token>".into())
         })?;
         let claimed = auth::claimed_kind(token).ok_or_else(|| {
             Error::Unauthenticated("not a basalt-rollout token (bro_, brn_ or bre_ …)".into())
         })?;
-        let row = self
-            .tx()?
+        let row = tx
             .token(&auth::hash(token))?
             .filter(|row| !row.revoked && row.kind == claimed)
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))?;
@@ -183,6 +188,18 @@ impl Service {
     /// `POST /v1/check-in`. Validation and authorisation happen before the transaction, so a
     /// refused check-in changes nothing.
     pub fn check_in(&self, caller: &Caller, body: &[u8]) -> Result<Directive> {
+        self.check_in_tx(self.tx()?, caller, body)
+    }
+
+    /// Authentication and the check-in in one transaction (the hot path: one database round
+    /// per check-in).
+    pub fn check_in_with_token(&self, token: Option<&str>, body: &[u8]) -> Result<Directive> {
+        let mut tx = self.tx()?;
+        let caller = Self::authenticate_in(&mut tx, token)?;
+        self.check_in_tx(tx, &caller, body)
+    }
+
+    fn check_in_tx(&self, mut tx: Tx<'_>, caller: &Caller, body: &[u8]) -> Result<Directive> {
         let Caller::Node { id, pool } = caller else {
             return Err(Error::Forbidden(
                 "check-ins need a node token (brn_…)".into(),
@@ -202,7 +219,6 @@ impl Service {
             )));
         }
         let now = self.now();
-        let mut tx = self.tx()?;
         if !tx.lock_pool(&report.pool)? {
             return Err(Error::NotFound(format!(
                 "pool {} does not exist",
@@ -341,10 +357,14 @@ impl Service {
     ) -> Result<(Rollout, Fleet, bool)> {
         let mut rollout = row.rollout;
         let plan = rollout.plan.clone();
-        let cutoff = now - secs(plan.soak_secs);
-        let mut rows = tx.in_flight(rollout.id, cutoff)?;
+        let node_timeout = secs(plan.node_timeout_secs);
+        let candidates = tx.timeout_candidates(
+            rollout.id,
+            now - node_timeout,
+            now - node_timeout - secs(plan.drain_timeout_secs),
+        )?;
         let mut changed = false;
-        for r in rows.iter_mut() {
+        for r in candidates {
             if let Some(reason) = policy::timed_out(&r.progress, &plan, now) {
                 tx.set_stage(
                     rollout.id,
@@ -357,22 +377,19 @@ impl Service {
                 tx.release_lock(pool.name.as_str(), r.node_id.as_str())?;
                 tracing::warn!(node = %r.node_id, %reason, "node timed out");
                 last_failure = Some(format!("node {}: {reason}", r.node_id));
-                r.progress.stage = Stage::Failed;
                 changed = true;
             }
         }
-        let current = tx
+        // The counters as this transaction left them (events and timeouts above moved them).
+        let counters = tx
             .current_rollout(&pool.name)?
             .ok_or_else(|| Error::Internal("rollout vanished".into()))?;
         let fleet = Fleet {
             pool_size: pool.node_count,
-            touched: current.touched,
-            failed: current.failed,
-            in_flight: rows
-                .iter()
-                .filter(|r| policy::occupies_slot(&r.progress, &plan, now))
-                .count() as u64,
-            unavailable: unavailable(tx, pool.name.as_str(), &rows)?.len() as u64,
+            touched: counters.touched,
+            failed: counters.failed,
+            in_flight: tx.count_in_flight(rollout.id, now - secs(plan.soak_secs))?,
+            unavailable: tx.count_unavailable(pool.name.as_str(), Some(rollout.id))?,
         };
         if let Some(reason) = policy::halt_reason(&rollout, &fleet, last_failure.as_deref()) {
             tracing::warn!(rollout = rollout.id, pool = %pool.name, %reason, "rollout halted");
@@ -525,21 +542,17 @@ impl Service {
         let pool = tx
             .pool(&group)?
             .ok_or_else(|| Error::NotFound(format!("pool {group} does not exist")))?;
-        let (limit, rows) = match tx.current_rollout(&group)? {
-            Some(r) if r.rollout.state != RolloutState::Aborted => {
-                let cutoff = now - secs(r.rollout.plan.soak_secs);
-                (
-                    r.rollout.plan.unavailable_limit(pool.node_count),
-                    tx.in_flight(r.rollout.id, cutoff)?,
-                )
-            }
-            _ => (pool.fleetlock_slots, Vec::new()),
+        let (limit, rollout) = match tx.current_rollout(&group)? {
+            Some(r) if r.rollout.state != RolloutState::Aborted => (
+                r.rollout.plan.unavailable_limit(pool.node_count),
+                Some(r.rollout.id),
+            ),
+            _ => (pool.fleetlock_slots, None),
         };
-        let holders = unavailable(&mut tx, group.as_str(), &rows)?;
-        if holders.len() as u64 >= limit {
+        let held = tx.count_unavailable(group.as_str(), rollout)?;
+        if held >= limit {
             return Ok(Err(format!(
-                "all {limit} reboot slots of group {group} are taken ({} nodes unavailable)",
-                holders.len()
+                "all {limit} reboot slots of group {group} are taken ({held} nodes unavailable)"
             )));
         }
         tx.take_lock(group.as_str(), id.as_str(), now)?;

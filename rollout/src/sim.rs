@@ -64,6 +64,9 @@ pub struct RunConfig {
     pub max_rounds: u64,
     /// Stop when simulated time passes this.
     pub until: DateTime<Utc>,
+    /// The clock moves at least this far per round, so each round batches the check-ins
+    /// due in that span (nodes check in up to this late, as with a real timer's slack).
+    pub tick_secs: i64,
 }
 
 /// One simulated node.
@@ -165,6 +168,13 @@ async fn post(
         .to_bytes()
         .to_vec();
     Ok((status, body))
+}
+
+impl SimNode {
+    /// The node token it enrolled with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 impl Fleet {
@@ -515,7 +525,7 @@ impl Fleet {
                     })
                     .min()
                     .unwrap_or(now + TimeDelta::seconds(60));
-            clock.set(next.max(now + TimeDelta::seconds(1)));
+            clock.set(next.max(now + TimeDelta::seconds(cfg.tick_secs.max(1))));
         }
         report.wall = started.elapsed();
         report.sim_secs = (clock.now() - sim_start).num_seconds();

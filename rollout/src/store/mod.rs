@@ -179,6 +179,10 @@ fn int(v: u64) -> Value {
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Starts a transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `BEGIN`, read committed).
     fn begin(&self) -> Result<Box<dyn Conn + '_>>;
+    /// Starts a transaction that only reads (SQLite: a deferred `BEGIN`, no write lock).
+    fn begin_read(&self) -> Result<Box<dyn Conn + '_>> {
+        self.begin()
+    }
     /// For messages: the file or the server.
     fn describe(&self) -> String;
 }
@@ -429,6 +433,13 @@ impl<'a> Tx<'a> {
     pub fn begin(backend: &'a dyn Backend) -> Result<Self> {
         Ok(Tx {
             conn: backend.begin()?,
+        })
+    }
+
+    /// Begins a read-only transaction on `backend` (never commit writes through it).
+    pub fn begin_read(backend: &'a dyn Backend) -> Result<Self> {
+        Ok(Tx {
+            conn: backend.begin_read()?,
         })
     }
 
@@ -832,18 +843,50 @@ impl<'a> Tx<'a> {
         Ok(one(rows, progress_row)?.map(|r| r.progress))
     }
 
-    /// Rows that may hold an in-flight slot at `now`: admitted, staged, rebooting, or healthy
-    /// since `soak_cutoff`.
-    pub fn in_flight(
+    /// Rows whose stage may have timed out: admitted since `admitted_cutoff` or earlier,
+    /// rebooting since `rebooting_cutoff` or earlier (the caller confirms each with
+    /// `policy::timed_out`; normally none).
+    pub fn timeout_candidates(
         &mut self,
         rollout: i64,
-        soak_cutoff: DateTime<Utc>,
+        admitted_cutoff: DateTime<Utc>,
+        rebooting_cutoff: DateTime<Utc>,
     ) -> Result<Vec<ProgressRow>> {
         let rows = self.query(
-            &format!("SELECT {PROGRESS_COLUMNS} FROM progress WHERE rollout_id = $1 AND (stage IN ('admitted', 'staged', 'rebooting') OR (stage = 'healthy' AND since > $2))"),
-            &[rollout.into(), unix(soak_cutoff).into()],
+            &format!("SELECT {PROGRESS_COLUMNS} FROM progress WHERE rollout_id = $1 AND ((stage = 'admitted' AND since <= $2) OR (stage = 'rebooting' AND since <= $3))"),
+            &[rollout.into(), unix(admitted_cutoff).into(), unix(rebooting_cutoff).into()],
         )?;
         all(rows, progress_row)
+    }
+
+    /// Nodes holding an in-flight slot: admitted, staged, rebooting, or healthy since after
+    /// `soak_cutoff` — the indexed count of `policy::occupies_slot` (a test checks they agree).
+    pub fn count_in_flight(&mut self, rollout: i64, soak_cutoff: DateTime<Utc>) -> Result<u64> {
+        let rows = self.query(
+            "SELECT (SELECT COUNT(*) FROM progress WHERE rollout_id = $1 AND stage IN ('admitted', 'staged', 'rebooting')) \
+             + (SELECT COUNT(*) FROM progress WHERE rollout_id = $1 AND stage = 'healthy' AND since > $2)",
+            &[rollout.into(), unix(soak_cutoff).into()],
+        )?;
+        rows.first()
+            .map(|r| r.uint(0))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Nodes unavailable in `group`: holders of its FleetLock semaphore, plus nodes of
+    /// `rollout` granted a reboot that hold no slot (one that said steady-state before its
+    /// healthy report still counts until that report).
+    pub fn count_unavailable(&mut self, group: &str, rollout: Option<i64>) -> Result<u64> {
+        let rows = self.query(
+            "SELECT (SELECT COUNT(*) FROM locks WHERE grp = $1) \
+             + (SELECT COUNT(*) FROM progress p WHERE p.rollout_id = $2 AND p.stage = 'rebooting' \
+                AND NOT EXISTS (SELECT 1 FROM locks l WHERE l.grp = $1 AND l.holder = p.node_id))",
+            &[group.into(), rollout.unwrap_or(-1).into()],
+        )?;
+        rows.first()
+            .map(|r| r.uint(0))
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     /// Every progress row of a rollout.

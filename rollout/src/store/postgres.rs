@@ -38,7 +38,10 @@ impl Pooled {
         let statement = self
             .client
             .prepare(sql)
-            .map_err(err(format!("preparing {sql}")))?;
+            .map_err(|source| StoreError::Postgres {
+                what: format!("preparing {sql}"),
+                source,
+            })?;
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
@@ -75,8 +78,10 @@ impl Postgres {
     /// Connects once (so a wrong address fails at start-up, naming it).
     pub fn connect(params: &str) -> Result<Self> {
         let shown = redact(params);
-        let client =
-            Client::connect(params, NoTls).map_err(err(format!("connecting to {shown}")))?;
+        let client = Client::connect(params, NoTls).map_err(|source| StoreError::Postgres {
+            what: format!("connecting to {shown}"),
+            source,
+        })?;
         Ok(Postgres {
             params: params.to_owned(),
             shown,
@@ -96,8 +101,12 @@ impl Postgres {
         match idle {
             Some(pooled) if !pooled.client.is_closed() => Ok(pooled),
             _ => Ok(Pooled {
-                client: Client::connect(&self.params, NoTls)
-                    .map_err(err(format!("connecting to {}", self.shown)))?,
+                client: Client::connect(&self.params, NoTls).map_err(|source| {
+                    StoreError::Postgres {
+                        what: format!("connecting to {}", self.shown),
+                        source,
+                    }
+                })?,
                 statements: HashMap::new(),
             }),
         }
@@ -152,7 +161,10 @@ impl Conn for PgConn<'_> {
         pooled
             .client
             .execute(&statement, &params(values))
-            .map_err(err(format!("running {sql}")))
+            .map_err(|source| StoreError::Postgres {
+                what: format!("running {sql}"),
+                source,
+            })
     }
 
     fn query(&mut self, sql: &str, values: &[Value]) -> Result<Vec<Row>> {
@@ -161,7 +173,10 @@ impl Conn for PgConn<'_> {
         let rows = pooled
             .client
             .query(&statement, &params(values))
-            .map_err(err(format!("running {sql}")))?;
+            .map_err(|source| StoreError::Postgres {
+                what: format!("running {sql}"),
+                source,
+            })?;
         rows.iter()
             .map(|row| {
                 (0..row.len())
@@ -183,7 +198,10 @@ impl Conn for PgConn<'_> {
                                 "{sql}: column {i} has type {ty}"
                             )));
                         };
-                        value.map_err(err(format!("reading {sql}")))
+                        value.map_err(|source| StoreError::Postgres {
+                            what: format!("reading {sql}"),
+                            source,
+                        })
                     })
                     .collect::<Result<Vec<_>>>()
                     .map(Row)
@@ -228,17 +246,27 @@ impl Drop for PgConn<'_> {
     }
 }
 
-impl Backend for Postgres {
-    fn begin(&self) -> Result<Box<dyn Conn + '_>> {
+impl Postgres {
+    fn start(&self, statement: &str) -> Result<Box<dyn Conn + '_>> {
         let mut pooled = self.client()?;
         pooled
             .client
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .batch_execute(statement)
             .map_err(err("beginning a transaction"))?;
         Ok(Box::new(PgConn {
             owner: self,
             client: Some(pooled),
         }))
+    }
+}
+
+impl Backend for Postgres {
+    fn begin(&self) -> Result<Box<dyn Conn + '_>> {
+        self.start("BEGIN ISOLATION LEVEL READ COMMITTED")
+    }
+
+    fn begin_read(&self) -> Result<Box<dyn Conn + '_>> {
+        self.start("BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY")
     }
 
     fn describe(&self) -> String {

@@ -21,10 +21,25 @@ pub struct Sqlite {
     conn: Mutex<Connection>,
 }
 
-fn err(path: &Path, what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    let path = path.display().to_string();
-    let what = what.into();
-    move |source| StoreError::Sqlite { path, what, source }
+fn err<'a>(path: &'a Path, what: &'a str) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// Like [`err`], for a statement (the message is only built on failure).
+fn stmt_err<'a>(
+    path: &'a Path,
+    step: &'static str,
+    sql: &'a str,
+) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        what: format!("{step} {sql}"),
+        source,
+    }
 }
 
 impl Sqlite {
@@ -70,30 +85,27 @@ impl Conn for SqliteConn<'_> {
     }
 
     fn execute(&mut self, text: &str, params: &[Value]) -> Result<u64> {
-        let mut statement = self
-            .conn
-            .prepare_cached(&sql(text))
-            .map_err(err(self.path, format!("preparing {text}")))?;
+        let mut statement =
+            self.conn
+                .prepare_cached(&sql(text))
+                .map_err(stmt_err(self.path, "preparing", text))?;
         let n = statement
             .execute(rusqlite::params_from_iter(params.iter()))
-            .map_err(err(self.path, format!("running {text}")))?;
+            .map_err(stmt_err(self.path, "running", text))?;
         Ok(n as u64)
     }
 
     fn query(&mut self, text: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(&sql(text))
-            .map_err(err(self.path, format!("preparing {text}")))?;
+        let mut statement =
+            self.conn
+                .prepare_cached(&sql(text))
+                .map_err(stmt_err(self.path, "preparing", text))?;
         let columns = statement.column_count();
         let mut rows = statement
             .query(rusqlite::params_from_iter(params.iter()))
-            .map_err(err(self.path, format!("running {text}")))?;
+            .map_err(stmt_err(self.path, "running", text))?;
         let mut out = Vec::new();
-        while let Some(row) = rows
-            .next()
-            .map_err(err(self.path, format!("reading {text}")))?
-        {
+        while let Some(row) = rows.next().map_err(stmt_err(self.path, "reading", text))? {
             let mut values = Vec::with_capacity(columns);
             for i in 0..columns {
                 values.push(
@@ -133,21 +145,31 @@ impl Drop for SqliteConn<'_> {
     }
 }
 
-impl Backend for Sqlite {
-    fn begin(&self) -> Result<Box<dyn Conn + '_>> {
+impl Sqlite {
+    fn start(&self, statement: &str) -> Result<Box<dyn Conn + '_>> {
         // A panic elsewhere while holding the lock leaves a connection that is still
         // consistent (the transaction was rolled back by Drop): keep using it.
         let conn = self
             .conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        conn.execute_batch("BEGIN IMMEDIATE")
+        conn.execute_batch(statement)
             .map_err(err(&self.path, "beginning a transaction"))?;
         Ok(Box::new(SqliteConn {
             path: &self.path,
             conn,
             done: false,
         }))
+    }
+}
+
+impl Backend for Sqlite {
+    fn begin_read(&self) -> Result<Box<dyn Conn + '_>> {
+        self.start("BEGIN")
+    }
+
+    fn begin(&self) -> Result<Box<dyn Conn + '_>> {
+        self.start("BEGIN IMMEDIATE")
     }
 
     fn describe(&self) -> String {
