@@ -219,12 +219,8 @@ impl Service {
             )));
         }
         let now = self.now();
-        if !tx.lock_pool(&report.pool)? {
-            return Err(Error::NotFound(format!(
-                "pool {} does not exist",
-                report.pool
-            )));
-        }
+        // The pool is locked only when this check-in may take a slot (see below): most
+        // check-ins ("not yet") run in parallel on PostgreSQL.
         let node = tx
             .node(id)?
             .ok_or_else(|| Error::Forbidden(format!("node {id} is not enrolled")))?;
@@ -290,11 +286,6 @@ impl Service {
                 reason: format!("no rollout in pool {}", report.pool),
             },
             Some(row) => {
-                let (rollout, fleet, timed_out_self) =
-                    self.settle(&mut tx, &pool_row, row, now, last_failure)?;
-                if timed_out_self {
-                    progress = tx.progress(rollout.id, id)?;
-                }
                 let floors = tx.floors(&pool_row.channel, &pool_row.arch)?;
                 let ctx = Context {
                     now,
@@ -302,27 +293,58 @@ impl Service {
                     floors: &floors,
                     pool_pin: pool_row.pin.as_ref(),
                 };
-                let decision = policy::decide(
-                    &rollout,
-                    &ctx,
-                    &fleet,
-                    &NodeFacts {
+                // Decide without the pool lock; when the decision takes a slot (an admission
+                // or a reboot grant), or timeouts or a halt must be written, lock the pool and
+                // decide again on what is committed by then: two replicas never both take the
+                // last slot.
+                let mut locked = tx.locks_on_begin();
+                loop {
+                    let settled = self.settle(
+                        &mut tx,
+                        &pool_row,
+                        row.rollout.id,
+                        now,
+                        last_failure.clone(),
+                        locked,
+                    )?;
+                    if settled.changed {
+                        progress = tx.progress(row.rollout.id, id)?;
+                    }
+                    let decision = policy::decide(
+                        &settled.rollout,
+                        &ctx,
+                        &settled.fleet,
+                        &NodeFacts {
+                            id,
+                            booted: &report.booted.version,
+                            pin: node.pin.as_ref(),
+                            progress: progress.as_ref(),
+                        },
+                    );
+                    let takes_slot = match &decision {
+                        Decision::Update { .. } => {
+                            progress.as_ref().map(|p| p.stage) != Some(Stage::Admitted)
+                        }
+                        Decision::Reboot { .. } => true,
+                        Decision::Wait { .. } | Decision::Cancel { .. } => false,
+                    };
+                    if !locked && (takes_slot || settled.needs_lock) {
+                        tx.lock_pool(&report.pool)?;
+                        locked = true;
+                        progress = tx.progress(row.rollout.id, id)?;
+                        continue;
+                    }
+                    self.record_decision(
+                        &mut tx,
+                        &pool_row,
+                        &settled.rollout,
                         id,
-                        booted: &report.booted.version,
-                        pin: node.pin.as_ref(),
-                        progress: progress.as_ref(),
-                    },
-                );
-                self.record_decision(
-                    &mut tx,
-                    &pool_row,
-                    &rollout,
-                    id,
-                    progress.as_ref(),
-                    &decision,
-                    now,
-                )?;
-                decision
+                        progress.as_ref(),
+                        &decision,
+                        now,
+                    )?;
+                    break decision;
+                }
             }
         };
         tx.update_node_report(
@@ -344,60 +366,80 @@ impl Service {
         Ok(directive)
     }
 
-    /// Records timeouts, counts the fleet, and halts the rollout when the failures say so.
-    /// Returns the (possibly halted) rollout, the fleet counts, and whether progress rows
-    /// changed.
+    /// Counts the fleet and finds timeouts and a due halt. Holding the pool lock
+    /// (`locked`), it records them; without it, it only reports that they need the lock.
     fn settle(
         &self,
         tx: &mut Tx<'_>,
         pool: &PoolRow,
-        row: RolloutRow,
+        rollout_id: i64,
         now: DateTime<Utc>,
         mut last_failure: Option<String>,
-    ) -> Result<(Rollout, Fleet, bool)> {
-        let mut rollout = row.rollout;
-        let plan = rollout.plan.clone();
+        locked: bool,
+    ) -> Result<Settled> {
+        let current = |tx: &mut Tx<'_>| -> Result<RolloutRow> {
+            tx.current_rollout(&pool.name)?
+                .filter(|r| r.rollout.id == rollout_id)
+                .ok_or_else(|| {
+                    Error::Conflict(format!("rollout {rollout_id} was replaced; check in again"))
+                })
+        };
+        let plan = current(tx)?.rollout.plan;
         let node_timeout = secs(plan.node_timeout_secs);
         let candidates = tx.timeout_candidates(
-            rollout.id,
+            rollout_id,
             now - node_timeout,
             now - node_timeout - secs(plan.drain_timeout_secs),
         )?;
         let mut changed = false;
+        let mut needs_lock = false;
         for r in candidates {
-            if let Some(reason) = policy::timed_out(&r.progress, &plan, now) {
-                tx.set_stage(
-                    rollout.id,
-                    &r.node_id,
-                    r.progress.stage,
-                    Stage::Failed,
-                    Some(&reason),
-                    now,
-                )?;
-                tx.release_lock(pool.name.as_str(), r.node_id.as_str())?;
-                tracing::warn!(node = %r.node_id, %reason, "node timed out");
-                last_failure = Some(format!("node {}: {reason}", r.node_id));
-                changed = true;
+            let Some(reason) = policy::timed_out(&r.progress, &plan, now) else {
+                continue;
+            };
+            if !locked {
+                needs_lock = true;
+                continue;
             }
+            tx.set_stage(
+                rollout_id,
+                &r.node_id,
+                r.progress.stage,
+                Stage::Failed,
+                Some(&reason),
+                now,
+            )?;
+            tx.release_lock(pool.name.as_str(), r.node_id.as_str())?;
+            tracing::warn!(node = %r.node_id, %reason, "node timed out");
+            last_failure = Some(format!("node {}: {reason}", r.node_id));
+            changed = true;
         }
-        // The counters as this transaction left them (events and timeouts above moved them).
-        let counters = tx
-            .current_rollout(&pool.name)?
-            .ok_or_else(|| Error::Internal("rollout vanished".into()))?;
+        // The rollout and its counters as committed now plus this transaction's changes.
+        let row = current(tx)?;
+        let mut rollout = row.rollout;
         let fleet = Fleet {
             pool_size: pool.node_count,
-            touched: counters.touched,
-            failed: counters.failed,
-            in_flight: tx.count_in_flight(rollout.id, now - secs(plan.soak_secs))?,
-            unavailable: tx.count_unavailable(pool.name.as_str(), Some(rollout.id))?,
+            touched: row.touched,
+            failed: row.failed,
+            in_flight: tx.count_in_flight(rollout_id, now - secs(plan.soak_secs))?,
+            unavailable: tx.count_unavailable(pool.name.as_str(), Some(rollout_id))?,
         };
         if let Some(reason) = policy::halt_reason(&rollout, &fleet, last_failure.as_deref()) {
-            tracing::warn!(rollout = rollout.id, pool = %pool.name, %reason, "rollout halted");
-            tx.set_rollout_state(rollout.id, RolloutState::Halted, Some(&reason), now)?;
-            rollout.state = RolloutState::Halted;
-            rollout.reason = Some(reason);
+            if locked {
+                tracing::warn!(rollout = rollout_id, pool = %pool.name, %reason, "rollout halted");
+                tx.set_rollout_state(rollout_id, RolloutState::Halted, Some(&reason), now)?;
+                rollout.state = RolloutState::Halted;
+                rollout.reason = Some(reason);
+            } else {
+                needs_lock = true;
+            }
         }
-        Ok((rollout, fleet, changed))
+        Ok(Settled {
+            rollout,
+            fleet,
+            changed,
+            needs_lock,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1231,6 +1273,16 @@ impl Service {
         }
         Ok(m.render())
     }
+}
+
+/// What [`Service::settle`] found.
+struct Settled {
+    rollout: Rollout,
+    fleet: Fleet,
+    /// Progress rows changed (timeouts recorded).
+    changed: bool,
+    /// Something must be written under the pool lock.
+    needs_lock: bool,
 }
 
 /// Holders of the pool's semaphore plus rollout nodes rebooting without one (a node that

@@ -456,6 +456,12 @@ impl<'a> Tx<'a> {
         self.conn.query(sql, params)
     }
 
+    /// Whether every write transaction already excludes all others (SQLite's `BEGIN
+    /// IMMEDIATE`), so [`Tx::lock_pool`] adds nothing.
+    pub fn locks_on_begin(&self) -> bool {
+        self.conn.dialect() == Dialect::Sqlite
+    }
+
     /// Serialises this transaction against every other one touching `pool` (see the module
     /// docs). Returns false when the pool does not exist.
     pub fn lock_pool(&mut self, pool: &PoolName) -> Result<bool> {

@@ -223,6 +223,18 @@ impl Conn for PgConn<'_> {
     }
 }
 
+impl Drop for Postgres {
+    /// The synchronous client closes its connection by blocking on its own runtime, which
+    /// panics on a tokio worker thread (where the last server task may drop the store): close
+    /// them on a thread of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 impl Postgres {
     fn give_back(&self, pooled: Pooled) {
         let mut idle = self
