@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_rollout;
 mod demo;
 mod sh;
 mod test;
