@@ -1412,7 +1412,7 @@ fn rollout_status(
             reason: p.progress.reason.clone().unwrap_or_default(),
         })
         .collect();
-    failures.sort_by(|a, b| b.at.cmp(&a.at));
+    failures.sort_by_key(|f| std::cmp::Reverse(f.at));
     failures.truncate(100);
     let in_flight = in_flight_rows.len() as u64;
     let complete = in_flight == 0

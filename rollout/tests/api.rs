@@ -89,7 +89,8 @@ fn credentials_are_checked_for_every_endpoint_class() {
 
     // No token, garbage, a well-formed unknown token, each kind on the wrong endpoint.
     let unknown_operator = format!("bro_{}", "A".repeat(43));
-    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, u16)> = vec![
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         (Method::GET, "api/v1/pools", None, vec![], 401),
         (Method::GET, "api/v1/pools", Some("garbage"), vec![], 401),
         (
