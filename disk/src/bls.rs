@@ -6,14 +6,34 @@
 //! ```text
 //! EFI/BOOT/BOOTX64.EFI                      systemd-boot
 //! loader/loader.conf                        timeout 0, editor no, auto-entries no — no `default`
-//! loader/entries/basalt-<version>[+L[-D]].conf
-//! basalt/<version>/vmlinuz, basalt/<version>/initrd
+//! loader/entries/basalt-<file form>[+L[-D]].conf
+//! basalt/<file form>/vmlinuz, basalt/<file form>/initrd
 //! ```
 //!
-//! An entry is `title`, `sort-key basalt`, `version`, `linux`, `initrd` and
-//! `options usrhash=<root hash> basalt.slot=<a|b> <extra>`. **`basalt.slot=`** names the A/B
-//! slot whose `/usr` the entry boots: the initramfs uses it to pick the USR partition (and the
-//! backend to map entries to slots); `usrhash=` is the dm-verity root hash of that `/usr`.
+//! An entry is `title Basalt <version> (slot <A|B>)`, `sort-key <stage key>`, `version
+//! <version line>`, `linux`, `initrd` and `options usrhash=<root hash> basalt.slot=<a|b>
+//! <extra>`. **`basalt.slot=`** names the A/B slot whose `/usr` the entry boots: the initramfs
+//! uses it to pick the USR partition (and the backend to map entries to slots); `usrhash=` is
+//! the dm-verity root hash of that `/usr`.
+//!
+//! ## Versions and boot order (details and examples in [`version`])
+//!
+//! The release version is semver. **The entry staged last boots first, whatever its
+//! version** — an upgrade, a pre-release after its final (`1.2.0-rc.1` while `1.2.0` is
+//! good), an operator-approved downgrade, another build of the same version — because order
+//! comes from the `sort-key`, not the version: `stage` writes the [`version::StageKey`] one
+//! below the smallest stage key of the entries it keeps (`99999999-basalt`,
+//! `99999998-basalt`, …), derived from the ESP alone. The `version` line is the
+//! systemd-friendly form of the semver (pre-release `-` → `~`, build `+` → `^`); file names
+//! and kernel directories carry the build `+` as `_`, so a name never holds a second `+`.
+//! Entries written by older code (`sort-key basalt`, raw semver) are read as before, and a
+//! new stage sorts before them. `status()` reports the semver, decoded from the entry.
+//!
+//! `stage` refuses, with a typed error and before any write: a version that is not semver,
+//! a version whose file names clash with an entry it keeps (the other slot holding the same
+//! version: a rebuilt release needs other build metadata; FAT names ignore case), and — the
+//! only order refusal left — a foreign entry that systemd-boot would still boot first (a
+//! `sort-key` below Basalt's, or no stage key left below the smallest one).
 //!
 //! ## Boot counting (systemd-boot 252 semantics, see [`order`] for the selection rule)
 //!
@@ -26,8 +46,14 @@
 //!            stay for diagnosis. systemd-boot still boots a Bad entry when *every* entry is
 //!            Bad, so `status().next` is `None` only when no entry is loadable at all.
 //! cancel:    remove the slot's entries (and kernels no other entry uses) → Absent.
-//! rollback(to): `to` must be Good; every entry of the other slot is renamed Bad.
+//! rollback(to): `to` must be Good; every entry of the other slot is renamed Bad, so `to`
+//!            boots next whatever the two versions and stage keys are.
 //! ```
+//!
+//! Renames never change the `sort-key`, so `mark_good`, `mark_bad`, `boot_attempt` and
+//! `cancel` never reorder two live entries: a staged slot stays the next boot while it has
+//! tries left, until it is marked bad, cancelled, rolled away from, or the other slot is
+//! staged.
 //!
 //! Status mapping, from the first entry of the slot in systemd-boot's order: no counter →
 //! Good, `+N[-M]` with N > 0 → Trying, `+0-M` → Bad, no loadable entry → Absent. An entry
@@ -40,22 +66,20 @@
 //!
 //! `stage` writes kernel, initrd, then the entry (each temp + fsync + rename + fsync dir), and
 //! only then removes the slot's older entries and unreferenced kernels: the other slot's entry
-//! is never touched, so a bootable entry exists at every instant. Every other operation is a
-//! single rename or removal of the slot's own entry followed by garbage collection, and every
-//! operation can simply be retried after a crash.
-//!
-//! Versions: systemd-boot prefers the *higher* `version` (systemd's `strverscmp_improved`,
-//! not semver: `1.2.0-rc.1` sorts after `1.2.0`, write pre-releases as `1.2.0~rc.1`). So
-//! `stage` refuses a version that would not sort before the other slot's live entry: it
-//! would never boot. Downgrades go through `mark_bad`/`rollback` of the other slot first.
+//! is never touched, so a bootable entry exists at every instant. The stage key does not
+//! depend on the slot's own older entries, so a `stage` retried after a crash writes the same
+//! entry. Every other operation is a single rename or removal of the slot's own entry
+//! followed by garbage collection, and every operation can simply be retried after a crash.
 //!
 //! Not modelled: `LoaderEntryDefault`/`LoaderEntryOneShot` EFI variables and a `default` line
-//! added to loader.conf by hand override the order (Basalt never sets them). Tries are
-//! capped at [`entry::MAX_TRIES`] (a sanity bound; multi-digit counters are fine: systemd-boot
-//! 252 renames `+10` to `+9-1`, checked under OVMF by `tests/bls_systemd_boot.rs`).
+//! added to loader.conf by hand override the order (Basalt never sets them); Type #2 entries
+//! (`EFI/Linux/*.efi`) are not read (Basalt writes none). Tries are capped at
+//! [`entry::MAX_TRIES`] (a sanity bound; multi-digit counters are fine: systemd-boot 252
+//! renames `+10` to `+9-1`, checked under OVMF by `tests/bls_systemd_boot.rs`).
 
 pub mod entry;
 pub mod order;
+pub mod version;
 
 use std::collections::BTreeSet;
 
@@ -64,6 +88,7 @@ use crate::{BootControl, BootState, BootStatus, BootTarget, Error, Slot, SlotBoo
 
 use entry::{BasaltEntry, Counter, EntryFile, EntryName, BASALT_PREFIX};
 use order::SortItem;
+use version::{ReleaseVersion, StageKey};
 
 /// Directory of Type #1 entries.
 pub const ENTRIES_DIR: &str = "loader/entries";
@@ -340,7 +365,7 @@ impl<E: Esp> BlsBackend<E> {
                 entry::MAX_TRIES
             )));
         }
-        entry::validate_version(&target.version).map_err(bad)?;
+        let release = ReleaseVersion::parse(&target.version).map_err(bad)?;
         let hash = &target.usr_hash;
         if hash.len() != 64
             || !hash
@@ -357,73 +382,76 @@ impl<E: Esp> BlsBackend<E> {
         let (Some(kernel), Some(initrd)) = (&target.kernel, &target.initrd) else {
             return Err(bad("the BLS backend needs a kernel and an initrd".into()));
         };
+
+        // What stays on the ESP: everything but this slot's entries and Basalt-named files
+        // nobody can attribute to a slot (both are removed below).
         let entries = self.entries()?;
-        if entries.iter().any(|e| {
-            e.slot() == Some(!slot)
-                && e.basalt
-                    .as_ref()
-                    .is_some_and(|b| b.version == target.version)
-        }) {
+        let kept: Vec<&EntryInfo> = entries.iter().filter(|e| !replaced_by(e, slot)).collect();
+        let base = entry::entry_base(&release);
+        let dir = entry::kernel_dir(&release);
+        if let Some(clash) = kept
+            .iter()
+            .find(|e| e.name.base.eq_ignore_ascii_case(&base) || uses_dir(e, &dir))
+        {
+            let owner = match clash.slot() {
+                Some(s) => format!("slot {s}'s entry"),
+                None => "the entry".into(),
+            };
             return Err(bad(format!(
-                "slot {} already holds this version; versions name entries and kernel \
-                 directories, so the two slots must differ",
-                !slot
+                "{owner} {} already uses the names of this version ({base}.conf, {dir}/); \
+                 the two slots must hold different versions (a rebuild needs other build \
+                 metadata; FAT names ignore case)",
+                clash.file
             )));
         }
-
-        // systemd-boot orders by version: the staged entry only boots next if it sorts
-        // before every loadable entry of the other slot that still has tries.
-        let new_item = SortItem::new(
-            &format!("{BASALT_PREFIX}{}+{tries}.conf", target.version),
-            Some(entry::SORT_KEY),
-            None,
-            Some(&target.version),
-            Some(Counter {
-                left: u64::from(tries),
-                done: 0,
-            }),
-        );
-        if let Some(other) = self
-            .boot_order()?
-            .into_iter()
-            .find(|e| e.slot() == Some(!slot) && e.status() != BootStatus::Bad)
-        {
-            if order::compare(&new_item, &other.sort_item()) != std::cmp::Ordering::Less {
-                return Err(bad(format!(
-                    "systemd-boot would keep booting {} (slot {}): a staged version must be \
-                     newer in systemd's version order (use `~` for pre-releases), or the \
-                     other slot must be marked bad first",
-                    other.file, !slot
-                )));
-            }
-        }
-
-        // Space first: leftovers of earlier interrupted runs.
-        self.collect_garbage()?;
-        self.ensure_loader_conf()?;
-        let dir = entry::kernel_dir(&target.version);
-        esp::copy_in(&mut self.esp, &esp::join(&dir, "vmlinuz"), kernel)?;
-        esp::copy_in(&mut self.esp, &esp::join(&dir, "initrd"), initrd)?;
-        let e = BasaltEntry::new(&target.version, slot, hash, &target.options);
+        let key = StageKey::below_all(kept.iter().filter_map(|e| e.content.sort_key.as_deref()))
+            .map_err(|min| {
+                bad(format!(
+                    "no stage key is left below {min}: re-install the boot entries"
+                ))
+            })?;
         let name = EntryName {
-            base: format!("{BASALT_PREFIX}{}", target.version),
+            base,
             counter: Some(Counter {
                 left: u64::from(tries),
                 done: 0,
             }),
         };
         let file = name.file_name();
+        let e = BasaltEntry::new(&release, slot, key, hash, &target.options);
+
+        // The staged entry must be the first systemd-boot loads. Against Basalt entries the
+        // key guarantees it; a foreign entry with a smaller `sort-key` would still win.
+        let new_item = SortItem::new(
+            &file,
+            e.sort_key.as_deref(),
+            None,
+            Some(&e.entry_version),
+            name.counter,
+        );
+        if let Some(first) = kept.iter().find(|o| {
+            o.unloadable.is_none()
+                && order::compare(&new_item, &o.sort_item()) != std::cmp::Ordering::Less
+        }) {
+            return Err(bad(format!(
+                "systemd-boot would boot {} (sort-key {:?}) before it: remove that entry",
+                first.file,
+                first.content.sort_key.as_deref().unwrap_or("")
+            )));
+        }
+
+        // Space first: leftovers of earlier interrupted runs.
+        self.collect_garbage()?;
+        self.ensure_loader_conf()?;
+        esp::copy_in(&mut self.esp, &esp::join(&dir, "vmlinuz"), kernel)?;
+        esp::copy_in(&mut self.esp, &esp::join(&dir, "initrd"), initrd)?;
         self.esp
             .write_atomic(&esp::join(ENTRIES_DIR, &file), e.render().as_bytes())?;
 
         // The new entry is durable: now drop this slot's older entries (and Basalt-named
         // files nobody can attribute to a slot). The other slot's entries stay untouched.
         for old in self.entries()? {
-            let mine_or_unknown = match old.slot() {
-                Some(s) => s == slot,
-                None => is_basalt_file(&old.file),
-            };
-            if mine_or_unknown && !old.file.eq_ignore_ascii_case(&file) {
+            if replaced_by(&old, slot) && !old.file.eq_ignore_ascii_case(&file) {
                 self.esp.remove(&esp::join(ENTRIES_DIR, &old.file))?;
             }
         }
@@ -444,6 +472,30 @@ impl<E: Esp> BlsBackend<E> {
         }
         Ok(())
     }
+}
+
+/// `stage(slot)` replaces this entry: it is the slot's own, or a Basalt-named file nobody can
+/// attribute to a slot.
+fn replaced_by(e: &EntryInfo, slot: Slot) -> bool {
+    match e.slot() {
+        Some(s) => s == slot,
+        None => is_basalt_file(&e.file),
+    }
+}
+
+/// `e` refers to a file under ESP directory `dir` (lower case, no leading `/`; the entry's
+/// paths are compared lower-cased, as FAT does).
+fn uses_dir(e: &EntryInfo, dir: &str) -> bool {
+    let paths = e
+        .content
+        .loader
+        .iter()
+        .map(|(_, p)| p)
+        .chain(&e.content.initrd);
+    paths.map(|p| norm(p)).any(|p| {
+        p.strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 fn slot_boot(slot: Slot, top: Option<&EntryInfo>) -> SlotBoot {

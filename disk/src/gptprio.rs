@@ -22,7 +22,23 @@
 //!
 //! Transitions, each one read → change bits in memory → one ordered table write (see
 //! [`crate::gpt`]): the other slot's tries and successful bit are never touched except by
-//! `rollback`; its priority is only lowered from 15 to 14 when the staged slot needs the top.
+//! `rollback`; its priority only moves to keep the order the caller asked for — lowered from
+//! 15 to 14 when the staged slot needs the top, raised from 1 to 2 when a slot blessed on its
+//! last try must go back *below* a slot staged after it.
+//!
+//! Versions never enter the selection: `stage(slot)` makes `slot` the next boot whatever the
+//! two slots' versions are (upgrade, downgrade, pre-release, another build), and it stays the
+//! next boot while it has tries left, until it is marked bad, cancelled, rolled away from, or
+//! the other slot is staged. `mark_good` does not reorder: blessing a slot never outranks a
+//! slot staged after it (the BLS backend behaves the same; `tests/gptprio_lifecycle.rs`
+//! checks both properties over random operation sequences).
+//!
+//! One difference from the BLS backend, forced by the bits: a slot whose last try was used
+//! (cgpt clears its fields) looks exactly like one marked bad or rolled away from (Basalt
+//! clears them, as Bottlerocket's signpost does). `mark_good` must rescue the first — a slot
+//! blessed on its last try — so it also revives the second, and puts it on top unless the
+//! other slot is staged and waiting. The BLS backend refuses to bless a bad entry. Callers
+//! must not bless a slot they rolled away from.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -294,6 +310,10 @@ impl<D: DiskIo> BootControl for GptPrio<D> {
         self.commit(s, new)
     }
 
+    /// Sets the successful bit and clears the tries. The order is kept: a slot that still
+    /// has a priority keeps it; one whose priority cgpt cleared on its last try (or that was
+    /// marked bad) gets one back — the top, unless the other slot is staged and waiting
+    /// (Trying), which keeps its lead.
     fn mark_good(&mut self, slot: Slot) -> Result<(), Error> {
         let s = self.snapshot()?;
         if !s.has_image[idx(slot)] {
@@ -303,7 +323,15 @@ impl<D: DiskIo> BootControl for GptPrio<D> {
         let (mut t, mut o) = (new[idx(slot)], new[idx(!slot)]);
         t.successful = true;
         t.tries = 0;
-        top_priority(&mut t, &mut o);
+        if t.priority == 0 {
+            let other_staged = o.priority > 0 && o.tries > 0 && !o.successful;
+            if other_staged {
+                o.priority = o.priority.max(2);
+                t.priority = o.priority - 1;
+            } else {
+                top_priority(&mut t, &mut o);
+            }
+        }
         new[idx(slot)] = t;
         new[idx(!slot)] = o;
         self.commit(s, new)

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 
-use basalt_disk::esp::EspDirEntry;
+use basalt_disk::esp::{self, EspDirEntry};
 use basalt_disk::{BlsBackend, BootControl, BootStatus, DirEsp, Error, Esp, Slot};
 use bls_common::*;
 
@@ -86,11 +86,13 @@ fn apply(esp: &mut DirEsp, m: &Mutation) {
 /// The operations used to set up and to sweep.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    InstallA10,
+    /// Slot A staged with this version and blessed, as an installed image has it.
+    InstallA(&'static str),
+    /// Slot A holding a blessed entry written by older code (`sort-key basalt`).
+    LegacyA(&'static str),
     Boot,
-    StageB11,
-    StageB12,
-    StageA12,
+    StageA(&'static str),
+    StageB(&'static str),
     MarkGoodB,
     MarkBadB,
     RollbackA,
@@ -99,14 +101,34 @@ enum Kind {
 
 fn run_on<E: Esp>(b: &mut BlsBackend<E>, host: &Path, k: Kind) -> Result<(), Error> {
     match k {
-        Kind::InstallA10 => {
-            b.stage(Slot::A, &target(host, "1.0"), 3)?;
+        Kind::InstallA(v) => {
+            b.stage(Slot::A, &target(host, v), 3)?;
             b.mark_good(Slot::A)
         }
+        Kind::LegacyA(v) => {
+            let t = target(host, v);
+            let esp = b.esp_mut();
+            esp::copy_in(
+                esp,
+                &format!("basalt/{v}/vmlinuz"),
+                t.kernel.as_deref().unwrap(),
+            )?;
+            esp::copy_in(
+                esp,
+                &format!("basalt/{v}/initrd"),
+                t.initrd.as_deref().unwrap(),
+            )?;
+            let text = format!(
+                "title Basalt {v} (slot A)\nsort-key basalt\nversion {v}\n\
+                 linux /basalt/{v}/vmlinuz\ninitrd /basalt/{v}/initrd\n\
+                 options usrhash={} basalt.slot=a\n",
+                t.usr_hash
+            );
+            esp.write_atomic(&format!("loader/entries/basalt-{v}.conf"), text.as_bytes())
+        }
         Kind::Boot => b.boot_attempt().map(|_| ()),
-        Kind::StageB11 => b.stage(Slot::B, &target(host, "1.1"), 3),
-        Kind::StageB12 => b.stage(Slot::B, &target(host, "1.2"), 3),
-        Kind::StageA12 => b.stage(Slot::A, &target(host, "1.2"), 3),
+        Kind::StageA(v) => b.stage(Slot::A, &target(host, v), 3),
+        Kind::StageB(v) => b.stage(Slot::B, &target(host, v), 3),
         Kind::MarkGoodB => b.mark_good(Slot::B),
         Kind::MarkBadB => b.mark_bad(Slot::B),
         Kind::RollbackA => b.rollback(Slot::A),
@@ -145,6 +167,21 @@ fn check_bootable(root: &Path, what: &str) {
     );
 }
 
+/// While `op` stages a slot, a crash leaves the old choice or the staged slot as the next boot,
+/// never anything else.
+fn check_next(root: &Path, op: Kind, old: Option<Slot>, what: &str) {
+    let staged = match op {
+        Kind::StageA(_) => Slot::A,
+        Kind::StageB(_) => Slot::B,
+        _ => return,
+    };
+    let next = BlsBackend::new(DirEsp::new(root)).status().unwrap().next;
+    assert!(
+        next == old || next == Some(staged),
+        "{what}: next boot {next:?}, expected {old:?} or {staged:?}"
+    );
+}
+
 /// Build an initial ESP with `setup`, then sweep `op` over it. Returns the crash points tested.
 fn sweep(setup: &[Kind], op: Kind) -> usize {
     let name = format!("{op:?} after {setup:?}");
@@ -155,6 +192,7 @@ fn sweep(setup: &[Kind], op: Kind) -> usize {
         run_on(&mut b, host.path(), *k).unwrap();
     }
     check_bootable(initial.path(), &format!("{name}: initial state"));
+    let old_next = b.status().unwrap().next;
 
     // The uninterrupted run, recorded.
     let work = tempfile::tempdir().unwrap();
@@ -167,6 +205,8 @@ fn sweep(setup: &[Kind], op: Kind) -> usize {
     run_on(&mut rec, host.path(), op).unwrap();
     let muts = log.borrow().clone();
     let final_state = snapshot(work.path());
+    // Uninterrupted, a stage makes its slot the next boot (whatever the versions).
+    check_next(work.path(), op, None, &format!("{name}: uninterrupted"));
     assert!(!muts.is_empty(), "{name}: nothing recorded");
 
     let mut points = 0;
@@ -195,6 +235,7 @@ fn sweep(setup: &[Kind], op: Kind) -> usize {
                 }
             );
             check_bootable(work.path(), &what);
+            check_next(work.path(), op, old_next, &what);
             let mut b = BlsBackend::new(DirEsp::new(work.path()));
             run_on(&mut b, host.path(), op).unwrap_or_else(|e| panic!("{what}: retry failed: {e}"));
             check_bootable(work.path(), &format!("{what}, retried"));
@@ -213,16 +254,54 @@ fn sweep(setup: &[Kind], op: Kind) -> usize {
 fn crash_sweep() {
     use Kind::*;
     let cases: &[(&[Kind], Kind)] = &[
-        (&[InstallA10], StageB11),
-        (&[InstallA10], StageA12),
-        (&[InstallA10, StageB11, MarkBadB], StageB12),
-        (&[InstallA10, StageB11, Boot, MarkGoodB], StageB12),
-        (&[InstallA10, StageB11, Boot, MarkGoodB], StageA12),
-        (&[InstallA10, StageB11, Boot], MarkGoodB),
-        (&[InstallA10, StageB11, Boot], MarkBadB),
-        (&[InstallA10, StageB11, Boot], CancelB),
-        (&[InstallA10, StageB11, Boot, Boot, Boot], CancelB),
-        (&[InstallA10, StageB11, Boot, MarkGoodB], RollbackA),
+        (&[InstallA("1.0.0")], StageB("1.1.0")),
+        (&[InstallA("1.0.0")], StageA("1.2.0")),
+        (
+            &[InstallA("1.0.0"), StageB("1.1.0"), MarkBadB],
+            StageB("1.2.0"),
+        ),
+        (
+            &[InstallA("1.0.0"), StageB("1.1.0"), Boot, MarkGoodB],
+            StageB("1.2.0"),
+        ),
+        (
+            &[InstallA("1.0.0"), StageB("1.1.0"), Boot, MarkGoodB],
+            StageA("1.2.0"),
+        ),
+        (&[InstallA("1.0.0"), StageB("1.1.0"), Boot], MarkGoodB),
+        (&[InstallA("1.0.0"), StageB("1.1.0"), Boot], MarkBadB),
+        (&[InstallA("1.0.0"), StageB("1.1.0"), Boot], CancelB),
+        (
+            &[InstallA("1.0.0"), StageB("1.1.0"), Boot, Boot, Boot],
+            CancelB,
+        ),
+        (
+            &[InstallA("1.0.0"), StageB("1.1.0"), Boot, MarkGoodB],
+            RollbackA,
+        ),
+        // Versions and boot order: a downgrade, a pre-release after its final, another
+        // build, a re-stage while counting, a rollback to the newer slot, and a stage over
+        // an entry written by older code.
+        (&[InstallA("2.0.0")], StageB("1.0.0")),
+        (&[InstallA("1.2.0")], StageB("1.2.0-rc.1")),
+        (&[InstallA("1.2.0+build.5")], StageB("1.2.0+build.6")),
+        (
+            &[InstallA("1.0.0"), StageB("2.0.0"), Boot],
+            StageB("1.5.0-rc.2"),
+        ),
+        (
+            &[InstallA("2.0.0"), StageB("1.0.0"), Boot, MarkGoodB],
+            RollbackA,
+        ),
+        (
+            &[InstallA("2.0.0"), StageB("1.0.0"), Boot, MarkGoodB],
+            StageA("3.0.0-rc.1+b.1"),
+        ),
+        (&[LegacyA("1.0.0")], StageB("0.9.0")),
+        (
+            &[LegacyA("1.0.0"), StageB("0.9.0"), Boot, MarkGoodB],
+            StageA("1.0.0"),
+        ),
     ];
     let mut total = 0;
     for (setup, op) in cases {

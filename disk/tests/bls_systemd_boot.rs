@@ -8,6 +8,11 @@
 //! Good entries are not renamed by systemd-boot, so every scenario makes the entry we
 //! predict distinguishable from the others by what happens to it.
 //!
+//! The scenarios prove issue 7's "versions and boot order" under the real boot loader: a
+//! pre-release after its final, an operator-approved downgrade, an explicit rollback to the
+//! older slot, an upgrade (over an entry written by older code), another build of the same
+//! version — each time the slot staged last (or rolled back to) is the one systemd-boot starts.
+//!
 //! Needs: qemu-system-x86, ovmf, systemd-boot-efi, gdisk. Fails (not skips) without them.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
@@ -131,8 +136,30 @@ fn boot(dir: &Path, img: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
 }
 
-/// Build a disk with `setup`, predict with our `boot_attempt` on a copy, boot the original.
-fn check(name: &str, setup: impl FnOnce(&mut BlsBackend<FatImageEsp>, &Path)) {
+/// An entry as older Basalt code wrote it (`sort-key basalt`, raw semver), blessed, for slot A,
+/// with the stub as its kernel.
+fn legacy_a(b: &mut BlsBackend<FatImageEsp>, host: &Path, v: &str) {
+    let t = stub_target(host, v);
+    let esp = b.esp_mut();
+    esp::copy_in(esp, &format!("basalt/{v}/vmlinuz"), Path::new(STUB)).unwrap();
+    esp::copy_in(
+        esp,
+        &format!("basalt/{v}/initrd"),
+        t.initrd.as_deref().unwrap(),
+    )
+    .unwrap();
+    let text = format!(
+        "title Basalt {v} (slot A)\nsort-key basalt\nversion {v}\nlinux /basalt/{v}/vmlinuz\n\
+         initrd /basalt/{v}/initrd\noptions usrhash={} basalt.slot=a\n",
+        t.usr_hash
+    );
+    esp.write_atomic(&format!("{ENTRIES_DIR}/basalt-{v}.conf"), text.as_bytes())
+        .unwrap();
+}
+
+/// Build a disk with `setup`, predict with our `boot_attempt` on a copy, boot the original;
+/// the prediction must be `expect` and must be what systemd-boot did.
+fn check(name: &str, expect: Slot, setup: impl FnOnce(&mut BlsBackend<FatImageEsp>, &Path)) {
     let dir = tempfile::tempdir().unwrap();
     let (img, mut b) = disk(dir.path());
     setup(&mut b, dir.path());
@@ -142,6 +169,7 @@ fn check(name: &str, setup: impl FnOnce(&mut BlsBackend<FatImageEsp>, &Path)) {
     std::fs::copy(&img, &copy).unwrap();
     let mut sim = BlsBackend::new(FatImageEsp::open(&copy, ESP_OFFSET, ESP_LEN).unwrap());
     let predicted_slot = sim.status().unwrap().next;
+    assert_eq!(predicted_slot, Some(expect), "{name}: before {before:?}");
     let predicted_title = sim.boot_order().unwrap()[0].content.title.clone().unwrap();
     sim.boot_attempt().unwrap();
     let predicted = entry_names(sim.esp());
@@ -182,45 +210,62 @@ fn systemd_boot_picks_what_we_predict() {
     need(OVMF_CODE, "ovmf");
     need(OVMF_VARS, "ovmf");
 
-    // A blessed 1.0 and a staged 1.1: the staged one boots and loses a try.
-    check("staged over good", |b, h| {
-        b.stage(Slot::A, &stub_target(h, "1.0"), 3).unwrap();
-        b.mark_good(Slot::A).unwrap();
-        b.stage(Slot::B, &stub_target(h, "1.1"), 3).unwrap();
+    // Issue 7, "versions and boot order": the slot staged last boots next, whatever the
+    // version relation. Seven boots (≈10 s each under TCG); each scenario makes the entry we
+    // predict distinguishable by what systemd-boot does to it.
+
+    // (4) A normal upgrade, over an entry written by older code (`sort-key basalt`): any
+    // stage key sorts before it.
+    check("upgrade over an older-style entry", Slot::B, |b, h| {
+        legacy_a(b, h, "1.0.0");
+        b.stage(Slot::B, &stub_target(h, "2.0.0"), 3).unwrap();
     });
-    // A bad entry sorts after a good one: the good one boots, nothing is renamed (had
-    // systemd-boot picked the bad one, it would have become +0-4).
-    check("good over exhausted", |b, h| {
-        b.stage(Slot::A, &stub_target(h, "1.0"), 3).unwrap();
+    // (1) A pre-release staged while its final is good: systemd's version order ranks
+    // `1.2.0-rc.1` above `1.2.0` and `1.2.0~rc.1` below it; neither matters, the key does.
+    check("pre-release after its final", Slot::B, |b, h| {
+        b.stage(Slot::A, &stub_target(h, "1.2.0"), 3).unwrap();
         b.mark_good(Slot::A).unwrap();
-        b.stage(Slot::B, &stub_target(h, "1.1"), 3).unwrap();
-        for _ in 0..3 {
-            b.boot_attempt().unwrap();
-        }
+        b.stage(Slot::B, &stub_target(h, "1.2.0-rc.1"), 3).unwrap();
     });
-    // Version order, not string order: 1.10 is newer than 1.9.
-    check("1.10 over 1.9", |b, h| {
-        b.stage(Slot::A, &stub_target(h, "1.9"), 2).unwrap();
-        b.stage(Slot::B, &stub_target(h, "1.10"), 3).unwrap();
+    // (2) An operator-approved downgrade: 1.0.0 staged while 2.0.0 is good.
+    check("operator-approved downgrade", Slot::B, |b, h| {
+        b.stage(Slot::A, &stub_target(h, "2.0.0"), 3).unwrap();
+        b.mark_good(Slot::A).unwrap();
+        b.stage(Slot::B, &stub_target(h, "1.0.0"), 3).unwrap();
+    });
+    // (3) An explicit rollback to the older slot: it boots (good: not renamed), the other is
+    // bad (had systemd-boot picked it, `+0` would have become `+0-1`).
+    check("explicit rollback to the older slot", Slot::A, |b, h| {
+        b.stage(Slot::A, &stub_target(h, "1.0.0"), 3).unwrap();
+        b.mark_good(Slot::A).unwrap();
+        b.stage(Slot::B, &stub_target(h, "2.0.0"), 3).unwrap();
+        b.boot_attempt().unwrap();
+        b.mark_good(Slot::B).unwrap();
+        b.rollback(Slot::A).unwrap();
+        let st = b.status().unwrap();
+        assert_eq!(st.slot(Slot::B).status, basalt_disk::BootStatus::Bad);
+    });
+    // (5) Build metadata: another build of the same version (names carry `_`, one `+`),
+    // with a two-digit counter: `+10` is 10 tries left (renamed `+9-1`), not a bad entry.
+    check("another build, two-digit counter", Slot::B, |b, h| {
+        b.stage(Slot::A, &stub_target(h, "1.2.0+build.5"), 3)
+            .unwrap();
+        b.mark_good(Slot::A).unwrap();
+        b.stage(Slot::B, &stub_target(h, "1.2.0+build.6"), 10)
+            .unwrap();
+    });
+    // Tries exhausted on the slot staged last: the other counting entry boots, the bad one
+    // waits.
+    check("exhausted falls back", Slot::A, |b, h| {
+        b.stage(Slot::A, &stub_target(h, "1.0.0"), 2).unwrap();
+        b.stage(Slot::B, &stub_target(h, "1.1.0"), 1).unwrap();
         b.boot_attempt().unwrap();
     });
-    // Tries exhausted on the newer one: the older counting entry boots, the bad one waits.
-    check("exhausted falls back", |b, h| {
-        b.stage(Slot::A, &stub_target(h, "1.0"), 2).unwrap();
-        b.stage(Slot::B, &stub_target(h, "1.1"), 1).unwrap();
+    // Every entry bad: systemd-boot still boots the first of them (the one staged last).
+    check("all bad", Slot::B, |b, h| {
+        b.stage(Slot::A, &stub_target(h, "1.1.0"), 1).unwrap();
         b.boot_attempt().unwrap();
-    });
-    // A two-digit counter: `+10` is 10 tries left (renamed `+9-1`), not a bad entry.
-    check("two-digit counter", |b, h| {
-        b.stage(Slot::A, &stub_target(h, "1.0"), 3).unwrap();
-        b.mark_good(Slot::A).unwrap();
-        b.stage(Slot::B, &stub_target(h, "1.1"), 10).unwrap();
-    });
-    // Every entry bad: systemd-boot still boots the first of them (newest version).
-    check("all bad", |b, h| {
-        b.stage(Slot::A, &stub_target(h, "1.0"), 1).unwrap();
-        b.boot_attempt().unwrap();
-        b.stage(Slot::B, &stub_target(h, "1.1"), 1).unwrap();
+        b.stage(Slot::B, &stub_target(h, "1.0.0"), 1).unwrap();
         b.boot_attempt().unwrap();
     });
 }

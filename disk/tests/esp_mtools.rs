@@ -10,6 +10,8 @@ mod bls_common;
 use std::path::Path;
 use std::process::Command;
 
+use basalt_disk::bls::entry::BasaltEntry;
+use basalt_disk::bls::version::{ReleaseVersion, StageKey};
 use basalt_disk::bls::{self, BlsBackend, ENTRIES_DIR};
 use basalt_disk::esp::{self, format_esp, FatImageEsp};
 use basalt_disk::{BootControl, BootStatus, BootTarget, Error, Esp, Slot};
@@ -18,6 +20,9 @@ use bls_common::*;
 const MIB: u64 = 1024 * 1024;
 const OFFSET: u64 = MIB;
 const LEN: u64 = 64 * MIB;
+/// Slot B's version: a pre-release with build metadata, so the names mtools sees carry the
+/// build `+` as `_`.
+const B_VERSION: &str = "1.1.0-rc.1+build.7";
 
 /// Run a peer tool; panics with the Debian package to install when it is missing.
 fn tool(cmd: &str, package: &str, args: &[&str]) -> std::process::Output {
@@ -69,10 +74,10 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
         "{} missing: install the Debian package systemd-boot-efi",
         sd_boot.display()
     );
-    let a = target(dir.path(), "1.0");
+    let a = target(dir.path(), "1.0.0");
     let fat = bls::install_boot_esp(&img, OFFSET, LEN, sd_boot, &[(Slot::A, a)]).unwrap();
     let mut b = BlsBackend::new(fat);
-    b.stage(Slot::B, &target(dir.path(), "1.1"), 3).unwrap();
+    b.stage(Slot::B, &target(dir.path(), B_VERSION), 3).unwrap();
     assert_eq!(b.boot_attempt().unwrap(), Some(Slot::B)); // a counter rename on FAT
     let st = b.status().unwrap();
     assert_eq!(st.slot(Slot::A).status, BootStatus::Good);
@@ -102,7 +107,10 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
     theirs.sort();
     let mut ours: Vec<String> = b.entries().unwrap().into_iter().map(|e| e.file).collect();
     ours.sort();
-    assert_eq!(theirs, ["basalt-1.0.conf", "basalt-1.1+2-1.conf"]);
+    assert_eq!(
+        theirs,
+        ["basalt-1.0.0.conf", "basalt-1.1.0-rc.1_build.7+2-1.conf"]
+    );
     assert_eq!(theirs, ours);
 
     // Valid DOS time stamps (UEFI's FAT driver refuses to rename files dated 1980-00-00).
@@ -130,8 +138,11 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
     let out = dir.path().join("out");
     for (p, want) in [
         ("::/EFI/BOOT/BOOTX64.EFI", std::fs::read(sd_boot).unwrap()),
-        ("::/basalt/1.0/vmlinuz", kernel_bytes("1.0")),
-        ("::/basalt/1.1/initrd", initrd_bytes("1.1")),
+        ("::/basalt/1.0.0/vmlinuz", kernel_bytes("1.0.0")),
+        (
+            "::/basalt/1.1.0-rc.1_build.7/initrd",
+            initrd_bytes(B_VERSION),
+        ),
     ] {
         mtools("mcopy", &["-o", "-i", &i, p, out.to_str().unwrap()]);
         assert_eq!(std::fs::read(&out).unwrap(), want, "{p}");
@@ -147,7 +158,7 @@ fn esp_we_build_reads_the_same_in_mtools_and_passes_fsck() {
         String::from_utf8_lossy(&mtools("mdir", &["-b", "-i", &i, "::/basalt"])).into_owned();
     assert_eq!(
         listing.lines().map(str::trim).collect::<Vec<_>>(),
-        ["::/basalt/1.0/"]
+        ["::/basalt/1.0.0/"]
     );
 }
 
@@ -159,8 +170,14 @@ fn files_mtools_writes_we_read() {
     let i = img_arg(&img, OFFSET);
     let host = dir.path();
     // A whole Basalt entry set written by mtools alone.
-    let t = target(host, "2.0");
-    let entry = basalt_disk::bls::entry::BasaltEntry::new("2.0", Slot::B, &t.usr_hash, "quiet");
+    let t = target(host, "2.0.0");
+    let entry = BasaltEntry::new(
+        &ReleaseVersion::parse("2.0.0").unwrap(),
+        Slot::B,
+        StageKey::FIRST,
+        &t.usr_hash,
+        "quiet",
+    );
     let entry_file = host.join("entry.conf");
     std::fs::write(&entry_file, entry.render()).unwrap();
     let long = host.join("a-long-file-name.with.dots.bin");
@@ -170,15 +187,15 @@ fn files_mtools_writes_we_read() {
         "::/loader",
         "::/loader/entries",
         "::/basalt",
-        "::/basalt/2.0",
+        "::/basalt/2.0.0",
         "::/EFI",
     ] {
         mtools("mmd", &["-i", &i, d]);
     }
     let copies = [
-        (entry_file.clone(), "::/loader/entries/basalt-2.0+3.conf"),
-        (t.kernel.clone().unwrap(), "::/basalt/2.0/vmlinuz"),
-        (t.initrd.clone().unwrap(), "::/basalt/2.0/initrd"),
+        (entry_file.clone(), "::/loader/entries/basalt-2.0.0+3.conf"),
+        (t.kernel.clone().unwrap(), "::/basalt/2.0.0/vmlinuz"),
+        (t.initrd.clone().unwrap(), "::/basalt/2.0.0/initrd"),
         (long.clone(), "::/EFI/a-long-file-name.with.dots.bin"),
     ];
     for (src, dest) in &copies {
@@ -189,7 +206,10 @@ fn files_mtools_writes_we_read() {
         fat.read("EFI/a-long-file-name.with.dots.bin").unwrap(),
         payload
     );
-    assert_eq!(fat.read("basalt/2.0/vmlinuz").unwrap(), kernel_bytes("2.0"));
+    assert_eq!(
+        fat.read("basalt/2.0.0/vmlinuz").unwrap(),
+        kernel_bytes("2.0.0")
+    );
     let b = BlsBackend::new(fat);
     let st = b.status().unwrap();
     assert_eq!(st.next, Some(Slot::B));
@@ -200,7 +220,7 @@ fn files_mtools_writes_we_read() {
             tries_done: 0
         }
     );
-    assert_eq!(st.slot(Slot::B).version.as_deref(), Some("2.0"));
+    assert_eq!(st.slot(Slot::B).version.as_deref(), Some("2.0.0"));
 }
 
 #[test]
@@ -216,11 +236,11 @@ fn full_esp_is_a_typed_error_and_keeps_the_entries() {
         t.kernel = Some(k);
         t
     };
-    b.stage(Slot::A, &big("1.0", 4), 3).unwrap();
+    b.stage(Slot::A, &big("1.0.0", 4), 3).unwrap();
     b.mark_good(Slot::A).unwrap();
     let before = b.status().unwrap();
     let names_before: Vec<String> = b.entries().unwrap().into_iter().map(|e| e.file).collect();
-    let err = b.stage(Slot::B, &big("1.1", 5), 3).unwrap_err();
+    let err = b.stage(Slot::B, &big("1.1.0", 5), 3).unwrap_err();
     assert!(matches!(err, Error::EspFull { .. }), "{err}");
     assert_eq!(b.status().unwrap(), before);
     let names_after: Vec<String> = b.entries().unwrap().into_iter().map(|e| e.file).collect();
@@ -231,7 +251,7 @@ fn full_esp_is_a_typed_error_and_keeps_the_entries() {
         "1.1 leftovers removed"
     );
     // A kernel that fits after all: the failed attempt left no space behind.
-    b.stage(Slot::B, &big("1.1", 2), 3).unwrap();
+    b.stage(Slot::B, &big("1.1.0", 2), 3).unwrap();
     assert_eq!(b.status().unwrap().next, Some(Slot::B));
     fsck(&img, OFFSET, 8 * MIB);
 }

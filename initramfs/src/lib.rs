@@ -7,7 +7,8 @@
 //! check ([`usrsig`]), issuing the device-mapper ioctls (`dm`), first boot on a blank root
 //! partition (blank detection, `mke2fs`, the root skeleton and `/var`: [`rootfs`]), mounting,
 //! first-boot `/etc` ([`factory`]) and `switch_root`, in order in `boot`, with one stable
-//! failure reason per class ([`reason`]) — and the reproducible cpio/initramfs builder
+//! failure reason per class ([`reason`]), left for the next boot in an EFI variable
+//! ([`failrec`]) — and the reproducible cpio/initramfs builder
 //! ([`cpio`], [`builder`]), which can add host executables with their shared-library
 //! closure ([`elf`]).
 //!
@@ -33,6 +34,7 @@ pub mod boot;
 #[cfg(target_os = "linux")]
 pub mod dm;
 pub mod factory;
+pub mod failrec;
 pub mod reason;
 pub mod rootfs;
 pub mod slot;

@@ -75,6 +75,41 @@ pub fn load_module(path: &Path, compressed: bool) -> io::Result<()> {
     }
 }
 
+/// `FS_IMMUTABLE_FL` (linux/fs.h).
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+
+/// Set or clear the immutable flag of `path` (`chattr ±i`, `FS_IOC_SETFLAGS`); returns
+/// whether it was set before. A file system without inode flags reads as "not set" and is
+/// left alone. efivarfs marks variables of unknown vendors immutable: rewriting or deleting
+/// one needs the flag cleared first (as systemd does).
+pub fn set_immutable(path: &Path, on: bool) -> io::Result<bool> {
+    let f = File::open(path)?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the fd is open for the call; the kernel writes one int to `flags`.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    let was = flags & FS_IMMUTABLE_FL != 0;
+    if was != on {
+        let new = if on {
+            flags | FS_IMMUTABLE_FL
+        } else {
+            flags & !FS_IMMUTABLE_FL
+        };
+        // SAFETY: as above; the kernel reads one int from `new`.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &new) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(was)
+}
+
 /// `sync(2)`.
 pub fn sync() {
     // SAFETY: no arguments, cannot fail.

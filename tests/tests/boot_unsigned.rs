@@ -2,8 +2,9 @@
 //! tree re-formatted with another salt (so a root hash no release key signed; v2's old
 //! statement block stays after the tree), and slot B's entry is edited to name that hash, as
 //! an attacker with write access to the ESP would. basalt-init refuses it
-//! (`reason=usrhash-not-signed`) and reboots; after three refusals systemd-boot falls back to
-//! slot A. One QEMU run, reboots inside it.
+//! (`reason=usrhash-not-signed`), records the reason in an EFI variable and reboots; after
+//! three refusals systemd-boot falls back to slot A, whose userspace reads the three records.
+//! One QEMU run, reboots inside it.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -35,6 +36,10 @@ const NOT_SIGNED: &str = "usrhash-not-signed";
 const USERSPACE_UP: &str = "BASALT-MINIMAL: userspace up, version=";
 const V1_UP: &str = "BASALT-MINIMAL: userspace up, version=1.0.0";
 const SWITCHING: &str = "basalt-init: switching root to /sysroot";
+/// basalt-init after writing its failure record (`basalt_initramfs::failrec`).
+const RECORDED: &str = "basalt-init: failure recorded in EFI variable";
+/// The minimal image's init prints each record left by earlier boots after this.
+const RECORD_LINE: &str = "BASALT-MINIMAL: init-failure: ";
 
 /// `signed`'s erofs under a tree formatted with [`OTHER_SALT`], written to `out` in the
 /// release layout (erofs ‖ superblock + tree ‖ statement block), with `signed`'s statement
@@ -199,6 +204,7 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
             boot,
             &[
                 (refused.as_str(), v2_try),
+                (RECORDED, v2_try),
                 (RESTART_MARKER, v2_try),
                 (FAILED, v2_try),
                 ("basalt-init: dm-verity usr status", !v2_try),
@@ -209,6 +215,24 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
             ],
         )?;
     }
+
+    // The reasons reach the next boot: v1's userspace reads the three records basalt-init
+    // left in its EFI variable, each naming the refused slot and its unsigned root hash.
+    let record = format!(
+        "{RECORD_LINE}v1 reason={NOT_SIGNED} slot=b usrhash={} uptime=",
+        unsigned.root_hash.to_hex()
+    );
+    let v1_boot = boots.last().context("no v1 boot")?;
+    ensure!(
+        count_markers(v1_boot, &record) == TRIES as usize
+            && count_markers(v1_boot, RECORD_LINE) == TRIES as usize,
+        "expected {TRIES} failure records like {record:?} in v1's boot:\n{}",
+        v1_boot
+            .lines()
+            .filter(|l| l.contains("init-failure"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     let bls = expect_fell_back(&disk, v1_entry, &v2_spent)?;
     let spent = String::from_utf8(bls.esp().read(&format!("loader/entries/{v2_spent}"))?)?;

@@ -4,10 +4,14 @@
 //!   every test (unit, property, peer interop, host integration, VM) and a short fuzz pass.
 //! - `bench` — throughput figures against peers run in the same process run.
 //! - `demo`  — the newcomer's tour of what Basalt does today.
+//! - `crash-sweep` — the full crash sweep of a whole update (≥ 200 kill/tear points).
+//! - `bench-install` — the update agent's install path vs a zstd/sha256 pipeline, peak RSS.
 
 mod bench;
 mod bench_http;
+mod bench_install;
 mod bench_rollout;
+mod crash_sweep;
 mod demo;
 mod sh;
 mod test;
@@ -29,6 +33,10 @@ enum Command {
     Bench(bench::Args),
     /// Show what Basalt does, step by step.
     Demo(demo::Args),
+    /// Kill and tear every write of a whole update, then check the boot and the resume.
+    CrashSweep(crash_sweep::Args),
+    /// The agent's install path vs `zstd -dc | tee >(sha256) > file`, and its peak RSS.
+    BenchInstall(bench_install::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::CrashSweep(args) => crash_sweep::run(args),
+        Command::BenchInstall(args) => bench_install::run(args),
     }
 }

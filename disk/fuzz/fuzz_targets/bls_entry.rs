@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     let lenient = EntryFile::parse(data);
     if let Ok(e) = BasaltEntry::parse("fuzz.conf", data) {
         // A valid Basalt entry reads the same in systemd-boot's reading.
-        assert_eq!(lenient.version.as_deref(), Some(e.version.as_str()));
+        assert_eq!(lenient.version.as_deref(), Some(e.entry_version.as_str()));
+        assert_eq!(lenient.sort_key, e.sort_key);
         assert_eq!(BasaltEntry::parse("fuzz.conf", e.render().as_bytes()).ok(), Some(e));
     }
     let _ = booted_entry_file(Some(data), None);

@@ -11,14 +11,13 @@
 
 use std::fmt;
 
+use super::version::{release_from_entry_version, ReleaseVersion, StageKey};
 use crate::{Error, Slot};
 
 /// File-name suffix of Type #1 entries.
 pub const CONF_SUFFIX: &str = ".conf";
-/// File-name prefix (and sort key) of Basalt's entries.
+/// File-name prefix of Basalt's entries.
 pub const BASALT_PREFIX: &str = "basalt-";
-/// The `sort-key` Basalt writes: all Basalt entries are one group, ordered by version.
-pub const SORT_KEY: &str = "basalt";
 /// Kernel command-line option naming the slot an entry boots (`basalt.slot=a` or `b`).
 pub const SLOT_OPTION: &str = "basalt.slot=";
 /// Kernel command-line option carrying the dm-verity root hash of `/usr`.
@@ -68,7 +67,7 @@ impl EntryName {
     }
 
     /// The strict reading for Basalt's own entries: must end in `.conf`, and a `+` may only
-    /// start a well-formed counter (Basalt versions never contain `+`). A malformed counter
+    /// start a well-formed counter (Basalt file names carry a build's `+` as `_`). A malformed counter
     /// such as `basalt-1.0+x-1.conf` is [`Error::BlsEntryName`].
     pub fn parse(file: &str) -> Result<EntryName, Error> {
         let bad = |reason| Error::BlsEntryName {
@@ -248,19 +247,32 @@ pub(crate) fn key_values(text: &str) -> impl Iterator<Item = (&str, &str)> {
 /// `basalt-*.conf` file systemd-boot would load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasaltEntry {
+    /// The release version the entry boots (semver text), read from the `version` line
+    /// ([`release_from_entry_version`]).
     pub version: String,
+    /// The `version` line as written (`1.2.0~rc.1` for `1.2.0-rc.1`).
+    pub entry_version: String,
+    /// The `sort-key` line: a [`StageKey`] for entries written by `stage`, `basalt` for older
+    /// ones, absent or anything for hand-written ones.
+    pub sort_key: Option<String>,
     pub slot: Slot,
-    /// Kernel path on the ESP (`/basalt/<version>/vmlinuz`).
+    /// Kernel path on the ESP (`/basalt/<file form>/vmlinuz`).
     pub linux: String,
-    /// Initrd path on the ESP (`/basalt/<version>/initrd`).
+    /// Initrd path on the ESP (`/basalt/<file form>/initrd`).
     pub initrd: Vec<String>,
     /// The whole kernel command line (`usrhash=… basalt.slot=… <extra>`).
     pub options: String,
 }
 
 impl BasaltEntry {
-    /// The entry Basalt writes for `version` in `slot`.
-    pub fn new(version: &str, slot: Slot, usr_hash: &str, extra_options: &str) -> BasaltEntry {
+    /// The entry Basalt writes for `version` in `slot`, ordered by `key`.
+    pub fn new(
+        version: &ReleaseVersion,
+        slot: Slot,
+        key: StageKey,
+        usr_hash: &str,
+        extra_options: &str,
+    ) -> BasaltEntry {
         let dir = kernel_dir(version);
         let mut options = format!("{USRHASH_OPTION}{usr_hash} {SLOT_OPTION}{}", slot.letter());
         if !extra_options.trim().is_empty() {
@@ -269,6 +281,8 @@ impl BasaltEntry {
         }
         BasaltEntry {
             version: version.to_string(),
+            entry_version: version.entry_version(),
+            sort_key: Some(key.sort_key()),
             slot,
             linux: format!("/{dir}/vmlinuz"),
             initrd: vec![format!("/{dir}/initrd")],
@@ -276,14 +290,25 @@ impl BasaltEntry {
         }
     }
 
+    /// The stage key, when the `sort-key` line is one.
+    pub fn stage_key(&self) -> Option<StageKey> {
+        self.sort_key.as_deref().and_then(StageKey::parse)
+    }
+
     /// The file content.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "title Basalt {v} (slot {slot})\nsort-key {SORT_KEY}\nversion {v}\nlinux {linux}\n",
+            "title Basalt {v} (slot {slot})\n",
             v = self.version,
-            slot = self.slot,
-            linux = self.linux
+            slot = self.slot
         );
+        if let Some(k) = &self.sort_key {
+            s.push_str(&format!("sort-key {k}\n"));
+        }
+        s.push_str(&format!(
+            "version {}\nlinux {}\n",
+            self.entry_version, self.linux
+        ));
         for i in &self.initrd {
             s.push_str(&format!("initrd {i}\n"));
         }
@@ -309,7 +334,7 @@ impl BasaltEntry {
             Some((LoaderType::Efi, _)) => return Err(bad("an `efi` entry, not `linux`".into())),
             None => return Err(bad("no `linux` line".into())),
         };
-        let version = e.version.ok_or_else(|| bad("no `version` line".into()))?;
+        let entry_version = e.version.ok_or_else(|| bad("no `version` line".into()))?;
         let options = e.options.unwrap_or_default();
         let slots: Vec<&str> = options
             .split_ascii_whitespace()
@@ -326,7 +351,9 @@ impl BasaltEntry {
             }
         };
         Ok(BasaltEntry {
-            version,
+            version: release_from_entry_version(&entry_version),
+            entry_version,
+            sort_key: e.sort_key,
             slot,
             linux,
             initrd: e.initrd,
@@ -335,30 +362,15 @@ impl BasaltEntry {
     }
 }
 
-/// Where the kernel and initrd of `version` live on the ESP (no leading `/`).
-pub fn kernel_dir(version: &str) -> String {
-    format!("basalt/{version}")
+/// The file name of `version`'s entry without counter and `.conf`: `basalt-<file form>`.
+pub fn entry_base(version: &ReleaseVersion) -> String {
+    format!("{BASALT_PREFIX}{}", version.file_form())
 }
 
-/// Check a version for use in file names: 1–64 characters of `a-z 0-9 . _ ~ ^ -`, starting
-/// with a digit or letter. No `+` (it starts a boot counter), no upper case (FAT names are
-/// case-insensitive, two versions differing in case would collide).
-pub fn validate_version(version: &str) -> Result<(), String> {
-    if version.is_empty() || version.len() > 64 {
-        return Err("must be 1 to 64 characters".into());
-    }
-    if !version.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-        return Err("must start with a digit or a lower-case letter".into());
-    }
-    if let Some(c) = version
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_~^".contains(*c)))
-    {
-        return Err(format!(
-            "character {c:?} not allowed (a-z 0-9 . _ ~ ^ - only; `+` would start a boot counter)"
-        ));
-    }
-    Ok(())
+/// Where the kernel and initrd of `version` live on the ESP (no leading `/`):
+/// `basalt/<file form>`.
+pub fn kernel_dir(version: &ReleaseVersion) -> String {
+    format!("basalt/{}", version.file_form())
 }
 
 impl fmt::Display for Counter {
@@ -457,18 +469,33 @@ mod tests {
 
     #[test]
     fn entry_round_trip_and_lenient_reading() {
-        let e = BasaltEntry::new("1.2.0", Slot::B, &"ab".repeat(32), " console=ttyS0 ");
+        let v = ReleaseVersion::parse("1.2.0-rc.1+b.5").unwrap();
+        let key = StageKey::new(99_999_998).unwrap();
+        let e = BasaltEntry::new(&v, Slot::B, key, &"ab".repeat(32), " console=ttyS0 ");
         let text = e.render();
         assert_eq!(BasaltEntry::parse("x.conf", text.as_bytes()).unwrap(), e);
+        assert_eq!(e.version, "1.2.0-rc.1+b.5");
+        assert_eq!(e.stage_key(), Some(key));
         let f = EntryFile::parse(text.as_bytes());
-        assert_eq!(f.sort_key.as_deref(), Some(SORT_KEY));
-        assert_eq!(f.version.as_deref(), Some("1.2.0"));
+        assert_eq!(f.title.as_deref(), Some("Basalt 1.2.0-rc.1+b.5 (slot B)"));
+        assert_eq!(f.sort_key.as_deref(), Some("99999998-basalt"));
+        assert_eq!(f.version.as_deref(), Some("1.2.0~rc.1^b.5"));
         assert_eq!(
             f.loader,
-            Some((LoaderType::Linux, "/basalt/1.2.0/vmlinuz".into()))
+            Some((LoaderType::Linux, "/basalt/1.2.0-rc.1_b.5/vmlinuz".into()))
         );
+        assert_eq!(entry_base(&v), "basalt-1.2.0-rc.1_b.5");
         assert!(text.contains("options usrhash=abab"));
         assert!(text.contains("basalt.slot=b console=ttyS0\n"));
+
+        // An entry written by older code: `sort-key basalt`, raw semver in `version`.
+        let legacy = b"title Basalt 1.2.0-rc.1 (slot A)\nsort-key basalt\nversion 1.2.0-rc.1\n\
+            linux /basalt/1.2.0-rc.1/vmlinuz\noptions usrhash=00 basalt.slot=a\n";
+        let old = BasaltEntry::parse("basalt-1.2.0-rc.1.conf", legacy).unwrap();
+        assert_eq!(old.version, "1.2.0-rc.1");
+        assert_eq!(old.sort_key.as_deref(), Some("basalt"));
+        assert_eq!(old.stage_key(), None);
+        assert_eq!(old.slot, Slot::A);
 
         let odd = b"# c\n  title   \"Quoted T\"  \r\nlinux\n options a\noptions b\0linux /x";
         let f = EntryFile::parse(odd);
@@ -501,16 +528,6 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(c)
             );
-        }
-    }
-
-    #[test]
-    fn versions_for_file_names() {
-        for ok in ["1.2.3", "2026.11.29-rc.1", "1~rc1", "0^git"] {
-            assert!(validate_version(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "1.0+build", "1.0/x", "A1", "-1", &"9".repeat(65), "1 2"] {
-            assert!(validate_version(bad).is_err(), "{bad}");
         }
     }
 }

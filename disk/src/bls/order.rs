@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(strverscmp_improved("1", ""), Greater);
         assert_eq!(strverscmp_improved("abc", "abcd"), Less);
         // Not semver: a `-` suffix makes a version *newer* ("123" < "123-a" in systemd's
-        // list); pre-releases must use `~`.
+        // list). Basalt writes pre-releases as `~` in the `version` line (see `version`).
         assert_eq!(strverscmp_improved("1.2.0", "1.2.0-rc.1"), Less);
         assert_eq!(strverscmp_improved("1.2.0~rc.1", "1.2.0"), Less);
     }

@@ -49,7 +49,7 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/2";
+pub const BUILDER_VERSION: &str = "basalt-image-build/3"; // 3: stage keys, efivarfs module
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -82,8 +82,9 @@ pub const INITRD_MODULES: [&str; 6] = [
     "ext4",
 ];
 /// Modules loaded when present and loadable (sha256-ssse3 fails with ENODEV under TCG's
-/// default CPU).
-pub const INITRD_OPTIONAL_MODULES: [&str; 1] = ["sha256-ssse3"];
+/// default CPU; efivarfs lets basalt-init record a failure for the next boot, see
+/// `basalt_initramfs::failrec`).
+pub const INITRD_OPTIONAL_MODULES: [&str; 2] = ["sha256-ssse3", "efivarfs"];
 /// Extra optional modules for the container-host profile: systemd mounts the ESP (vfat).
 pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nls_ascii"];
 
@@ -465,54 +466,18 @@ fn build_into(
     verity_uuid.copy_from_slice(&derived_bytes("verity-uuid", config)[..16]);
     verity_uuid[6] = (verity_uuid[6] & 0x0f) | 0x40;
     verity_uuid[8] = (verity_uuid[8] & 0x3f) | 0x80;
-    let opts = basalt_verity::FormatOptions {
-        salt: derived_bytes("verity-salt", config).to_vec(),
-        superblock: true,
-        uuid: Some(verity_uuid),
-        hash_offset: erofs_len,
-        threads: 0,
-    };
-    let data_blocks = erofs_len / basalt_verity::BLOCK_SIZE;
-    let info =
-        basalt_verity::format_path(&usr, &usr, Some(data_blocks), &opts).map_err(|source| {
-            BuildError::Verity {
-                path: usr.clone(),
-                source: Box::new(source),
-            }
-        })?;
-    let root_hash = Digest(info.root_hash);
-    steps.mark("verity");
-
-    // 3. The signed usr-hash statement, in the block after the tree.
     let key_refs: Vec<&SigningKey> = inputs.keys.iter().collect();
-    let statement = UsrHashStatement {
-        os: config.os.name.clone(),
-        version: config.os.version.clone(),
-        root_hash,
-    };
-    let envelope = sign_usr_hash(&statement, &key_refs).map_err(|source| BuildError::Sign {
-        what: "usr-hash statement",
-        source: Box::new(source),
-    })?;
-    let block = basalt_initramfs::usrsig::encode_block(&envelope).map_err(|source| {
-        BuildError::Initramfs {
-            path: usr.clone(),
-            source: Box::new(source),
-        }
-    })?;
-    // = hash_offset + superblock block + tree (usrsig::statement_offset, shifted).
-    let statement_at =
-        erofs_len + basalt_verity::BLOCK_SIZE + basalt_verity::hash_tree_size(data_blocks);
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(&usr)
-            .map_err(io("open", &usr))?;
-        f.seek(SeekFrom::Start(statement_at))
-            .and_then(|_| f.write_all(&block))
-            .and_then(|()| f.sync_all())
-            .map_err(io("append the usr-hash statement to", &usr))?;
-    }
+    let (info, root_hash) = seal_usr_image(
+        &usr,
+        erofs_len,
+        derived_bytes("verity-salt", config).to_vec(),
+        verity_uuid,
+        &config.os.name,
+        &config.os.version,
+        &key_refs,
+    )?;
+    let data_blocks = info.data_blocks;
+    steps.mark("verity");
     let usr_len = file_len(&usr)?;
     steps.mark("sign-usr-hash");
 
@@ -649,6 +614,74 @@ fn build_into(
     })?;
     fs::write(&facts_path, text).map_err(io("write", &facts_path))?;
     Ok(())
+}
+
+/// Seal a `/usr` filesystem image into the `usr.img` artifact, in place: append at
+/// `hash_offset = data_len` (a non-zero multiple of 4 KiB) the veritysetup-format hash area
+/// (superblock with `salt` and `uuid`, then the tree), then the usr-hash statement block
+/// (`basalt_initramfs::usrsig`) signed by `keys`, right after the tree. Returns the verity
+/// facts and the root hash. Used by [`build`] and by `basalt_image::release::synthetic`.
+pub fn seal_usr_image(
+    usr: &Path,
+    data_len: u64,
+    salt: Vec<u8>,
+    uuid: [u8; 16],
+    os: &str,
+    version: &basalt_manifest::semver::Version,
+    keys: &[&SigningKey],
+) -> Result<(basalt_verity::VerityInfo, Digest), BuildError> {
+    if data_len == 0 || data_len % basalt_verity::BLOCK_SIZE != 0 {
+        return Err(BuildError::Io {
+            op: "check the size of",
+            path: usr.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "image of {data_len} bytes is not a non-empty multiple of 4096"
+            )),
+        });
+    }
+    let opts = basalt_verity::FormatOptions {
+        salt,
+        superblock: true,
+        uuid: Some(uuid),
+        hash_offset: data_len,
+        threads: 0,
+    };
+    let data_blocks = data_len / basalt_verity::BLOCK_SIZE;
+    let info =
+        basalt_verity::format_path(usr, usr, Some(data_blocks), &opts).map_err(|source| {
+            BuildError::Verity {
+                path: usr.to_path_buf(),
+                source: Box::new(source),
+            }
+        })?;
+    let root_hash = Digest(info.root_hash);
+    let statement = UsrHashStatement {
+        os: os.to_owned(),
+        version: version.clone(),
+        root_hash,
+    };
+    let envelope = sign_usr_hash(&statement, keys).map_err(|source| BuildError::Sign {
+        what: "usr-hash statement",
+        source: Box::new(source),
+    })?;
+    let block = basalt_initramfs::usrsig::encode_block(&envelope).map_err(|source| {
+        BuildError::Initramfs {
+            path: usr.to_path_buf(),
+            source: Box::new(source),
+        }
+    })?;
+    // = hash_offset + superblock block + tree (usrsig::statement_offset, shifted).
+    let statement_at =
+        data_len + basalt_verity::BLOCK_SIZE + basalt_verity::hash_tree_size(data_blocks);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(usr)
+        .map_err(io("open", usr))?;
+    f.seek(SeekFrom::Start(statement_at))
+        .and_then(|_| f.write_all(&block))
+        .and_then(|()| f.sync_all())
+        .map_err(io("append the usr-hash statement to", usr))?;
+    Ok((info, root_hash))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -871,43 +904,71 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
     use std::os::fd::AsRawFd;
     let src = File::open(from).map_err(io("open", from))?;
     let len = src.metadata().map_err(io("stat", from))?.len();
-    let tmp = to.with_extension("copy-tmp");
-    let dst = File::create(&tmp).map_err(io("create", &tmp))?;
-    dst.set_len(len).map_err(io("size", &tmp))?;
-    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
-    let mut pos: i64 = 0;
-    let end = len as i64;
-    while pos < end {
-        // SAFETY: lseek on a descriptor we own; no memory is passed.
-        let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
+    // The one atomic replace (temporary beside `to`, fsync, rename, fsync dir); only the
+    // copying is ours: data extents only, so holes stay holes.
+    basalt_fsutil::write_atomic_with(to, 0o644, |dst| {
+        dst.set_len(len)?;
+        let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+        let mut pos: i64 = 0;
+        let end = len as i64;
+        while pos < end {
+            // SAFETY: lseek on a descriptor we own; no memory is passed.
+            let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
+            if data < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ENXIO) {
+                    break; // only a hole remains
+                }
+                return Err(err);
             }
-            return Err(io("seek data in", from)(err));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io("seek hole in", from)(std::io::Error::last_os_error()));
-        }
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            let want = (hole - off_in) as usize;
-            // SAFETY: both descriptors are open; the offsets are valid i64s we own.
-            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
-            if n < 0 {
-                return Err(io("copy data to", &tmp)(std::io::Error::last_os_error()));
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            if n == 0 {
-                break;
+            let (mut off_in, mut off_out) = (data, data);
+            while off_in < hole {
+                let want = (hole - off_in) as usize;
+                // SAFETY: both descriptors are open; the offsets are valid i64s we own.
+                let n =
+                    unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
+                if n < 0 {
+                    let err = std::io::Error::last_os_error();
+                    // Across file systems (EXDEV) or where the call is missing: plain copy.
+                    let plain = [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL];
+                    if !err.raw_os_error().is_some_and(|c| plain.contains(&c)) {
+                        return Err(err);
+                    }
+                    copy_range(&src, dst, off_in as u64, hole as u64)?;
+                    break;
+                }
+                if n == 0 {
+                    break;
+                }
             }
+            pos = hole;
         }
-        pos = hole;
+        Ok(())
+    })
+    .map_err(|e| BuildError::Io {
+        op: "copy (sparse) into",
+        path: to.to_path_buf(),
+        source: std::io::Error::new(e.source.kind(), e.to_string()),
+    })
+}
+
+/// Copy bytes `[from, to)` of `src` to the same offsets of `dst` with positional reads and
+/// writes (1 MiB at a time).
+fn copy_range(src: &File, dst: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = buf.len().min((to - at) as usize);
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
     }
-    dst.sync_all().map_err(io("sync", &tmp))?;
-    fs::rename(&tmp, to).map_err(io("rename into place", to))?;
     Ok(())
 }
 

@@ -105,6 +105,14 @@ if touch /usr/.write-test 2>/dev/null; then
 else
     echo "BASALT-MINIMAL: /usr is read-only"
 fi
+# Failures basalt-init recorded on earlier boots (EFI variable: 4 attribute bytes, then
+# one line per failed boot; read through a pipe, efivarfs files do not seek).
+if [ -d /sys/firmware/efi ]; then
+    grep -q ' /sys/firmware/efi/efivars ' /proc/mounts ||
+        mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+    cat /sys/firmware/efi/efivars/@FAILREC_VAR@ \
+        2>/dev/null | tail -c +5 | sed 's/^/BASALT-MINIMAL: init-failure: /'
+fi
 for opt in $(cat /proc/cmdline); do
     case "$opt" in
     basalt.test=read-payload)
@@ -121,6 +129,12 @@ echo "BASALT-MINIMAL: done"
 sync
 poweroff -f
 "#;
+
+/// [`MINIMAL_INIT`] as installed: `@FAILREC_VAR@` becomes the efivarfs name of
+/// basalt-init's failure records (`basalt_initramfs::failrec`, the one place it is defined).
+pub fn minimal_init() -> String {
+    MINIMAL_INIT.replace("@FAILREC_VAR@", &basalt_initramfs::failrec::var_file_name())
+}
 
 /// Size of the deterministic payload in the minimal image (the corruption tests target it).
 pub const PAYLOAD_BYTES: usize = 4 << 20;
@@ -162,7 +176,7 @@ pub fn stage_minimal(staging: &Path, os: &Os, busybox: &Path) -> Result<(), Root
     }
     write(&usr.join("lib/os-release"), os_release(os, "minimal"))?;
     let init = usr.join("lib/basalt/init-minimal");
-    write(&init, MINIMAL_INIT)?;
+    write(&init, minimal_init())?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &init))?;
     write(&usr.join("share/basalt/payload.bin"), payload())?;
     let factory = usr.join("share/factory/etc");

@@ -1,11 +1,12 @@
 //! `basalt-init`: PID 1 of the Basalt initramfs. All logic is in `basalt_initramfs::boot`;
 //! this file only guards against running outside an initramfs and turns every failure
-//! (panics included) into a logged reason and a reboot. It never returns from `main`: PID 1
+//! (panics included) into a logged reason, a record for the next boot (`failrec`) and a
+//! reboot. It never returns from `main`: PID 1
 //! exiting would panic the kernel instead of letting the boot counter work.
 
 use basalt_initramfs::reason::{Failure, Reason};
 use basalt_initramfs::sys::{self, Log};
-use basalt_initramfs::{boot, Error};
+use basalt_initramfs::{boot, failrec, Error};
 
 fn main() {
     if sys::getpid() != 1 {
@@ -22,12 +23,14 @@ fn main() {
             "BASALT-INIT FAILED reason={}: {info}",
             Reason::Panic
         ));
+        failrec::record_failure(&mut log, Reason::Panic, &info.to_string());
         reboot_now(&mut log);
     }));
     let mut log = Log::default();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let failure: Failure = boot::run(&mut log, &args);
     log.fail(&failure.line());
+    failrec::record_failure(&mut log, failure.reason, &failure.error.to_string());
     reboot_now(&mut log);
 }
 
