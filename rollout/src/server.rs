@@ -163,7 +163,7 @@ impl Server {
             (&Method::POST, ["v1", "enroll"]) => {
                 let (caller, body) = self.authed(req, wire::MAX_SMALL_BYTES).await?;
                 let service = self.service.clone();
-                let enrolled = blocking(move || service.enroll(&caller, &body)).await?;
+                let enrolled = self.run(move || service.enroll(&caller, &body)).await?;
                 Ok(respond(200, "application/json", enrolled.to_json()))
             }
             (&Method::POST, ["v1", "check-in"]) => {
@@ -171,8 +171,9 @@ impl Server {
                 let token = bearer(&req).map(str::to_owned);
                 let body = read_body(req, wire::MAX_CHECK_IN_BYTES).await?;
                 let service = self.service.clone();
-                let directive =
-                    blocking(move || service.check_in_with_token(token.as_deref(), &body)).await?;
+                let directive = self
+                    .run(move || service.check_in_with_token(token.as_deref(), &body))
+                    .await?;
                 Ok(respond(200, "application/json", directive.to_json()))
             }
             (&Method::POST, ["v1", step @ ("pre-reboot" | "steady-state")]) => {
@@ -194,7 +195,7 @@ impl Server {
             (&Method::GET, ["metrics"]) => {
                 let (caller, _) = self.authed(req, 0).await?;
                 let service = self.service.clone();
-                let text = blocking(move || service.metrics(&caller)).await?;
+                let text = self.run(move || service.metrics(&caller)).await?;
                 Ok(respond(200, "text/plain; version=0.0.4", text.into_bytes()))
             }
             _ => Err(Error::NotFound(format!("no endpoint {method} {path}"))),
@@ -205,7 +206,9 @@ impl Server {
     async fn authed(&self, req: Request<Incoming>, cap: usize) -> Result<(Caller, Vec<u8>), Error> {
         let token = bearer(&req).map(str::to_owned);
         let service = self.service.clone();
-        let caller = blocking(move || service.authenticate(token.as_deref())).await?;
+        let caller = self
+            .run(move || service.authenticate(token.as_deref()))
+            .await?;
         let body = read_body(req, cap).await?;
         Ok((caller, body))
     }
@@ -229,13 +232,16 @@ impl Server {
                 ));
             }
             let service = self.service.clone();
-            let caller = blocking(move || service.authenticate(token.as_deref())).await?;
+            let caller = self
+                .run(move || service.authenticate(token.as_deref()))
+                .await?;
             let body = read_body(req, wire::MAX_SMALL_BYTES).await?;
             let service = self.service.clone();
             if step == "pre-reboot" {
-                blocking(move || service.pre_reboot(&caller, &body)).await
+                self.run(move || service.pre_reboot(&caller, &body)).await
             } else {
-                blocking(move || service.steady_state(&caller, &body).map(Ok)).await
+                self.run(move || service.steady_state(&caller, &body).map(Ok))
+                    .await
             }
         }
         .await;
@@ -264,7 +270,7 @@ impl Server {
         let p: Vec<&str> = path.iter().map(String::as_str).collect();
         macro_rules! call {
             ($e:expr) => {{
-                let value = blocking(move || $e).await?;
+                let value = self.run(move || $e).await?;
                 Ok(json(200, &value))
             }};
         }
@@ -544,12 +550,24 @@ async fn read_body(req: Request<Incoming>, cap: usize) -> Result<Vec<u8>, Error>
         .map_err(|e| Error::bad("request body", format!("{e} (limit {cap} bytes)")))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("request task: {e}")))?
+impl Server {
+    /// Runs a (blocking) service call. SQLite calls are short and never enter another
+    /// runtime: on a multi-thread runtime they run in place on this worker
+    /// (`block_in_place`), saving a hand-off to the blocking pool per request. PostgreSQL's
+    /// synchronous client runs a runtime of its own, so its calls go to the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        if multi_thread && self.service.store_runs_inline() {
+            return tokio::task::block_in_place(f);
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(format!("request task: {e}")))?
+    }
 }
 
 fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Body> {

@@ -82,6 +82,11 @@ impl Service {
         }
     }
 
+    /// Whether the store's calls may run on an async worker (see `Backend::runs_inline`).
+    pub fn store_runs_inline(&self) -> bool {
+        self.backend.runs_inline()
+    }
+
     /// The current time of the service's clock.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
@@ -236,6 +241,7 @@ impl Service {
         // Events above the highest recorded, in order; each may move the progress.
         let mut last_seq = node.last_event_seq;
         let mut last_failure = None;
+        let mut events_moved = false;
         for event in &report.events {
             if last_seq.is_some_and(|last| event.seq <= last) {
                 continue;
@@ -254,6 +260,7 @@ impl Service {
                 continue;
             };
             if let Some(stage) = policy::apply_event(p, event.kind, &event.version) {
+                events_moved = true;
                 tx.set_stage(
                     r.rollout.id,
                     id,
@@ -298,6 +305,7 @@ impl Service {
                 // decide again on what is committed by then: two replicas never both take the
                 // last slot.
                 let mut locked = tx.locks_on_begin();
+                let mut known = (!events_moved).then(|| row.clone());
                 loop {
                     let settled = self.settle(
                         &mut tx,
@@ -306,6 +314,7 @@ impl Service {
                         now,
                         last_failure.clone(),
                         locked,
+                        known.take(),
                     )?;
                     if settled.changed {
                         progress = tx.progress(row.rollout.id, id)?;
@@ -368,6 +377,8 @@ impl Service {
 
     /// Counts the fleet and finds timeouts and a due halt. Holding the pool lock
     /// (`locked`), it records them; without it, it only reports that they need the lock.
+    /// `known`: the rollout row as this transaction already read it, when nothing it holds
+    /// has changed since (saves a query on the hot path).
     fn settle(
         &self,
         tx: &mut Tx<'_>,
@@ -376,6 +387,7 @@ impl Service {
         now: DateTime<Utc>,
         mut last_failure: Option<String>,
         locked: bool,
+        known: Option<RolloutRow>,
     ) -> Result<Settled> {
         let current = |tx: &mut Tx<'_>| -> Result<RolloutRow> {
             tx.current_rollout(&pool.name)?
@@ -384,7 +396,11 @@ impl Service {
                     Error::Conflict(format!("rollout {rollout_id} was replaced; check in again"))
                 })
         };
-        let plan = current(tx)?.rollout.plan;
+        let first = match known {
+            Some(row) => row,
+            None => current(tx)?,
+        };
+        let plan = first.rollout.plan.clone();
         let node_timeout = secs(plan.node_timeout_secs);
         let candidates = tx.timeout_candidates(
             rollout_id,
@@ -415,7 +431,7 @@ impl Service {
             changed = true;
         }
         // The rollout and its counters as committed now plus this transaction's changes.
-        let row = current(tx)?;
+        let row = if changed { current(tx)? } else { first };
         let mut rollout = row.rollout;
         let fleet = Fleet {
             pool_size: pool.node_count,

@@ -175,4 +175,8 @@ impl Backend for Sqlite {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
+
+    fn runs_inline(&self) -> bool {
+        true
+    }
 }
