@@ -307,7 +307,7 @@ impl Service {
                 let mut locked = tx.locks_on_begin();
                 let mut known = (!events_moved).then(|| row.clone());
                 loop {
-                    let settled = self.settle(
+                    let settled = Self::settle(
                         &mut tx,
                         &pool_row,
                         row.rollout.id,
@@ -380,7 +380,6 @@ impl Service {
     /// `known`: the rollout row as this transaction already read it, when nothing it holds
     /// has changed since (saves a query on the hot path).
     fn settle(
-        &self,
         tx: &mut Tx<'_>,
         pool: &PoolRow,
         rollout_id: i64,
