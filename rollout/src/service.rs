@@ -82,11 +82,6 @@ impl Service {
         }
     }
 
-    /// Whether the store's calls may run on an async worker (see `Backend::runs_inline`).
-    pub fn store_runs_inline(&self) -> bool {
-        self.backend.runs_inline()
-    }
-
     /// The current time of the service's clock.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()

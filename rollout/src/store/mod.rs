@@ -185,10 +185,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// For messages: the file or the server.
     fn describe(&self) -> String;
-    /// Whether calls may run on an async worker thread (they never enter another runtime).
-    fn runs_inline(&self) -> bool {
-        false
-    }
 }
 
 /// A connection inside a transaction. Dropping it without [`Conn::commit`] rolls back.

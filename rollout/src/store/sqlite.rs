@@ -175,8 +175,4 @@ impl Backend for Sqlite {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
-
-    fn runs_inline(&self) -> bool {
-        true
-    }
 }
