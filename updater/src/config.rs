@@ -33,6 +33,11 @@ pub const CONFIG_DIRS: [&str; 3] = [
     "/run/basalt/updater.d",
 ];
 
+/// The trust root shipped in `/usr` when `repository.trust_root` is not set.
+pub const DEFAULT_TRUST_ROOT: &str = "/usr/lib/basalt/trust/root.json";
+/// The channel when neither `repository.channel` nor os-release's `BASALT_CHANNEL` names one.
+pub const DEFAULT_CHANNEL: &str = "stable";
+
 /// A drop-in larger than this is refused before parsing.
 pub const MAX_FRAGMENT_BYTES: u64 = 64 * 1024;
 
@@ -80,6 +85,7 @@ pub struct Fragment {
     pub health: Option<HealthFragment>,
     pub boot: Option<BootFragment>,
     pub metrics: Option<MetricsFragment>,
+    pub http: Option<HttpFragment>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -89,6 +95,8 @@ pub struct RepositoryFragment {
     pub channel: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub trust_root: Option<PathBuf>,
+    pub os: Option<String>,
+    pub arch: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -130,6 +138,7 @@ pub struct FleetLockFragment {
     pub url: Option<String>,
     pub group: Option<String>,
     pub id: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -141,6 +150,7 @@ pub struct HealthFragment {
     pub units: Option<Vec<String>>,
     pub commands: Option<Vec<Vec<String>>>,
     pub http: Option<Vec<String>>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -149,12 +159,20 @@ pub struct BootFragment {
     pub backend: Option<String>,
     pub disk: Option<PathBuf>,
     pub esp: Option<PathBuf>,
+    pub kernel_options: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsFragment {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFragment {
+    pub connect_timeout_secs: Option<u64>,
+    pub read_timeout_secs: Option<u64>,
 }
 
 impl Fragment {
@@ -181,7 +199,13 @@ pub enum RepositoryLocation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositorySettings {
     pub location: RepositoryLocation,
-    pub channel: String,
+    /// The channel followed; `None`: `BASALT_CHANNEL` of `/usr/lib/os-release`, else
+    /// `stable` (resolved by `agent`, which reads the node).
+    pub channel: Option<String>,
+    /// The OS name releases must carry; `None`: `ID` of `/usr/lib/os-release`.
+    pub os: Option<String>,
+    /// The architecture releases must carry; `None`: the one this binary was built for.
+    pub arch: Option<String>,
     /// A PEM bundle that replaces the system roots for HTTPS.
     pub ca_file: Option<PathBuf>,
     /// The trust root shipped in `/usr` (newer generations live under the state directory).
@@ -259,6 +283,8 @@ pub struct FleetLockSettings {
     pub group: String,
     /// `None`: derived from `/etc/machine-id` (see `fleetlock`).
     pub id: Option<String>,
+    /// A PEM bundle that replaces the system roots for an `https://` lock server.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// When a staged update (or a rollback) reboots the node.
@@ -299,6 +325,8 @@ pub struct HealthSettings {
     pub commands: Vec<Vec<String>>,
     /// URLs that must answer 2xx.
     pub http: Vec<String>,
+    /// A PEM bundle that replaces the system roots for `https://` health URLs.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,8 +342,24 @@ pub struct BootSettings {
     pub backend: BootBackend,
     /// The boot disk; `None`: the disk named in `/run/basalt/boot.env`.
     pub disk: Option<PathBuf>,
-    /// The ESP (device or mounted folder); `None`: found on the boot disk.
+    /// The ESP mounted at this folder; `None`: the FAT inside the boot disk's ESP partition,
+    /// written raw (refused while that partition is mounted).
     pub esp: Option<PathBuf>,
+    /// Kernel command-line options of staged boot entries (besides `usrhash=` and
+    /// `basalt.slot=`, which the boot backend adds); `None`: the running kernel's options
+    /// carry over (see `agent::carried_kernel_options`).
+    pub kernel_options: Option<String>,
+}
+
+/// The HTTP(S) client's limits, for every request the agent makes (repository, fleet lock,
+/// health checks). Proxies come from the environment (`https_proxy`, `http_proxy`,
+/// `no_proxy`; set them with a unit drop-in's `Environment=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// DNS + TCP + proxy tunnel + TLS handshake.
+    pub connect_timeout_secs: u64,
+    /// The response head, then each wait for body bytes.
+    pub read_timeout_secs: u64,
 }
 
 /// Where metrics are served.
@@ -339,8 +383,22 @@ pub struct Settings {
     pub health: HealthSettings,
     pub boot: BootSettings,
     pub metrics: MetricsListen,
+    pub http: HttpSettings,
     /// The files that were applied, in order.
     pub files: Vec<PathBuf>,
+    /// For each key set by a file, that file (for messages about values that are only
+    /// checked against the node later, e.g. a trust root that cannot be read).
+    pub origins: BTreeMap<&'static str, String>,
+}
+
+impl Settings {
+    /// The file that set `key`, or `the built-in default`.
+    pub fn origin(&self, key: &str) -> String {
+        self.origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "the built-in default".to_owned())
+    }
 }
 
 // ───────────────────────────── loading and merging ─────────────────────────────
@@ -413,6 +471,7 @@ pub fn load(dirs: &[PathBuf]) -> Result<Settings, ConfigError> {
     }
     let mut settings = merged.validate()?;
     settings.files = files;
+    settings.origins = merged.origin;
     Ok(settings)
 }
 
@@ -462,6 +521,8 @@ impl Merged {
                 trust_root,
                 "repository.trust_root"
             );
+            take!(self, path, r, repository, os, "repository.os");
+            take!(self, path, r, repository, arch, "repository.arch");
         }
         if let Some(c) = f.check {
             take!(self, path, c, check, interval_secs, "check.interval_secs");
@@ -511,6 +572,10 @@ impl Merged {
                         "reboot.fleet_lock.group",
                     ),
                     (l.id.map(|v| dst.id = Some(v)), "reboot.fleet_lock.id"),
+                    (
+                        l.ca_file.map(|v| dst.ca_file = Some(v)),
+                        "reboot.fleet_lock.ca_file",
+                    ),
                 ] {
                     if set.is_some() {
                         self.origin.insert(name, path.display().to_string());
@@ -525,14 +590,34 @@ impl Merged {
             take!(self, path, h, health, units, "health.units");
             take!(self, path, h, health, commands, "health.commands");
             take!(self, path, h, health, http, "health.http");
+            take!(self, path, h, health, ca_file, "health.ca_file");
         }
         if let Some(b) = f.boot {
             take!(self, path, b, boot, backend, "boot.backend");
             take!(self, path, b, boot, disk, "boot.disk");
             take!(self, path, b, boot, esp, "boot.esp");
+            take!(self, path, b, boot, kernel_options, "boot.kernel_options");
         }
         if let Some(m) = f.metrics {
             take!(self, path, m, metrics, listen, "metrics.listen");
+        }
+        if let Some(h) = f.http {
+            take!(
+                self,
+                path,
+                h,
+                http,
+                connect_timeout_secs,
+                "http.connect_timeout_secs"
+            );
+            take!(
+                self,
+                path,
+                h,
+                http,
+                read_timeout_secs,
+                "http.read_timeout_secs"
+            );
         }
     }
 
@@ -557,27 +642,32 @@ impl Merged {
             Some(url) => {
                 let location =
                     parse_repository_url(&url).map_err(|m| self.invalid("repository.url", m))?;
-                let channel = repo.channel.unwrap_or_else(|| "stable".to_owned());
-                if !is_name(&channel) {
-                    return Err(self.invalid(
-                        "repository.channel",
-                        format!("{channel:?}: use lower-case letters, digits, '-', '_', '.'"),
-                    ));
-                }
-                if let Some(ca) = &repo.ca_file {
-                    if !ca.is_absolute() {
-                        return Err(self.invalid("repository.ca_file", "must be an absolute path"));
+                for (key, value) in [
+                    ("repository.channel", &repo.channel),
+                    ("repository.os", &repo.os),
+                    ("repository.arch", &repo.arch),
+                ] {
+                    if let Some(v) = value {
+                        if !is_name(v) {
+                            return Err(self.invalid(
+                                key,
+                                format!("{v:?}: use lower-case letters, digits, '-', '_', '.'"),
+                            ));
+                        }
                     }
                 }
+                self.absolute("repository.ca_file", repo.ca_file.as_deref())?;
                 let trust_root = repo
                     .trust_root
-                    .unwrap_or_else(|| PathBuf::from("/usr/lib/basalt/trust/root.json"));
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TRUST_ROOT));
                 if !trust_root.is_absolute() {
                     return Err(self.invalid("repository.trust_root", "must be an absolute path"));
                 }
                 Some(RepositorySettings {
                     location,
-                    channel,
+                    channel: repo.channel,
+                    os: repo.os,
+                    arch: repo.arch,
                     ca_file: repo.ca_file,
                     trust_root,
                 })
@@ -654,17 +744,16 @@ impl Merged {
                 ))
             }
         };
-        for (key, p) in [("boot.disk", &b.disk), ("boot.esp", &b.esp)] {
-            if let Some(p) = p {
-                if !p.is_absolute() {
-                    return Err(self.invalid(key, "must be an absolute path"));
-                }
-            }
+        self.absolute("boot.disk", b.disk.as_deref())?;
+        self.absolute("boot.esp", b.esp.as_deref())?;
+        if let Some(o) = &b.kernel_options {
+            check_kernel_options(o).map_err(|m| self.invalid("boot.kernel_options", m))?;
         }
         let boot = BootSettings {
             backend,
             disk: b.disk,
             esp: b.esp,
+            kernel_options: b.kernel_options,
         };
 
         let listen = v
@@ -675,6 +764,20 @@ impl Merged {
         let metrics =
             parse_metrics_listen(&listen).map_err(|m| self.invalid("metrics.listen", m))?;
 
+        let h = v.http.clone().unwrap_or_default();
+        let http = HttpSettings {
+            connect_timeout_secs: h.connect_timeout_secs.unwrap_or(15),
+            read_timeout_secs: h.read_timeout_secs.unwrap_or(30),
+        };
+        for (key, secs) in [
+            ("http.connect_timeout_secs", http.connect_timeout_secs),
+            ("http.read_timeout_secs", http.read_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(self.invalid(key, format!("{secs} is outside 1 ..= 3600")));
+            }
+        }
+
         Ok(Settings {
             repository,
             check,
@@ -683,8 +786,18 @@ impl Merged {
             health,
             boot,
             metrics,
+            http,
             files: Vec::new(),
+            origins: BTreeMap::new(),
         })
+    }
+
+    /// A path key that must be absolute when set.
+    fn absolute(&self, key: &'static str, path: Option<&Path>) -> Result<(), ConfigError> {
+        match path {
+            Some(p) if !p.is_absolute() => Err(self.invalid(key, "must be an absolute path")),
+            _ => Ok(()),
+        }
     }
 
     fn validate_reboot(&self) -> Result<RebootStrategy, ConfigError> {
@@ -773,10 +886,12 @@ impl Merged {
                         ));
                     }
                 }
+                self.absolute("reboot.fleet_lock.ca_file", l.ca_file.as_deref())?;
                 Ok(RebootStrategy::FleetLock(FleetLockSettings {
                     url,
                     group,
                     id: l.id,
+                    ca_file: l.ca_file,
                 }))
             }
             other => Err(self.invalid(
@@ -795,7 +910,9 @@ impl Merged {
             units: h.units.unwrap_or_default(),
             commands: h.commands.unwrap_or_default(),
             http: h.http.unwrap_or_default(),
+            ca_file: h.ca_file,
         };
+        self.absolute("health.ca_file", health.ca_file.as_deref())?;
         if !(10..=86400).contains(&health.deadline_secs) {
             return Err(self.invalid(
                 "health.deadline_secs",
@@ -846,7 +963,32 @@ impl Merged {
     }
 }
 
-fn is_name(s: &str) -> bool {
+/// Options written into boot entries: one line of printable ASCII, bounded, and without the
+/// options the boot backend adds per slot (two `usrhash=` would make the entry ambiguous).
+fn check_kernel_options(o: &str) -> Result<(), String> {
+    if o.len() > 1024 {
+        return Err("longer than 1024 bytes".into());
+    }
+    if !o.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("use printable ASCII on one line".into());
+    }
+    if let Some(bad) = o.split_ascii_whitespace().find(|t| is_slot_option(t)) {
+        return Err(format!(
+            "{bad:?}: usrhash= and basalt.slot= are written by the boot backend for each slot"
+        ));
+    }
+    Ok(())
+}
+
+/// Options that name one slot's image: the boot backend writes them, they never carry over.
+pub fn is_slot_option(token: &str) -> bool {
+    ["usrhash=", "verity.usrhash=", "basalt.slot="]
+        .iter()
+        .any(|p| token.starts_with(p))
+}
+
+/// A channel, OS or architecture name: lower-case letters, digits, `-`, `_`, `.`.
+pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -23,7 +23,7 @@
 //! with tokio's paused clock and a [`Clock`] derived from it, so hours of schedule pass
 //! instantly. Randomness (check jitter) is a [`Random`] passed in.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +101,8 @@ pub struct Paths {
     pub boot_id: PathBuf,
     /// `/etc/machine-id` (FleetLock node id).
     pub machine_id: PathBuf,
+    /// `/sys/firmware/efi/efivars`: basalt-init's failure records (see `bootfail`).
+    pub efivars: PathBuf,
 }
 
 impl Default for Paths {
@@ -110,6 +112,7 @@ impl Default for Paths {
             boot_env: PathBuf::from("/run/basalt/boot.env"),
             boot_id: PathBuf::from("/proc/sys/kernel/random/boot_id"),
             machine_id: PathBuf::from("/etc/machine-id"),
+            efivars: PathBuf::from(crate::bootfail::EFIVARS),
         }
     }
 }
@@ -517,6 +520,8 @@ pub struct Daemon {
     persisted: Option<(Snapshot, Option<Vec<u8>>)>,
     announced_state: String,
     told_reboot_off: bool,
+    /// The failure-record variable is to be deleted after the next successful persist.
+    clear_init_failures: bool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -530,16 +535,7 @@ impl std::fmt::Debug for Daemon {
 /// Retry pause for a refused or failed lock / reboot / steady-state request.
 pub const RETRY: Duration = Duration::from_secs(60);
 
-/// Read `KEY=value` lines (systemd `EnvironmentFile=` syntax, no quoting used by basalt-init).
-pub fn read_env_file(path: &Path) -> Option<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect(),
-    )
-}
+pub use crate::envfile::read as read_env_file;
 
 fn slot_target(node: &NodeView, slot: Slot) -> Option<Target> {
     let v = &node.slots[usize::from(slot == Slot::B)];
@@ -570,6 +566,7 @@ pub fn boot_facts(
         staged_on_disk: None,
         booted_on_trial: None,
         booted_blessed: false,
+        init_failures: None,
     };
     let Some(node) = node else {
         return facts;
@@ -647,13 +644,9 @@ impl Daemon {
             .unwrap_or_default();
         let boot_env = read_env_file(&paths.boot_env);
         let boot_env_hash = boot_env
-            .as_ref()
-            .and_then(|kv| {
-                kv.iter()
-                    .find(|(k, _)| k == "BASALT_USRHASH")
-                    .map(|(_, v)| v.clone())
-            })
-            .and_then(|v| Digest::from_hex(&v));
+            .as_deref()
+            .and_then(|kv| crate::envfile::get(kv, crate::envfile::BASALT_USRHASH))
+            .and_then(Digest::from_hex);
         if boot_env.is_none() {
             tracing::warn!(path = %paths.boot_env.display(), "no {}: the booted slot comes from the engine alone", paths.boot_env.display());
         }
@@ -700,12 +693,20 @@ impl Daemon {
             persisted: None,
             announced_state: String::new(),
             told_reboot_off: false,
+            clear_init_failures: false,
         };
 
         // What the disk says.
         d.node = d.read_node().await;
         let rebooted = loaded.as_ref().is_some_and(|s| s.boot_id != d.boot_id);
-        let facts = boot_facts(d.node.as_ref(), boot_env_hash, rebooted);
+        let mut facts = boot_facts(d.node.as_ref(), boot_env_hash, rebooted);
+        facts.init_failures = match crate::bootfail::read(&d.paths.efivars) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        };
         d.envelope = loaded.as_ref().and_then(StatusFile::envelope);
         let history_before = loaded.as_ref().map_or(0, |s| s.machine.recorded);
         let (machine, effects) = Machine::start(loaded.map(|s| s.machine), &facts, now);
@@ -830,6 +831,11 @@ impl Daemon {
                         "operator request with allow-downgrade: an older release may be installed"
                     );
                 }
+                if let Some(refused) = self.needs_repository(command) {
+                    tracing::info!(command = command.name(), "refused: {refused}");
+                    let _ = reply.send(Err(refused));
+                    return;
+                }
                 let was_checking = matches!(self.machine.state(), State::Checking { .. });
                 match self.machine.command(command) {
                     Err(r) => {
@@ -850,6 +856,28 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Check, download and apply need a repository: without `repository.url` they are
+    /// refused with a configuration error (the state does not change; nothing is recorded).
+    fn needs_repository(&self, command: Command) -> Option<ApiError> {
+        let operation = match command {
+            Command::Check { .. } => crate::machine::Operation::Check,
+            Command::Download { .. } => crate::machine::Operation::Download,
+            Command::Apply { .. } => crate::machine::Operation::Apply,
+            _ => return None,
+        };
+        if self.settings.repository.is_some() {
+            return None;
+        }
+        Some(ApiError::Failed(Failure {
+            operation,
+            error: JobError {
+                class: ErrorClass::Config,
+                name: "NoRepository".into(),
+                message: "no repository is configured: set repository.url in a file under /etc/basalt/updater.d/".into(),
+            },
+        }))
     }
 
     fn check_request(&self, allow_downgrade: bool) -> CheckRequest {
@@ -879,6 +907,7 @@ impl Daemon {
                         h.abort();
                     }
                 }
+                Effect::ClearInitFailures => self.clear_init_failures = true,
             }
         }
     }
@@ -1264,7 +1293,18 @@ impl Daemon {
             self.clock.now(),
         );
         match file.save(&self.paths.status_file()) {
-            Ok(()) => self.persisted = current,
+            Ok(()) => {
+                self.persisted = current;
+                if std::mem::take(&mut self.clear_init_failures) {
+                    // The records are in the status file now; only then is the variable deleted.
+                    match crate::bootfail::clear(&self.paths.efivars) {
+                        Ok(()) => {
+                            tracing::info!("basalt-init's failure records reported and cleared")
+                        }
+                        Err(e) => tracing::warn!("{e}; it will not be reported again"),
+                    }
+                }
+            }
             Err(e) => {
                 self.metrics.status_write_errors.inc();
                 tracing::error!("{e}");

@@ -11,25 +11,30 @@
 //! `{"client_params":{"id":"<node id>","group":"<group>"}}`. A refusal's body is
 //! `{"kind":"…","value":"…"}`, reported verbatim.
 //!
+//! Requests go through the node's one HTTP client ([`crate::http`]): `https://` lock servers
+//! work, with the system roots or the CA file of `reboot.fleet_lock.ca_file`; a POST is never
+//! redirected.
+//!
 //! The node id defaults to an application-specific id derived from `/etc/machine-id` (the
 //! way `sd_id128_get_machine_app_specific(3)` does: HMAC-SHA256 keyed by the machine id over
 //! an application id, truncated to 128 bits, UUID v4 bits set), so the lock server never sees
 //! the machine id itself.
 
-use std::time::Duration;
+use std::path::Path;
 
+use hyper::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::config::FleetLockSettings;
-use crate::httpc::{self, HttpError};
+use crate::http::{url, HttpClient, HttpError, Request};
 
 /// Basalt's application id for the node id (fixed; changing it changes every node's id).
 pub const APP_ID: [u8; 16] = [
     0x6b, 0x1d, 0x2c, 0x9e, 0x41, 0x57, 0x4f, 0x0a, 0x93, 0x8e, 0x2b, 0x71, 0xc4, 0x05, 0xd6, 0x3f,
 ];
 
-/// A request's timeout.
-pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// A lock server's answer larger than this is refused (answers are a few bytes of JSON).
+pub const MAX_BODY: u64 = 64 * 1024;
 
 /// Why a lock operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,12 @@ pub enum FleetLockError {
     },
     #[error("reading the machine id {path}: {detail}")]
     MachineId { path: String, detail: String },
+    #[error("fleet-lock server URL {url:?}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: url::UrlError,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -100,34 +111,48 @@ pub struct FleetLock {
     base: String,
     group: String,
     id: String,
+    client: HttpClient,
 }
 
 impl FleetLock {
-    /// From the settings; the id from the settings or from `machine_id_path`.
+    /// From the settings; the id from the settings or from `machine_id_path`. The URLs of
+    /// both steps are checked now.
     pub fn new(
         settings: &FleetLockSettings,
-        machine_id_path: &str,
+        machine_id_path: &Path,
+        client: HttpClient,
     ) -> Result<Self, FleetLockError> {
+        let mid = || machine_id_path.display().to_string();
         let id = match &settings.id {
             Some(id) => id.clone(),
             None => {
                 let text = std::fs::read_to_string(machine_id_path).map_err(|e| {
                     FleetLockError::MachineId {
-                        path: machine_id_path.to_owned(),
+                        path: mid(),
                         detail: e.to_string(),
                     }
                 })?;
                 node_id(&text).map_err(|detail| FleetLockError::MachineId {
-                    path: machine_id_path.to_owned(),
+                    path: mid(),
                     detail,
                 })?
             }
         };
-        Ok(Self {
+        let lock = Self {
             base: settings.url.trim_end_matches('/').to_owned(),
             group: settings.group.clone(),
             id,
-        })
+            client,
+        };
+        for step in ["pre-reboot", "steady-state"] {
+            lock.url(step)?;
+        }
+        Ok(lock)
+    }
+
+    fn url(&self, step: &str) -> Result<url::Url, FleetLockError> {
+        let u = format!("{}/v1/{step}", self.base);
+        url::parse(&u).map_err(|source| FleetLockError::Url { url: u, source })
     }
 
     pub fn id(&self) -> &str {
@@ -145,33 +170,31 @@ impl FleetLock {
     }
 
     async fn post(&self, step: &'static str) -> Result<(), FleetLockError> {
-        let url = format!("{}/v1/{step}", self.base);
-        let resp = httpc::request(
-            hyper::Method::POST,
-            &url,
-            &[("fleet-lock-protocol", "true")],
-            Some(("application/json", body(&self.id, &self.group))),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|source| FleetLockError::Http { step, source })?;
-        if resp.status == 200 {
+        let url = self.url(step)?;
+        let req = Request::post(url.clone(), "application/json", body(&self.id, &self.group))
+            .header(
+                HeaderName::from_static("fleet-lock-protocol"),
+                HeaderValue::from_static("true"),
+            );
+        let http = |source| FleetLockError::Http { step, source };
+        let resp = self.client.send(&req).await.map_err(http)?;
+        let status = resp.status().as_u16();
+        let answer = resp.bytes(MAX_BODY).await.map_err(http)?;
+        if status == 200 {
             tracing::info!(step, group = %self.group, "fleet-lock {step} granted");
             return Ok(());
         }
-        let detail = serde_json::from_slice::<ErrorBody>(&resp.body)
-            .ok()
-            .map(|b| {
-                format!(
-                    "{}: {}",
-                    b.kind.unwrap_or_default(),
-                    b.value.unwrap_or_default()
-                )
-            });
+        let detail = serde_json::from_slice::<ErrorBody>(&answer).ok().map(|b| {
+            format!(
+                "{}: {}",
+                b.kind.unwrap_or_default(),
+                b.value.unwrap_or_default()
+            )
+        });
         Err(FleetLockError::Refused {
             step,
-            url,
-            status: resp.status,
+            url: url.to_string(),
+            status,
             detail,
         })
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::HealthSettings;
+use crate::http::{HttpClient, Request};
 use crate::reboot::BoxFuture;
 
 /// One check.
@@ -192,11 +193,16 @@ impl Probe for CommandSucceeds {
     }
 }
 
-/// A URL that must answer 2xx to a GET.
+/// A URL that must answer 2xx to a GET (through the node's HTTP client: `https://` with the
+/// system roots or `health.ca_file`, redirects followed within bounds). The body is not read.
 #[derive(Debug, Clone)]
 pub struct HttpAnswers {
     pub url: String,
+    pub client: HttpClient,
 }
+
+/// The longest one HTTP health probe may take, whatever the gate's budget.
+pub const HTTP_PROBE_MAX: Duration = Duration::from_secs(30);
 
 impl Probe for HttpAnswers {
     fn name(&self) -> String {
@@ -205,26 +211,37 @@ impl Probe for HttpAnswers {
 
     fn probe(&self, budget: Duration) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let resp = crate::httpc::request(
-                hyper::Method::GET,
-                &self.url,
-                &[],
-                None,
-                budget.min(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            if (200..300).contains(&resp.status) {
+            let url = crate::http::url::parse(&self.url).map_err(|e| e.to_string())?;
+            let limit = budget.min(HTTP_PROBE_MAX);
+            let req = Request::get(url);
+            let ask = self.client.send(&req);
+            let resp = match tokio::time::timeout(limit, ask).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    return Err(format!(
+                        "{}: no answer within {} s",
+                        self.url,
+                        limit.as_secs()
+                    ))
+                }
+            };
+            let status = resp.status().as_u16();
+            if (200..300).contains(&status) {
                 Ok(())
             } else {
-                Err(format!("HTTP {}", resp.status))
+                Err(format!("HTTP {status}"))
             }
         })
     }
 }
 
-/// The probes the settings ask for, `boot-complete.target` first.
-pub fn probes(settings: &HealthSettings, systemd: &zbus::Connection) -> Vec<Box<dyn Probe>> {
+/// The probes the settings ask for, `boot-complete.target` first; URL checks go through
+/// `http`.
+pub fn probes(
+    settings: &HealthSettings,
+    systemd: &zbus::Connection,
+    http: &HttpClient,
+) -> Vec<Box<dyn Probe>> {
     let mut out: Vec<Box<dyn Probe>> = Vec::new();
     if settings.boot_complete {
         out.push(Box::new(UnitActive {
@@ -242,7 +259,10 @@ pub fn probes(settings: &HealthSettings, systemd: &zbus::Connection) -> Vec<Box<
         out.push(Box::new(CommandSucceeds { argv: argv.clone() }));
     }
     for url in &settings.http {
-        out.push(Box::new(HttpAnswers { url: url.clone() }));
+        out.push(Box::new(HttpAnswers {
+            url: url.clone(),
+            client: http.clone(),
+        }));
     }
     out
 }

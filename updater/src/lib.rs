@@ -21,18 +21,22 @@
 //! Daemon modules, from the inside out: [`machine`] (pure state machine) → [`status`] (its
 //! persisted form) → [`config`] (drop-ins → settings) → [`schedule`] (check times with jitter,
 //! maintenance windows) → [`health`], [`reboot`], [`fleetlock`], [`metrics`], [`notify`],
-//! [`httpc`] (the daemon's I/O edges, each behind a trait or a plain function) → [`daemon`]
+//! [`bootfail`] (the daemon's I/O edges, each behind a trait or a plain function) → [`daemon`]
 //! (the owning task and the engine worker) → [`dbus`] (`org.basalt.Updater1`, server and client
-//! proxy). [`memory`] is an in-memory engine for tests.
+//! proxy). [`agent`] assembles the production parts (engine configuration, source, HTTP
+//! clients) from the settings and the node's own files; `basalt-updated` is `agent` + `dbus`.
+//! [`memory`] is an in-memory engine for tests.
 
+pub mod agent;
+pub mod bootfail;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
 pub mod engine;
+pub mod envfile;
 pub mod fleetlock;
 pub mod health;
 pub mod http;
-pub mod httpc;
 pub mod machine;
 pub mod memory;
 pub mod metrics;

@@ -177,8 +177,72 @@ pub enum RollbackReason {
     /// An operator asked for a rollback.
     Operator,
     /// The staged slot never came up: its boot tries ran out (a kernel panic, basalt-init
-    /// refusing the slot, dm-verity corruption …) and the boot loader fell back.
-    StagedDidNotBoot,
+    /// refusing the slot, dm-verity corruption …) and the boot loader fell back. When
+    /// basalt-init refused it, its failure records for that slot say why.
+    StagedDidNotBoot {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        init_failures: Vec<InitFailure>,
+    },
+}
+
+/// One boot `basalt-init` refused, as it recorded it in its EFI variable
+/// (`basalt_initramfs::failrec`). Diagnostic only: root on the node can forge one, so it is
+/// reported, never a reason to change a boot decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitFailure {
+    /// The stable reason token (`usrhash-not-signed`, `usr-partition-not-found`, …).
+    pub reason: String,
+    /// The slot of the refused boot (`basalt.slot=`), when the command line named one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_slot_letter"
+    )]
+    pub slot: Option<Slot>,
+    /// The `usrhash=` of the refused boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usrhash: Option<Digest>,
+    /// basalt-init's error chain (printable ASCII, bounded).
+    pub detail: String,
+}
+
+impl InitFailure {
+    /// Whether this refused boot was of `target` (its image, or its slot when the record
+    /// names no image).
+    pub fn is_of(&self, target: &Target) -> bool {
+        match self.usrhash {
+            Some(h) => h == target.usr_hash,
+            None => self.slot == Some(target.slot),
+        }
+    }
+}
+
+/// The failure records found at start, and the digest of the variable that held them (a
+/// variable already reported is not reported again, even if it could not be deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitFailures {
+    pub records: Vec<InitFailure>,
+    pub digest: Digest,
+}
+
+/// `3 boots refused: usrhash-not-signed ×3 (last: <detail>)`.
+fn describe_init_failures(records: &[InitFailure]) -> String {
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for r in records {
+        match reasons.iter_mut().find(|(name, _)| *name == r.reason) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((&r.reason, 1)),
+        }
+    }
+    let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+    let last = records.last().map_or("", |r| r.detail.as_str());
+    format!(
+        "basalt-init refused {} boot{}: {} (last: {last})",
+        records.len(),
+        if records.len() == 1 { "" } else { "s" },
+        list.join(", ")
+    )
 }
 
 impl fmt::Display for RollbackReason {
@@ -189,8 +253,15 @@ impl fmt::Display for RollbackReason {
             }
             RollbackReason::MarkedBad => f.write_str("marked bad by an operator"),
             RollbackReason::Operator => f.write_str("rollback requested by an operator"),
-            RollbackReason::StagedDidNotBoot => f.write_str(
-                "the staged slot did not boot (its tries ran out or basalt-init refused it)",
+            RollbackReason::StagedDidNotBoot { init_failures } if init_failures.is_empty() => {
+                f.write_str(
+                    "the staged slot did not boot (its tries ran out; basalt-init left no failure record)",
+                )
+            }
+            RollbackReason::StagedDidNotBoot { init_failures } => write!(
+                f,
+                "the staged slot did not boot: {}",
+                describe_init_failures(init_failures)
             ),
         }
     }
@@ -469,6 +540,10 @@ pub enum Effect {
     Run(Job),
     /// Set the running download's cancel flag.
     CancelRunning,
+    /// basalt-init's failure records were taken into the snapshot: delete the EFI variable
+    /// once the snapshot is on disk (never before: a crash in between repeats a report, never
+    /// loses one).
+    ClearInitFailures,
     /// Start the health gate for the booted slot.
     StartHealthGate,
     /// Stop a running health gate (an operator decided).
@@ -524,7 +599,8 @@ impl Event {
 #[serde(deny_unknown_fields)]
 pub struct Outcome {
     pub at: DateTime<Utc>,
-    /// `committed`, `rolled-back`, `failed`, `cancelled`.
+    /// `committed`, `rolled-back`, `failed`, `cancelled`, `boot-refused` (basalt-init refused
+    /// boots that were not of a staged update: the detail says which slot and why).
     pub kind: String,
     pub from: Option<Version>,
     pub to: Option<Version>,
@@ -549,6 +625,8 @@ pub struct BootFacts {
     pub booted_on_trial: Option<Target>,
     /// The booted slot's boot state is "good" (blessed).
     pub booted_blessed: bool,
+    /// basalt-init's failure records (EFI variable), when there is a variable.
+    pub init_failures: Option<InitFailures>,
 }
 
 /// The persistent part of the machine (what the status file holds besides daemon facts).
@@ -569,6 +647,9 @@ pub struct Snapshot {
     /// how many entries are new.
     #[serde(default)]
     pub recorded: u64,
+    /// The digest of the last failure-record variable reported (see [`InitFailures`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_failures_seen: Option<Digest>,
 }
 
 impl Default for Snapshot {
@@ -583,6 +664,7 @@ impl Default for Snapshot {
             history: VecDeque::new(),
             denied: VecDeque::new(),
             recorded: 0,
+            init_failures_seen: None,
         }
     }
 }
@@ -627,6 +709,47 @@ impl Machine {
         persisted: Option<Snapshot>,
         facts: &BootFacts,
         now: DateTime<Utc>,
+    ) -> (Self, Vec<Effect>) {
+        // Failure records are taken only when the booted slot is known (otherwise nothing is
+        // concluded and they stay for a start that can tell), and only once per variable.
+        let seen = persisted.as_ref().and_then(|s| s.init_failures_seen);
+        let mut pending = match &facts.init_failures {
+            Some(f) if facts.booted.is_some() && Some(f.digest) != seen => f.records.clone(),
+            _ => Vec::new(),
+        };
+        let (mut m, mut effects) = Self::start_inner(persisted, facts, now, &mut pending);
+        if let (Some(f), Some(_)) = (&facts.init_failures, facts.booted) {
+            m.report_init_failures(pending, now);
+            m.s.init_failures_seen = Some(f.digest);
+            effects.push(Effect::ClearInitFailures);
+        }
+        (m, effects)
+    }
+
+    /// Records not explained by a rollback: one `boot-refused` outcome per refused image.
+    fn report_init_failures(&mut self, mut rest: Vec<InitFailure>, now: DateTime<Utc>) {
+        while let Some(first) = rest.first().cloned() {
+            let (same, others): (Vec<_>, Vec<_>) = rest
+                .into_iter()
+                .partition(|r| r.usrhash == first.usrhash && r.slot == first.slot);
+            rest = others;
+            let slot = first
+                .slot
+                .map_or_else(|| "an unnamed slot".to_owned(), |s| format!("slot {s}"));
+            let image = first
+                .usrhash
+                .map_or_else(String::new, |h| format!(" (usrhash {})", &h.to_hex()[..16]));
+            let detail = format!("{slot}{image}: {}", describe_init_failures(&same));
+            tracing::warn!("{detail}");
+            self.record(now, "boot-refused", None, None, detail);
+        }
+    }
+
+    fn start_inner(
+        persisted: Option<Snapshot>,
+        facts: &BootFacts,
+        now: DateTime<Utc>,
+        init_failures: &mut Vec<InitFailure>,
     ) -> (Self, Vec<Effect>) {
         let from_disk = persisted.is_none();
         let mut m = Machine {
@@ -695,7 +818,13 @@ impl Machine {
             State::Staged { target }
             | State::PendingHealth { target }
             | State::Committing { target } => {
-                let reason = RollbackReason::StagedDidNotBoot;
+                let (theirs, rest): (Vec<_>, Vec<_>) = std::mem::take(init_failures)
+                    .into_iter()
+                    .partition(|r| r.is_of(&target));
+                *init_failures = rest;
+                let reason = RollbackReason::StagedDidNotBoot {
+                    init_failures: theirs,
+                };
                 m.rolled_back(now, Some(target.release.clone()), reason);
                 (m, Vec::new())
             }
@@ -1556,6 +1685,30 @@ pub mod slot_letter {
             "B" => Ok(Slot::B),
             _ => Err(serde::de::Error::custom(format!(
                 "{text:?} is not a slot (A or B)"
+            ))),
+        }
+    }
+}
+
+/// `Option<Slot>` as `"A"` / `"B"` (absent when `None`).
+mod opt_slot_letter {
+    use basalt_disk::Slot;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(slot: &Option<Slot>, s: S) -> Result<S::Ok, S::Error> {
+        match slot {
+            Some(slot) => super::slot_letter::serialize(slot, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Slot>, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref() {
+            None => Ok(None),
+            Some("A") => Ok(Some(Slot::A)),
+            Some("B") => Ok(Some(Slot::B)),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "{other:?} is not a slot (A or B)"
             ))),
         }
     }

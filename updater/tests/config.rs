@@ -74,6 +74,7 @@ fn the_shipped_defaults_file_equals_the_built_in_defaults() {
     assert_eq!(
         config::Settings {
             files: Vec::new(),
+            origins: Default::default(),
             ..with_file
         },
         empty,
@@ -106,7 +107,7 @@ fn later_directories_replace_same_names_and_lexical_order_applies() {
     let s = d.load().unwrap();
     let r = s.repository.unwrap();
     assert_eq!(r.location, RepositoryLocation::Folder("/srv/repo".into()));
-    assert_eq!(r.channel, "stable");
+    assert_eq!(r.channel, None, "the vendor's channel went with its file");
     assert_eq!(s.check.interval_secs, 600);
     assert_eq!(s.update.tries, 5);
     assert!(!s.update.auto_apply);
@@ -218,6 +219,16 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[health]\nhttp = [\"localhost/healthz\"]\n", "health.http", "http"),
     ("[boot]\nbackend = \"grub\"\n", "boot.backend", "gptprio"),
     ("[boot]\ndisk = \"vda\"\n", "boot.disk", "absolute"),
+    ("[boot]\nesp = \"efi\"\n", "boot.esp", "absolute"),
+    ("[boot]\nkernel_options = \"quiet usrhash=00\"\n", "boot.kernel_options", "usrhash="),
+    ("[boot]\nkernel_options = \"basalt.slot=b\"\n", "boot.kernel_options", "basalt.slot="),
+    ("[boot]\nkernel_options = \"a\\nb\"\n", "boot.kernel_options", "printable"),
+    ("[repository]\nurl = \"/r\"\nos = \"Basalt OS\"\n", "repository.os", "lower-case"),
+    ("[repository]\nurl = \"/r\"\narch = \"x86 64\"\n", "repository.arch", "lower-case"),
+    ("[reboot]\nstrategy = \"fleet-lock\"\n[reboot.fleet_lock]\nurl = \"https://l\"\nca_file = \"ca.pem\"\n", "reboot.fleet_lock.ca_file", "absolute"),
+    ("[health]\nca_file = \"ca.pem\"\n", "health.ca_file", "absolute"),
+    ("[http]\nconnect_timeout_secs = 0\n", "http.connect_timeout_secs", "outside"),
+    ("[http]\nread_timeout_secs = 7200\n", "http.read_timeout_secs", "outside"),
     ("[metrics]\nlisten = \"0.0.0.0:9259\"\n", "metrics.listen", "loopback"),
     ("[metrics]\nlisten = \"unix:relative.sock\"\n", "metrics.listen", "absolute"),
     ("[metrics]\nlisten = \"9259\"\n", "metrics.listen", "expected"),

@@ -508,15 +508,9 @@ async fn fleet_lock_takes_a_slot_before_rebooting_and_releases_it_after_commit()
         "[repository]\nurl = \"/srv/repo\"\n[check]\ninitial_delay_secs = 0\njitter_secs = 0\n[reboot]\nstrategy = \"fleet-lock\"\n[reboot.fleet_lock]\nurl = \"{}/\"\ngroup = \"workers\"\n",
         server.url
     ));
-    let lock_settings = match &s.reboot {
-        basalt_updater::config::RebootStrategy::FleetLock(l) => l.clone(),
-        _ => unreachable!(),
-    };
-    let lock = basalt_updater::fleetlock::FleetLock::new(
-        &lock_settings,
-        &rig.dir.path().join("machine-id").display().to_string(),
-    )
-    .unwrap();
+    let lock = basalt_updater::agent::fleet_lock(&s, &rig.dir.path().join("machine-id"))
+        .unwrap()
+        .expect("strategy fleet-lock");
     let id = lock.id().to_owned();
     let clock = Arc::new(basalt_updater::daemon::SystemClock);
     let r = run(rig.parts_with(

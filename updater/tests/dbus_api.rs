@@ -12,10 +12,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Proc, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command as Proc, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basalt_updater::daemon::{Parts, SystemClock};
@@ -23,189 +22,11 @@ use basalt_updater::dbus::{self, Updater1Proxy};
 use basalt_updater::memory::{Call, FakeRelease, MemoryEngine, MemoryError};
 use basalt_updater::reboot::SystemdReboot;
 use futures_util::StreamExt;
+use support::bus::{
+    basaltctl, code, need, repo_root, serve_systemd, text, wait_status, Bus, Systemd,
+};
 use support::{settings, Rig};
-use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn need(tool: &str, package: &str) {
-    let ok = Proc::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "{tool} is missing: apt-get install {package}");
-}
-
-// ───────────────────────────── a private bus ─────────────────────────────
-
-struct Bus {
-    dir: tempfile::TempDir,
-    child: Child,
-    address: String,
-}
-
-impl Bus {
-    /// A bus with the system bus's default policy, our policy file included, and root allowed
-    /// to own org.freedesktop.systemd1 (the fake systemd).
-    fn start() -> Bus {
-        need("dbus-daemon", "dbus");
-        let dir = tempfile::Builder::new()
-            .prefix("basalt-bus-")
-            .tempdir()
-            .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("bus");
-        let policy = repo_root().join("dist/dbus/org.basalt.Updater1.conf");
-        let config = format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <policy user="root">
-    <allow own="org.freedesktop.systemd1"/>
-    <allow send_destination="org.freedesktop.systemd1"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"#,
-            socket = socket.display(),
-            policy = policy.display()
-        );
-        let cfg = dir.path().join("bus.conf");
-        std::fs::write(&cfg, config).unwrap();
-        let mut child = Proc::new("dbus-daemon")
-            .arg(format!("--config-file={}", cfg.display()))
-            .args(["--nofork", "--print-address"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start dbus-daemon");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line.trim().to_owned();
-        assert!(
-            address.starts_with("unix:"),
-            "dbus-daemon printed {address:?}"
-        );
-        Bus {
-            dir,
-            child,
-            address,
-        }
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        // Only the process this test started, by its PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ───────────────────────────── a fake systemd ─────────────────────────────
-
-#[derive(Clone, Default)]
-struct Systemd {
-    units: Arc<Mutex<HashMap<String, String>>>,
-    started: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-fn unit_path(name: &str) -> String {
-    let mut out = String::from("/org/freedesktop/systemd1/unit/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("_{b:02x}"));
-        }
-    }
-    out
-}
-
-struct Manager(Systemd);
-
-#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
-impl Manager {
-    fn load_unit(&self, name: String) -> OwnedObjectPath {
-        OwnedObjectPath::try_from(unit_path(&name)).unwrap()
-    }
-    fn start_unit(&self, name: String, mode: String) -> OwnedObjectPath {
-        self.0.started.lock().unwrap().push((name, mode));
-        OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/1").unwrap()
-    }
-}
-
-struct Unit {
-    name: String,
-    sd: Systemd,
-}
-
-#[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
-impl Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> String {
-        self.sd
-            .units
-            .lock()
-            .unwrap()
-            .get(&self.name)
-            .cloned()
-            .unwrap_or_else(|| "inactive".into())
-    }
-}
-
-async fn serve_systemd(address: &str, sd: Systemd, units: &[&str]) -> zbus::Connection {
-    let conn = zbus::connection::Builder::address(address)
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    conn.object_server()
-        .at("/org/freedesktop/systemd1", Manager(sd.clone()))
-        .await
-        .unwrap();
-    for u in units {
-        conn.object_server()
-            .at(
-                unit_path(u),
-                Unit {
-                    name: (*u).to_owned(),
-                    sd: sd.clone(),
-                },
-            )
-            .await
-            .unwrap();
-    }
-    conn.request_name("org.freedesktop.systemd1").await.unwrap();
-    conn
-}
+use zbus::zvariant::{OwnedValue, Value};
 
 // ───────────────────────────── the daemon, in-process ─────────────────────────────
 
@@ -265,63 +86,12 @@ fn parts_for(rig: &Rig, conn: &zbus::Connection, toml: &str) -> Parts<MemoryEngi
     let s = settings(toml);
     let mut p = rig.parts(s.clone(), Arc::new(SystemClock), vec![]);
     p.reboot = Arc::new(SystemdReboot::new(conn.clone()));
-    p.probes = basalt_updater::health::probes(&s.health, conn);
+    let http = basalt_updater::agent::health_client(&s).unwrap();
+    p.probes = basalt_updater::health::probes(&s.health, conn, &http);
     p
 }
 
 const MANUAL: &str = "[repository]\nurl = \"/srv/repo\"\n[check]\ninitial_delay_secs = 3600\njitter_secs = 0\n[update]\nauto_download = false\nauto_apply = false\n[reboot]\nstrategy = \"off\"\n";
-
-// ───────────────────────────── basaltctl ─────────────────────────────
-
-fn basaltctl(bus: &Bus, user: Option<&str>, args: &[&str]) -> Output {
-    let exe = env!("CARGO_BIN_EXE_basaltctl");
-    let mut cmd = match user {
-        None => Proc::new(exe),
-        Some(u) => {
-            need("runuser", "util-linux");
-            let mut c = Proc::new("runuser");
-            c.args(["-u", u, "--", exe]);
-            c
-        }
-    };
-    cmd.arg("--bus-address")
-        .arg(&bus.address)
-        .args(args)
-        .env_remove("BASALT_LOG");
-    cmd.output().expect("run basaltctl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-/// Wait (bounded) until `basaltctl status --json` satisfies `f`.
-fn wait_status(bus: &Bus, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let o = basaltctl(bus, None, &["status", "--json"]);
-        if o.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            if f(&v) {
-                return v;
-            }
-            if Instant::now() > end {
-                panic!("never reached {what}: {v}");
-            }
-        } else if Instant::now() > end {
-            panic!("status failed: {}", text(&o));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn golden(path: &Path, actual: &str) {
     if std::env::var_os("BASALT_UPDATE_GOLDEN").is_some() {
@@ -1100,33 +870,92 @@ async fn basaltctl_update_reboot_asks_systemd() {
     );
 }
 
-/// The real binary: configuration check, owning the name, READY=1 only after that, and the
-/// unwired engine's error for a check.
+/// The real binary: configuration check (settings and what they resolve to on this node),
+/// owning the name, READY=1 only after that, a check refused without a repository.
 #[test]
 fn the_real_basalt_updated_binary_serves_the_api() {
     let bus = Bus::start();
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_basalt-updated");
-    // --check-config: valid and invalid.
-    let o = Proc::new(exe)
-        .args(["--config-root"])
-        .arg(dir.path())
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let node = |cmd: &mut Proc| {
+        cmd.arg("--config-root")
+            .arg(dir.path())
+            .arg("--boot-env")
+            .arg(dir.path().join("boot.env"))
+            .arg("--os-release")
+            .arg(dir.path().join("os-release"))
+            .arg("--cmdline")
+            .arg(dir.path().join("cmdline"))
+            .arg("--efivars")
+            .arg(dir.path().join("efivars"))
+            .arg("--boot-id")
+            .arg(dir.path().join("boot_id"));
+    };
+    let check_config = || {
+        let mut c = Proc::new(exe);
+        node(&mut c);
+        c.arg("--check-config").output().unwrap()
+    };
+    // No boot.env and no boot.disk: the disk is unknown; the message says where it looked.
+    let o = check_config();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        text(&o).contains("boot.disk") && text(&o).contains("boot.env"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(dir.path().join("boot.env"), "BASALT_DISK=/dev/vda\n").unwrap();
+    // No os-release: the OS name is unknown.
+    let o = check_config();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        text(&o).contains("repository.os") && text(&o).contains("os-release"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(
+        dir.path().join("os-release"),
+        "ID=basalt\nBASALT_CHANNEL=beta\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cmdline"),
+        "console=ttyS0 usrhash=00 basalt.slot=a quiet\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
+    let o = check_config();
     assert!(o.status.success(), "{}", text(&o));
+    for resolved in [
+        "disk: \"/dev/vda\"",
+        "os: \"basalt\"",
+        "channel: \"beta\"",
+        "kernel_options: \"console=ttyS0 quiet\"",
+    ] {
+        assert!(text(&o).contains(resolved), "{resolved}: {}", text(&o));
+    }
     let etc = dir.path().join("etc/basalt/updater.d");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("10-bad.toml"), "[update]\ntries = 0\n").unwrap();
-    let o = Proc::new(exe)
-        .args(["--config-root"])
-        .arg(dir.path())
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let o = check_config();
     assert_eq!(code(&o), 3, "{}", text(&o));
     assert!(
         text(&o).contains("update.tries") && text(&o).contains("10-bad.toml"),
+        "{}",
+        text(&o)
+    );
+    // A repository whose shipped trust root is missing: refused at start, naming key and file.
+    std::fs::write(
+        etc.join("10-bad.toml"),
+        "[repository]\nurl = \"/srv/repo\"\ntrust_root = \"/nonexistent/root.json\"\n",
+    )
+    .unwrap();
+    let o = check_config();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        text(&o).contains("repository.trust_root")
+            && text(&o).contains("10-bad.toml")
+            && text(&o).contains("/nonexistent/root.json"),
         "{}",
         text(&o)
     );
@@ -1136,13 +965,11 @@ fn the_real_basalt_updated_binary_serves_the_api() {
     let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Proc::new(exe)
-        .arg("--config-root")
-        .arg(dir.path())
+    let mut cmd = Proc::new(exe);
+    node(&mut cmd);
+    let mut child = cmd
         .arg("--state-dir")
         .arg(dir.path().join("state"))
-        .arg("--boot-env")
-        .arg(dir.path().join("boot.env"))
         .args(["--bus-address", &bus.address])
         .env("NOTIFY_SOCKET", &notify)
         .stdout(Stdio::null())
@@ -1166,17 +993,21 @@ fn the_real_basalt_updated_binary_serves_the_api() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "idle");
+    // No repository: refused as a configuration error, the state unchanged.
     let o = basaltctl(&bus, None, &["check"]);
     assert_eq!(code(&o), 26, "{}", text(&o));
     assert!(
-        text(&o).contains("no update pipeline wired"),
+        text(&o).contains("no repository is configured"),
         "{}",
         text(&o)
     );
+    let o = basaltctl(&bus, None, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "idle");
     // A second instance cannot take the name.
-    let o = Proc::new(exe)
-        .arg("--config-root")
-        .arg(dir.path())
+    let mut cmd = Proc::new(exe);
+    node(&mut cmd);
+    let o = cmd
         .arg("--state-dir")
         .arg(dir.path().join("state2"))
         .args(["--bus-address", &bus.address])
@@ -1202,7 +1033,7 @@ fn the_real_basalt_updated_binary_serves_the_api() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    assert!(dir.path().join("state/status.json").exists());
+    assert!(dir.path().join("state/updater/status.json").exists());
 }
 
 fn unsafe_kill_term(pid: u32) {

@@ -1,15 +1,21 @@
-//! The daemon's I/O edges on their own: the interim HTTP client, health probes (commands,
-//! HTTP endpoints, the gate's deadline), the metrics endpoint on TCP and on a unix socket.
+//! The daemon's I/O edges on their own: the FleetLock client and the HTTP health probes on the
+//! node's one HTTP client (plain HTTP against small servers on 127.0.0.1, HTTPS with a pinned
+//! CA against nginx), command probes, the gate's deadline, the metrics endpoint on TCP and on
+//! a unix socket.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basalt_tests::web::{Nginx, NginxOptions, TestPki};
+use basalt_updater::config::FleetLockSettings;
+use basalt_updater::fleetlock::{FleetLock, FleetLockError};
 use basalt_updater::health::{self, CommandSucceeds, HttpAnswers, Probe};
-use basalt_updater::httpc::{self, HttpError};
+use basalt_updater::http::{HttpClient, HttpConfig, HttpErrorKind, Roots};
 use basalt_updater::metrics::{self, Metrics};
 use basalt_updater::reboot::BoxFuture;
 
@@ -29,57 +35,67 @@ fn serve(response: &'static [u8], connections: usize) -> String {
     url
 }
 
+fn client(read_timeout: Duration) -> HttpClient {
+    HttpClient::new(HttpConfig {
+        read_timeout,
+        connect_timeout: Duration::from_secs(5),
+        ..HttpConfig::default()
+    })
+    .unwrap()
+}
+
+fn lock(url: &str, client: HttpClient) -> Result<FleetLock, FleetLockError> {
+    let settings = FleetLockSettings {
+        url: url.to_owned(),
+        group: "workers".into(),
+        id: Some("node-1".into()),
+        ca_file: None,
+    };
+    FleetLock::new(&settings, Path::new("/nonexistent/machine-id"), client)
+}
+
 #[tokio::test]
-async fn http_client_refusals_are_typed_and_bounded() {
-    let e = httpc::request(
-        hyper::Method::GET,
-        "https://127.0.0.1:1/x",
-        &[],
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(e, HttpError::HttpsUnsupported { .. }), "{e}");
-    let e = httpc::request(
-        hyper::Method::GET,
-        "ftp://x/y",
-        &[],
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(e, HttpError::Url { .. }), "{e}");
+async fn fleet_lock_refusals_are_typed_and_bounded() {
+    let c = client(Duration::from_secs(5));
+    let e = lock("ftp://x/y", c.clone()).unwrap_err();
+    assert!(matches!(e, FleetLockError::Url { .. }), "{e}");
     // Nothing listens on a port we just released.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("http://127.0.0.1:{port}/v1/pre-reboot");
-    let e = httpc::request(hyper::Method::POST, &url, &[], None, Duration::from_secs(5))
+    let url = format!("http://127.0.0.1:{port}");
+    let e = lock(&url, c.clone())
+        .unwrap()
+        .pre_reboot()
         .await
         .unwrap_err();
-    assert!(matches!(e, HttpError::Connect { .. }), "{e}");
-    assert!(e.to_string().contains(&url), "{e}");
+    let FleetLockError::Http { step, source } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(*step, "pre-reboot");
+    assert!(matches!(source.kind, HttpErrorKind::Connect { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&format!("{url}/v1/pre-reboot")),
+        "{e}"
+    );
     // A server that accepts and never answers: a timeout, in bounded time.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/healthz", silent.local_addr().unwrap());
+    let url = format!("http://{}", silent.local_addr().unwrap());
     let started = Instant::now();
-    let e = httpc::request(
-        hyper::Method::GET,
-        &url,
-        &[],
-        None,
-        Duration::from_millis(500),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(e, HttpError::Timeout { .. }), "{e}");
+    let e = lock(&url, client(Duration::from_millis(500)))
+        .unwrap()
+        .steady_state()
+        .await
+        .unwrap_err();
+    let FleetLockError::Http { source, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(source.is_timeout(), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(silent);
-    // A body over the cap.
+    // An answer over the cap.
     let big: &'static [u8] = Box::leak(
         format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
@@ -89,24 +105,95 @@ async fn http_client_refusals_are_typed_and_bounded() {
         .into_bytes()
         .into_boxed_slice(),
     );
-    let url = serve(big, 1);
-    let e = httpc::request(hyper::Method::GET, &url, &[], None, Duration::from_secs(5))
+    let e = lock(&serve(big, 1), c.clone())
+        .unwrap()
+        .pre_reboot()
         .await
         .unwrap_err();
-    assert!(matches!(e, HttpError::Protocol { .. }), "{e}");
-    // A good answer, with its status and body.
-    let url = serve(b"HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\n\r\nno", 1);
-    let r = httpc::request(
-        hyper::Method::POST,
-        &url,
-        &[("fleet-lock-protocol", "true")],
-        Some(("application/json", b"{}".to_vec())),
-        Duration::from_secs(5),
-    )
+    let FleetLockError::Http { source, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(matches!(source.kind, HttpErrorKind::TooLarge { .. }), "{e}");
+    // A refusal, with the server's reason.
+    let url = serve(
+        b"HTTP/1.1 409 Conflict\r\nContent-Length: 47\r\n\r\n{\"kind\":\"failed_lock\",\"value\":\"semaphore full\"}",
+        1,
+    );
+    let e = lock(&url, c.clone())
+        .unwrap()
+        .pre_reboot()
+        .await
+        .unwrap_err();
+    let FleetLockError::Refused { status, detail, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(*status, 409);
+    assert_eq!(detail.as_deref(), Some("failed_lock: semaphore full"));
+    // A redirect is not followed for a POST: the 3xx is the answer.
+    let url = serve(
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+        1,
+    );
+    let e = lock(&url, c).unwrap().pre_reboot().await.unwrap_err();
+    assert!(
+        matches!(e, FleetLockError::Refused { status: 307, .. }),
+        "{e}"
+    );
+}
+
+/// FleetLock and the health probe over HTTPS (nginx with a throwaway CA): the pinned CA file
+/// works, the system roots refuse the unknown issuer.
+#[tokio::test]
+async fn https_lock_servers_and_health_urls_with_a_pinned_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("healthz"), "ok").unwrap();
+    let pki = TestPki::generate(&dir.path().join("pki"), "localhost").unwrap();
+    let options = NginxOptions {
+        tls: Some(pki.clone()),
+        server_extra: "location ^~ /v1/ { return 200; }".into(),
+    };
+    let nginx = Nginx::start_with(&dir.path().join("nginx"), &www, &options).unwrap();
+    let base = nginx.url();
+    let pinned = HttpClient::new(HttpConfig {
+        roots: Roots::Pinned(pki.ca.clone()),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let l = lock(&base, pinned.clone()).unwrap();
+    l.pre_reboot().await.unwrap();
+    l.steady_state().await.unwrap();
+    HttpAnswers {
+        url: format!("{base}healthz"),
+        client: pinned,
+    }
+    .probe(Duration::from_secs(10))
     .await
     .unwrap();
-    assert_eq!(r.status, 409);
-    assert_eq!(&r.body[..], b"no");
+    let system = client(Duration::from_secs(5));
+    let e = lock(&base, system.clone())
+        .unwrap()
+        .pre_reboot()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not signed by"), "{e}");
+    let e = HttpAnswers {
+        url: format!("{base}healthz"),
+        client: system,
+    }
+    .probe(Duration::from_secs(10))
+    .await
+    .unwrap_err();
+    assert!(e.contains("not signed by"), "{e}");
+    let posts: Vec<_> = nginx
+        .access_log()
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.request.starts_with("POST /v1/"))
+        .collect();
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert!(posts.iter().all(|a| a.status == 200));
 }
 
 #[tokio::test]
@@ -152,6 +239,7 @@ async fn http_probes() {
     let url = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
     HttpAnswers {
         url: format!("{url}/healthz"),
+        client: client(Duration::from_secs(5)),
     }
     .probe(Duration::from_secs(5))
     .await
@@ -162,6 +250,7 @@ async fn http_probes() {
     );
     let e = HttpAnswers {
         url: format!("{url}/healthz"),
+        client: client(Duration::from_secs(5)),
     }
     .probe(Duration::from_secs(5))
     .await

@@ -5,13 +5,14 @@
 
 use basalt_disk::{BootStatus, Slot, SlotState};
 use basalt_manifest::chrono::{DateTime, TimeZone, Utc};
+use basalt_manifest::Digest;
 use basalt_updater::daemon::boot_facts;
 use basalt_updater::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, Phase,
 };
 use basalt_updater::machine::{
-    envelope_digest, CheckResult, Command, Effect, Event, Intent, Job, JobError, Machine, Origin,
-    Refusal, Release, RollbackReason, State, HISTORY_LEN,
+    envelope_digest, BootFacts, CheckResult, Command, Effect, Event, InitFailure, InitFailures,
+    Intent, Job, JobError, Machine, Origin, Refusal, Release, RollbackReason, State, HISTORY_LEN,
 };
 use basalt_updater::memory::{Call, FakeRelease, MemoryEngine, MemoryError, MemoryWorld};
 use basalt_updater::status::StatusFile;
@@ -39,6 +40,9 @@ struct Harness {
     candidate: Option<Candidate>,
     cancel: CancelFlag,
     boot_id: u32,
+    /// basalt-init's records the next start finds, and how often a start asked to clear them.
+    init_failures: Option<InitFailures>,
+    cleared: u32,
 }
 
 impl Harness {
@@ -54,6 +58,8 @@ impl Harness {
             candidate: None,
             cancel: CancelFlag::new(),
             boot_id: 0,
+            init_failures: None,
+            cleared: 0,
         };
         h.start(None, false);
         h
@@ -61,7 +67,8 @@ impl Harness {
 
     fn start(&mut self, snapshot: Option<basalt_updater::machine::Snapshot>, rebooted: bool) {
         let node = self.engine.node().unwrap();
-        let facts = boot_facts(Some(&node), self.world.booted_hash(), rebooted);
+        let mut facts = boot_facts(Some(&node), self.world.booted_hash(), rebooted);
+        facts.init_failures = self.init_failures.clone();
         let (m, effects) = Machine::start(snapshot, &facts, now());
         self.m = m;
         self.pending = None;
@@ -86,6 +93,7 @@ impl Harness {
                 Effect::CancelRunning => self.cancel.cancel(),
                 Effect::StartHealthGate => self.health = true,
                 Effect::StopHealthGate => self.health = false,
+                Effect::ClearInitFailures => self.cleared += 1,
             }
         }
     }
@@ -220,6 +228,18 @@ impl Harness {
 
     fn state(&self) -> &'static str {
         self.m.state().name()
+    }
+
+    /// Publish `version` and have an operator apply it: the slot is staged.
+    fn stage(&mut self, version: &str, sequence: u64) {
+        self.world.publish(FakeRelease::new(version, sequence));
+        self.cmd(Command::Apply {
+            origin: op(),
+            allow_downgrade: false,
+        })
+        .unwrap();
+        self.settle();
+        assert_eq!(self.state(), "staged");
     }
 }
 
@@ -407,13 +427,7 @@ fn do_undo_redo_every_cancellable_state() {
 #[test]
 fn health_failure_marks_bad_reboots_and_records_rollback_then_no_auto_reinstall() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     assert_eq!(h.reboot(), Slot::B);
     h.event(Event::HealthFailed {
         check: "unit containerd.service".into(),
@@ -460,38 +474,118 @@ fn health_failure_marks_bad_reboots_and_records_rollback_then_no_auto_reinstall(
 #[test]
 fn staged_slot_that_never_boots_is_recorded_as_rolled_back() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.world.lock().slots[1].fails_to_boot = true;
     assert_eq!(h.reboot(), Slot::A);
     match h.m.state() {
         State::RolledBack {
-            reason: RollbackReason::StagedDidNotBoot,
+            reason: RollbackReason::StagedDidNotBoot { init_failures },
             from,
             ..
         } => {
-            assert_eq!(from.as_ref().unwrap().to_string(), "2.0.0")
+            assert_eq!(from.as_ref().unwrap().to_string(), "2.0.0");
+            assert!(init_failures.is_empty());
         }
         s => panic!("{s:?}"),
     }
     assert!(!h.health);
+    let last = h.m.snapshot().history.back().unwrap();
+    assert!(last.detail.contains("no failure record"), "{}", last.detail);
+    assert_eq!(h.cleared, 0, "no variable, nothing to clear");
+}
+
+fn init_failure(reason: &str, slot: Option<Slot>, usrhash: Option<Digest>) -> InitFailure {
+    InitFailure {
+        reason: reason.into(),
+        slot,
+        usrhash,
+        detail: format!("{reason} detail"),
+    }
+}
+
+/// basalt-init refused the staged slot three times and once refused something else: the three
+/// explain the rollback, the fourth is reported on its own, each exactly once, and the
+/// variable is cleared only by a start that could tell which slot booted.
+#[test]
+fn basalt_init_records_explain_the_rollback_once() {
+    let mut h = Harness::new();
+    h.stage("2.0.0", 2);
+    let staged = h.m.state().target().unwrap().clone();
+    let records = InitFailures {
+        records: vec![
+            init_failure("usrhash-not-signed", Some(Slot::B), Some(staged.usr_hash)),
+            init_failure("usrhash-not-signed", Some(Slot::B), Some(staged.usr_hash)),
+            // No usrhash on the command line: matched by its slot.
+            init_failure("mount-usr", Some(Slot::B), None),
+            init_failure("no-boot-disk", None, None),
+        ],
+        digest: Digest([7; 32]),
+    };
+    h.init_failures = Some(records.clone());
+    h.world.lock().slots[1].fails_to_boot = true;
+    assert_eq!(h.reboot(), Slot::A);
+    let State::RolledBack {
+        reason: RollbackReason::StagedDidNotBoot { init_failures },
+        ..
+    } = h.m.state()
+    else {
+        panic!("{:?}", h.m.state())
+    };
+    assert_eq!(init_failures, &records.records[..3]);
+    let history: Vec<_> = h.m.snapshot().history.iter().cloned().collect();
+    let n = history.len();
+    assert_eq!(history[n - 2].kind, "rolled-back");
+    assert!(
+        history[n - 2].detail.contains(
+            "basalt-init refused 3 boots: usrhash-not-signed ×2, mount-usr ×1 (last: mount-usr detail)"
+        ),
+        "{}",
+        history[n - 2].detail
+    );
+    assert_eq!(history[n - 1].kind, "boot-refused");
+    assert!(
+        history[n - 1]
+            .detail
+            .contains("an unnamed slot: basalt-init refused 1 boot: no-boot-disk ×1"),
+        "{}",
+        history[n - 1].detail
+    );
+    assert_eq!(h.cleared, 1);
+    assert_eq!(h.m.snapshot().init_failures_seen, Some(records.digest));
+    // The variable could not be deleted: the next start clears again, reports nothing new.
+    let recorded = h.m.snapshot().recorded;
+    h.reboot();
+    assert_eq!(h.m.snapshot().recorded, recorded);
+    assert_eq!(h.cleared, 2);
+    // A start that cannot tell which slot booted keeps the records for a later start.
+    h.init_failures = Some(InitFailures {
+        records: vec![init_failure("dm-setup", Some(Slot::B), None)],
+        digest: Digest([8; 32]),
+    });
+    let snapshot = h.m.snapshot().clone();
+    let facts = BootFacts {
+        booted: None,
+        ..boot_facts(None, None, true)
+    };
+    let facts = BootFacts {
+        init_failures: h.init_failures.clone(),
+        ..facts
+    };
+    let (m, effects) = Machine::start(Some(snapshot.clone()), &facts, now());
+    assert!(!effects.contains(&Effect::ClearInitFailures));
+    assert_eq!(m.snapshot().recorded, snapshot.recorded);
+    // And one that can, reports them.
+    h.reboot();
+    assert_eq!(h.cleared, 3);
+    let last = h.m.snapshot().history.back().unwrap();
+    assert_eq!(last.kind, "boot-refused");
+    assert!(last.detail.starts_with("slot B: "), "{}", last.detail);
 }
 
 #[test]
 fn operator_mark_bad_and_mark_good() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     for c in [Command::MarkGood, Command::MarkBad] {
         assert!(matches!(h.cmd(c), Err(Refusal::NotPendingHealth { .. })));
     }
@@ -502,13 +596,7 @@ fn operator_mark_bad_and_mark_good() {
     assert_eq!(h.state(), "committed");
 
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.reboot();
     h.cmd(Command::MarkBad).unwrap();
     h.settle();
@@ -537,13 +625,7 @@ fn operator_rollback_needs_a_good_other_slot() {
         s => panic!("{s:?}"),
     }
     // After an update is committed, rollback to the old slot works across a reboot.
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.reboot();
     h.event(Event::HealthPassed);
     h.settle();
@@ -673,13 +755,7 @@ fn restart_mid_download_resumes_and_mid_check_drops() {
 fn start_without_status_follows_the_disk() {
     // A slot staged on disk, status lost: staged.
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     h.start(None, false);
     assert_eq!(h.state(), "staged");
     // Booted into it, status lost: the gate runs.
@@ -695,13 +771,7 @@ fn start_without_status_follows_the_disk() {
 #[test]
 fn unknown_boot_facts_keep_the_persisted_state() {
     let mut h = Harness::new();
-    h.world.publish(FakeRelease::new("2.0.0", 2));
-    h.cmd(Command::Apply {
-        origin: op(),
-        allow_downgrade: false,
-    })
-    .unwrap();
-    h.settle();
+    h.stage("2.0.0", 2);
     let snap = h.m.snapshot().clone();
     // Rebooted, but neither the engine nor boot.env can say what booted.
     let facts = boot_facts(None, None, true);

@@ -12,16 +12,7 @@ use basalt_manifest::{
 };
 use basalt_updater::engine::{CheckOutcome, CheckRequest, Engine};
 use basalt_updater::pipeline::{BackendKind, Error, ErrorKind};
-use common::{key, EspKind, Node, World, MIB};
-
-fn request() -> CheckRequest {
-    CheckRequest {
-        now: Utc::now(),
-        installed_version: Some("1.0.0".parse().unwrap()),
-        last_seen: None,
-        allow_downgrade: false,
-    }
-}
+use common::{key, request, EspKind, Node, World, MIB};
 
 fn sha(bytes: &[u8]) -> Digest {
     Digest(

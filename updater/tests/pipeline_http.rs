@@ -10,23 +10,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use basalt_disk::{Slot, SlotState};
-use basalt_manifest::chrono::Utc;
 use basalt_tests::faulty_http::{Fault, FaultyServer};
 use basalt_tests::web::Nginx;
-use basalt_updater::engine::{CancelFlag, CheckOutcome, CheckRequest, Downloaded, Engine};
+use basalt_updater::engine::{CancelFlag, CheckOutcome, Downloaded, Engine};
 use basalt_updater::http::HttpConfig;
 use basalt_updater::pipeline::{BackendKind, Error, ErrorKind};
 use basalt_updater::source::http::HttpSource;
-use common::{quiet, EspKind, Node, World, MIB};
-
-fn request() -> CheckRequest {
-    CheckRequest {
-        now: Utc::now(),
-        installed_version: Some("1.0.0".parse().unwrap()),
-        last_seen: None,
-        allow_downgrade: false,
-    }
-}
+use common::{quiet, request, EspKind, Node, World, MIB};
 
 fn update(node: &Node, base: &str, config: HttpConfig) -> Result<Downloaded, Error> {
     let source = HttpSource::new(base, config).unwrap();

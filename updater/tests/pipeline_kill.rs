@@ -14,11 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use basalt_disk::{Slot, SlotState};
-use basalt_manifest::chrono::Utc;
-use basalt_updater::engine::{CancelFlag, CheckOutcome, CheckRequest, Engine};
+use basalt_updater::engine::{CancelFlag, CheckOutcome, Engine};
 use basalt_updater::pipeline::{BackendKind, EngineConfig, EspLocation, NodeEngine};
 use basalt_updater::source::{ByteRange, FileSource, Source, SourceError};
-use common::{quiet, EspKind, Node, World, MIB};
+use common::{quiet, request, EspKind, Node, World, MIB};
 
 /// A source that sleeps before every read of a blob (a slow link).
 #[derive(Debug)]
@@ -50,15 +49,6 @@ impl Source for Slow {
     }
     fn location(&self, path: &str) -> String {
         self.0.location(path)
-    }
-}
-
-fn request() -> CheckRequest {
-    CheckRequest {
-        now: Utc::now(),
-        installed_version: Some("1.0.0".parse().unwrap()),
-        last_seen: None,
-        allow_downgrade: false,
     }
 }
 

@@ -1,22 +1,26 @@
 //! `basalt-updated`: the on-node update agent (a systemd service, `Type=notify`). Thin: parse
-//! the command line, load the configuration, build the daemon's parts, run
-//! `basalt_updater::dbus::run_service` on a current-thread tokio runtime until SIGTERM.
+//! the command line, load the configuration, build the daemon's parts with
+//! `basalt_updater::agent` (the production engine on the node's disk, the release source, the
+//! HTTP clients), run `basalt_updater::dbus::run_service` on a current-thread tokio runtime
+//! until SIGTERM.
 //!
 //! Exit codes: 0 stopped cleanly, 1 failed (the message names what), 2 bad command line,
-//! 3 bad configuration.
+//! 3 bad configuration, or a configuration that cannot work on this node (the message names
+//! the key, the file that set it and the node file that was read; the unit does not restart
+//! on it).
+//!
+//! The path options exist so tests (and a node image being assembled) can point the agent at
+//! files that stand in for the node's; on a node every default is right.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use basalt_updater::config::{self, MetricsListen, RebootStrategy};
+use basalt_updater::agent::{self, HostPaths, NodeFacts};
+use basalt_updater::config::{self, MetricsListen};
 use basalt_updater::daemon::{Parts, Paths, SystemClock};
-use basalt_updater::engine::{
-    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    NodeView, Progress,
-};
-use basalt_updater::{dbus, fleetlock, health, metrics, notify, reboot, schedule};
+use basalt_updater::{dbus, health, metrics, notify, reboot, schedule};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -29,72 +33,38 @@ struct Cli {
     /// Prefix of the configuration directories (/usr/lib, /etc, /run …/basalt/updater.d).
     #[arg(long, value_name = "DIR")]
     config_root: Option<PathBuf>,
-    /// The state directory (status file).
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/basalt/updater")]
+    /// The state directory: trust roots, download journal and staged files; the daemon's
+    /// status file in its updater/ folder.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/basalt")]
     state_dir: PathBuf,
-    /// basalt-init's record of what booted.
+    /// basalt-init's record of what booted (BASALT_DISK, BASALT_USRHASH).
     #[arg(long, value_name = "FILE", default_value = "/run/basalt/boot.env")]
     boot_env: PathBuf,
+    /// The running kernel's command line (its usrhash= names the booted slot).
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// The OS identity (ID=, BASALT_CHANNEL=).
+    #[arg(long, value_name = "FILE", default_value = "/usr/lib/os-release")]
+    os_release: PathBuf,
+    /// efivarfs, where basalt-init leaves its failure records.
+    #[arg(long, value_name = "DIR", default_value = basalt_updater::bootfail::EFIVARS)]
+    efivars: PathBuf,
+    /// The boot id (a new one means the node rebooted).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/proc/sys/kernel/random/boot_id"
+    )]
+    boot_id: PathBuf,
+    /// The machine id (the fleet-lock node id is derived from it).
+    #[arg(long, value_name = "FILE", default_value = "/etc/machine-id")]
+    machine_id: PathBuf,
     /// Connect to this bus instead of the system bus (tests).
     #[arg(long, value_name = "ADDRESS")]
     bus_address: Option<String>,
-    /// Load and validate the configuration, print it, exit.
+    /// Load and validate the configuration against this node, print the result, exit.
     #[arg(long)]
     check_config: bool,
-}
-
-/// Stand-in until the update pipeline (branch `engine`) is wired in by the lead: every call
-/// fails with a configuration error that says so. Nothing is written anywhere.
-#[derive(Debug)]
-struct UnwiredEngine;
-
-#[derive(Debug, thiserror::Error)]
-#[error("this build of basalt-updated has no update pipeline wired in")]
-struct Unwired;
-
-impl EngineError for Unwired {
-    fn class(&self) -> ErrorClass {
-        ErrorClass::Config
-    }
-    fn name(&self) -> &'static str {
-        "PipelineNotWired"
-    }
-}
-
-impl Engine for UnwiredEngine {
-    type Error = Unwired;
-    fn node(&mut self) -> Result<NodeView, Unwired> {
-        Err(Unwired)
-    }
-    fn check(&mut self, _: &CheckRequest) -> Result<CheckOutcome, Unwired> {
-        Err(Unwired)
-    }
-    fn verify_candidate(&mut self, _: &[u8], _: &CheckRequest) -> Result<Candidate, Unwired> {
-        Err(Unwired)
-    }
-    fn download(
-        &mut self,
-        _: &Candidate,
-        _: &mut dyn FnMut(&Progress),
-        _: &CancelFlag,
-    ) -> Result<Downloaded, Unwired> {
-        Err(Unwired)
-    }
-    fn apply(&mut self, _: &Downloaded, _: u32) -> Result<(), Unwired> {
-        Err(Unwired)
-    }
-    fn cancel(&mut self) -> Result<(), Unwired> {
-        Err(Unwired)
-    }
-    fn rollback(&mut self) -> Result<basalt_disk::Slot, Unwired> {
-        Err(Unwired)
-    }
-    fn mark_good(&mut self) -> Result<(), Unwired> {
-        Err(Unwired)
-    }
-    fn mark_bad(&mut self, _: basalt_disk::Slot) -> Result<(), Unwired> {
-        Err(Unwired)
-    }
 }
 
 #[derive(Debug)]
@@ -123,10 +93,23 @@ async fn shutdown_signal() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let bad = |e: anyhow::Error| e.context(BadConfig);
     let dirs = config::default_dirs(cli.config_root.as_deref());
-    let settings = config::load(&dirs).map_err(|e| anyhow::Error::new(e).context(BadConfig))?;
+    let settings = config::load(&dirs).map_err(|e| bad(e.into()))?;
+    let host = HostPaths {
+        cmdline: cli.cmdline.clone(),
+        boot_env: cli.boot_env.clone(),
+        os_release: cli.os_release.clone(),
+        state_dir: cli.state_dir.clone(),
+        ..HostPaths::default()
+    };
+    let facts = NodeFacts::read(&host);
+    let engine = agent::engine(&settings, &facts, &host).map_err(|e| bad(e.into()))?;
+    let fleet_lock = agent::fleet_lock(&settings, &cli.machine_id).map_err(|e| bad(e.into()))?;
+    let health_http = agent::health_client(&settings).map_err(|e| bad(e.into()))?;
     if cli.check_config {
         println!("{settings:#?}");
+        println!("{:#?}", engine.config());
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -144,9 +127,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         .context("connecting to the D-Bus bus")?;
         let paths = Paths {
-            state_dir: cli.state_dir.clone(),
+            state_dir: cli.state_dir.join("updater"),
             boot_env: cli.boot_env.clone(),
-            ..Paths::default()
+            boot_id: cli.boot_id.clone(),
+            machine_id: cli.machine_id.clone(),
+            efivars: cli.efivars.clone(),
         };
         let metrics = metrics::Metrics::new();
         match &settings.metrics {
@@ -167,16 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ));
             }
         }
-        let fleet_lock = match &settings.reboot {
-            RebootStrategy::FleetLock(l) => Some(
-                fleetlock::FleetLock::new(l, &paths.machine_id.display().to_string())
-                    .context("setting up the fleet-lock client")?,
-            ),
-            _ => None,
-        };
         let parts = Parts {
-            engine: UnwiredEngine,
-            probes: health::probes(&settings.health, &conn),
+            engine,
+            probes: health::probes(&settings.health, &conn, &health_http),
             settings,
             paths,
             clock: Arc::new(SystemClock),

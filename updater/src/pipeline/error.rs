@@ -78,11 +78,13 @@ pub enum ErrorKind {
     Cancelled,
     /// Another local I/O error.
     Io,
+    /// The node has no repository configured.
+    NoRepository,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ErrorKind; 26] = [
+    pub const ALL: [ErrorKind; 27] = [
         ErrorKind::Network,
         ErrorKind::NotFound,
         ErrorKind::LengthMismatch,
@@ -109,6 +111,7 @@ impl ErrorKind {
         ErrorKind::NotDownloaded,
         ErrorKind::Cancelled,
         ErrorKind::Io,
+        ErrorKind::NoRepository,
     ];
 
     /// The stable name (`org.basalt.Updater1.Error.<name>`).
@@ -140,6 +143,7 @@ impl ErrorKind {
             ErrorKind::NotDownloaded => "NotDownloaded",
             ErrorKind::Cancelled => "Cancelled",
             ErrorKind::Io => "Io",
+            ErrorKind::NoRepository => "NoRepository",
         }
     }
 
@@ -169,7 +173,9 @@ impl ErrorKind {
             | ErrorKind::Disk
             | ErrorKind::Io => ErrorClass::Disk,
             ErrorKind::BootControl | ErrorKind::EspBusy => ErrorClass::BootControl,
-            ErrorKind::State | ErrorKind::NotDownloaded => ErrorClass::Config,
+            ErrorKind::State | ErrorKind::NotDownloaded | ErrorKind::NoRepository => {
+                ErrorClass::Config
+            }
             ErrorKind::Cancelled => ErrorClass::Cancelled,
         }
     }
@@ -435,6 +441,7 @@ impl Error {
                 SourceError::NotFound { .. } => ErrorKind::NotFound,
                 SourceError::Length { .. } => ErrorKind::LengthMismatch,
                 SourceError::Io { source, .. } if is_no_space(source) => ErrorKind::DiskFull,
+                SourceError::NotConfigured { .. } => ErrorKind::NoRepository,
                 _ => ErrorKind::Network,
             },
             Error::Anchor { .. }

@@ -136,13 +136,9 @@ impl NodeEngine {
         let path = &self.config.cmdline;
         let mut line = std::fs::read_to_string(path).map_err(io_err("read", path))?;
         if basalt_disk::slots::cmdline_usrhash(&line).is_none() {
-            if let Ok(env) = std::fs::read_to_string(&self.config.boot_env) {
-                if let Some(hash) = env
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("BASALT_USRHASH="))
-                {
-                    line.push_str(&format!(" usrhash={}", hash.trim()));
-                }
+            let env = crate::envfile::read(&self.config.boot_env).unwrap_or_default();
+            if let Some(hash) = crate::envfile::get(&env, crate::envfile::BASALT_USRHASH) {
+                line.push_str(&format!(" usrhash={hash}"));
             }
         }
         Ok(line)

@@ -52,6 +52,33 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// The node has no repository configured ([`NoRepository`]).
+    #[error("{location}: no repository is configured (set repository.url in a file under /etc/basalt/updater.d/)")]
+    NotConfigured { location: String },
+}
+
+/// The source of a node without a repository (`repository.url` set in no configuration
+/// file): the daemon serves status, rollback and the health gate, and every fetch fails with
+/// [`SourceError::NotConfigured`] (the daemon refuses checks before they get here; this covers
+/// a download resumed after the repository was removed from the configuration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRepository;
+
+impl Source for NoRepository {
+    fn open(
+        &self,
+        path: &str,
+        _range: Option<ByteRange>,
+        _expected_len: Option<u64>,
+    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        Err(SourceError::NotConfigured {
+            location: self.location(path),
+        })
+    }
+
+    fn location(&self, path: &str) -> String {
+        format!("(no repository)/{path}")
+    }
 }
 
 /// A release repository. Implementations: `file` (a folder) and `http` (HTTP(S)).

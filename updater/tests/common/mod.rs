@@ -391,6 +391,16 @@ pub fn peer(tool: &str, package: &str, args: &[&str]) -> Output {
     out
 }
 
+/// A check of a node that booted 1.0.0 and has seen nothing yet.
+pub fn request() -> basalt_updater::engine::CheckRequest {
+    basalt_updater::engine::CheckRequest {
+        now: Utc::now(),
+        installed_version: Some("1.0.0".parse().unwrap()),
+        last_seen: None,
+        allow_downgrade: false,
+    }
+}
+
 /// A progress callback that ignores reports.
 pub fn quiet() -> impl FnMut(&basalt_updater::engine::Progress) {
     |_| {}

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 #![allow(dead_code)]
 
+pub mod bus;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -126,6 +128,7 @@ impl Rig {
             boot_env: self.dir.path().join("boot.env"),
             boot_id: self.dir.path().join("boot_id"),
             machine_id: self.dir.path().join("machine-id"),
+            efivars: self.dir.path().join("efivars"),
         }
     }
 
