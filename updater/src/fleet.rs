@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use basalt_manifest::chrono::{DateTime, Utc};
 use basalt_manifest::semver::Version;
 use basalt_rollout_wire::{
-    CheckIn, Directive, EnrollRequest, Enrolled, ErrorBody, Event, EventKind, NodeId, PoolName,
+    AgentState, CheckIn, Directive, EnrollRequest, Enrolled, ErrorBody, Event, EventKind, NodeId, PoolName,
     CHECK_IN_PATH, ENROLL_PATH, MAX_DIRECTIVE_BYTES, MAX_EVENTS, MAX_REASON_BYTES,
     MAX_SMALL_BYTES, PROTOCOL_VERSION,
 };
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ServerSettings;
 use crate::http::{url, HttpClient, HttpError, Request};
+use crate::machine::State;
 use crate::source::offered::OfferedSource;
 
 /// Events kept for the server at most; older ones are dropped (and logged) beyond this, so a
@@ -385,6 +386,116 @@ impl EventLog {
     }
 }
 
+/// What the node reports as its state (`state` of a check-in) for the machine's `state`.
+pub fn agent_state(state: &State, rebooting: bool) -> AgentState {
+    match state {
+        State::Idle
+        | State::Available { .. }
+        | State::Committed { .. }
+        | State::RolledBack { .. }
+        | State::Cancelling { .. } => AgentState::Idle,
+        State::Checking { .. } | State::Downloading { .. } | State::Verifying { .. } => {
+            AgentState::Downloading
+        }
+        State::Downloaded { .. } | State::Staging { .. } => AgentState::Downloaded,
+        State::Staged { .. } if rebooting => AgentState::Rebooting,
+        State::Staged { .. } => AgentState::Staged,
+        State::PendingHealth { .. } | State::Committing { .. } | State::MarkingBad { .. } => {
+            AgentState::Trying
+        }
+        State::RollingBack | State::RebootPending { .. } => AgentState::Rebooting,
+        State::Failed { .. } => AgentState::Failed,
+    }
+}
+
+/// The events a move of the machine from `prev` to `next` means for the server (oldest
+/// first). `fallback` is the version a failure is about when no state names one (the last
+/// offered release, else the booted one); without any version nothing can be reported.
+pub fn transition_events(
+    prev: &State,
+    next: &State,
+    fallback: Option<&Version>,
+) -> Vec<(EventKind, Version, Option<String>)> {
+    if prev == next {
+        return Vec::new();
+    }
+    let written = |s: &State| {
+        matches!(
+            s,
+            State::Downloaded { .. } | State::Staging { .. } | State::Staged { .. }
+        )
+    };
+    let mut out = Vec::new();
+    match next {
+        State::Downloaded { target } | State::Staging { target } if !written(prev) => {
+            out.push((EventKind::Downloaded, target.release.version.clone(), None));
+        }
+        State::Staged { target } => {
+            if !written(prev) {
+                out.push((EventKind::Downloaded, target.release.version.clone(), None));
+            }
+            if !matches!(prev, State::Staged { .. }) {
+                out.push((EventKind::Staged, target.release.version.clone(), None));
+            }
+        }
+        State::PendingHealth { target } if !matches!(prev, State::PendingHealth { .. }) => {
+            out.push((EventKind::Rebooted, target.release.version.clone(), None));
+        }
+        State::Committed { version } => out.push((EventKind::Healthy, version.clone(), None)),
+        State::RolledBack { from, to, reason } => {
+            if let Some(v) = from.as_ref().or(to.as_ref()).or(fallback) {
+                out.push((EventKind::RolledBack, v.clone(), Some(reason.to_string())));
+            }
+        }
+        State::Failed { failure } => {
+            if let Some(v) = prev.release().map(|r| &r.version).or(fallback) {
+                out.push((EventKind::Failed, v.clone(), Some(failure.to_string())));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Runs the pre-reboot (drain) command `argv` (no shell), bounded by `timeout`: killed when it
+/// runs longer. `Err` names the command and why it did not succeed.
+pub async fn run_pre_reboot(argv: &[String], timeout: std::time::Duration) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {program}: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("{program} ended with {status}")),
+        Ok(Err(e)) => Err(format!("waiting for {program}: {e}")),
+        Err(_) => {
+            // Only the process this daemon started, by its handle.
+            let _ = child.kill().await;
+            Err(format!(
+                "{program} still running after the drain timeout of {} s: stopped",
+                timeout.as_secs()
+            ))
+        }
+    }
+}
+
+/// When to check in next after a directive: the server's `retry_after_secs` plus a random
+/// part of at most a tenth of it and at most `check.jitter_secs`, so nodes told the same
+/// time drift apart.
+pub fn retry_delay(
+    retry_after_secs: u64,
+    check: &crate::config::CheckSettings,
+    rng: &mut dyn crate::schedule::Random,
+) -> std::time::Duration {
+    let spread = (retry_after_secs / 10).min(check.jitter_secs);
+    std::time::Duration::from_secs(retry_after_secs + rng.up_to(spread))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +540,87 @@ mod tests {
         std::fs::write(&path, b"{damaged").unwrap();
         let log = EventLog::load(&path, now);
         assert!(log.next_seq > 3 && log.pending.is_empty());
+    }
+
+    #[test]
+    fn transitions_become_events_once() {
+        use crate::machine::{Release, RollbackReason, Target};
+        use basalt_manifest::Digest;
+        let target = Target {
+            release: Release {
+                version: v("2.0.0"),
+                sequence: 2,
+                envelope_sha256: Digest([1; 32]),
+                downgrade: false,
+            },
+            slot: basalt_disk::Slot::B,
+            usr_hash: Digest([2; 32]),
+        };
+        let kinds = |p: &State, n: &State| -> Vec<EventKind> {
+            transition_events(p, n, Some(&v("1.0.0")))
+                .into_iter()
+                .map(|e| e.0)
+                .collect()
+        };
+        let staging = State::Staging {
+            target: target.clone(),
+        };
+        let staged = State::Staged {
+            target: target.clone(),
+        };
+        assert_eq!(kinds(&State::Idle, &staging), [EventKind::Downloaded]);
+        assert_eq!(kinds(&staging, &staged), [EventKind::Staged]);
+        assert_eq!(
+            kinds(&State::Idle, &staged),
+            [EventKind::Downloaded, EventKind::Staged]
+        );
+        assert!(kinds(&staged, &staged).is_empty());
+        let trying = State::PendingHealth {
+            target: target.clone(),
+        };
+        assert_eq!(kinds(&staged, &trying), [EventKind::Rebooted]);
+        assert_eq!(
+            kinds(
+                &trying,
+                &State::Committed {
+                    version: v("2.0.0")
+                }
+            ),
+            [EventKind::Healthy]
+        );
+        let back = transition_events(
+            &staged,
+            &State::RolledBack {
+                from: Some(v("2.0.0")),
+                to: Some(v("1.0.0")),
+                reason: RollbackReason::MarkedBad,
+            },
+            None,
+        );
+        assert_eq!(back[0].0, EventKind::RolledBack);
+        assert_eq!(back[0].1, v("2.0.0"));
+        assert!(back[0].2.as_deref().unwrap().contains("marked bad"));
+        assert_eq!(agent_state(&staged, false), AgentState::Staged);
+        assert_eq!(agent_state(&staged, true), AgentState::Rebooting);
+        assert_eq!(agent_state(&trying, false), AgentState::Trying);
+    }
+
+    #[test]
+    fn retry_follows_the_server_with_bounded_jitter() {
+        struct Max;
+        impl crate::schedule::Random for Max {
+            fn up_to(&mut self, max: u64) -> u64 {
+                max
+            }
+        }
+        let check = crate::config::CheckSettings {
+            interval_secs: 3600,
+            jitter_secs: 300,
+            initial_delay_secs: 0,
+        };
+        assert_eq!(retry_delay(60, &check, &mut Max).as_secs(), 66);
+        assert_eq!(retry_delay(10_000, &check, &mut Max).as_secs(), 10_300);
+        assert_eq!(retry_delay(1, &check, &mut Max).as_secs(), 1);
     }
 
     #[test]
