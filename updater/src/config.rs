@@ -867,7 +867,12 @@ impl Merged {
         })?;
         match parse_repository_url(&url) {
             Ok(RepositoryLocation::Http(_)) => {}
-            Ok(_) => return Err(self.invalid("server.url", format!("{url:?}: expected https:// or http://"))),
+            Ok(_) => {
+                return Err(self.invalid(
+                    "server.url",
+                    format!("{url:?}: expected https:// or http://"),
+                ))
+            }
             Err(m) => return Err(self.invalid("server.url", m)),
         }
         let pool = v.pool.ok_or_else(|| ConfigError::Missing {

@@ -1301,14 +1301,17 @@ impl Daemon {
                     tracing::debug!(state = state.name(), "update directive while busy: ignored");
                     return;
                 }
-                let set = offer.envelope_bytes().map_err(|e| e.to_string()).and_then(|env| {
-                    self.fleet.as_ref().map_or(Ok(()), |f| {
-                        f.client
-                            .source()
-                            .set_offer(env, &offer.repository)
-                            .map_err(|e| e.to_string())
-                    })
-                });
+                let set = offer
+                    .envelope_bytes()
+                    .map_err(|e| e.to_string())
+                    .and_then(|env| {
+                        self.fleet.as_ref().map_or(Ok(()), |f| {
+                            f.client
+                                .source()
+                                .set_offer(env, &offer.repository)
+                                .map_err(|e| e.to_string())
+                        })
+                    });
                 if let Err(e) = set {
                     tracing::warn!("update directive refused: {e}");
                     return;
@@ -1323,7 +1326,10 @@ impl Daemon {
                 if let (Some(f), State::Staged { .. }) = (self.fleet.as_mut(), &state) {
                     f.reboot_allowed = d.drain_timeout_secs;
                 } else {
-                    tracing::debug!(state = state.name(), "reboot directive without a staged release: ignored");
+                    tracing::debug!(
+                        state = state.name(),
+                        "reboot directive without a staged release: ignored"
+                    );
                 }
             }
             Action::Cancel => {
@@ -1433,7 +1439,9 @@ impl Daemon {
             match f.reboot_allowed {
                 None => {
                     if !f.told_waiting {
-                        tracing::info!("update staged; waiting for the fleet server's reboot directive");
+                        tracing::info!(
+                            "update staged; waiting for the fleet server's reboot directive"
+                        );
                         f.told_waiting = true;
                     }
                 }
@@ -1444,7 +1452,8 @@ impl Daemon {
                         f.draining = true;
                         let tx = self.internal_tx.clone();
                         tokio::spawn(async move {
-                            let r = crate::fleet::run_pre_reboot(&argv, Duration::from_secs(drain)).await;
+                            let r = crate::fleet::run_pre_reboot(&argv, Duration::from_secs(drain))
+                                .await;
                             let _ = tx.send(Internal::Drained(r));
                         });
                     }

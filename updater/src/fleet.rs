@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use basalt_manifest::chrono::{DateTime, Utc};
 use basalt_manifest::semver::Version;
 use basalt_rollout_wire::{
-    AgentState, CheckIn, Directive, EnrollRequest, Enrolled, ErrorBody, Event, EventKind, NodeId, PoolName,
-    CHECK_IN_PATH, ENROLL_PATH, MAX_DIRECTIVE_BYTES, MAX_EVENTS, MAX_REASON_BYTES,
+    AgentState, CheckIn, Directive, EnrollRequest, Enrolled, ErrorBody, Event, EventKind, NodeId,
+    PoolName, CHECK_IN_PATH, ENROLL_PATH, MAX_DIRECTIVE_BYTES, MAX_EVENTS, MAX_REASON_BYTES,
     MAX_SMALL_BYTES, PROTOCOL_VERSION,
 };
 use hyper::header::{HeaderValue, AUTHORIZATION};
@@ -118,12 +118,11 @@ impl FleetClient {
         let node_id = match &settings.node_id {
             Some(id) => id.clone(),
             None => {
-                let text = std::fs::read_to_string(machine_id).map_err(|e| {
-                    FleetError::MachineId {
+                let text =
+                    std::fs::read_to_string(machine_id).map_err(|e| FleetError::MachineId {
                         path: machine_id.to_owned(),
                         detail: e.to_string(),
-                    }
-                })?;
+                    })?;
                 crate::fleetlock::node_id(&text).map_err(|detail| FleetError::MachineId {
                     path: machine_id.to_owned(),
                     detail,

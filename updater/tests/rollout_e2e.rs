@@ -61,8 +61,7 @@ impl Fleet {
             Config {
                 repository_url: format!("{url}repo/"),
                 repository_dir: Some(repo.to_owned()),
-                trust_root: basalt_manifest::TrustRoot::from_initial_envelope(trust_root)
-                    .unwrap(),
+                trust_root: basalt_manifest::TrustRoot::from_initial_envelope(trust_root).unwrap(),
             },
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -85,10 +84,9 @@ impl Fleet {
         let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
         self.rt.block_on(async move {
             use http_body_util::BodyExt;
-            let client = hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
             let req = hyper::Request::builder()
                 .method(method)
                 .uri(url)
@@ -103,9 +101,8 @@ impl Fleet {
             let bytes = resp.into_body().collect().await.unwrap().to_bytes();
             (
                 status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::String(
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                )),
+                serde_json::from_slice(&bytes)
+                    .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned())),
             )
         })
     }
@@ -383,7 +380,11 @@ fn a_node_checks_in_is_upgraded_by_the_pool_rollout_and_reports_healthy() {
     });
     assert_eq!(st["pool"]["nodes"], 1, "{st:#}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(s.node.state(Slot::B), SlotState::Empty, "no update without a rollout");
+    assert_eq!(
+        s.node.state(Slot::B),
+        SlotState::Empty,
+        "no update without a rollout"
+    );
     assert!(started(&sd).is_empty());
     let token = std::fs::metadata(s.agent.dir.join("state/fleet-token")).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -400,11 +401,7 @@ fn a_node_checks_in_is_upgraded_by_the_pool_rollout_and_reports_healthy() {
     // Told to update: downloads, verifies, stages; told to reboot: drains, then reboots.
     let end = Instant::now() + Duration::from_secs(180);
     while !started(&sd).iter().any(|u| u == "reboot.target") {
-        assert!(
-            Instant::now() < end,
-            "no reboot asked:\n{}",
-            s.agent.log()
-        );
+        assert!(Instant::now() < end, "no reboot asked:\n{}", s.agent.log());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
@@ -412,18 +409,20 @@ fn a_node_checks_in_is_upgraded_by_the_pool_rollout_and_reports_healthy() {
         "the pre-reboot command ran first"
     );
     s.node.veritysetup_verify(Slot::B, &s.world_v2_root());
-    assert_eq!(s.node.snapshot(), before, "slot A is untouched by the update");
+    assert_eq!(
+        s.node.snapshot(),
+        before,
+        "slot A is untouched by the update"
+    );
     let st = s.fleet.status("web");
     assert_eq!(st["lock_holders"], json!(["node-e2e"]), "{st:#}");
     assert_eq!(st["rollout"]["unavailable"], 1, "{st:#}");
     s.agent.stop();
 
     // The boot loader boots the staged entry (one try used); basalt-init records slot B.
-    assert_eq!(
-        s.node.boot_control().boot_attempt().unwrap(),
-        Some(Slot::B)
-    );
-    s.agent.boot(s.node.disk(), &s.v2_hash.clone(), "b", "boot-2");
+    assert_eq!(s.node.boot_control().boot_attempt().unwrap(), Some(Slot::B));
+    s.agent
+        .boot(s.node.disk(), &s.v2_hash.clone(), "b", "boot-2");
     s.agent.start(&bus);
     let st = s.fleet.wait("the node healthy on 2.0.0", &s.agent, |v| {
         v["versions"] == json!({"2.0.0": 1}) && v["rollout"]["stages"]["healthy"] == 1
@@ -470,7 +469,10 @@ fn a_release_the_node_does_not_trust_is_refused_whatever_the_server_says() {
     // node, the server is offering bytes nobody it trusts signed.
     let other = tempfile::tempdir().unwrap();
     let keys: Vec<_> = (7..=9).map(common::key).collect();
-    let publics: Vec<_> = keys.iter().map(basalt_manifest::SigningKey::public_key).collect();
+    let publics: Vec<_> = keys
+        .iter()
+        .map(basalt_manifest::SigningKey::public_key)
+        .collect();
     let root = basalt_manifest::sign_trust_root(
         &basalt_manifest::TrustRootDocument::new(1, 2, &publics, None),
         &[&keys[0], &keys[1]],
@@ -481,7 +483,8 @@ fn a_release_the_node_does_not_trust_is_refused_whatever_the_server_says() {
     let mut s = setup("refuse", Some(&other_root));
     let before = s.node.snapshot();
     s.agent.start(&bus);
-    s.fleet.wait("the node enrolled", &s.agent, |v| v["pool"]["nodes"] == 1);
+    s.fleet
+        .wait("the node enrolled", &s.agent, |v| v["pool"]["nodes"] == 1);
     s.fleet.op(
         "POST",
         "api/v1/pools/web/upgrade",
@@ -495,7 +498,11 @@ fn a_release_the_node_does_not_trust_is_refused_whatever_the_server_says() {
         reasons.contains("signature") || reasons.contains("Signature"),
         "the reason names the signature check: {st:#}"
     );
-    assert_eq!(s.node.state(Slot::B), SlotState::Empty, "nothing was written");
+    assert_eq!(
+        s.node.state(Slot::B),
+        SlotState::Empty,
+        "nothing was written"
+    );
     s.node.assert_safe(&before, "slot A");
     assert!(started(&sd).is_empty(), "no reboot");
     s.agent.stop();
