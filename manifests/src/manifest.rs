@@ -198,7 +198,7 @@ fn invalid(reason: impl Into<String>) -> Error {
 
 /// Names of OS, channel and arch: non-empty, `[a-z0-9._-]`, at most 64 bytes, starting with
 /// `[a-z0-9]` (so never `.` or `..`: channel and arch become folder names in a repository).
-pub(crate) fn valid_label(text: &str) -> bool {
+pub fn valid_label(text: &str) -> bool {
     text.len() <= 64
         && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && text

@@ -48,6 +48,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "tinyproxy",
     "curl",
+    // basalt-rollout: a private PostgreSQL for the two-replica tests, headless Chromium for
+    // the status page, wrk for `cargo xtask bench --only rollout`.
+    "postgresql",
+    "chromium",
+    "wrk",
     // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
     "gcc",
     "linux-libc-dev",
