@@ -49,7 +49,7 @@ use std::str::FromStr;
 
 use basalt_manifest::chrono::{DateTime, Duration, Utc};
 use basalt_manifest::semver::Version;
-use basalt_rollout_wire::{NodeId, MAX_DRAIN_TIMEOUT_SECS, MAX_RETRY_AFTER_SECS};
+use basalt_rollout_wire::{AgentState, NodeId, MAX_DRAIN_TIMEOUT_SECS, MAX_RETRY_AFTER_SECS};
 use serde::{Deserialize, Serialize};
 
 use crate::window::{self, Window};
@@ -466,6 +466,8 @@ pub struct NodeFacts<'a> {
     pub booted: &'a Version,
     pub pin: Option<&'a Version>,
     pub progress: Option<&'a Progress>,
+    /// The state the node reports in this check-in.
+    pub reported: AgentState,
 }
 
 /// The answer to one check-in. The store turns it into a [`basalt_rollout_wire::Directive`]
@@ -677,6 +679,14 @@ pub fn decide(
             return Decision::Update {
                 release: p.hop.clone(),
                 reason: format!("move to {} (sequence {})", p.hop.version, p.hop.sequence),
+            }
+        }
+        // Granted, but the node still says it is staged: the answer was lost or the agent
+        // restarted before rebooting. The grant (and its FleetLock slot) is already held, so
+        // saying it again takes nothing new; otherwise the node would wait for its timeout.
+        Some((Stage::Rebooting, p)) if node.reported == AgentState::Staged => {
+            return Decision::Reboot {
+                reason: format!("reboot into {} (granted earlier)", p.hop.version),
             }
         }
         Some((Stage::Rebooting, p)) => {

@@ -87,6 +87,7 @@ fn decide_for(
             booted: &booted,
             pin: None,
             progress: p,
+            reported: AgentState::Idle,
         },
     )
 }
@@ -246,6 +247,41 @@ fn in_flight_limit_is_unavailable_plus_surge() {
 }
 
 #[test]
+fn a_lost_reboot_grant_is_repeated_to_a_node_still_staged() {
+    let r = rollout(Plan {
+        max_unavailable: Limit::Nodes(1),
+        ..all_at_once()
+    });
+    let granted = progress(Stage::Rebooting, 0);
+    // The pool is at its limit (this node holds the slot): a staged report still gets the
+    // grant again, any other report waits for the node to come back.
+    let f = Fleet {
+        unavailable: 1,
+        ..fleet(10)
+    };
+    let booted = v("1.0.0");
+    let node = id(1);
+    let facts = |reported| NodeFacts {
+        id: &node,
+        booted: &booted,
+        pin: None,
+        progress: Some(&granted),
+        reported,
+    };
+    assert!(matches!(
+        decide(&r, &ctx(at(10)), &f, &facts(AgentState::Staged)),
+        Decision::Reboot { .. }
+    ));
+    for other in [AgentState::Idle, AgentState::Rebooting, AgentState::Trying] {
+        let d = decide(&r, &ctx(at(10)), &f, &facts(other));
+        assert!(
+            reason(&d).contains("report when healthy"),
+            "{other:?}: {d:?}"
+        );
+    }
+}
+
+#[test]
 fn reboot_is_granted_only_below_max_unavailable() {
     let r = rollout(Plan {
         max_unavailable: Limit::Nodes(2),
@@ -369,6 +405,7 @@ fn pinned_nodes_and_pools_wait() {
             booted: &booted,
             pin: Some(&node_pin),
             progress: None,
+            reported: AgentState::Idle,
         },
     );
     assert!(
@@ -614,6 +651,7 @@ impl Model {
                 booted: &booted,
                 pin: None,
                 progress: self.progress[i].as_ref(),
+                reported: AgentState::Idle,
             },
         );
         match d {

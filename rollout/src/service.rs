@@ -323,6 +323,7 @@ impl Service {
                             booted: &report.booted.version,
                             pin: node.pin.as_ref(),
                             progress: progress.as_ref(),
+                            reported: report.state,
                         },
                     );
                     let takes_slot = match &decision {
@@ -472,7 +473,11 @@ impl Service {
             }
             Decision::Reboot { .. } => {
                 let from = progress.map_or(Stage::Staged, |p| p.stage);
-                tx.set_stage(rollout.id, id, from, Stage::Rebooting, None, now)?;
+                // A repeated grant (see `policy::decide`) keeps the first one's time, so the
+                // node's timeout still runs from it.
+                if from != Stage::Rebooting {
+                    tx.set_stage(rollout.id, id, from, Stage::Rebooting, None, now)?;
+                }
                 tx.take_lock(pool.name.as_str(), id.as_str(), now)?;
                 tracing::info!(node = %id, rollout = rollout.id, "reboot granted");
             }

@@ -904,6 +904,7 @@ impl Daemon {
 
     /// Check, download and apply need a repository: without `repository.url` they are
     /// refused with a configuration error (the state does not change; nothing is recorded).
+    /// In server mode they need an offer from the server first.
     fn needs_repository(&self, command: Command) -> Option<ApiError> {
         let operation = match command {
             Command::Check { .. } => crate::machine::Operation::Check,
@@ -911,6 +912,21 @@ impl Daemon {
             Command::Apply { .. } => crate::machine::Operation::Apply,
             _ => return None,
         };
+        if let Some(f) = &self.fleet {
+            if f.client.source().has_offer() {
+                return None;
+            }
+            // Server mode: the fleet server says when; an operator's check before any offer
+            // would only fail (and be reported to the server as a node failure).
+            return Some(ApiError::Failed(Failure {
+                operation,
+                error: JobError {
+                    class: ErrorClass::Config,
+                    name: "ServerMode".into(),
+                    message: "server mode: the fleet server has offered no release yet; updates start with its update directive (basalt-rollout pool upgrade)".into(),
+                },
+            }));
+        }
         if self.settings.repository.is_some() {
             return None;
         }

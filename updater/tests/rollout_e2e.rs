@@ -386,6 +386,14 @@ fn a_node_checks_in_is_upgraded_by_the_pool_rollout_and_reports_healthy() {
         "no update without a rollout"
     );
     assert!(started(&sd).is_empty());
+    // An operator's check on the node does not start an update behind the server's back.
+    let o = support::bus::basaltctl(&bus, None, &["check"]);
+    assert_ne!(support::bus::code(&o), 0);
+    assert!(
+        support::bus::text(&o).contains("server mode"),
+        "{}",
+        support::bus::text(&o)
+    );
     let token = std::fs::metadata(s.agent.dir.join("state/fleet-token")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(token.permissions().mode() & 0o777, 0o600);
@@ -505,6 +513,86 @@ fn a_release_the_node_does_not_trust_is_refused_whatever_the_server_says() {
     );
     s.node.assert_safe(&before, "slot A");
     assert!(started(&sd).is_empty(), "no reboot");
+    s.agent.stop();
+}
+
+/// The staged release boots but its health gate fails: the node rolls back by itself, comes
+/// back on slot A and reports `rolled-back` with the reason; with one node, that is the whole
+/// rollout: it halts, saying why.
+#[test]
+fn a_failed_health_gate_rolls_back_and_halts_the_rollout() {
+    let bus = Bus::start();
+    let sd = Systemd::default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _systemd = rt.block_on(serve_systemd(
+        &bus.address,
+        sd.clone(),
+        &["boot-complete.target"],
+    ));
+    let mut s = setup("rollback", None);
+    std::fs::write(
+        s.agent.dir.join("etc/basalt/updater.d/60-health.toml"),
+        "[health]\ndeadline_secs = 10\n",
+    )
+    .unwrap();
+    let before = s.node.snapshot();
+    s.agent.start(&bus);
+    s.fleet
+        .wait("the node enrolled", &s.agent, |v| v["pool"]["nodes"] == 1);
+    s.fleet.op(
+        "POST",
+        "api/v1/pools/web/upgrade",
+        &json!({"node_image_only": true, "waves": [{"after_secs": 0, "percent": 100}], "halt_at_percent": 50}),
+    );
+    let log = s.agent.log.clone();
+    let reboots = |n: usize| {
+        let end = Instant::now() + Duration::from_secs(180);
+        while started(&sd)
+            .iter()
+            .filter(|u| *u == "reboot.target")
+            .count()
+            < n
+        {
+            assert!(
+                Instant::now() < end,
+                "reboot {n} not asked:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    reboots(1);
+    s.agent.stop();
+    // Slot B boots, but boot-complete.target never becomes active: the gate fails.
+    assert_eq!(s.node.boot_control().boot_attempt().unwrap(), Some(Slot::B));
+    s.agent
+        .boot(s.node.disk(), &s.v2_hash.clone(), "b", "boot-2");
+    s.agent.start(&bus);
+    reboots(2);
+    s.agent.stop();
+    assert_eq!(
+        s.node.boot_control().status().unwrap().slot(Slot::B).status,
+        BootStatus::Bad
+    );
+    // Back on A.
+    assert_eq!(s.node.boot_control().boot_attempt().unwrap(), Some(Slot::A));
+    s.agent
+        .boot(s.node.disk(), &s.node.v1.root_hash.to_hex(), "a", "boot-3");
+    s.agent.start(&bus);
+    let st = s.fleet.wait("the rollout halted", &s.agent, |v| {
+        v["rollout"]["info"]["state"] == "halted"
+    });
+    let why = st["rollout"]["info"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("boot-complete.target"),
+        "the reason is the node's: {st:#}"
+    );
+    assert_eq!(st["versions"], json!({"1.0.0": 1}), "{st:#}");
+    assert_eq!(s.node.snapshot().a_data, before.a_data, "slot A untouched");
     s.agent.stop();
 }
 
