@@ -13,6 +13,7 @@ mod key;
 mod manifest;
 #[path = "release/cli.rs"]
 mod release_cli;
+mod secureboot;
 mod trust;
 mod verity;
 
@@ -57,6 +58,10 @@ enum Command {
     /// Release repositories: publish releases and trust roots, list channels.
     #[command(subcommand)]
     Release(release_cli::Command),
+    /// Secure Boot: keys (PK, KEK, db) and their enrolment files, signing EFI binaries,
+    /// unified kernel images.
+    #[command(subcommand)]
+    SecureBoot(secureboot::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -81,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Initramfs(cmd) => initramfs::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Release(cmd) => release_cli::run(cmd),
+        Command::SecureBoot(cmd) => secureboot::run(cmd),
     }
 }
 

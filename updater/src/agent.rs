@@ -22,7 +22,7 @@
 //! | ESP | `boot.esp` (a mounted folder), else the FAT inside the disk's ESP partition, raw |
 //! | kernel options | `boot.kernel_options`, else the running kernel's options minus what names one slot or is added by the boot loader ([`carried_kernel_options`]) |
 //! | trust root | `repository.trust_root` (the generation shipped in `/usr`) |
-//! | source | `repository.url`: `http(s)://` → [`HttpSource`], `file:///…` or `/…` → [`FileSource`]; none → [`NoRepository`] |
+//! | source | `repository.url`: `http(s)://` → [`HttpSource`], `file:///…` or `/…` → [`FileSource`]; `[server]` set → [`OfferedSource`] (the fleet server's offers, see `fleet`); none → [`NoRepository`] |
 //!
 //! Why the os-release defaults: the image definition's `[os]` table writes `ID` and
 //! `BASALT_CHANNEL` into `/usr/lib/os-release`, so an image built for the `beta` channel
@@ -47,10 +47,12 @@ use std::time::Duration;
 
 use crate::config::{self, RepositoryLocation, Settings};
 use crate::envfile;
+use crate::fleet::FleetClient;
 use crate::fleetlock::FleetLock;
 use crate::http::{HttpClient, HttpConfig, ProxyConfig, ProxyError, Roots};
 use crate::pipeline::{BackendKind, EngineConfig, EspLocation, NodeEngine};
 use crate::source::http::HttpSource;
+use crate::source::offered::OfferedSource;
 use crate::source::{FileSource, NoRepository, Source};
 
 /// The node files the agent reads at start (tests point them at a folder).
@@ -317,7 +319,34 @@ pub fn source(settings: &Settings) -> Result<Box<dyn Source>, AgentError> {
                     .map_err(|e| unusable(settings, "repository.url", e))?,
             )
         }
+        RepositoryLocation::Server => {
+            return Err(unusable(
+                settings,
+                "server.url",
+                "in server mode the source is the fleet server's offer (built by agent::engine_and_fleet)",
+            ))
+        }
     })
+}
+
+/// Server mode's check-in client and the source it fills with offers, for the engine
+/// configured as `config` (its channel and architecture name the head the offer stands for).
+pub fn fleet_client(
+    settings: &Settings,
+    config: &EngineConfig,
+    machine_id: &Path,
+) -> Result<Option<FleetClient>, AgentError> {
+    let Some(server) = &settings.server else {
+        return Ok(None);
+    };
+    let repo_http = http_config(settings, "server.ca_file", server.ca_file.as_deref())?;
+    let head = basalt_manifest::repo::head_path(&config.channel, &config.arch)
+        .map_err(|e| unusable(settings, "repository.channel", e))?;
+    let offered = OfferedSource::new(head, repo_http.clone());
+    let client = HttpClient::new(repo_http).map_err(|e| unusable(settings, "server.url", e))?;
+    FleetClient::new(server, machine_id, &config.state_dir, client, offered)
+        .map(Some)
+        .map_err(|e| unusable(settings, "server.url", e))
 }
 
 /// The production engine: configuration, source, and — when a repository is configured — the
@@ -328,12 +357,27 @@ pub fn engine(
     facts: &NodeFacts,
     paths: &HostPaths,
 ) -> Result<NodeEngine, AgentError> {
+    engine_and_fleet(settings, facts, paths, Path::new("/etc/machine-id")).map(|(e, _)| e)
+}
+
+/// [`engine`], and in server mode the check-in client whose offers are the engine's source
+/// (the machine id is read only in server mode without `server.node_id`).
+pub fn engine_and_fleet(
+    settings: &Settings,
+    facts: &NodeFacts,
+    paths: &HostPaths,
+    machine_id: &Path,
+) -> Result<(NodeEngine, Option<FleetClient>), AgentError> {
     let config = engine_config(settings, facts, paths)?;
     if settings.repository.is_some() {
         crate::pipeline::trust::load(&config.trust_root, &config.trust_dir())
             .map_err(|e| unusable(settings, "repository.trust_root", e))?;
     }
-    let source = source(settings)?;
+    let fleet = fleet_client(settings, &config, machine_id)?;
+    let source: Box<dyn Source> = match &fleet {
+        Some(f) => Box::new(f.source().clone()),
+        None => source(settings)?,
+    };
     tracing::info!(
         disk = %config.disk.display(),
         os = %config.os,
@@ -344,7 +388,7 @@ pub fn engine(
         kernel_options = %config.kernel_options,
         "update engine configured"
     );
-    Ok(NodeEngine::new(config, source))
+    Ok((NodeEngine::new(config, source), fleet))
 }
 
 /// The FleetLock client when the reboot strategy is `fleet-lock`.

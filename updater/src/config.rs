@@ -86,6 +86,7 @@ pub struct Fragment {
     pub boot: Option<BootFragment>,
     pub metrics: Option<MetricsFragment>,
     pub http: Option<HttpFragment>,
+    pub server: Option<ServerFragment>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -175,6 +176,18 @@ pub struct HttpFragment {
     pub read_timeout_secs: Option<u64>,
 }
 
+/// `[server]`: the fleet server (`basalt-rollout`) this node checks in with.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFragment {
+    pub url: Option<String>,
+    pub pool: Option<String>,
+    pub enroll_token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub pre_reboot: Option<Vec<String>>,
+}
+
 impl Fragment {
     /// Parse one drop-in's text. `path` is for messages only.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -194,6 +207,9 @@ pub enum RepositoryLocation {
     Http(String),
     /// A local folder (`file:///…` or an absolute path).
     Folder(PathBuf),
+    /// Server mode (`[server]` is set, `repository.url` is not): the fleet server names the
+    /// release and its repository in each `update` directive (see `fleet`).
+    Server,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +301,27 @@ pub struct FleetLockSettings {
     pub id: Option<String>,
     /// A PEM bundle that replaces the system roots for an `https://` lock server.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[server]`: check in with a fleet server (`basalt-rollout`) instead of polling a
+/// repository on a timer. The server decides *when*; the node still verifies *what* (the
+/// offered release against its own trust root, sequence and downgrade rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// `http://` or `https://` base URL of the fleet server.
+    pub url: String,
+    /// The node pool this node enrols in (the rule of channel names).
+    pub pool: String,
+    /// The pool's enrolment token, read at the first check-in only (the node token the
+    /// server answers is kept under the state directory, mode 0600).
+    pub enroll_token_file: PathBuf,
+    /// A PEM bundle that replaces the system roots for an `https://` server.
+    pub ca_file: Option<PathBuf>,
+    /// `None`: the app-specific id derived from `/etc/machine-id` (as for FleetLock).
+    pub node_id: Option<String>,
+    /// The pre-reboot (drain) command, argv, run before a server-ordered reboot and bounded
+    /// by the directive's drain timeout; `None`: reboot without one.
+    pub pre_reboot: Option<Vec<String>>,
 }
 
 /// When a staged update (or a rollback) reboots the node.
@@ -384,6 +421,8 @@ pub struct Settings {
     pub boot: BootSettings,
     pub metrics: MetricsListen,
     pub http: HttpSettings,
+    /// `None`: no fleet server; the node polls its repository (if any) on its timer.
+    pub server: Option<ServerSettings>,
     /// The files that were applied, in order.
     pub files: Vec<PathBuf>,
     /// For each key set by a file, that file (for messages about values that are only
@@ -601,6 +640,21 @@ impl Merged {
         if let Some(m) = f.metrics {
             take!(self, path, m, metrics, listen, "metrics.listen");
         }
+        if let Some(v) = f.server {
+            take!(self, path, v, server, url, "server.url");
+            take!(self, path, v, server, pool, "server.pool");
+            take!(
+                self,
+                path,
+                v,
+                server,
+                enroll_token_file,
+                "server.enroll_token_file"
+            );
+            take!(self, path, v, server, ca_file, "server.ca_file");
+            take!(self, path, v, server, node_id, "server.node_id");
+            take!(self, path, v, server, pre_reboot, "server.pre_reboot");
+        }
         if let Some(h) = f.http {
             take!(
                 self,
@@ -637,11 +691,21 @@ impl Merged {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let v = &self.values;
         let repo = v.repository.clone().unwrap_or_default();
-        let repository = match repo.url {
-            None => None,
-            Some(url) => {
-                let location =
-                    parse_repository_url(&url).map_err(|m| self.invalid("repository.url", m))?;
+        let server = self.validate_server()?;
+        let repository = match (repo.url, &server) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "repository.url",
+                    "cannot be set together with [server]: in server mode the fleet server names the repository of each release it offers (remove one of the two)",
+                ))
+            }
+            (url, _) => {
+                let location = match url {
+                    Some(url) => parse_repository_url(&url)
+                        .map_err(|m| self.invalid("repository.url", m))?,
+                    None => RepositoryLocation::Server,
+                };
                 for (key, value) in [
                     ("repository.channel", &repo.channel),
                     ("repository.os", &repo.os),
@@ -787,9 +851,68 @@ impl Merged {
             boot,
             metrics,
             http,
+            server,
             files: Vec::new(),
             origins: BTreeMap::new(),
         })
+    }
+
+    fn validate_server(&self) -> Result<Option<ServerSettings>, ConfigError> {
+        let Some(v) = self.values.server.clone() else {
+            return Ok(None);
+        };
+        let url = v.url.ok_or_else(|| ConfigError::Missing {
+            key: "server.url",
+            context: "server".into(),
+        })?;
+        match parse_repository_url(&url) {
+            Ok(RepositoryLocation::Http(_)) => {}
+            Ok(_) => {
+                return Err(self.invalid(
+                    "server.url",
+                    format!("{url:?}: expected https:// or http://"),
+                ))
+            }
+            Err(m) => return Err(self.invalid("server.url", m)),
+        }
+        let pool = v.pool.ok_or_else(|| ConfigError::Missing {
+            key: "server.pool",
+            context: "server".into(),
+        })?;
+        if !basalt_manifest::valid_label(&pool) || pool.is_empty() {
+            return Err(self.invalid(
+                "server.pool",
+                format!("{pool:?}: 1-64 characters of [a-z0-9._-], starting with [a-z0-9]"),
+            ));
+        }
+        let enroll_token_file = v.enroll_token_file.ok_or_else(|| ConfigError::Missing {
+            key: "server.enroll_token_file",
+            context: "server".into(),
+        })?;
+        self.absolute("server.enroll_token_file", Some(&enroll_token_file))?;
+        self.absolute("server.ca_file", v.ca_file.as_deref())?;
+        if let Some(id) = &v.node_id {
+            basalt_rollout_wire::NodeId::new(id).map_err(|m| self.invalid("server.node_id", m))?;
+        }
+        if let Some(argv) = &v.pre_reboot {
+            match argv.first() {
+                Some(p) if Path::new(p).is_absolute() => {}
+                _ => {
+                    return Err(self.invalid(
+                        "server.pre_reboot",
+                        "must be a non-empty list whose first element is an absolute path",
+                    ))
+                }
+            }
+        }
+        Ok(Some(ServerSettings {
+            url,
+            pool,
+            enroll_token_file,
+            ca_file: v.ca_file,
+            node_id: v.node_id,
+            pre_reboot: v.pre_reboot,
+        }))
     }
 
     /// A path key that must be absolute when set.

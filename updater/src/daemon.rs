@@ -465,6 +465,8 @@ pub struct Parts<E: Engine> {
     /// Pause before asking again after a refused lock, a failed steady-state release or a
     /// failed reboot request ([`RETRY`] in production).
     pub retry: Duration,
+    /// Server mode (`[server]`): the check-in client; its offers are the engine's source.
+    pub fleet: Option<crate::fleet::FleetClient>,
 }
 
 impl<E: Engine> std::fmt::Debug for Parts<E> {
@@ -482,6 +484,27 @@ enum Internal {
     Lock(Result<(), String>),
     SteadyState(Result<(), String>),
     Rebooted(Result<(), String>),
+    /// A check-in's answer (server mode).
+    CheckedIn(Result<basalt_rollout_wire::Directive, String>),
+    /// The pre-reboot (drain) command ended (server mode).
+    Drained(Result<(), String>),
+}
+
+/// Server mode's part of the daemon (see `fleet`): the client, the unacknowledged events and
+/// what the server last allowed.
+struct FleetLink {
+    client: crate::fleet::FleetClient,
+    events: crate::fleet::EventLog,
+    log_path: PathBuf,
+    /// The machine state the events were last derived from.
+    last_state: State,
+    /// The version of the last release offered (what a failure without a release is about).
+    offered: Option<basalt_manifest::semver::Version>,
+    in_flight: bool,
+    /// The server's `reboot` directive for the staged release: its drain timeout.
+    reboot_allowed: Option<u64>,
+    draining: bool,
+    told_waiting: bool,
 }
 
 /// Why the daemon could not start.
@@ -536,6 +559,7 @@ pub struct Daemon {
     told_reboot_off: bool,
     /// The failure-record variable is to be deleted after the next successful persist.
     clear_init_failures: bool,
+    fleet: Option<FleetLink>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -633,6 +657,7 @@ impl Daemon {
             metrics,
             watchdog,
             retry,
+            fleet,
         } = parts;
         std::fs::create_dir_all(&paths.state_dir).map_err(|source| StartError::StateDir {
             path: paths.state_dir.clone(),
@@ -708,6 +733,7 @@ impl Daemon {
             announced_state: String::new(),
             told_reboot_off: false,
             clear_init_failures: false,
+            fleet: None,
         };
 
         // What the disk says.
@@ -722,6 +748,24 @@ impl Daemon {
             }
         };
         d.envelope = loaded.as_ref().and_then(StatusFile::envelope);
+        if let Some(client) = fleet {
+            let log_path = d.paths.state_dir.join("fleet-events.json");
+            d.fleet = Some(FleetLink {
+                client,
+                events: crate::fleet::EventLog::load(&log_path, now),
+                log_path,
+                // Events are derived from the state the last run ended in: a reboot from
+                // `staged` into a trial boot is `rebooted`, and so on.
+                last_state: loaded
+                    .as_ref()
+                    .map_or(State::Idle, |s| s.machine.state.clone()),
+                offered: None,
+                in_flight: false,
+                reboot_allowed: None,
+                draining: false,
+                told_waiting: false,
+            });
+        }
         let history_before = loaded.as_ref().map_or(0, |s| s.machine.recorded);
         let (machine, effects) = Machine::start(loaded.map(|s| s.machine), &facts, now);
         d.machine = machine;
@@ -874,6 +918,7 @@ impl Daemon {
 
     /// Check, download and apply need a repository: without `repository.url` they are
     /// refused with a configuration error (the state does not change; nothing is recorded).
+    /// In server mode they need an offer from the server first.
     fn needs_repository(&self, command: Command) -> Option<ApiError> {
         let operation = match command {
             Command::Check { .. } => crate::machine::Operation::Check,
@@ -881,6 +926,21 @@ impl Daemon {
             Command::Apply { .. } => crate::machine::Operation::Apply,
             _ => return None,
         };
+        if let Some(f) = &self.fleet {
+            if f.client.source().has_offer() {
+                return None;
+            }
+            // Server mode: the fleet server says when; an operator's check before any offer
+            // would only fail (and be reported to the server as a node failure).
+            return Some(ApiError::Failed(Failure {
+                operation,
+                error: JobError {
+                    class: ErrorClass::Config,
+                    name: "ServerMode".into(),
+                    message: "server mode: the fleet server has offered no release yet; updates start with its update directive (basalt-rollout pool upgrade)".into(),
+                },
+            }));
+        }
         if self.settings.repository.is_some() {
             return None;
         }
@@ -1121,6 +1181,21 @@ impl Daemon {
                     self.reboot_at = Some(Instant::now() + self.retry);
                 }
             }
+            Internal::CheckedIn(result) => self.on_directive(result),
+            Internal::Drained(result) => {
+                if let Some(f) = self.fleet.as_mut() {
+                    f.draining = false;
+                }
+                match result {
+                    Ok(()) => tracing::info!("pre-reboot command done"),
+                    // Bounded by the drain timeout, as AKS's drain timeout bounds eviction:
+                    // the reboot goes ahead (the server already counts this node unavailable).
+                    Err(e) => tracing::warn!("pre-reboot command: {e}; rebooting anyway"),
+                }
+                if matches!(self.machine.state(), State::Staged { .. }) {
+                    self.do_reboot();
+                }
+            }
         }
         self.count_new_outcomes(before);
     }
@@ -1131,6 +1206,15 @@ impl Daemon {
         if self.settings.repository.is_none() {
             return;
         }
+        if self.fleet.is_some() {
+            self.start_check_in();
+            return;
+        }
+        self.timer_command();
+    }
+
+    /// What the timer (or, in server mode, an `update` directive) asks of the machine.
+    fn timer_command(&mut self) {
         let u = self.settings.update;
         let command = if u.auto_apply {
             Command::Apply {
@@ -1161,6 +1245,174 @@ impl Daemon {
         }
     }
 
+    /// Server mode: send the state and the unacknowledged events; the answer comes back as
+    /// [`Internal::CheckedIn`].
+    fn start_check_in(&mut self) {
+        let booted = self.node.as_ref().and_then(|n| {
+            let slot = n.booted?;
+            let version = self
+                .machine
+                .current()
+                .cloned()
+                .or_else(|| n.slots[usize::from(slot == Slot::B)].version.clone())?;
+            Some(basalt_rollout_wire::Booted {
+                version,
+                slot: match slot {
+                    Slot::A => basalt_rollout_wire::Slot::A,
+                    Slot::B => basalt_rollout_wire::Slot::B,
+                },
+            })
+        });
+        let state = crate::fleet::agent_state(self.machine.state(), self.reboot_in_flight);
+        let Some(f) = self.fleet.as_mut() else {
+            return;
+        };
+        if f.in_flight {
+            return;
+        }
+        let Some(booted) = booted else {
+            tracing::warn!("fleet check-in skipped: the booted slot or its version is unknown");
+            return;
+        };
+        let report = basalt_rollout_wire::CheckIn {
+            protocol: basalt_rollout_wire::PROTOCOL_VERSION,
+            node_id: f.client.node_id().clone(),
+            pool: f.client.pool().clone(),
+            booted,
+            state,
+            events: f.events.batch(),
+        };
+        f.in_flight = true;
+        let client = f.client.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let r = client.check_in(&report).await.map_err(|e| e.to_string());
+            let _ = tx.send(Internal::CheckedIn(r));
+        });
+    }
+
+    /// Server mode: obey a directive. The server decides when; what is installed is still
+    /// checked by the engine (the offer is the channel head of the node's own checks).
+    fn on_directive(&mut self, result: Result<basalt_rollout_wire::Directive, String>) {
+        use basalt_rollout_wire::Action;
+        let Some(f) = self.fleet.as_mut() else {
+            return;
+        };
+        f.in_flight = false;
+        let d = match result {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("{e}; checking in again in {} s", self.retry.as_secs());
+                self.metrics.check("failed");
+                self.next_check = Some(Instant::now() + self.retry);
+                return;
+            }
+        };
+        if let Some(seq) = d.acked_event_seq {
+            if f.events.ack(seq) {
+                if let Err(e) = f.events.save(&f.log_path) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        let delay = crate::fleet::retry_delay(
+            d.retry_after_secs,
+            &self.settings.check,
+            self.random.as_mut(),
+        );
+        self.next_check = Some(Instant::now() + delay);
+        tracing::info!(action = ?d.action, reason = %d.reason, retry_after_secs = d.retry_after_secs, "fleet server directive");
+        let state = self.machine.state().clone();
+        match d.action {
+            Action::Wait => {}
+            Action::Update => {
+                let Some(offer) = d.release else { return };
+                if !state.is_rest() {
+                    tracing::debug!(state = state.name(), "update directive while busy: ignored");
+                    return;
+                }
+                let set = offer
+                    .envelope_bytes()
+                    .map_err(|e| e.to_string())
+                    .and_then(|env| {
+                        self.fleet.as_ref().map_or(Ok(()), |f| {
+                            f.client
+                                .source()
+                                .set_offer(env, &offer.repository)
+                                .map_err(|e| e.to_string())
+                        })
+                    });
+                if let Err(e) = set {
+                    tracing::warn!("update directive refused: {e}");
+                    return;
+                }
+                if let Some(f) = self.fleet.as_mut() {
+                    f.offered = Some(offer.version.clone());
+                }
+                tracing::info!(version = %offer.version, sequence = offer.sequence, repository = %offer.repository, "the fleet server offers a release; verifying it");
+                self.timer_command();
+            }
+            Action::Reboot => {
+                if let (Some(f), State::Staged { .. }) = (self.fleet.as_mut(), &state) {
+                    f.reboot_allowed = d.drain_timeout_secs;
+                } else {
+                    tracing::debug!(
+                        state = state.name(),
+                        "reboot directive without a staged release: ignored"
+                    );
+                }
+            }
+            Action::Cancel => {
+                if matches!(
+                    state,
+                    State::Downloading { .. }
+                        | State::Verifying { .. }
+                        | State::Downloaded { .. }
+                        | State::Staged { .. }
+                ) {
+                    match self.machine.command(Command::Cancel) {
+                        Ok(effects) => self.apply_effects(effects),
+                        Err(r) => tracing::info!("cancel directive: {r}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Server mode: turn state changes into events; news makes the node check in soon.
+    fn fleet_observe(&mut self) {
+        let state = self.machine.state().clone();
+        let now = self.clock.now();
+        let booted = self.machine.current().cloned();
+        let Some(f) = self.fleet.as_mut() else {
+            return;
+        };
+        if f.last_state == state {
+            return;
+        }
+        let fallback = f.offered.clone().or(booted);
+        let events = crate::fleet::transition_events(&f.last_state, &state, fallback.as_ref());
+        if !matches!(state, State::Staged { .. }) {
+            f.reboot_allowed = None;
+            f.told_waiting = false;
+        }
+        f.last_state = state;
+        if events.is_empty() {
+            return;
+        }
+        for (kind, version, reason) in events {
+            tracing::info!(event = kind.as_str(), %version, "fleet event");
+            f.events.push(kind, version, reason, now);
+        }
+        if let Err(e) = f.events.save(&f.log_path) {
+            tracing::warn!("{e}");
+        }
+        let soon = Instant::now() + Duration::from_secs(1);
+        if self.next_check.is_none_or(|at| at > soon) {
+            self.next_check = Some(soon);
+        }
+    }
+
     fn start_health_gate(&mut self) {
         if let Some(h) = self.health.take() {
             h.abort();
@@ -1182,6 +1434,7 @@ impl Daemon {
 
     /// After every input: reboot and lock decisions, persistence, publication.
     fn after_change(&mut self) {
+        self.fleet_observe();
         self.consider_reboot();
         self.consider_steady_state();
         self.persist();
@@ -1209,6 +1462,33 @@ impl Daemon {
         );
         if urgent {
             self.do_reboot();
+            return;
+        }
+        if let (Some(f), State::Staged { .. }) = (self.fleet.as_mut(), &state) {
+            // Server mode: the server says when a staged release boots.
+            match f.reboot_allowed {
+                None => {
+                    if !f.told_waiting {
+                        tracing::info!(
+                            "update staged; waiting for the fleet server's reboot directive"
+                        );
+                        f.told_waiting = true;
+                    }
+                }
+                Some(_) if f.draining => {}
+                Some(drain) => match f.client.pre_reboot().map(<[String]>::to_vec) {
+                    None => self.do_reboot(),
+                    Some(argv) => {
+                        f.draining = true;
+                        let tx = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            let r = crate::fleet::run_pre_reboot(&argv, Duration::from_secs(drain))
+                                .await;
+                            let _ = tx.send(Internal::Drained(r));
+                        });
+                    }
+                },
+            }
             return;
         }
         match self.settings.reboot.clone() {

@@ -296,3 +296,134 @@ fn a_later_file_fixes_an_earlier_bad_value() {
     d.write(1, "20.toml", "[update]\ntries = 4\n");
     assert_eq!(d.load().unwrap().update.tries, 4);
 }
+
+const SERVER: &str = "[server]\nurl = \"https://fleet.example:8443/\"\npool = \"web\"\nenroll_token_file = \"/etc/basalt/fleet-enroll-token\"\n";
+
+#[test]
+fn server_mode_takes_the_repository_from_the_server() {
+    let d = Dirs::new();
+    d.write(
+        1,
+        "50-fleet.toml",
+        &format!("{SERVER}node_id = \"node-7\"\npre_reboot = [\"/usr/bin/kubectl\", \"drain\", \"node-7\"]\n[repository]\ntrust_root = \"/usr/lib/basalt/trust/root.json\"\n"),
+    );
+    let s = d.load().unwrap();
+    let server = s.server.clone().unwrap();
+    assert_eq!(server.url, "https://fleet.example:8443/");
+    assert_eq!(server.pool, "web");
+    assert_eq!(server.node_id.as_deref(), Some("node-7"));
+    assert_eq!(server.pre_reboot.unwrap().len(), 3);
+    assert_eq!(
+        s.repository.unwrap().location,
+        RepositoryLocation::Server,
+        "no repository.url: the server names it"
+    );
+    // Without [server], nothing changes: a static repository or none.
+    let d = Dirs::new();
+    assert_eq!(d.load().unwrap().server, None);
+}
+
+#[test]
+fn each_bad_server_value_is_refused_naming_the_key() {
+    // A static repository and a server at once: which one wins would be a guess.
+    let d = Dirs::new();
+    d.write(
+        1,
+        "50-fleet.toml",
+        &format!("{SERVER}[repository]\nurl = \"/srv/repo\"\n"),
+    );
+    let e = d.load().unwrap_err().to_string();
+    assert!(
+        e.contains("repository.url") && e.contains("cannot be set together with [server]"),
+        "{e}"
+    );
+    let replace: &[(&str, &str, &str, &str)] = &[
+        (
+            "url = \"https://fleet.example:8443/\"",
+            "url = \"/srv/fleet\"",
+            "server.url",
+            "expected https://",
+        ),
+        (
+            "url = \"https://fleet.example:8443/\"",
+            "url = \"ftp://x\"",
+            "server.url",
+            "expected",
+        ),
+        (
+            "url = \"https://fleet.example:8443/\"",
+            "url = \"https://\"",
+            "server.url",
+            "names no host",
+        ),
+        (
+            "url = \"https://fleet.example:8443/\"\n",
+            "",
+            "server.url",
+            "required",
+        ),
+        ("pool = \"web\"\n", "", "server.pool", "required"),
+        (
+            "pool = \"web\"",
+            "pool = \"Web Pool\"",
+            "server.pool",
+            "[a-z0-9._-]",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"../x\"",
+            "server.pool",
+            "[a-z0-9._-]",
+        ),
+        (
+            "enroll_token_file = \"/etc/basalt/fleet-enroll-token\"\n",
+            "",
+            "server.enroll_token_file",
+            "required",
+        ),
+        (
+            "enroll_token_file = \"/etc/basalt/fleet-enroll-token\"",
+            "enroll_token_file = \"token\"",
+            "server.enroll_token_file",
+            "absolute",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"web\"\nnode_id = \"../../etc\"",
+            "server.node_id",
+            "node id",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"web\"\nca_file = \"ca.pem\"",
+            "server.ca_file",
+            "absolute",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"web\"\npre_reboot = []",
+            "server.pre_reboot",
+            "absolute path",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"web\"\npre_reboot = [\"kubectl\"]",
+            "server.pre_reboot",
+            "absolute path",
+        ),
+        (
+            "pool = \"web\"",
+            "pool = \"web\"\ntoken = \"x\"",
+            "unknown field",
+            "token",
+        ),
+    ];
+    for (from, to, key, words) in replace {
+        let d = Dirs::new();
+        let text = SERVER.replace(from, to);
+        assert_ne!(text, SERVER, "{from:?} not in the base text");
+        d.write(1, "50-fleet.toml", &text);
+        let e = d.load().expect_err(&text).to_string();
+        assert!(e.contains(key) && e.contains(words), "{text:?}: {e}");
+    }
+}

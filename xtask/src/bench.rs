@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: throughput against peers run in the same process run
-//! (`--only verity|http` for one of them; the HTTP bench is in `bench_http.rs`).
+//! (`--only verity|http|rollout` for one of them; the HTTP bench is in `bench_http.rs`, the
+//! fleet server's in `bench_rollout.rs`).
 //!
 //! verity: `basalt_verity::format` on one thread and on all cores vs `veritysetup format`, on
 //! the same random file (1 GiB by default, cached under `target/bench/`), best of N rounds.
@@ -36,6 +37,12 @@ pub struct Args {
     /// Size of the file fetched over HTTP, in MiB.
     #[arg(long, default_value_t = 512)]
     http_size_mib: u64,
+    /// Seconds of load per rollout check-in round.
+    #[arg(long, default_value_t = 5)]
+    rollout_seconds: u32,
+    /// Nodes in the rollout fleet simulation.
+    #[arg(long, default_value_t = 10_000)]
+    rollout_nodes: usize,
 }
 
 /// A subset of the benches.
@@ -46,6 +53,8 @@ pub enum Only {
     Verity,
     /// `HttpSource` vs `curl | openssl dgst` from nginx on 127.0.0.1.
     Http,
+    /// Check-ins/s of `basalt-rollout serve` vs nginx; the 10,000-node fleet simulation.
+    Rollout,
 }
 
 const UUID: &str = "00000000-0000-4000-8000-000000000000";
@@ -60,6 +69,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if matches!(args.only, Only::All | Only::Http) {
         crate::bench_http::run(args.http_size_mib, args.runs)?;
+    }
+    if matches!(args.only, Only::All | Only::Rollout) {
+        crate::bench_rollout::run(args.runs, args.rollout_seconds, args.rollout_nodes)?;
     }
     Ok(())
 }

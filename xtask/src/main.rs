@@ -13,6 +13,7 @@ mod bench;
 mod bench_agent;
 mod bench_http;
 mod bench_install;
+mod bench_rollout;
 mod crash_sweep;
 mod demo;
 mod sh;

@@ -11,6 +11,7 @@ use crate::sh;
 pub const APT_PACKAGES: &[&str] = &[
     "cryptsetup-bin",
     "gdisk",
+    // fdisk: also the GPT peer of basalt-identity at 4096-byte sectors (identity/tests).
     "fdisk",
     "cgpt",
     "mtools",
@@ -36,11 +37,22 @@ pub const APT_PACKAGES: &[&str] = &[
     "gpgv",
     "debian-archive-keyring",
     "openssl",
+    // sbsign/sbverify: signing UKIs and systemd-boot for Secure Boot (image, tests).
+    "sbsigntool",
+    // cert-to-efi-sig-list, sign-efi-sig-list: Secure Boot key enrolment files.
+    "efitools",
+    // objdump: the PE peer of the UKI builder (image/tests/uki_peers.rs).
+    "binutils",
     // The HTTP source's peers (tests/src/web.rs): a real web server, a forward proxy, and
     // curl for `cargo xtask bench`.
     "nginx-light",
     "tinyproxy",
     "curl",
+    // basalt-rollout: a private PostgreSQL for the two-replica tests, headless Chromium for
+    // the status page, wrk for `cargo xtask bench --only rollout`.
+    "postgresql",
+    "chromium",
+    "wrk",
     // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
     "gcc",
     "linux-libc-dev",
@@ -132,6 +144,8 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
     ("updater", "http_headers"),
+    ("identity", "gpt"),
+    ("identity", "text"),
     ("updater", "config_fragment"),
     ("updater", "status_file"),
 ];

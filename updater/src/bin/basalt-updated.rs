@@ -56,7 +56,7 @@ struct Cli {
         default_value = "/proc/sys/kernel/random/boot_id"
     )]
     boot_id: PathBuf,
-    /// The machine id (the fleet-lock node id is derived from it).
+    /// The machine id (the fleet-lock and fleet-server node ids are derived from it).
     #[arg(long, value_name = "FILE", default_value = "/etc/machine-id")]
     machine_id: PathBuf,
     /// Connect to this bus instead of the system bus (tests).
@@ -104,7 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ..HostPaths::default()
     };
     let facts = NodeFacts::read(&host);
-    let engine = agent::engine(&settings, &facts, &host).map_err(|e| bad(e.into()))?;
+    let (engine, fleet) = agent::engine_and_fleet(&settings, &facts, &host, &cli.machine_id)
+        .map_err(|e| bad(e.into()))?;
     let fleet_lock = agent::fleet_lock(&settings, &cli.machine_id).map_err(|e| bad(e.into()))?;
     let health_http = agent::health_client(&settings).map_err(|e| bad(e.into()))?;
     if cli.check_config {
@@ -165,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics,
             watchdog: notify::watchdog_interval(),
             retry: basalt_updater::daemon::RETRY,
+            fleet,
         };
         dbus::run_service(conn, parts, shutdown_signal()).await?;
         Ok(())

@@ -12,6 +12,7 @@ use std::io::Read;
 
 pub mod file;
 pub mod http;
+pub mod offered;
 
 pub use file::FileSource;
 

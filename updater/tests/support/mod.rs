@@ -187,6 +187,7 @@ impl Rig {
             metrics: self.metrics.clone(),
             watchdog,
             retry: Duration::from_millis(300),
+            fleet: None,
         }
     }
 }
