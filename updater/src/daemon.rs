@@ -318,11 +318,12 @@ fn make_runner<E: Engine + 'static>(
     Arc::new(std::sync::Mutex::new(Box::new(f)))
 }
 
-/// Give the heap's free pages back to the kernel after an engine job. A download runs on
-/// several threads (the fetcher, the decoder/writer, the HTTP client's runtime) and glibc gives
-/// each its own arena, keeping what they freed: without this the daemon idled after a 512 MiB
-/// install at 21.8 MiB RSS (its peak was 25.3 MiB, its live heap ≈ 1 MiB; `cargo xtask
-/// bench-agent`). Once per job, so the cost (a walk over the arenas) does not matter.
+/// Give the heap's free pages back to the kernel after an engine job (a download runs on
+/// several threads, each with its own glibc arena). Measured alone it did not lower the RSS
+/// kept after an install (the frame buffers stayed in the arenas because glibc had raised its
+/// mmap threshold); the fixed threshold set by `basalt-updated` at start did (anonymous RSS
+/// after a 64 MiB install 12.5 → 1.3 MiB, `cargo xtask bench-agent`). Kept as the cheap
+/// second half: once per job, a walk over the arenas.
 fn release_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointer; it only returns free pages of glibc's own arenas.
