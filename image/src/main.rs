@@ -9,6 +9,7 @@
 mod disk;
 mod image;
 mod initramfs;
+mod inspect;
 mod key;
 mod manifest;
 mod trust;
@@ -52,6 +53,9 @@ enum Command {
     /// OS images: an IMAGE.toml definition → signed release and bootable disk.
     #[command(subcommand)]
     Image(image::Command),
+    /// Built releases: what they are and what is in them.
+    #[command(subcommand)]
+    Release(inspect::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -75,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Initramfs(cmd) => initramfs::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Release(cmd) => inspect::run(cmd),
     }
 }
 

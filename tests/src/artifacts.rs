@@ -2,8 +2,9 @@
 //! the static `basalt-init` ([`basalt_init`]), the `basalt` CLI ([`basalt_cli`]), fixed
 //! test signing keys with their trust root ([`test_keys`]) and the `minimal` images
 //! ([`minimal_image`]: one per version, built by `basalt_image::build` into its input-hash
-//! cache, so a second run only copies files) and the product `container-host` image
-//! ([`container_host_image`], from `image/definitions/container-host.toml`).
+//! cache, so a second run only copies files) and the `container-host` images of
+//! `image/definitions/container-host.toml` ([`container_host`]: product or test variant, any
+//! version).
 //!
 //! Concurrency: a process-wide mutex per artifact makes parallel tests of one binary wait for
 //! the first builder; across processes, cargo's own lock (for the binaries) and the image
@@ -14,60 +15,43 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use basalt_image::build::image::{copy_sparse, default_cache_dir};
-use basalt_image::build::{build, BuildReport, BuildRequest};
-use basalt_image::kernel::KernelTree;
-use basalt_manifest::chrono::Utc;
+use basalt_image::build::image::copy_sparse;
+use basalt_image::build::workspace::{find_or_build_init, Program};
+use basalt_image::build::{build, BuildReport, BuildRequest, Variant};
 use basalt_manifest::{sign_trust_root, SigningKey, TrustRootDocument};
 
 use crate::error::{Error, Result};
-use crate::tool::Tool;
+use crate::tool::CARGO;
 
-/// `cargo` (from rustup; named in errors).
-pub const CARGO: Tool = Tool::new("cargo", "cargo (rustup)");
 /// The target triple basalt-init is built for (static glibc; the musl target is absent).
-pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
+pub use basalt_image::build::workspace::INIT_TARGET;
 
-static INIT: Mutex<Option<PathBuf>> = Mutex::new(None);
+static INIT: Mutex<Option<Program>> = Mutex::new(None);
 static CLI: Mutex<Option<PathBuf>> = Mutex::new(None);
 static KEYS: Mutex<Option<TestKeys>> = Mutex::new(None);
 static IMAGES: Mutex<Option<HashMap<String, MinimalImage>>> = Mutex::new(None);
-static CONTAINER_HOST: Mutex<Option<MinimalImage>> = Mutex::new(None);
+static CONTAINER_HOST: Mutex<Option<HashMap<String, MinimalImage>>> = Mutex::new(None);
 
-/// Build the static, stripped `basalt-init` (release) into `<workspace>/build/target-init`
-/// (its own target folder, so it never waits for the test build's lock) and return its path.
-/// Cargo makes a repeated call a quick no-op.
-pub fn basalt_init() -> Result<PathBuf> {
+/// The static, stripped `basalt-init` (release), built by the image library's own finder
+/// (`basalt_image::build::workspace::find_or_build_init`: cargo into
+/// `<workspace>/build/target-init`, its own target folder, so it never waits for the test
+/// build's lock), with the git revision it was built from. Cargo makes a repeated call a
+/// quick no-op.
+pub fn basalt_init_program() -> Result<Program> {
     let mut done = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = done.as_ref() {
-        return Ok(path.clone());
+    if let Some(program) = done.as_ref() {
+        return Ok(program.clone());
     }
-    let target_dir = crate::workspace_root().join("build").join("target-init");
-    let mut cmd = CARGO.command()?;
-    cmd.current_dir(crate::workspace_root())
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C strip=symbols",
-        )
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "basalt-initramfs",
-            "--bin",
-            "basalt-init",
-            "--target",
-            INIT_TARGET,
-        ]);
-    CARGO.run(&mut cmd)?;
-    let path = target_dir
-        .join(INIT_TARGET)
-        .join("release")
-        .join("basalt-init");
-    *done = Some(path.clone());
-    Ok(path)
+    let ws = crate::workspace_root();
+    let program = find_or_build_init(None, &ws, &ws.join("basalt"), &mut |_| {})
+        .map_err(|e| Error::Build(e.into()))?;
+    *done = Some(program.clone());
+    Ok(program)
+}
+
+/// The path of [`basalt_init_program`].
+pub fn basalt_init() -> Result<PathBuf> {
+    Ok(basalt_init_program()?.path)
 }
 
 /// Build the `basalt` CLI (debug) into `<workspace>/build/target-cli` and return its path.
@@ -198,16 +182,16 @@ pub fn minimal_request(version: &semver::Version, out: &Path) -> Result<BuildReq
     })?;
     let definition = root.join("IMAGE.toml");
     write_if_changed(&definition, minimal_definition(version).as_bytes())?;
-    Ok(BuildRequest {
-        config: definition,
-        keys: vec![keys.key],
-        trust: keys.trust,
-        init: basalt_init()?,
-        out: out.to_path_buf(),
-        cache: default_cache_dir(),
-        kernel_cache: KernelTree::default_cache_dir(),
-        issued_at: Utc::now(),
-    })
+    let init = basalt_init_program()?;
+    let mut req = BuildRequest::new(
+        definition,
+        vec![keys.key],
+        keys.trust,
+        init.path,
+        out.to_path_buf(),
+    );
+    req.init_revision = init.revision;
+    Ok(req)
 }
 
 /// The test `minimal` image of `version` (e.g. "1.0.0", "2.0.0"), built once per process into
@@ -247,41 +231,71 @@ pub fn container_host_definition() -> PathBuf {
         .join("container-host.toml")
 }
 
-/// The product `container-host` image, built once per process from
-/// [`container_host_definition`] with the test keys into
-/// `<workspace>/build/test-images/container-host/out` (from the image cache when the inputs
-/// were built before: the first build runs mmdebstrap, ≈1–2 min). The release directory has
-/// the same shape as a [`MinimalImage`]'s. Treat its files as read-only.
-pub fn container_host_image() -> Result<MinimalImage> {
-    let mut done = CONTAINER_HOST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(image) = done.as_ref() {
+/// The request that builds `variant` of the container-host definition at `version` (release
+/// sequence = major version) into `out`, with the test keys.
+pub fn container_host_request(
+    variant: Variant,
+    version: &semver::Version,
+    out: &Path,
+) -> Result<BuildRequest> {
+    let keys = test_keys()?;
+    let init = basalt_init_program()?;
+    let mut req = BuildRequest::new(
+        container_host_definition(),
+        vec![keys.key],
+        keys.trust,
+        init.path,
+        out.to_path_buf(),
+    );
+    req.init_revision = init.revision;
+    req.variant = variant;
+    req.version = Some(version.clone());
+    req.sequence = Some(version.major.max(1));
+    Ok(req)
+}
+
+/// `variant` of the container-host image ([`container_host_definition`]) at `version`
+/// (e.g. "1.0.0", "2.0.0"; release sequence = major), built once per process with the test
+/// keys into `<workspace>/build/test-images/container-host-<variant>-<version>/out`. Every
+/// version and both variants share one Debian staging (mmdebstrap runs once per resolved
+/// package set, ≈1 min; the build after it ≈1 min; a cache hit copies files and re-signs).
+/// The [`Variant::Test`] image has the boot report and a root shell on ttyS0
+/// ([`crate::vm::Vm::shell`]); the product has neither. Treat its files as read-only.
+pub fn container_host(variant: Variant, version: &str) -> Result<MinimalImage> {
+    let parsed = semver::Version::parse(version).map_err(|e| Error::VmConfig {
+        problem: format!("image version {version:?}: {e}"),
+    })?;
+    let mut images = CONTAINER_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let images = images.get_or_insert_with(HashMap::new);
+    let name = format!("container-host-{}-{version}", variant.as_str());
+    if let Some(image) = images.get(&name) {
         return Ok(image.clone());
     }
-    let keys = test_keys()?;
     let out = crate::workspace_root()
         .join("build")
         .join("test-images")
-        .join("container-host")
+        .join(&name)
         .join("out");
-    let req = BuildRequest {
-        config: container_host_definition(),
-        keys: vec![keys.key.clone()],
-        trust: keys.trust.clone(),
-        init: basalt_init()?,
-        out: out.clone(),
-        cache: default_cache_dir(),
-        kernel_cache: KernelTree::default_cache_dir(),
-        issued_at: Utc::now(),
-    };
+    let req = container_host_request(variant, &parsed, &out)?;
     let report = build(&req)?;
     let image = MinimalImage {
         dir: out,
         definition: req.config,
         report,
-        keys,
+        keys: test_keys()?,
     };
-    *done = Some(image.clone());
+    images.insert(name, image.clone());
     Ok(image)
+}
+
+/// The product container-host image 1.0.0 ([`container_host`]).
+pub fn container_host_image() -> Result<MinimalImage> {
+    container_host(Variant::Product, "1.0.0")
+}
+
+/// The test container-host image 1.0.0 ([`container_host`]).
+pub fn container_host_test_image() -> Result<MinimalImage> {
+    container_host(Variant::Test, "1.0.0")
 }
 
 /// Append `option` to the `options` line of every boot entry on the ESP of the disk image
