@@ -21,7 +21,7 @@ use basalt_image::build::{build, BuildReport, BuildRequest, Variant};
 use basalt_manifest::{sign_trust_root, SigningKey, TrustRootDocument};
 
 use crate::error::{Error, Result};
-use crate::tool::CARGO;
+use crate::tool::{Tool, CARGO};
 
 /// The target triple basalt-init is built for (static glibc; the musl target is absent).
 pub use basalt_image::build::workspace::INIT_TARGET;
@@ -335,4 +335,63 @@ pub fn add_kernel_option(disk: &Path, option: &str) -> Result<Vec<String>> {
         }
     }
     Ok(changed)
+}
+
+/// `python3` with the venv module (Debian packages `python3`, `python3-venv`).
+pub const PYTHON3: Tool = Tool::new("python3", "python3-venv");
+/// The SPDX validator the SBOM tests run: spdx/tools-python, the SPDX project's own parser
+/// and validator, pinned (installed with pip into a private venv, not the system).
+pub const SPDX_TOOLS: &str = "spdx-tools==0.8.5";
+
+/// Check an SPDX document with `pyspdxtools -i FILE` (parse + validate against the SPDX 2.3
+/// specification). The validator lives in `<workspace>/build/cache/spdx-tools` (a venv made
+/// once with pip; a missing `python3-venv` fails naming the package).
+pub fn spdx_validate(document: &Path) -> Result<String> {
+    let venv = crate::cache_root().join("spdx-tools");
+    let tool = venv.join("bin").join("pyspdxtools");
+    // A venv cannot be moved (its scripts name its path): made in place, then marked done.
+    let done = venv.join(".complete");
+    if !done.is_file() {
+        fs::create_dir_all(crate::cache_root()).map_err(|source| Error::CreateDir {
+            path: crate::cache_root(),
+            source,
+        })?;
+        let lock_path = crate::cache_root().join(".spdx-tools.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::WriteFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor we own, held until `lock` is dropped.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        if !done.is_file() {
+            if venv.exists() {
+                fs::remove_dir_all(&venv).map_err(|source| Error::Remove {
+                    path: venv.clone(),
+                    source,
+                })?;
+            }
+            let mut cmd = PYTHON3.command()?;
+            cmd.arg("-m").arg("venv").arg(&venv);
+            PYTHON3.run(&mut cmd)?;
+            let pip = Tool::new("pip", "python3-venv");
+            let mut cmd = std::process::Command::new(venv.join("bin").join("pip"));
+            cmd.args(["install", "-q", SPDX_TOOLS]);
+            pip.run(&mut cmd)?;
+            fs::write(&done, SPDX_TOOLS).map_err(|source| Error::WriteFile {
+                path: done.clone(),
+                source,
+            })?;
+        }
+        drop(lock);
+    }
+    let validator = Tool::new("pyspdxtools", "spdx-tools (pip, in build/cache/spdx-tools)");
+    let mut cmd = std::process::Command::new(&tool);
+    cmd.arg("-i").arg(document);
+    let out = validator.run(&mut cmd)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }

@@ -164,6 +164,20 @@ pub(crate) fn load(req: &BuildRequest, log: &mut dyn FnMut(&str)) -> Result<Inpu
     ))?;
     let kernel = KernelTree::fetch_or_cached(&req.kernel_cache).map_err(Box::new)?;
     let kernel_deb = kernel.deb_facts().map_err(Box::new)?;
+    // A module name the kernel does not have fails now, not after staging.
+    if !config.kernel.modules.is_empty() {
+        let resolve_err = |source| BuildError::Stage {
+            profile: config.profile.as_str(),
+            dir: kernel.modules_dir.clone(),
+            source: super::rootfs::RootfsError::Modules(super::modules::ModulesError::Resolve {
+                kernel: kernel.version.clone(),
+                source: Box::new(source),
+            }),
+        };
+        basalt_initramfs::modules::ModulesDep::load(&kernel.modules_dir)
+            .and_then(|dep| dep.resolve(&config.kernel.modules, &[]))
+            .map_err(resolve_err)?;
+    }
     let files = config
         .files
         .iter()

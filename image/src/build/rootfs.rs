@@ -675,6 +675,97 @@ mod tests {
     }
 
     #[test]
+    fn units_are_enabled_from_their_install_section_and_masked_in_usr() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("usr/lib/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        fs::write(
+            units.join("a.service"),
+            "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/true\n[Install]\n\
+             WantedBy=multi-user.target  sockets.target\nRequiredBy=b.target\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("t@.service"),
+            "[Service]\nExecStart=/bin/true %i\n[Install]\nWantedBy=getty.target\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("noisy.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        finish_units(
+            dir.path(),
+            &["a.service".into(), "t@x.service".into()],
+            &["noisy.service".into()],
+        )
+        .unwrap();
+        let link = |p: &str| fs::read_link(units.join(p)).unwrap();
+        assert_eq!(
+            link("multi-user.target.wants/a.service"),
+            Path::new("../a.service")
+        );
+        assert_eq!(
+            link("sockets.target.wants/a.service"),
+            Path::new("../a.service")
+        );
+        assert_eq!(
+            link("b.target.requires/a.service"),
+            Path::new("../a.service")
+        );
+        assert_eq!(
+            link("getty.target.wants/t@x.service"),
+            Path::new("../t@.service")
+        );
+        assert_eq!(link("noisy.service"), Path::new("/dev/null"));
+        assert_eq!(link("systemd-firstboot.service"), Path::new("/dev/null"));
+
+        // Refusals name the unit.
+        let err = finish_units(dir.path(), &["missing.service".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("missing.service"), "{err}");
+        fs::write(
+            units.join("plain.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        let err = finish_units(dir.path(), &["plain.service".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("WantedBy"), "{err}");
+    }
+
+    #[test]
+    fn trimming_keeps_copyright_files_and_counts_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("usr/share/doc/bash");
+        fs::create_dir_all(&doc).unwrap();
+        fs::write(doc.join("copyright"), "GPL").unwrap();
+        fs::write(doc.join("changelog.gz"), vec![0u8; 1000]).unwrap();
+        let man = dir.path().join("usr/share/man/man1");
+        fs::create_dir_all(&man).unwrap();
+        fs::write(man.join("bash.1.gz"), vec![0u8; 500]).unwrap();
+        symlink("bash.1.gz", man.join("sh.1.gz")).unwrap();
+        assert_eq!(trim(dir.path()).unwrap(), 1500);
+        assert!(doc.join("copyright").is_file());
+        assert!(!doc.join("changelog.gz").exists());
+        assert!(!dir.path().join("usr/share/man/man1").exists());
+    }
+
+    #[test]
+    fn installed_files_replace_files_but_not_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        install_file(dir.path(), "/usr/bin/tool", b"one", 0o755).unwrap();
+        install_file(dir.path(), "/usr/bin/tool", b"two", 0o700).unwrap();
+        let path = dir.path().join("usr/bin/tool");
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        let err = install_file(dir.path(), "/usr/bin", b"x", 0o644).unwrap_err();
+        assert!(err.to_string().contains("folder"), "{err}");
+    }
+
+    #[test]
     fn payload_is_deterministic_and_sized() {
         let a = payload();
         assert_eq!(a.len(), PAYLOAD_BYTES);

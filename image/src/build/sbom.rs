@@ -362,8 +362,9 @@ pub fn generate(input: &SbomInput<'_>) -> SpdxDocument {
         relationships.push(rel(&id, "GENERATED_FROM", &src));
     }
 
-    for b in input.basalt {
-        let id = spdx_id(&["basalt", &b.name]);
+    for (i, b) in input.basalt.iter().enumerate() {
+        // Numbered: one program can be in the image twice (the initramfs and /usr).
+        let id = spdx_id(&["basalt", &(i + 1).to_string(), &b.name]);
         let mut p = package(
             id.clone(),
             &b.name,
