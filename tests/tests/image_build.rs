@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use basalt_image::build::sbom::{summarize, SpdxDocument, SBOM_FILE};
 use basalt_image::build::{build, BuildError, Variant};
-use basalt_manifest::chrono::{Duration as Days, Utc};
+use basalt_manifest::chrono::{Duration as Days, TimeZone, Utc};
 use basalt_tests::artifacts::{self, container_host, minimal_image, minimal_request};
 use basalt_tests::tool::{Tool, MDIR, SGDISK, VERITYSETUP};
 use serde_json::Value;
@@ -479,7 +479,10 @@ fn a_cache_hit_is_signed_again() -> Result<()> {
         .context("cache")?
         .to_path_buf();
     // Two years after the first build: its manifest would have expired long ago.
-    let later = Utc::now() + Days::days(730);
+    let later = Utc
+        .timestamp_opt((Utc::now() + Days::days(730)).timestamp(), 0)
+        .single()
+        .context("time")?;
     req.issued_at = later;
     let report = build(&req)?;
     ensure!(report.from_cache, "expected a cache hit: {report:?}");
