@@ -4,10 +4,12 @@
 //!   every test (unit, property, peer interop, host integration, VM) and a short fuzz pass.
 //! - `bench` — throughput figures against peers run in the same process run.
 //! - `demo`  — the newcomer's tour of what Basalt does today.
+//! - `image` — build an image (default: the container-host product) in one command.
 
 mod bench;
 mod bench_http;
 mod demo;
+mod image;
 mod sh;
 mod test;
 
@@ -28,6 +30,8 @@ enum Command {
     Bench(bench::Args),
     /// Show what Basalt does, step by step.
     Demo(demo::Args),
+    /// Build an image (default: the container-host product) in one command.
+    Image(image::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Image(args) => image::run(args),
     }
 }
