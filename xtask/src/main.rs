@@ -7,6 +7,7 @@
 //! - `image` — build an image (default: the container-host product) in one command.
 
 mod bench;
+mod bench_boot;
 mod bench_http;
 mod demo;
 mod image;
