@@ -6,10 +6,10 @@
 //! from (`basalt_image::build::inputs::stage_definition`: one mmdebstrap tree for both, so the
 //! package set and versions are identical): the stock tree with Debian's whole module tree of
 //! the same kernel, on a writable ext4 root partition, booted by a busybox initramfs that only
-//! loads the disk modules (virtio, ext4) and mounts it. Both get the same boot hook
-//! (`basalt_image::build::variant::REPORT_UNIT`, inert without `basalt.test=report`), the
-//! same masked `systemd-firstboot` (or Debian would prompt on the first boot), and boot
-//! fresh copies of their disks (a first boot each time).
+//! loads the disk modules (virtio, ext4) and mounts it. Both get the same test hooks
+//! (`basalt_image::build::variant`: the boot report, inert without `basalt.test=report`, and
+//! the serial autologin), the same masked `systemd-firstboot` (or Debian would prompt on the
+//! first boot), and boot fresh copies of their disks (a first boot each time).
 //!
 //! **Ours** is the test variant of `image/definitions/container-host.toml`: the product plus
 //! the report hook and the serial autologin (which only starts a shell on ttyS0).
@@ -39,7 +39,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use basalt_image::build::image::INITRD_IMG;
 use basalt_image::build::inputs::stage_definition;
-use basalt_image::build::variant::{REPORT_OPTION, REPORT_SCRIPT, REPORT_UNIT, SETTLE_OPTION};
+use basalt_image::build::variant::{
+    AUTOLOGIN_DROPIN, REPORT_OPTION, REPORT_SCRIPT, REPORT_UNIT, SETTLE_OPTION,
+};
 use basalt_image::build::Variant;
 use basalt_image::kernel::KernelTree;
 use basalt_tests::fixture::{BusyboxInitramfs, INIT_PRELUDE};
@@ -50,7 +52,7 @@ use crate::sh;
 /// Guest memory, for both images.
 const MEMORY_MIB: u32 = 1536;
 /// Each boot step's bound (the harness scales it by BASALT_VM_TIMEOUT_FACTOR).
-const STEP: Duration = Duration::from_secs(400);
+const STEP: Duration = Duration::from_secs(200);
 /// The reference's partitions: ESP then root.
 const REF_ESP_MIB: u64 = 128;
 const REF_ROOT_MIB: u64 = 2048;
@@ -409,6 +411,9 @@ fn build_reference(
         "../basalt-boot-report.service",
         units.join("multi-user.target.wants/basalt-boot-report.service"),
     )?;
+    let getty = units.join("serial-getty@ttyS0.service.d");
+    fs::create_dir_all(&getty)?;
+    fs::write(getty.join("basalt-test-autologin.conf"), AUTOLOGIN_DROPIN)?;
     let _ = fs::remove_file(units.join("systemd-firstboot.service"));
     std::os::unix::fs::symlink("/dev/null", units.join("systemd-firstboot.service"))?;
     let script = stage.join("usr/lib/basalt/boot-report");
