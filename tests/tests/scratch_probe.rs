@@ -1,35 +1,26 @@
-use anyhow::Result;
-use basalt_tests::artifacts::container_host_test_image;
-use basalt_tests::vm::{scenario_dir, VmConfig};
 use std::time::Duration;
+use anyhow::Result;
+use basalt_tests::kernel::KernelTree;
+use basalt_tests::vm::{scenario_dir, VmConfig};
 
-const STEP: Duration = Duration::from_secs(300);
+const STEP: Duration = Duration::from_secs(600);
 
 #[test]
 fn probe() -> Result<()> {
-    let image = container_host_test_image()?;
+    let kernel = KernelTree::shared()?;
     let dir = scenario_dir("scratch-probe")?;
-    let disk = dir.join("disk.img");
-    image.copy_disk(&disk)?;
-    let config = VmConfig::uefi(&dir)
-        .disk(&disk)
-        .memory_mib(1536)
-        .cpus(2)
-        .no_reboot(true);
+    let w = basalt_tests::workspace_root().join("target/bench/boot");
+    let config = VmConfig::direct(&dir, &kernel.vmlinux, Some(w.join("reference-initrd.img")), "root=/dev/vda2 rw console=ttyS0 panic=-1")
+        .disk("/tmp/refdbg.img").memory_mib(1536).cpus(2).no_reboot(true);
     let mut vm = config.spawn()?;
     vm.wait_for_shell(STEP)?;
     for cmd in [
-        "systemctl is-system-running --wait",
-        "systemd-analyze time",
-        "systemd-analyze blame --no-pager | head -40",
-        "systemd-analyze critical-chain --no-pager multi-user.target",
-        "journalctl -b -u containerd -o short-monotonic --no-pager | head -80",
-        "ls -la /etc/udev/ /etc/.updated /var/.updated 2>&1; du -sh /etc /var",
-        "systemctl list-timers --all --no-pager",
-        "systemctl list-unit-files --state=enabled --no-pager",
-        "cat /proc/cmdline; uptime",
-        "dmesg | grep -iE 'Freeing unused|Run /init|random|crng' | head",
-        "cat /etc/containerd/config.toml | head -30",
+        "sleep 60; systemctl list-jobs --no-pager",
+        "systemctl status containerd --no-pager | head -30",
+        "journalctl -b -u containerd --no-pager -o short-monotonic | tail -30",
+        "systemctl is-system-running",
+        "systemd-analyze blame --no-pager | head -20",
+        "cat /proc/loadavg; ps aux --sort=-%cpu | head -8",
     ] {
         let out = vm.shell(cmd, STEP)?;
         println!("==== {cmd} (rc {})\n{}", out.status, out.output);

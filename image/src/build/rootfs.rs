@@ -353,6 +353,14 @@ pub fn stage_container_host(
     // path and the unit degrades).
     mkdirs(&factory.join("etc/cni/net.d"))?;
     write(&factory.join("etc/hostname"), "basalt\n")?;
+    // mmdebstrap copies the build host's resolver configuration into the tree: a node must
+    // not inherit it.
+    let resolv = factory.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    write(
+        &resolv,
+        "# Basalt: no resolver configured in the image; the node's network setup writes this.\n",
+    )?;
     finish_container_host(staging, input.variant)?;
     write(
         &usr.join("lib/os-release"),
