@@ -528,7 +528,7 @@ fn install_targets(unit: &str) -> Vec<(&'static str, String)> {
 
 /// Bump when the container-host staging changes in a way the image cache key would not see
 /// (the masks, the trims, the /var handling …): the key covers it.
-pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/4";
+pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/5";
 
 /// The container-host specifics on top of the Debian tree: machine-id, the variant's hooks,
 /// `/var` from the factory copy on first boot, no package caches.
