@@ -131,9 +131,34 @@ impl<D: DiskIo> RangeWriter<D> {
         }
     }
 
-    /// Bytes written so far.
+    /// The next write's position in the range (bytes written so far, unless moved).
     pub fn position(&self) -> u64 {
         self.pos
+    }
+
+    /// Move the next write to `pos` (a resumed install continues mid-partition). Refuses a
+    /// position past the end of the range.
+    pub fn set_position(&mut self, pos: u64) -> Result<(), Error> {
+        if pos > self.len {
+            return Err(Error::RangeOverflow {
+                path: self.path.clone(),
+                offset: self.offset,
+                len: self.len,
+                at: pos,
+                attempted: 0,
+            });
+        }
+        self.pos = pos;
+        Ok(())
+    }
+
+    /// Make the bytes written so far durable (`fdatasync`), keeping the writer.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        self.dev.sync_data().map_err(|source| Error::Io {
+            op: "sync partition range of",
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Length of the range.
@@ -193,13 +218,9 @@ impl<D: DiskIo> RangeWriter<D> {
         }
     }
 
-    /// Make the written bytes durable (`fdatasync`) and return how many were written.
+    /// Make the written bytes durable (`fdatasync`) and return the final position.
     pub fn finish(mut self) -> Result<u64, Error> {
-        self.dev.sync_data().map_err(|source| Error::Io {
-            op: "sync partition range of",
-            path: self.path.clone(),
-            source,
-        })?;
+        self.sync()?;
         Ok(self.pos)
     }
 }
@@ -243,6 +264,27 @@ mod tests {
         // Nothing outside the range was touched.
         let d = disk.into_inner();
         assert!(d[..8].iter().chain(&d[16..]).all(|b| *b == 0));
+    }
+
+    #[test]
+    fn set_position_writes_mid_range_and_refuses_past_the_end() {
+        let mut disk = Cursor::new(vec![0u8; 32]);
+        let mut w = RangeWriter::new(&mut disk, Path::new("mem"), 8, 8);
+        w.set_position(6).unwrap();
+        w.write(&[7, 7]).unwrap();
+        assert!(matches!(
+            w.write(&[1]),
+            Err(Error::RangeOverflow { at: 8, .. })
+        ));
+        assert!(matches!(
+            w.set_position(9),
+            Err(Error::RangeOverflow { at: 9, .. })
+        ));
+        w.set_position(8).unwrap();
+        assert_eq!(w.finish().unwrap(), 8);
+        let d = disk.into_inner();
+        assert_eq!(&d[14..16], &[7, 7]);
+        assert!(d[..14].iter().chain(&d[16..]).all(|b| *b == 0));
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! The A/B slot inventory, slot naming and writing an image into a slot.
 //!
+//! Writing a slot is three steps a caller can drive and resume ([`begin_install`] →
+//! writes through [`SlotInstall::writer`] → [`finish_install`]), or one call for an image
+//! already at hand ([`write_slot`]). The order never changes: the slot is made unbootable
+//! (labels `_installing`, GPT-priority bits cleared, random partition UUIDs) before its first
+//! byte is written, and named (UUIDs from the root hash, `{os}_{version}` labels) only after
+//! the caller synced and verified what it wrote.
+//!
 //! How a slot's state is recorded (all in the GPT, so any tool can read it):
 //!
 //! | state        | data partition label      | verity partition label          | UUIDs            |
 //! |--------------|---------------------------|---------------------------------|------------------|
 //! | `Empty`      | `_empty`                  | `_empty`                        | random           |
-//! | `Installing` | `_installing`             | `_installing`                   | unchanged        |
+//! | `Installing` | `_installing`             | `_installing`                   | random           |
 //! | `Valid`      | `{os}_{version}`          | `{os}_{version}_verity`         | from root hash   |
 //! | `Bad`        | `{os}_{version}_bad`      | `{os}_{version}_verity`         | from root hash   |
 //! | `Active`     | a `Valid` slot whose root hash is the booted `usrhash=`                          |
@@ -30,7 +37,9 @@ use std::path::{Path, PathBuf};
 
 use gptman::GPTPartitionEntry;
 
-use crate::gpt::{read_table, write_table, DiskIo, Guid, Table, TableHealth, SECTOR_SIZE};
+use crate::gpt::{
+    random_guid, read_table, write_table, DiskIo, Guid, Table, TableHealth, SECTOR_SIZE,
+};
 use crate::layout::{slot_index, Layout, LABEL_EMPTY};
 use crate::range::{PartitionRange, RangeWriter};
 use crate::{Error, Slot};
@@ -449,39 +458,72 @@ pub struct SlotImage<'a, RD: Read, RV: Read> {
     pub version: &'a str,
 }
 
+/// What an install will write, known before the first byte: checked by [`begin_install`]
+/// (sizes, labels, root hash) and used again by [`finish_install`] to name the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallPlan<'a> {
+    /// Bytes that go to the data partition.
+    pub data_len: u64,
+    /// Bytes that go to the verity partition (superblock, tree and anything stored after it).
+    pub verity_len: u64,
+    /// The verity root hash the slot will carry (its partition UUIDs when named).
+    pub root_hash: RootHash,
+    pub os: &'a str,
+    pub version: &'a str,
+}
+
+/// A slot being written: labelled `_installing`, GPT-priority bits cleared, partition UUIDs
+/// random (so no `usrhash=` of an earlier image finds these partitions). Only
+/// [`begin_install`] makes one, after refusing the booted slot; it is plain data (where the
+/// partitions are), so a resumed install simply calls [`begin_install`] again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInstall {
+    pub slot: Slot,
+    /// The disk (device or image file).
+    pub path: PathBuf,
+    /// The slot's data partition.
+    pub data: PartitionRange,
+    /// The slot's verity partition.
+    pub verity: PartitionRange,
+}
+
+impl SlotInstall {
+    /// The range of `part`.
+    pub fn range(&self, part: SlotPart) -> &PartitionRange {
+        match part {
+            SlotPart::Data => &self.data,
+            SlotPart::Verity => &self.verity,
+        }
+    }
+
+    /// A writer for `part` on `dev` (the disk this install was begun on), at position 0;
+    /// [`RangeWriter::set_position`] moves it (a resumed install starts mid-partition).
+    pub fn writer<D: DiskIo>(&self, dev: D, part: SlotPart) -> RangeWriter<D> {
+        let r = self.range(part);
+        RangeWriter::new(dev, &self.path, r.offset, r.len)
+    }
+}
+
 /// Clear the GPT-priority bits (48–56) of an entry: a slot being rewritten or marked bad
 /// must never be picked by a gptprio boot loader.
 fn clear_prio_bits(e: &mut GPTPartitionEntry) {
     e.attribute_bits &= !crate::gptprio::PRIO_MASK;
 }
 
-/// Install an image into `slot` of the disk `dev`, in the order that keeps every crash
-/// recoverable:
-///
-/// 1. checks (never the booted slot, sizes, labels, root hash unique) — nothing written yet;
-/// 2. labels → `_installing`, priority bits cleared; table written (both copies, synced);
-/// 3. data and verity copied into their partitions (bounded memory), `fdatasync`;
-/// 4. partition UUIDs ← root hash, labels ← `{os}_{version}` / `…_verity`; table written.
-///
-/// A crash before 4 leaves the slot `Installing`: never bootable, rewritten next time.
-pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
-    dev: &mut D,
-    path: &Path,
-    slot: Slot,
-    cmdline: Option<&str>,
-    image: SlotImage<'_, RD, RV>,
-) -> Result<(), Error> {
-    let inv = Inventory::read(dev, path, cmdline)?;
+/// The checks every install starts with: never the booted slot, the image fits, the labels
+/// can be written, no other partition carries the root hash's UUIDs.
+fn check_install(inv: &Inventory, slot: Slot, plan: &InstallPlan<'_>) -> Result<(), Error> {
+    let path = &inv.path;
     inv.ensure_not_booted(slot)?;
-    let (data_label, verity_label) = image_labels(image.os, image.version)?;
+    image_labels(plan.os, plan.version)?;
     let info = inv.slot(slot);
     for (part, capacity, needed) in [
-        ("data", info.data.size, image.data_len),
-        ("verity", info.verity.size, image.verity_len),
+        ("data", info.data.size, plan.data_len),
+        ("verity", info.verity.size, plan.verity_len),
     ] {
         if needed > capacity {
             return Err(Error::SlotTooSmall {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 slot,
                 part,
                 capacity,
@@ -489,8 +531,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
             });
         }
     }
-    let other = inv.slot(!slot);
-    let (du, vu) = (image.root_hash.data_uuid(), image.root_hash.verity_uuid());
+    let (du, vu) = (plan.root_hash.data_uuid(), plan.root_hash.verity_uuid());
     let clash = inv.table.entries.iter().enumerate().any(|(i, e)| {
         let n = i as u32 + 1;
         e.is_used()
@@ -500,25 +541,137 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
     });
     if clash {
         return Err(Error::DuplicateRootHash {
-            path: path.to_path_buf(),
-            other: other.slot,
-            root_hash: image.root_hash.to_hex(),
+            path: path.clone(),
+            other: !slot,
+            root_hash: plan.root_hash.to_hex(),
         });
     }
+    Ok(())
+}
 
-    // 2. Mark installing.
-    let mut table = inv.table.clone();
+/// Step 1 of an install: check (nothing written on refusal), then make `slot` unbootable
+/// before any of its bytes change — labels `_installing`, GPT-priority bits cleared, partition
+/// UUIDs replaced by `scratch` (random: a stale boot entry's `usrhash=` then finds no
+/// partition, and a half-written slot can never be mistaken for an image) — in one ordered
+/// table write. A slot already in that state (an interrupted install being resumed) is left
+/// as it is: nothing is written.
+///
+/// The caller writes the partitions through [`SlotInstall::writer`], syncs, verifies what it
+/// wrote, then names the slot with [`finish_install`]. A crash anywhere in between leaves the
+/// slot `Installing`: never bootable, resumable or rewritable.
+pub fn begin_install<D: DiskIo>(
+    dev: &mut D,
+    path: &Path,
+    slot: Slot,
+    cmdline: Option<&str>,
+    plan: &InstallPlan<'_>,
+    scratch: [Guid; 2],
+) -> Result<SlotInstall, Error> {
+    let inv = Inventory::read(dev, path, cmdline)?;
+    check_install(&inv, slot, plan)?;
+    let info = inv.slot(slot);
+    let install = SlotInstall {
+        slot,
+        path: path.to_path_buf(),
+        data: inv.slot_range(slot, SlotPart::Data),
+        verity: inv.slot_range(slot, SlotPart::Verity),
+    };
     let (dn, vn) = (info.data.number, info.verity.number);
+    let already = info.data.label == LABEL_INSTALLING
+        && info.verity.label == LABEL_INSTALLING
+        && info.data.attributes & crate::gptprio::PRIO_MASK == 0
+        && inv.health.is_clean();
+    if already {
+        return Ok(install);
+    }
+    if scratch[0] == scratch[1] || scratch.iter().any(|g| g.is_nil()) {
+        return Err(Error::InvalidLabel {
+            what: "scratch partition UUID",
+            value: format!("{} {}", scratch[0], scratch[1]),
+            reason: "two distinct, non-nil UUIDs are needed".into(),
+        });
+    }
+    let mut table = inv.table.clone();
     set_entry(&mut table, dn, path, |e| {
         e.partition_name = LABEL_INSTALLING.into();
+        e.unique_partition_guid = scratch[0].to_gpt_bytes();
         clear_prio_bits(e);
     })?;
     set_entry(&mut table, vn, path, |e| {
         e.partition_name = LABEL_INSTALLING.into();
+        e.unique_partition_guid = scratch[1].to_gpt_bytes();
     })?;
     write_table(dev, path, &table, &inv.health)?;
+    Ok(install)
+}
 
-    // 3. Copy.
+/// Last step of an install: the slot's bytes were written, synced and verified by the
+/// caller; give its partitions the UUIDs derived from the root hash and the labels
+/// `{os}_{version}` / `…_verity` (one ordered table write). Refuses the booted slot and a
+/// slot that is not `Installing` (someone else changed it since [`begin_install`]).
+pub fn finish_install<D: DiskIo>(
+    dev: &mut D,
+    path: &Path,
+    slot: Slot,
+    cmdline: Option<&str>,
+    plan: &InstallPlan<'_>,
+) -> Result<(), Error> {
+    let inv = Inventory::read(dev, path, cmdline)?;
+    check_install(&inv, slot, plan)?;
+    let info = inv.slot(slot);
+    if info.state != SlotState::Installing {
+        return Err(Error::IllegalTransition {
+            op: "finish installing",
+            slot,
+            reason: format!(
+                "it is {} (label {:?}), not being installed",
+                info.state.as_str(),
+                info.data.label
+            ),
+        });
+    }
+    let (data_label, verity_label) = image_labels(plan.os, plan.version)?;
+    let (du, vu) = (plan.root_hash.data_uuid(), plan.root_hash.verity_uuid());
+    let mut table = inv.table.clone();
+    set_entry(&mut table, info.data.number, path, |e| {
+        e.partition_name = data_label.as_str().into();
+        e.unique_partition_guid = du.to_gpt_bytes();
+    })?;
+    set_entry(&mut table, info.verity.number, path, |e| {
+        e.partition_name = verity_label.as_str().into();
+        e.unique_partition_guid = vu.to_gpt_bytes();
+    })?;
+    write_table(dev, path, &table, &inv.health)
+}
+
+/// Install an image into `slot` of the disk `dev` in one call, in the order that keeps every
+/// crash recoverable ([`begin_install`] → copy → sync → [`finish_install`]):
+///
+/// 1. checks (never the booted slot, sizes, labels, root hash unique) — nothing written yet;
+/// 2. labels → `_installing`, priority bits cleared, UUIDs random; table written (both
+///    copies, synced);
+/// 3. data and verity copied into their partitions (bounded memory), `fdatasync`;
+/// 4. partition UUIDs ← root hash, labels ← `{os}_{version}` / `…_verity`; table written.
+///
+/// A crash before 4 leaves the slot `Installing`: never bootable, rewritten next time. The
+/// caller vouches that the image matches `root_hash` (the updater's pipeline re-verifies the
+/// written bytes between 3 and 4 instead).
+pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
+    dev: &mut D,
+    path: &Path,
+    slot: Slot,
+    cmdline: Option<&str>,
+    image: SlotImage<'_, RD, RV>,
+) -> Result<(), Error> {
+    let plan = InstallPlan {
+        data_len: image.data_len,
+        verity_len: image.verity_len,
+        root_hash: image.root_hash,
+        os: image.os,
+        version: image.version,
+    };
+    let scratch = [random_guid()?, random_guid()?];
+    let install = begin_install(dev, path, slot, cmdline, &plan, scratch)?;
     for (part, src, src_path, len) in [
         (
             SlotPart::Data,
@@ -533,7 +686,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
             image.verity_len,
         ),
     ] {
-        let mut w = inv.slot_writer(&mut *dev, slot, part)?;
+        let mut w = install.writer(&mut *dev, part);
         let n = w.copy_from(src, src_path)?;
         w.finish()?;
         if n != len {
@@ -547,18 +700,7 @@ pub fn write_slot<D: DiskIo, RD: Read, RV: Read>(
             });
         }
     }
-
-    // 4. Name it. Re-read so the health reflects the write in step 2.
-    let (mut table, health) = read_table(dev, path)?;
-    set_entry(&mut table, dn, path, |e| {
-        e.partition_name = data_label.as_str().into();
-        e.unique_partition_guid = du.to_gpt_bytes();
-    })?;
-    set_entry(&mut table, vn, path, |e| {
-        e.partition_name = verity_label.as_str().into();
-        e.unique_partition_guid = vu.to_gpt_bytes();
-    })?;
-    write_table(dev, path, &table, &health)
+    finish_install(dev, path, slot, cmdline, &plan)
 }
 
 /// Record that the image in `slot` is bad (e.g. re-verification failed): data label gets the

@@ -10,7 +10,10 @@ mod gpt_util;
 use std::io::{self, Read};
 use std::path::Path;
 
-use basalt_disk::slots::{mark_slot_bad, open_rw, write_slot, SlotImage};
+use basalt_disk::gpt::Guid;
+use basalt_disk::slots::{
+    begin_install, finish_install, mark_slot_bad, open_rw, write_slot, InstallPlan, SlotImage,
+};
 use basalt_disk::{
     BootControl, BootStatus, Error, GptPrio, Inventory, RootHash, Slot, SlotPart, SlotState,
 };
@@ -305,4 +308,129 @@ fn malformed_usrhash_on_the_cmdline_is_an_error_not_a_guess() {
         "a hash matching no slot boots nothing here"
     );
     assert!(inv.cmdline_usrhash.is_some());
+}
+
+fn plan(version: &str, hash: RootHash, data_len: u64) -> InstallPlan<'_> {
+    InstallPlan {
+        data_len,
+        verity_len: 4096,
+        root_hash: hash,
+        os: "basalt",
+        version,
+    }
+}
+
+fn scratch(n: u8) -> [Guid; 2] {
+    [Guid([n; 16]), Guid([n.wrapping_add(1); 16])]
+}
+
+/// begin → write at any position → finish: the slot is unbootable from the first table write
+/// (random UUIDs: the old image's `usrhash=` finds nothing), a second begin (a resume) writes
+/// nothing, and only finish names it.
+#[test]
+fn stepwise_install_hides_the_slot_until_it_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = tiny_image_file(dir.path(), "d.img");
+    let a = put_image(&mut open_rw(&img).unwrap(), &img, Slot::A, "1.0.0", 1, None).unwrap();
+    let old_b = put_image(&mut open_rw(&img).unwrap(), &img, Slot::B, "1.5.0", 2, None).unwrap();
+    let booted = format!("usrhash={}", a.to_hex());
+    let new = fake_hash(9);
+    let p = plan("2.0.0", new, 8192);
+    let install = begin_install(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::B,
+        Some(&booted),
+        &p,
+        scratch(0x31),
+    )
+    .unwrap();
+    let inv = Inventory::read_path(&img, Some(&format!("usrhash={}", old_b.to_hex()))).unwrap();
+    assert_eq!(inv.slot(Slot::B).state, SlotState::Installing);
+    assert_eq!(
+        inv.booted, None,
+        "the old image's usrhash= still finds slot B"
+    );
+    assert_eq!(inv.slot(Slot::B).data.uuid, Guid([0x31; 16]));
+    // A resume: nothing is written, the scratch UUIDs stay.
+    let before = std::fs::read(&img).unwrap();
+    let again = begin_install(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::B,
+        Some(&booted),
+        &p,
+        scratch(0x41),
+    )
+    .unwrap();
+    assert_eq!(again, install);
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    // Write the second data block first, then the first (resume order does not matter).
+    let mut dev = open_rw(&img).unwrap();
+    let mut w = install.writer(&mut dev, SlotPart::Data);
+    w.set_position(4096).unwrap();
+    w.write(&[2u8; 4096]).unwrap();
+    w.set_position(0).unwrap();
+    w.write(&[1u8; 4096]).unwrap();
+    w.finish().unwrap();
+    finish_install(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::B,
+        Some(&booted),
+        &p,
+    )
+    .unwrap();
+    let inv = Inventory::read_path(&img, Some(&booted)).unwrap();
+    let b = inv.slot(Slot::B);
+    assert_eq!((b.state, b.root_hash), (SlotState::Valid, Some(new)));
+    assert_eq!(b.data.label, "basalt_2.0.0");
+    let mut r = inv.slot_range(Slot::B, SlotPart::Data).open_read().unwrap();
+    let mut head = vec![0u8; 8192];
+    r.read_exact(&mut head).unwrap();
+    assert!(head[..4096].iter().all(|&x| x == 1) && head[4096..].iter().all(|&x| x == 2));
+    // Finishing twice is refused: the slot is no longer being installed.
+    let r = finish_install(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::B,
+        Some(&booted),
+        &p,
+    );
+    assert!(matches!(r, Err(Error::IllegalTransition { .. })), "{r:?}");
+}
+
+#[test]
+fn stepwise_install_refusals_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = tiny_image_file(dir.path(), "d.img");
+    let a = put_image(&mut open_rw(&img).unwrap(), &img, Slot::A, "1.0.0", 1, None).unwrap();
+    let booted = format!("usrhash={}", a.to_hex());
+    let before = std::fs::read(&img).unwrap();
+    let begin = |slot, p: &InstallPlan<'_>, s| {
+        begin_install(&mut open_rw(&img).unwrap(), &img, slot, Some(&booted), p, s)
+    };
+    let r = begin(Slot::A, &plan("2.0.0", fake_hash(9), 4096), scratch(1));
+    assert!(
+        matches!(r, Err(Error::BootedSlot { slot: Slot::A })),
+        "{r:?}"
+    );
+    let r = begin(Slot::B, &plan("2.0.0", fake_hash(9), 64 << 20), scratch(1));
+    assert!(matches!(r, Err(Error::SlotTooSmall { .. })), "{r:?}");
+    let r = begin(Slot::B, &plan("2_0", fake_hash(9), 4096), scratch(1));
+    assert!(matches!(r, Err(Error::InvalidLabel { .. })), "{r:?}");
+    let r = begin(Slot::B, &plan("2.0.0", a, 4096), scratch(1));
+    assert!(matches!(r, Err(Error::DuplicateRootHash { .. })), "{r:?}");
+    let same = [Guid([5; 16]), Guid([5; 16])];
+    let r = begin(Slot::B, &plan("2.0.0", fake_hash(9), 4096), same);
+    assert!(matches!(r, Err(Error::InvalidLabel { .. })), "{r:?}");
+    let r = finish_install(
+        &mut open_rw(&img).unwrap(),
+        &img,
+        Slot::B,
+        Some(&booted),
+        &plan("2.0.0", fake_hash(9), 4096),
+    );
+    assert!(matches!(r, Err(Error::IllegalTransition { .. })), "{r:?}");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
 }

@@ -1,6 +1,7 @@
 //! File helpers every Basalt tool on a normal filesystem shares, so each exists once.
 //!
-//! Owns: replacing a file atomically and durably ([`write_atomic`]), syncing a directory
+//! Owns: replacing a file atomically and durably ([`write_atomic`], and
+//! [`write_atomic_with`] for streamed content), syncing a directory
 //! ([`sync_dir`]). Does not own: ESP files (`basalt-disk` writes those through its `Esp`
 //! abstraction, which may be a FAT image) or anything the initramfs does (it stays std-only and
 //! small).
@@ -61,6 +62,18 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// private key, `0o644` for a status file). On error the temporary file is removed and `path`
 /// is unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    write_atomic_with(path, mode, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content that is streamed rather than held in memory (a large blob):
+/// `fill` writes the content into the temporary file; the same fsync, rename and directory
+/// fsync follow. An error from `fill` is reported as the "write" step; the temporary file is
+/// removed and `path` is unchanged.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = temp_path(path);
     let result = (|| {
@@ -71,7 +84,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
             .mode(mode)
             .open(&tmp)
             .map_err(err("create", &tmp))?;
-        f.write_all(bytes).map_err(err("write", &tmp))?;
+        fill(&mut f).map_err(err("write", &tmp))?;
         f.sync_all().map_err(err("sync", &tmp))?;
         fs::rename(&tmp, path).map_err(err("rename", path))
     })();
@@ -127,6 +140,26 @@ mod tests {
         assert_eq!(e.op, "create");
         assert!(e.to_string().contains(".f.tmp-"), "{e}");
         assert_eq!(fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn streamed_content_and_a_failing_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        write_atomic_with(&path, 0o444, |f| {
+            f.write_all(b"ab")?;
+            f.write_all(b"cd")
+        })
+        .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"abcd");
+        let e = write_atomic_with(&path, 0o444, |f| {
+            f.write_all(b"partial")?;
+            Err(io::Error::other("source dropped"))
+        })
+        .unwrap_err();
+        assert_eq!(e.op, "write");
+        assert_eq!(fs::read(&path).unwrap(), b"abcd");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -4,16 +4,9 @@ use std::path::PathBuf;
 
 use basalt_image::build::inspect::{inspect, Inspection};
 use basalt_manifest::chrono::{DateTime, Utc};
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use crate::key::load_trust_chain;
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Show a built release: its signed manifest (verified with --trust) and its bill of
-    /// materials (checked against the manifest: the signatures cover it).
-    Inspect(InspectArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -32,12 +25,6 @@ pub struct InspectArgs {
     /// Print JSON (manifest, verification, SBOM summary) instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn run(cmd: Command) -> anyhow::Result<()> {
-    match cmd {
-        Command::Inspect(args) => run_inspect(args),
-    }
 }
 
 pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {

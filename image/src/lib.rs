@@ -5,13 +5,15 @@
 //! `container-host`), the erofs image, its verity tree, the kernel and initramfs, the signed
 //! manifest and a bootable disk image — with a cache keyed by the inputs' hash ([`build`]);
 //! the Debian kernel those images boot, fetched and cached once ([`kernel`]); running the
-//! system tools the build needs ([`tool`]).
+//! system tools the build needs ([`tool`]); publishing releases into a static repository
+//! and listing it ([`release`]).
 //! Does not own: the formats themselves (`basalt-verity`, `basalt-manifest`, `basalt-disk`,
 //! `basalt-initramfs`), which it calls.
 
 pub mod build;
 pub mod kernel;
 mod lock;
+pub mod release;
 pub mod tool;
 
 use std::path::PathBuf;

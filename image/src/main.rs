@@ -12,6 +12,8 @@ mod initramfs;
 mod inspect;
 mod key;
 mod manifest;
+#[path = "release/cli.rs"]
+mod release_cli;
 mod trust;
 mod verity;
 
@@ -53,9 +55,9 @@ enum Command {
     /// OS images: an IMAGE.toml definition → signed release and bootable disk.
     #[command(subcommand)]
     Image(image::Command),
-    /// Built releases: what they are and what is in them.
+    /// Release repositories: publish releases and trust roots, list channels.
     #[command(subcommand)]
-    Release(inspect::Command),
+    Release(release_cli::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -79,12 +81,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Initramfs(cmd) => initramfs::run(cmd),
         Command::Image(cmd) => image::run(cmd),
-        Command::Release(cmd) => inspect::run(cmd),
+        Command::Release(cmd) => release_cli::run(cmd),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Library code logs through `tracing`; without a subscriber those lines were dropped.
+    if let Err(e) = basalt_log::init() {
+        eprintln!("basalt: {e}");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

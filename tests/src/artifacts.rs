@@ -116,21 +116,15 @@ pub fn test_keys() -> Result<TestKeys> {
     Ok(keys)
 }
 
-/// Writes `bytes` to `path` unless it already holds them (temp file + rename, so a reader
-/// in another process never sees half a file).
+/// Writes `bytes` to `path` unless it already holds them (`basalt_fsutil::write_atomic`, so
+/// a reader in another process never sees half a file).
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     if fs::read(path).ok().as_deref() == Some(bytes) {
         return Ok(());
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(|source| Error::WriteFile {
-        path: tmp.clone(),
-        source,
-    })?;
-    fs::rename(&tmp, path).map_err(|source| Error::Rename {
-        from: tmp,
-        to: path.to_path_buf(),
-        source,
+    basalt_fsutil::write_atomic(path, bytes, 0o644).map_err(|e| Error::WriteFile {
+        path: e.path,
+        source: e.source,
     })
 }
 

@@ -15,6 +15,8 @@
 //!   until the written bytes were re-read and their verity root hash matched the signed one;
 //! - a failed or cancelled download leaves the inactive slot unbootable and the other slot's
 //!   boot state exactly as it was (Bottlerocket #949);
+//! - `apply` either stages the slot completely or leaves it unbootable (the daemon records a
+//!   failed apply as `Failed` and does not retry it on its own);
 //! - a download interrupted by a dropped connection, a killed daemon or a reboot resumes from
 //!   what is already written *and re-verified*, never from trusting half-written data.
 
@@ -142,12 +144,74 @@ impl CancelFlag {
     }
 }
 
+/// The class of an engine failure: what the daemon does about it and which D-Bus error
+/// (`org.basalt.Updater1.Error.<Class>`) and `basaltctl` exit code the caller sees. The exact
+/// variant travels along as [`EngineError::name`] and the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorClass {
+    /// The repository could not be reached or answered wrongly (transport, HTTP status,
+    /// timeout, not found). Retried at the next check.
+    Network,
+    /// Bytes did not match what was signed (a hash, a signature, a verity root, a size).
+    Integrity,
+    /// A verified document was refused by policy (expired, replayed sequence, equivocation,
+    /// downgrade without the override, wrong os/arch/channel, trust-root rotation refused).
+    Policy,
+    /// Reading or writing the disk failed, or the slot does not fit.
+    Disk,
+    /// The boot-control backend (ESP entries, GPT priority bits) refused or failed.
+    BootControl,
+    /// The call stopped because its [`CancelFlag`] was set.
+    Cancelled,
+    /// The engine's own configuration or persisted state is unusable.
+    Config,
+    /// A bug or an impossible state; the message says which.
+    Internal,
+}
+
+impl ErrorClass {
+    /// Every class, for tests and docs.
+    pub const ALL: [ErrorClass; 8] = [
+        ErrorClass::Network,
+        ErrorClass::Integrity,
+        ErrorClass::Policy,
+        ErrorClass::Disk,
+        ErrorClass::BootControl,
+        ErrorClass::Cancelled,
+        ErrorClass::Config,
+        ErrorClass::Internal,
+    ];
+
+    /// The stable name: the suffix of the D-Bus error name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Network => "Network",
+            ErrorClass::Integrity => "Integrity",
+            ErrorClass::Policy => "Policy",
+            ErrorClass::Disk => "Disk",
+            ErrorClass::BootControl => "BootControl",
+            ErrorClass::Cancelled => "Cancelled",
+            ErrorClass::Config => "Config",
+            ErrorClass::Internal => "Internal",
+        }
+    }
+}
+
+/// What the daemon needs from an engine error besides its message: a class (what to do, which
+/// D-Bus error) and a stable machine name of the exact failure (e.g. `SequenceReplayed`),
+/// reported in `LastError` and the history.
+pub trait EngineError: std::error::Error + Send + Sync + 'static {
+    fn class(&self) -> ErrorClass;
+    /// Stable, CamelCase, never reused for another meaning.
+    fn name(&self) -> &'static str;
+}
+
 /// What the daemon asks of the update pipeline. Every method blocks; see the module docs for
 /// the invariants. Errors are the crate's typed errors (they name the artifact, slot, URL or
 /// version involved and map to stable D-Bus error names).
 pub trait Engine: Send {
     /// The error type; `Display` must be a complete, human-readable sentence.
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: EngineError;
 
     /// Read the disk and boot state. No writes.
     fn node(&mut self) -> Result<NodeView, Self::Error>;
@@ -156,6 +220,17 @@ pub trait Engine: Send {
     /// verify it (threshold, expiry, sequence, downgrade, os/arch/channel). Persists newly
     /// trusted root generations; no slot writes.
     fn check(&mut self, request: &CheckRequest) -> Result<CheckOutcome, Self::Error>;
+
+    /// Verify again, without fetching, an envelope that an earlier [`Engine::check`] accepted
+    /// and the daemon persisted (after a daemon restart, to resume or apply it): signatures
+    /// against the current trust root, expiry at `request.now`, os/arch/channel, downgrade
+    /// rule. `request.last_seen` is the envelope's own sequence and digest, so equality is
+    /// accepted here (and only for these exact bytes).
+    fn verify_candidate(
+        &mut self,
+        envelope: &[u8],
+        request: &CheckRequest,
+    ) -> Result<Candidate, Self::Error>;
 
     /// Stream `candidate` into the inactive slot and re-verify it (resuming an interrupted
     /// download of the same release). `progress` is called from the calling thread.

@@ -14,8 +14,31 @@
 //!
 //! The seam between the daemon (state, D-Bus, timers) and the pipeline (disk and network I/O) is
 //! the [`engine::Engine`] trait: blocking calls the daemon runs on a worker thread, one at a
-//! time.
+//! time. [`pipeline::NodeEngine`] is the production engine (trust walk, channel head checks,
+//! resumable streaming into the inactive slot, re-verification, staging); releases come from a
+//! [`source::Source`] (a folder, or HTTP(S)).
+//!
+//! Daemon modules, from the inside out: [`machine`] (pure state machine) → [`status`] (its
+//! persisted form) → [`config`] (drop-ins → settings) → [`schedule`] (check times with jitter,
+//! maintenance windows) → [`health`], [`reboot`], [`fleetlock`], [`metrics`], [`notify`],
+//! [`httpc`] (the daemon's I/O edges, each behind a trait or a plain function) → [`daemon`]
+//! (the owning task and the engine worker) → [`dbus`] (`org.basalt.Updater1`, server and client
+//! proxy). [`memory`] is an in-memory engine for tests.
 
+pub mod config;
+pub mod daemon;
+pub mod dbus;
 pub mod engine;
+pub mod fleetlock;
+pub mod health;
 pub mod http;
+pub mod httpc;
+pub mod machine;
+pub mod memory;
+pub mod metrics;
+pub mod notify;
+pub mod pipeline;
+pub mod reboot;
+pub mod schedule;
 pub mod source;
+pub mod status;

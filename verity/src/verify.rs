@@ -1,13 +1,19 @@
 //! Offline verification of a data range against its hash tree and root hash, reporting the
 //! first corrupted block the way the kernel would find it: top down, so a damaged hash block
 //! is reported before the data blocks it covers.
+//!
+//! Memory is bounded, whatever the image size: the levels above level 0 (1/16384 of the
+//! data) are held, level 0 and the data are streamed in windows of 64 hash blocks (32 MiB of
+//! data), and every window's hash blocks are re-checked against the level above when they
+//! are read again (nothing read earlier is trusted later). The updater re-verifies a written
+//! slot with this before the slot is named.
 
 use std::path::Path;
 
 use crate::device::Device;
 use crate::error::{Corruption, Error, Result};
 use crate::format::{check_range, hash_data, open, tree_offset, VerityInfo, ALGORITHM, HASH_TYPE};
-use crate::geometry::{Geometry, BLOCK_SIZE, DIGEST_SIZE};
+use crate::geometry::{Geometry, BLOCK_SIZE, DIGEST_SIZE, HASHES_PER_BLOCK};
 use crate::hash::{digest_block, hash_level, level_bytes, salted, Input};
 use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
 
@@ -135,8 +141,6 @@ pub fn verify(
         )));
     }
     let tree_offset = tree_offset(opts.hash_offset, opts.superblock)?;
-    let mut tree = vec![0u8; geometry.tree_size() as usize];
-    hash.read_at(&mut tree, tree_offset)?;
 
     let bs = BLOCK_SIZE as usize;
     let data_block_offset = |block: u64| data_offset + block * BLOCK_SIZE;
@@ -164,7 +168,7 @@ pub fn verify(
         uuid,
     };
 
-    let Some(top) = geometry.levels.last() else {
+    let Some(&level0) = geometry.levels.first() else {
         // A single data block: its digest is the root hash.
         let mut digest = vec![0u8; level_bytes(1)];
         hash_data(data, data_offset, 1, &mut digest, &salt, 1)?;
@@ -173,60 +177,146 @@ pub fn verify(
         }
         return Ok(info);
     };
-    let computed_root = digest_block(&salted(&salt), &tree[..bs]);
+    // Every level above level 0 is held in memory (on disk they come first, top level at
+    // block 0): 1/16384 of the data. Level 0 (1/128 of the data) and the data are streamed
+    // in windows, so memory does not grow with the image.
+    let mut upper = vec![0u8; level0.start as usize * bs];
+    hash.read_at(&mut upper, tree_offset)?;
+    let read_level0 = |first: u64, count: u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; count as usize * bs];
+        hash.read_at(&mut buf, hash_block_offset(level0.start + first))?;
+        Ok(buf)
+    };
+    let top = if upper.is_empty() {
+        read_level0(0, 1)?
+    } else {
+        upper[..bs].to_vec()
+    };
+    let computed_root = digest_block(&salted(&salt), &top);
     if computed_root != *root_hash {
         return Err(Error::RootHashMismatch {
             expected: hex::encode(root_hash),
             computed: hex::encode(computed_root),
         });
     }
-    debug_assert_eq!(top.start, 0);
+    debug_assert_eq!(geometry.levels[geometry.levels.len() - 1].start, 0);
 
-    // Each level (from the top) is now trusted; check the level below it, then the data.
-    for i in (0..geometry.levels.len()).rev() {
+    // 1. Hash levels from the top down (a damaged hash block is reported before the data it
+    //    covers, as before). Each level is trusted once the level above checked it.
+    for i in (1..geometry.levels.len()).rev() {
         let level = geometry.levels[i];
-        let stored = &tree[level.start as usize * bs..][..level.blocks as usize * bs];
-        let (children, child_count) = if i == 0 {
-            (None, data_blocks)
-        } else {
-            (Some(geometry.levels[i - 1]), geometry.levels[i - 1].blocks)
-        };
-        let mut computed = vec![0u8; level_bytes(child_count)];
-        match children {
-            Some(below) => {
-                let input = &tree[below.start as usize * bs..][..below.blocks as usize * bs];
-                hash_level(
-                    below.blocks,
-                    &mut computed,
-                    &salt,
-                    opts.threads,
-                    &Input::Memory(input),
-                )?;
-            }
-            None => hash_data(
-                data,
-                data_offset,
-                data_blocks,
+        let stored = &upper[level.start as usize * bs..][..level.blocks as usize * bs];
+        let below = geometry.levels[i - 1];
+        if i > 1 {
+            let mut computed = vec![0u8; level_bytes(below.blocks)];
+            let input = &upper[below.start as usize * bs..][..below.blocks as usize * bs];
+            hash_level(
+                below.blocks,
                 &mut computed,
                 &salt,
                 opts.threads,
-            )?,
+                &Input::Memory(input),
+            )?;
+            if let Some(entry) = first_mismatch(stored, &computed) {
+                return Err(if entry < below.blocks {
+                    corrupted(Corruption::Hash, below.start + entry)
+                } else {
+                    padding_block(level.start, entry, &corrupted)
+                });
+            }
+            continue;
         }
-        if let Some(entry) = first_mismatch(stored, &computed) {
-            return Err(if entry < child_count {
-                match children {
-                    Some(below) => corrupted(Corruption::Hash, below.start + entry),
-                    None => corrupted(Corruption::Data, entry),
-                }
-            } else {
-                // The zero padding after the last digest of this (trusted) level is not zero:
-                // the tree was not written by veritysetup or us.
-                let per_block = BLOCK_SIZE / DIGEST_SIZE as u64;
-                corrupted(Corruption::Hash, level.start + entry / per_block)
-            });
+        // Level 0, streamed against level 1.
+        let mut first = 0u64;
+        while first < below.blocks {
+            let count = WINDOW_HASH_BLOCKS.min(below.blocks - first);
+            let chunk = read_level0(first, count)?;
+            check_level0_chunk(stored, first, &chunk, &salt, opts.threads)
+                .map_err(|entry| corrupted(Corruption::Hash, below.start + first + entry))?;
+            first += count;
+        }
+        let entries = below.blocks as usize * DIGEST_SIZE;
+        if let Some(pos) = stored[entries..].iter().position(|b| *b != 0) {
+            let entry = (entries + pos) as u64 / DIGEST_SIZE as u64;
+            return Err(padding_block(level.start, entry, &corrupted));
         }
     }
+
+    // 2. The data, window by window against level 0. Each window's level-0 blocks are read
+    //    again and checked against level 1 before they are used, so nothing read in step 1
+    //    is trusted across the gap.
+    let per_hash_block = HASHES_PER_BLOCK;
+    let mut first = 0u64;
+    while first < level0.blocks {
+        let count = WINDOW_HASH_BLOCKS.min(level0.blocks - first);
+        let stored = if upper.is_empty() {
+            top.clone()
+        } else {
+            let chunk = read_level0(first, count)?;
+            let level1 = geometry.levels[1];
+            let trusted = &upper[level1.start as usize * bs..][..level1.blocks as usize * bs];
+            check_level0_chunk(trusted, first, &chunk, &salt, opts.threads)
+                .map_err(|entry| corrupted(Corruption::Hash, level0.start + first + entry))?;
+            chunk
+        };
+        let first_data = first * per_hash_block;
+        let n = (count * per_hash_block).min(data_blocks - first_data);
+        let mut computed = vec![0u8; level_bytes(n)];
+        hash_data(
+            data,
+            data_block_offset(first_data),
+            n,
+            &mut computed,
+            &salt,
+            opts.threads,
+        )?;
+        if let Some(entry) = first_mismatch(&stored, &computed) {
+            return Err(if entry < n {
+                corrupted(Corruption::Data, first_data + entry)
+            } else {
+                padding_block(level0.start + first, entry, &corrupted)
+            });
+        }
+        first += count;
+    }
     Ok(info)
+}
+
+/// Level-0 hash blocks verified per window (64 blocks = 256 KiB of hashes covering 32 MiB of
+/// data): what bounds the memory of [`verify`] besides the upper levels.
+const WINDOW_HASH_BLOCKS: u64 = 64;
+
+/// Check the level-0 hash blocks `chunk` (blocks `first..` of level 0) against their digests
+/// in the trusted level-1 bytes `level1`; `Err(i)` names the first bad block of the chunk.
+fn check_level0_chunk(
+    level1: &[u8],
+    first: u64,
+    chunk: &[u8],
+    salt: &[u8],
+    threads: usize,
+) -> std::result::Result<(), u64> {
+    let count = (chunk.len() / BLOCK_SIZE as usize) as u64;
+    let mut computed = vec![0u8; level_bytes(count)];
+    // Hashing memory cannot fail (only reads can).
+    if hash_level(count, &mut computed, salt, threads, &Input::Memory(chunk)).is_err() {
+        return Err(0);
+    }
+    let at = first as usize * DIGEST_SIZE;
+    let len = count as usize * DIGEST_SIZE;
+    match first_mismatch(&level1[at..at + len], &computed[..len]) {
+        Some(entry) => Err(entry),
+        None => Ok(()),
+    }
+}
+
+/// The error for a non-zero byte in the padding after the last digest of a (trusted) level
+/// starting at hash block `level_start`: the tree was not written by veritysetup or us.
+fn padding_block(
+    level_start: u64,
+    entry: u64,
+    corrupted: &dyn Fn(Corruption, u64) -> Error,
+) -> Error {
+    corrupted(Corruption::Hash, level_start + entry / HASHES_PER_BLOCK)
 }
 
 /// [`verify`] on paths: the data area starts at byte 0 and the data length is the whole file

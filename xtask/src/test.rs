@@ -28,6 +28,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "ovmf",
     "systemd-boot-efi",
     "dbus",
+    // systemd-analyze verifies dist/systemd/basalt-updated.service (updater/tests/systemd_unit.rs).
+    "systemd",
+    // Named time zones of the updater's maintenance window (updater/src/config.rs).
+    "tzdata",
     "mmdebstrap",
     "gpgv",
     "debian-archive-keyring",
@@ -127,10 +131,13 @@ pub fn install_packages() -> Result<()> {
 const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("verity", "superblock"),
     ("manifests", "envelope"),
+    ("manifests", "frame_index"),
     ("disk", "gpt"),
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
     ("updater", "http_headers"),
+    ("updater", "config_fragment"),
+    ("updater", "status_file"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

@@ -536,43 +536,71 @@ pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), BuildError> {
     use std::os::fd::AsRawFd;
     let src = File::open(from).map_err(io("open", from))?;
     let len = src.metadata().map_err(io("stat", from))?.len();
-    let tmp = to.with_extension("copy-tmp");
-    let dst = File::create(&tmp).map_err(io("create", &tmp))?;
-    dst.set_len(len).map_err(io("size", &tmp))?;
-    let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
-    let mut pos: i64 = 0;
-    let end = len as i64;
-    while pos < end {
-        // SAFETY: lseek on a descriptor we own; no memory is passed.
-        let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
+    // The one atomic replace (temporary beside `to`, fsync, rename, fsync dir); only the
+    // copying is ours: data extents only, so holes stay holes.
+    basalt_fsutil::write_atomic_with(to, 0o644, |dst| {
+        dst.set_len(len)?;
+        let (sfd, dfd) = (src.as_raw_fd(), dst.as_raw_fd());
+        let mut pos: i64 = 0;
+        let end = len as i64;
+        while pos < end {
+            // SAFETY: lseek on a descriptor we own; no memory is passed.
+            let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
+            if data < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ENXIO) {
+                    break; // only a hole remains
+                }
+                return Err(err);
             }
-            return Err(io("seek data in", from)(err));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io("seek hole in", from)(std::io::Error::last_os_error()));
-        }
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            let want = (hole - off_in) as usize;
-            // SAFETY: both descriptors are open; the offsets are valid i64s we own.
-            let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
-            if n < 0 {
-                return Err(io("copy data to", &tmp)(std::io::Error::last_os_error()));
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            if n == 0 {
-                break;
+            let (mut off_in, mut off_out) = (data, data);
+            while off_in < hole {
+                let want = (hole - off_in) as usize;
+                // SAFETY: both descriptors are open; the offsets are valid i64s we own.
+                let n =
+                    unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
+                if n < 0 {
+                    let err = std::io::Error::last_os_error();
+                    // Across file systems (EXDEV) or where the call is missing: plain copy.
+                    let plain = [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL];
+                    if !err.raw_os_error().is_some_and(|c| plain.contains(&c)) {
+                        return Err(err);
+                    }
+                    copy_range(&src, dst, off_in as u64, hole as u64)?;
+                    break;
+                }
+                if n == 0 {
+                    break;
+                }
             }
+            pos = hole;
         }
-        pos = hole;
+        Ok(())
+    })
+    .map_err(|e| BuildError::Io {
+        op: "copy (sparse) into",
+        path: to.to_path_buf(),
+        source: std::io::Error::new(e.source.kind(), e.to_string()),
+    })
+}
+
+/// Copy bytes `[from, to)` of `src` to the same offsets of `dst` with positional reads and
+/// writes (1 MiB at a time).
+fn copy_range(src: &File, dst: &File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = buf.len().min((to - at) as usize);
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
     }
-    dst.sync_all().map_err(io("sync", &tmp))?;
-    fs::rename(&tmp, to).map_err(io("rename into place", to))?;
     Ok(())
 }
 

@@ -10,7 +10,10 @@
 
 use std::io::Read;
 
+pub mod file;
 pub mod http;
+
+pub use file::FileSource;
 
 /// A byte range of a file: from `offset`, `len` bytes (to the end of the file when `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
