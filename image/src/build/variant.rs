@@ -165,7 +165,8 @@ machine_id=$(cat /etc/machine-id 2>/dev/null)
 [ -n "$machine_id" ] || machine_id=none
 [ -s /var/lib/dpkg/status ] && var=factory || var=empty
 ctr_version=$(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}')
-. /run/basalt/boot.env 2>/dev/null
+# `[ -r ] &&`: `.` of a missing file makes sh exit (status 2), and the reference has none.
+[ -r /run/basalt/boot.env ] && . /run/basalt/boot.env
 # Kernel start → multi-user.target, guest clock (µs since boot).
 mu=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target 2>/dev/null)
 mu_s=$(awk -v us="${mu:-0}" 'BEGIN { printf "%.2f", us / 1000000 }')
