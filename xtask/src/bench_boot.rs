@@ -207,17 +207,31 @@ pub fn run(rounds: u32, settle: u32) -> Result<()> {
                 samples.entry((path, system)).or_default().push(sample);
             }
         }
+        // After every round: a run cut short (the machine is shared) still leaves its figures.
+        write_report(
+            &root,
+            &samples,
+            &sizes,
+            round,
+            settle,
+            &facts.kernel_version,
+        )?;
     }
+    Ok(())
+}
+
+/// Render `docs/benchmarks.md` (the notes kept) and the chart from the rounds done so far.
+fn write_report(
+    root: &Path,
+    samples: &BTreeMap<(BootPath, System), Vec<Sample>>,
+    sizes: &Sizes,
+    rounds: u32,
+    settle: u32,
+    kver: &str,
+) -> Result<()> {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let doc = render(
-        &samples,
-        &sizes,
-        rounds,
-        settle,
-        &load,
-        &facts.kernel_version,
-    );
-    let svg = chart(&samples);
+    let doc = render(samples, sizes, rounds, settle, &load, kver);
+    let svg = chart(samples);
     let docs = root.join("docs");
     let md_path = docs.join("benchmarks.md");
     let notes = fs::read_to_string(&md_path)
