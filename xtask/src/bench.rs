@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: throughput against peers run in the same process run
-//! (`--only verity|http|rollout` for one of them; the HTTP bench is in `bench_http.rs`, the
-//! fleet server's in `bench_rollout.rs`).
+//! (`--only verity|http|rollout|boot` for one of them; the HTTP bench is in `bench_http.rs`, the
+//! fleet server's in `bench_rollout.rs`, the boot and size bench against a stock Debian reference
+//! in `bench_boot.rs`).
 //!
 //! verity: `basalt_verity::format` on one thread and on all cores vs `veritysetup format`, on
 //! the same random file (1 GiB by default, cached under `target/bench/`), best of N rounds.
@@ -43,6 +44,12 @@ pub struct Args {
     /// Nodes in the rollout fleet simulation.
     #[arg(long, default_value_t = 10_000)]
     rollout_nodes: usize,
+    /// Interleaved boot rounds (each boots Basalt and the Debian reference on both paths).
+    #[arg(long, default_value_t = 3)]
+    boot_rounds: u32,
+    /// Seconds a booted system settles before its memory is read.
+    #[arg(long, default_value_t = 10)]
+    settle: u32,
 }
 
 /// A subset of the benches.
@@ -55,6 +62,9 @@ pub enum Only {
     Http,
     /// Check-ins/s of `basalt-rollout serve` vs nginx; the 10,000-node fleet simulation.
     Rollout,
+    /// The container-host image vs a stock Debian system with the same packages: boot
+    /// stages, memory, sizes (`docs/benchmarks.md`).
+    Boot,
 }
 
 const UUID: &str = "00000000-0000-4000-8000-000000000000";
@@ -72,6 +82,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if matches!(args.only, Only::All | Only::Rollout) {
         crate::bench_rollout::run(args.runs, args.rollout_seconds, args.rollout_nodes)?;
+    }
+    if matches!(args.only, Only::All | Only::Boot) {
+        crate::bench_boot::run(args.boot_rounds, args.settle)?;
     }
     Ok(())
 }
