@@ -426,19 +426,18 @@ fn run_mmdebstrap(
     Ok(())
 }
 
-/// What dpkg says is installed in `tree`: (name, arch) → (version, source, source version).
-pub fn installed(
-    tree: &Path,
-) -> Result<BTreeMap<(String, String), (String, String, String)>, StagingError> {
+/// What dpkg says is installed: (name, arch) → (version, source, source version).
+pub type Installed = BTreeMap<(String, String), (String, String, String)>;
+
+/// What dpkg says is installed in `tree` (see [`Installed`]).
+pub fn installed(tree: &Path) -> Result<Installed, StagingError> {
     let admin = tree.join("var/lib/dpkg");
     installed_in(&admin)
 }
 
 /// [`installed`] for a dpkg database folder (`…/var/lib/dpkg`, or the factory copy in a
 /// Basalt `/usr`).
-pub fn installed_in(
-    admin: &Path,
-) -> Result<BTreeMap<(String, String), (String, String, String)>, StagingError> {
+pub fn installed_in(admin: &Path) -> Result<Installed, StagingError> {
     let mut cmd = DPKG_QUERY.command().map_err(tool_err("dpkg-query"))?;
     cmd.arg(format!("--admindir={}", admin.display()))
         .arg("-W")
