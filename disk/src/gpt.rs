@@ -1,7 +1,8 @@
 //! The GUID partition table, read and written with both copies accounted for.
 //!
-//! `gptman` provides the on-disk structures, their serialisation and the CRC32s. This module
-//! adds what an updater needs on top:
+//! Reading is `basalt_identity::gpt`'s (the one GPT reader, bounded and fuzzed, shared with
+//! basalt-init); `gptman` provides the structures this module keeps in memory, their
+//! serialisation and the CRC32s for writing. This module adds what an updater needs on top:
 //!
 //! - **Reading reports the health of both copies.** The primary (LBA 1) and the backup (last
 //!   LBA) are each checked (signature, CRCs, self-location, array bounds); the primary wins when
@@ -15,10 +16,10 @@
 //! Only 512-byte logical sectors and the standard 128 × 128-byte entry array are supported
 //! (what sgdisk, sfdisk and cgpt write by default); anything else is a typed refusal.
 
-use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use basalt_identity::gpt as idgpt;
 use gptman::{GPTHeader, GPTPartitionEntry};
 
 use crate::Error;
@@ -33,128 +34,9 @@ pub const ARRAY_SECTORS: u64 = (ENTRY_COUNT as u64 * ENTRY_SIZE as u64) / SECTOR
 /// Smallest disk that can hold a GPT: MBR, two headers, two arrays, one usable sector.
 pub const MIN_DISK_SECTORS: u64 = 2 + 2 * ARRAY_SECTORS + 2;
 
-/// A GUID in its textual byte order (the order of the hex digits in `8-4-4-4-12` form).
-///
-/// GPT stores the first three fields little-endian ("mixed endian"); use
-/// [`Guid::to_gpt_bytes`] / [`Guid::from_gpt_bytes`] at the boundary.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Guid(pub [u8; 16]);
-
-impl Guid {
-    /// Parse `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case).
-    pub fn parse(text: &str) -> Option<Guid> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 36 {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        let mut n = 0;
-        let mut i = 0;
-        while i < 36 {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                if bytes[i] != b'-' {
-                    return None;
-                }
-                i += 1;
-                continue;
-            }
-            let hi = hex_val(bytes[i])?;
-            let lo = hex_val(*bytes.get(i + 1)?)?;
-            *out.get_mut(n)? = (hi << 4) | lo;
-            n += 1;
-            i += 2;
-        }
-        Some(Guid(out))
-    }
-
-    /// The 16 bytes as stored in a GPT entry or header.
-    pub fn to_gpt_bytes(self) -> [u8; 16] {
-        let b = self.0;
-        [
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-            b[14], b[15],
-        ]
-    }
-
-    /// Inverse of [`Guid::to_gpt_bytes`].
-    pub fn from_gpt_bytes(b: [u8; 16]) -> Guid {
-        // The byte swap is its own inverse.
-        Guid(Guid(b).to_gpt_bytes())
-    }
-
-    /// The all-zero GUID (an unused entry's type).
-    pub fn is_nil(self) -> bool {
-        self.0 == [0; 16]
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-impl fmt::Display for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Compile-time GUID literal; a malformed literal fails the build.
-const fn guid(text: &str) -> Guid {
-    let s = text.as_bytes();
-    let mut out = [0u8; 16];
-    let mut n = 0;
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'-' {
-            i += 1;
-            continue;
-        }
-        out[n] = (const_hex(s[i]) << 4) | const_hex(s[i + 1]);
-        n += 1;
-        i += 2;
-    }
-    assert!(n == 16, "GUID literal must have 32 hex digits");
-    Guid(out)
-}
-
-const fn const_hex(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => panic!("GUID literal must be lower-case hex"),
-    }
-}
-
-/// Partition type GUIDs from the UAPI Discoverable Partitions Specification (x86-64 variants),
-/// checked against the spec's table.
-pub mod types {
-    use super::{guid, Guid};
-    /// EFI System Partition.
-    pub const ESP: Guid = guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-    /// `/usr` partition, x86-64.
-    pub const USR_X86_64: Guid = guid("8484680c-9521-48c6-9c11-b0720656f69e");
-    /// `/usr` dm-verity hash partition, x86-64.
-    pub const USR_VERITY_X86_64: Guid = guid("77ff5f63-e7b6-4633-acf4-1565b864c0e6");
-    /// Root partition, x86-64 (Basalt's writable root holding `/etc` and `/var`).
-    pub const ROOT_X86_64: Guid = guid("4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
-}
+/// GUIDs in text byte order and the DPS type GUIDs: `basalt_identity`'s, the one definition
+/// shared with basalt-init and the updater.
+pub use basalt_identity::{types, Guid};
 
 /// A fresh random (version 4) GUID from the kernel's random source.
 pub fn random_guid() -> Result<Guid, Error> {
@@ -320,51 +202,56 @@ pub fn disk_len<R: Seek + ?Sized>(dev: &mut R, path: &Path) -> Result<u64, Error
         .map_err(io_err("measure size of", path))
 }
 
-/// Read one copy at `lba` and check everything a reader relies on.
-fn read_copy<R: Read + Seek + ?Sized>(
-    dev: &mut R,
-    lba: u64,
-    disk_sectors: u64,
-) -> Result<(GPTHeader, Vec<GPTPartitionEntry>), String> {
-    dev.seek(SeekFrom::Start(lba * SECTOR_SIZE))
-        .map_err(|e| e.to_string())?;
-    let h = GPTHeader::read_from(dev).map_err(|e| e.to_string())?;
-    if h.primary_lba != lba {
-        return Err(format!(
-            "header at LBA {lba} claims to be at LBA {}",
-            h.primary_lba
-        ));
-    }
-    if h.number_of_partition_entries != ENTRY_COUNT || h.size_of_partition_entry != ENTRY_SIZE {
+/// The copy `basalt_identity::gpt` read, as `gptman` structures, after the checks this
+/// crate needs to write it back: the standard 128 × 128-byte entry array, the usable range
+/// starting after the primary array, and room for the backup array before the backup header.
+fn to_table(copy: &idgpt::Copy) -> Result<(GPTHeader, Vec<GPTPartitionEntry>), String> {
+    let h = &copy.header;
+    if h.entry_count != ENTRY_COUNT || h.entry_size != ENTRY_SIZE {
         return Err(format!(
             "unsupported entry array: {} entries of {} bytes",
-            h.number_of_partition_entries, h.size_of_partition_entry
+            h.entry_count, h.entry_size
         ));
     }
-    let array_end = h.partition_entry_lba.checked_add(ARRAY_SECTORS);
-    if h.partition_entry_lba < 2 || array_end.is_none_or(|end| end > disk_sectors) {
-        return Err(format!(
-            "entry array at LBA {} lies outside the disk",
-            h.partition_entry_lba
-        ));
-    }
-    if h.first_usable_lba > h.last_usable_lba
-        || h.last_usable_lba >= disk_sectors
-        || h.first_usable_lba < 2 + ARRAY_SECTORS
-        || h.backup_lba >= disk_sectors
-    {
-        return Err("usable range or backup location outside the disk".into());
+    if h.first_usable_lba < 2 + ARRAY_SECTORS {
+        return Err("usable range starts inside the primary entry array".into());
     }
     // The backup array sits between the last usable LBA and the backup header; a table
     // claiming otherwise would make us write past the end of the disk.
-    let backup_header_lba = h.primary_lba.max(h.backup_lba);
+    let backup_header_lba = h.my_lba.max(h.alternate_lba);
     if h.last_usable_lba + ARRAY_SECTORS >= backup_header_lba {
         return Err("no room for the backup entry array before the backup header".into());
     }
-    let entries = h
-        .read_partitions(dev, SECTOR_SIZE)
-        .map_err(|e| e.to_string())?;
-    Ok((h, entries))
+    let mut header = GPTHeader {
+        signature: *b"EFI PART",
+        revision: [0, 0, 1, 0],
+        header_size: 92,
+        crc32_checksum: 0,
+        reserved: [0; 4],
+        primary_lba: h.my_lba,
+        backup_lba: h.alternate_lba,
+        first_usable_lba: h.first_usable_lba,
+        last_usable_lba: h.last_usable_lba,
+        disk_guid: h.disk_guid.to_gpt_bytes(),
+        partition_entry_lba: h.entries_lba,
+        number_of_partition_entries: h.entry_count,
+        size_of_partition_entry: h.entry_size,
+        partition_entry_array_crc32: h.entries_crc32,
+    };
+    header.crc32_checksum = header.generate_crc32_checksum();
+    let entries = copy
+        .entries
+        .iter()
+        .map(|e| GPTPartitionEntry {
+            partition_type_guid: e.type_guid.to_gpt_bytes(),
+            unique_partition_guid: e.unique_guid.to_gpt_bytes(),
+            starting_lba: e.first_lba,
+            ending_lba: e.last_lba,
+            attribute_bits: e.attributes,
+            partition_name: e.name().as_str().into(),
+        })
+        .collect();
+    Ok((header, entries))
 }
 
 /// Read the partition table, checking both copies. Errors when neither copy is usable
@@ -374,45 +261,47 @@ pub fn read_table<R: Read + Seek + ?Sized>(
     path: &Path,
 ) -> Result<(Table, TableHealth), Error> {
     let len = disk_len(dev, path)?;
-    let sectors = len / SECTOR_SIZE;
-    if sectors < MIN_DISK_SECTORS {
+    if len / SECTOR_SIZE < MIN_DISK_SECTORS {
         return Err(Error::NoGpt {
             path: path.to_path_buf(),
         });
     }
-    let primary = read_copy(dev, 1, sectors);
-    let backup_lba = match &primary {
-        Ok((h, _)) => h.backup_lba,
-        Err(_) => sectors - 1,
+    let read = idgpt::read_with_sector_size(dev, SECTOR_SIZE, len).map_err(|e| match e {
+        basalt_identity::GptError::NoGpt => Error::NoGpt {
+            path: path.to_path_buf(),
+        },
+        basalt_identity::GptError::BothCopiesInvalid { primary, backup } => Error::GptCorrupt {
+            path: path.to_path_buf(),
+            primary: primary.to_string(),
+            backup: backup.to_string(),
+        },
+        other => Error::GptCorrupt {
+            path: path.to_path_buf(),
+            primary: other.to_string(),
+            backup: other.to_string(),
+        },
+    })?;
+    let differ = read.copies_differ();
+    let check = |c: &Result<idgpt::Copy, basalt_identity::GptError>| match c {
+        Ok(copy) => to_table(copy),
+        Err(e) => Err(e.to_string()),
     };
-    let mut backup = read_copy(dev, backup_lba, sectors);
-    if backup.is_err() && backup_lba != sectors - 1 {
-        // The disk may have grown; the spec puts the backup at the last LBA, try there too.
-        backup = read_copy(dev, sectors - 1, sectors);
-    }
-    match (primary, backup) {
-        (Ok((ph, pe)), Ok((bh, be))) => {
-            let same = pe == be
-                && ph.disk_guid == bh.disk_guid
-                && ph.first_usable_lba == bh.first_usable_lba
-                && ph.last_usable_lba == bh.last_usable_lba;
-            let health = TableHealth {
+    match (check(&read.primary), check(&read.backup)) {
+        (Ok((ph, pe)), Ok(_)) => Ok((
+            Table {
+                header: ph,
+                entries: pe,
+            },
+            TableHealth {
                 primary: CopyHealth::Valid,
-                backup: if same {
-                    CopyHealth::Valid
-                } else {
+                backup: if differ {
                     CopyHealth::Stale
+                } else {
+                    CopyHealth::Valid
                 },
                 source: TableSource::Primary,
-            };
-            Ok((
-                Table {
-                    header: ph,
-                    entries: pe,
-                },
-                health,
-            ))
-        }
+            },
+        )),
         (Ok((ph, pe)), Err(why)) => Ok((
             Table {
                 header: ph,
@@ -441,20 +330,11 @@ pub fn read_table<R: Read + Seek + ?Sized>(
                 },
             ))
         }
-        (Err(p), Err(b)) => {
-            let sig = gptman::Error::InvalidSignature.to_string();
-            if p == sig && b == sig {
-                Err(Error::NoGpt {
-                    path: path.to_path_buf(),
-                })
-            } else {
-                Err(Error::GptCorrupt {
-                    path: path.to_path_buf(),
-                    primary: p,
-                    backup: b,
-                })
-            }
-        }
+        (Err(p), Err(b)) => Err(Error::GptCorrupt {
+            path: path.to_path_buf(),
+            primary: p,
+            backup: b,
+        }),
     }
 }
 
@@ -599,8 +479,11 @@ mod tests {
     fn guid_text_round_trip_and_mixed_endian() {
         let g = types::ESP;
         assert_eq!(g.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-        assert_eq!(Guid::parse(&g.to_string()), Some(g));
-        assert_eq!(Guid::parse("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), Some(g));
+        assert_eq!(Guid::parse(&g.to_string()).unwrap(), g);
+        assert_eq!(
+            Guid::parse("C12A7328-F81F-11D2-BA4B-00A0C93EC93B").unwrap(),
+            g
+        );
         // UEFI spec: the ESP type GUID is stored as 28 73 2A C1 1F F8 D2 11 BA 4B ...
         assert_eq!(
             &g.to_gpt_bytes()[..8],
@@ -619,7 +502,7 @@ mod tests {
             "c12a7328-f81f-11d2-ba4b_00a0c93ec93b",
             "c12a7328-f81f-11d2-ba4b-00a0c93ec93bé",
         ] {
-            assert_eq!(Guid::parse(bad), None, "{bad}");
+            assert!(Guid::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -652,7 +535,7 @@ mod tests {
         #[test]
         fn guid_text_round_trips(bytes in proptest::array::uniform16(0u8..)) {
             let g = Guid(bytes);
-            proptest::prop_assert_eq!(Guid::parse(&g.to_string()), Some(g));
+            proptest::prop_assert_eq!(Guid::parse(&g.to_string()).unwrap(), g);
             proptest::prop_assert_eq!(Guid::from_gpt_bytes(g.to_gpt_bytes()), g);
         }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use basalt_initramfs::builder::{build_with, BuildSpec, Compression, Extras};
+use basalt_initramfs::builder::{build_with, BootPolicy, BuildSpec, Compression, Extras};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +29,15 @@ pub enum Command {
         /// Trust root (JSON envelope) to install as /etc/basalt/trust.json.
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// Boot policy: the OS name usr-hash statements must carry.
+        #[arg(long)]
+        os: Option<String>,
+        /// Boot policy: the lowest /usr version this initramfs boots (semver).
+        #[arg(long)]
+        min_usr_version: Option<String>,
+        /// Boot policy: honour basalt.verity=eio|logging (test images only).
+        #[arg(long)]
+        test_options: bool,
         /// Compression: zstd, gzip or none.
         #[arg(long, default_value = "zstd")]
         compress: Compression,
@@ -61,6 +70,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             modules,
             optional_modules,
             trust,
+            os,
+            min_usr_version,
+            test_options,
             compress,
             with_binary,
             out,
@@ -74,9 +86,24 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 trust,
                 compression: compress,
             };
+            // Any policy flag writes the policy file; none leaves it out (nothing checked,
+            // test options refused).
+            let min_usr_version = min_usr_version
+                .map(|v| {
+                    basalt_manifest::semver::Version::parse(&v)
+                        .with_context(|| format!("--min-usr-version {v:?}"))
+                })
+                .transpose()?;
+            let policy =
+                (os.is_some() || min_usr_version.is_some() || test_options).then(|| BootPolicy {
+                    os,
+                    min_usr_version,
+                    test_options,
+                });
             let extras = Extras {
                 binaries: with_binary,
                 binary_root: None,
+                policy,
             };
             let built = build_with(&spec, &extras)?;
             std::fs::write(&out, &built.bytes)

@@ -7,8 +7,9 @@ use anyhow::Context;
 use basalt_manifest::chrono::{DateTime, Utc};
 use basalt_manifest::semver::Version;
 use basalt_manifest::{
-    sign_release, sign_usr_hash, verify_release, verify_usr_hash, Digest, Manifest, Policy,
-    SigningKey, UsrHashStatement, VersionChange, MAX_RELEASE_BYTES, MAX_USR_HASH_BYTES,
+    sign_release, sign_usr_hash, verify_release, verify_usr_hash, Digest, HashAlgorithm, Manifest,
+    Policy, SigningKey, UsrHashStatement, Verity, VersionChange, MAX_RELEASE_BYTES,
+    MAX_USR_HASH_BYTES,
 };
 use clap::Subcommand;
 
@@ -63,7 +64,9 @@ pub enum Command {
         #[arg(long)]
         allow_downgrade: bool,
     },
-    /// Sign a statement binding a /usr verity root hash to an OS name and version.
+    /// Sign a statement binding a /usr image's dm-verity parameters (root hash, salt, data
+    /// blocks, block sizes, algorithm — read from the hash image's superblock) to an OS name
+    /// and version.
     SignUsrHash {
         /// OS name.
         #[arg(long)]
@@ -74,6 +77,13 @@ pub enum Command {
         /// The dm-verity root hash (64 lowercase hex digits).
         #[arg(long)]
         root_hash: String,
+        /// The hash image (`veritysetup format` / `basalt verity format` output), or `usr.img`
+        /// with --hash-offset.
+        #[arg(long)]
+        hash_image: PathBuf,
+        /// Where the verity superblock starts in --hash-image (the erofs size in a usr.img).
+        #[arg(long, default_value_t = 0)]
+        hash_offset: u64,
         /// Private key file (NAME.key); repeat for each signer.
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
@@ -173,6 +183,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             os,
             version,
             root_hash,
+            hash_image,
+            hash_offset,
             keys,
             out,
         } => {
@@ -182,7 +194,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let statement = UsrHashStatement {
                 os,
                 version,
-                root_hash,
+                verity: usr_verity(&hash_image, hash_offset, root_hash)?,
             };
             let keys = load_signing_keys(&keys)?;
             let refs: Vec<&SigningKey> = keys.iter().collect();
@@ -202,4 +214,47 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The verity parameters of a `/usr` image from the superblock at `offset` of `hash_image`,
+/// in Basalt's layout: the hash area starts right after the data (`hash_offset` = data
+/// blocks × block size), which is what basalt-init maps.
+fn usr_verity(
+    hash_image: &std::path::Path,
+    offset: u64,
+    root_hash: Digest,
+) -> anyhow::Result<Verity> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut head = [0u8; 512];
+    std::fs::File::open(hash_image)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_exact(&mut head)
+        })
+        .with_context(|| format!("reading the verity superblock of {}", hash_image.display()))?;
+    let sb = basalt_verity::Superblock::parse(&head).with_context(|| {
+        format!(
+            "{} at byte {offset}: no verity superblock",
+            hash_image.display()
+        )
+    })?;
+    let hash_algorithm = match sb.algorithm.as_str() {
+        "sha256" => HashAlgorithm::Sha256,
+        other => anyhow::bail!(
+            "{}: hash algorithm {other:?} (Basalt uses sha256)",
+            hash_image.display()
+        ),
+    };
+    Ok(Verity {
+        root_hash,
+        salt: hex::encode(&sb.salt),
+        data_blocks: sb.data_blocks,
+        hash_offset: sb
+            .data_blocks
+            .checked_mul(u64::from(sb.data_block_size))
+            .with_context(|| format!("{}: data size overflows", hash_image.display()))?,
+        hash_algorithm,
+        data_block_size: sb.data_block_size,
+        hash_block_size: sb.hash_block_size,
+    })
 }

@@ -360,7 +360,15 @@ fn trust_rotation_through_the_cli() {
 fn usr_hash_statement_through_the_cli() {
     let s = setup();
     let d = &s.dir;
-    let hash = "ab".repeat(32);
+    std::fs::write(d.join("usr.data"), vec![0x42u8; 40 * 4096]).unwrap();
+    let formatted = ok(&basalt(
+        d,
+        &[
+            "verity", "format", "usr.data", "usr.hash", "--salt", "5a5a", "--json",
+        ],
+    ));
+    let info: serde_json::Value = serde_json::from_str(&formatted).unwrap();
+    let hash = info["root_hash"].as_str().unwrap().to_owned();
     ok(&basalt(
         d,
         &[
@@ -372,6 +380,8 @@ fn usr_hash_statement_through_the_cli() {
             "1.2.0",
             "--root-hash",
             &hash,
+            "--hash-image",
+            "usr.hash",
             "--key",
             "a.key",
             "--key",
@@ -380,7 +390,7 @@ fn usr_hash_statement_through_the_cli() {
             "usr.sig",
         ],
     ));
-    ok(&basalt(
+    let statement = ok(&basalt(
         d,
         &[
             "manifest",
@@ -392,6 +402,33 @@ fn usr_hash_statement_through_the_cli() {
             &hash,
         ],
     ));
+    // The whole parameter set, from the superblock.
+    let st: serde_json::Value = serde_json::from_str(&statement).unwrap();
+    assert_eq!(st["verity"]["salt"], "5a5a", "{statement}");
+    assert_eq!(st["verity"]["data_blocks"], 40, "{statement}");
+    assert_eq!(st["verity"]["hash_offset"], 40 * 4096, "{statement}");
+    assert_eq!(st["verity"]["root_hash"], hash.as_str(), "{statement}");
+    // Not a hash image: refused before anything is signed.
+    let out = basalt(
+        d,
+        &[
+            "manifest",
+            "sign-usr-hash",
+            "--os",
+            "basalt",
+            "--version",
+            "1.2.0",
+            "--root-hash",
+            &hash,
+            "--hash-image",
+            "usr.data",
+            "--key",
+            "a.key",
+            "--out",
+            "bad.sig",
+        ],
+    );
+    assert!(!out.status.success() && !d.join("bad.sig").exists());
     let other = "cd".repeat(32);
     refused(
         &basalt(

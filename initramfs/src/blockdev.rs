@@ -20,6 +20,8 @@ pub struct Disk {
     pub name: String,
     /// Device node (`/dev/vda`).
     pub node: PathBuf,
+    /// Logical sector size from sysfs (`queue/logical_block_size`), when readable.
+    pub sector_size: Option<u64>,
 }
 
 /// Where to look: sysfs block class and the devtmpfs mount.
@@ -75,9 +77,12 @@ impl BlockRoots {
             if size == 0 {
                 continue;
             }
+            let sector_size =
+                read_trim(&dir.join("queue/logical_block_size")).and_then(|s| s.parse().ok());
             out.push(Disk {
                 node: node_for(&self.dev, &name),
                 name,
+                sector_size,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -127,7 +132,7 @@ impl BlockRoots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
+    use basalt_identity::Guid;
 
     fn fake_sysfs(root: &Path) -> BlockRoots {
         let s = root.join("sys/class/block");
@@ -136,6 +141,7 @@ mod tests {
             std::fs::write(p, v).unwrap();
         };
         w(s.join("vda/size"), "131072\n");
+        w(s.join("vda/queue/logical_block_size"), "4096\n");
         w(s.join("vda/vda1/partition"), "1\n");
         w(s.join("vda/vda1/start"), "2048\n");
         w(s.join("vda/vda1/size"), "8192\n");
@@ -156,8 +162,8 @@ mod tests {
     fn part(number: u32, start: u64, len: u64) -> Partition {
         Partition {
             number,
-            uuid: Uuid::nil(),
-            type_guid: Uuid::nil(),
+            uuid: Guid::default(),
+            type_guid: Guid::default(),
             label: String::new(),
             start,
             len,
@@ -172,6 +178,7 @@ mod tests {
         let names: Vec<&str> = d.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["nvme0n1", "vda"]);
         assert_eq!(d[1].node, t.path().join("dev/vda"));
+        assert_eq!((d[0].sector_size, d[1].sector_size), (None, Some(4096)));
     }
 
     #[test]

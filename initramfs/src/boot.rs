@@ -3,40 +3,50 @@
 //! which `main` logs before rebooting.
 //!
 //! ```text
-//! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► load modules (/etc/basalt/modules)
-//!   ─► poll disks (≤ basalt.wait s) until one's GPT has the usr data partition
-//!      (UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
+//! mount /dev /proc /sys /run ─► parse /proc/cmdline ─► boot policy (/etc/basalt/boot-policy:
+//!      basalt.verity=eio|logging only in test images) ─► load modules (/etc/basalt/modules)
+//!   ─► EFI variables (efivarfs): LoaderDevicePartUUID, the /usr version floor
+//!   ─► poll disks (≤ basalt.wait s) for the boot disk (the one
+//!      holding the loader's ESP, else the only one holding the usr data partition,
+//!      UUID = usrhash[0..16]) ─► its verity partition (UUID = usrhash[16..32]) + root
 //!   ─► verity superblock fits the partitions ─► usrhash signed (if trust root present)
+//!   ─► every mapped verity parameter is the signed one; OS = the policy's; version ≥
+//!      max(policy min-usr-version, BasaltUsrFloor)
 //!   ─► dm-verity "usr" (read-only, restart_on_corruption)
 //!   ─► root partition blank? mke2fs (neither blank nor ext: refuse) ─► mount it at /sysroot
-//!   ─► mount erofs /dev/dm-N at /sysroot/usr (ro) ─► /etc from factory if missing
-//!   ─► /var from factory if empty ─► missing skeleton entries (bin→usr/bin, tmp, …)
+//!   ─► repair the root's mount points and merged-/usr links (usr dev proc sys run: real
+//!      directories; bin sbin lib lib64: links into usr/), checked without following links
+//!   ─► mount erofs /dev/dm-N at /sysroot/usr (ro, not following links) ─► /etc from
+//!      factory if missing ─► /var from factory if empty ─► missing skeleton directories
+//!   ─► init= resolves, inside the new root, to an executable on the verified /usr
 //!   ─► switch_root + exec init
 //! any failure ─► "BASALT-INIT FAILED reason=…" ─► sync ─► reboot
 //! ```
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::blockdev::{BlockRoots, Disk};
-use crate::cmdline::Cmdline;
+use crate::blockdev::BlockRoots;
+use crate::cmdline::{Cmdline, VerityErrorMode};
 use crate::error::Error;
-use crate::gpt::{usr_partition_uuids, DiskTable, Partition, UsrPartitions};
+use crate::locate::{locate, Located, Pin};
 use crate::modules::{is_compressed, parse_module_list, MODULE_LIST_PATH};
+use crate::policy::{BootPolicy, POLICY_PATH};
 use crate::reason::{Classify, Failure, Reason};
 use crate::rootfs;
 use crate::slot::{check_superblock, verity_table};
 use crate::sys::{self, Log};
 use crate::usrsig;
+use basalt_identity::efivar;
+use basalt_manifest::semver::Version;
 use basalt_verity::Superblock;
 
 /// The new root's mount point.
 pub const SYSROOT: &str = "/sysroot";
 /// The DM device name of `/usr`.
 pub const DM_NAME: &str = "usr";
-const POLL: Duration = Duration::from_millis(100);
 
 fn mount_err(
     source_name: &str,
@@ -120,76 +130,106 @@ fn load_modules(log: &mut Log, list: &Path) -> Result<usize, Error> {
     Ok(loaded)
 }
 
-/// The disk holding the slot, with its partitions resolved to device nodes.
-#[derive(Debug)]
-struct Located {
-    disk: Disk,
-    usr: UsrPartitions,
-    root: Partition,
-    data_node: PathBuf,
-    hash_node: PathBuf,
-    root_node: PathBuf,
+/// The EFI variables basalt-init reads before it trusts any disk. efivarfs is mounted the
+/// way the failure recorder mounts it (`failrec::mount_efivarfs`: loads the module if
+/// needed) and left mounted — it moves into the new root with `/sys`, where systemd finds it
+/// mounted as it would mount it itself.
+#[derive(Debug, Default)]
+struct EfiVars {
+    /// systemd-boot's `LoaderDevicePartUUID`.
+    loader_part: Option<std::result::Result<Option<basalt_identity::Guid>, basalt_identity::Error>>,
+    /// The machine's `/usr` version floor (`BasaltUsrFloor`), when set and readable.
+    floor: Option<Version>,
 }
 
-/// Poll until a disk's GPT has the slot and the kernel has its partition devices.
-fn locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Located, Error> {
-    let started = Instant::now();
-    let deadline = Duration::from_secs(u64::from(cmd.wait_secs));
-    loop {
-        let attempt = try_locate(log, cmd, roots);
-        let waited_ms = started.elapsed().as_millis() as u64;
-        match attempt {
-            Ok(Some(l)) => return Ok(l),
-            // A disk without the slot may still be followed by one with it; partition
-            // devices may lag behind the disk. Both are worth waiting for.
-            Ok(None) | Err(Error::PartitionDevice { .. }) if started.elapsed() < deadline => {
-                std::thread::sleep(POLL);
-            }
-            Ok(None) => {
-                let saw_gpt = roots
-                    .disks()
-                    .map(|d| d.iter().any(|d| DiskTable::read_path(&d.node).is_ok()))
-                    .unwrap_or(false);
-                return Err(if saw_gpt {
-                    Error::UsrPartitionNotFound {
-                        uuid: usr_partition_uuids(&cmd.usrhash).data,
-                        waited_ms,
-                    }
-                } else {
-                    Error::NoBootDisk { waited_ms }
-                });
-            }
-            Err(e) => return Err(e),
+fn read_efi_vars(log: &mut Log) -> EfiVars {
+    let dir = match crate::failrec::mount_efivarfs() {
+        Ok(Some(dir)) => dir,
+        Ok(None) => {
+            log.debug("no EFI firmware (direct kernel boot or BIOS): no EFI variables");
+            return EfiVars::default();
         }
+        Err(e) => {
+            log.warn(&format!(
+                "cannot mount efivarfs at {}: {e}; EFI variables not read",
+                efivar::EFIVARS_DIR
+            ));
+            return EfiVars::default();
+        }
+    };
+    // An unreadable floor is ignored, logged: it is no weaker than a deleted one (root can
+    // do both, see SECURITY.md), and refusing would brick the machine on a corrupt variable.
+    let floor = match efivar::usr_floor(&dir) {
+        Ok(None) => None,
+        Ok(Some(text)) => match Version::parse(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log.warn(&format!(
+                    "ignoring the BasaltUsrFloor EFI variable {text:?}: {e}"
+                ));
+                None
+            }
+        },
+        Err(e) => {
+            log.warn(&format!("ignoring the BasaltUsrFloor EFI variable: {e}"));
+            None
+        }
+    };
+    EfiVars {
+        loader_part: Some(efivar::loader_device_part_uuid(&dir)),
+        floor,
     }
 }
 
-fn try_locate(log: &mut Log, cmd: &Cmdline, roots: &BlockRoots) -> Result<Option<Located>, Error> {
-    for disk in roots.disks()? {
-        let table = match DiskTable::read_path(&disk.node) {
-            Ok(t) => t,
-            Err(e) => {
-                log.debug(&format!("skipping {}: {e}", disk.node.display()));
-                continue;
+/// Who names the boot disk: systemd-boot's `LoaderDevicePartUUID` (the ESP it started
+/// from), else `basalt.bootdisk=` (direct kernel boot), else nobody (the disk holding the
+/// slot must then be unique). A loader variable that is present but cannot be trusted
+/// refuses the boot: falling back to "any disk" is what an attacker planting it would want.
+fn boot_pin(
+    log: &mut Log,
+    cmd: &Cmdline,
+    loader_part: Option<std::result::Result<Option<basalt_identity::Guid>, basalt_identity::Error>>,
+) -> Result<Option<Pin>, Error> {
+    let pin = match loader_part {
+        Some(Err(source)) => return Err(Error::BootDiskVariable { source }),
+        Some(Ok(Some(uuid))) => {
+            if let Some(other) = cmd.boot_disk.filter(|u| *u != uuid) {
+                log.warn(&format!(
+                    "ignoring basalt.bootdisk=PARTUUID={other}: the boot loader started from partition {uuid}"
+                ));
             }
-        };
-        let Some(usr) = table.find_usr(&cmd.usrhash)? else {
-            continue;
-        };
-        let root = table.find_root(&cmd.root)?.clone();
-        let data_node = roots.partition_node(&disk, &usr.data)?;
-        let hash_node = roots.partition_node(&disk, &usr.verity)?;
-        let root_node = roots.partition_node(&disk, &root)?;
-        return Ok(Some(Located {
-            disk,
-            usr,
-            root,
-            data_node,
-            hash_node,
-            root_node,
-        }));
+            Some(Pin::Loader(uuid))
+        }
+        Some(Ok(None)) | None => cmd.boot_disk.map(Pin::Cmdline),
+    };
+    match pin {
+        Some(p) => log.info(&format!(
+            "boot disk: the disk holding partition {} ({})",
+            p.uuid(),
+            p.named_by()
+        )),
+        None => log.info("boot disk: not named by the loader; the one disk holding the slot"),
     }
-    Ok(None)
+    Ok(pin)
+}
+
+/// "1.0.0 (boot policy), 2.0.0 (BasaltUsrFloor)" or "none", for the log.
+fn describe_floor(policy: &BootPolicy, efi: Option<&Version>) -> String {
+    let parts: Vec<String> = [
+        policy
+            .min_usr_version
+            .as_ref()
+            .map(|v| format!("{v} (boot policy)")),
+        efi.map(|v| format!("{v} (BasaltUsrFloor)")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn read_superblock(node: &Path) -> Result<Superblock, Error> {
@@ -207,23 +247,24 @@ fn read_superblock(node: &Path) -> Result<Superblock, Error> {
 }
 
 /// With a trust root in the initramfs, the slot's usr-hash statement (after the hash tree)
-/// must verify for `usrhash=`; without one, the check is skipped with a warning (development
-/// images built without `--trust`).
+/// must verify for `usrhash=`; it is returned for the binding and version checks. Without a
+/// trust root the check is skipped with a warning (development images built without
+/// `--trust`), and so are those that need a signed statement.
 fn check_signature(
     log: &mut Log,
     hash_node: &Path,
     sb: &Superblock,
     hash_len: u64,
     cmd: &Cmdline,
-) -> Result<(), Error> {
+) -> Result<Option<usrsig::Signed>, Error> {
     let trust = match std::fs::read(usrsig::TRUST_PATH) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             log.warn(&format!(
-                "no trust root at {}: the usrhash signature is NOT checked",
+                "no trust root at {}: the usrhash signature, the verity parameters, the OS and the version floor are NOT checked",
                 usrsig::TRUST_PATH
             ));
-            return Ok(());
+            return Ok(None);
         }
         Err(source) => {
             return Err(Error::ReadInput {
@@ -248,9 +289,9 @@ fn check_signature(
                 hash_node.display()
             ),
         })?;
-    let who = usrsig::verify(&buf, &trust, &cmd.usrhash.to_string())?;
-    log.info(&format!("usrhash is signed: {who}"));
-    Ok(())
+    let signed = usrsig::verify(&buf, &trust, &cmd.usrhash.to_string())?;
+    log.info(&format!("usrhash is signed: {}", signed.describe()));
+    Ok(Some(signed))
 }
 
 /// Run the boot. Returns only on failure (success ends in exec).
@@ -278,14 +319,38 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
     })?;
     log.verbose = cmd.debug;
     log.info(&format!(
-        "usrhash={} verity={:?} root {} init={}",
-        cmd.usrhash, cmd.verity_mode, cmd.root, cmd.init
+        "usrhash={} verity={} root {} init={}",
+        cmd.usrhash,
+        cmd.verity_mode.name(),
+        cmd.root,
+        cmd.init
     ));
+    let policy = match BootPolicy::load(Path::new(POLICY_PATH)).class(Reason::BootPolicy)? {
+        Some(p) => p,
+        None => {
+            log.warn(&format!(
+                "no boot policy at {POLICY_PATH}: OS name and version floor are NOT checked; options that weaken verification are refused"
+            ));
+            BootPolicy::default()
+        }
+    };
+    let (verity_mode, refused) = policy.verity_mode(cmd.verity_mode);
+    if let Some(line) = refused {
+        log.warn(&line);
+    }
 
     let n = load_modules(log, Path::new(MODULE_LIST_PATH)).class(Reason::ModuleLoad)?;
     log.info(&format!("loaded {n} kernel modules"));
 
-    let l = locate(log, &cmd, &BlockRoots::default()).map_err(|e| Failure {
+    let efi = read_efi_vars(log);
+    let pin = boot_pin(log, &cmd, efi.loader_part).map_err(|e| Failure {
+        reason: Reason::of(&e, Reason::NoBootDisk),
+        error: e,
+    })?;
+    let l = locate(&cmd, pin, &BlockRoots::default(), &mut |line: &str| {
+        log.info(line)
+    })
+    .map_err(|e| Failure {
         reason: Reason::of(&e, Reason::NoBootDisk),
         error: e,
     })?;
@@ -309,16 +374,24 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         sb.salt.len()
     ));
 
-    check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
+    let signed = check_signature(log, &l.hash_node, &sb, l.usr.verity.len, &cmd)
         .class(Reason::UsrhashNotSigned)?;
+    if let Some(signed) = &signed {
+        usrsig::check_binding(&signed.statement, &sb).class(Reason::VerityNotSigned)?;
+        usrsig::check_version(&signed.statement, &policy, efi.floor.as_ref()).map_err(|e| {
+            Failure {
+                reason: Reason::of(&e, Reason::UsrBelowFloor),
+                error: e,
+            }
+        })?;
+        log.info(&format!(
+            "verity parameters, OS and version {} are the signed ones (floor {})",
+            signed.statement.version,
+            describe_floor(&policy, efi.floor.as_ref())
+        ));
+    }
 
-    let table = verity_table(
-        &sb,
-        &l.data_node,
-        &l.hash_node,
-        &cmd.usrhash,
-        cmd.verity_mode,
-    );
+    let table = verity_table(&sb, &l.data_node, &l.hash_node, &cmd.usrhash, verity_mode);
     let dm_node = crate::dm::Control::open()
         .and_then(|c| c.create_verity(DM_NAME, &table))
         .class(Reason::DmSetup)?;
@@ -332,12 +405,25 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
         .map_err(mount_err(&root_src, "ext4", sysroot))
         .class(Reason::MountRoot)?;
 
+    // Before anything is mounted into the root: nothing on it may decide where /usr, the
+    // merged-/usr links or the API mount points lead.
+    let entries = rootfs::secure_root_entries(sysroot).class(Reason::RootEntries)?;
+    for line in &entries.repaired {
+        log.warn(line);
+    }
     let usr = sysroot.join("usr");
-    mkdir(&usr).class(Reason::MountUsr)?;
     let dm_src = dm_node.display().to_string();
-    sys::mount(&dm_src, &usr, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
+    sys::mount_nofollow(&dm_src, &usr, "erofs", libc::MS_RDONLY | libc::MS_NODEV, "")
         .map_err(mount_err(&dm_src, "erofs", &usr))
         .class(Reason::MountUsr)?;
+    let usr_dev = std::fs::symlink_metadata(&usr)
+        .map_err(|source| Error::Fs {
+            operation: "inspecting the mounted",
+            path: usr.clone(),
+            source,
+        })
+        .class(Reason::MountUsr)?
+        .dev();
     // The kernel's own verdict after the mount read the superblock: `V` = verified.
     match crate::dm::Control::open().and_then(|c| c.status(DM_NAME)) {
         Ok(status) => log.info(&format!("dm-verity {DM_NAME} status {status}")),
@@ -346,19 +432,11 @@ fn run_inner(log: &mut Log, init_args: &[OsString]) -> Result<std::convert::Infa
 
     let etc = crate::factory::populate_etc(sysroot).class(Reason::PopulateEtc)?;
     log.debug(&format!("/etc: {etc:?}"));
-    populate_root(log, sysroot).class(Reason::PopulateRoot)?;
+    populate_root(log, sysroot, entries.created).class(Reason::PopulateRoot)?;
 
-    let init_inside = sysroot.join(cmd.init.trim_start_matches('/'));
-    if !is_executable(&init_inside) {
-        return Err(Failure {
-            reason: Reason::SwitchRoot,
-            error: Error::InitMissing {
-                path: PathBuf::from(&cmd.init),
-            },
-        });
-    }
+    verify_init(sysroot, &cmd.init, usr_dev).class(Reason::InitNotVerified)?;
     let up = sys::uptime().map_or_else(|| "?".to_owned(), |s| format!("{s:.3}"));
-    let record = boot_record(&cmd, &l, &dm_node, &up);
+    let record = boot_record(&cmd, verity_mode, &l, &dm_node, &up);
     if let Err(e) = std::fs::create_dir_all(RUN_DIR)
         .and_then(|()| std::fs::write(format!("{RUN_DIR}/boot.env"), record))
     {
@@ -406,11 +484,16 @@ fn prepare_root_partition(log: &mut Log, node: &Path) -> Result<(), Failure> {
 }
 
 /// After `/etc`: `/var` from the factory tree if empty, then the skeleton's missing entries
-/// (also on pre-formatted roots that lack them).
-fn populate_root(log: &mut Log, sysroot: &Path) -> Result<(), Error> {
+/// (also on pre-formatted roots that lack them). `created`: the mount points and links
+/// [`rootfs::secure_root_entries`] created, for the same log line.
+fn populate_root(
+    log: &mut Log,
+    sysroot: &Path,
+    mut created: Vec<&'static str>,
+) -> Result<(), Error> {
     let var = rootfs::populate_var(sysroot)?;
     log.debug(&format!("/var: {var:?}"));
-    let created = rootfs::create_skeleton(sysroot)?;
+    created.extend(rootfs::create_skeleton(sysroot)?);
     if !created.is_empty() {
         log.info(&format!("root skeleton: created {}", created.join(" ")));
     }
@@ -422,7 +505,13 @@ pub const RUN_DIR: &str = "/run/basalt";
 
 /// `/run/basalt/boot.env`: what was booted, `KEY=value` lines (systemd `EnvironmentFile=`
 /// syntax), for the updater and for debugging.
-fn boot_record(cmd: &Cmdline, l: &Located, dm_node: &Path, uptime: &str) -> String {
+fn boot_record(
+    cmd: &Cmdline,
+    verity_mode: VerityErrorMode,
+    l: &Located,
+    dm_node: &Path,
+    uptime: &str,
+) -> String {
     format!(
         "BASALT_USRHASH={}\nBASALT_DISK={}\nBASALT_USR_PARTITION={}\nBASALT_VERITY_PARTITION={}\n\
          BASALT_ROOT_PARTITION={}\nBASALT_USR_DEVICE={}\nBASALT_VERITY_MODE={}\n\
@@ -433,18 +522,42 @@ fn boot_record(cmd: &Cmdline, l: &Located, dm_node: &Path, uptime: &str) -> Stri
         l.usr.verity.number,
         l.root.number,
         dm_node.display(),
-        cmd.verity_mode.table_option().unwrap_or("eio"),
+        verity_mode.table_option().unwrap_or("eio"),
     )
 }
 
-fn is_executable(path: &Path) -> bool {
+/// `init` (the `init=` path) must be an executable regular file on the verified `/usr`
+/// (device `usr_dev`), resolved as the new root will see it: inside `sysroot`, symlinks
+/// (absolute ones too) and `..` confined to it ([`sys::open_in_root`]). So neither an
+/// `init=` naming a file on the writable root nor a path that leaves `/usr` through `..` or
+/// a link is ever executed. (The kernel resolves the interpreter of a script or ELF file
+/// again at exec: `/usr/bin/…` stays on `/usr`; `/lib64/…` follows the link
+/// [`rootfs::secure_root_entries`] just made point into `/usr`.)
+pub fn verify_init(sysroot: &Path, init: &str, usr_dev: u64) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    // Follows symlinks: /usr/lib/systemd/systemd may be one, resolved inside the new root
-    // only for relative targets; absolute targets are checked again by exec itself.
-    match std::fs::metadata(path) {
-        Ok(m) => m.is_file() && m.permissions().mode() & 0o111 != 0,
-        Err(_) => std::fs::symlink_metadata(path).is_ok(),
+    let refused = |reason: String| Error::InitNotVerified {
+        path: PathBuf::from(init),
+        reason,
+    };
+    let fd = sys::open_in_root(sysroot, init)
+        .map_err(|e| refused(format!("resolving it inside the new root: {e}")))?;
+    let m = sys::fstat(fd).map_err(|e| refused(format!("inspecting it: {e}")))?;
+    if m.dev() != usr_dev {
+        return Err(refused(format!(
+            "it resolves to a file on device {}:{}, not on the verified /usr ({}:{})",
+            libc::major(m.dev()),
+            libc::minor(m.dev()),
+            libc::major(usr_dev),
+            libc::minor(usr_dev)
+        )));
     }
+    if !m.is_file() {
+        return Err(refused("it is not a regular file".into()));
+    }
+    if m.permissions().mode() & 0o111 == 0 {
+        return Err(refused("it is not executable".into()));
+    }
+    Ok(())
 }
 
 /// `printk.devkmsg` rate-limits userspace writes to /dev/kmsg by default (10 lines per 5 s),
@@ -477,117 +590,49 @@ impl DevKmsgLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmdline::RootHash;
-    use crate::gpt::{ROOT_TYPE_GUID, USR_TYPE_GUID, USR_VERITY_TYPE_GUID};
-    use uuid::Uuid;
+    use crate::reason::Reason;
 
-    const MIB: u64 = 1 << 20;
-
-    fn hash() -> RootHash {
-        let mut b = [0u8; 32];
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (i as u8).wrapping_mul(29).wrapping_add(3);
-        }
-        RootHash(b)
-    }
-
-    /// `dev/vda`: a 32 MiB image file with usr (2), verity (3) and root (4) partitions, and a
-    /// sysfs tree that describes it the way the kernel would.
-    fn fake_machine(dir: &Path, sysfs_geometry_ok: bool) -> BlockRoots {
-        let ids = usr_partition_uuids(&hash());
-        let dev = dir.join("dev");
-        std::fs::create_dir_all(&dev).unwrap();
-        let mut disk = std::io::Cursor::new(vec![0u8; 32 * MIB as usize]);
-        let mut gpt = gptman::GPT::new_from(&mut disk, 512, [9; 16]).unwrap();
-        let parts = [
-            (
-                Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b),
-                Uuid::from_u128(1),
-            ),
-            (USR_TYPE_GUID, ids.data),
-            (USR_VERITY_TYPE_GUID, ids.verity),
-            (ROOT_TYPE_GUID, Uuid::from_u128(2)),
-        ];
-        let sys = dir.join("sys/class/block");
-        let w = |p: PathBuf, v: String| {
+    /// The device check itself is exercised in the VM (`boot_hostile_root`: an `init=` on the
+    /// writable root); here one device stands for "/usr" and any other for "not /usr".
+    #[test]
+    fn init_is_resolved_inside_the_new_root_and_must_be_an_executable_on_usr() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let write = |rel: &str, mode: u32| {
+            let p = root.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, v).unwrap();
+            std::fs::write(&p, "#!/usr/bin/busybox sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         };
-        w(sys.join("vda/size"), format!("{}\n", 32 * MIB / 512));
-        for (i, (ty, id)) in parts.iter().enumerate() {
-            let n = i as u32 + 1;
-            let start = 2048 + i as u64 * 8192;
-            gpt[n] = gptman::GPTPartitionEntry {
-                partition_type_guid: ty.to_bytes_le(),
-                unique_partition_guid: id.to_bytes_le(),
-                starting_lba: start,
-                ending_lba: start + 8191,
-                attribute_bits: 0,
-                partition_name: format!("p{n}").as_str().into(),
-            };
-            let size = if sysfs_geometry_ok { 8192 } else { 4096 };
-            w(sys.join(format!("vda/vda{n}/partition")), format!("{n}\n"));
-            w(sys.join(format!("vda/vda{n}/start")), format!("{start}\n"));
-            w(sys.join(format!("vda/vda{n}/size")), format!("{size}\n"));
+        write("usr/lib/systemd/systemd", 0o755);
+        write("usr/lib/notexec", 0o644);
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        // Absolute links resolve inside the new root, not in the initramfs.
+        symlink("/usr/lib/systemd/systemd", root.join("usr/sbin/init")).unwrap();
+        let dev = std::fs::metadata(root).unwrap().dev();
+        for ok in [
+            "/usr/lib/systemd/systemd",
+            "/usr/sbin/init",
+            "/usr//lib/../lib/systemd/systemd",
+        ] {
+            verify_init(root, ok, dev).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        gpt.write_into(&mut disk).unwrap();
-        gptman::GPT::write_protective_mbr_into(&mut disk, 512).unwrap();
-        std::fs::write(dev.join("vda"), disk.into_inner()).unwrap();
-        BlockRoots {
-            sys_class_block: sys,
-            dev,
-        }
-    }
-
-    fn cmdline(h: &RootHash) -> Cmdline {
-        Cmdline::parse(&format!("usrhash={h} basalt.wait=1")).unwrap()
-    }
-
-    #[test]
-    fn locates_the_slot_and_its_device_nodes() {
-        let t = tempfile::tempdir().unwrap();
-        let roots = fake_machine(t.path(), true);
-        let l = locate(&mut Log::default(), &cmdline(&hash()), &roots).unwrap();
-        assert_eq!(l.disk.name, "vda");
-        assert_eq!(l.data_node, roots.dev.join("vda2"));
-        assert_eq!(l.hash_node, roots.dev.join("vda3"));
-        assert_eq!(l.root_node, roots.dev.join("vda4"));
-        assert_eq!(
-            (l.usr.data.number, l.usr.verity.number, l.root.number),
-            (2, 3, 4)
-        );
-    }
-
-    #[test]
-    fn unknown_hash_times_out_as_usr_partition_not_found() {
-        let t = tempfile::tempdir().unwrap();
-        let roots = fake_machine(t.path(), true);
-        let err = locate(&mut Log::default(), &cmdline(&RootHash([7; 32])), &roots).unwrap_err();
-        assert!(matches!(err, Error::UsrPartitionNotFound { .. }), "{err}");
-        assert_eq!(
-            Reason::of(&err, Reason::NoBootDisk),
-            Reason::UsrPartitionNotFound
-        );
-    }
-
-    #[test]
-    fn no_disk_is_no_boot_disk_and_bad_geometry_is_partition_device() {
-        let t = tempfile::tempdir().unwrap();
-        let empty = BlockRoots {
-            sys_class_block: t.path().join("sys"),
-            dev: t.path().join("dev"),
+        let refused = |init: &str, usr_dev: u64| {
+            let e = verify_init(root, init, usr_dev).unwrap_err();
+            assert_eq!(
+                Reason::of(&e, Reason::Panic),
+                Reason::InitNotVerified,
+                "{e}"
+            );
+            e.to_string()
         };
-        std::fs::create_dir_all(&empty.sys_class_block).unwrap();
-        let err = locate(&mut Log::default(), &cmdline(&hash()), &empty).unwrap_err();
-        assert!(matches!(err, Error::NoBootDisk { .. }), "{err}");
-
-        let t = tempfile::tempdir().unwrap();
-        let roots = fake_machine(t.path(), false);
-        let err = locate(&mut Log::default(), &cmdline(&hash()), &roots).unwrap_err();
-        assert_eq!(
-            Reason::of(&err, Reason::NoBootDisk),
-            Reason::PartitionDevice,
-            "{err}"
-        );
+        assert!(refused("/usr/lib/systemd/systemd", dev + 1).contains("not on the verified /usr"));
+        assert!(refused("/usr/lib/notexec", dev).contains("not executable"));
+        assert!(refused("/usr/lib", dev).contains("not a regular file"));
+        // `..` cannot climb out of the new root to a file of the initramfs.
+        let e = refused("/usr/../../../../../../proc/self/exe", dev);
+        assert!(e.contains("resolving it inside the new root"), "{e}");
+        assert!(refused("/nonexistent", dev).contains("No such file"));
     }
 }

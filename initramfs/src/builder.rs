@@ -1,5 +1,5 @@
 //! The initramfs builder: `basalt-init` as `/init`, the directory skeleton, `/dev/console`,
-//! the trust root, the module list and exactly the kernel modules needed (with their
+//! the trust root, the boot policy, the module list and exactly the kernel modules needed (with their
 //! dependencies from `modules.dep`), as a reproducible cpio, compressed.
 //!
 //! Same inputs, same bytes: the cpio is reproducible (see [`crate::cpio`]), zstd runs
@@ -15,6 +15,7 @@ use crate::elf::{closure, ClosureFile, Role};
 use crate::error::{Error, Result};
 use crate::modules::{render_module_list, ModuleListEntry, ModulesDep, Resolution};
 
+pub use crate::policy::{BootPolicy, POLICY_PATH};
 pub use crate::usrsig::TRUST_PATH;
 /// zstd level: 19 is what Debian's initramfs-tools uses; the kernel decompresses it fine.
 const ZSTD_LEVEL: i32 = 19;
@@ -89,6 +90,10 @@ pub struct Extras {
     pub binaries: Vec<PathBuf>,
     /// The tree the binaries and libraries are read from; `None` = the host (`/`).
     pub binary_root: Option<PathBuf>,
+    /// The boot policy to install as [`POLICY_PATH`] (OS name, version floor, whether
+    /// options that weaken verification are honoured); `None` = no file, which `basalt-init`
+    /// treats as "nothing checked, test options refused".
+    pub policy: Option<BootPolicy>,
 }
 
 /// A built initramfs.
@@ -229,6 +234,9 @@ pub fn build_with(spec: &BuildSpec, extras: &Extras) -> Result<Built> {
     let (mut archive, resolution, module_bytes) = build_archive(spec)?;
     let root = extras.binary_root.as_deref().unwrap_or(Path::new("/"));
     let binaries = add_binaries(&mut archive, root, &extras.binaries)?;
+    if let Some(policy) = &extras.policy {
+        archive.add_file(POLICY_PATH, 0o644, policy.render().into_bytes())?;
+    }
     let cpio = archive.to_bytes();
     let bytes = compress(&cpio, spec.compression)?;
     Ok(Built {
@@ -319,6 +327,35 @@ mod tests {
     }
 
     #[test]
+    fn policy_file_is_packed_only_when_given() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = fake_tree(t.path());
+        let s = spec(&dir, Compression::None);
+        let without = build_with(&s, &Extras::default()).unwrap();
+        let a = crate::cpio::parse(&without.bytes).unwrap();
+        assert!(a.get(POLICY_PATH).is_none());
+        let policy = BootPolicy {
+            os: Some("basalt".into()),
+            min_usr_version: Some("2.0.0".parse().unwrap()),
+            test_options: false,
+        };
+        let extras = Extras {
+            policy: Some(policy.clone()),
+            ..Extras::default()
+        };
+        let a = crate::cpio::parse(&build_with(&s, &extras).unwrap().bytes).unwrap();
+        let entry = a.get(POLICY_PATH).unwrap();
+        assert_eq!(entry.perm, 0o644);
+        let crate::cpio::Kind::File(text) = &entry.kind else {
+            panic!("policy is not a file");
+        };
+        assert_eq!(
+            BootPolicy::parse(std::str::from_utf8(text).unwrap()).unwrap(),
+            policy
+        );
+    }
+
+    #[test]
     fn missing_kernel_tree_and_module() {
         let t = tempfile::tempdir().unwrap();
         let dir = fake_tree(t.path());
@@ -364,6 +401,7 @@ mod tests {
         let extras = Extras {
             binaries: vec!["/sbin/mkfs".into()],
             binary_root: Some(host.clone()),
+            policy: None,
         };
         let s = spec(&dir, Compression::None);
         let built = build_with(&s, &extras).unwrap();

@@ -5,21 +5,26 @@
 //! | option | meaning | default |
 //! |---|---|---|
 //! | `usrhash=<64 hex>` (or Flatcar's `verity.usrhash=`) | dm-verity root hash (sha256) of the `/usr` slot to boot | required |
-//! | `basalt.verity=restart\|panic\|eio\|logging` | what dm-verity does on a corrupted block | `restart` |
+//! | `basalt.verity=restart\|panic\|eio\|logging` | what dm-verity does on a corrupted block; `eio` and `logging` only in test images (see [`crate::policy`]) | `restart` |
 //! | `basalt.root=PARTUUID=<uuid>\|PARTLABEL=<label>` | the writable root partition | by type GUID |
-//! | `init=<absolute path>` | the init of the real root | `/usr/lib/systemd/systemd` |
+//! | `init=<absolute path>` | the init of the real root; must resolve to a file on the verified `/usr` (checked after mounting it) | `/usr/lib/systemd/systemd` |
 //! | `basalt.debug[=0\|1]` | verbose logging | off |
 //! | `basalt.wait=<seconds>` | how long to wait for the boot disk (1–600) | 10 |
+//! | `basalt.bootdisk=PARTUUID=<uuid>` | the boot disk is the one holding this partition (the ESP); for direct kernel boot — systemd-boot's `LoaderDevicePartUUID` wins | the only disk holding the slot |
 //!
 //! `restart` (`restart_on_corruption`) is the default because a reboot lets systemd-boot's boot
 //! counter move towards the other slot; `eio` is the kernel's own default (reads fail with
-//! EIO), `logging` maps to `ignore_corruption` (debugging only).
-//! Quoting follows the kernel's `next_arg()`: double quotes group spaces and are removed.
+//! EIO), `logging` maps to `ignore_corruption` (debugging only). This parser accepts all four;
+//! the initramfs's boot policy decides which are honoured.
+//! Quoting follows the kernel's `next_arg()` (`basalt_identity::cmdline::split_args`, the one
+//! splitter `basalt-disk` uses too): double quotes group spaces and are removed.
 //! Everything after a lone `--` belongs to init and is not parsed.
 
 use std::fmt;
 
-use uuid::Uuid;
+pub use basalt_identity::cmdline::split_args;
+use basalt_identity::Guid;
+pub use basalt_identity::RootHash;
 
 use crate::error::{Error, Result};
 
@@ -27,43 +32,6 @@ use crate::error::{Error, Result};
 pub const DEFAULT_INIT: &str = "/usr/lib/systemd/systemd";
 /// Default seconds to wait for the boot disk.
 pub const DEFAULT_WAIT_SECS: u32 = 10;
-
-/// A sha256 dm-verity root hash.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RootHash(pub [u8; 32]);
-
-impl RootHash {
-    /// Parse 64 hex digits (either case).
-    pub fn parse(value: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::UsrhashInvalid {
-            value: value.to_owned(),
-            reason,
-        };
-        if value.len() != 64 {
-            return Err(invalid(format!("{} characters, need 64", value.len())));
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(value, &mut out).map_err(|e| invalid(e.to_string()))?;
-        Ok(Self(out))
-    }
-
-    /// The bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Display for RootHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for RootHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RootHash({self})")
-    }
-}
 
 /// What dm-verity does when a block does not match the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +48,23 @@ pub enum VerityErrorMode {
 }
 
 impl VerityErrorMode {
+    /// The option's value on the command line (`basalt.verity=<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Panic => "panic",
+            Self::Eio => "eio",
+            Self::Logging => "logging",
+        }
+    }
+
+    /// Whether the mode weakens the boot: `logging` returns corrupted data, `eio` keeps a
+    /// corrupted slot running (no restart, so boot counting never falls back). Honoured only
+    /// in test images ([`crate::policy::BootPolicy::verity_mode`]).
+    pub fn weakens(self) -> bool {
+        matches!(self, Self::Eio | Self::Logging)
+    }
+
     /// The optional argument for the dm-verity table, if any.
     pub fn table_option(self) -> Option<&'static str> {
         match self {
@@ -94,11 +79,11 @@ impl VerityErrorMode {
 /// How the writable root partition is found on the boot disk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RootSpec {
-    /// The partition whose type GUID is [`crate::gpt::ROOT_TYPE_GUID`].
+    /// The partition whose type GUID is the DPS root type (`basalt_identity::types::ROOT_X86_64`).
     #[default]
     ByType,
     /// `basalt.root=PARTUUID=…`.
-    PartUuid(Uuid),
+    PartUuid(Guid),
     /// `basalt.root=PARTLABEL=…`.
     PartLabel(String),
 }
@@ -106,7 +91,7 @@ pub enum RootSpec {
 impl fmt::Display for RootSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ByType => write!(f, "with type GUID {}", crate::gpt::ROOT_TYPE_GUID),
+            Self::ByType => write!(f, "with type GUID {}", basalt_identity::types::ROOT_X86_64),
             Self::PartUuid(u) => write!(f, "PARTUUID={u}"),
             Self::PartLabel(l) => write!(f, "PARTLABEL={l}"),
         }
@@ -128,6 +113,9 @@ pub struct Cmdline {
     pub debug: bool,
     /// Seconds to wait for the boot disk.
     pub wait_secs: u32,
+    /// `basalt.bootdisk=PARTUUID=<uuid>`: the disk holding this partition is the boot disk
+    /// (for direct kernel boot; systemd-boot's `LoaderDevicePartUUID` takes precedence).
+    pub boot_disk: Option<Guid>,
 }
 
 impl Cmdline {
@@ -139,9 +127,18 @@ impl Cmdline {
         let mut init = DEFAULT_INIT.to_owned();
         let mut debug = false;
         let mut wait_secs = DEFAULT_WAIT_SECS;
+        let mut boot_disk = None;
         for (key, value) in split_args(text) {
             match (key.as_str(), value) {
-                ("usrhash" | "verity.usrhash", Some(v)) => usrhash = Some(RootHash::parse(&v)?),
+                ("usrhash" | "verity.usrhash", Some(v)) => {
+                    usrhash = Some(RootHash::parse(&v).map_err(|e| Error::UsrhashInvalid {
+                        value: v.clone(),
+                        reason: match e {
+                            basalt_identity::Error::ParseRootHash { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    })?)
+                }
                 ("usrhash" | "verity.usrhash", None) => {
                     return Err(Error::UsrhashInvalid {
                         value: String::new(),
@@ -174,6 +171,16 @@ impl Cmdline {
                         _ => return Err(invalid(&key, v, "nothing, 0 or 1")),
                     }
                 }
+                ("basalt.bootdisk", v) => {
+                    let v = v.unwrap_or_default();
+                    let uuid = v
+                        .strip_prefix("PARTUUID=")
+                        .and_then(|u| Guid::parse(u).ok());
+                    match uuid {
+                        Some(u) => boot_disk = Some(u),
+                        None => return Err(invalid(&key, v, "PARTUUID=<uuid> of the ESP")),
+                    }
+                }
                 ("basalt.wait", v) => {
                     let v = v.unwrap_or_default();
                     wait_secs = match v.parse::<u32>() {
@@ -191,6 +198,7 @@ impl Cmdline {
             init,
             debug,
             wait_secs,
+            boot_disk,
         })
     }
 }
@@ -206,7 +214,7 @@ fn invalid(option: &str, value: String, expected: &'static str) -> Error {
 fn parse_root(key: &str, value: String) -> Result<RootSpec> {
     const EXPECTED: &str = "PARTUUID=<uuid> or PARTLABEL=<label>";
     if let Some(u) = value.strip_prefix("PARTUUID=") {
-        match Uuid::parse_str(u) {
+        match Guid::parse(u) {
             Ok(uuid) => Ok(RootSpec::PartUuid(uuid)),
             Err(_) => Err(invalid(key, value, EXPECTED)),
         }
@@ -220,36 +228,6 @@ fn parse_root(key: &str, value: String) -> Result<RootSpec> {
     } else {
         Err(invalid(key, value, EXPECTED))
     }
-}
-
-/// Split a command line into `(key, value)` pairs the way the kernel's `next_arg()` does:
-/// whitespace separates, double quotes group (and are removed), a lone `--` ends the list.
-pub fn split_args(text: &str) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut word = String::new();
-        let mut in_quote = false;
-        while let Some(c) = chars.next_if(|c| in_quote || !c.is_whitespace()) {
-            if c == '"' {
-                in_quote = !in_quote;
-            } else {
-                word.push(c);
-            }
-        }
-        if word == "--" {
-            break;
-        }
-        match word.split_once('=') {
-            Some((k, v)) => out.push((k.to_owned(), Some(v.to_owned()))),
-            None => out.push((word, None)),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -301,6 +279,15 @@ mod tests {
     }
 
     #[test]
+    fn all_zero_usrhash_is_refused() {
+        let err = parse(&format!("usrhash={}", "0".repeat(64))).unwrap_err();
+        assert!(
+            matches!(&err, Error::UsrhashInvalid { reason, .. } if reason == "all zero"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn flatcar_spelling_is_accepted() {
         let c = parse(&format!("verity.usrhash={H}")).unwrap();
         assert_eq!(c.usrhash.to_string(), H);
@@ -308,7 +295,7 @@ mod tests {
 
     #[test]
     fn usrhash_uppercase_and_last_wins() {
-        let other = "00".repeat(32);
+        let other = "11".repeat(32);
         let c = parse(&format!("usrhash={other} usrhash={}", H.to_uppercase())).unwrap();
         assert_eq!(c.usrhash.to_string(), H);
     }
@@ -346,7 +333,7 @@ mod tests {
     fn root_specs() {
         let u = "0fc63daf-8483-4772-8e79-3d69d8477de4";
         let c = parse(&format!("usrhash={H} basalt.root=PARTUUID={u}")).unwrap();
-        assert_eq!(c.root, RootSpec::PartUuid(Uuid::parse_str(u).unwrap()));
+        assert_eq!(c.root, RootSpec::PartUuid(Guid::parse(u).unwrap()));
         let c = parse(&format!("usrhash={H} basalt.root=PARTLABEL=root")).unwrap();
         assert_eq!(c.root, RootSpec::PartLabel("root".into()));
         let c = parse(&format!("usrhash={H} \"basalt.root=PARTLABEL=my root\"")).unwrap();
@@ -401,6 +388,31 @@ mod tests {
     }
 
     #[test]
+    fn boot_disk_option() {
+        let u = "c0ffee00-1234-4321-8888-0123456789ab";
+        assert_eq!(parse(&format!("usrhash={H}")).unwrap().boot_disk, None);
+        let c = parse(&format!(
+            "usrhash={H} basalt.bootdisk=PARTUUID={}",
+            u.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(c.boot_disk, Some(Guid::parse(u).unwrap()));
+        for bad in [
+            "basalt.bootdisk",
+            "basalt.bootdisk=",
+            "basalt.bootdisk=/dev/vda",
+            "basalt.bootdisk=PARTUUID=nope",
+            "basalt.bootdisk=PARTLABEL=esp",
+        ] {
+            let err = parse(&format!("usrhash={H} {bad}")).unwrap_err();
+            assert!(
+                matches!(&err, Error::CmdlineOptionInvalid { option, .. } if option == "basalt.bootdisk"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn wait_option() {
         assert_eq!(
             parse(&format!("usrhash={H} basalt.wait=30"))
@@ -418,25 +430,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn split_follows_kernel_quoting() {
-        assert_eq!(
-            split_args("  a=1\tb \"c=x y\" d=\"p q\" --  e=2"),
-            vec![
-                ("a".into(), Some("1".into())),
-                ("b".into(), None),
-                ("c".into(), Some("x y".into())),
-                ("d".into(), Some("p q".into())),
-            ]
-        );
-        assert!(split_args("").is_empty());
-        // An unterminated quote runs to the end of the line.
-        assert_eq!(
-            split_args("x=\"a b"),
-            vec![("x".into(), Some("a b".into()))]
-        );
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         #[test]
@@ -446,7 +439,7 @@ mod tests {
 
         #[test]
         fn any_hash_round_trips(bytes in proptest::array::uniform32(0u8..)) {
-            let h = hex::encode(bytes);
+            let h = basalt_identity::hex::encode(&bytes);
             let c = Cmdline::parse(&format!("ro usrhash={h} rw")).unwrap();
             proptest::prop_assert_eq!(c.usrhash.0, bytes);
         }

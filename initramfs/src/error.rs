@@ -184,13 +184,13 @@ pub enum Error {
         /// The I/O error.
         source: io::Error,
     },
-    /// The disk has no readable GPT.
+    /// The disk has no readable GPT (or one we refuse: see `basalt_identity::gpt`).
     #[error("reading the GPT of {device}: {source}")]
     ReadGpt {
         /// The device node or image file.
         device: PathBuf,
-        /// The gptman error.
-        source: gptman::Error,
+        /// Why the table was refused.
+        source: basalt_identity::GptError,
     },
     /// No disk with a GPT appeared in time.
     #[error("no disk with a GPT appeared within {waited_ms} ms")]
@@ -204,7 +204,42 @@ pub enum Error {
     )]
     UsrPartitionNotFound {
         /// The expected partition UUID.
-        uuid: uuid::Uuid,
+        uuid: basalt_identity::Guid,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The boot disk is not unique: a partition that must be on exactly one disk (the ESP the
+    /// loader booted from; without it, the `/usr` data partition) is on several.
+    #[error("the boot disk is ambiguous: {what} is on {}; refusing to guess (remove the other disk, or boot through systemd-boot / basalt.bootdisk= to name it)", disks.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" and "))]
+    BootDiskAmbiguous {
+        /// What was found twice.
+        what: String,
+        /// The disks holding it.
+        disks: Vec<PathBuf>,
+    },
+    /// The disk named by the boot loader (or `basalt.bootdisk=`) did not appear.
+    #[error("no disk holds partition {uuid} ({named_by}) within {waited_ms} ms")]
+    BootDiskNotFound {
+        /// The ESP partition UUID.
+        uuid: basalt_identity::Guid,
+        /// `LoaderDevicePartUUID` or `basalt.bootdisk=`.
+        named_by: &'static str,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The boot loader's statement about the boot disk cannot be trusted.
+    #[error("the boot loader's boot-disk variable: {source}")]
+    BootDiskVariable {
+        /// What is wrong with it.
+        source: basalt_identity::Error,
+    },
+    /// The boot disk does not hold the `/usr` slot named by `usrhash=`.
+    #[error("the boot disk {disk} has no partition with UUID {uuid} (first half of usrhash) within {waited_ms} ms")]
+    UsrNotOnBootDisk {
+        /// The boot disk.
+        disk: PathBuf,
+        /// The expected partition UUID.
+        uuid: basalt_identity::Guid,
         /// How long we waited.
         waited_ms: u64,
     },
@@ -216,7 +251,7 @@ pub enum Error {
         /// The disk.
         device: PathBuf,
         /// The expected partition UUID.
-        uuid: uuid::Uuid,
+        uuid: basalt_identity::Guid,
     },
     /// The root partition was not found.
     #[error("no root partition {spec} on {device}")]
@@ -281,6 +316,44 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A dm-verity parameter of the slot differs from the signed statement's.
+    #[error("the slot's {field} is {found}, the signed usr-hash statement says {signed}")]
+    VerityNotSigned {
+        /// Which parameter.
+        field: &'static str,
+        /// The signed value.
+        signed: String,
+        /// What the slot's superblock says.
+        found: String,
+    },
+    /// The statement was signed for another OS than the initramfs boots.
+    #[error("the usr-hash statement is for OS {signed:?}; this initramfs boots {expected:?}")]
+    UsrWrongOs {
+        /// The OS in the statement.
+        signed: String,
+        /// The OS of the boot policy.
+        expected: String,
+    },
+    /// The signed `/usr` version is below the floor.
+    #[error(
+        "/usr version {version} is below the floor {floor} set by {set_by}: refusing to roll back"
+    )]
+    UsrBelowFloor {
+        /// The statement's version.
+        version: String,
+        /// The floor.
+        floor: String,
+        /// Where the floor comes from.
+        set_by: &'static str,
+    },
+    /// The `/usr` version floor variable cannot be read or written as expected.
+    #[error("/usr version floor {path}: {reason}")]
+    UsrFloor {
+        /// The efivarfs file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The usr-hash statement does not verify against the trust root for this usrhash.
     #[error("usr-hash statement refused: {reason}")]
     UsrSigVerify {
@@ -335,11 +408,32 @@ pub enum Error {
         /// What went wrong (spawn error, exit status and output, timeout).
         reason: String,
     },
-    /// The init to execute does not exist in the new root.
-    #[error("init {path} is missing or not executable in the new root")]
-    InitMissing {
-        /// The path inside the new root.
+    /// The init to execute does not resolve to an executable file on the verified `/usr`.
+    #[error("init {path} is not a program of the verified /usr: {reason}")]
+    InitNotVerified {
+        /// The path inside the new root (`init=`).
         path: PathBuf,
+        /// What it resolved to instead.
+        reason: String,
+    },
+    /// An entry at the top of the root partition that decides what `/usr`, `/bin`, `/sbin`,
+    /// `/lib`, `/lib64` or an API mount point resolves to could not be repaired.
+    #[error("root partition entry {name}: {reason}")]
+    RootEntry {
+        /// The entry (`usr`, `bin`, `run`, …).
+        name: String,
+        /// What was found and what failed.
+        reason: String,
+    },
+    /// The boot policy file in the initramfs is malformed.
+    #[error("boot policy {path}, line {line}: {reason}")]
+    PolicyInvalid {
+        /// The policy file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
     },
     /// A step of switch_root failed.
     #[error("switch_root: {step}: {source}")]

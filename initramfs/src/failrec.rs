@@ -31,12 +31,12 @@ use std::path::Path;
 
 use crate::reason::Reason;
 
-/// Basalt's EFI vendor GUID.
-pub const VENDOR_GUID: &str = "009957d3-23b2-474e-b6a0-3215a257ae44";
+/// Basalt's EFI vendor GUID (`basalt_identity::efivar`, the one place it is written).
+pub const VENDOR_GUID: basalt_identity::Guid = basalt_identity::efivar::BASALT_VENDOR;
 /// The variable's name (without the GUID).
 pub const VAR_NAME: &str = "BasaltInitFailure";
 /// Where efivarfs is mounted.
-pub const EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
+pub use basalt_identity::efivar::EFIVARS_DIR;
 /// `EFI_VARIABLE_NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS`.
 pub const ATTRIBUTES: u32 = 0x7;
 /// Records kept: the newest ones (three tries of a slot and one more).
@@ -312,7 +312,7 @@ pub fn record_failure(log: &mut crate::sys::Log, reason: Reason, detail: &str) {
 /// initramfs's module list when the file system is not known yet (a failure before the
 /// module step).
 #[cfg(target_os = "linux")]
-fn mount_efivarfs() -> std::io::Result<Option<std::path::PathBuf>> {
+pub(crate) fn mount_efivarfs() -> std::io::Result<Option<std::path::PathBuf>> {
     use crate::sys;
     let dir = Path::new(EFIVARS_DIR);
     if !dir.parent().is_some_and(Path::is_dir) {
@@ -462,7 +462,7 @@ mod tests {
                 "cmdline-invalid",
                 "module-load",
                 "no-boot-disk",
-                "usr-partition-not-found"
+                "boot-disk-ambiguous"
             ]
         );
     }

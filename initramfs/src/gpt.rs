@@ -1,50 +1,30 @@
-//! Finding Basalt's partitions in a disk's GPT, read directly with `gptman` (the initramfs
-//! has no udev and no blkid).
+//! Finding Basalt's partitions in a disk's GPT. The table is read by `basalt_identity::gpt`
+//! (the one reader, bounded and fuzzed: PID 1 runs it on every disk it sees, hostile ones
+//! included); this module adds what the boot needs on top: partitions as byte ranges, the
+//! `/usr` slot named by a root hash, the root partition.
 //!
 //! The `/usr` slot is found the systemd way (Discoverable Partitions Specification): the
 //! data partition's UUID is the first 128 bits of the dm-verity root hash, the verity (hash)
-//! partition's UUID the last 128 bits. The UUID's text form spells those bytes in order;
-//! GPT stores UUIDs mixed-endian, hence `Uuid::from_bytes_le` on the raw entry.
+//! partition's UUID the last 128 bits (`basalt_identity::RootHash::partition_uuids`).
 //! A slot is therefore selected by its content: the kernel command line's `usrhash=` names
 //! exactly one pair of partitions, whatever slot letter they carry.
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
-use uuid::Uuid;
+use basalt_identity::gpt as idgpt;
+use basalt_identity::{types, Guid, RootHash};
 
-use crate::cmdline::{RootHash, RootSpec};
+use crate::cmdline::RootSpec;
 use crate::error::{Error, Result};
 
 /// Type GUID of the writable root partition: the Discoverable Partitions "Root Partition
 /// (x86-64)". Used when the command line has no `basalt.root=`.
-pub const ROOT_TYPE_GUID: Uuid = Uuid::from_u128(0x4f68bce3_e8cd_4db1_96e7_fbcaf984b709);
+pub const ROOT_TYPE_GUID: Guid = types::ROOT_X86_64;
 /// Discoverable Partitions "/usr Partition (x86-64)".
-pub const USR_TYPE_GUID: Uuid = Uuid::from_u128(0x8484680c_9521_48c6_9c11_b0720656f69e);
+pub const USR_TYPE_GUID: Guid = types::USR_X86_64;
 /// Discoverable Partitions "/usr Verity Partition (x86-64)".
-pub const USR_VERITY_TYPE_GUID: Uuid = Uuid::from_u128(0x77ff5f63_e7b6_4633_acf4_1565b864c0e6);
-
-/// The two partition UUIDs a root hash names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UsrUuids {
-    /// The data (erofs) partition: first 128 bits of the root hash.
-    pub data: Uuid,
-    /// The verity hash partition: last 128 bits of the root hash.
-    pub verity: Uuid,
-}
-
-/// The partition UUIDs derived from a root hash.
-pub fn usr_partition_uuids(hash: &RootHash) -> UsrUuids {
-    let b = hash.as_bytes();
-    let mut first = [0u8; 16];
-    let mut last = [0u8; 16];
-    first.copy_from_slice(&b[..16]);
-    last.copy_from_slice(&b[16..]);
-    UsrUuids {
-        data: Uuid::from_bytes(first),
-        verity: Uuid::from_bytes(last),
-    }
-}
+pub const USR_VERITY_TYPE_GUID: Guid = types::USR_VERITY_X86_64;
 
 /// One used GPT entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +32,9 @@ pub struct Partition {
     /// GPT partition number (1-based), the kernel's partition number too.
     pub number: u32,
     /// Unique partition GUID (`PARTUUID`).
-    pub uuid: Uuid,
+    pub uuid: Guid,
     /// Partition type GUID.
-    pub type_guid: Uuid,
+    pub type_guid: Guid,
     /// Partition name (`PARTLABEL`).
     pub label: String,
     /// First byte on the disk.
@@ -84,23 +64,43 @@ pub struct UsrPartitions {
 }
 
 impl DiskTable {
-    /// Read the GPT of a disk (512- or 4096-byte sectors; primary header, else backup).
-    pub fn read<R: Read + Seek>(reader: &mut R, device: &Path) -> Result<Self> {
-        let gpt = gptman::GPT::find_from(reader).map_err(|source| Error::ReadGpt {
+    /// Read the GPT of a disk of `len` bytes: with the kernel's logical sector size when
+    /// known, else trying 512 and 4096; the primary copy, else the backup. Nothing the disk
+    /// claims is trusted before it is checked (see `basalt_identity::gpt`).
+    pub fn read<R: Read + Seek>(
+        reader: &mut R,
+        device: &Path,
+        len: u64,
+        sector_size: Option<u64>,
+    ) -> Result<Self> {
+        let gpt_err = |source| Error::ReadGpt {
             device: device.to_owned(),
             source,
-        })?;
-        let ss = gpt.sector_size;
-        let partitions = gpt
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(number, p)| Partition {
-                number,
-                uuid: Uuid::from_bytes_le(p.unique_partition_guid),
-                type_guid: Uuid::from_bytes_le(p.partition_type_guid),
-                label: p.partition_name.as_str().to_owned(),
-                start: p.starting_lba.saturating_mul(ss),
-                len: (p.ending_lba.saturating_sub(p.starting_lba) + 1).saturating_mul(ss),
+        };
+        let table = match sector_size {
+            Some(ss) if idgpt::SECTOR_SIZES.contains(&ss) => {
+                idgpt::read_with_sector_size(reader, ss, len)
+            }
+            _ => idgpt::read(reader, len),
+        }
+        .map_err(gpt_err)?;
+        let ss = table.sector_size;
+        let copy = table
+            .copy()
+            .ok_or_else(|| gpt_err(basalt_identity::GptError::NoGpt))?;
+        let partitions = copy
+            .used()
+            .filter_map(|(number, e)| {
+                // A validated copy has no reversed or overflowing extents.
+                let (start, len) = e.byte_range(ss)?;
+                Some(Partition {
+                    number,
+                    uuid: e.unique_guid,
+                    type_guid: e.type_guid,
+                    label: e.name(),
+                    start,
+                    len,
+                })
             })
             .collect();
         Ok(Self {
@@ -111,23 +111,27 @@ impl DiskTable {
     }
 
     /// Open and read the GPT of a device node or image file.
-    pub fn read_path(device: &Path) -> Result<Self> {
+    pub fn read_path(device: &Path, sector_size: Option<u64>) -> Result<Self> {
         let mut f = std::fs::File::open(device).map_err(|source| Error::OpenDevice {
             device: device.to_owned(),
             source,
         })?;
-        Self::read(&mut f, device)
+        let len = idgpt::disk_len(&mut f).map_err(|source| Error::ReadGpt {
+            device: device.to_owned(),
+            source,
+        })?;
+        Self::read(&mut f, device, len, sector_size)
     }
 
-    /// The partition with this unique GUID.
-    pub fn by_uuid(&self, uuid: Uuid) -> Option<&Partition> {
+    /// The partition with this unique GUID (the reader refuses tables where two share one).
+    pub fn by_uuid(&self, uuid: Guid) -> Option<&Partition> {
         self.partitions.iter().find(|p| p.uuid == uuid)
     }
 
     /// The `/usr` slot named by `hash`: `Ok(None)` if this disk does not hold its data
     /// partition, an error if it holds the data partition but not the verity partition.
     pub fn find_usr(&self, hash: &RootHash) -> Result<Option<UsrPartitions>> {
-        let ids = usr_partition_uuids(hash);
+        let ids = hash.partition_uuids();
         let Some(data) = self.by_uuid(ids.data) else {
             return Ok(None);
         };
@@ -175,6 +179,19 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
+    fn guid(n: u8) -> Guid {
+        Guid([n; 16])
+    }
+
+    fn read(img: &[u8], sector_size: Option<u64>) -> Result<DiskTable> {
+        DiskTable::read(
+            &mut Cursor::new(img),
+            Path::new("img"),
+            img.len() as u64,
+            sector_size,
+        )
+    }
+
     fn hash() -> RootHash {
         let mut b = [0u8; 32];
         for (i, x) in b.iter_mut().enumerate() {
@@ -194,26 +211,22 @@ mod tests {
     fn image(h: &RootHash, other: &RootHash, sector: u64) -> Vec<u8> {
         let mut disk = Cursor::new(vec![0u8; 64 * MIB as usize]);
         let mut gpt = gptman::GPT::new_from(&mut disk, sector, [7u8; 16]).unwrap();
-        let a = usr_partition_uuids(h);
-        let b = usr_partition_uuids(other);
+        let a = h.partition_uuids();
+        let b = other.partition_uuids();
         let parts = [
-            (
-                Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b),
-                Uuid::from_u128(1),
-                "esp",
-            ),
+            (types::ESP, guid(1), "esp"),
             (USR_TYPE_GUID, a.data, "usr-a"),
             (USR_VERITY_TYPE_GUID, a.verity, "usr-a-verity"),
             (USR_TYPE_GUID, b.data, "usr-b"),
             (USR_VERITY_TYPE_GUID, b.verity, "usr-b-verity"),
-            (ROOT_TYPE_GUID, Uuid::from_u128(2), "root"),
+            (ROOT_TYPE_GUID, guid(2), "root"),
         ];
         let per = 4 * MIB / sector;
         for (i, (ty, id, name)) in parts.iter().enumerate() {
             let start = 2048 * 512 / sector + i as u64 * per;
             gpt[(i + 1) as u32] = gptman::GPTPartitionEntry {
-                partition_type_guid: ty.to_bytes_le(),
-                unique_partition_guid: id.to_bytes_le(),
+                partition_type_guid: ty.to_gpt_bytes(),
+                unique_partition_guid: id.to_gpt_bytes(),
                 starting_lba: start,
                 ending_lba: start + per - 1,
                 attribute_bits: 0,
@@ -226,23 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn uuids_are_the_hash_halves_in_text_order() {
-        let h = RootHash::parse("00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210")
-            .unwrap();
-        let ids = usr_partition_uuids(&h);
-        assert_eq!(ids.data.to_string(), "00112233-4455-6677-8899-aabbccddeeff");
-        assert_eq!(
-            ids.verity.to_string(),
-            "01234567-89ab-cdef-fedc-ba9876543210"
-        );
-    }
-
-    #[test]
     fn finds_usr_pair_and_root_by_hash() {
         let other = other_hash();
         for sector in [512, 4096] {
             let img = image(&hash(), &other, sector);
-            let t = DiskTable::read(&mut Cursor::new(&img), Path::new("img")).unwrap();
+            let t = read(&img, None).unwrap();
             assert_eq!(t.sector_size, sector);
             let u = t.find_usr(&hash()).unwrap().unwrap();
             assert_eq!((u.data.number, u.verity.number), (2, 3));
@@ -258,12 +259,7 @@ mod tests {
                     .number,
                 4
             );
-            assert_eq!(
-                t.find_root(&RootSpec::PartUuid(Uuid::from_u128(2)))
-                    .unwrap()
-                    .number,
-                6
-            );
+            assert_eq!(t.find_root(&RootSpec::PartUuid(guid(2))).unwrap().number, 6);
             assert!(t.find_root(&RootSpec::PartLabel("nope".into())).is_err());
         }
     }
@@ -271,7 +267,7 @@ mod tests {
     #[test]
     fn unknown_hash_is_none_and_half_match_is_an_error() {
         let img = image(&hash(), &other_hash(), 512);
-        let t = DiskTable::read(&mut Cursor::new(&img), Path::new("img")).unwrap();
+        let t = read(&img, None).unwrap();
         assert_eq!(t.find_usr(&RootHash([0xcd; 32])).unwrap(), None);
         // Same first half (data UUID) as the slot A hash, different second half.
         let mut half = hash();
@@ -285,10 +281,32 @@ mod tests {
     #[test]
     fn no_gpt_is_an_error() {
         let blank = vec![0u8; 4 * MIB as usize];
-        assert!(matches!(
-            DiskTable::read(&mut Cursor::new(&blank), Path::new("blank")),
-            Err(Error::ReadGpt { .. })
-        ));
+        assert!(matches!(read(&blank, None), Err(Error::ReadGpt { .. })));
+    }
+
+    #[test]
+    fn the_kernels_sector_size_decides() {
+        let img = image(&hash(), &other_hash(), 4096);
+        assert_eq!(read(&img, Some(4096)).unwrap().sector_size, 4096);
+        assert!(read(&img, Some(512)).is_err());
+        // An odd size from sysfs: both standard ones are tried.
+        assert_eq!(read(&img, Some(520)).unwrap().sector_size, 4096);
+    }
+
+    /// The header that made the old reader allocate what it claimed: 2^32-1 entries, with
+    /// valid CRCs. Refused from the header alone, without reading or allocating the array.
+    #[test]
+    fn absurd_entry_count_is_refused_unread() {
+        let mut img = image(&hash(), &other_hash(), 512);
+        let n = img.len();
+        for h in [512, n - 512] {
+            img[h + 80..h + 84].copy_from_slice(&u32::MAX.to_le_bytes());
+            img[h + 16..h + 20].fill(0);
+            let crc = basalt_identity::gpt::crc32(&img[h..h + 92]);
+            img[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+        }
+        let err = read(&img, None).unwrap_err().to_string();
+        assert!(err.contains("4294967295 entries"), "{err}");
     }
 
     #[test]
@@ -296,9 +314,9 @@ mod tests {
         let mut img = image(&hash(), &other_hash(), 512);
         let mut disk = Cursor::new(&mut img);
         let mut gpt = gptman::GPT::find_from(&mut disk).unwrap();
-        gpt[4].partition_type_guid = ROOT_TYPE_GUID.to_bytes_le();
+        gpt[4].partition_type_guid = ROOT_TYPE_GUID.to_gpt_bytes();
         gpt.write_into(&mut disk).unwrap();
-        let t = DiskTable::read(&mut Cursor::new(&img), Path::new("img")).unwrap();
+        let t = read(&img, None).unwrap();
         assert!(t.find_root(&RootSpec::ByType).is_err());
     }
 }

@@ -21,7 +21,10 @@ pub enum Reason {
     ModuleLoad,
     /// No disk with a GPT appeared in time.
     NoBootDisk,
-    /// No disk has the usr data partition named by `usrhash=`.
+    /// Several disks claim to be the boot disk (the loader's ESP, or without one the `/usr`
+    /// slot, is on more than one): refused rather than guessed.
+    BootDiskAmbiguous,
+    /// No disk has the usr data partition named by `usrhash=` (or the boot disk lacks it).
     UsrPartitionNotFound,
     /// The disk has the usr data partition but not its verity partition.
     VerityPartitionNotFound,
@@ -33,6 +36,12 @@ pub enum Reason {
     SuperblockInvalid,
     /// The root hash is not signed by the trust root in the initramfs.
     UsrhashNotSigned,
+    /// A dm-verity parameter of the slot (salt, data blocks, …) is not the signed one.
+    VerityNotSigned,
+    /// The usr-hash statement is for another OS than this initramfs boots.
+    UsrWrongOs,
+    /// The signed `/usr` version is below the floor (policy or `BasaltUsrFloor`).
+    UsrBelowFloor,
     /// A device-mapper ioctl failed.
     DmSetup,
     /// Mounting `/usr` (erofs on dm-verity) failed.
@@ -49,6 +58,13 @@ pub enum Reason {
     PopulateRoot,
     /// Populating `/etc` from `/usr/share/factory/etc` failed.
     PopulateEtc,
+    /// `init=` does not resolve to an executable file on the verified `/usr`.
+    InitNotVerified,
+    /// An entry of the root partition that decides what `/usr`, `/bin`, `/sbin`, `/lib`,
+    /// `/lib64` or an API mount point resolves to could not be repaired.
+    RootEntries,
+    /// The boot policy packed into the initramfs is unreadable or malformed.
+    BootPolicy,
     /// `switch_root` or exec of the real init failed.
     SwitchRoot,
     /// `basalt-init` panicked (a bug).
@@ -57,19 +73,23 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and docs.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 28] = [
         Reason::NotPid1,
         Reason::EarlyMounts,
         Reason::UsrhashMissing,
         Reason::CmdlineInvalid,
         Reason::ModuleLoad,
         Reason::NoBootDisk,
+        Reason::BootDiskAmbiguous,
         Reason::UsrPartitionNotFound,
         Reason::VerityPartitionNotFound,
         Reason::RootPartitionNotFound,
         Reason::PartitionDevice,
         Reason::SuperblockInvalid,
         Reason::UsrhashNotSigned,
+        Reason::VerityNotSigned,
+        Reason::UsrWrongOs,
+        Reason::UsrBelowFloor,
         Reason::DmSetup,
         Reason::MountUsr,
         Reason::MountRoot,
@@ -77,6 +97,9 @@ impl Reason {
         Reason::MkfsRoot,
         Reason::PopulateRoot,
         Reason::PopulateEtc,
+        Reason::InitNotVerified,
+        Reason::RootEntries,
+        Reason::BootPolicy,
         Reason::SwitchRoot,
         Reason::Panic,
     ];
@@ -90,12 +113,16 @@ impl Reason {
             Reason::CmdlineInvalid => "cmdline-invalid",
             Reason::ModuleLoad => "module-load",
             Reason::NoBootDisk => "no-boot-disk",
+            Reason::BootDiskAmbiguous => "boot-disk-ambiguous",
             Reason::UsrPartitionNotFound => "usr-partition-not-found",
             Reason::VerityPartitionNotFound => "verity-partition-not-found",
             Reason::RootPartitionNotFound => "root-partition-not-found",
             Reason::PartitionDevice => "partition-device",
             Reason::SuperblockInvalid => "superblock-invalid",
             Reason::UsrhashNotSigned => "usrhash-not-signed",
+            Reason::VerityNotSigned => "verity-not-signed",
+            Reason::UsrWrongOs => "usr-wrong-os",
+            Reason::UsrBelowFloor => "usr-below-floor",
             Reason::DmSetup => "dm-setup",
             Reason::MountUsr => "mount-usr",
             Reason::MountRoot => "mount-root",
@@ -103,6 +130,9 @@ impl Reason {
             Reason::MkfsRoot => "mkfs-root",
             Reason::PopulateRoot => "populate-root",
             Reason::PopulateEtc => "populate-etc",
+            Reason::InitNotVerified => "init-not-verified",
+            Reason::RootEntries => "root-entries",
+            Reason::BootPolicy => "boot-policy",
             Reason::SwitchRoot => "switch-root",
             Reason::Panic => "panic",
         }
@@ -116,13 +146,24 @@ impl Reason {
             Error::UsrhashInvalid { .. } | Error::CmdlineOptionInvalid { .. } => {
                 Reason::CmdlineInvalid
             }
-            Error::NoBootDisk { .. } => Reason::NoBootDisk,
-            Error::UsrPartitionNotFound { .. } => Reason::UsrPartitionNotFound,
+            Error::NoBootDisk { .. }
+            | Error::BootDiskNotFound { .. }
+            | Error::BootDiskVariable { .. } => Reason::NoBootDisk,
+            Error::BootDiskAmbiguous { .. } => Reason::BootDiskAmbiguous,
+            Error::UsrPartitionNotFound { .. } | Error::UsrNotOnBootDisk { .. } => {
+                Reason::UsrPartitionNotFound
+            }
             Error::VerityPartitionNotFound { .. } => Reason::VerityPartitionNotFound,
             Error::RootPartitionNotFound { .. } => Reason::RootPartitionNotFound,
             Error::PartitionDevice { .. } => Reason::PartitionDevice,
             Error::RootUnrecognised { .. } => Reason::RootUnrecognised,
             Error::Mkfs { .. } => Reason::MkfsRoot,
+            Error::InitNotVerified { .. } => Reason::InitNotVerified,
+            Error::VerityNotSigned { .. } => Reason::VerityNotSigned,
+            Error::UsrWrongOs { .. } => Reason::UsrWrongOs,
+            Error::UsrBelowFloor { .. } => Reason::UsrBelowFloor,
+            Error::RootEntry { .. } => Reason::RootEntries,
+            Error::PolicyInvalid { .. } => Reason::BootPolicy,
             _ => fallback,
         }
     }

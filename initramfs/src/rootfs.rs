@@ -228,35 +228,43 @@ pub fn make_ext4(mke2fs: &Path, device: &Path, timeout: Duration) -> Result<()> 
     }
 }
 
-/// One entry of the root skeleton.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkeletonEntry {
-    /// A directory with this mode.
-    Dir(&'static str, u32),
-    /// A symlink to this (relative) target.
-    Link(&'static str, &'static str),
-}
-
-/// The root's skeleton: the merged-/usr links and the top-level directories. `etc` and
-/// `var` come last so that [`crate::factory::populate_etc`] and [`populate_var`], which run
-/// first, decide their content.
-pub const SKELETON: &[SkeletonEntry] = &[
-    SkeletonEntry::Dir("usr", 0o755),
-    SkeletonEntry::Link("bin", "usr/bin"),
-    SkeletonEntry::Link("sbin", "usr/sbin"),
-    SkeletonEntry::Link("lib", "usr/lib"),
-    SkeletonEntry::Link("lib64", "usr/lib64"),
-    SkeletonEntry::Dir("dev", 0o755),
-    SkeletonEntry::Dir("proc", 0o555),
-    SkeletonEntry::Dir("sys", 0o555),
-    SkeletonEntry::Dir("run", 0o755),
-    SkeletonEntry::Dir("tmp", 0o1777),
-    SkeletonEntry::Dir("root", 0o700),
-    SkeletonEntry::Dir("home", 0o755),
-    SkeletonEntry::Dir("mnt", 0o755),
-    SkeletonEntry::Dir("etc", 0o755),
-    SkeletonEntry::Dir("var", 0o755),
+/// The root's API mount points and `usr`: real directories, whatever the root partition
+/// holds. A symlink here would redirect a mount — `usr → /sysroot/evil` puts the verified
+/// erofs somewhere else and leaves `/usr` pointing at the attacker's files after
+/// switch_root; `run → usr/lib/basalt` makes the moved `/run` shadow part of `/usr`.
+pub const MOUNT_POINTS: [(&str, u32); 5] = [
+    ("usr", 0o755),
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
 ];
+
+/// The merged-/usr links, exactly these targets: a real `lib64` directory with another
+/// `ld-linux-x86-64.so.2` would run under every dynamically linked program.
+pub const USR_LINKS: [(&str, &str); 4] = [
+    ("bin", "usr/bin"),
+    ("sbin", "usr/sbin"),
+    ("lib", "usr/lib"),
+    ("lib64", "usr/lib64"),
+];
+
+/// The rest of the root's skeleton: created when missing, otherwise the node's business.
+/// `etc` and `var` come last so that [`crate::factory::populate_etc`] and [`populate_var`],
+/// which run first, decide their content.
+pub const SKELETON: &[(&str, u32)] = &[
+    ("tmp", 0o1777),
+    ("root", 0o700),
+    ("home", 0o755),
+    ("mnt", 0o755),
+    ("etc", 0o755),
+    ("var", 0o755),
+];
+
+/// Suffix of an entry moved out of the way by [`secure_root_entries`].
+pub const DISPLACED_SUFFIX: &str = ".basalt-displaced";
+/// How many displaced copies of one entry may pile up before the boot is refused.
+const MAX_DISPLACED: u32 = 100;
 
 fn fs_err(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_owned();
@@ -267,29 +275,145 @@ fn fs_err(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// What [`secure_root_entries`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootEntries {
+    /// Entries that were missing and were created.
+    pub created: Vec<&'static str>,
+    /// Entries that were wrong, one log line each: what was found, what was done.
+    pub repaired: Vec<String>,
+}
+
+fn kind(m: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device node"
+    }
+}
+
+/// Move `path` to the first free `<name>.basalt-displaced[.N]` beside it; returns that name.
+/// Nothing is deleted: whatever the node (or an attacker) put there stays readable, it just
+/// no longer decides what the system runs.
+fn displace(root: &Path, name: &str) -> Result<String> {
+    let from = root.join(name);
+    for n in 0..MAX_DISPLACED {
+        let aside = if n == 0 {
+            format!("{name}{DISPLACED_SUFFIX}")
+        } else {
+            format!("{name}{DISPLACED_SUFFIX}.{n}")
+        };
+        let to = root.join(&aside);
+        if fs::symlink_metadata(&to).is_ok() {
+            continue;
+        }
+        fs::rename(&from, &to).map_err(fs_err("moving aside", &from))?;
+        return Ok(aside);
+    }
+    Err(Error::RootEntry {
+        name: name.to_owned(),
+        reason: format!("{MAX_DISPLACED} displaced copies already exist; clean them up"),
+    })
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    fs::create_dir(path).map_err(fs_err("creating", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(fs_err("chmod", path))
+}
+
+/// Make the top of a mounted root partition safe to build the system on, before `/usr` is
+/// mounted: every [`MOUNT_POINTS`] entry a real directory, every [`USR_LINKS`] entry a
+/// symlink with exactly its target. Checked without following symlinks; a wrong symlink is
+/// replaced (it holds no data), anything else in the way is moved aside
+/// ([`DISPLACED_SUFFIX`]), never deleted. Missing entries are created.
+///
+/// Safe without races: this runs in PID 1 of the initramfs before anything from the root
+/// partition runs; the mounts that follow use the checked directories without following
+/// links again ([`crate::sys::mount_nofollow`]).
+pub fn secure_root_entries(root: &Path) -> Result<RootEntries> {
+    let mut out = RootEntries::default();
+    for (name, mode) in MOUNT_POINTS {
+        let path = root.join(name);
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                make_dir(&path, mode)?;
+                out.created.push(name);
+            }
+            Err(e) => return Err(fs_err("inspecting", &path)(e)),
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&path).map_err(fs_err("reading link", &path))?;
+                fs::remove_file(&path).map_err(fs_err("removing link", &path))?;
+                make_dir(&path, mode)?;
+                out.repaired.push(format!(
+                    "repaired root entry {name}: was a symlink to {}; now a directory",
+                    target.display()
+                ));
+            }
+            Ok(m) => {
+                let aside = displace(root, name)?;
+                make_dir(&path, mode)?;
+                out.repaired.push(format!(
+                    "repaired root entry {name}: was {}, moved to {aside}; now a directory",
+                    kind(&m)
+                ));
+            }
+        }
+    }
+    for (name, target) in USR_LINKS {
+        let path = root.join(name);
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                symlink(target, &path).map_err(fs_err("creating link", &path))?;
+                out.created.push(name);
+            }
+            Err(e) => return Err(fs_err("inspecting", &path)(e)),
+            Ok(m) if m.file_type().is_symlink() => {
+                let found = fs::read_link(&path).map_err(fs_err("reading link", &path))?;
+                if found == Path::new(target) {
+                    continue;
+                }
+                fs::remove_file(&path).map_err(fs_err("removing link", &path))?;
+                symlink(target, &path).map_err(fs_err("creating link", &path))?;
+                out.repaired.push(format!(
+                    "repaired root entry {name}: was a symlink to {}; now a link to {target}",
+                    found.display()
+                ));
+            }
+            Ok(m) => {
+                let aside = displace(root, name)?;
+                symlink(target, &path).map_err(fs_err("creating link", &path))?;
+                out.repaired.push(format!(
+                    "repaired root entry {name}: was {}, moved to {aside}; now a link to {target}",
+                    kind(&m)
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Create the missing entries of [`SKELETON`] under `root`; returns the names created.
 /// Idempotent: an existing entry (of whatever kind and mode) is left alone — it is the
 /// node's, not ours. Modes are set explicitly, independent of the umask.
 pub fn create_skeleton(root: &Path) -> Result<Vec<&'static str>> {
     let mut created = Vec::new();
-    for entry in SKELETON {
-        let name = match entry {
-            SkeletonEntry::Dir(n, _) | SkeletonEntry::Link(n, _) => *n,
-        };
+    for &(name, mode) in SKELETON {
         let path = root.join(name);
         if fs::symlink_metadata(&path).is_ok() {
             continue;
         }
-        match entry {
-            SkeletonEntry::Dir(_, mode) => {
-                fs::create_dir(&path).map_err(fs_err("creating", &path))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
-                    .map_err(fs_err("chmod", &path))?;
-            }
-            SkeletonEntry::Link(_, target) => {
-                symlink(target, &path).map_err(fs_err("creating link", &path))?;
-            }
-        }
+        make_dir(&path, mode)?;
         created.push(name);
     }
     Ok(created)
@@ -338,6 +462,7 @@ pub fn populate_var(root: &Path) -> Result<VarOutcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reason::Reason;
     use std::os::unix::fs::MetadataExt;
 
     fn with(off: usize, magic: &[u8]) -> Vec<u8> {
@@ -412,41 +537,113 @@ mod tests {
         assert!(matches!(classify(&g), Content::Unrecognised(_)));
     }
 
-    #[test]
-    fn skeleton_has_modes_links_and_is_idempotent() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        let created = create_skeleton(root).unwrap();
-        assert_eq!(created.len(), SKELETON.len());
-        let mode = |n: &str| fs::symlink_metadata(root.join(n)).unwrap().mode() & 0o7777;
-        assert_eq!(mode("tmp"), 0o1777);
-        assert_eq!(mode("root"), 0o700);
-        assert_eq!(mode("etc"), 0o755);
-        assert_eq!(mode("proc"), 0o555);
-        for (link, target) in [
-            ("bin", "usr/bin"),
-            ("sbin", "usr/sbin"),
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-        ] {
-            assert_eq!(fs::read_link(root.join(link)).unwrap(), Path::new(target));
-        }
-        // Second run creates nothing and changes nothing the node changed.
-        fs::set_permissions(root.join("home"), fs::Permissions::from_mode(0o750)).unwrap();
-        assert!(create_skeleton(root).unwrap().is_empty());
-        assert_eq!(mode("home"), 0o750);
+    fn mode(root: &Path, n: &str) -> u32 {
+        fs::symlink_metadata(root.join(n)).unwrap().mode() & 0o7777
     }
 
     #[test]
-    fn skeleton_fills_only_the_gaps_of_a_preformatted_root() {
+    fn fresh_root_gets_mount_points_links_and_skeleton_idempotently() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        fs::create_dir(root.join("bin")).unwrap(); // a non-merged root stays non-merged
-        fs::create_dir(root.join("lost+found")).unwrap();
+        let e = secure_root_entries(root).unwrap();
+        assert_eq!(
+            e.created,
+            ["usr", "dev", "proc", "sys", "run", "bin", "sbin", "lib", "lib64"]
+        );
+        assert!(e.repaired.is_empty());
         let created = create_skeleton(root).unwrap();
-        assert!(!created.contains(&"bin"));
-        assert!(created.contains(&"sbin") && created.contains(&"tmp"));
-        assert!(fs::symlink_metadata(root.join("bin")).unwrap().is_dir());
+        assert_eq!(created, ["tmp", "root", "home", "mnt", "etc", "var"]);
+        assert_eq!(mode(root, "tmp"), 0o1777);
+        assert_eq!(mode(root, "root"), 0o700);
+        assert_eq!(mode(root, "proc"), 0o555);
+        for (link, target) in USR_LINKS {
+            assert_eq!(fs::read_link(root.join(link)).unwrap(), Path::new(target));
+        }
+        // Second boot: nothing created, nothing repaired, the node's changes stay.
+        fs::set_permissions(root.join("home"), fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(secure_root_entries(root).unwrap(), RootEntries::default());
+        assert!(create_skeleton(root).unwrap().is_empty());
+        assert_eq!(mode(root, "home"), 0o750);
+    }
+
+    /// Every kind of thing an attacker can leave where a mount point or a merged-/usr link
+    /// must be: each is repaired, nothing is deleted but links.
+    #[test]
+    fn hostile_entries_are_repaired_and_kept_aside() {
+        use std::os::unix::net::UnixListener;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        symlink("/sysroot/evil", root.join("usr")).unwrap(); // redirects the erofs mount
+        symlink("usr/lib/basalt", root.join("run")).unwrap(); // the moved /run would shadow /usr
+        fs::write(root.join("dev"), "not a dir").unwrap();
+        let _sock = UnixListener::bind(root.join("sys")).unwrap();
+        fs::create_dir_all(root.join("proc/1")).unwrap(); // a real dir: fine as a mount point
+        fs::create_dir(root.join("bin")).unwrap();
+        fs::write(root.join("bin/sh"), "evil").unwrap();
+        fs::create_dir(root.join("lib64")).unwrap();
+        fs::write(root.join("lib64/ld-linux-x86-64.so.2"), "evil").unwrap();
+        fs::create_dir(root.join("lib64.basalt-displaced")).unwrap(); // an earlier repair
+        symlink("/sysroot/evil/bin", root.join("sbin")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap(); // already right
+        libc_mkfifo(&root.join("tmp"));
+
+        let e = secure_root_entries(root).unwrap();
+        let lines = e.repaired.join("\n");
+        for want in [
+            "repaired root entry usr: was a symlink to /sysroot/evil; now a directory",
+            "repaired root entry run: was a symlink to usr/lib/basalt; now a directory",
+            "repaired root entry dev: was a regular file, moved to dev.basalt-displaced; now a directory",
+            "repaired root entry sys: was a socket, moved to sys.basalt-displaced; now a directory",
+            "repaired root entry bin: was a directory, moved to bin.basalt-displaced; now a link to usr/bin",
+            "repaired root entry sbin: was a symlink to /sysroot/evil/bin; now a link to usr/sbin",
+            "repaired root entry lib64: was a directory, moved to lib64.basalt-displaced.1; now a link to usr/lib64",
+        ] {
+            assert!(lines.contains(want), "missing {want:?} in:\n{lines}");
+        }
+        assert_eq!(e.repaired.len(), 7, "{lines}");
+        assert!(e.created.is_empty());
+        for (name, _) in MOUNT_POINTS {
+            let m = fs::symlink_metadata(root.join(name)).unwrap();
+            assert!(m.is_dir() && !m.file_type().is_symlink(), "{name}");
+        }
+        for (link, target) in USR_LINKS {
+            assert_eq!(fs::read_link(root.join(link)).unwrap(), Path::new(target));
+        }
+        assert!(root.join("proc/1").is_dir());
+        assert_eq!(
+            fs::read_to_string(root.join("bin.basalt-displaced/sh")).unwrap(),
+            "evil"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("dev.basalt-displaced")).unwrap(),
+            "not a dir"
+        );
+        // The fifo at tmp is the node's business (not a mount point, not a link).
+        assert!(create_skeleton(root).unwrap().iter().all(|n| *n != "tmp"));
+        assert_eq!(secure_root_entries(root).unwrap(), RootEntries::default());
+    }
+
+    fn libc_mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn too_many_displaced_copies_refuse_the_boot() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join("bin")).unwrap();
+        fs::create_dir(root.join("bin.basalt-displaced")).unwrap();
+        for n in 1..MAX_DISPLACED {
+            fs::create_dir(root.join(format!("bin.basalt-displaced.{n}"))).unwrap();
+        }
+        let err = secure_root_entries(root).unwrap_err();
+        assert!(
+            matches!(&err, Error::RootEntry { name, .. } if name == "bin"),
+            "{err}"
+        );
+        assert_eq!(Reason::of(&err, Reason::Panic), Reason::RootEntries);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// The API file systems moved into the new root.
-pub const MOVED_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+/// The API file systems moved into the new root. `/proc` last: the moves go through
+/// `/proc/self/fd` ([`sys::mount_nofollow`]), which must still be in place.
+pub const MOVED_MOUNTS: [&str; 4] = ["/dev", "/sys", "/run", "/proc"];
 
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -42,9 +43,11 @@ fn try_switch_root(
         );
     }
     for m in MOVED_MOUNTS {
+        // The mount points are real directories (`rootfs::secure_root_entries`); a symlink
+        // here would move the API mount onto whatever it names, e.g. over part of /usr.
         let target = new_root.join(m.trim_start_matches('/'));
-        std::fs::create_dir_all(&target).map_err(step("creating a mount point"))?;
-        sys::mount(m, &target, "", libc::MS_MOVE, "").map_err(step("moving an API mount"))?;
+        sys::mount_nofollow(m, &target, "", libc::MS_MOVE, "")
+            .map_err(step("moving an API mount"))?;
     }
     std::env::set_current_dir(new_root).map_err(step("chdir to the new root"))?;
     // Only delete if / really is the initramfs (ramfs/tmpfs): never wipe a disk by mistake.

@@ -1,10 +1,11 @@
-//! Thin, safe wrappers over the Linux system calls `basalt-init` needs (`libc` only): mount,
-//! `finit_module`, reboot, and the `/dev/kmsg` + console logger.
+//! Thin, safe wrappers over the Linux system calls `basalt-init` needs (`libc` only): mount
+//! (also without following symlinks), `openat2` confined to a root, `finit_module`, reboot,
+//! and the `/dev/kmsg` + console logger.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -41,6 +42,80 @@ pub fn mount(
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Open the directory `path` as an `O_PATH` descriptor without following a symlink in its
+/// last component (`O_NOFOLLOW | O_DIRECTORY`: a symlink fails with `ELOOP`/`ENOTDIR`).
+pub fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    let p = cstr(path.as_os_str().as_bytes())?;
+    // SAFETY: valid C string; the flags ask for a path-only descriptor.
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mount(2)` onto the directory `target` without following a symlink there: the directory
+/// is opened with [`open_dir_nofollow`] and the mount goes onto `/proc/self/fd/<fd>`, which
+/// the kernel resolves to exactly that directory (systemd's `mount_nofollow`). `/proc` must
+/// be mounted.
+pub fn mount_nofollow(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let dir = open_dir_nofollow(target)?;
+    let via = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    mount(source, Path::new(&via), fstype, flags, data)
+}
+
+/// Open `path` inside the tree rooted at `root` the way a process chrooted there would see
+/// it (`openat2` with `RESOLVE_IN_ROOT`: absolute symlinks and `..` stay inside `root`;
+/// `RESOLVE_NO_MAGICLINKS`), as an `O_PATH` descriptor of the final file.
+pub fn open_in_root(root: &Path, path: &str) -> io::Result<OwnedFd> {
+    let root_fd = open_dir_nofollow(root)?;
+    let p = cstr(path.as_bytes())?;
+    // `struct open_how` (linux/openat2.h); libc's is non-exhaustive, so ours, same layout.
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid descriptor, C string and `open_how` of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_fd.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own (fits in i32: the kernel returns an int).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `fstat(2)` of a descriptor (`O_PATH` ones too: statx with `AT_EMPTY_PATH`).
+pub fn fstat(fd: OwnedFd) -> io::Result<std::fs::Metadata> {
+    File::from(fd).metadata()
 }
 
 /// `MODULE_INIT_COMPRESSED_FILE`: the kernel decompresses the module itself.

@@ -174,6 +174,7 @@ fn packed_mke2fs_runs_from_the_extracted_archive() {
     let extras = Extras {
         binaries: vec![host_mke2fs()],
         binary_root: None,
+        policy: None,
     };
     let built = build_with(&spec, &extras).unwrap();
     assert!(built

@@ -1,10 +1,11 @@
 //! Finding the usr slot in a GPT written by `sgdisk` (package `gdisk`): partition UUIDs set
-//! from the root hash halves the systemd way, read back with our gptman-based lookup.
+//! from the root hash halves the systemd way, read back with our lookup (basalt-identity's
+//! GPT reader).
 
 mod common;
 
 use basalt_initramfs::cmdline::{RootHash, RootSpec};
-use basalt_initramfs::gpt::{usr_partition_uuids, DiskTable, ROOT_TYPE_GUID, USR_TYPE_GUID};
+use basalt_initramfs::gpt::{DiskTable, ROOT_TYPE_GUID, USR_TYPE_GUID};
 use common::peer_ok;
 
 #[test]
@@ -17,7 +18,7 @@ fn finds_slot_partitions_written_by_sgdisk() {
         .unwrap();
     let hash = RootHash::parse("8a1f3bc2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f")
         .unwrap();
-    let ids = usr_partition_uuids(&hash);
+    let ids = hash.partition_uuids();
     let img_s = img.to_str().unwrap();
     let root_uuid = "6d2f5c1e-0b7a-4a39-9e3b-1c2d3e4f5a6b";
     peer_ok(
@@ -58,7 +59,7 @@ fn finds_slot_partitions_written_by_sgdisk() {
         ],
         None,
     );
-    let table = DiskTable::read_path(&img).unwrap();
+    let table = DiskTable::read_path(&img, None).unwrap();
     let usr = table.find_usr(&hash).unwrap().expect("slot found");
     assert_eq!((usr.data.number, usr.verity.number), (2, 3));
     // Cross-check offsets and UUIDs with sgdisk's own report.

@@ -51,7 +51,10 @@ fn superblock_and_tree_size_match_veritysetup() {
             sb.hash_block_size.to_string(),
             dump_field(&dump, "Hash block size")
         );
-        assert_eq!(hex::encode(&sb.salt), dump_field(&dump, "Salt"));
+        assert_eq!(
+            basalt_identity::hex::encode(&sb.salt),
+            dump_field(&dump, "Salt")
+        );
         check_superblock(&sb, &hash, blocks * 4096, buf.len() as u64).unwrap();
         // One block short on either partition is refused.
         assert!(check_superblock(&sb, &hash, blocks * 4096 - 4096, buf.len() as u64).is_err());

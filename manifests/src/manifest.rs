@@ -348,6 +348,19 @@ impl Artifact {
 
 impl Verity {
     fn validate(&self, name: &str, size: u64) -> Result<()> {
+        self.validate_params(name)?;
+        if self.hash_offset >= size {
+            return Err(invalid(format!(
+                "artifact {name:?}: verity hash_offset {} must lie before the artifact's end ({size})",
+                self.hash_offset
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks that need no artifact size (a usr-hash statement carries the same
+    /// parameters without one): block sizes, salt, data blocks, hash offset after the data.
+    pub(crate) fn validate_params(&self, name: &str) -> Result<()> {
         if !valid_block_size(self.data_block_size) || !valid_block_size(self.hash_block_size) {
             return Err(invalid(format!(
                 "artifact {name:?}: verity block sizes {}/{} must be powers of two in 512..=65536",
@@ -374,10 +387,10 @@ impl Verity {
             .data_blocks
             .checked_mul(u64::from(self.data_block_size))
             .ok_or_else(|| invalid(format!("artifact {name:?}: verity data size overflows")))?;
-        if self.hash_offset < data_end || self.hash_offset >= size {
+        if self.hash_offset < data_end {
             return Err(invalid(format!(
-                "artifact {name:?}: verity hash_offset {} must lie between the end of the data \
-                 ({data_end}) and the artifact size ({size})",
+                "artifact {name:?}: verity hash_offset {} must not lie before the end of the \
+                 data ({data_end})",
                 self.hash_offset
             )));
         }

@@ -635,7 +635,15 @@ fn usr_statement() -> UsrHashStatement {
     UsrHashStatement {
         os: "basalt".into(),
         version: Version::new(1, 2, 0),
-        root_hash: digest(0xab),
+        verity: Verity {
+            root_hash: digest(0xab),
+            salt: "5a".repeat(32),
+            data_blocks: 1000,
+            hash_offset: 1000 * 4096,
+            hash_algorithm: HashAlgorithm::Sha256,
+            data_block_size: 4096,
+            hash_block_size: 4096,
+        },
     }
 }
 
@@ -664,6 +672,55 @@ fn usr_hash_verifies_and_binds_the_root_hash() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn usr_hash_binds_the_whole_verity_set_and_refuses_v1() {
+    let a = key(1);
+    let root = root(1, &[&a]);
+    let json = serde_json::to_value(usr_statement()).unwrap();
+    assert_eq!(json["verity"]["data_blocks"], 1000);
+    assert_eq!(json["verity"]["salt"], "5a".repeat(32));
+    // Parameters the manifest would refuse are refused in a statement too.
+    for (field, value) in [
+        ("data_blocks", serde_json::json!(0)),
+        ("salt", serde_json::json!("XY")),
+        ("data_block_size", serde_json::json!(1000)),
+        ("hash_offset", serde_json::json!(4095)),
+        ("hash_algorithm", serde_json::json!("sha1")),
+    ] {
+        let mut bad = json.clone();
+        bad["verity"][field] = value;
+        let bytes = sign_envelope(
+            USR_HASH_PAYLOAD_TYPE,
+            &serde_json::to_vec(&bad).unwrap(),
+            &[&a],
+        )
+        .unwrap();
+        let err = verify_usr_hash(&bytes, &root, &"ab".repeat(32)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidContent {
+                    document: Document::UsrHash,
+                    ..
+                } | Error::MalformedJson {
+                    document: Document::UsrHash,
+                    ..
+                }
+            ),
+            "{field}: {err}"
+        );
+    }
+    // A v1 statement (root hash only), even signed by the right key, is not accepted.
+    let v1 = serde_json::json!({"os": "basalt", "version": "1.2.0", "root_hash": "ab".repeat(32)});
+    for payload_type in [
+        "application/vnd.basalt.usrhash.v1+json",
+        USR_HASH_PAYLOAD_TYPE,
+    ] {
+        let bytes = sign_envelope(payload_type, &serde_json::to_vec(&v1).unwrap(), &[&a]).unwrap();
+        assert!(verify_usr_hash(&bytes, &root, &"ab".repeat(32)).is_err());
+    }
 }
 
 #[test]

@@ -42,6 +42,11 @@ use crate::tool::{ToolError, QEMU};
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// The pristine OVMF variable store each UEFI guest gets a private copy of.
 pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF code with Secure Boot (and SMM) for [`VmConfig::secure_boot`].
+pub const OVMF_CODE_SECURE: &str = "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd";
+/// Variables with Debian's test keys enrolled (PK, KEK and db: the "snakeoil" pair in
+/// `/usr/share/ovmf/PkKek-1-snakeoil.{key,pem}`, password `snakeoil`): Secure Boot enforcing.
+pub const OVMF_VARS_SECURE_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 /// The kernel's message when powering off (`kernel/reboot.c`, `pr_emerg` so always printed).
 pub const POWER_DOWN_MARKER: &str = "reboot: Power down";
 /// The kernel's message when restarting.
@@ -122,6 +127,7 @@ pub struct VmConfig {
     no_reboot: bool,
     echo: bool,
     extra_args: Vec<OsString>,
+    secure_boot: bool,
 }
 
 impl VmConfig {
@@ -166,7 +172,16 @@ impl VmConfig {
             no_reboot: false,
             echo: std::env::var_os(ECHO_ENV).is_some_and(|v| v == "1"),
             extra_args: Vec::new(),
+            secure_boot: false,
         }
+    }
+
+    /// Secure Boot enforcing (UEFI guests only): OVMF with SMM and a secure pflash, the
+    /// variable store starting from [`OVMF_VARS_SECURE_TEMPLATE`] (Debian's test keys
+    /// enrolled). Only binaries signed with `/usr/share/ovmf/PkKek-1-snakeoil.key` run.
+    pub fn secure_boot(mut self, on: bool) -> Self {
+        self.secure_boot = on;
+        self
     }
 
     /// Guest memory in MiB (default 512).
@@ -235,13 +250,26 @@ impl VmConfig {
         let mut push = |items: &[&dyn AsRef<OsStr>]| {
             args.extend(items.iter().map(|i| i.as_ref().to_os_string()));
         };
-        push(&[&"-accel", &"tcg", &"-machine", &"q35", &"-nodefaults"]);
+        let machine = if self.secure_boot {
+            "q35,smm=on"
+        } else {
+            "q35"
+        };
+        push(&[&"-accel", &"tcg", &"-machine", &machine, &"-nodefaults"]);
+        if self.secure_boot {
+            push(&[&"-global", &"driver=cfi.pflash01,property=secure,value=on"]);
+        }
         push(&[&"-display", &"none", &"-nic", &"none", &"-serial", &"stdio"]);
         push(&[&"-m", &self.memory_mib.to_string()]);
         push(&[&"-smp", &self.cpus.to_string(), &"-cpu", &self.cpu_model]);
         match &self.boot {
             Boot::Uefi { vars } => {
-                let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}");
+                let file = if self.secure_boot {
+                    OVMF_CODE_SECURE
+                } else {
+                    OVMF_CODE
+                };
+                let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={file}");
                 push(&[&"-drive", &code, &"-drive"]);
                 push(&[&drive_spec("if=pflash,format=raw,unit=1", vars)]);
             }
@@ -279,8 +307,13 @@ impl VmConfig {
         })?;
         if let Boot::Uefi { vars } = &self.boot {
             if !vars.exists() {
-                fs::copy(OVMF_VARS_TEMPLATE, vars).map_err(|source| Error::CopyFile {
-                    from: OVMF_VARS_TEMPLATE.into(),
+                let template = if self.secure_boot {
+                    OVMF_VARS_SECURE_TEMPLATE
+                } else {
+                    OVMF_VARS_TEMPLATE
+                };
+                fs::copy(template, vars).map_err(|source| Error::CopyFile {
+                    from: template.into(),
                     to: vars.clone(),
                     source,
                 })?;

@@ -11,6 +11,7 @@ use crate::sh;
 pub const APT_PACKAGES: &[&str] = &[
     "cryptsetup-bin",
     "gdisk",
+    // fdisk: also the GPT peer of basalt-identity at 4096-byte sectors (identity/tests).
     "fdisk",
     "cgpt",
     "mtools",
@@ -36,6 +37,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "gpgv",
     "debian-archive-keyring",
     "openssl",
+    // sbsign/sbverify: signing UKIs and systemd-boot for Secure Boot (image, tests).
+    "sbsigntool",
+    // cert-to-efi-sig-list, sign-efi-sig-list: Secure Boot key enrolment files.
+    "efitools",
+    // objdump: the PE peer of the UKI builder (image/tests/uki_peers.rs).
+    "binutils",
     // The HTTP source's peers (tests/src/web.rs): a real web server, a forward proxy, and
     // curl for `cargo xtask bench`.
     "nginx-light",
@@ -134,6 +141,8 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("updater", "http_headers"),
     ("updater", "config_fragment"),
     ("updater", "status_file"),
+    ("identity", "gpt"),
+    ("identity", "text"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

@@ -16,6 +16,8 @@
 //! [boot]
 //! cmdline = "console=ttyS0"      # extra kernel options (usrhash= is added by the build)
 //! tries = 3                      # boot-counting tries for a staged entry
+//! test_options = false           # true only for test images: the initramfs then honours
+//!                                # basalt.verity=eio|logging (a product image ignores them)
 //!
 //! [release]
 //! sequence = 1                   # strictly increasing per channel
@@ -102,6 +104,11 @@ pub struct Boot {
     pub cmdline: String,
     #[serde(default = "default_tries")]
     pub tries: u32,
+    /// A test image: its initramfs honours kernel options that weaken verification
+    /// (`basalt.verity=eio|logging`). Never for a product image; see
+    /// `basalt_initramfs::policy`.
+    #[serde(default)]
+    pub test_options: bool,
 }
 
 impl Default for Boot {
@@ -109,6 +116,7 @@ impl Default for Boot {
         Boot {
             cmdline: default_cmdline(),
             tries: default_tries(),
+            test_options: false,
         }
     }
 }
@@ -232,6 +240,24 @@ impl ImageConfig {
                 "boot.cmdline must not set usrhash= (the build adds the signed root hash)".into(),
             ));
         }
+        for opt in self.boot.cmdline.split_whitespace() {
+            if let Some(mode) = opt.strip_prefix("basalt.verity=") {
+                if matches!(mode, "eio" | "logging") && !self.boot.test_options {
+                    return Err(invalid(format!(
+                        "boot.cmdline sets {opt}, which weakens dm-verity: the initramfs of a \
+                         product image ignores it (set boot.test_options = true for a test image)"
+                    )));
+                }
+            }
+            if let Some(init) = opt.strip_prefix("init=") {
+                if !init.starts_with("/usr/") || init.split('/').any(|c| c == "..") {
+                    return Err(invalid(format!(
+                        "boot.cmdline sets {opt}: init must be a program of the verified /usr \
+                         (a path under /usr/ without ..)"
+                    )));
+                }
+            }
+        }
         if self.release.sequence == 0 {
             return Err(invalid("release.sequence must be at least 1".into()));
         }
@@ -285,6 +311,15 @@ sequence = 1
     }
 
     #[test]
+    fn test_options_default_off() {
+        assert!(!parse(MINIMAL).unwrap().boot.test_options);
+        let c = parse(&(MINIMAL.to_string() + "[boot]\ntest_options = true\n")).unwrap();
+        assert!(c.boot.test_options);
+        let test = "[boot]\ntest_options = true\ncmdline = \"basalt.verity=eio\"\n";
+        assert!(parse(&(MINIMAL.to_string() + test)).is_ok());
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         let cases = [
             (MINIMAL.replace("1.0.0", "one"), "version"),
@@ -303,6 +338,18 @@ sequence = 1
                 "os.arch",
             ),
             (MINIMAL.to_string() + "colour = \"blue\"\n", "colour"),
+            (
+                MINIMAL.to_string() + "[boot]\ncmdline = \"basalt.verity=logging\"\n",
+                "boot.test_options",
+            ),
+            (
+                MINIMAL.to_string() + "[boot]\ncmdline = \"init=/sbin/init\"\n",
+                "verified /usr",
+            ),
+            (
+                MINIMAL.to_string() + "[boot]\ncmdline = \"init=/usr/../evil\"\n",
+                "verified /usr",
+            ),
             (
                 MINIMAL.replace("profile = \"minimal\"", "profile = \"tiny\""),
                 "tiny",

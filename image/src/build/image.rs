@@ -3,7 +3,8 @@
 //! ```text
 //! IMAGE.toml ─► stage /usr (profile; + kernel modules for container-host)
 //!   ─► erofs (reproducible) ─► usr.img = erofs ‖ verity superblock + tree ‖ signed statement
-//!   ─► vmlinuz (Debian kernel) ─► initrd.img (basalt-init, modules, trust root)
+//!      (OS, version and the whole verity parameter set, the manifest's own)
+//!   ─► vmlinuz (Debian kernel) ─► initrd.img (basalt-init, modules, trust root, boot policy)
 //!   ─► release.json / release.signed (usr with verity facts, kernel, initrd)
 //!   ─► disk.img: GPT layout, slot A = usr.img split at hash_offset, slot B _empty,
 //!      ESP (FAT32, systemd-boot, loader.conf, blessed slot-A entry), root ext4 skeleton
@@ -49,7 +50,8 @@ use crate::kernel::KernelTree;
 use crate::tool::MKE2FS;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/3"; // 3: stage keys, efivarfs module
+// 3: stage keys, efivarfs module; 4: boot policy, usr-hash statement v2 (trusted boot)
+pub const BUILDER_VERSION: &str = "basalt-image-build/4";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -82,8 +84,9 @@ pub const INITRD_MODULES: [&str; 6] = [
     "ext4",
 ];
 /// Modules loaded when present and loadable (sha256-ssse3 fails with ENODEV under TCG's
-/// default CPU; efivarfs lets basalt-init record a failure for the next boot, see
-/// `basalt_initramfs::failrec`).
+/// default CPU; efivarfs lets basalt-init read which ESP systemd-boot started from and the
+/// `/usr` version floor, and record a failure for the next boot (`basalt_initramfs::failrec`)
+/// — absent on a BIOS or direct kernel boot, which then go without).
 pub const INITRD_OPTIONAL_MODULES: [&str; 2] = ["sha256-ssse3", "efivarfs"];
 /// Extra optional modules for the container-host profile: systemd mounts the ESP (vfat).
 pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nls_ascii"];
@@ -395,6 +398,17 @@ pub fn kernel_cmdline(config: &ImageConfig) -> String {
     opts.join(" ")
 }
 
+/// What the image's initramfs boots: this OS only, no `/usr` older than this release (an
+/// entry edited to pair this kernel and initramfs with an older signed `/usr` is refused),
+/// options that weaken verification only when the definition says it is a test image.
+pub fn boot_policy(config: &ImageConfig) -> basalt_initramfs::policy::BootPolicy {
+    basalt_initramfs::policy::BootPolicy {
+        os: Some(config.os.name.clone()),
+        min_usr_version: Some(config.os.version.clone()),
+        test_options: config.boot.test_options,
+    }
+}
+
 /// Disk sizes: small for `minimal` (a ≈300 MiB sparse file), realistic for `container-host`.
 pub fn layout_for(profile: Profile) -> LayoutSpec {
     match profile {
@@ -467,7 +481,7 @@ fn build_into(
     verity_uuid[6] = (verity_uuid[6] & 0x0f) | 0x40;
     verity_uuid[8] = (verity_uuid[8] & 0x3f) | 0x80;
     let key_refs: Vec<&SigningKey> = inputs.keys.iter().collect();
-    let (info, root_hash) = seal_usr_image(
+    let verity = seal_usr_image(
         &usr,
         erofs_len,
         derived_bytes("verity-salt", config).to_vec(),
@@ -476,7 +490,8 @@ fn build_into(
         &config.os.version,
         &key_refs,
     )?;
-    let data_blocks = info.data_blocks;
+    let root_hash = verity.root_hash;
+    let data_blocks = verity.data_blocks;
     steps.mark("verity");
     let usr_len = file_len(&usr)?;
     steps.mark("sign-usr-hash");
@@ -503,6 +518,7 @@ fn build_into(
     let extras = basalt_initramfs::builder::Extras {
         binaries: vec![PathBuf::from(INITRD_MKE2FS)],
         binary_root: None,
+        policy: Some(boot_policy(config)),
     };
     let built = basalt_initramfs::builder::build_with(&spec, &extras).map_err(|source| {
         BuildError::Initramfs {
@@ -535,20 +551,7 @@ fn build_into(
         issued_at: req.issued_at,
         expires_at: req.issued_at + ChronoDuration::days(i64::from(config.release.valid_days)),
         artifacts: vec![
-            artifact(
-                ArtifactKind::Usr,
-                USR_IMG,
-                &usr,
-                Some(Verity {
-                    root_hash,
-                    salt: hex::encode(&info.salt),
-                    data_blocks,
-                    hash_offset: erofs_len,
-                    hash_algorithm: HashAlgorithm::Sha256,
-                    data_block_size: basalt_verity::BLOCK_SIZE as u32,
-                    hash_block_size: basalt_verity::BLOCK_SIZE as u32,
-                }),
-            )?,
+            artifact(ArtifactKind::Usr, USR_IMG, &usr, Some(verity.clone()))?,
             artifact(ArtifactKind::Kernel, VMLINUZ, &vmlinuz, None)?,
             artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
         ],
@@ -590,7 +593,7 @@ fn build_into(
         kernel_package: kernel.package.clone(),
         kernel_version: kernel.version.clone(),
         root_hash: root_hash.to_hex(),
-        salt: hex::encode(&info.salt),
+        salt: verity.salt.clone(),
         data_blocks,
         hash_offset: erofs_len,
         usr_img_bytes: usr_len,
@@ -620,7 +623,9 @@ fn build_into(
 /// `hash_offset = data_len` (a non-zero multiple of 4 KiB) the veritysetup-format hash area
 /// (superblock with `salt` and `uuid`, then the tree), then the usr-hash statement block
 /// (`basalt_initramfs::usrsig`) signed by `keys`, right after the tree. Returns the verity
-/// facts and the root hash. Used by [`build`] and by `basalt_image::release::synthetic`.
+/// parameter set — the same one the statement binds (v2) and the release manifest's artifact
+/// carries. Used by [`build`], by `basalt_image::release::synthetic` and by the system
+/// extension builder (`basalt_sysext`).
 pub fn seal_usr_image(
     usr: &Path,
     data_len: u64,
@@ -629,7 +634,7 @@ pub fn seal_usr_image(
     os: &str,
     version: &basalt_manifest::semver::Version,
     keys: &[&SigningKey],
-) -> Result<(basalt_verity::VerityInfo, Digest), BuildError> {
+) -> Result<Verity, BuildError> {
     if data_len == 0 || data_len % basalt_verity::BLOCK_SIZE != 0 {
         return Err(BuildError::Io {
             op: "check the size of",
@@ -654,11 +659,21 @@ pub fn seal_usr_image(
                 source: Box::new(source),
             }
         })?;
-    let root_hash = Digest(info.root_hash);
+    // One set of verity parameters: the manifest's artifact and the signed statement
+    // basalt-init checks carry the same.
+    let verity = Verity {
+        root_hash: Digest(info.root_hash),
+        salt: hex::encode(&info.salt),
+        data_blocks,
+        hash_offset: data_len,
+        hash_algorithm: HashAlgorithm::Sha256,
+        data_block_size: basalt_verity::BLOCK_SIZE as u32,
+        hash_block_size: basalt_verity::BLOCK_SIZE as u32,
+    };
     let statement = UsrHashStatement {
         os: os.to_owned(),
         version: version.clone(),
-        root_hash,
+        verity: verity.clone(),
     };
     let envelope = sign_usr_hash(&statement, keys).map_err(|source| BuildError::Sign {
         what: "usr-hash statement",
@@ -681,7 +696,7 @@ pub fn seal_usr_image(
         .and_then(|_| f.write_all(&block))
         .and_then(|()| f.sync_all())
         .map_err(io("append the usr-hash statement to", usr))?;
-    Ok((info, root_hash))
+    Ok(verity)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1004,8 +1019,8 @@ mod tests {
             "console=ttyS0 panic=-1"
         );
         assert_eq!(
-            kernel_cmdline(&config("minimal", "init=/bin/sh")),
-            "console=ttyS0 panic=-1 init=/bin/sh"
+            kernel_cmdline(&config("minimal", "init=/usr/bin/sh")),
+            "console=ttyS0 panic=-1 init=/usr/bin/sh"
         );
     }
 

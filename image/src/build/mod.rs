@@ -5,6 +5,7 @@ pub mod erofs;
 mod error;
 pub mod image;
 pub mod rootfs;
+pub mod uki;
 
 pub use error::BuildError;
 pub use image::{build, install_release, BuildFacts, BuildReport, BuildRequest};

@@ -88,11 +88,15 @@ pub fn os_release(os: &Os, profile: &str) -> String {
 /// The script the `minimal` profile runs as its init (after `basalt-init`'s switch_root).
 /// It prints what the VM tests look for, then powers off — or, when the kernel command line
 /// has `basalt.test=read-payload`, reads the payload file first (a corrupted block there makes
-/// dm-verity react).
+/// dm-verity react); with `basalt.test=raise-floor` it first raises the machine's `/usr`
+/// version floor to its own version, as the updater does after blessing a release.
 pub const MINIMAL_INIT: &str = r#"#!/usr/bin/busybox sh
 export PATH=/usr/bin
 . /usr/lib/os-release
 echo "BASALT-MINIMAL: userspace up, version=$VERSION_ID"
+# Which root partition supplied /etc, and what the merged-/usr links resolve to.
+echo "BASALT-MINIMAL: hostname=$(cat /etc/hostname 2>/dev/null)"
+echo "BASALT-MINIMAL: links bin=$(readlink /bin) sbin=$(readlink /sbin) lib=$(readlink /lib) lib64=$(readlink /lib64)"
 grep ' /usr ' /proc/mounts | sed 's/^/BASALT-MINIMAL: mount: /'
 # The verdict as one short marker: kernel messages can split a long console line.
 if grep -q '^[^ ]* /usr erofs ro[, ]' /proc/mounts; then
@@ -115,6 +119,17 @@ if [ -d /sys/firmware/efi ]; then
 fi
 for opt in $(cat /proc/cmdline); do
     case "$opt" in
+    basalt.test=raise-floor)
+        # What the updater does once a release is blessed (basalt_initramfs::floor): raise the
+        # machine's /usr version floor (EFI variable BasaltUsrFloor) to this version.
+        var=/sys/firmware/efi/efivars/@FLOOR_VAR@
+        grep -q ' /sys/firmware/efi/efivars ' /proc/mounts || mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+        if printf '\007\000\000\000%s' "$VERSION_ID" > "$var"; then
+            echo "BASALT-MINIMAL: floor raised to $VERSION_ID"
+        else
+            echo "BASALT-MINIMAL: floor NOT raised"
+        fi
+        ;;
     basalt.test=read-payload)
         echo "BASALT-MINIMAL: reading payload"
         if sha256sum /usr/share/basalt/payload.bin; then
@@ -131,9 +146,17 @@ poweroff -f
 "#;
 
 /// [`MINIMAL_INIT`] as installed: `@FAILREC_VAR@` becomes the efivarfs name of
-/// basalt-init's failure records (`basalt_initramfs::failrec`, the one place it is defined).
+/// basalt-init's failure records (`basalt_initramfs::failrec`, the one place it is defined),
+/// `@FLOOR_VAR@` that of the `/usr` version floor (`basalt_identity::efivar`).
 pub fn minimal_init() -> String {
-    MINIMAL_INIT.replace("@FAILREC_VAR@", &basalt_initramfs::failrec::var_file_name())
+    let floor = basalt_identity::efivar::path(
+        std::path::Path::new(""),
+        basalt_identity::efivar::USR_FLOOR,
+        basalt_identity::efivar::BASALT_VENDOR,
+    );
+    MINIMAL_INIT
+        .replace("@FAILREC_VAR@", &basalt_initramfs::failrec::var_file_name())
+        .replace("@FLOOR_VAR@", &floor.to_string_lossy())
 }
 
 /// Size of the deterministic payload in the minimal image (the corruption tests target it).

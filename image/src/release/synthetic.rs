@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use basalt_manifest::chrono::{DateTime, TimeDelta, Utc};
 use basalt_manifest::semver::Version;
 use basalt_manifest::{
-    sign_release, Artifact, ArtifactKind, Digest, HashAlgorithm, Manifest, SigningKey, Verity,
+    sign_release, Artifact, ArtifactKind, Digest, Manifest, SigningKey, Verity,
     SCHEMA_VERSION,
 };
 
@@ -167,7 +167,7 @@ pub fn synthetic_release(
     };
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&salt[..16]);
-    let (info, root_hash) =
+    let verity =
         seal_usr_image(&usr, data_len, salt, uuid, &spec.os, &spec.version, keys).map_err(|e| {
             ReleaseError::Unpublishable {
                 version: spec.version.clone(),
@@ -192,15 +192,7 @@ pub fn synthetic_release(
                 ArtifactKind::Usr,
                 USR_IMG,
                 &usr,
-                Some(Verity {
-                    root_hash,
-                    salt: hex::encode(&info.salt),
-                    data_blocks: info.data_blocks,
-                    hash_offset: data_len,
-                    hash_algorithm: HashAlgorithm::Sha256,
-                    data_block_size: basalt_verity::BLOCK_SIZE as u32,
-                    hash_block_size: basalt_verity::BLOCK_SIZE as u32,
-                }),
+                Some(verity.clone()),
             )?,
             artifact(ArtifactKind::Kernel, VMLINUZ, &kernel, None)?,
             artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
@@ -222,7 +214,7 @@ pub fn synthetic_release(
         dir: dir.to_path_buf(),
         manifest,
         signed,
-        root_hash,
+        root_hash: verity.root_hash,
         hash_offset: data_len,
     })
 }
