@@ -13,6 +13,8 @@ mod key;
 mod manifest;
 #[path = "release/cli.rs"]
 mod release_cli;
+#[path = "sysext_cli.rs"]
+mod sysext_cli;
 mod trust;
 mod verity;
 
@@ -57,6 +59,9 @@ enum Command {
     /// Release repositories: publish releases and trust roots, list channels.
     #[command(subcommand)]
     Release(release_cli::Command),
+    /// System extensions: signed, verity-sealed erofs images for systemd-sysext.
+    #[command(subcommand)]
+    Sysext(sysext_cli::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -81,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Initramfs(cmd) => initramfs::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Release(cmd) => release_cli::run(cmd),
+        Command::Sysext(cmd) => sysext_cli::run(cmd),
     }
 }
 

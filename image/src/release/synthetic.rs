@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use basalt_manifest::chrono::{DateTime, TimeDelta, Utc};
 use basalt_manifest::semver::Version;
 use basalt_manifest::{
-    sign_release, Artifact, ArtifactKind, Digest, Manifest, SigningKey, Verity,
-    SCHEMA_VERSION,
+    sign_release, Artifact, ArtifactKind, Digest, Manifest, SigningKey, Verity, SCHEMA_VERSION,
 };
 
 use super::error::{io, ReleaseError};
@@ -167,12 +166,10 @@ pub fn synthetic_release(
     };
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&salt[..16]);
-    let verity =
-        seal_usr_image(&usr, data_len, salt, uuid, &spec.os, &spec.version, keys).map_err(|e| {
-            ReleaseError::Unpublishable {
-                version: spec.version.clone(),
-                reason: format!("sealing {}: {e}", usr.display()),
-            }
+    let verity = seal_usr_image(&usr, data_len, salt, uuid, &spec.os, &spec.version, keys)
+        .map_err(|e| ReleaseError::Unpublishable {
+            version: spec.version.clone(),
+            reason: format!("sealing {}: {e}", usr.display()),
         })?;
     let kernel = dir.join(VMLINUZ);
     write_payload(&kernel, spec.kernel_len.max(1), spec.seed ^ 0x6b65_726e)?;
@@ -188,12 +185,7 @@ pub fn synthetic_release(
         issued_at: spec.issued_at,
         expires_at: spec.issued_at + spec.valid_for,
         artifacts: vec![
-            artifact(
-                ArtifactKind::Usr,
-                USR_IMG,
-                &usr,
-                Some(verity.clone()),
-            )?,
+            artifact(ArtifactKind::Usr, USR_IMG, &usr, Some(verity.clone()))?,
             artifact(ArtifactKind::Kernel, VMLINUZ, &kernel, None)?,
             artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
         ],
