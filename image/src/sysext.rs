@@ -4,8 +4,9 @@
 //! ```text
 //! tree DIR  ─┐
 //!            ├─▶ staging/ (usr/… and opt/… only) + usr/lib/extension-release.d/extension-release.NAME
-//! packages ──┘    (apt-get download, cached by file name → dpkg-deb -x; docs pruned;
-//!                  any file outside usr/ or opt/ refused, naming the package)
+//! packages ──┘    (apt-get download, cached by file name → dpkg-deb -x; /lib, /bin, … moved
+//!                  under usr/ as on a merged-/usr system; docs pruned; any other file outside
+//!                  usr/ or opt/ refused, naming the package)
 //!   ─▶ erofs (build::erofs::pack: reproducible, lz4hc) ─▶ verity superblock + tree appended
 //!   (build::image::append_verity) ─▶ signed sysext statement block appended
 //!   (append_statement_block) ─▶ OUT/NAME.raw, checked right away with basalt_sysext::verify_image
@@ -32,6 +33,11 @@ const CP: Tool = Tool::new("cp", "coreutils");
 
 /// Top-level folders an extension may carry (what systemd-sysext merges).
 pub const ALLOWED_TOP: [&str; 2] = ["usr", "opt"];
+
+/// Top-level folders of Debian packages that live under `/usr` on a merged-/usr system
+/// (Basalt's root has `bin sbin lib lib64` → `usr/…` links, as Debian 12 with usrmerge): their
+/// content is moved there, as usrmerge does.
+pub const MERGED_TOP: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
 /// Package content dropped from extensions built from Debian packages (documentation).
 pub const PRUNED: [&str; 5] = [
@@ -228,6 +234,7 @@ pub fn build(
                 let mut x = DPKG_DEB.command()?;
                 x.arg("-x").arg(&deb).arg(&unpacked);
                 DPKG_DEB.run(&mut x)?;
+                merge_usr(&unpacked)?;
                 for pruned in PRUNED {
                     let p = unpacked.join(pruned);
                     if p.exists() {
@@ -315,6 +322,24 @@ pub fn build(
         bytes,
         packages,
     })
+}
+
+/// Moves the [`MERGED_TOP`] folders of an unpacked package under `usr/`.
+fn merge_usr(unpacked: &Path) -> Result<(), SysextError> {
+    for top in MERGED_TOP {
+        let from = unpacked.join(top);
+        let is_dir = fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            continue;
+        }
+        let to = unpacked.join("usr").join(top);
+        fs::create_dir_all(&to).map_err(io("create", &to))?;
+        let mut cp = CP.command()?;
+        cp.arg("-a").arg(from.join(".")).arg(&to);
+        CP.run(&mut cp)?;
+        fs::remove_dir_all(&from).map_err(io("remove", &from))?;
+    }
+    Ok(())
 }
 
 /// Refuses a tree with anything at the top other than `usr/` and `opt/` (directories).
