@@ -289,6 +289,19 @@ fn every_refusal_has_its_own_error() {
     let err = basalt_sysext::verify_image(&p, &root, None).unwrap_err();
     assert!(matches!(err, Error::BadSignature { .. }), "{err}");
 
+    // Staging against a release manifest: its artifact's verity parameters must be the
+    // signed ones; the target OS must fit.
+    basalt_sysext::check_staged(&good.path, &root, "tools", &v, &host("1")).unwrap();
+    let mut other_v = v.clone();
+    other_v.root_hash.0[0] ^= 1;
+    let err =
+        basalt_sysext::check_staged(&good.path, &root, "tools", &other_v, &host("1")).unwrap_err();
+    assert!(matches!(err, Error::ManifestMismatch { .. }), "{err}");
+    let err = basalt_sysext::check_staged(&good.path, &root, "tools", &v, &host("2")).unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    let err = basalt_sysext::check_staged(&good.path, &root, "other", &v, &host("1")).unwrap_err();
+    assert!(matches!(err, Error::WrongName { .. }), "{err}");
+
     // Incompatible with the booted OS: level, ID, architecture, OS of the statement.
     let s = &good.statement;
     let err = activate::check_extension(s, &host("2")).unwrap_err();

@@ -63,6 +63,18 @@ pub enum Error {
         /// The name that was signed.
         signed: String,
     },
+    /// The image's signed parameters are not the ones the release manifest lists for it.
+    #[error("{path}: the release manifest lists other verity parameters for {name} (manifest root hash {manifest}, image {image})")]
+    ManifestMismatch {
+        /// The image.
+        path: PathBuf,
+        /// The extension.
+        name: String,
+        /// The manifest's root hash.
+        manifest: String,
+        /// The image's signed root hash.
+        image: String,
+    },
     /// The extension is not for the booted OS (ID, level, version, architecture, scope).
     #[error("extension {name} is incompatible with the booted OS: {reason}")]
     Incompatible {

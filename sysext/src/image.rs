@@ -187,3 +187,28 @@ pub fn verify_image(
     ext.tree_verified = true;
     Ok(ext)
 }
+
+/// What the agent checks for each `sysext` artifact of a release before the slot flip:
+/// [`verify_image`] (signature, name = the artifact's `NAME.raw`, layout, every block), the
+/// signed verity parameters equal to the manifest artifact's, the statement for the
+/// release's OS, and its extension-release compatible with `target` (the OS being installed,
+/// not the booted one).
+pub fn check_staged(
+    path: &Path,
+    root: &TrustRoot,
+    name: &str,
+    artifact_verity: &basalt_manifest::Verity,
+    target: &crate::compat::HostOs,
+) -> Result<Extension> {
+    let ext = verify_image(path, root, Some(name))?;
+    if ext.statement.verity != *artifact_verity {
+        return Err(Error::ManifestMismatch {
+            path: path.to_path_buf(),
+            name: name.to_owned(),
+            manifest: artifact_verity.root_hash.to_hex(),
+            image: ext.statement.verity.root_hash.to_hex(),
+        });
+    }
+    crate::activate::check_extension(&ext.statement, target)?;
+    Ok(ext)
+}

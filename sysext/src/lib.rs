@@ -29,5 +29,5 @@ pub mod store;
 
 pub use compat::HostOs;
 pub use error::{Error, Result};
-pub use image::{open_verified, verify_image, Extension};
+pub use image::{check_staged, open_verified, verify_image, Extension};
 pub use store::Store;
