@@ -381,6 +381,70 @@ fn build_refuses_bad_definitions_and_trees() {
     );
 }
 
+/// Any single flipped bit anywhere in the image is refused by the full check, except in the
+/// bytes no decision depends on: the verity superblock's UUID and reserved bytes (the
+/// dm-verity table is built from the signed statement, not the superblock) and the zero
+/// padding after the envelope in the statement block.
+#[test]
+fn any_flipped_bit_is_refused() {
+    use proptest::prelude::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = build_tools(tmp.path(), &[1, 2]);
+    let (_, root) = trust();
+    let bytes = std::fs::read(&good.path).unwrap();
+    let v = good.statement.verity.clone();
+    let sb = v.hash_offset;
+    let block = basalt_sysext::image::statement_offset(&good.statement);
+    let env_len = u32::from_le_bytes(
+        bytes[block as usize + 8..block as usize + 12]
+            .try_into()
+            .unwrap(),
+    ) as u64;
+    let ignorable = |at: u64| {
+        (sb + 16..sb + 32).contains(&at)            // superblock UUID
+            || (sb + 82..sb + 88).contains(&at)     // padding after salt_size
+            || (sb + 88 + 32..sb + 4096).contains(&at) // unused salt bytes, reserved, block tail
+            || at >= block + 12 + env_len // padding after the envelope
+    };
+    let path = tmp.path().join("flip").join("tools.raw");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 128,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&(0..bytes.len() as u64, 0u8..8), |(at, bit)| {
+            let mut b = bytes.clone();
+            b[at as usize] ^= 1 << bit;
+            std::fs::write(&path, &b).unwrap();
+            let verdict = basalt_sysext::verify_image(&path, &root, None);
+            if ignorable(at) {
+                return Ok(());
+            }
+            prop_assert!(verdict.is_err(), "flip at {at} bit {bit} accepted");
+            Ok(())
+        })
+        .unwrap();
+    // The region boundaries are real: the first byte of each checked region is refused.
+    for at in [
+        0,
+        sb - 1,
+        sb,
+        sb + 88,
+        block,
+        block + 12,
+        block + 12 + env_len - 1,
+    ] {
+        let mut b = bytes.clone();
+        b[at as usize] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        assert!(
+            basalt_sysext::verify_image(&path, &root, None).is_err(),
+            "flip at {at}"
+        );
+    }
+}
+
 /// Records the calls; fails where told.
 #[derive(Default)]
 struct FakeNode {
@@ -569,6 +633,26 @@ fn activation_sequence_refusals_and_clean_up() {
         "nothing set up after a refusal: {:?}",
         node.calls
     );
+
+    // What a boot unit runs: the set is chosen by the booted os-release's VERSION_ID.
+    std::fs::copy(&good.path, &stored).unwrap();
+    let os_release = tmp.path().join("os-release");
+    let arch = basalt_sysext::compat::native_architecture();
+    std::fs::write(&os_release, "ID=basalt\nVERSION_ID=1.0.0\nSYSEXT_LEVEL=1\n").unwrap();
+    let mut node = FakeNode {
+        release_text: Some(good.statement.extension_release.clone()),
+        ..FakeNode::default()
+    };
+    let booted = activate::activate_booted(&mut node, &store, &root, &os_release, &run);
+    if arch == "x86-64" {
+        assert_eq!(booted.unwrap().len(), 1);
+    } else {
+        assert!(matches!(booted, Err(Error::Incompatible { .. })));
+    }
+    std::fs::write(&os_release, "ID=basalt\nSYSEXT_LEVEL=1\n").unwrap();
+    let err = activate::activate_booted(&mut node, &store, &root, &os_release, &run).unwrap_err();
+    assert!(matches!(err, Error::HostRelease { .. }), "{err}");
+    let mut node = FakeNode::default();
 
     // Another OS version's set is not this one: an empty set activates nothing.
     let v2 = Version::new(2, 0, 0);

@@ -232,6 +232,40 @@ fn activate_one<O: NodeOps>(ops: &mut O, ext: Extension, run_dir: &Path) -> Resu
     })
 }
 
+/// What a boot unit runs: the booted OS from `os_release` (its `VERSION_ID` names the set,
+/// `ID`/`SYSEXT_LEVEL`/`VERSION_ID` are what the extensions must fit), this machine's
+/// architecture, then [`activate_set`].
+pub fn activate_booted<O: NodeOps>(
+    ops: &mut O,
+    store: &Store,
+    root: &TrustRoot,
+    os_release: &Path,
+    run_dir: &Path,
+) -> Result<Vec<Activated>> {
+    let host = HostOs::read(os_release, compat::native_architecture())?;
+    let version_id = host
+        .version_id
+        .as_deref()
+        .ok_or_else(|| Error::HostRelease {
+            path: os_release.to_path_buf(),
+            reason: "no VERSION_ID=: the extension set is chosen by the booted OS version".into(),
+        })?;
+    let os_version = Version::parse(version_id).map_err(|e| Error::HostRelease {
+        path: os_release.to_path_buf(),
+        reason: format!("VERSION_ID={version_id} is not a version: {e}"),
+    })?;
+    activate_set(
+        ops,
+        &Request {
+            store,
+            os_version: &os_version,
+            root,
+            host: &host,
+            run_dir,
+        },
+    )
+}
+
 /// The real node operations: loop ioctls, basalt-init's device-mapper code, mount(2) and
 /// `systemd-sysext`.
 #[derive(Debug, Default)]
