@@ -49,11 +49,8 @@ use crate::layout::Layout;
 use crate::slots::{parse_data_label, DataLabel, RootHash};
 use crate::Error;
 
-const PRIORITY_SHIFT: u32 = 48;
-const TRIES_SHIFT: u32 = 52;
-const SUCCESSFUL_BIT: u32 = 56;
-/// All bits this scheme owns (48–56); other attribute bits are preserved.
-pub const PRIO_MASK: u64 = (0x1ff) << PRIORITY_SHIFT;
+pub use crate::layout::PRIO_MASK;
+use crate::layout::{PRIORITY_SHIFT, SUCCESSFUL_BIT, TRIES_SHIFT};
 /// Highest priority and try count the 4-bit fields hold.
 pub const MAX_FIELD: u8 = 15;
 

@@ -41,6 +41,18 @@ use crate::{Error, Slot};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// First bit of the ChromeOS/Flatcar "gptprio" priority field (4 bits) in a usr partition's
+/// GPT attributes; tries (4 bits) follow at 52 and the successful flag at 56. Here, beside
+/// the other partition-table facts, so `slots` (which clears them on a slot being written)
+/// and `gptprio` (which reads and sets them) share them without importing each other.
+pub const PRIORITY_SHIFT: u32 = 48;
+/// First bit of the gptprio tries field.
+pub const TRIES_SHIFT: u32 = 52;
+/// The gptprio successful flag.
+pub const SUCCESSFUL_BIT: u32 = 56;
+/// All attribute bits gptprio owns (48–56); other attribute bits are preserved.
+pub const PRIO_MASK: u64 = (0x1ff) << PRIORITY_SHIFT;
+
 /// Label of a free slot partition (as systemd-sysupdate uses it).
 pub const LABEL_EMPTY: &str = "_empty";
 /// Label of the ESP.

@@ -163,81 +163,23 @@ pub fn image_labels(os: &str, version: &str) -> Result<(String, String), Error> 
     Ok((data, verity))
 }
 
-/// A verity root hash: 32 bytes (SHA-256), never all zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RootHash(pub [u8; 32]);
-
-impl RootHash {
-    /// Parse 64 hex digits.
-    pub fn parse(text: &str) -> Result<RootHash, Error> {
-        let bad = || Error::InvalidRootHash {
-            value: text.to_string(),
-        };
-        let b = text.as_bytes();
-        if b.len() != 64 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = hex(pair[0]).ok_or_else(bad)?;
-            let lo = hex(pair[1]).ok_or_else(bad)?;
-            out[i] = (hi << 4) | lo;
-        }
-        if out == [0; 32] {
-            return Err(bad());
-        }
-        Ok(RootHash(out))
-    }
-
-    /// UUID of the data partition: the first 128 bits, verbatim.
-    pub fn data_uuid(&self) -> Guid {
-        let mut g = [0u8; 16];
-        g.copy_from_slice(&self.0[..16]);
-        Guid(g)
-    }
-
-    /// UUID of the verity partition: the last 128 bits, verbatim.
-    pub fn verity_uuid(&self) -> Guid {
-        let mut g = [0u8; 16];
-        g.copy_from_slice(&self.0[16..]);
-        Guid(g)
-    }
-
-    /// Reassemble from the two partition UUIDs.
-    pub fn from_uuids(data: Guid, verity: Guid) -> RootHash {
-        let mut out = [0u8; 32];
-        out[..16].copy_from_slice(&data.0);
-        out[16..].copy_from_slice(&verity.0);
-        RootHash(out)
-    }
-
-    /// Lower-case hex.
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
+/// A verity root hash: `basalt_identity`'s (one type for the initramfs, this crate and the
+/// updater: 32 bytes, never all zero, partition UUIDs by systemd's rule).
+pub use basalt_identity::RootHash;
 
 /// The `/usr` root hash the kernel command line names (`usrhash=`, systemd; or
-/// `verity.usrhash=`, Flatcar), the last occurrence winning as for the kernel. `Some(Err)`
-/// when present but malformed.
+/// `verity.usrhash=`, Flatcar), the last occurrence winning as for the kernel, split with the
+/// kernel's quoting rules — `basalt_identity::cmdline::usrhash`, the reader basalt-init uses
+/// on the same line. `Some(Err)` when present but malformed.
 pub fn cmdline_usrhash(cmdline: &str) -> Option<Result<RootHash, Error>> {
-    cmdline
-        .split_ascii_whitespace()
-        .filter_map(|tok| {
-            tok.strip_prefix("usrhash=")
-                .or_else(|| tok.strip_prefix("verity.usrhash="))
+    basalt_identity::cmdline::usrhash(cmdline).map(|r| {
+        r.map_err(|e| Error::InvalidRootHash {
+            value: match e {
+                basalt_identity::Error::ParseRootHash { value, .. } => value,
+                other => other.to_string(),
+            },
         })
-        .next_back()
-        .map(|v| RootHash::parse(v.trim_matches('"')))
+    })
 }
 
 /// One partition as the inventory reports it.
@@ -507,7 +449,7 @@ impl SlotInstall {
 /// Clear the GPT-priority bits (48–56) of an entry: a slot being rewritten or marked bad
 /// must never be picked by a gptprio boot loader.
 fn clear_prio_bits(e: &mut GPTPartitionEntry) {
-    e.attribute_bits &= !crate::gptprio::PRIO_MASK;
+    e.attribute_bits &= !crate::layout::PRIO_MASK;
 }
 
 /// The checks every install starts with: never the booted slot, the image fits, the labels
@@ -579,7 +521,7 @@ pub fn begin_install<D: DiskIo>(
     let (dn, vn) = (info.data.number, info.verity.number);
     let already = info.data.label == LABEL_INSTALLING
         && info.verity.label == LABEL_INSTALLING
-        && info.data.attributes & crate::gptprio::PRIO_MASK == 0
+        && info.data.attributes & crate::layout::PRIO_MASK == 0
         && inv.health.is_clean();
     if already {
         return Ok(install);
@@ -862,5 +804,28 @@ mod tests {
         assert!(cmdline_usrhash("console=ttyS0 root=/dev/vda").is_none());
         assert!(cmdline_usrhash("usrhash=xyz").unwrap().is_err());
         assert!(cmdline_usrhash("myusrhash=abc").is_none());
+        // The kernel's quoting, as basalt-init reads the same line: quotes are removed
+        // wherever they are, a quoted space does not split, `--` ends the kernel's part.
+        for quoted in [
+            format!("usrhash=\"{h}\""),
+            format!("\"usrhash={h}\""),
+            format!("a=\"x y\" usrhash={h}"),
+        ] {
+            assert_eq!(
+                cmdline_usrhash(&quoted).unwrap().unwrap().to_hex(),
+                h,
+                "{quoted}"
+            );
+        }
+        assert!(cmdline_usrhash(&format!("a=\"x usrhash={h}\"")).is_none());
+        assert!(cmdline_usrhash(&format!("ro -- usrhash={h}")).is_none());
+        assert!(matches!(
+            cmdline_usrhash(&format!("usrhash={}", "0".repeat(64))),
+            Some(Err(Error::InvalidRootHash { .. }))
+        ));
+        assert!(matches!(
+            cmdline_usrhash("usrhash"),
+            Some(Err(Error::InvalidRootHash { .. }))
+        ));
     }
 }

@@ -13,6 +13,7 @@ mod key;
 mod manifest;
 #[path = "release/cli.rs"]
 mod release_cli;
+mod secureboot;
 #[path = "sysext_cli.rs"]
 mod sysext_cli;
 mod trust;
@@ -62,6 +63,10 @@ enum Command {
     /// System extensions: signed, verity-sealed erofs images for systemd-sysext.
     #[command(subcommand)]
     Sysext(sysext_cli::Command),
+    /// Secure Boot: keys (PK, KEK, db) and their enrolment files, signing EFI binaries,
+    /// unified kernel images.
+    #[command(subcommand)]
+    SecureBoot(secureboot::Command),
 }
 
 /// A failure that should exit with code 3 (the input was refused), not 1.
@@ -87,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image::run(cmd),
         Command::Release(cmd) => release_cli::run(cmd),
         Command::Sysext(cmd) => sysext_cli::run(cmd),
+        Command::SecureBoot(cmd) => secureboot::run(cmd),
     }
 }
 

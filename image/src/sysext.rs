@@ -296,7 +296,7 @@ pub fn build(
         path: image.clone(),
         source: Box::new(source),
     };
-    let verity = append_verity(&image, data_len, salt, uuid).map_err(seal)?;
+    let (_, verity) = append_verity(&image, data_len, salt, uuid).map_err(seal)?;
     let statement = SysextStatement {
         name: spec.name.clone(),
         version: spec.version.clone(),

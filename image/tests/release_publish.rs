@@ -359,6 +359,38 @@ fn refusals_leave_the_head_untouched() {
     synthetic_release(&v4.dir, &spec, &outsiders).unwrap();
     let e = check(fx.publish(&v4, "stable", &[0, 1], None, false), "statement");
     assert!(matches!(e, ReleaseError::UsrStatement { .. }), "{e}");
+    // A manifest whose usr verity parameters are not the ones its statement signs (the
+    // salt, the data block count) or that names another OS: basalt-init would refuse it.
+    let v6 = fx.release("6.0.0", 1 << 20, &[0, 1]);
+    let json_path = v6.dir.join("release.json");
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 3] = [
+        ("salt", |v| {
+            let usr = &mut v["artifacts"][0]["verity"];
+            let salt = usr["salt"].as_str().unwrap();
+            let flipped = if salt.starts_with('0') { "1" } else { "0" };
+            usr["salt"] = format!("{flipped}{}", &salt[1..]).into();
+        }),
+        ("data_blocks", |v| {
+            let usr = &mut v["artifacts"][0]["verity"];
+            usr["data_blocks"] = (usr["data_blocks"].as_u64().unwrap() - 1).into();
+        }),
+        ("os", |v| v["os"] = "otheros".into()),
+    ];
+    for (what, edit) in edits {
+        let mut m = original.clone();
+        assert_eq!(m["artifacts"][0]["kind"], "usr");
+        edit(&mut m);
+        std::fs::write(&json_path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = check(fx.publish(&v6, "stable", &[0, 1], None, false), what);
+        assert!(
+            matches!(e, ReleaseError::UsrStatement { .. }),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("the manifest says"), "{what}: {e}");
+    }
     // A channel name that could leave the repository.
     let e = fx.publish(&v2, "../x", &[0, 1], None, false).unwrap_err();
     assert!(matches!(e, ReleaseError::Name { .. }), "{e}");

@@ -3,7 +3,8 @@
 //! `sbverify` (package `sbsigntool`) accepts the signature — and refuses the image after a
 //! one-byte change in the kernel, the initramfs or the command line, and an unsigned one.
 //! The keys are Debian's OVMF test pair (`/usr/share/ovmf/PkKek-1-snakeoil.*`, package
-//! `ovmf`), the one the Secure Boot VM scenario enrols.
+//! `ovmf`), the one the Secure Boot VM scenario enrols. `basalt secure-boot release-uki` builds
+//! a release folder's UKI: `objdump -s` reads back its command line and os-release.
 
 use std::path::Path;
 use std::process::Command;
@@ -135,4 +136,151 @@ fn objdump_reads_it_and_sbverify_accepts_only_the_signed_unchanged_image() {
             "a changed byte at {at} verified"
         );
     }
+}
+
+/// A release folder as `basalt image build` leaves it (only what a UKI needs).
+fn release_folder(d: &Path, os: &str, version: &str, root_hash: &str) -> std::path::PathBuf {
+    use basalt_image::build::image::BuildFacts;
+    let dir = d.join(format!("release-{os}-{version}"));
+    std::fs::create_dir_all(&dir).expect("create the release folder");
+    std::fs::write(dir.join("vmlinuz"), vec![0x4bu8; 200_001]).expect("write vmlinuz");
+    std::fs::write(dir.join("initrd.img"), vec![0x17u8; 77_777]).expect("write initrd.img");
+    let facts = BuildFacts {
+        builder: "test".into(),
+        cache_key: "k".into(),
+        os: os.into(),
+        version: version.into(),
+        profile: "minimal".into(),
+        kernel_package: "linux-image-test".into(),
+        kernel_version: "6.1.0-test".into(),
+        root_hash: root_hash.into(),
+        salt: "00".repeat(32),
+        data_blocks: 1,
+        hash_offset: 4096,
+        usr_img_bytes: 3 * 4096,
+        vmlinuz_bytes: 200_001,
+        initrd_bytes: 77_777,
+        initrd_modules: vec![],
+        disk_bytes: 0,
+        cmdline: "console=ttyS0 panic=-1".into(),
+        durations_ms: vec![],
+    };
+    std::fs::write(
+        dir.join("build.json"),
+        serde_json::to_vec_pretty(&facts).expect("serialise build.json"),
+    )
+    .expect("write build.json");
+    dir
+}
+
+/// The bytes of section `name` as `objdump -s` dumps them (hex columns after the address).
+fn section(file: &Path, name: &str) -> String {
+    let out = run(
+        Command::new("objdump").args(["-s", "-j", name]).arg(file),
+        "binutils",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut bytes = Vec::new();
+    let header = format!("Contents of section {name}:");
+    for line in text.lines().skip_while(|l| *l != header).skip(1) {
+        // " 19100 23232323 204c6f61 64657249 6e666f3a  #### LoaderInfo:"
+        let hex: String = line
+            .get(1..)
+            .unwrap_or("")
+            .split("  ")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .collect();
+        for pair in hex.as_bytes().chunks(2) {
+            let pair = std::str::from_utf8(pair).expect("objdump prints ASCII");
+            bytes.push(u8::from_str_radix(pair, 16).expect("objdump prints hex"));
+        }
+    }
+    String::from_utf8(bytes).expect("the section is UTF-8")
+}
+
+#[test]
+fn basalt_secure_boot_release_uki_builds_the_release_s_signed_uki() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (key, cert) = snakeoil(d);
+    let hash = "5e".repeat(32);
+    let rel = release_folder(d, "basalt", "1.2.3", &hash);
+    let basalt = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_basalt"))
+            .args(["secure-boot", "release-uki"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = basalt(&[
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        rel.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uki_path = rel.join("basalt-1.2.3.efi");
+    uki::verify(&uki_path, &cert).unwrap();
+    assert_eq!(
+        section(&uki_path, ".cmdline"),
+        format!("console=ttyS0 panic=-1 usrhash={hash}")
+    );
+    let osrel = section(&uki_path, ".osrel");
+    assert!(
+        osrel.contains("\nID=basalt\n") && osrel.contains("\nVERSION_ID=1.2.3\n"),
+        "{osrel}"
+    );
+    assert!(
+        !rel.join("basalt-1.2.3.efi.unsigned").exists(),
+        "the unsigned intermediate was left behind"
+    );
+    // Unsigned when no key is given; a key without its certificate is a usage error.
+    let rel2 = release_folder(d, "basalt", "1.2.4", &hash);
+    assert!(basalt(&[rel2.as_os_str()]).status.success());
+    assert!(uki::verify(&rel2.join("basalt-1.2.4.efi"), &cert).is_err());
+    let half = basalt(&["--key".as_ref(), key.as_os_str(), rel2.as_os_str()]);
+    assert_eq!(half.status.code(), Some(2));
+
+    // build.json facts that cannot go into a UKI are refused, naming the file.
+    for (os, version, root_hash, what) in [
+        ("basalt", "1.0.0", "0".repeat(64), "all-zero root hash"),
+        ("basalt", "1.0.0", "xy".repeat(32), "non-hex root hash"),
+        ("../evil", "1.0.0", hash.clone(), "os with a path"),
+        (
+            "basalt",
+            "1.0.0/../../x",
+            hash.clone(),
+            "version with a path",
+        ),
+    ] {
+        let bad = release_folder(d, "bad", "0.0.0", &root_hash);
+        let facts_path = bad.join("build.json");
+        let mut facts: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&facts_path).unwrap()).unwrap();
+        facts["os"] = os.into();
+        facts["version"] = version.into();
+        std::fs::write(&facts_path, serde_json::to_vec(&facts).unwrap()).unwrap();
+        let r = uki::build_release(&bad, Path::new(STUB), None);
+        let e = r.expect_err(what);
+        assert!(
+            matches!(e, uki::UkiError::Release { .. }) && e.to_string().contains("build.json"),
+            "{what}: {e}"
+        );
+        std::fs::remove_dir_all(&bad).unwrap();
+    }
+    let e = uki::build_release(&d.join("missing"), Path::new(STUB), None).unwrap_err();
+    assert!(e.to_string().contains("build.json"), "{e}");
 }

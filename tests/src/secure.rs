@@ -70,10 +70,7 @@ pub fn release_uki(
     out: &Path,
 ) -> Result<()> {
     let facts = &image.report.facts;
-    let os_release = format!(
-        "NAME=Basalt\nID={}\nVERSION_ID={}\nPRETTY_NAME=\"Basalt {}\"\n",
-        facts.os, facts.version, facts.version
-    );
+    let os_release = uki::os_release(&facts.os, &facts.version);
     let cmdline = release_cmdline(image, usrhash, extra);
     let unsigned = out.with_extension("unsigned.efi");
     uki::build(

@@ -43,7 +43,7 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// The pristine OVMF variable store each UEFI guest gets a private copy of.
 pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// OVMF code with Secure Boot (and SMM) for [`VmConfig::secure_boot`].
-pub const OVMF_CODE_SECURE: &str = "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd";
+pub const OVMF_CODE_SECURE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// Variables with Debian's test keys enrolled (PK, KEK and db: the "snakeoil" pair in
 /// `/usr/share/ovmf/PkKek-1-snakeoil.{key,pem}`, password `snakeoil`): Secure Boot enforcing.
 pub const OVMF_VARS_SECURE_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
@@ -128,6 +128,7 @@ pub struct VmConfig {
     echo: bool,
     extra_args: Vec<OsString>,
     secure_boot: bool,
+    setup_mode: bool,
 }
 
 impl VmConfig {
@@ -173,7 +174,17 @@ impl VmConfig {
             echo: std::env::var_os(ECHO_ENV).is_some_and(|v| v == "1"),
             extra_args: Vec::new(),
             secure_boot: false,
+            setup_mode: false,
         }
+    }
+
+    /// Secure Boot capable firmware whose key store starts empty (setup mode, from
+    /// [`OVMF_VARS_TEMPLATE`]): nothing is enforced until a PK is enrolled — by systemd-boot's
+    /// `secure-boot-enroll`, for instance — after which it is, on the same variable store.
+    pub fn secure_boot_setup_mode(mut self) -> Self {
+        self.secure_boot = true;
+        self.setup_mode = true;
+        self
     }
 
     /// Secure Boot enforcing (UEFI guests only): OVMF with SMM and a secure pflash, the
@@ -307,7 +318,7 @@ impl VmConfig {
         })?;
         if let Boot::Uefi { vars } = &self.boot {
             if !vars.exists() {
-                let template = if self.secure_boot {
+                let template = if self.secure_boot && !self.setup_mode {
                     OVMF_VARS_SECURE_TEMPLATE
                 } else {
                     OVMF_VARS_TEMPLATE

@@ -13,8 +13,19 @@
 //!    here each cycle is a new QEMU run on the same disk and variables.
 //! 3. v2's UKI unsigned: the same.
 //! 4. systemd-boot with one byte changed: the firmware refuses to start it; nothing boots.
+//! 5. A type #1 entry (which an attacker with the ESP can write) that boots v1's signed UKI
+//!    through an `efi` line with its own `options` (`init=`, `basalt.verity=logging`, another
+//!    `usrhash=`): systemd-stub ignores them under Secure Boot, the kernel gets the UKI's
+//!    signed command line and v1 boots as released.
+//! 6. The production path: firmware in setup mode (no keys), `basalt secure-boot keys`'
+//!    `loader/keys/auto/*.auth` on the ESP and `secure-boot-enroll force` in loader.conf;
+//!    systemd-boot enrols PK, KEK and db and resets; from then on Secure Boot is enforcing
+//!    with our keys, and our db-signed systemd-boot and UKI boot v1; a snakeoil-signed
+//!    systemd-boot is then refused. (systemd-boot enrols unattended only a key set named
+//!    `auto`; any other name is just a menu entry.)
 //!
-//! Each case runs on its own disk copy even when another fails.
+//! Each case runs on its own disk copy even when another fails; `BASALT_SECURE_CASES=enrol,…`
+//! (the case folders) runs only those.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,7 +74,7 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
         sd_boot,
     };
     type Case = fn(&Path, &MinimalImage, &Inputs) -> Result<()>;
-    let cases: [(&str, &str, Case); 4] = [
+    let cases: [(&str, &str, Case); 6] = [
         ("the signed chain boots", "signed", signed_chain),
         (
             "a UKI with one byte changed falls back",
@@ -76,9 +87,29 @@ fn only_signed_boot_code_runs_and_a_refused_uki_falls_back() -> Result<()> {
             "tampered-loader",
             tampered_loader,
         ),
+        (
+            "an entry's options do not reach a signed UKI",
+            "edited-options",
+            edited_options,
+        ),
+        (
+            "our own keys enrolled by systemd-boot",
+            "enrol",
+            enrol_own_keys,
+        ),
     ];
+    // BASALT_SECURE_CASES=enrol,signed runs only those (while working on one case).
+    let only = std::env::var("BASALT_SECURE_CASES").ok();
+    let wanted = |folder: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|c| c.trim() == folder))
+    };
+    ensure!(
+        cases.iter().any(|(_, folder, _)| wanted(folder)),
+        "BASALT_SECURE_CASES={only:?} names no case"
+    );
     let mut failed = Vec::new();
-    for (name, folder, case) in cases {
+    for (name, folder, case) in cases.into_iter().filter(|(_, f, _)| wanted(f)) {
         let dir = root.join(folder);
         std::fs::create_dir_all(&dir)?;
         match case(&dir, &v1, &inputs) {
@@ -263,5 +294,120 @@ fn tampered_loader(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()>
         entries == ["basalt-1.0.0.efi", "basalt-2.0.0+3.efi"],
         "systemd-boot must not have run: {entries:?}"
     );
+    Ok(())
+}
+
+fn edited_options(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()> {
+    use basalt_disk::Esp;
+    let disk = dir.join("disk.img");
+    v1.copy_disk(&disk)?;
+    secure_esp(&disk, &inputs.sd_boot, &[])?;
+    let hostile = format!(
+        "console=ttyS0 panic=-1 init=/bin/sh basalt.verity=logging usrhash={}",
+        "ab".repeat(32)
+    );
+    let mut esp = basalt_tests::secure::esp(&disk)?;
+    esp.write_atomic("basalt/uki/basalt-1.0.0.efi", &std::fs::read(&inputs.uki1)?)?;
+    esp.write_atomic(
+        "loader/entries/edited.conf",
+        format!(
+            "title Edited\nversion 9.9.9\nefi /basalt/uki/basalt-1.0.0.efi\noptions {hostile}\n"
+        )
+        .as_bytes(),
+    )?;
+    drop(esp);
+    let mut vm = VmConfig::uefi(dir)
+        .secure_boot(true)
+        .disk(&disk)
+        .no_reboot(true)
+        .spawn()?;
+    let seen = vm.expect_any(&[&format!("{UP}1.0.0"), "BASALT-INIT FAILED"], BOOT)?;
+    ensure!(seen == 0, "v1 did not boot as released\n{}", vm.excerpt());
+    vm.expect_poweroff(STEP)?;
+    let console = vm.console();
+    let line = console
+        .lines()
+        .find(|l| l.contains("Command line: "))
+        .context("the kernel printed no command line")?;
+    ensure!(
+        !line.contains("init=/bin/sh") && !line.contains(&"ab".repeat(32)),
+        "the entry's options reached the kernel: {line}"
+    );
+    ensure!(
+        line.contains(&format!("usrhash={}", v1.report.facts.root_hash)),
+        "the UKI's own command line is not the kernel's: {line}"
+    );
+    ensure!(
+        console.contains(SB_ON),
+        "Secure Boot is off\n{}",
+        vm.excerpt()
+    );
+    Ok(())
+}
+
+fn enrol_own_keys(dir: &Path, v1: &MinimalImage, inputs: &Inputs) -> Result<()> {
+    use basalt_disk::Esp;
+    let keys = basalt_image::build::sbkeys::generate(
+        &dir.join("keys"),
+        "Basalt Test",
+        basalt_image::build::sbkeys::AUTO_ENROL,
+        "5a1d3a6e-0b1c-4d2e-9f30-112233445566",
+    )?;
+    let signer = (keys.file("db", "key"), keys.file("db", "crt"));
+    let uki = dir.join("basalt-1.0.0.efi");
+    release_uki(v1, &v1.report.facts.root_hash, "", Some(&signer), &uki)?;
+    let sd_boot = signed_systemd_boot(&signer, &dir.join("systemd-bootx64.efi"))?;
+    let disk = dir.join("disk.img");
+    v1.copy_disk(&disk)?;
+    secure_esp(&disk, &sd_boot, &[("basalt-1.0.0.efi", &uki)])?;
+    let mut esp = basalt_tests::secure::esp(&disk)?;
+    for key in basalt_image::build::sbkeys::KEYS {
+        let auth = std::fs::read(keys.loader_keys.join(format!("{key}.auth")))?;
+        esp.write_atomic(&format!("loader/keys/auto/{key}.auth"), &auth)?;
+    }
+    let conf = String::from_utf8(esp.read("loader/loader.conf")?)?;
+    esp.write_atomic(
+        "loader/loader.conf",
+        format!("{conf}secure-boot-enroll force\n").as_bytes(),
+    )?;
+    drop(esp);
+
+    let config = VmConfig::uefi(dir)
+        .secure_boot_setup_mode()
+        .disk(&disk)
+        .no_reboot(true);
+    // Run 1: systemd-boot enrols the keys and resets the machine (QEMU exits).
+    let mut vm = config.spawn()?;
+    let seen = vm.expect_any(&["Linux version ", UP, "reboot", "Enrolling"], BOOT);
+    let exit = vm.wait_exit(BOOT);
+    println!("enrolment run: {seen:?}, {exit:?}");
+    ensure!(
+        !vm.console().contains("Linux version "),
+        "a kernel started before the keys were enrolled\n{}",
+        vm.excerpt()
+    );
+    // Run 2: enforcing with our keys.
+    let mut vm = config.spawn()?;
+    let seen = vm.expect_any(&[&format!("{UP}1.0.0"), "Access Denied"], BOOT)?;
+    ensure!(seen == 0, "our signed chain did not boot\n{}", vm.excerpt());
+    vm.expect_poweroff(STEP)?;
+    ensure!(
+        vm.console().contains(SB_ON),
+        "Secure Boot is not enforcing after the enrolment\n{}",
+        vm.excerpt()
+    );
+    // Run 3: a loader signed by another key (Debian's snakeoil) is refused: only our db
+    // is trusted now.
+    let mut esp = basalt_tests::secure::esp(&disk)?;
+    esp.write_atomic("EFI/BOOT/BOOTX64.EFI", &inputs.sd_boot)?;
+    drop(esp);
+    let mut vm = config.spawn()?;
+    let seen = vm.expect_any(&["Access Denied", "Linux version ", UP], BOOT)?;
+    ensure!(
+        seen == 0,
+        "a loader signed by another key started something\n{}",
+        vm.excerpt()
+    );
+    vm.kill()?;
     Ok(())
 }

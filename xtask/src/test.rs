@@ -141,10 +141,10 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("disk", "bls_entry"),
     ("initramfs", "boot_inputs"),
     ("updater", "http_headers"),
-    ("updater", "config_fragment"),
-    ("updater", "status_file"),
     ("identity", "gpt"),
     ("identity", "text"),
+    ("updater", "config_fragment"),
+    ("updater", "status_file"),
 ];
 
 fn fuzz(seconds: u32) -> Result<()> {

@@ -481,7 +481,9 @@ fn build_into(
     verity_uuid[6] = (verity_uuid[6] & 0x0f) | 0x40;
     verity_uuid[8] = (verity_uuid[8] & 0x3f) | 0x80;
     let key_refs: Vec<&SigningKey> = inputs.keys.iter().collect();
-    let verity = seal_usr_image(
+    // One set of verity parameters: the manifest's usr artifact and the signed statement
+    // basalt-init checks carry the same (seal_usr_image returns it).
+    let (info, verity) = seal_usr_image(
         &usr,
         erofs_len,
         derived_bytes("verity-salt", config).to_vec(),
@@ -491,7 +493,7 @@ fn build_into(
         &key_refs,
     )?;
     let root_hash = verity.root_hash;
-    let data_blocks = verity.data_blocks;
+    let data_blocks = info.data_blocks;
     steps.mark("verity");
     let usr_len = file_len(&usr)?;
     steps.mark("sign-usr-hash");
@@ -551,7 +553,7 @@ fn build_into(
         issued_at: req.issued_at,
         expires_at: req.issued_at + ChronoDuration::days(i64::from(config.release.valid_days)),
         artifacts: vec![
-            artifact(ArtifactKind::Usr, USR_IMG, &usr, Some(verity.clone()))?,
+            artifact(ArtifactKind::Usr, USR_IMG, &usr, Some(verity))?,
             artifact(ArtifactKind::Kernel, VMLINUZ, &vmlinuz, None)?,
             artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
         ],
@@ -593,7 +595,7 @@ fn build_into(
         kernel_package: kernel.package.clone(),
         kernel_version: kernel.version.clone(),
         root_hash: root_hash.to_hex(),
-        salt: verity.salt.clone(),
+        salt: hex::encode(&info.salt),
         data_blocks,
         hash_offset: erofs_len,
         usr_img_bytes: usr_len,
@@ -623,10 +625,10 @@ fn build_into(
 /// `hash_offset = data_len` (a non-zero multiple of 4 KiB) the veritysetup-format hash area
 /// (superblock with `salt` and `uuid`, then the tree), then the usr-hash statement block
 /// (`basalt_initramfs::usrsig`) signed by `keys`, right after the tree. Returns the verity
-/// parameter set — the same one the statement binds (v2) and the release manifest's artifact
-/// carries. Used by [`build`] and by `basalt_image::release::synthetic`; system extensions
-/// are sealed by the same two steps ([`append_verity`], [`append_statement_block`]) with
-/// their own statement (`basalt_image::sysext`).
+/// facts and the parameter set — the one the statement binds (v2) and the release manifest's
+/// artifact carries. Used by [`build`] and by `basalt_image::release::synthetic`; system
+/// extensions are sealed by the same two steps ([`append_verity`],
+/// [`append_statement_block`]) with their own statement (`basalt_image::sysext`).
 pub fn seal_usr_image(
     usr: &Path,
     data_len: u64,
@@ -635,8 +637,8 @@ pub fn seal_usr_image(
     os: &str,
     version: &basalt_manifest::semver::Version,
     keys: &[&SigningKey],
-) -> Result<Verity, BuildError> {
-    let verity = append_verity(usr, data_len, salt, uuid)?;
+) -> Result<(basalt_verity::VerityInfo, Verity), BuildError> {
+    let (info, verity) = append_verity(usr, data_len, salt, uuid)?;
     let statement = UsrHashStatement {
         os: os.to_owned(),
         version: version.clone(),
@@ -647,18 +649,18 @@ pub fn seal_usr_image(
         source: Box::new(source),
     })?;
     append_statement_block(usr, &verity, &envelope)?;
-    Ok(verity)
+    Ok((info, verity))
 }
 
 /// Append the veritysetup-format hash area (superblock with `salt` and `uuid`, then the tree)
 /// to the filesystem image `path` at `hash_offset = data_len` (a non-zero multiple of
-/// 4 KiB); returns the parameter set.
+/// 4 KiB); returns the verity facts and the parameter set.
 pub fn append_verity(
     path: &Path,
     data_len: u64,
     salt: Vec<u8>,
     uuid: [u8; 16],
-) -> Result<Verity, BuildError> {
+) -> Result<(basalt_verity::VerityInfo, Verity), BuildError> {
     if data_len == 0 || data_len % basalt_verity::BLOCK_SIZE != 0 {
         return Err(BuildError::Io {
             op: "check the size of",
@@ -685,7 +687,7 @@ pub fn append_verity(
         })?;
     // One set of verity parameters: the manifest's artifact and the signed statement carry
     // the same.
-    Ok(Verity {
+    let verity = Verity {
         root_hash: Digest(info.root_hash),
         salt: hex::encode(&info.salt),
         data_blocks,
@@ -693,7 +695,8 @@ pub fn append_verity(
         hash_algorithm: HashAlgorithm::Sha256,
         data_block_size: basalt_verity::BLOCK_SIZE as u32,
         hash_block_size: basalt_verity::BLOCK_SIZE as u32,
-    })
+    };
+    Ok((info, verity))
 }
 
 /// Write the statement block (`basalt_initramfs::usrsig` codec) holding `envelope` right

@@ -5,6 +5,7 @@ pub mod erofs;
 mod error;
 pub mod image;
 pub mod rootfs;
+pub mod sbkeys;
 pub mod uki;
 
 pub use error::BuildError;

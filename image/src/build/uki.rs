@@ -71,6 +71,14 @@ pub enum UkiError {
     /// `sbsign` / `sbverify` failed or is missing.
     #[error(transparent)]
     Tool(#[from] ToolError),
+    /// A release directory's `build.json` is unusable for a UKI.
+    #[error("release {path}: {reason}")]
+    Release {
+        /// The `build.json`.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One section to add: a name of at most 8 bytes and its content.
@@ -256,6 +264,92 @@ pub fn build(stub: &Path, inputs: &UkiInputs, out: &Path) -> Result<(), UkiError
         path: out.to_owned(),
         source,
     })
+}
+
+/// The `.osrel` of a Basalt UKI: systemd-boot shows `PRETTY_NAME` and orders type #2
+/// entries by `ID` and then `VERSION_ID` (higher first).
+pub fn os_release(os: &str, version: &str) -> String {
+    format!("NAME=Basalt\nID={os}\nVERSION_ID={version}\nPRETTY_NAME=\"Basalt {version}\"\n")
+}
+
+/// The command line a release's UKI carries: the image's (`build.json`'s `cmdline`), then
+/// `usrhash=` of its own `/usr`. No `basalt.slot=`: the UKI is the same for either slot
+/// (basalt-init finds the slot by the partition UUIDs the hash names).
+pub fn release_cmdline(facts: &super::image::BuildFacts) -> String {
+    let base = facts.cmdline.trim();
+    if base.is_empty() {
+        format!("usrhash={}", facts.root_hash)
+    } else {
+        format!("{base} usrhash={}", facts.root_hash)
+    }
+}
+
+/// The file name of `os` `version`'s UKI without a boot counter, as systemd-boot finds it
+/// under `EFI/Linux/` (the stager adds `+<tries>`).
+pub fn release_uki_name(os: &str, version: &str) -> String {
+    format!("{os}-{version}.efi")
+}
+
+/// Build the UKI of the release in `release` (a `basalt image build` output folder: its
+/// `vmlinuz`, `initrd.img` and `build.json`) on systemd-stub `stub`, signed with
+/// `signer = (db key, db certificate)` when given (and checked with `sbverify` right away),
+/// into `release/<os>-<version>.efi` ([`release_uki_name`]); returns that path. The facts it
+/// embeds are checked first: the root hash must be one (`basalt_identity::RootHash`), the OS
+/// name and version must make a plain file name.
+pub fn build_release(
+    release: &Path,
+    stub: &Path,
+    signer: Option<(&Path, &Path)>,
+) -> Result<std::path::PathBuf, UkiError> {
+    use super::image::{BuildFacts, BUILD_JSON, INITRD_IMG, VMLINUZ};
+    let facts_path = release.join(BUILD_JSON);
+    let bad = |reason: String| UkiError::Release {
+        path: facts_path.clone(),
+        reason,
+    };
+    let facts: BuildFacts =
+        serde_json::from_slice(&read(&facts_path)?).map_err(|e| bad(e.to_string()))?;
+    basalt_identity::RootHash::parse(&facts.root_hash).map_err(|e| bad(e.to_string()))?;
+    semver::Version::parse(&facts.version)
+        .map_err(|e| bad(format!("version {:?}: {e}", facts.version)))?;
+    let name_ok = !facts.os.is_empty()
+        && facts.os.len() <= 64
+        && facts
+            .os
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !name_ok || facts.os.starts_with('.') {
+        return Err(bad(format!(
+            "os {:?} must be 1-64 characters of [a-z0-9._-]",
+            facts.os
+        )));
+    }
+    if facts.cmdline.contains(['\n', '\0']) {
+        return Err(bad("the command line holds a newline or NUL".into()));
+    }
+    let out = release.join(release_uki_name(&facts.os, &facts.version));
+    let cmdline = release_cmdline(&facts);
+    let os_release = os_release(&facts.os, &facts.version);
+    let inputs = UkiInputs {
+        kernel: &release.join(VMLINUZ),
+        initrd: &release.join(INITRD_IMG),
+        cmdline: &cmdline,
+        os_release: &os_release,
+    };
+    match signer {
+        None => build(stub, &inputs, &out)?,
+        Some((key, cert)) => {
+            let unsigned = out.with_extension("efi.unsigned");
+            build(stub, &inputs, &unsigned)?;
+            let signed = sign(&unsigned, key, cert, &out).and_then(|()| verify(&out, cert));
+            let _ = std::fs::remove_file(&unsigned);
+            if let Err(e) = signed {
+                let _ = std::fs::remove_file(&out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Sign the EFI binary `input` for Secure Boot with `key` (PEM, unencrypted) and `cert`

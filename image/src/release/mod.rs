@@ -243,8 +243,24 @@ fn check_usr_statement(
     block.truncate(n);
     let envelope =
         basalt_initramfs::usrsig::decode_block(&block).map_err(|e| refused(e.to_string()))?;
-    verify_usr_hash(envelope, trust, &verity.root_hash.to_hex())
+    let statement = verify_usr_hash(envelope, trust, &verity.root_hash.to_hex())
         .map_err(|e| refused(e.to_string()))?;
+    // basalt-init maps the statement's parameters and compares the OS and version: a
+    // manifest that says otherwise would install and then never boot.
+    if statement.verity != *verity
+        || statement.os != manifest.os
+        || statement.version != manifest.version
+    {
+        return Err(refused(format!(
+            "it binds {} {} with {:?}, the manifest says {} {} with {:?}",
+            statement.os,
+            statement.version,
+            statement.verity,
+            manifest.os,
+            manifest.version,
+            verity
+        )));
+    }
     Ok(())
 }
 

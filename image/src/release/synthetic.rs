@@ -166,7 +166,7 @@ pub fn synthetic_release(
     };
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&salt[..16]);
-    let verity = seal_usr_image(&usr, data_len, salt, uuid, &spec.os, &spec.version, keys)
+    let (_, verity) = seal_usr_image(&usr, data_len, salt, uuid, &spec.os, &spec.version, keys)
         .map_err(|e| ReleaseError::Unpublishable {
             version: spec.version.clone(),
             reason: format!("sealing {}: {e}", usr.display()),

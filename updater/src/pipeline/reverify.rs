@@ -88,6 +88,14 @@ pub fn reverify(install: &SlotInstall, plan: &Plan<'_>, root: &TrustRoot) -> Res
         basalt_initramfs::usrsig::decode_block(&block).map_err(|e| refused(e.to_string()))?;
     let statement = verify_usr_hash(envelope, root, &plan.verity.root_hash.to_hex())
         .map_err(|e| refused(e.to_string()))?;
+    // v2 statements bind the whole parameter set basalt-init will map: a release whose
+    // manifest disagrees with its own statement would be refused at boot, so refuse it now.
+    if statement.verity != *plan.verity {
+        return Err(refused(format!(
+            "its verity parameters {:?} are not the manifest's {:?}",
+            statement.verity, plan.verity
+        )));
+    }
     if statement.os != manifest.os || statement.version != manifest.version {
         return Err(refused(format!(
             "it names {} {}, the release is {} {}",
