@@ -119,10 +119,15 @@ pub fn check_extension(statement: &basalt_manifest::SysextStatement, host: &Host
 
 /// The dm-verity table for a verified extension on `device`: every number from the signed
 /// statement, nothing from the image's own superblock.
-pub fn verity_table(ext: &Extension, device: &Path) -> VerityTable {
+pub fn verity_table(ext: &Extension, device: &Path) -> Result<VerityTable> {
     let v = &ext.statement.verity;
     let dev = device.display().to_string();
-    VerityTable {
+    let mut salt = vec![0u8; v.salt.len() / 2];
+    basalt_identity::hex::decode_into(&v.salt, &mut salt).map_err(|e| Error::Layout {
+        path: ext.path.clone(),
+        reason: format!("signed salt: {e}"),
+    })?;
+    Ok(VerityTable {
         data_dev: dev.clone(),
         hash_dev: dev,
         data_block_size: v.data_block_size,
@@ -131,18 +136,9 @@ pub fn verity_table(ext: &Extension, device: &Path) -> VerityTable {
         hash_start_block: v.hash_offset / BLOCK_SIZE + 1,
         algorithm: "sha256".into(),
         root_hash: v.root_hash.0.to_vec(),
-        salt: hex_bytes(&v.salt),
+        salt,
         options: Vec::new(),
-    }
-}
-
-fn hex_bytes(text: &str) -> Vec<u8> {
-    let mut out = vec![0u8; text.len() / 2];
-    // The statement's salt was validated as lowercase hex when it was parsed.
-    match basalt_identity::hex::decode_into(text, &mut out) {
-        Ok(()) => out,
-        Err(_) => Vec::new(),
-    }
+    })
 }
 
 /// Activates the booted version's set: all checks first ([`check_set`]), then each image
@@ -196,7 +192,7 @@ fn activate_one<O: NodeOps>(ops: &mut O, ext: Extension, run_dir: &Path) -> Resu
     let (hold, loop_dev) = ops
         .attach_loop(&ext.path)
         .map_err(|e| fail("attach a loop device", e.to_string()))?;
-    let table = verity_table(&ext, &loop_dev);
+    let table = verity_table(&ext, &loop_dev)?;
     let device = ops
         .create_verity(&dm_name, &table)
         .map_err(|e| fail("create the dm-verity device", e))?;
