@@ -14,6 +14,8 @@
 //!   bounded before anything is allocated or read, both copies are checked.
 //! - [`efivar`]: reading EFI variables from efivarfs (`LoaderDevicePartUUID`, the `/usr`
 //!   version floor) with a size cap.
+//! - [`osrelease`]: the one `os-release(5)` / `extension-release` reader (which OS is booted,
+//!   which OS an extension is for).
 //!
 //! Does not own: writing partition tables or slots (`basalt-disk`), the verity format
 //! (`basalt-verity`), signatures and version policy (`basalt-manifest`), the boot sequence
@@ -31,6 +33,7 @@ mod error;
 pub mod gpt;
 mod guid;
 pub mod hex;
+pub mod osrelease;
 mod roothash;
 
 pub use error::{Error, GptError};

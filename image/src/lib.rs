@@ -6,7 +6,8 @@
 //! manifest and a bootable disk image — with a cache keyed by the inputs' hash ([`build`]);
 //! the Debian kernel those images boot, fetched and cached once ([`kernel`]); running the
 //! system tools the build needs ([`tool`]); publishing releases into a static repository
-//! and listing it ([`release`]).
+//! and listing it ([`release`]); system extension images from a tree or Debian packages
+//! ([`sysext`]).
 //! Does not own: the formats themselves (`basalt-verity`, `basalt-manifest`, `basalt-disk`,
 //! `basalt-initramfs`), which it calls.
 
@@ -14,6 +15,7 @@ pub mod build;
 pub mod kernel;
 mod lock;
 pub mod release;
+pub mod sysext;
 pub mod tool;
 
 use std::path::PathBuf;

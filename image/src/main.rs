@@ -15,6 +15,8 @@ mod manifest;
 #[path = "release/cli.rs"]
 mod release_cli;
 mod secureboot;
+#[path = "sysext_cli.rs"]
+mod sysext_cli;
 mod trust;
 mod verity;
 
@@ -59,6 +61,9 @@ enum Command {
     /// Release repositories: publish releases and trust roots, list channels.
     #[command(subcommand)]
     Release(release_cli::Command),
+    /// System extensions: signed, verity-sealed erofs images for systemd-sysext.
+    #[command(subcommand)]
+    Sysext(sysext_cli::Command),
     /// Secure Boot: keys (PK, KEK, db) and their enrolment files, signing EFI binaries,
     /// unified kernel images.
     #[command(subcommand)]
@@ -87,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Initramfs(cmd) => initramfs::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Release(cmd) => release_cli::run(cmd),
+        Command::Sysext(cmd) => sysext_cli::run(cmd),
         Command::SecureBoot(cmd) => secureboot::run(cmd),
     }
 }

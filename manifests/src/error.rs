@@ -18,6 +18,8 @@ pub enum Document {
     UsrHash,
     /// The frame index of a compressed artifact (`BSLTFRM1`, see [`crate::frames`]).
     FrameIndex,
+    /// A system extension statement envelope (`application/vnd.basalt.sysext.v1+json`).
+    Sysext,
 }
 
 impl std::fmt::Display for Document {
@@ -27,6 +29,7 @@ impl std::fmt::Display for Document {
             Document::TrustRoot => "trust root",
             Document::UsrHash => "usr hash statement",
             Document::FrameIndex => "frame index",
+            Document::Sysext => "system extension statement",
         })
     }
 }

@@ -3,7 +3,8 @@
 //! Owns: the release manifest schema ([`Manifest`]), the DSSE signature envelope
 //! ([`Envelope`]), trust roots with thresholds and rotation ([`TrustRoot`]), the verification
 //! policy (expiry, sequence, downgrade: [`Policy`], [`verify_release`]), the signed
-//! `/usr` root-hash statement the initramfs checks ([`verify_usr_hash`]), the frame index of
+//! `/usr` root-hash statement the initramfs checks ([`verify_usr_hash`]), the system
+//! extension statement ([`verify_sysext`]), the frame index of
 //! compressed artifacts ([`frames`]) and the static repository layout ([`repo`]).
 //! Does not own: fetching manifests or artifacts (the updater), building artifacts or writing
 //! key files (`basalt`).
@@ -24,7 +25,7 @@
 //!   strictly increasing, downgrade only with an explicit override (reported and logged),
 //!   equal version with a higher sequence accepted as a re-signed release.
 //! - **Size caps before parsing**: [`MAX_RELEASE_BYTES`] (1 MiB), [`MAX_TRUST_ROOT_BYTES`]
-//!   (64 KiB), [`MAX_USR_HASH_BYTES`] (16 KiB), and at most [`MAX_SIGNATURES`] signatures.
+//!   (64 KiB), [`MAX_USR_HASH_BYTES`] and [`MAX_SYSEXT_BYTES`] (16 KiB), and at most [`MAX_SIGNATURES`] signatures.
 //! - **Schema versions**: `schema_version: 1` in manifests and trust roots, read before the
 //!   rest; unknown versions and unknown fields are refused.
 //! - **Signing is behind the `sign` feature** ([`SigningKey`], [`sign_envelope`], …), so
@@ -46,6 +47,7 @@ pub mod policy;
 pub mod repo;
 #[cfg(any(test, feature = "sign"))]
 pub mod sign;
+pub mod sysext;
 pub mod trust;
 pub mod usrhash;
 
@@ -65,7 +67,13 @@ pub use policy::{
     MAX_RELEASE_BYTES, RELEASE_PAYLOAD_TYPE,
 };
 #[cfg(any(test, feature = "sign"))]
-pub use sign::{sign_envelope, sign_release, sign_trust_root, sign_usr_hash, SigningKey};
+pub use sign::{
+    sign_envelope, sign_release, sign_sysext, sign_trust_root, sign_usr_hash, SigningKey,
+};
+pub use sysext::{
+    valid_extension_name, verify_sysext, SysextStatement, VerifiedSysext, MAX_SYSEXT_BYTES,
+    SYSEXT_PAYLOAD_TYPE,
+};
 pub use trust::{
     KeyAlgorithm, TrustKey, TrustRoot, TrustRootDocument, MAX_TRUST_ROOT_BYTES, TRUST_PAYLOAD_TYPE,
 };

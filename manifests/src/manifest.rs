@@ -74,7 +74,8 @@ pub enum ArtifactKind {
     Kernel,
     /// An initramfs.
     Initrd,
-    /// A system extension image (may carry [`Verity`] parameters).
+    /// A system extension image (`NAME.raw`, see `basalt-sysext`); must carry [`Verity`]
+    /// parameters (the ones its signed sysext statement binds).
     Sysext,
     /// The release's software bill of materials (an SPDX 2.3 JSON document listing every
     /// package and binary in the image). Listed so the release signatures cover it; a node
@@ -98,7 +99,7 @@ pub struct Artifact {
     /// How the artifact is shipped compressed, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
-    /// dm-verity parameters, for `usr` (required) and `sysext` (optional) images.
+    /// dm-verity parameters, for `usr` and `sysext` images (required for both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<Verity>,
 }
@@ -335,6 +336,21 @@ impl Artifact {
             (ArtifactKind::Usr, None) => {
                 return Err(invalid(format!(
                     "usr artifact {name:?} has no verity parameters"
+                )))
+            }
+            (ArtifactKind::Sysext, None) => {
+                return Err(invalid(format!(
+                    "sysext artifact {name:?} has no verity parameters"
+                )))
+            }
+            (ArtifactKind::Sysext, Some(_))
+                if !name
+                    .strip_suffix(".raw")
+                    .is_some_and(crate::sysext::valid_extension_name) =>
+            {
+                return Err(invalid(format!(
+                    "sysext artifact {name:?} must be named NAME.raw with NAME of [a-z0-9._-] \
+                     (the extension's name)"
                 )))
             }
             (ArtifactKind::Kernel | ArtifactKind::Initrd | ArtifactKind::Sbom, Some(_)) => {

@@ -134,3 +134,16 @@ pub fn sign_trust_root(document: &TrustRootDocument, keys: &[&SigningKey]) -> Re
 pub fn sign_usr_hash(statement: &UsrHashStatement, keys: &[&SigningKey]) -> Result<Vec<u8>> {
     sign_envelope(USR_HASH_PAYLOAD_TYPE, &statement.to_json()?, keys)
 }
+
+/// Validates and signs a system extension statement.
+pub fn sign_sysext(
+    statement: &crate::sysext::SysextStatement,
+    keys: &[&SigningKey],
+) -> Result<Vec<u8>> {
+    statement.validate()?;
+    sign_envelope(
+        crate::sysext::SYSEXT_PAYLOAD_TYPE,
+        &statement.to_json()?,
+        keys,
+    )
+}

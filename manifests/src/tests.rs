@@ -900,7 +900,11 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
         1u64..u64::MAX,
         (1i64..1000, 1i64..1000),
         proptest::collection::vec(
-            ("[a-z][a-z0-9._-]{0,20}", 1u64..(1 << 40), any::<[u8; 32]>()),
+            (
+                "[a-z][a-z0-9_-]{0,20}",
+                8193u64..(1 << 40),
+                any::<[u8; 32]>(),
+            ),
             1..5,
         ),
     )
@@ -920,7 +924,16 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                         size,
                         sha256: Digest(sha),
                         compression: None,
-                        verity: None,
+                        // The data ends where the hash area starts, before the end.
+                        verity: Some(Verity {
+                            root_hash: Digest(sha),
+                            salt: String::new(),
+                            data_blocks: (size - 1) / 4096,
+                            hash_offset: (size - 1) / 4096 * 4096,
+                            hash_algorithm: HashAlgorithm::Sha256,
+                            data_block_size: 4096,
+                            hash_block_size: 4096,
+                        }),
                     });
                 }
                 m
@@ -1040,5 +1053,95 @@ fn dsse_test_vectors_with_rfc8032_keys() {
         assert_eq!(hex::encode(&message), pae_hex, "{payload_type}");
         assert_eq!(b64.encode(a.sign(&message)), sig, "{payload_type}");
         assert!(a.public_key().verify(&message, &b64.decode(sig).unwrap()));
+    }
+}
+
+// ---- system extension statements and artifacts ----
+
+fn sysext_statement() -> SysextStatement {
+    SysextStatement {
+        name: "tools".into(),
+        version: Version::new(1, 0, 0),
+        os: "basalt".into(),
+        extension_release: "ID=basalt\nSYSEXT_LEVEL=1\n".into(),
+        verity: Verity {
+            root_hash: digest(7),
+            salt: "00ff".into(),
+            data_blocks: 10,
+            hash_offset: 10 * 4096,
+            hash_algorithm: HashAlgorithm::Sha256,
+            data_block_size: 4096,
+            hash_block_size: 4096,
+        },
+    }
+}
+
+#[test]
+fn sysext_statement_round_trips_and_is_not_a_usr_hash_statement() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let root = root(2, &[&a, &b, &c]);
+    let refs = [&a, &b];
+    let signed = sign_sysext(&sysext_statement(), &refs).unwrap();
+    let v = verify_sysext(&signed, &root).unwrap();
+    assert_eq!(v.statement, sysext_statement());
+    assert_eq!(v.signed_by.len(), 2);
+    // Domain separation both ways: an extension statement is never a /usr statement.
+    assert!(matches!(
+        verify_usr_hash(&signed, &root, &"ab".repeat(32)),
+        Err(Error::WrongPayloadType { .. })
+    ));
+    let usr = sign_usr_hash(&usr_statement(), &refs).unwrap();
+    assert!(matches!(
+        verify_sysext(&usr, &root),
+        Err(Error::WrongPayloadType { .. })
+    ));
+    // Below the threshold.
+    let one = sign_sysext(&sysext_statement(), &refs[..1]).unwrap();
+    assert!(verify_sysext(&one, &root).is_err());
+}
+
+#[test]
+fn sysext_statement_shape_is_checked() {
+    let a = key(1);
+    let refs = [&a];
+    let mut bad_name = sysext_statement();
+    bad_name.name = "../etc".into();
+    let mut big = sysext_statement();
+    big.extension_release = "X=y\n".repeat(2000);
+    let mut empty = sysext_statement();
+    empty.extension_release.clear();
+    let mut no_blocks = sysext_statement();
+    no_blocks.verity.data_blocks = 0;
+    for s in [bad_name, big, empty, no_blocks] {
+        assert!(
+            matches!(sign_sysext(&s, &refs), Err(Error::InvalidContent { .. })),
+            "{s:?}"
+        );
+    }
+    let mut unknown = serde_json::to_value(sysext_statement()).unwrap();
+    unknown["extra"] = serde_json::json!(1);
+    assert!(SysextStatement::from_json(unknown.to_string().as_bytes()).is_err());
+}
+
+#[test]
+fn sysext_artifacts_need_verity_and_a_name_raw() {
+    let mut m = manifest();
+    let verity = m.artifacts[0].verity.clone();
+    m.artifacts.push(Artifact {
+        kind: ArtifactKind::Sysext,
+        name: "tools.raw".into(),
+        size: 1 << 20,
+        sha256: digest(9),
+        compression: None,
+        verity: verity.clone(),
+    });
+    m.validate().unwrap();
+    let last = m.artifacts.len() - 1;
+    m.artifacts[last].verity = None;
+    assert!(m.validate().is_err(), "sysext without verity");
+    m.artifacts[last].verity = verity;
+    for name in ["tools.img", "Tools.raw", ".raw", "tools"] {
+        m.artifacts[last].name = name.into();
+        assert!(m.validate().is_err(), "{name}");
     }
 }

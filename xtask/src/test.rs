@@ -33,6 +33,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "systemd",
     // Named time zones of the updater's maintenance window (updater/src/config.rs).
     "tzdata",
+    // systemd-dissect reads our system extension images as a peer (image/tests/sysext_peers.rs).
+    "systemd-container",
     "mmdebstrap",
     "gpgv",
     "debian-archive-keyring",

@@ -1,8 +1,8 @@
 //! Text parsers: the kernel command line splitter and `usrhash=`, root hashes, GUIDs, hex,
-//! EFI variable values. No panic; whatever parses prints back as what parses the same.
+//! EFI variable values, os-release files. No panic; whatever parses prints back as what parses the same.
 #![no_main]
 
-use basalt_identity::{cmdline, efivar, hex, Guid, RootHash};
+use basalt_identity::{cmdline, efivar, hex, osrelease, Guid, RootHash};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +11,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let release = osrelease::Release::parse(text);
+    assert!(release.pairs().iter().all(|(k, _)| !k.is_empty() && !k.contains('=')));
     let args = cmdline::split_args(text);
     // A lone `--` ends the list (`--=x` is an ordinary option, as in the kernel).
     assert!(args.iter().all(|(k, v)| !(k == "--" && v.is_none())));

@@ -420,9 +420,11 @@ pub fn layout_for(profile: Profile) -> LayoutSpec {
 /// Seal a `/usr` filesystem image into the `usr.img` artifact, in place: append at
 /// `hash_offset = data_len` (a non-zero multiple of 4 KiB) the veritysetup-format hash area
 /// (superblock with `salt` and `uuid`, then the tree), then the usr-hash statement block
-/// (`basalt_initramfs::usrsig`, binding the whole verity parameter set, `os` and `version`)
-/// signed by `keys`, right after the tree. Returns the verity facts and the parameter set.
-/// Used by [`build`] and by `basalt_image::release::synthetic`.
+/// (`basalt_initramfs::usrsig`) signed by `keys`, right after the tree. Returns the verity
+/// facts and the parameter set — the one the statement binds (v2) and the release manifest's
+/// artifact carries. Used by [`build`] and by `basalt_image::release::synthetic`; system
+/// extensions are sealed by the same two steps ([`append_verity`],
+/// [`append_statement_block`]) with their own statement (`basalt_image::sysext`).
 pub fn seal_usr_image(
     usr: &Path,
     data_len: u64,
@@ -432,10 +434,33 @@ pub fn seal_usr_image(
     version: &basalt_manifest::semver::Version,
     keys: &[&SigningKey],
 ) -> Result<(basalt_verity::VerityInfo, Verity), BuildError> {
+    let (info, verity) = append_verity(usr, data_len, salt, uuid)?;
+    let statement = UsrHashStatement {
+        os: os.to_owned(),
+        version: version.clone(),
+        verity: verity.clone(),
+    };
+    let envelope = sign_usr_hash(&statement, keys).map_err(|source| BuildError::Sign {
+        what: "usr-hash statement",
+        source: Box::new(source),
+    })?;
+    append_statement_block(usr, &verity, &envelope)?;
+    Ok((info, verity))
+}
+
+/// Append the veritysetup-format hash area (superblock with `salt` and `uuid`, then the tree)
+/// to the filesystem image `path` at `hash_offset = data_len` (a non-zero multiple of
+/// 4 KiB); returns the verity facts and the parameter set.
+pub fn append_verity(
+    path: &Path,
+    data_len: u64,
+    salt: Vec<u8>,
+    uuid: [u8; 16],
+) -> Result<(basalt_verity::VerityInfo, Verity), BuildError> {
     if data_len == 0 || data_len % basalt_verity::BLOCK_SIZE != 0 {
         return Err(BuildError::Io {
             op: "check the size of",
-            path: usr.to_path_buf(),
+            path: path.to_path_buf(),
             source: std::io::Error::other(format!(
                 "image of {data_len} bytes is not a non-empty multiple of 4096"
             )),
@@ -450,12 +475,14 @@ pub fn seal_usr_image(
     };
     let data_blocks = data_len / basalt_verity::BLOCK_SIZE;
     let info =
-        basalt_verity::format_path(usr, usr, Some(data_blocks), &opts).map_err(|source| {
+        basalt_verity::format_path(path, path, Some(data_blocks), &opts).map_err(|source| {
             BuildError::Verity {
-                path: usr.to_path_buf(),
+                path: path.to_path_buf(),
                 source: Box::new(source),
             }
         })?;
+    // One set of verity parameters: the manifest's artifact and the signed statement carry
+    // the same.
     let verity = Verity {
         root_hash: Digest(info.root_hash),
         salt: hex::encode(&info.salt),
@@ -465,33 +492,36 @@ pub fn seal_usr_image(
         data_block_size: basalt_verity::BLOCK_SIZE as u32,
         hash_block_size: basalt_verity::BLOCK_SIZE as u32,
     };
-    let statement = UsrHashStatement {
-        os: os.to_owned(),
-        version: version.clone(),
-        verity: verity.clone(),
-    };
-    let envelope = sign_usr_hash(&statement, keys).map_err(|source| BuildError::Sign {
-        what: "usr-hash statement",
-        source: Box::new(source),
-    })?;
-    let block = basalt_initramfs::usrsig::encode_block(&envelope).map_err(|source| {
+    Ok((info, verity))
+}
+
+/// Write the statement block (`basalt_initramfs::usrsig` codec) holding `envelope` right
+/// after the hash tree `verity` describes; the file ends with it.
+pub fn append_statement_block(
+    path: &Path,
+    verity: &Verity,
+    envelope: &[u8],
+) -> Result<(), BuildError> {
+    let block = basalt_initramfs::usrsig::encode_block(envelope).map_err(|source| {
         BuildError::Initramfs {
-            path: usr.to_path_buf(),
+            path: path.to_path_buf(),
             source: Box::new(source),
         }
     })?;
     // = hash_offset + superblock block + tree (usrsig::statement_offset, shifted).
-    let statement_at =
-        data_len + basalt_verity::BLOCK_SIZE + basalt_verity::hash_tree_size(data_blocks);
+    let statement_at = verity.hash_offset
+        + basalt_verity::BLOCK_SIZE
+        + basalt_verity::hash_tree_size(verity.data_blocks);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .open(usr)
-        .map_err(io("open", usr))?;
-    f.seek(SeekFrom::Start(statement_at))
+        .open(path)
+        .map_err(io("open", path))?;
+    f.set_len(statement_at)
+        .and_then(|()| f.seek(SeekFrom::Start(statement_at)))
         .and_then(|_| f.write_all(&block))
         .and_then(|()| f.sync_all())
-        .map_err(io("append the usr-hash statement to", usr))?;
-    Ok((info, verity))
+        .map_err(io("append the signed statement to", path))?;
+    Ok(())
 }
 
 /// Write a `usr.img` (erofs ‖ hash area ‖ statement) into `slot` of the disk image `disk`:

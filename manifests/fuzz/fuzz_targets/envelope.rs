@@ -1,7 +1,8 @@
 //! Fuzzes every parser of `basalt-manifest` and release verification against a fixed trust
 //! root. Never panics; round trips must be stable.
 //!
-//! Seeds (a manifest, a signed release, a trust root, a usr-hash statement) are committed in
+//! Seeds (a manifest, a signed release, a trust root, a usr-hash statement; sysext
+//! statements share the envelope parser) are committed in
 //! `seeds/envelope/` (the corpus folder itself is git-ignored):
 //! `cargo +nightly fuzz run envelope corpus/envelope seeds/envelope`.
 
@@ -11,8 +12,9 @@ use std::sync::OnceLock;
 
 use basalt_manifest::chrono::DateTime;
 use basalt_manifest::{
-    sign_trust_root, verify_release, verify_usr_hash, Document, Envelope, Manifest, Policy,
-    SigningKey, TrustRoot, TrustRootDocument, UsrHashStatement, MAX_RELEASE_BYTES,
+    sign_trust_root, verify_release, verify_sysext, verify_usr_hash, Document, Envelope, Manifest,
+    Policy, SigningKey, SysextStatement, TrustRoot, TrustRootDocument, UsrHashStatement,
+    MAX_RELEASE_BYTES,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -49,6 +51,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = verify_usr_hash(data, &f.root, &"ab".repeat(32));
     let _ = TrustRootDocument::from_json(data);
     let _ = UsrHashStatement::from_json(data);
+    let _ = verify_sysext(data, &f.root);
+    if let Ok(statement) = SysextStatement::from_json(data) {
+        let json = statement.to_json().expect("encoding a parsed sysext statement");
+        assert_eq!(SysextStatement::from_json(&json).expect("re-parsing"), statement);
+    }
 
     if let Ok(envelope) = Envelope::from_json(data, MAX_RELEASE_BYTES, Document::Release) {
         let json = envelope.to_json(Document::Release).expect("encoding a parsed envelope");
