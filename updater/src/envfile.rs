@@ -2,10 +2,10 @@
 //! syntax) and `/usr/lib/os-release` (os-release(5)). One reader for the daemon, the engine
 //! and `agent`.
 //!
-//! Blank lines and `#` comments are skipped, lines without `=` too; one level of matching
-//! single or double quotes is removed from a value (os-release quotes values with spaces; no
-//! escapes are used by either writer). A later line for the same key wins, as a shell would
-//! have it.
+//! The syntax is os-release(5)'s for both files, so the parsing is
+//! `basalt_identity::osrelease`'s (the one reader, also used by the system extension checks);
+//! this module only names the boot.env keys and reads the files. A later line for the same
+//! key wins, as a shell would have it.
 
 use std::path::Path;
 
@@ -20,14 +20,11 @@ pub fn read(path: &Path) -> Option<Vec<(String, String)>> {
     Some(parse(&text))
 }
 
-/// The pairs of a file's text, in order.
+/// The pairs of a file's text, in order (`basalt_identity::osrelease` rules).
 pub fn parse(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), unquote(v.trim()).to_owned()))
-        .collect()
+    basalt_identity::osrelease::Release::parse(text)
+        .pairs()
+        .to_vec()
 }
 
 /// The last non-empty value of `key`.
@@ -38,15 +35,6 @@ pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
         .filter(|v| !v.is_empty())
-}
-
-fn unquote(v: &str) -> &str {
-    for q in ['"', '\''] {
-        if let Some(inner) = v.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-            return inner;
-        }
-    }
-    v
 }
 
 #[cfg(test)]
