@@ -346,8 +346,20 @@ pub fn create_layout<D: DiskIo>(
     Layout::discover(&table, path)
 }
 
-/// Create a new sparse image file at `path` (refusing to overwrite) with the Basalt layout.
+/// Create a new sparse image file at `path` (refusing to overwrite) with the Basalt layout,
+/// its disk and partition GUIDs drawn at random.
 pub fn create_image(path: &Path, spec: &LayoutSpec) -> Result<Layout, Error> {
+    create_image_with(path, spec, &mut gpt::random_guid)
+}
+
+/// [`create_image`] with the GUIDs taken from `new_guid`, in order: the disk GUID, then the
+/// six partitions in table order (ESP, usr A, verity A, usr B, verity B, root). An image
+/// builder passes GUIDs derived from the release, so the same inputs give the same bytes.
+pub fn create_image_with(
+    path: &Path,
+    spec: &LayoutSpec,
+    new_guid: &mut dyn FnMut() -> Result<Guid, Error>,
+) -> Result<Layout, Error> {
     spec.plan(path)?;
     let mut file = OpenOptions::new()
         .read(true)
@@ -364,7 +376,7 @@ pub fn create_image(path: &Path, spec: &LayoutSpec) -> Result<Layout, Error> {
         path: path.to_path_buf(),
         source,
     })?;
-    create_layout(&mut file, path, spec, &mut gpt::random_guid)
+    create_layout(&mut file, path, spec, new_guid)
 }
 
 /// Parse a size: plain bytes, or with a suffix K/M/G/T (optionally `iB`), powers of 1024.

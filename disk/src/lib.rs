@@ -26,6 +26,6 @@ pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
 pub use error::Error;
 pub use esp::{DirEsp, Esp, FatImageEsp};
 pub use gptprio::GptPrio;
-pub use layout::{create_image, Layout, LayoutSpec};
+pub use layout::{create_image, create_image_with, Layout, LayoutSpec};
 pub use range::{PartitionRange, RangeReader, RangeWriter};
 pub use slots::{Inventory, RootHash, SlotInfo, SlotPart, SlotState};

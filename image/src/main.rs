@@ -9,6 +9,7 @@
 mod disk;
 mod image;
 mod initramfs;
+mod inspect;
 mod key;
 mod manifest;
 #[path = "release/cli.rs"]

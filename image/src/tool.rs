@@ -59,10 +59,24 @@ pub const APT_GET: Tool = Tool::new("apt-get", "apt");
 pub const DPKG_DEB: Tool = Tool::new("dpkg-deb", "dpkg");
 /// `depmod` (package `kmod`).
 pub const DEPMOD: Tool = Tool::new("depmod", "kmod");
+/// `tar` (package `tar`).
+pub const TAR: Tool = Tool::new("tar", "tar");
 /// `xz` (package `xz-utils`).
 pub const XZ: Tool = Tool::new("xz", "xz-utils");
 /// `mke2fs` (package `e2fsprogs`).
 pub const MKE2FS: Tool = Tool::new("mke2fs", "e2fsprogs");
+/// `debugfs` (package `e2fsprogs`): populates the root filesystem reproducibly.
+pub const DEBUGFS: Tool = Tool::new("debugfs", "e2fsprogs");
+/// `mmdebstrap` (package `mmdebstrap`).
+pub const MMDEBSTRAP: Tool = Tool::new("mmdebstrap", "mmdebstrap");
+/// `dpkg-query` (package `dpkg`).
+pub const DPKG_QUERY: Tool = Tool::new("dpkg-query", "dpkg");
+/// `cp` (package `coreutils`): `cp -a` keeps owners, modes, links and special files.
+pub const CP: Tool = Tool::new("cp", "coreutils");
+/// `git` (package `git`): the revision the Basalt binaries are built from.
+pub const GIT: Tool = Tool::new("git", "git");
+/// `cargo` (rustup): builds `basalt-init` and the image's Basalt binaries.
+pub const CARGO: Tool = Tool::new("cargo", "cargo (rustup, https://rustup.rs)");
 
 /// Folders searched after `PATH`: the build may run as a user whose `PATH` lacks the sbin folders,
 /// where `depmod`, `sgdisk` and `mkfs.vfat` live.

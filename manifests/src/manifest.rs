@@ -76,6 +76,10 @@ pub enum ArtifactKind {
     Initrd,
     /// A system extension image (may carry [`Verity`] parameters).
     Sysext,
+    /// The release's software bill of materials (an SPDX 2.3 JSON document listing every
+    /// package and binary in the image). Listed so the release signatures cover it; a node
+    /// does not need it to install the release.
+    Sbom,
 }
 
 /// One file of a release.
@@ -333,7 +337,7 @@ impl Artifact {
                     "usr artifact {name:?} has no verity parameters"
                 )))
             }
-            (ArtifactKind::Kernel | ArtifactKind::Initrd, Some(_)) => {
+            (ArtifactKind::Kernel | ArtifactKind::Initrd | ArtifactKind::Sbom, Some(_)) => {
                 return Err(invalid(format!(
                     "artifact {name:?} of kind {:?} cannot carry verity parameters",
                     self.kind

@@ -2,8 +2,9 @@
 //! the static `basalt-init` ([`basalt_init`]), the `basalt` CLI ([`basalt_cli`]), fixed
 //! test signing keys with their trust root ([`test_keys`]) and the `minimal` images
 //! ([`minimal_image`]: one per version, built by `basalt_image::build` into its input-hash
-//! cache, so a second run only copies files) and the product `container-host` image
-//! ([`container_host_image`], from `image/definitions/container-host.toml`).
+//! cache, so a second run only copies files) and the `container-host` images of
+//! `image/definitions/container-host.toml` ([`container_host`]: product or test variant, any
+//! version).
 //!
 //! Concurrency: a process-wide mutex per artifact makes parallel tests of one binary wait for
 //! the first builder; across processes, cargo's own lock (for the binaries) and the image
@@ -14,60 +15,43 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use basalt_image::build::image::{copy_sparse, default_cache_dir};
-use basalt_image::build::{build, BuildReport, BuildRequest};
-use basalt_image::kernel::KernelTree;
-use basalt_manifest::chrono::Utc;
+use basalt_image::build::image::copy_sparse;
+use basalt_image::build::workspace::{find_or_build_init, Program};
+use basalt_image::build::{build, BuildReport, BuildRequest, Variant};
 use basalt_manifest::{sign_trust_root, SigningKey, TrustRootDocument};
 
 use crate::error::{Error, Result};
-use crate::tool::Tool;
+use crate::tool::{Tool, CARGO};
 
-/// `cargo` (from rustup; named in errors).
-pub const CARGO: Tool = Tool::new("cargo", "cargo (rustup)");
 /// The target triple basalt-init is built for (static glibc; the musl target is absent).
-pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
+pub use basalt_image::build::workspace::INIT_TARGET;
 
-static INIT: Mutex<Option<PathBuf>> = Mutex::new(None);
+static INIT: Mutex<Option<Program>> = Mutex::new(None);
 static CLI: Mutex<Option<PathBuf>> = Mutex::new(None);
 static KEYS: Mutex<Option<TestKeys>> = Mutex::new(None);
 static IMAGES: Mutex<Option<HashMap<String, MinimalImage>>> = Mutex::new(None);
-static CONTAINER_HOST: Mutex<Option<MinimalImage>> = Mutex::new(None);
+static CONTAINER_HOST: Mutex<Option<HashMap<String, MinimalImage>>> = Mutex::new(None);
 
-/// Build the static, stripped `basalt-init` (release) into `<workspace>/build/target-init`
-/// (its own target folder, so it never waits for the test build's lock) and return its path.
-/// Cargo makes a repeated call a quick no-op.
-pub fn basalt_init() -> Result<PathBuf> {
+/// The static, stripped `basalt-init` (release), built by the image library's own finder
+/// (`basalt_image::build::workspace::find_or_build_init`: cargo into
+/// `<workspace>/build/target-init`, its own target folder, so it never waits for the test
+/// build's lock), with the git revision it was built from. Cargo makes a repeated call a
+/// quick no-op.
+pub fn basalt_init_program() -> Result<Program> {
     let mut done = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = done.as_ref() {
-        return Ok(path.clone());
+    if let Some(program) = done.as_ref() {
+        return Ok(program.clone());
     }
-    let target_dir = crate::workspace_root().join("build").join("target-init");
-    let mut cmd = CARGO.command()?;
-    cmd.current_dir(crate::workspace_root())
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C strip=symbols",
-        )
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "basalt-initramfs",
-            "--bin",
-            "basalt-init",
-            "--target",
-            INIT_TARGET,
-        ]);
-    CARGO.run(&mut cmd)?;
-    let path = target_dir
-        .join(INIT_TARGET)
-        .join("release")
-        .join("basalt-init");
-    *done = Some(path.clone());
-    Ok(path)
+    let ws = crate::workspace_root();
+    let program = find_or_build_init(None, &ws, &ws.join("basalt"), &mut |_| {})
+        .map_err(|e| Error::Build(e.into()))?;
+    *done = Some(program.clone());
+    Ok(program)
+}
+
+/// The path of [`basalt_init_program`].
+pub fn basalt_init() -> Result<PathBuf> {
+    Ok(basalt_init_program()?.path)
 }
 
 /// Build the `basalt` CLI (debug) into `<workspace>/build/target-cli` and return its path.
@@ -192,16 +176,16 @@ pub fn minimal_request(version: &semver::Version, out: &Path) -> Result<BuildReq
     })?;
     let definition = root.join("IMAGE.toml");
     write_if_changed(&definition, minimal_definition(version).as_bytes())?;
-    Ok(BuildRequest {
-        config: definition,
-        keys: vec![keys.key],
-        trust: keys.trust,
-        init: basalt_init()?,
-        out: out.to_path_buf(),
-        cache: default_cache_dir(),
-        kernel_cache: KernelTree::default_cache_dir(),
-        issued_at: Utc::now(),
-    })
+    let init = basalt_init_program()?;
+    let mut req = BuildRequest::new(
+        definition,
+        vec![keys.key],
+        keys.trust,
+        init.path,
+        out.to_path_buf(),
+    );
+    req.init_revision = init.revision;
+    Ok(req)
 }
 
 /// The test `minimal` image of `version` (e.g. "1.0.0", "2.0.0"), built once per process into
@@ -241,41 +225,71 @@ pub fn container_host_definition() -> PathBuf {
         .join("container-host.toml")
 }
 
-/// The product `container-host` image, built once per process from
-/// [`container_host_definition`] with the test keys into
-/// `<workspace>/build/test-images/container-host/out` (from the image cache when the inputs
-/// were built before: the first build runs mmdebstrap, ≈1–2 min). The release directory has
-/// the same shape as a [`MinimalImage`]'s. Treat its files as read-only.
-pub fn container_host_image() -> Result<MinimalImage> {
-    let mut done = CONTAINER_HOST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(image) = done.as_ref() {
+/// The request that builds `variant` of the container-host definition at `version` (release
+/// sequence = major version) into `out`, with the test keys.
+pub fn container_host_request(
+    variant: Variant,
+    version: &semver::Version,
+    out: &Path,
+) -> Result<BuildRequest> {
+    let keys = test_keys()?;
+    let init = basalt_init_program()?;
+    let mut req = BuildRequest::new(
+        container_host_definition(),
+        vec![keys.key],
+        keys.trust,
+        init.path,
+        out.to_path_buf(),
+    );
+    req.init_revision = init.revision;
+    req.variant = variant;
+    req.version = Some(version.clone());
+    req.sequence = Some(version.major.max(1));
+    Ok(req)
+}
+
+/// `variant` of the container-host image ([`container_host_definition`]) at `version`
+/// (e.g. "1.0.0", "2.0.0"; release sequence = major), built once per process with the test
+/// keys into `<workspace>/build/test-images/container-host-<variant>-<version>/out`. Every
+/// version and both variants share one Debian staging (mmdebstrap runs once per resolved
+/// package set, ≈1 min; the build after it ≈1 min; a cache hit copies files and re-signs).
+/// The [`Variant::Test`] image has the boot report and a root shell on ttyS0
+/// ([`crate::vm::Vm::shell`]); the product has neither. Treat its files as read-only.
+pub fn container_host(variant: Variant, version: &str) -> Result<MinimalImage> {
+    let parsed = semver::Version::parse(version).map_err(|e| Error::VmConfig {
+        problem: format!("image version {version:?}: {e}"),
+    })?;
+    let mut images = CONTAINER_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let images = images.get_or_insert_with(HashMap::new);
+    let name = format!("container-host-{}-{version}", variant.as_str());
+    if let Some(image) = images.get(&name) {
         return Ok(image.clone());
     }
-    let keys = test_keys()?;
     let out = crate::workspace_root()
         .join("build")
         .join("test-images")
-        .join("container-host")
+        .join(&name)
         .join("out");
-    let req = BuildRequest {
-        config: container_host_definition(),
-        keys: vec![keys.key.clone()],
-        trust: keys.trust.clone(),
-        init: basalt_init()?,
-        out: out.clone(),
-        cache: default_cache_dir(),
-        kernel_cache: KernelTree::default_cache_dir(),
-        issued_at: Utc::now(),
-    };
+    let req = container_host_request(variant, &parsed, &out)?;
     let report = build(&req)?;
     let image = MinimalImage {
         dir: out,
         definition: req.config,
         report,
-        keys,
+        keys: test_keys()?,
     };
-    *done = Some(image.clone());
+    images.insert(name, image.clone());
     Ok(image)
+}
+
+/// The product container-host image 1.0.0 ([`container_host`]).
+pub fn container_host_image() -> Result<MinimalImage> {
+    container_host(Variant::Product, "1.0.0")
+}
+
+/// The test container-host image 1.0.0 ([`container_host`]).
+pub fn container_host_test_image() -> Result<MinimalImage> {
+    container_host(Variant::Test, "1.0.0")
 }
 
 /// Append `option` to the `options` line of every boot entry on the ESP of the disk image
@@ -315,4 +329,63 @@ pub fn add_kernel_option(disk: &Path, option: &str) -> Result<Vec<String>> {
         }
     }
     Ok(changed)
+}
+
+/// `python3` with the venv module (Debian packages `python3`, `python3-venv`).
+pub const PYTHON3: Tool = Tool::new("python3", "python3-venv");
+/// The SPDX validator the SBOM tests run: spdx/tools-python, the SPDX project's own parser
+/// and validator, pinned (installed with pip into a private venv, not the system).
+pub const SPDX_TOOLS: &str = "spdx-tools==0.8.5";
+
+/// Check an SPDX document with `pyspdxtools -i FILE` (parse + validate against the SPDX 2.3
+/// specification). The validator lives in `<workspace>/build/cache/spdx-tools` (a venv made
+/// once with pip; a missing `python3-venv` fails naming the package).
+pub fn spdx_validate(document: &Path) -> Result<String> {
+    let venv = crate::cache_root().join("spdx-tools");
+    let tool = venv.join("bin").join("pyspdxtools");
+    // A venv cannot be moved (its scripts name its path): made in place, then marked done.
+    let done = venv.join(".complete");
+    if !done.is_file() {
+        fs::create_dir_all(crate::cache_root()).map_err(|source| Error::CreateDir {
+            path: crate::cache_root(),
+            source,
+        })?;
+        let lock_path = crate::cache_root().join(".spdx-tools.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::WriteFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor we own, held until `lock` is dropped.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        if !done.is_file() {
+            if venv.exists() {
+                fs::remove_dir_all(&venv).map_err(|source| Error::Remove {
+                    path: venv.clone(),
+                    source,
+                })?;
+            }
+            let mut cmd = PYTHON3.command()?;
+            cmd.arg("-m").arg("venv").arg(&venv);
+            PYTHON3.run(&mut cmd)?;
+            let pip = Tool::new("pip", "python3-venv");
+            let mut cmd = std::process::Command::new(venv.join("bin").join("pip"));
+            cmd.args(["install", "-q", SPDX_TOOLS]);
+            pip.run(&mut cmd)?;
+            fs::write(&done, SPDX_TOOLS).map_err(|source| Error::WriteFile {
+                path: done.clone(),
+                source,
+            })?;
+        }
+        drop(lock);
+    }
+    let validator = Tool::new("pyspdxtools", "spdx-tools (pip, in build/cache/spdx-tools)");
+    let mut cmd = std::process::Command::new(&tool);
+    cmd.arg("-i").arg(document);
+    let out = validator.run(&mut cmd)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }

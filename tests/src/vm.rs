@@ -30,7 +30,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -305,9 +305,10 @@ impl VmConfig {
             source,
         })?;
         let mut command = std::process::Command::new(&program);
+        // stdin is the guest's serial input ([`Vm::send`], [`Vm::shell`]).
         command
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
         // If the test process dies without running `Drop` (SIGKILL, a harness timeout), QEMU
@@ -329,6 +330,7 @@ impl VmConfig {
         })?;
         let started = Instant::now();
         let pid = child.id();
+        let input = child.stdin.take();
         let console = Arc::new(Console::default());
         let pump = child.stdout.take().map(|stdout| {
             let console = console.clone();
@@ -338,6 +340,8 @@ impl VmConfig {
         Ok(Vm {
             child,
             pid,
+            input,
+            shell_commands: 0,
             console,
             pump,
             serial_log,
@@ -415,6 +419,15 @@ fn new_serial_log(dir: &Path) -> Result<(u32, File)> {
     })
 }
 
+/// What [`Vm::shell`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellOutput {
+    /// The command's exit status (`$?`).
+    pub status: i32,
+    /// Its output (stdout and stderr, as the console showed it).
+    pub output: String,
+}
+
 /// How a guest ended, as told by QEMU's exit and the kernel's last console message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestExit {
@@ -478,6 +491,10 @@ fn pump(mut from: ChildStdout, mut log: File, console: &Console, echo: bool) {
 pub struct Vm {
     child: Child,
     pid: u32,
+    /// QEMU's stdin: the serial console's input.
+    input: Option<ChildStdin>,
+    /// Commands run through [`Vm::shell`] (numbers their markers).
+    shell_commands: u32,
     console: Arc<Console>,
     pump: Option<JoinHandle<()>>,
     serial_log: PathBuf,
@@ -531,13 +548,29 @@ impl Vm {
     /// cursor past the match. On timeout QEMU is killed; if QEMU exits first, that is an error.
     pub fn expect_any(&mut self, markers: &[&str], timeout: Duration) -> Result<usize> {
         let timeout = scale(timeout);
-        let deadline = Instant::now() + timeout;
+        match self.wait_any(markers, Instant::now() + timeout)? {
+            Some(index) => Ok(index),
+            None => {
+                self.kill()?;
+                Err(Error::MarkerTimeout {
+                    markers: owned(markers),
+                    timeout,
+                    elapsed: self.elapsed(),
+                    console: Box::new(self.excerpt()),
+                })
+            }
+        }
+    }
+
+    /// [`Vm::expect_any`] without the kill: `None` when `deadline` passes (the guest keeps
+    /// running); an error only when QEMU exits first.
+    fn wait_any(&mut self, markers: &[&str], deadline: Instant) -> Result<Option<usize>> {
         let console = self.console.clone();
         let mut state = console.lock();
         loop {
             if let Some((index, end)) = first_match(&state.bytes, self.cursor, markers) {
                 self.cursor = end;
-                return Ok(index);
+                return Ok(Some(index));
             }
             if state.closed {
                 drop(state);
@@ -556,14 +589,7 @@ impl Vm {
             }
             let now = Instant::now();
             if now >= deadline {
-                drop(state);
-                self.kill()?;
-                return Err(Error::MarkerTimeout {
-                    markers: owned(markers),
-                    timeout,
-                    elapsed: self.elapsed(),
-                    console: Box::new(self.excerpt()),
-                });
+                return Ok(None);
             }
             state = console
                 .changed
@@ -571,6 +597,89 @@ impl Vm {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Types `text` on the guest's serial console (QEMU's stdin), as is: add `\n` to end a
+    /// line.
+    pub fn send(&mut self, text: &str) -> Result<()> {
+        let serial_log = self.serial_log.clone();
+        let input = self.input.as_mut().ok_or_else(|| Error::VmConfig {
+            problem: "the serial input of this guest is closed".into(),
+        })?;
+        input
+            .write_all(text.as_bytes())
+            .and_then(|()| input.flush())
+            .map_err(|source| Error::WriteFile {
+                path: serial_log,
+                source,
+            })
+    }
+
+    /// Waits until a root shell answers on the serial console (a test image logs root in
+    /// on ttyS0: `basalt_image::build::variant`): types a probe every few seconds (the getty
+    /// discards what was typed before it started) until its computed answer comes back.
+    pub fn wait_for_shell(&mut self, timeout: Duration) -> Result<()> {
+        let timeout = scale(timeout);
+        let deadline = Instant::now() + timeout;
+        let mut probe = 0u32;
+        while Instant::now() < deadline {
+            probe += 1;
+            // The shell prints 6*7+probe; the echo of the typed line shows the formula.
+            self.send(&format!("echo BASALT-SH-READY-$((6*7+{probe}))\n"))?;
+            let answer = format!("BASALT-SH-READY-{}", 42 + probe);
+            let step = (Instant::now() + Duration::from_secs(3)).min(deadline);
+            if self.wait_any(&[&answer], step)?.is_some() {
+                return Ok(());
+            }
+        }
+        self.kill()?;
+        Err(Error::MarkerTimeout {
+            markers: vec!["a root shell on the serial console (BASALT-SH-READY-…)".into()],
+            timeout,
+            elapsed: self.elapsed(),
+            console: Box::new(self.excerpt()),
+        })
+    }
+
+    /// Runs `command` (one line of `sh`, no newline; run in a subshell, so `cd` or `exit`
+    /// stay inside) in the root shell of the serial console and returns its exit status and
+    /// output (stdout and stderr, `\r` removed). Call [`Vm::wait_for_shell`] first. Kernel
+    /// messages on the console can land inside the output: match with `contains`. On timeout
+    /// QEMU is killed.
+    pub fn shell(&mut self, command: &str, timeout: Duration) -> Result<ShellOutput> {
+        if command.contains('\n') || command.len() > 3000 {
+            return Err(Error::VmConfig {
+                problem: format!(
+                    "a shell command must be one line of at most 3000 bytes: {command:?}"
+                ),
+            });
+        }
+        self.shell_commands += 1;
+        let n = self.shell_commands;
+        // The typed line has `$((n+0))`; only the shell's output has the number itself.
+        self.send(&format!(
+            "echo BASALT-SH-$(({n}+0))-BEGIN; ( {command} ); echo BASALT-SH-$(({n}+0))-END rc=$?\n"
+        ))?;
+        let begin = format!("BASALT-SH-{n}-BEGIN");
+        let end = format!("BASALT-SH-{n}-END rc=");
+        self.expect(&begin, timeout)?;
+        let from = self.cursor;
+        self.expect(&end, timeout)?;
+        let to = self.cursor - end.len();
+        self.expect("\n", timeout)?;
+        let (output, status) = {
+            let state = self.console.lock();
+            let output = String::from_utf8_lossy(&state.bytes[from..to]).replace('\r', "");
+            let tail = String::from_utf8_lossy(&state.bytes[to + end.len()..self.cursor])
+                .trim()
+                .to_owned();
+            (output, tail)
+        };
+        let status = status.parse::<i32>().map_err(|_| Error::VmConfig {
+            problem: format!("shell command {command:?}: unreadable exit status {status:?}"),
+        })?;
+        let output = output.strip_prefix('\n').unwrap_or(&output).to_owned();
+        Ok(ShellOutput { status, output })
     }
 
     /// Waits for QEMU to exit by itself and tells how the guest ended. A non-zero QEMU exit is
@@ -636,6 +745,7 @@ impl Vm {
 
     /// Kills QEMU (SIGKILL to its pid) if it still runs, reaps it and finishes the log.
     pub fn kill(&mut self) -> Result<()> {
+        self.input = None;
         if self.status.is_none() {
             match self.child.try_wait() {
                 Ok(Some(status)) => self.status = Some(status),

@@ -1,17 +1,30 @@
-//! Host tests of `basalt image build` for the `minimal` profile, checked by peers: the
-//! `basalt` CLI (disk inspect, manifest verify), `veritysetup verify` on slot A's partitions,
-//! mtools on the ESP, `sgdisk -v` on the GPT; plus reproducibility, the cache, and refusals of
-//! bad inputs. No QEMU here (see boot_minimal.rs).
+//! Host tests of `basalt image build`, checked by peers. The `minimal` profile: the `basalt`
+//! CLI (disk inspect, manifest verify), `veritysetup verify` on slot A's partitions, mtools on
+//! the ESP, `sgdisk -v` on the GPT; reproducibility (byte-identical `usr.img`, `initrd.img`,
+//! `disk.img` from an empty cache), a cache hit signed again, a definition's files, binaries
+//! and trust root, refusals of bad inputs. The `container-host` profile (one Debian staging
+//! shared by every build here): the SBOM against what `dpkg-query` reports inside the built
+//! `/usr` (extracted with `fsck.erofs`), validated by the SPDX project's own validator; no test
+//! hook in the product, the hooks in the test variant; only the definition's kernel modules;
+//! `basalt release inspect`; a package list or module that does not match is refused. No QEMU
+//! here (see boot_minimal.rs, boot_container_host.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use basalt_image::build::{build, BuildError};
-use basalt_tests::artifacts::{self, minimal_image, minimal_request};
+use basalt_image::build::sbom::{summarize, SpdxDocument, SBOM_FILE};
+use basalt_image::build::{build, BuildError, Variant};
+use basalt_manifest::chrono::{Duration as Days, TimeZone, Utc};
+use basalt_tests::artifacts::{self, container_host, minimal_image, minimal_request};
 use basalt_tests::tool::{Tool, MDIR, SGDISK, VERITYSETUP};
 use serde_json::Value;
+
+/// `fsck.erofs` (package `erofs-utils`): extracts a built `/usr` to look inside it.
+const FSCK_EROFS: Tool = Tool::new("fsck.erofs", "erofs-utils");
+/// `dpkg-query` (package `dpkg`).
+const DPKG_QUERY: Tool = Tool::new("dpkg-query", "dpkg");
 
 /// `mtype` (package `mtools`).
 const MTYPE: Tool = Tool::new("mtype", "mtools");
@@ -251,7 +264,7 @@ fn builds_are_cached_and_reproducible() -> Result<()> {
     ])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        out.status.success() && stdout.contains("(from cache)"),
+        out.status.success() && stdout.contains("(from cache, signed now)"),
         "basalt image build: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -267,10 +280,11 @@ fn builds_are_cached_and_reproducible() -> Result<()> {
         report.facts.durations_ms
     );
     ensure!(!report.from_cache);
-    for name in ["usr.img", "initrd.img", "vmlinuz"] {
+    // Every unsigned artifact, the disk image included (derived GPT and ext4 identities).
+    for name in ["usr.img", "initrd.img", "vmlinuz", "disk.img"] {
         let (a, b) = (first.file(name), tmp.path().join("fresh").join(name));
         ensure!(
-            std::fs::read(&a)? == std::fs::read(&b)?,
+            sha256(&a)? == sha256(&b)?,
             "{name} differs between two builds: {} vs {}",
             a.display(),
             b.display()
@@ -412,4 +426,484 @@ fn a_second_release_installs_into_slot_b() -> Result<()> {
     let verify = run(&SGDISK, &[os("-v"), disk.as_os_str()])?;
     ensure!(verify.contains("No problems found"), "{verify}");
     Ok(())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex_string(ctx.finish().as_ref()));
+        }
+        ctx.update(&buf[..n]);
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The signed manifest of a release directory, verified with its trust root at `at`.
+fn verified_manifest(image: &artifacts::MinimalImage, at: &str) -> Result<Value> {
+    let out = basalt(&[
+        os("manifest"),
+        os("verify"),
+        image.file("release.signed").as_os_str(),
+        os("--trust"),
+        image.keys.trust.as_os_str(),
+        os("--now"),
+        os(at),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "manifest verify at {at}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A cache hit hands back the cached artifacts and a manifest signed for this request: issued
+/// now, expiring `valid_days` after now (not after the first build), the SBOM made now.
+#[test]
+fn a_cache_hit_is_signed_again() -> Result<()> {
+    let first = minimal_image("1.0.0")?;
+    let tmp = tempfile::tempdir()?;
+    let mut req = minimal_request(&semver::Version::new(1, 0, 0), &tmp.path().join("late"))?;
+    req.cache = first
+        .report
+        .cache_dir
+        .parent()
+        .context("cache")?
+        .to_path_buf();
+    // Two years after the first build: its manifest would have expired long ago.
+    let later = Utc
+        .timestamp_opt((Utc::now() + Days::days(730)).timestamp(), 0)
+        .single()
+        .context("time")?;
+    req.issued_at = later;
+    let report = build(&req)?;
+    ensure!(report.from_cache, "expected a cache hit: {report:?}");
+    let late = artifacts::MinimalImage {
+        dir: tmp.path().join("late"),
+        definition: req.config.clone(),
+        report,
+        keys: first.keys.clone(),
+    };
+    let stamp = |t: basalt_manifest::chrono::DateTime<Utc>| {
+        t.to_rfc3339_opts(basalt_manifest::chrono::SecondsFormat::Secs, true)
+    };
+    // Valid right up to its own expiry, 365 days after the request.
+    let m = verified_manifest(&late, &stamp(later + Days::days(364)))?;
+    ensure!(m["issued_at"] == stamp(later), "{m}");
+    ensure!(m["expires_at"] == stamp(later + Days::days(365)), "{m}");
+    // The same bytes of /usr, a different signed manifest.
+    ensure!(sha256(&late.file("usr.img"))? == sha256(&first.file("usr.img"))?);
+    ensure!(
+        std::fs::read(late.file("release.signed"))? != std::fs::read(first.file("release.signed"))?
+    );
+    let sbom: SpdxDocument = serde_json::from_slice(&std::fs::read(late.file(SBOM_FILE))?)?;
+    ensure!(
+        sbom.creation_info.created == stamp(later),
+        "{:?}",
+        sbom.creation_info
+    );
+    // The SBOM is covered by the signatures: it is an artifact of the verified manifest.
+    let listed = m["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["kind"] == "sbom"))
+        .context("no sbom artifact")?;
+    ensure!(
+        listed["sha256"] == sha256(&late.file(SBOM_FILE))?,
+        "{listed}"
+    );
+    Ok(())
+}
+
+/// Extract the erofs `/usr` of a release directory into `to` (fsck.erofs, the peer).
+fn extract_usr(image: &artifacts::MinimalImage, to: &Path) -> Result<()> {
+    let erofs = to.with_extension("erofs");
+    extract(
+        &image.file("usr.img"),
+        0,
+        image.report.facts.hash_offset,
+        &erofs,
+    )?;
+    run(
+        &FSCK_EROFS,
+        &[
+            os(&format!("--extract={}", to.display())),
+            erofs.as_os_str(),
+        ],
+    )?;
+    std::fs::remove_file(&erofs)?;
+    Ok(())
+}
+
+/// A definition's `[[files]]`, `[[binaries]]` (built by cargo, static for the minimal
+/// profile's busybox `/usr`) and `[trust] install` land in `/usr`, and the SBOM lists the
+/// binary with the git revision it was built from.
+#[test]
+fn definition_files_binaries_and_trust_root_are_installed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let version = semver::Version::new(3, 1, 0);
+    let mut req = minimal_request(&version, &tmp.path().join("out"))?;
+    std::fs::write(tmp.path().join("motd"), "hello from the definition\n")?;
+    let def = tmp.path().join("IMAGE.toml");
+    let text = std::fs::read_to_string(&req.config)?
+        + "\n[[files]]\nsource = \"motd\"\ndest = \"/usr/share/basalt/motd\"\nmode = 0o640\n\
+           [[binaries]]\npackage = \"basalt-initramfs\"\nbin = \"basalt-init\"\n\
+           dest = \"/usr/lib/basalt/basalt-init-copy\"\nstatic = true\n\
+           [trust]\ninstall = \"/usr/share/basalt/trust-root.json\"\n";
+    std::fs::write(&def, text)?;
+    req.config = def;
+    let report = build(&req)?;
+    let image = artifacts::MinimalImage {
+        dir: tmp.path().join("out"),
+        definition: req.config.clone(),
+        report,
+        keys: artifacts::test_keys()?,
+    };
+    let usr = tmp.path().join("usr");
+    extract_usr(&image, &usr)?;
+    use std::os::unix::fs::PermissionsExt;
+    let motd = usr.join("share/basalt/motd");
+    ensure!(std::fs::read_to_string(&motd)? == "hello from the definition\n");
+    ensure!(std::fs::metadata(&motd)?.permissions().mode() & 0o7777 == 0o640);
+    let copy = usr.join("lib/basalt/basalt-init-copy");
+    ensure!(std::fs::read(&copy)? == std::fs::read(&req.init)?);
+    ensure!(std::fs::metadata(&copy)?.permissions().mode() & 0o111 != 0);
+    ensure!(
+        std::fs::read(usr.join("share/basalt/trust-root.json"))?
+            == std::fs::read(&image.keys.trust)?
+    );
+    let sbom: SpdxDocument = serde_json::from_slice(&std::fs::read(image.file(SBOM_FILE))?)?;
+    let summary = summarize(&sbom);
+    let names: Vec<&str> = summary.basalt.iter().map(|b| b.0.as_str()).collect();
+    ensure!(names == ["basalt-init", "basalt-init"], "{summary:?}");
+    let revision = basalt_image::build::workspace::git_revision(&basalt_tests::workspace_root())
+        .context("this checkout has no git revision")?;
+    ensure!(
+        summary.basalt.iter().all(|b| b.1 == revision),
+        "{:?} vs {revision}",
+        summary.basalt
+    );
+    ensure!(
+        summary.basalt[1].2 == "/usr/lib/basalt/basalt-init-copy",
+        "{:?}",
+        summary.basalt
+    );
+    // busybox comes from the build host: listed with its Debian package.
+    ensure!(
+        summary
+            .other_debian
+            .iter()
+            .any(|(n, _)| n == "busybox-static"),
+        "{:?}",
+        summary.other_debian
+    );
+    Ok(())
+}
+
+/// (name, version, arch) of every package dpkg reports in the dpkg database `admin`.
+fn dpkg_packages(admin: &Path) -> Result<Vec<(String, String, String)>> {
+    let out = run(
+        &DPKG_QUERY,
+        &[
+            os(&format!("--admindir={}", admin.display())),
+            os("-W"),
+            os("-f=${db:Status-Status} ${Package} ${Version} ${Architecture}\n"),
+        ],
+    )?;
+    let mut list: Vec<(String, String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0] == "installed")
+                .then(|| (f[1].to_owned(), f[2].to_owned(), f[3].to_owned()))
+        })
+        .collect();
+    list.sort();
+    Ok(list)
+}
+
+/// The product container-host image: its SBOM lists exactly the packages dpkg reports inside
+/// the built `/usr` (the image's own dpkg database, extracted from usr.img), each with a
+/// `.deb` SHA-256, a download URI and its source package; the SPDX validator accepts it; no
+/// test hook is in `/usr`; only the definition's kernel modules are; `basalt release inspect`
+/// shows it and refuses a changed SBOM.
+#[test]
+fn container_host_product_sbom_matches_the_image_and_has_no_test_hooks() -> Result<()> {
+    let image = container_host(Variant::Product, "1.0.0")?;
+    let facts = &image.report.facts;
+    println!(
+        "container-host product: usr.img {} B, /usr files {} B, {} packages, {} modules, \
+         trimmed {} B, steps {:?}",
+        facts.usr_img_bytes,
+        facts.usr_tree_bytes,
+        facts.packages.len(),
+        facts.usr_modules.len(),
+        facts.trimmed_bytes,
+        facts.durations_ms
+    );
+    let tmp = tempfile::tempdir()?;
+    let usr = tmp.path().join("usr");
+    extract_usr(&image, &usr)?;
+
+    // 1. The SBOM against dpkg in the image.
+    let in_image = dpkg_packages(&usr.join("share/factory/var/lib/dpkg"))?;
+    ensure!(
+        in_image.len() > 50,
+        "dpkg lists {} packages",
+        in_image.len()
+    );
+    let sbom_path = image.file(SBOM_FILE);
+    let raw: Value = serde_json::from_slice(&std::fs::read(&sbom_path)?)?;
+    ensure!(raw["spdxVersion"] == "SPDX-2.3", "{}", raw["spdxVersion"]);
+    let doc: SpdxDocument = serde_json::from_value(raw.clone())?;
+    let mut listed: Vec<(String, String, String)> = summarize(&doc)
+        .debian
+        .into_iter()
+        .map(|(n, v, a, _)| (n, v, a))
+        .collect();
+    listed.sort();
+    ensure!(
+        listed == in_image,
+        "SBOM and dpkg differ:\n only in the SBOM: {:?}\n only in the image: {:?}",
+        listed
+            .iter()
+            .filter(|p| !in_image.contains(p))
+            .collect::<Vec<_>>(),
+        in_image
+            .iter()
+            .filter(|p| !listed.contains(p))
+            .collect::<Vec<_>>()
+    );
+    for p in raw["packages"].as_array().context("packages")? {
+        let id = p["SPDXID"].as_str().unwrap_or_default();
+        if !id.starts_with("SPDXRef-deb-") {
+            continue;
+        }
+        let sum = p["checksums"][0]["checksumValue"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            p["checksums"][0]["algorithm"] == "SHA256"
+                && sum.len() == 64
+                && sum.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{p}"
+        );
+        ensure!(
+            p["sourceInfo"]
+                .as_str()
+                .is_some_and(|s| s.contains("source package")),
+            "{p}"
+        );
+        let purl = p["externalRefs"][0]["referenceLocator"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(purl.starts_with("pkg:deb/debian/"), "{p}");
+        let has_source = raw["relationships"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r["spdxElementId"] == id && r["relationshipType"] == "GENERATED_FROM")
+        });
+        ensure!(has_source, "no source package for {id}");
+    }
+    let verdict = artifacts::spdx_validate(&sbom_path)?;
+    println!("pyspdxtools: {}", verdict.trim());
+
+    // 2. No test hook in the product /usr (searched in the image, not in the builder's list).
+    let mut offenders = Vec::new();
+    for dir in ["lib/systemd", "share/factory/etc/systemd", "lib/basalt"] {
+        let root = usr.join(dir);
+        if !root.exists() {
+            continue;
+        }
+        for path in walk(&root)? {
+            let text = std::fs::read(&path).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if text.contains("basalt.test")
+                || text.contains("--autologin")
+                || name.as_deref().is_some_and(|n| n.contains("boot-report"))
+            {
+                offenders.push(path.display().to_string());
+            }
+        }
+    }
+    ensure!(
+        offenders.is_empty(),
+        "test hooks in the product /usr: {offenders:?}"
+    );
+    let os_release = std::fs::read_to_string(usr.join("lib/os-release"))?;
+    ensure!(!os_release.contains("VARIANT_ID"), "{os_release}");
+
+    // 3. Only the definition's kernel modules, with depmod's index.
+    let kver = &facts.kernel_version;
+    let modules = usr.join("lib/modules").join(kver);
+    let ko: Vec<String> = walk(&modules)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    ensure!(
+        ko.iter().any(|m| m == "overlay.ko") && ko.iter().any(|m| m == "nvme.ko"),
+        "{ko:?}"
+    );
+    ensure!(
+        !ko.iter().any(|m| m.starts_with("snd-")),
+        "sound modules shipped"
+    );
+    ensure!(
+        ko.len() == facts.usr_modules.len() && ko.len() < 400,
+        "{} modules",
+        ko.len()
+    );
+    let dep = std::fs::read_to_string(modules.join("modules.dep"))?;
+    ensure!(
+        dep.lines().count() == ko.len(),
+        "modules.dep has {} lines",
+        dep.lines().count()
+    );
+
+    // 4. basalt release inspect: verified, the SBOM counted; a changed SBOM is refused.
+    let out = basalt(&[
+        os("release"),
+        os("inspect"),
+        image.dir.as_os_str(),
+        os("--trust"),
+        image.keys.trust.as_os_str(),
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "inspect: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(text.contains("signatures: verified"), "{text}");
+    ensure!(
+        text.contains(&format!("{} Debian packages in /usr", in_image.len())),
+        "{text}"
+    );
+    let copy = tmp.path().join("release");
+    std::fs::create_dir(&copy)?;
+    for name in ["release.signed", SBOM_FILE] {
+        std::fs::copy(image.file(name), copy.join(name))?;
+    }
+    let mut changed = std::fs::read(copy.join(SBOM_FILE))?;
+    let at = changed.len() / 2;
+    changed[at] ^= 0x01;
+    std::fs::write(copy.join(SBOM_FILE), changed)?;
+    let out = basalt(&[
+        os("release"),
+        os("inspect"),
+        copy.as_os_str(),
+        os("--trust"),
+        image.keys.trust.as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(3) && err.contains(SBOM_FILE),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// The test variant of the same definition has the hooks the product lacks (so the search
+/// above can fail), marks itself in os-release, and shares the product's Debian staging.
+#[test]
+fn container_host_test_variant_has_the_hooks() -> Result<()> {
+    let test = container_host(Variant::Test, "1.0.0")?;
+    let product = container_host(Variant::Product, "1.0.0")?;
+    ensure!(
+        test.report.facts.staging_key == product.report.facts.staging_key,
+        "two stagings for one definition"
+    );
+    ensure!(test.report.facts.root_hash != product.report.facts.root_hash);
+    let tmp = tempfile::tempdir()?;
+    let usr = tmp.path().join("usr");
+    extract_usr(&test, &usr)?;
+    let unit = std::fs::read_to_string(usr.join("lib/systemd/system/basalt-boot-report.service"))?;
+    ensure!(
+        unit.contains("ConditionKernelCommandLine=basalt.test=report"),
+        "{unit}"
+    );
+    ensure!(usr
+        .join("lib/systemd/system/multi-user.target.wants/basalt-boot-report.service")
+        .exists());
+    let dropin = std::fs::read_to_string(
+        usr.join("lib/systemd/system/serial-getty@ttyS0.service.d/basalt-test-autologin.conf"),
+    )?;
+    ensure!(dropin.contains("--autologin root"), "{dropin}");
+    ensure!(std::fs::read_to_string(usr.join("lib/os-release"))?.contains("VARIANT_ID=test"));
+    Ok(())
+}
+
+/// A package list that is not what the archive resolves to, and a kernel module the kernel
+/// does not have, are refused before anything is staged, naming the difference.
+#[test]
+fn a_package_list_or_module_that_does_not_match_is_refused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let definition = artifacts::container_host_definition();
+    let dir = definition.parent().context("definitions folder")?;
+    let list = std::fs::read_to_string(dir.join("container-host.packages"))?;
+    // One package dropped from the list, one that no resolution gives added.
+    let mut lines: Vec<&str> = list.lines().filter(|l| *l != "iproute2").collect();
+    lines.push("cowsay");
+    std::fs::write(tmp.path().join("container-host.packages"), lines.join("\n"))?;
+    std::fs::copy(&definition, tmp.path().join("IMAGE.toml"))?;
+    let mut req = artifacts::container_host_request(
+        Variant::Product,
+        &semver::Version::new(1, 0, 0),
+        &tmp.path().join("out"),
+    )?;
+    req.config = tmp.path().join("IMAGE.toml");
+    let err = expect_err(&req)?;
+    let text = chain(&err);
+    ensure!(
+        matches!(err, BuildError::PackageListDiffers { .. }),
+        "{text}"
+    );
+    ensure!(
+        text.contains("+iproute2") && text.contains("-cowsay"),
+        "{text}"
+    );
+    ensure!(!tmp.path().join("out").exists(), "an output was written");
+
+    std::fs::copy(
+        dir.join("container-host.packages"),
+        tmp.path().join("container-host.packages"),
+    )?;
+    let text =
+        std::fs::read_to_string(&definition)?.replace("\"nvme\",", "\"nvme\", \"no_such_module\",");
+    std::fs::write(tmp.path().join("IMAGE.toml"), text)?;
+    let err = expect_err(&req)?;
+    let text = chain(&err);
+    ensure!(text.contains("no_such_module"), "{text}");
+    Ok(())
+}
+
+/// Every file (not symlink) below `dir`.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -276,3 +276,50 @@ poweroff -f
     ensure!(String::from_utf8_lossy(&renamed).contains("Basalt harness self-test"));
     Ok(())
 }
+
+/// (e) Serial input: a busybox shell on ttyS0 is driven through [`basalt_tests::vm::Vm::shell`]
+/// (what the updater's VM scenarios do with a test image's root shell): computed output, exit
+/// statuses, a subshell `exit`, an oversized command refused, then a typed `poweroff`.
+#[test]
+fn serial_shell_runs_commands_and_reports_status() -> Result<()> {
+    let kernel = KernelTree::shared()?;
+    let dir = scenario_dir("harness-serial-shell")?;
+    let initrd = initramfs(
+        dir.as_path(),
+        "echo 'harness: shell on ttyS0'\nsh </dev/ttyS0 >/dev/ttyS0 2>&1\npoweroff -f\n",
+    )?;
+    let config =
+        VmConfig::direct(dir.as_path(), &kernel.vmlinux, Some(initrd), CMDLINE).no_reboot(true);
+    let mut vm = config.spawn()?;
+    vm.expect("harness: shell on ttyS0", DIRECT_BOOT)?;
+    vm.wait_for_shell(DIRECT_BOOT)?;
+    let out = vm.shell("echo sum=$((20+22)); echo err >&2", SHUTDOWN)?;
+    ensure!(out.status == 0, "{out:?}");
+    ensure!(
+        out.output.contains("sum=42") && out.output.contains("err"),
+        "{out:?}"
+    );
+    ensure!(
+        !out.output.contains("$((20+22))"),
+        "the typed line leaked: {out:?}"
+    );
+    let out = vm.shell("false", SHUTDOWN)?;
+    ensure!(out.status == 1, "{out:?}");
+    // `exit` leaves only the subshell: the next command still runs.
+    let out = vm.shell("exit 7", SHUTDOWN)?;
+    ensure!(out.status == 7, "{out:?}");
+    let out = vm.shell("cat /proc/cmdline", SHUTDOWN)?;
+    ensure!(
+        out.status == 0 && out.output.contains("panic=-1"),
+        "{out:?}"
+    );
+    ensure!(
+        vm.shell("a\nb", SHUTDOWN).is_err(),
+        "a two-line command was accepted"
+    );
+    vm.send("poweroff -f\n")?;
+    match vm.wait_exit(SHUTDOWN)? {
+        GuestExit::PowerOff => Ok(()),
+        other => anyhow::bail!("guest ended with {other:?}"),
+    }
+}

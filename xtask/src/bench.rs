@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: throughput against peers run in the same process run
-//! (`--only verity|http` for one of them; the HTTP bench is in `bench_http.rs`).
+//! (`--only verity|http|boot` for one of them; the HTTP bench is in `bench_http.rs`, the boot
+//! and size bench against a stock Debian reference in `bench_boot.rs`).
 //!
 //! verity: `basalt_verity::format` on one thread and on all cores vs `veritysetup format`, on
 //! the same random file (1 GiB by default, cached under `target/bench/`), best of N rounds.
@@ -36,6 +37,12 @@ pub struct Args {
     /// Size of the file fetched over HTTP, in MiB.
     #[arg(long, default_value_t = 512)]
     http_size_mib: u64,
+    /// Interleaved boot rounds (each boots Basalt and the Debian reference on both paths).
+    #[arg(long, default_value_t = 3)]
+    boot_rounds: u32,
+    /// Seconds a booted system settles before its memory is read.
+    #[arg(long, default_value_t = 10)]
+    settle: u32,
 }
 
 /// A subset of the benches.
@@ -46,6 +53,9 @@ pub enum Only {
     Verity,
     /// `HttpSource` vs `curl | openssl dgst` from nginx on 127.0.0.1.
     Http,
+    /// The container-host image vs a stock Debian system with the same packages: boot
+    /// stages, memory, sizes (`docs/benchmarks.md`).
+    Boot,
 }
 
 const UUID: &str = "00000000-0000-4000-8000-000000000000";
@@ -60,6 +70,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if matches!(args.only, Only::All | Only::Http) {
         crate::bench_http::run(args.http_size_mib, args.runs)?;
+    }
+    if matches!(args.only, Only::All | Only::Boot) {
+        crate::bench_boot::run(args.boot_rounds, args.settle)?;
     }
     Ok(())
 }

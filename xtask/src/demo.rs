@@ -426,8 +426,9 @@ fn product_image(d: &mut Demo) -> Result<ProductImage> {
          appends its dm-verity tree and a signed statement of the root hash, fetches the Debian\n\
          kernel, builds the initramfs (basalt-init), signs the release manifest and writes a\n\
          bootable GPT disk. The first build takes a few minutes; it is cached by the hash of\n\
-         its inputs, so later runs only copy files. Signed with the fixed TEST key of the test\n\
-         suite (shared cache), never a real release key.",
+         its inputs, so later runs only copy files (and sign again). Signed with the fixed TEST\n\
+         key of the test suite (shared cache), never a real release key. We build the *test*\n\
+         variant: the product plus a boot-report hook the demo uses to show the boot.",
     );
     let init = basalt_tests::artifacts::basalt_init()?;
     let keys = basalt_tests::artifacts::test_keys()?;
@@ -439,11 +440,23 @@ fn product_image(d: &mut Demo) -> Result<ProductImage> {
         keys.trust.display().to_string(),
         init.display().to_string(),
     );
-    println!("      $ basalt image build --config {def_s} --key <test key> --trust <test trust.json> --out {out_s}");
+    println!("      $ basalt image build --config {def_s} --key <test key> --trust <test trust.json> --out {out_s} --variant test");
     let started = Instant::now();
     let said = d.basalt(&[
-        "image", "build", "--config", &def_s, "--key", &key_s, "--trust", &trust_s, "--out",
-        &out_s, "--init", &init_s,
+        "image",
+        "build",
+        "--config",
+        &def_s,
+        "--key",
+        &key_s,
+        "--trust",
+        &trust_s,
+        "--out",
+        &out_s,
+        "--init",
+        &init_s,
+        "--variant",
+        "test",
     ])?;
     print!("{}", indent(&said));
     let cached = said.contains("(from cache)");
@@ -600,7 +613,7 @@ fn boot_product_image(d: &mut Demo, image: &ProductImage) -> Result<()> {
         basalt_image::build::image::copy_sparse(&image.out.join("disk.img"), &disk)?;
         let entries = basalt_tests::artifacts::add_kernel_option(
             &disk,
-            basalt_image::build::rootfs::REPORT_OPTION,
+            basalt_image::build::variant::REPORT_OPTION,
         )?;
         if attempt == 1 {
             println!("      boot entries on the ESP: {}", entries.join(", "));

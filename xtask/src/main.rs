@@ -4,14 +4,17 @@
 //!   every test (unit, property, peer interop, host integration, VM) and a short fuzz pass.
 //! - `bench` — throughput figures against peers run in the same process run.
 //! - `demo`  — the newcomer's tour of what Basalt does today.
+//! - `image` — build an image (default: the container-host product) in one command.
 //! - `crash-sweep` — the full crash sweep of a whole update (≥ 200 kill/tear points).
 //! - `bench-install` — the update agent's install path vs a zstd/sha256 pipeline, peak RSS.
 
 mod bench;
+mod bench_boot;
 mod bench_http;
 mod bench_install;
 mod crash_sweep;
 mod demo;
+mod image;
 mod sh;
 mod test;
 
@@ -32,6 +35,8 @@ enum Command {
     Bench(bench::Args),
     /// Show what Basalt does, step by step.
     Demo(demo::Args),
+    /// Build an image (default: the container-host product) in one command.
+    Image(image::Args),
     /// Kill and tear every write of a whole update, then check the boot and the resume.
     CrashSweep(crash_sweep::Args),
     /// The agent's install path vs `zstd -dc | tee >(sha256) > file`, and its peak RSS.
@@ -43,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Image(args) => image::run(args),
         Command::CrashSweep(args) => crash_sweep::run(args),
         Command::BenchInstall(args) => bench_install::run(args),
     }

@@ -44,6 +44,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
     "gcc",
     "linux-libc-dev",
+    // The image SBOM's validator (pyspdxtools, pip-installed into build/cache/spdx-tools) and
+    // the git revision of the Basalt binaries an image carries.
+    "python3-venv",
+    "git",
 ];
 
 #[derive(Debug, Parser)]

@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
+use super::apt::AptError;
 use super::config::ConfigError;
+use super::debian::StagingError;
 use super::erofs::ErofsError;
 use super::rootfs::RootfsError;
+use super::workspace::WorkspaceError;
 use crate::kernel::KernelError;
 use crate::tool::ToolError;
 
@@ -100,13 +103,29 @@ pub enum BuildError {
         #[source]
         source: Box<basalt_disk::Error>,
     },
-    /// Formatting the root partition failed.
-    #[error("format the root partition of {path} (ext4)")]
+    /// Formatting or populating the root partition failed.
+    #[error("format the root partition of {path} (ext4): {step}")]
     Mkfs {
         path: PathBuf,
+        step: String,
         #[source]
         source: Box<ToolError>,
     },
+    /// Resolving the Debian packages failed.
+    #[error(transparent)]
+    Apt(#[from] AptError),
+    /// The Debian staging (mmdebstrap) failed or installed something else than resolved.
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    /// A Basalt program could not be found or built.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// The resolved packages are not the definition's package list.
+    #[error("the packages resolved for {definition} differ from its package list (packages.list): {diff}")]
+    PackageListDiffers { definition: PathBuf, diff: String },
+    /// A file copied from the build host belongs to no installed Debian package.
+    #[error("{path} (copied from the build host into the image) belongs to no Debian package: dpkg-query -S found no owner")]
+    HostFileUnowned { path: PathBuf },
     /// A file operation failed.
     #[error("{op} {path}")]
     Io {

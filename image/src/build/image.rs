@@ -1,12 +1,21 @@
 //! `basalt image build`: an image definition → a release directory and a bootable disk.
 //!
 //! ```text
-//! IMAGE.toml ─► stage /usr (profile; + kernel modules for container-host)
-//!   ─► erofs (reproducible) ─► usr.img = erofs ‖ verity superblock + tree ‖ signed statement
-//!   ─► vmlinuz (Debian kernel) ─► initrd.img (basalt-init, modules, trust root)
-//!   ─► release.json / release.signed (usr with verity facts, kernel, initrd)
-//!   ─► disk.img: GPT layout, slot A = usr.img split at hash_offset, slot B _empty,
-//!      ESP (FAT32, systemd-boot, loader.conf, blessed slot-A entry), root ext4 skeleton
+//! IMAGE.toml (+ --version/--sequence overrides, --variant product|test)
+//!   ─► inputs: keys, trust root, basalt-init, kernel (+ its .deb facts), [[files]],
+//!      [[binaries]] (built by cargo), Debian packages resolved against the archive
+//!   ─► cache key ── hit ───────────────────────────────────────────────┐
+//!        │ miss                                                        │
+//!        ▼                                                             │
+//!   stage /usr (minimal: busybox; container-host: the cached Debian     │
+//!   staging, trimmed, chosen kernel modules, files, units, test hooks)  │
+//!   ─► erofs ─► usr.img = erofs ‖ verity superblock + tree ‖ statement  │
+//!   ─► vmlinuz ─► initrd.img (basalt-init, modules, trust root)         │
+//!   ─► disk.img (GPT, slot A, ESP, root ext4), build.json               │
+//!   ─► cache entry <cache>/<key>/ (the unsigned, reproducible part) ────┤
+//!                                                                      ▼
+//!   per request: sbom.spdx.json, release.json (issued now, expires after valid_days,
+//!   sequence) and release.signed (signed, verified against the trust root)
 //! ```
 //!
 //! `usr.img` is the `usr` artifact of the manifest: the erofs bytes, then at `hash_offset`
@@ -15,41 +24,43 @@
 //! `[0, hash_offset)` to the data partition and the rest to the verity partition; the
 //! statement then sits right after the tree, where `basalt_initramfs::usrsig` expects it.
 //!
-//! Reproducible: the verity salt and superblock UUID, the erofs UUID and timestamps are
-//! derived from `os.name` + `os.version`, the initramfs is a reproducible cpio; so the same
-//! inputs give byte-identical `usr.img` and `initrd.img` (the manifest carries the issue time
-//! and the disk image random GUIDs).
+//! **Cached: only what does not depend on the time of the request.** The manifest carries
+//! `issued_at`/`expires_at` and the SBOM its creation time, so they are made and signed for
+//! every request, cache hit or not: a release handed out from the cache a year later is not
+//! already expired. (The usr-hash statement inside `usr.img` has no time: it is part of the
+//! cached bytes, its keys part of the key.)
 //!
-//! Cached by input hash ([`cache_key`]): a finished build lives in `<cache>/<key>/`, written
-//! in a temporary folder and renamed when complete; later builds with the same inputs only
-//! copy the files (sparse-aware, so the mostly empty disk image costs its data only).
+//! **Reproducible**: the same inputs give byte-identical `usr.img`, `initrd.img` and
+//! `disk.img` — the verity salt and superblock UUID, the erofs UUID and timestamps, the GPT
+//! disk and partition GUIDs, the ext4 UUID, hash seed and times of the root filesystem are
+//! derived from the release (name, version, variant), never drawn; the initramfs is a
+//! reproducible cpio and the ESP a FAT with fixed times and serial.
+//!
+//! Cached by input hash ([`super::inputs`]): a finished build lives in `<cache>/<key>/`,
+//! written in a temporary folder and renamed when complete; later builds with the same inputs
+//! only copy the files (sparse-aware, so the mostly empty disk image costs its data only).
 
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use basalt_disk::bls::install_boot_esp;
-use basalt_disk::esp::SYSTEMD_BOOT_EFI;
 use basalt_disk::slots::{write_slot, SlotImage};
 use basalt_disk::{BootTarget, Inventory, LayoutSpec, RangeReader, RootHash, Slot};
-use basalt_manifest::chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
-use basalt_manifest::{
-    sign_release, sign_usr_hash, verify_release, Artifact, ArtifactKind, Digest, HashAlgorithm,
-    Manifest, Policy, SigningKey, TrustRoot, UsrHashStatement, Verity, SCHEMA_VERSION,
-};
-use serde::Serialize;
+use basalt_manifest::chrono::{DateTime, TimeZone, Utc};
+use basalt_manifest::{sign_usr_hash, Digest, SigningKey, UsrHashStatement};
+use serde::{Deserialize, Serialize};
 
 use super::config::{ImageConfig, Profile};
-use super::erofs::{self, Compression};
+use super::debian::{HostPackage, StagedPackage};
 use super::error::{disk_err, io, BuildError};
-use super::rootfs;
-use crate::kernel::elf::Elf64;
-use crate::kernel::KernelTree;
-use crate::tool::MKE2FS;
+use super::inputs;
+use super::variant::Variant;
+use crate::kernel::DebFacts;
 
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
-pub const BUILDER_VERSION: &str = "basalt-image-build/3"; // 3: stage keys, efivarfs module
+/// 4: releases signed per request, SBOM, Debian staging cache, trimmed /usr, derived GUIDs.
+pub const BUILDER_VERSION: &str = "basalt-image-build/4";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -59,15 +70,21 @@ pub const RELEASE_JSON: &str = "release.json";
 pub const RELEASE_SIGNED: &str = "release.signed";
 pub const DISK_IMG: &str = "disk.img";
 pub const BUILD_JSON: &str = "build.json";
-/// Every file of a release directory, in the order they are copied.
-pub const OUTPUT_FILES: [&str; 7] = [
+pub use super::sbom::SBOM_FILE;
+/// The files of a cache entry (the same for every request with the same inputs).
+pub const CACHED_FILES: [&str; 5] = [USR_IMG, VMLINUZ, INITRD_IMG, DISK_IMG, BUILD_JSON];
+/// The files made and signed for each request.
+pub const SIGNED_FILES: [&str; 3] = [SBOM_FILE, RELEASE_JSON, RELEASE_SIGNED];
+/// Every file of a release directory.
+pub const OUTPUT_FILES: [&str; 8] = [
     USR_IMG,
     VMLINUZ,
     INITRD_IMG,
-    RELEASE_JSON,
-    RELEASE_SIGNED,
     DISK_IMG,
     BUILD_JSON,
+    SBOM_FILE,
+    RELEASE_JSON,
+    RELEASE_SIGNED,
 ];
 
 /// Modules every image's initramfs loads (with their dependencies from modules.dep).
@@ -90,13 +107,9 @@ pub const CONTAINER_HOST_OPTIONAL_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nl
 
 /// The init the `minimal` profile boots after `basalt-init`'s switch_root.
 pub const MINIMAL_INIT_PATH: &str = "/usr/lib/basalt/init-minimal";
-const BUSYBOX: &str = "/bin/busybox";
-/// Packed into every initramfs (with its libraries, at the path `basalt-init` runs it from)
-/// so the root filesystem is created on first boot when the root partition is blank.
-const INITRD_MKE2FS: &str = basalt_initramfs::rootfs::MKE2FS;
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
-/// What to build.
+/// What to build. [`BuildRequest::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
     /// The image definition (`IMAGE.toml`).
@@ -105,16 +118,60 @@ pub struct BuildRequest {
     pub keys: Vec<PathBuf>,
     /// The initial trust root envelope (`trust.json`), installed into the initramfs.
     pub trust: PathBuf,
-    /// The statically linked `basalt-init`.
+    /// The statically linked `basalt-init` (see [`super::workspace::find_or_build_init`]).
     pub init: PathBuf,
+    /// The git revision `init` was built from, for the SBOM (`None`: not known).
+    pub init_revision: Option<String>,
     /// Where the release directory is written (created if missing; files replaced).
     pub out: PathBuf,
     /// The image cache; `<key>/` folders go here. See [`default_cache_dir`].
     pub cache: PathBuf,
-    /// Where the Debian kernel is cached (see [`KernelTree::default_cache_dir`]).
+    /// Where the Debian kernel is cached (see [`crate::kernel::KernelTree::default_cache_dir`]).
     pub kernel_cache: PathBuf,
+    /// Where the private apt state (`apt/`) and the Debian stagings (`staging/`) live.
+    pub debian_cache: PathBuf,
     /// The issue time of the release (default: now; `SOURCE_DATE_EPOCH` in the CLI).
     pub issued_at: DateTime<Utc>,
+    /// Product or test image of the definition.
+    pub variant: Variant,
+    /// Overrides `os.version` of the definition (releases v1, v2 … of one definition).
+    pub version: Option<semver::Version>,
+    /// Overrides `release.sequence` of the definition.
+    pub sequence: Option<u64>,
+    /// Resolve Debian packages against the index fetched last time (no `apt-get update`).
+    pub offline: bool,
+    /// The Basalt source checkout the definition's `[[binaries]]` are built from.
+    pub workspace: PathBuf,
+}
+
+impl BuildRequest {
+    /// A request with the default caches (under `<workspace>/build/cache`), issued now, the
+    /// product variant, no overrides.
+    pub fn new(
+        config: PathBuf,
+        keys: Vec<PathBuf>,
+        trust: PathBuf,
+        init: PathBuf,
+        out: PathBuf,
+    ) -> Self {
+        Self {
+            config,
+            keys,
+            trust,
+            init,
+            init_revision: None,
+            out,
+            cache: default_cache_dir(),
+            kernel_cache: crate::kernel::KernelTree::default_cache_dir(),
+            debian_cache: crate::cache_root(),
+            issued_at: Utc::now(),
+            variant: Variant::Product,
+            version: None,
+            sequence: None,
+            offline: false,
+            workspace: crate::workspace_root(),
+        }
+    }
 }
 
 /// `<workspace>/build/cache/images`.
@@ -122,14 +179,24 @@ pub fn default_cache_dir() -> PathBuf {
     crate::cache_root().join("images")
 }
 
-/// Facts about a build, written as `build.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// A Basalt program in the image (its revision is per request: see the SBOM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasaltFile {
+    pub name: String,
+    /// `initrd.img:/init` or the path in `/usr`.
+    pub location: String,
+    pub sha256: String,
+}
+
+/// Facts about a build, written as `build.json` (part of the cache entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildFacts {
     pub builder: String,
     pub cache_key: String,
     pub os: String,
     pub version: String,
     pub profile: String,
+    pub variant: Variant,
     pub kernel_package: String,
     pub kernel_version: String,
     /// dm-verity root hash of `/usr` (what `usrhash=` carries).
@@ -139,12 +206,28 @@ pub struct BuildFacts {
     /// Size of the erofs image = where the hash area starts in `usr.img`.
     pub hash_offset: u64,
     pub usr_img_bytes: u64,
+    /// Bytes of the files of the staged `/usr` tree (before erofs compresses them).
+    pub usr_tree_bytes: u64,
     pub vmlinuz_bytes: u64,
     pub initrd_bytes: u64,
     pub initrd_modules: Vec<String>,
+    /// Kernel module files shipped in `/usr/lib/modules`.
+    pub usr_modules: Vec<String>,
+    /// Bytes of Debian files not shipped (documentation, translations).
+    pub trimmed_bytes: u64,
     pub disk_bytes: u64,
     /// The kernel command line of the slot-A entry, without `usrhash=` / `basalt.slot=`.
     pub cmdline: String,
+    /// The Debian staging this `/usr` comes from (container-host).
+    pub staging_key: Option<String>,
+    /// Debian packages installed in `/usr`, as dpkg and the archive index say.
+    pub packages: Vec<StagedPackage>,
+    /// Files copied from the build host, by owning package.
+    pub host_packages: Vec<HostPackage>,
+    /// The kernel package.
+    pub kernel_deb: DebFacts,
+    /// Basalt programs in the image.
+    pub basalt_files: Vec<BasaltFile>,
     /// Milliseconds per step, in order.
     pub durations_ms: Vec<(String, u64)>,
 }
@@ -153,7 +236,7 @@ pub struct BuildFacts {
 #[derive(Debug, Clone)]
 pub struct BuildReport {
     pub facts: BuildFacts,
-    /// The output was copied from the cache.
+    /// The unsigned artifacts were copied from the cache (the release was signed now).
     pub from_cache: bool,
     /// The cache folder holding this build.
     pub cache_dir: PathBuf,
@@ -161,132 +244,20 @@ pub struct BuildReport {
     pub elapsed: Duration,
 }
 
-/// Everything the cache key covers, loaded once.
-struct Inputs {
-    config: ImageConfig,
-    config_bytes: Vec<u8>,
-    keys: Vec<SigningKey>,
-    trust_bytes: Vec<u8>,
-    trust: TrustRoot,
-    init_bytes: Vec<u8>,
-    busybox_bytes: Vec<u8>,
-    mke2fs_bytes: Vec<u8>,
-    kernel: KernelTree,
-}
-
-/// The cache key: SHA-256 over the builder version, the definition bytes, the profile, the
-/// kernel package, the basalt-init bytes, the trust root, the public keys (in the order
-/// given), mke2fs (packed into the initramfs), for `minimal` the busybox binary and the init
-/// script, for `container-host` the staging revision and the report unit. Other changes to
-/// the builder's own code bump [`BUILDER_VERSION`]. (The Debian packages are not pinned: a
-/// rebuild after an archive update needs a new definition or a cleared cache.)
-/// Length-prefixed so fields cannot run into each other.
-fn cache_key(inputs: &Inputs) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut field = |bytes: &[u8]| {
-        ctx.update(&(bytes.len() as u64).to_le_bytes());
-        ctx.update(bytes);
-    };
-    field(BUILDER_VERSION.as_bytes());
-    field(&inputs.config_bytes);
-    field(inputs.config.profile.as_str().as_bytes());
-    field(inputs.kernel.package.as_bytes());
-    field(&inputs.init_bytes);
-    field(&inputs.trust_bytes);
-    for key in &inputs.keys {
-        field(key.public_key().as_bytes());
-    }
-    if inputs.config.profile == Profile::Minimal {
-        field(&inputs.busybox_bytes);
-        field(rootfs::MINIMAL_INIT.as_bytes());
-    }
-    if inputs.config.profile == Profile::ContainerHost {
-        // The staging code's own content (report unit and script, masks).
-        field(rootfs::CONTAINER_HOST_STAGING.as_bytes());
-        field(rootfs::REPORT_UNIT.as_bytes());
-        field(rootfs::REPORT_SCRIPT.as_bytes());
-    }
-    field(&inputs.mke2fs_bytes);
-    hex::encode(ctx.finish().as_ref())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
-    fs::read(path).map_err(io("read", path))
-}
-
-fn load_inputs(req: &BuildRequest) -> Result<Inputs, BuildError> {
-    let config_bytes = read(&req.config)?;
-    let text = String::from_utf8_lossy(&config_bytes);
-    let config = ImageConfig::parse(&text, &req.config)?;
-    if req.keys.is_empty() {
-        return Err(BuildError::NoKeys);
-    }
-    let keys = req
-        .keys
-        .iter()
-        .map(|path| {
-            let text = fs::read_to_string(path).map_err(|e| BuildError::Key {
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
-            SigningKey::from_pem(&text).map_err(|e| BuildError::Key {
-                path: path.clone(),
-                source: Box::new(e),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let trust_bytes = fs::read(&req.trust).map_err(|e| BuildError::Trust {
-        path: req.trust.clone(),
-        source: Box::new(e),
-    })?;
-    let trust = TrustRoot::from_initial_envelope(&trust_bytes).map_err(|e| BuildError::Trust {
-        path: req.trust.clone(),
-        source: Box::new(e),
-    })?;
-    let init_bytes = fs::read(&req.init).map_err(|source| BuildError::InitMissing {
-        path: req.init.clone(),
-        source,
-    })?;
-    let elf = Elf64::open(&req.init).map_err(|e| BuildError::InitNotElf {
-        path: req.init.clone(),
-        source: Box::new(e),
-    })?;
-    if elf.has_interpreter() {
-        return Err(BuildError::InitNotStatic {
-            path: req.init.clone(),
-        });
-    }
-    let busybox_bytes = if config.profile == Profile::Minimal {
-        fs::read(BUSYBOX).map_err(io(
-            "read the minimal profile's busybox (apt-get install busybox-static)",
-            Path::new(BUSYBOX),
-        ))?
-    } else {
-        Vec::new()
-    };
-    let mke2fs_bytes = fs::read(INITRD_MKE2FS).map_err(io(
-        "read mke2fs for the initramfs (apt-get install e2fsprogs)",
-        Path::new(INITRD_MKE2FS),
-    ))?;
-    let kernel = KernelTree::fetch_or_cached(&req.kernel_cache).map_err(Box::new)?;
-    Ok(Inputs {
-        config,
-        config_bytes,
-        keys,
-        trust_bytes,
-        trust,
-        init_bytes,
-        busybox_bytes,
-        mke2fs_bytes,
-        kernel,
-    })
-}
-
 /// Build the release directory `req.out`, from the cache when the inputs were built before.
 pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
+    build_with_progress(req, &mut |_| {})
+}
+
+/// [`build`], telling `log` about the slow steps as they start (cargo builds, apt, mmdebstrap,
+/// erofs).
+pub fn build_with_progress(
+    req: &BuildRequest,
+    log: &mut dyn FnMut(&str),
+) -> Result<BuildReport, BuildError> {
     let started = Instant::now();
-    let inputs = load_inputs(req)?;
-    let key = cache_key(&inputs);
+    let inputs = inputs::load(req, log)?;
+    let key = inputs::cache_key(&inputs, req);
     fs::create_dir_all(&req.cache).map_err(io("create cache folder", &req.cache))?;
     let entry = req.cache.join(&key);
     let mut from_cache = true;
@@ -300,7 +271,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
                 .prefix(".build-")
                 .tempdir_in(&req.cache)
                 .map_err(io("create build folder in", &req.cache))?;
-            build_into(req, &inputs, &key, work.path())?;
+            super::assemble::build_into(req, &inputs, &key, work.path(), log)?;
             let staged = work.keep();
             if entry.exists() {
                 // A half-written entry from a killed run without build.json: replace it.
@@ -310,16 +281,11 @@ pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
         }
     }
     fs::create_dir_all(&req.out).map_err(io("create output folder", &req.out))?;
-    for name in OUTPUT_FILES {
+    for name in CACHED_FILES {
         copy_sparse(&entry.join(name), &req.out.join(name))?;
     }
-    let facts_path = entry.join(BUILD_JSON);
-    let facts: BuildFacts =
-        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
-            op: "parse",
-            path: facts_path.clone(),
-            source: e.into(),
-        })?;
+    let facts = read_facts(&entry.join(BUILD_JSON))?;
+    super::sign::sign_request(req, &inputs, &facts)?;
     Ok(BuildReport {
         facts,
         from_cache,
@@ -328,30 +294,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildReport, BuildError> {
     })
 }
 
-/// A step timer for `build.json`.
-struct Steps {
-    last: Instant,
-    done: Vec<(String, u64)>,
-}
-
-impl Steps {
-    fn new() -> Self {
-        Self {
-            last: Instant::now(),
-            done: Vec::new(),
-        }
-    }
-    fn mark(&mut self, step: &str) {
-        let now = Instant::now();
-        let ms = now.duration_since(self.last).as_millis() as u64;
-        self.done.push((step.to_owned(), ms));
-        self.last = now;
-    }
+/// Read a `build.json`.
+pub fn read_facts(path: &Path) -> Result<BuildFacts, BuildError> {
+    let bytes = fs::read(path).map_err(io("read", path))?;
+    serde_json::from_slice(&bytes).map_err(|e| BuildError::Io {
+        op: "parse",
+        path: path.to_owned(),
+        source: e.into(),
+    })
 }
 
 /// 32 bytes derived from `purpose`, OS name and version: the same release always gets the
 /// same salt and UUIDs, two releases never share them.
-fn derived_bytes(purpose: &str, config: &ImageConfig) -> [u8; 32] {
+pub(crate) fn derived_bytes(purpose: &str, config: &ImageConfig) -> [u8; 32] {
     let seed = format!("basalt {purpose} {} {}", config.os.name, config.os.version);
     let d = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
     let mut out = [0u8; 32];
@@ -359,7 +314,18 @@ fn derived_bytes(purpose: &str, config: &ImageConfig) -> [u8; 32] {
     out
 }
 
-fn sha256_file(path: &Path) -> Result<Digest, BuildError> {
+/// A version-4-style UUID (16 bytes) derived like [`derived_bytes`], with the variant in the
+/// seed too (a product and a test image of one version are different disks).
+pub(crate) fn derived_uuid(purpose: &str, config: &ImageConfig, variant: Variant) -> [u8; 16] {
+    let d = derived_bytes(&format!("{purpose} {}", variant.as_str()), config);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+pub(crate) fn sha256_file(path: &Path) -> Result<Digest, BuildError> {
     let mut file = File::open(path).map_err(io("open", path))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
@@ -375,7 +341,7 @@ fn sha256_file(path: &Path) -> Result<Digest, BuildError> {
     Ok(Digest(d))
 }
 
-fn file_len(path: &Path) -> Result<u64, BuildError> {
+pub(crate) fn file_len(path: &Path) -> Result<u64, BuildError> {
     Ok(fs::metadata(path).map_err(io("stat", path))?.len())
 }
 
@@ -411,216 +377,11 @@ pub fn layout_for(profile: Profile) -> LayoutSpec {
     }
 }
 
-fn build_into(
-    req: &BuildRequest,
-    inputs: &Inputs,
-    key: &str,
-    work: &Path,
-) -> Result<(), BuildError> {
-    let config = &inputs.config;
-    let kernel = &inputs.kernel;
-    let mut steps = Steps::new();
-
-    // 1. /usr
-    let staging = work.join("staging");
-    fs::create_dir_all(&staging).map_err(io("create", &staging))?;
-    let stage_err = |source| BuildError::Stage {
-        profile: config.profile.as_str(),
-        dir: staging.clone(),
-        source,
-    };
-    match config.profile {
-        Profile::Minimal => {
-            rootfs::stage_minimal(&staging, &config.os, Path::new(BUSYBOX)).map_err(stage_err)?
-        }
-        Profile::ContainerHost => {
-            let sources =
-                rootfs::apt_sources_from_host(Path::new("/etc/apt"), &config.packages.suite)
-                    .map_err(stage_err)?;
-            rootfs::stage_container_host(&staging, &config.os, &config.packages, &sources)
-                .map_err(stage_err)?;
-            // systemd's modprobe needs the modules too (not only the initramfs).
-            let to = staging.join("usr/lib/modules").join(&kernel.version);
-            copy_tree(&kernel.modules_dir, &to)?;
-        }
-    }
-    steps.mark("stage-usr");
-
-    // 2. erofs, then the verity hash area appended at hash_offset = erofs size.
-    let usr = work.join(USR_IMG);
-    let uuid = erofs::derived_uuid(&format!("{} {}", config.os.name, config.os.version));
-    erofs::pack(&staging.join("usr"), &usr, &uuid, Compression::Lz4hc)?;
-    fs::remove_dir_all(&staging).map_err(io("remove", &staging))?;
-    let erofs_len = file_len(&usr)?;
-    steps.mark("erofs");
-    if erofs_len == 0 || erofs_len % basalt_verity::BLOCK_SIZE != 0 {
-        return Err(BuildError::Io {
-            op: "check the size of",
-            path: usr.clone(),
-            source: std::io::Error::other(format!(
-                "erofs image of {erofs_len} bytes is not a non-empty multiple of 4096"
-            )),
-        });
-    }
-    let mut verity_uuid = [0u8; 16];
-    verity_uuid.copy_from_slice(&derived_bytes("verity-uuid", config)[..16]);
-    verity_uuid[6] = (verity_uuid[6] & 0x0f) | 0x40;
-    verity_uuid[8] = (verity_uuid[8] & 0x3f) | 0x80;
-    let key_refs: Vec<&SigningKey> = inputs.keys.iter().collect();
-    let (info, root_hash) = seal_usr_image(
-        &usr,
-        erofs_len,
-        derived_bytes("verity-salt", config).to_vec(),
-        verity_uuid,
-        &config.os.name,
-        &config.os.version,
-        &key_refs,
-    )?;
-    let data_blocks = info.data_blocks;
-    steps.mark("verity");
-    let usr_len = file_len(&usr)?;
-    steps.mark("sign-usr-hash");
-
-    // 4. Kernel and initramfs.
-    let vmlinuz = work.join(VMLINUZ);
-    fs::copy(&kernel.vmlinuz, &vmlinuz).map_err(io("copy kernel", &kernel.vmlinuz))?;
-    let trust_copy = work.join("trust.json");
-    fs::write(&trust_copy, &inputs.trust_bytes).map_err(io("write", &trust_copy))?;
-    let mut optional: Vec<String> = INITRD_OPTIONAL_MODULES.map(String::from).to_vec();
-    if config.profile == Profile::ContainerHost {
-        optional.extend(CONTAINER_HOST_OPTIONAL_MODULES.map(String::from));
-    }
-    let initrd = work.join(INITRD_IMG);
-    let spec = basalt_initramfs::builder::BuildSpec {
-        init: req.init.clone(),
-        kernel_dir: kernel.root.clone(),
-        kver: kernel.version.clone(),
-        modules: INITRD_MODULES.map(String::from).to_vec(),
-        optional_modules: optional,
-        trust: Some(trust_copy.clone()),
-        compression: basalt_initramfs::builder::Compression::Zstd,
-    };
-    let extras = basalt_initramfs::builder::Extras {
-        binaries: vec![PathBuf::from(INITRD_MKE2FS)],
-        binary_root: None,
-    };
-    let built = basalt_initramfs::builder::build_with(&spec, &extras).map_err(|source| {
-        BuildError::Initramfs {
-            path: initrd.clone(),
-            source: Box::new(source),
-        }
-    })?;
-    fs::write(&initrd, &built.bytes).map_err(io("write", &initrd))?;
-    fs::remove_file(&trust_copy).map_err(io("remove", &trust_copy))?;
-    steps.mark("initramfs");
-
-    // 5. The release manifest, signed; checked against the trust root right away.
-    let artifact = |kind, name: &str, path: &Path, verity| -> Result<Artifact, BuildError> {
-        Ok(Artifact {
-            kind,
-            name: name.to_owned(),
-            size: file_len(path)?,
-            sha256: sha256_file(path)?,
-            compression: None,
-            verity,
-        })
-    };
-    let manifest = Manifest {
-        schema_version: SCHEMA_VERSION,
-        os: config.os.name.clone(),
-        version: config.os.version.clone(),
-        channel: config.os.channel.clone(),
-        arch: config.os.arch.clone(),
-        sequence: config.release.sequence,
-        issued_at: req.issued_at,
-        expires_at: req.issued_at + ChronoDuration::days(i64::from(config.release.valid_days)),
-        artifacts: vec![
-            artifact(
-                ArtifactKind::Usr,
-                USR_IMG,
-                &usr,
-                Some(Verity {
-                    root_hash,
-                    salt: hex::encode(&info.salt),
-                    data_blocks,
-                    hash_offset: erofs_len,
-                    hash_algorithm: HashAlgorithm::Sha256,
-                    data_block_size: basalt_verity::BLOCK_SIZE as u32,
-                    hash_block_size: basalt_verity::BLOCK_SIZE as u32,
-                }),
-            )?,
-            artifact(ArtifactKind::Kernel, VMLINUZ, &vmlinuz, None)?,
-            artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
-        ],
-    };
-    let release_json = work.join(RELEASE_JSON);
-    let json = manifest.to_json().map_err(|source| BuildError::Sign {
-        what: "release manifest (serialise)",
-        source: Box::new(source),
-    })?;
-    fs::write(&release_json, json).map_err(io("write", &release_json))?;
-    let signed = sign_release(&manifest, &key_refs).map_err(|source| BuildError::Sign {
-        what: "release manifest",
-        source: Box::new(source),
-    })?;
-    verify_release(&signed, &inputs.trust, &Policy::new(req.issued_at)).map_err(|source| {
-        BuildError::KeysDoNotSatisfyTrust {
-            trust: req.trust.clone(),
-            source: Box::new(source),
-        }
-    })?;
-    let release_signed = work.join(RELEASE_SIGNED);
-    fs::write(&release_signed, &signed).map_err(io("write", &release_signed))?;
-    steps.mark("manifest");
-
-    // 6. The disk image.
-    let disk = work.join(DISK_IMG);
-    let cmdline = kernel_cmdline(config);
-    write_disk(
-        &disk, config, &usr, erofs_len, usr_len, &root_hash, &vmlinuz, &initrd, &cmdline,
-    )?;
-    steps.mark("disk");
-
-    let facts = BuildFacts {
-        builder: BUILDER_VERSION.to_owned(),
-        cache_key: key.to_owned(),
-        os: config.os.name.clone(),
-        version: config.os.version.to_string(),
-        profile: config.profile.as_str().to_owned(),
-        kernel_package: kernel.package.clone(),
-        kernel_version: kernel.version.clone(),
-        root_hash: root_hash.to_hex(),
-        salt: hex::encode(&info.salt),
-        data_blocks,
-        hash_offset: erofs_len,
-        usr_img_bytes: usr_len,
-        vmlinuz_bytes: file_len(&vmlinuz)?,
-        initrd_bytes: file_len(&initrd)?,
-        initrd_modules: built
-            .resolution
-            .modules
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
-        disk_bytes: file_len(&disk)?,
-        cmdline,
-        durations_ms: steps.done,
-    };
-    let facts_path = work.join(BUILD_JSON);
-    let text = serde_json::to_vec_pretty(&facts).map_err(|e| BuildError::Io {
-        op: "serialise",
-        path: facts_path.clone(),
-        source: e.into(),
-    })?;
-    fs::write(&facts_path, text).map_err(io("write", &facts_path))?;
-    Ok(())
-}
-
 /// Seal a `/usr` filesystem image into the `usr.img` artifact, in place: append at
 /// `hash_offset = data_len` (a non-zero multiple of 4 KiB) the veritysetup-format hash area
 /// (superblock with `salt` and `uuid`, then the tree), then the usr-hash statement block
 /// (`basalt_initramfs::usrsig`) signed by `keys`, right after the tree. Returns the verity
-/// facts and the root hash. Used by [`build`] and by `basalt_image::release::synthetic`.
+/// facts and the root hash.
 pub fn seal_usr_image(
     usr: &Path,
     data_len: u64,
@@ -684,77 +445,6 @@ pub fn seal_usr_image(
     Ok((info, root_hash))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_disk(
-    disk: &Path,
-    config: &ImageConfig,
-    usr: &Path,
-    hash_offset: u64,
-    usr_len: u64,
-    root_hash: &Digest,
-    vmlinuz: &Path,
-    initrd: &Path,
-    cmdline: &str,
-) -> Result<(), BuildError> {
-    basalt_disk::create_image(disk, &layout_for(config.profile))
-        .map_err(disk_err("create the GPT layout", disk))?;
-
-    let version = config.os.version.to_string();
-    write_usr_slot(
-        disk,
-        Slot::A,
-        usr,
-        hash_offset,
-        usr_len,
-        root_hash,
-        &config.os.name,
-        &version,
-    )?;
-
-    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout", disk))?;
-    // ESP: systemd-boot, loader.conf, the blessed slot-A entry with its kernel and initrd.
-    let target = BootTarget {
-        version: version.clone(),
-        usr_hash: root_hash.to_hex(),
-        kernel: Some(vmlinuz.to_owned()),
-        initrd: Some(initrd.to_owned()),
-        options: cmdline.to_owned(),
-    };
-    install_boot_esp(
-        disk,
-        inv.esp.offset,
-        inv.esp.size,
-        Path::new(SYSTEMD_BOOT_EFI),
-        &[(Slot::A, target)],
-    )
-    .map_err(disk_err(
-        "install systemd-boot and the slot-A entry on the ESP",
-        disk,
-    ))?;
-
-    // Root: ext4 with the merged-/usr skeleton, so the first boot needs no mkfs (basalt-init
-    // can create it too, when a node's root partition is blank).
-    let skeleton = disk.with_file_name("root-skeleton");
-    make_root_skeleton(&skeleton)?;
-    let blocks = inv.root.size / 4096;
-    let mut cmd = MKE2FS.command().map_err(|source| BuildError::Mkfs {
-        path: disk.to_owned(),
-        source: Box::new(source),
-    })?;
-    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-E"])
-        .arg(format!("offset={}", inv.root.offset))
-        .arg("-d")
-        .arg(&skeleton)
-        .arg(disk)
-        .arg(blocks.to_string());
-    MKE2FS.run(&mut cmd).map_err(|source| BuildError::Mkfs {
-        path: disk.to_owned(),
-        source: Box::new(source),
-    })?;
-    fs::remove_dir_all(&skeleton).map_err(io("remove", &skeleton))?;
-    Ok(())
-}
-
 /// Write a `usr.img` (erofs ‖ hash area ‖ statement) into `slot` of the disk image `disk`:
 /// `[0, hash_offset)` to the data partition, the rest to the verity partition, then the
 /// partitions are named after the root hash and `{os}_{version}` (`basalt_disk::slots::
@@ -807,12 +497,7 @@ pub fn install_release(
 ) -> Result<(), BuildError> {
     use basalt_disk::BootControl;
     let facts_path = release.join(BUILD_JSON);
-    let facts: BuildFacts =
-        serde_json::from_slice(&read(&facts_path)?).map_err(|e| BuildError::Io {
-            op: "parse",
-            path: facts_path.clone(),
-            source: e.into(),
-        })?;
+    let facts = read_facts(&facts_path)?;
     let usr = release.join(USR_IMG);
     let root_hash = Digest::from_hex(&facts.root_hash).ok_or_else(|| BuildError::Io {
         op: "read the root hash of",
@@ -842,59 +527,6 @@ pub fn install_release(
     };
     bls.stage(slot, &target, tries)
         .map_err(disk_err("stage the boot entry", disk))
-}
-
-/// The root partition's first content: merged-/usr symlinks and the empty top-level folders.
-/// `/etc` is left out on purpose: basalt-init fills it from `/usr/share/factory/etc` on the
-/// first boot.
-fn make_root_skeleton(dir: &Path) -> Result<(), BuildError> {
-    use std::os::unix::fs::{symlink, PermissionsExt};
-    fs::create_dir_all(dir).map_err(io("create", dir))?;
-    for (link, to) in [
-        ("bin", "usr/bin"),
-        ("sbin", "usr/sbin"),
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-    ] {
-        let path = dir.join(link);
-        symlink(to, &path).map_err(io("symlink", &path))?;
-    }
-    for (name, mode) in [
-        ("usr", 0o755),
-        ("dev", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("run", 0o755),
-        ("tmp", 0o1777),
-        ("var", 0o755),
-        ("root", 0o700),
-        ("home", 0o755),
-        ("mnt", 0o755),
-    ] {
-        let path = dir.join(name);
-        fs::create_dir(&path).map_err(io("create", &path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io("chmod", &path))?;
-    }
-    Ok(())
-}
-
-/// Copy a folder tree (files, folders, symlinks).
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
-    fs::create_dir_all(to).map_err(io("create", to))?;
-    for entry in fs::read_dir(from).map_err(io("read folder", from))? {
-        let entry = entry.map_err(io("read folder", from))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type().map_err(io("stat", &src))?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&src).map_err(io("read link", &src))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(io("symlink", &dst))?;
-        } else {
-            fs::copy(&src, &dst).map_err(io("copy", &src))?;
-        }
-    }
-    Ok(())
 }
 
 /// Copy `from` to `to` (replaced), keeping holes: only the data extents are copied
@@ -1016,6 +648,17 @@ mod tests {
         c.os.version = semver::Version::new(2, 0, 0);
         assert_ne!(a, derived_bytes("verity-salt", &c));
         assert_eq!(a, derived_bytes("verity-salt", &config("minimal", "")));
+    }
+
+    #[test]
+    fn derived_uuids_depend_on_purpose_version_and_variant() {
+        let c = config("minimal", "");
+        let a = derived_uuid("gpt-1", &c, Variant::Product);
+        assert_eq!(a, derived_uuid("gpt-1", &c, Variant::Product));
+        assert_ne!(a, derived_uuid("gpt-2", &c, Variant::Product));
+        assert_ne!(a, derived_uuid("gpt-1", &c, Variant::Test));
+        assert_eq!(a[6] >> 4, 4);
+        assert_eq!(a[8] & 0xc0, 0x80);
     }
 
     #[test]

@@ -11,7 +11,11 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::config::{Os, Packages};
+use super::config::Os;
+use super::modules::{InstalledModules, ModulesError};
+use super::variant::Variant;
+use crate::kernel::KernelTree;
+use crate::tool::CP;
 
 /// Errors staging a `/usr` tree.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +41,10 @@ pub enum RootfsError {
     },
     #[error("no usable apt source found in {path} (need deb822 .sources or sources.list with a Debian URI)")]
     NoAptSources { path: PathBuf },
-    #[error("{path} is missing from the built userspace: {what}")]
+    #[error("{path}: {what}")]
     Missing { path: PathBuf, what: &'static str },
+    #[error(transparent)]
+    Modules(#[from] ModulesError),
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
@@ -74,14 +80,15 @@ fn run(cmd: &mut Command) -> Result<Vec<u8>, RootfsError> {
 }
 
 /// `os-release(5)` for the image.
-pub fn os_release(os: &Os, profile: &str) -> String {
+pub fn os_release(os: &Os, profile: &str, variant: Variant) -> String {
     format!(
         "NAME=Basalt\nID={name}\nVERSION_ID={version}\nVERSION=\"{version} ({channel})\"\n\
          PRETTY_NAME=\"Basalt {version} ({profile})\"\nSYSEXT_LEVEL={version}\n\
-         BASALT_CHANNEL={channel}\nBASALT_PROFILE={profile}\n",
+         BASALT_CHANNEL={channel}\nBASALT_PROFILE={profile}\n{variant}",
         name = os.name,
         version = os.version,
         channel = os.channel,
+        variant = variant.os_release_lines(),
     )
 }
 
@@ -154,7 +161,12 @@ pub fn payload() -> Vec<u8> {
 
 /// Stage the `minimal` profile under `staging` (which gets `usr/`): busybox with its applet
 /// links, os-release, the init script, the payload and a factory `/etc`.
-pub fn stage_minimal(staging: &Path, os: &Os, busybox: &Path) -> Result<(), RootfsError> {
+pub fn stage_minimal(
+    staging: &Path,
+    os: &Os,
+    busybox: &Path,
+    variant: Variant,
+) -> Result<(), RootfsError> {
     let usr = staging.join("usr");
     let bin = usr.join("bin");
     mkdirs(&bin)?;
@@ -174,7 +186,10 @@ pub fn stage_minimal(staging: &Path, os: &Os, busybox: &Path) -> Result<(), Root
         let link = bin.join(applet);
         symlink("busybox", &link).map_err(io("symlink", &link))?;
     }
-    write(&usr.join("lib/os-release"), os_release(os, "minimal"))?;
+    write(
+        &usr.join("lib/os-release"),
+        os_release(os, "minimal", variant),
+    )?;
     let init = usr.join("lib/basalt/init-minimal");
     write(&init, minimal_init())?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &init))?;
@@ -275,177 +290,269 @@ fn deb822_to_lines(text: &str, suite: &str) -> Vec<String> {
     out
 }
 
-/// Stage the `container-host` profile: a Debian userspace built by mmdebstrap from the host's
-/// apt sources, reduced to `usr/` plus the factory copies of `/etc` and `/var`.
+/// What a container-host `/usr` is made of besides the Debian tree.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerHostInput<'a> {
+    /// The staged Debian tree ([`super::debian::Staging::tree`]); copied, never changed.
+    pub debian_tree: &'a Path,
+    pub os: &'a Os,
+    pub variant: Variant,
+    /// The kernel whose modules ship, and which of them (`[kernel] modules`).
+    pub kernel: &'a KernelTree,
+    pub modules: &'a [String],
+    /// Units to enable and mask (the definition's `[units]`; [`MASKED_UNITS`] are added).
+    pub enable: &'a [String],
+    pub mask: &'a [String],
+}
+
+/// What [`stage_container_host`] did, for `build.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerHostFacts {
+    pub modules: InstalledModules,
+    /// Bytes of Debian files left out ([`TRIMMED`]).
+    pub trimmed_bytes: u64,
+}
+
+/// Parts of the Debian tree a container host does not ship, and why: documentation and
+/// translations nobody reads on a node (`/usr/share/doc` keeps each package's `copyright`
+/// file: the license notices travel with the binaries).
+pub const TRIMMED: [&str; 5] = [
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+];
+
+/// Stage the `container-host` profile: the Debian tree's `/usr` (trimmed), the kernel
+/// modules of the definition, the factory copies of `/etc` and `/var`, the Basalt specifics
+/// and the variant's hooks. The definition's files and binaries are added by the caller
+/// ([`install_file`]) before [`finish_units`].
 pub fn stage_container_host(
     staging: &Path,
-    os: &Os,
-    packages: &Packages,
-    sources: &str,
-) -> Result<(), RootfsError> {
-    let tree = staging.join("debian-root");
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.args([
-        "--variant=minbase",
-        "--mode=root",
-        "--quiet",
-        // The sandbox user cannot write /dev/null on these machines (mode 0644).
-        "--aptopt=APT::Sandbox::User \"root\"",
-        "--dpkgopt=path-exclude=/usr/share/doc/*",
-        "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*",
-    ])
-    .arg(format!("--include={}", packages.include.join(",")))
-    .arg(&packages.suite)
-    .arg(&tree)
-    .arg("-")
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| RootfsError::Spawn {
-        program: "mmdebstrap".into(),
-        source,
-    })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(sources.as_bytes())
-            .map_err(io("write sources to", Path::new("mmdebstrap stdin")))?;
+    input: &ContainerHostInput<'_>,
+) -> Result<ContainerHostFacts, RootfsError> {
+    let usr = staging.join("usr");
+    let factory = usr.join("share/factory");
+    copy_a(&input.debian_tree.join("usr"), staging)?;
+    mkdirs(&factory)?;
+    for dir in ["etc", "var"] {
+        copy_a(&input.debian_tree.join(dir), &factory)?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| RootfsError::Spawn {
-            program: "mmdebstrap".into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(RootfsError::Tool {
-            program: "mmdebstrap".into(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    let systemd = tree.join("usr/lib/systemd/systemd");
+    let systemd = usr.join("lib/systemd/systemd");
     if !systemd.exists() {
         return Err(RootfsError::Missing {
             path: systemd,
             what: "the container-host profile boots systemd",
         });
     }
-    // /usr moves as is; /etc and /var become factory copies inside it.
-    fs::rename(tree.join("usr"), staging.join("usr")).map_err(io("move", &tree))?;
-    let factory = staging.join("usr/share/factory");
-    mkdirs(&factory)?;
-    for dir in ["etc", "var"] {
-        let from = tree.join(dir);
-        let to = factory.join(dir);
-        fs::rename(&from, &to).map_err(io("move", &from))?;
-    }
+    let trimmed_bytes = trim(staging)?;
+    // Debian's tree has an empty /usr/lib/modules (no kernel package): ship the chosen set.
+    let modules = super::modules::install(input.kernel, input.modules, &usr)?;
     // containerd's CRI plugin wants /etc/cni/net.d (else it fails to create it on a read-only
     // path and the unit degrades).
     mkdirs(&factory.join("etc/cni/net.d"))?;
     write(&factory.join("etc/hostname"), "basalt\n")?;
-    finish_container_host(staging)?;
+    // mmdebstrap copies the build host's resolver configuration into the tree: a node must
+    // not inherit it.
+    let resolv = factory.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
     write(
-        &staging.join("usr/lib/os-release"),
-        os_release(os, "container-host"),
+        &resolv,
+        "# Basalt: no resolver configured in the image; the node's network setup writes this.\n",
+    )?;
+    finish_container_host(staging, input.variant)?;
+    write(
+        &usr.join("lib/os-release"),
+        os_release(input.os, "container-host", input.variant),
     )?;
     let etc_os_release = factory.join("etc/os-release");
     let _ = fs::remove_file(&etc_os_release);
     symlink("../usr/lib/os-release", &etc_os_release).map_err(io("symlink", &etc_os_release))?;
-    fs::remove_dir_all(&tree).map_err(io("remove", &tree))?;
-    Ok(())
+    Ok(ContainerHostFacts {
+        modules,
+        trimmed_bytes,
+    })
 }
 
-/// The unit that reports how a container-host boot went, for tests and the demo. Shipped and
-/// enabled in `/usr`, inert unless the kernel command line has [`REPORT_OPTION`]. `Type=exec`,
-/// not `oneshot`: a oneshot job would keep the boot "starting", and the script waits for the
-/// boot to finish (`is-system-running --wait`). The script opens `/dev/console` itself: a unit
-/// with `StandardOutput=tty` on the console makes systemd stop printing its own status lines
-/// (`Reached target …`) while it runs.
-pub const REPORT_UNIT: &str = "[Unit]
-Description=Basalt boot report (tests only: basalt.test=report)
-ConditionKernelCommandLine=basalt.test=report
-After=multi-user.target
+/// `cp -a FROM TO/` (owners, modes, links, special files as they are).
+fn copy_a(from: &Path, to_dir: &Path) -> Result<(), RootfsError> {
+    let mut cmd = CP.command().map_err(|e| RootfsError::Spawn {
+        program: e.to_string(),
+        source: std::io::Error::other("cp not found"),
+    })?;
+    cmd.arg("-a").arg("--reflink=auto").arg(from).arg(to_dir);
+    run(&mut cmd).map(|_| ())
+}
 
-[Service]
-Type=exec
-ExecStart=/usr/lib/basalt/boot-report
+/// Remove [`TRIMMED`] (keeping `copyright` files under `usr/share/doc`); the bytes removed.
+fn trim(staging: &Path) -> Result<u64, RootfsError> {
+    let mut removed = 0;
+    for rel in TRIMMED {
+        let dir = staging.join(rel);
+        if !dir.is_dir() {
+            continue;
+        }
+        removed += prune(&dir, rel == "usr/share/doc")?;
+    }
+    Ok(removed)
+}
 
-[Install]
-WantedBy=multi-user.target
-";
+/// Remove everything below `dir` except (when `keep_copyright`) files named `copyright`;
+/// folders left empty go too. The bytes of regular files removed.
+fn prune(dir: &Path, keep_copyright: bool) -> Result<u64, RootfsError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io("read folder", dir))? {
+        let path = entry.map_err(io("read folder", dir))?.path();
+        let meta = fs::symlink_metadata(&path).map_err(io("stat", &path))?;
+        if meta.is_dir() {
+            removed += prune(&path, keep_copyright)?;
+            if fs::read_dir(&path)
+                .map_err(io("read folder", &path))?
+                .next()
+                .is_none()
+            {
+                fs::remove_dir(&path).map_err(io("remove", &path))?;
+            }
+        } else if !(keep_copyright && path.file_name().is_some_and(|n| n == "copyright")) {
+            if meta.is_file() {
+                removed += meta.len();
+            }
+            fs::remove_file(&path).map_err(io("remove", &path))?;
+        }
+    }
+    Ok(removed)
+}
 
-/// The kernel option that makes `basalt-boot-report.service` report and power off.
-pub const REPORT_OPTION: &str = "basalt.test=report";
+/// Install `bytes` at `dest` (an absolute `/usr/…` path, validated by the definition) in
+/// the staged tree, replacing what is there.
+pub fn install_file(
+    staging: &Path,
+    dest: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), RootfsError> {
+    let path = staging.join(dest.trim_start_matches('/'));
+    if let Ok(meta) = fs::symlink_metadata(&path) {
+        if meta.is_dir() {
+            return Err(RootfsError::Missing {
+                path,
+                what: "a folder is in the way of a file the definition installs",
+            });
+        }
+        fs::remove_file(&path).map_err(io("replace", &path))?;
+    }
+    write(&path, bytes)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io("chmod", &path))
+}
 
-/// The report script: one `BASALT-REPORT:` line (each field `key=value`, no spaces inside a
-/// value), a `BASALT-REPORT-TIME:` line (systemd-analyze), then power-off. Each line is written
-/// with one `printf` so a getty prompt cannot land inside it.
-pub const REPORT_SCRIPT: &str = r#"#!/bin/sh
-PATH=/usr/sbin:/usr/bin
-exec >/dev/console 2>&1
-system=$(timeout 300 systemctl is-system-running --wait 2>/dev/null)
-[ -n "$system" ] || system=unknown
-containerd=$(systemctl is-active containerd.service 2>/dev/null)
-usr=$(findmnt -n -o FSTYPE,OPTIONS /usr | tr -s ' ' ',')
-root=$(findmnt -n -o FSTYPE,OPTIONS / | cut -d, -f1 | tr -s ' ' ',')
-. /usr/lib/os-release
-failed=$(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | paste -sd, -)
-machine_id=$(cat /etc/machine-id 2>/dev/null)
-[ -n "$machine_id" ] || machine_id=none
-[ -s /var/lib/dpkg/status ] && var=factory || var=empty
-ctr_version=$(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}')
-. /run/basalt/boot.env 2>/dev/null
-# Kernel start → multi-user.target, guest clock (µs since boot).
-mu=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target 2>/dev/null)
-mu_s=$(awk -v us="${mu:-0}" 'BEGIN { printf "%.1f", us / 1000000 }')
-# The boot entry systemd-boot started (EFI variable: 4 attribute bytes, then UTF-16LE).
-# Read through a pipe: efivarfs files do not take the seek `tail -c` would do.
-entry=$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tail -c +5 | tr -d '\000')
-printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID machine-id=$machine_id var=$var containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s entry=${entry:-none} failed=${failed:-none}"
-printf '%s\n' "BASALT-REPORT-TIME: $(systemd-analyze time 2>/dev/null | head -n 1)"
-printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager multi-user.target 2>/dev/null | grep -o '[a-z.@-]*\.service[^ ]* [^ ]*' | head -n 4 | paste -sd';' -)"
-printf '%s\n' "BASALT-REPORT: done, powering off"
-systemctl --no-block poweroff
-"#;
-
-/// Bump when the container-host staging changes in a way the image cache key would not see
-/// (the report unit, the masks, the /var handling …): the key covers it.
-pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/3";
-
-/// Units of Debian's systemd that do not fit a non-interactive, image-based host; masked in
-/// the factory `/etc` (a link to `/dev/null`, so an admin can still unmask them).
+/// Units of Debian's systemd that do not fit a non-interactive, image-based host; always
+/// masked in a container-host image (the definition's `[units] mask` adds to them).
 /// - `systemd-firstboot.service` would prompt on the console for locale, time zone and root
 ///   password on the first boot (the empty `/etc/machine-id` makes it a "first boot").
 pub const MASKED_UNITS: [&str; 1] = ["systemd-firstboot.service"];
 
-/// The container-host specifics on top of the Debian tree: machine-id, the boot report unit,
-/// masked units, `/var` from the factory copy on first boot, no package caches.
-fn finish_container_host(staging: &Path) -> Result<(), RootfsError> {
+/// Enable and mask units in the staged `usr/lib/systemd/system` (see the config docs for
+/// why there and not in `/etc`). Enabling links the unit from each target its `[Install]`
+/// section names (`WantedBy=` → `T.wants/`, `RequiredBy=` → `T.requires/`); a unit without
+/// such a line, or not in the tree, is an error. Masking makes the unit file a link to
+/// `/dev/null` (systemd reports it `masked`).
+pub fn finish_units(staging: &Path, enable: &[String], mask: &[String]) -> Result<(), RootfsError> {
+    let units = staging.join("usr/lib/systemd/system");
+    for unit in MASKED_UNITS
+        .iter()
+        .map(|u| u.to_string())
+        .chain(mask.iter().cloned())
+    {
+        let link = units.join(&unit);
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).map_err(io("replace", &link))?;
+        }
+        symlink("/dev/null", &link).map_err(io("symlink", &link))?;
+    }
+    for unit in enable {
+        // `name@instance.service` is installed from the template `name@.service`.
+        let file = match unit.split_once('@') {
+            Some((base, rest)) if !rest.starts_with('.') => {
+                format!("{base}@.{}", rest.rsplit('.').next().unwrap_or("service"))
+            }
+            _ => unit.clone(),
+        };
+        let path = units.join(&file);
+        let text = fs::read_to_string(&path).map_err(|source| RootfsError::Io {
+            op: "read the unit to enable (units.enable)",
+            path: path.clone(),
+            source,
+        })?;
+        let targets = install_targets(&text);
+        if targets.is_empty() {
+            return Err(RootfsError::Missing {
+                path,
+                what: "units.enable names a unit without [Install] WantedBy= or RequiredBy=",
+            });
+        }
+        for (kind, target) in targets {
+            let dir = units.join(format!("{target}.{kind}"));
+            mkdirs(&dir)?;
+            let link = dir.join(unit);
+            let _ = fs::remove_file(&link);
+            symlink(format!("../{file}"), &link).map_err(io("symlink", &link))?;
+        }
+    }
+    Ok(())
+}
+
+/// `(wants|requires, target)` pairs of a unit's `[Install]` section.
+fn install_targets(unit: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut in_install = false;
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+            continue;
+        }
+        if !in_install {
+            continue;
+        }
+        let (kind, value) = if let Some(v) = line.strip_prefix("WantedBy=") {
+            ("wants", v)
+        } else if let Some(v) = line.strip_prefix("RequiredBy=") {
+            ("requires", v)
+        } else {
+            continue;
+        };
+        out.extend(value.split_whitespace().map(|t| (kind, t.to_owned())));
+    }
+    out
+}
+
+/// Bump when the container-host staging changes in a way the image cache key would not see
+/// (the masks, the trims, the /var handling …): the key covers it.
+pub const CONTAINER_HOST_STAGING: &str = "container-host-staging/5";
+
+/// The container-host specifics on top of the Debian tree: machine-id, the variant's hooks,
+/// `/var` from the factory copy on first boot, no package caches.
+fn finish_container_host(staging: &Path, variant: Variant) -> Result<(), RootfsError> {
     let usr = staging.join("usr");
     let factory = usr.join("share/factory");
     // Empty machine-id: systemd generates one on the first boot and, /etc being writable,
     // commits it (systemd-machine-id-commit); every node gets its own.
     write(&factory.join("etc/machine-id"), "")?;
     let _ = fs::remove_file(factory.join("var/lib/dbus/machine-id"));
-    // The report unit, enabled in /usr (vendor preset: no /etc link needed).
-    let units = usr.join("lib/systemd/system");
-    write(&units.join("basalt-boot-report.service"), REPORT_UNIT)?;
-    let wants = units.join("multi-user.target.wants");
-    mkdirs(&wants)?;
-    let link = wants.join("basalt-boot-report.service");
-    symlink("../basalt-boot-report.service", &link).map_err(io("symlink", &link))?;
-    let script = usr.join("lib/basalt/boot-report");
-    write(&script, REPORT_SCRIPT)?;
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
-        .map_err(io("chmod", &script))?;
-    let masks = factory.join("etc/systemd/system");
-    mkdirs(&masks)?;
-    for unit in MASKED_UNITS {
-        let link = masks.join(unit);
-        let _ = fs::remove_file(&link);
-        symlink("/dev/null", &link).map_err(io("symlink", &link))?;
+    for hook in variant.container_host_hooks() {
+        let path = staging.join(hook.path);
+        write(&path, hook.content)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(hook.mode))
+            .map_err(io("chmod", &path))?;
+        if let Some(target) = hook.wanted_by {
+            let wants = usr
+                .join("lib/systemd/system")
+                .join(format!("{target}.wants"));
+            mkdirs(&wants)?;
+            let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            let link = wants.join(&name);
+            symlink(Path::new("..").join(&name), &link).map_err(io("symlink", &link))?;
+        }
     }
     // Package caches and logs of the build host have no place in the image.
     for dir in ["var/cache/apt", "var/lib/apt/lists", "var/log"] {
@@ -576,14 +683,94 @@ mod tests {
     }
 
     #[test]
-    fn report_unit_is_inert_without_the_option_and_script_reports_one_line() {
-        assert!(REPORT_UNIT.contains(&format!("ConditionKernelCommandLine={REPORT_OPTION}")));
-        assert!(!REPORT_UNIT.contains("StandardOutput=tty"));
-        let report_lines = REPORT_SCRIPT
-            .lines()
-            .filter(|l| l.contains("\"BASALT-REPORT: system="))
-            .count();
-        assert_eq!(report_lines, 1);
+    fn units_are_enabled_from_their_install_section_and_masked_in_usr() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("usr/lib/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        fs::write(
+            units.join("a.service"),
+            "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/true\n[Install]\n\
+             WantedBy=multi-user.target  sockets.target\nRequiredBy=b.target\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("t@.service"),
+            "[Service]\nExecStart=/bin/true %i\n[Install]\nWantedBy=getty.target\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("noisy.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        finish_units(
+            dir.path(),
+            &["a.service".into(), "t@x.service".into()],
+            &["noisy.service".into()],
+        )
+        .unwrap();
+        let link = |p: &str| fs::read_link(units.join(p)).unwrap();
+        assert_eq!(
+            link("multi-user.target.wants/a.service"),
+            Path::new("../a.service")
+        );
+        assert_eq!(
+            link("sockets.target.wants/a.service"),
+            Path::new("../a.service")
+        );
+        assert_eq!(
+            link("b.target.requires/a.service"),
+            Path::new("../a.service")
+        );
+        assert_eq!(
+            link("getty.target.wants/t@x.service"),
+            Path::new("../t@.service")
+        );
+        assert_eq!(link("noisy.service"), Path::new("/dev/null"));
+        assert_eq!(link("systemd-firstboot.service"), Path::new("/dev/null"));
+
+        // Refusals name the unit.
+        let err = finish_units(dir.path(), &["missing.service".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("missing.service"), "{err}");
+        fs::write(
+            units.join("plain.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        let err = finish_units(dir.path(), &["plain.service".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("WantedBy"), "{err}");
+    }
+
+    #[test]
+    fn trimming_keeps_copyright_files_and_counts_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("usr/share/doc/bash");
+        fs::create_dir_all(&doc).unwrap();
+        fs::write(doc.join("copyright"), "GPL").unwrap();
+        fs::write(doc.join("changelog.gz"), vec![0u8; 1000]).unwrap();
+        let man = dir.path().join("usr/share/man/man1");
+        fs::create_dir_all(&man).unwrap();
+        fs::write(man.join("bash.1.gz"), vec![0u8; 500]).unwrap();
+        symlink("bash.1.gz", man.join("sh.1.gz")).unwrap();
+        assert_eq!(trim(dir.path()).unwrap(), 1500);
+        assert!(doc.join("copyright").is_file());
+        assert!(!doc.join("changelog.gz").exists());
+        assert!(!dir.path().join("usr/share/man/man1").exists());
+    }
+
+    #[test]
+    fn installed_files_replace_files_but_not_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        install_file(dir.path(), "/usr/bin/tool", b"one", 0o755).unwrap();
+        install_file(dir.path(), "/usr/bin/tool", b"two", 0o700).unwrap();
+        let path = dir.path().join("usr/bin/tool");
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        let err = install_file(dir.path(), "/usr/bin", b"x", 0o644).unwrap_err();
+        assert!(err.to_string().contains("folder"), "{err}");
     }
 
     #[test]
@@ -611,7 +798,7 @@ mod tests {
             channel: "stable".into(),
             arch: "x86_64".into(),
         };
-        stage_minimal(dir.path(), &os, busybox).unwrap();
+        stage_minimal(dir.path(), &os, busybox, Variant::Product).unwrap();
         let usr = dir.path().join("usr");
         assert_eq!(
             fs::read_link(usr.join("bin/sh")).unwrap(),

@@ -25,7 +25,7 @@ mod error;
 pub use basalt_initramfs::modules::ModulesDep;
 pub use error::{KernelError, Result};
 
-use crate::tool::{APT_CACHE, APT_GET, DEPMOD, DPKG_DEB, XZ};
+use crate::tool::{APT_CACHE, APT_GET, DEPMOD, DPKG_DEB, TAR, XZ};
 use elf::Elf64;
 use error::KernelError as Error;
 
@@ -35,6 +35,34 @@ pub const META_PACKAGE: &str = "linux-image-amd64";
 const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
 /// Environment variable overriding the cache folder.
 pub const CACHE_ENV: &str = "BASALT_KERNEL_CACHE";
+
+/// What the kernel `.deb` was, as apt fetched it (for the release's SBOM): kept next to the
+/// tree as `<cache>/<package>.deb.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DebFacts {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub source: String,
+    pub source_version: String,
+    /// SHA-256 of the `.deb` file apt downloaded (and checked against the signed index).
+    pub sha256: String,
+}
+
+fn deb_facts_path(cache_dir: &Path, package: &str) -> PathBuf {
+    cache_dir.join(format!("{package}.deb.json"))
+}
+
+fn write_facts(path: &Path, facts: &DebFacts) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(facts).map_err(|e| Error::WriteFile {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    basalt_fsutil::write_atomic(path, &bytes, 0o644).map_err(|e| Error::WriteFile {
+        path: e.path,
+        source: e.source,
+    })
+}
 
 /// An unpacked, depmod'ed Debian kernel package with its uncompressed `vmlinux`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,13 +121,14 @@ impl KernelTree {
                 path: cache_dir.to_path_buf(),
                 source,
             })?;
-        prepare(&package, work.path())?;
+        let facts = prepare(&package, work.path())?;
         let staged = work.keep();
         fs::rename(&staged, &final_dir).map_err(|source| Error::Rename {
             from: staged.clone(),
             to: final_dir.clone(),
             source,
         })?;
+        write_facts(&deb_facts_path(cache_dir, &package), &facts)?;
         remove_superseded(cache_dir, &package)?;
         Self::open(&package, &final_dir)
     }
@@ -132,6 +161,64 @@ impl KernelTree {
             }
         }
         Ok(tree)
+    }
+
+    /// What the `.deb` of this tree was ([`DebFacts`]). Trees fetched before these facts
+    /// were kept get them now: the `.deb` is downloaded again (apt checks it against the
+    /// signed index), its kernel compared with the tree's `vmlinuz` byte for byte (a
+    /// different upload of the same package name is refused), hashed, and recorded.
+    pub fn deb_facts(&self) -> Result<DebFacts> {
+        let cache_dir = self.root.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let path = deb_facts_path(&cache_dir, &self.package);
+        let read = |path: &Path| -> Option<DebFacts> {
+            serde_json::from_slice(&fs::read(path).ok()?).ok()
+        };
+        if let Some(facts) = read(&path) {
+            return Ok(facts);
+        }
+        let _lock = CacheLock::acquire(&cache_dir.join(".lock"))?;
+        if let Some(facts) = read(&path) {
+            return Ok(facts);
+        }
+        let work = tempfile::Builder::new()
+            .prefix(".deb-")
+            .tempdir_in(&cache_dir)
+            .map_err(|source| Error::CreateDir {
+                path: cache_dir.clone(),
+                source,
+            })?;
+        let mut download = APT_GET.command()?;
+        download.current_dir(work.path()).args([
+            "download",
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            &self.package,
+        ]);
+        APT_GET
+            .run(&mut download)
+            .map_err(|e| Error::KernelDownload {
+                package: self.package.clone(),
+                dir: work.path().to_path_buf(),
+                source: e,
+            })?;
+        let deb = find_deb(work.path(), &self.package)?;
+        let facts = read_deb_facts(&deb)?;
+        let member = format!("./boot/vmlinuz-{}", self.version);
+        let inside = deb_member_sha256(&deb, &member)?;
+        let ours = file_sha256(&self.vmlinuz)?;
+        if inside != ours {
+            return Err(Error::KernelTreeInvalid {
+                package: self.package.clone(),
+                dir: self.root.clone(),
+                problem: format!(
+                    "the archive's {} {} has another kernel than the cached tree (sha256 {inside} vs {ours}): remove the cached tree to fetch the new upload",
+                    facts.name, facts.version
+                ),
+            });
+        }
+        write_facts(&path, &facts)?;
+        Ok(facts)
     }
 
     /// The parsed `modules.dep` (and `modules.builtin`) of this kernel: the resolver of
@@ -234,8 +321,9 @@ fn kernel_release(root: &Path) -> Result<String, String> {
     }
 }
 
-/// Downloads, unpacks, depmods `package` into the empty folder `work`, and writes `vmlinux`.
-fn prepare(package: &str, work: &Path) -> Result<()> {
+/// Downloads, unpacks, depmods `package` into the empty folder `work`, and writes `vmlinux`;
+/// returns what the `.deb` was (for the SBOM).
+fn prepare(package: &str, work: &Path) -> Result<DebFacts> {
     let mut download = APT_GET.command()?;
     // The sandbox user `_apt` cannot write into our private temp folder; downloading as root
     // is what apt falls back to anyway (with a warning).
@@ -250,6 +338,7 @@ fn prepare(package: &str, work: &Path) -> Result<()> {
             source: e,
         })?;
     let deb = find_deb(work, package)?;
+    let facts = read_deb_facts(&deb)?;
     let mut extract = DPKG_DEB.command()?;
     extract.arg("-x").arg(&deb).arg(work);
     DPKG_DEB.run(&mut extract)?;
@@ -273,7 +362,144 @@ fn prepare(package: &str, work: &Path) -> Result<()> {
     extract_vmlinux(
         &work.join("boot").join(format!("vmlinuz-{version}")),
         &work.join("vmlinux"),
-    )
+    )?;
+    Ok(facts)
+}
+
+/// The control fields and SHA-256 of a `.deb`.
+fn read_deb_facts(deb: &Path) -> Result<DebFacts> {
+    let mut cmd = DPKG_DEB.command()?;
+    cmd.arg("-f")
+        .arg(deb)
+        .args(["Package", "Version", "Architecture", "Source"]);
+    let out = DPKG_DEB.run(&mut cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(|v| v.trim().to_owned())
+    };
+    let invalid = |problem: String| Error::KernelTreeInvalid {
+        package: deb.display().to_string(),
+        dir: deb.parent().map(Path::to_path_buf).unwrap_or_default(),
+        problem,
+    };
+    let name = field("Package").ok_or_else(|| invalid("the .deb has no Package field".into()))?;
+    let version =
+        field("Version").ok_or_else(|| invalid("the .deb has no Version field".into()))?;
+    let arch = field("Architecture").unwrap_or_else(|| "amd64".into());
+    // `Source: linux-signed-amd64 (6.1.158+1)`; absent: the package is its own source.
+    let (source, source_version) = match field("Source") {
+        None => (name.clone(), version.clone()),
+        Some(s) => match s.split_once(' ') {
+            Some((n, v)) => (
+                n.to_owned(),
+                v.trim_matches(|c| c == '(' || c == ')' || c == ' ')
+                    .to_owned(),
+            ),
+            None => (s, version.clone()),
+        },
+    };
+    let mut file = File::open(deb).map_err(|source| Error::ReadFile {
+        path: deb.to_path_buf(),
+        source,
+    })?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|source| Error::ReadFile {
+            path: deb.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(DebFacts {
+        name,
+        version,
+        arch,
+        source,
+        source_version,
+        sha256: hex::encode(ctx.finish().as_ref()),
+    })
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|source| Error::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|source| Error::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            return Ok(hex::encode(ctx.finish().as_ref()));
+        }
+        ctx.update(&buf[..n]);
+    }
+}
+
+/// SHA-256 of one file inside a `.deb` (`dpkg-deb --fsys-tarfile | tar -xO MEMBER`).
+fn deb_member_sha256(deb: &Path, member: &str) -> Result<String> {
+    let mut fsys = DPKG_DEB.command()?;
+    fsys.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
+    let mut child = fsys
+        .spawn()
+        .map_err(|source| crate::tool::ToolError::Spawn {
+            tool: DPKG_DEB.name,
+            source,
+        })?;
+    let stdout = child.stdout.take();
+    let mut tar = TAR.command()?;
+    tar.arg("-xO").arg(member);
+    if let Some(stdout) = stdout {
+        tar.stdin(Stdio::from(stdout));
+    }
+    tar.stdout(Stdio::piped());
+    let mut reader = tar
+        .spawn()
+        .map_err(|source| crate::tool::ToolError::Spawn {
+            tool: TAR.name,
+            source,
+        })?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    if let Some(mut out) = reader.stdout.take() {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = out.read(&mut buf).map_err(|source| Error::ReadFile {
+                path: deb.to_path_buf(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+    }
+    let tar_status = reader.wait().map_err(|source| Error::ReadFile {
+        path: deb.to_path_buf(),
+        source,
+    })?;
+    let deb_status = child.wait().map_err(|source| Error::ReadFile {
+        path: deb.to_path_buf(),
+        source,
+    })?;
+    if !tar_status.success() || !deb_status.success() {
+        return Err(Error::KernelTreeInvalid {
+            package: deb.display().to_string(),
+            dir: deb.parent().map(Path::to_path_buf).unwrap_or_default(),
+            problem: format!(
+                "cannot read {member} from the .deb (dpkg-deb {deb_status}, tar {tar_status})"
+            ),
+        });
+    }
+    Ok(hex::encode(ctx.finish().as_ref()))
 }
 
 fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {

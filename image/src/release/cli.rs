@@ -12,6 +12,9 @@ use crate::key::{load_signing_keys, read_capped};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show a built release: its signed manifest (verified with --trust) and its bill of
+    /// materials (checked against the manifest: the signatures cover it).
+    Inspect(crate::inspect::InspectArgs),
     /// Publish a built release (a `basalt image build` output folder) on a channel: compress
     /// its artifacts into content-addressed blobs, re-sign the manifest (channel, sequence,
     /// compression) and replace the channel head atomically.
@@ -82,6 +85,7 @@ fn classify(e: ReleaseError) -> anyhow::Error {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Inspect(args) => crate::inspect::run_inspect(args),
         Command::Publish {
             release_dir,
             repo,
