@@ -40,6 +40,9 @@ pub const APT_PACKAGES: &[&str] = &[
     // curl for `cargo xtask bench`.
     "nginx-light",
     "tinyproxy",
+    // The update VM scenarios' guest NIC: QEMU's guestfwd runs one socat per connection to
+    // nginx on 127.0.0.1 (tests/src/story.rs).
+    "socat",
     "curl",
     // verity/tests/dm_kernel_header.rs compiles a C probe of <linux/dm-ioctl.h>.
     "gcc",
