@@ -42,6 +42,10 @@ pub const GUEST_REPO_ADDR: &str = "10.0.2.100";
 pub const GUEST_REPO_MOUNT: &str = "/run/basalt-repo";
 /// The drop-in the node's operator writes to name the repository (the product ships none).
 pub const REPOSITORY_DROPIN: &str = "/etc/basalt/updater.d/50-repository.toml";
+/// The rest of the operator's drop-in: updates and reboots when the operator says so
+/// (`basaltctl update [--reboot]`); a failed health gate still reboots at once.
+pub const OPERATOR_POLICY: &str =
+    "[update]\nauto_download = false\nauto_apply = false\n\n[reboot]\nstrategy = \"off\"\n";
 /// Where v3 ships its failing health check.
 pub const UNHEALTHY_DEST: &str = "/usr/lib/basalt/updater.d/90-test-unhealthy.toml";
 /// v3's extra drop-in: a health check that can never pass, with a short deadline so the
@@ -408,11 +412,20 @@ impl Node {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
-        let release = self.run("grep -E '^(PRETTY_NAME|VERSION_ID)=' /usr/lib/os-release")?;
+        let release = self.run(". /usr/lib/os-release && echo $PRETTY_NAME")?;
+        let system = self.vm.shell(
+            "systemctl is-system-running; systemctl --failed --plain --no-legend",
+            COMMAND,
+        )?;
         n.show(&format!(
-            "up after {:.0} s: {}",
+            "up after {:.0} s: {}, systemd {}",
             started.elapsed().as_secs_f64(),
-            release.replace('\n', "  ")
+            release.trim(),
+            system
+                .output
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
         Ok(())
     }
@@ -487,15 +500,22 @@ impl Node {
     }
 
     /// Name the repository in an `/etc` drop-in (what an operator does: the product ships
-    /// none) and restart the agent so it reads it.
+    /// none) and restart the agent so it reads it. The same drop-in makes updates the
+    /// operator's call ([`OPERATOR_POLICY`]), so the agent's own periodic check cannot race
+    /// the scenario's `basaltctl update`.
     pub fn set_repository(&mut self, url: &str, n: &mut dyn Narrator) -> Result<()> {
         n.say(&format!(
             "The product image checks no repository until an operator names one. Write \
-             {REPOSITORY_DROPIN} with url = \"{url}\" and restart the agent."
+             {REPOSITORY_DROPIN} with the repository's URL ({url}); this operator also wants \
+             to start updates and reboots by hand. Restart the agent to read it."
         ));
-        let text = format!("[repository]\\nurl = \\\"{url}\\\"\\n");
+        let text = format!("[repository]\nurl = \"{url}\"\n{OPERATOR_POLICY}");
+        let printf = text
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         self.run(&format!(
-            "mkdir -p /etc/basalt/updater.d && printf \"{text}\" > {REPOSITORY_DROPIN} && \
+            "mkdir -p /etc/basalt/updater.d && printf \"{printf}\" > {REPOSITORY_DROPIN} && \
              systemctl restart basalt-updated && cat {REPOSITORY_DROPIN}"
         ))
         .map(|out| n.show(&out))

@@ -107,8 +107,12 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
         .with_context(|| format!("no rollback in the history: {history:#?}"))?;
     let reason = reported["detail"].as_str().unwrap_or_default().to_owned();
     ensure!(
-        reason.to_lowercase().contains("verity") || reason.to_lowercase().contains("usr"),
-        "the reason should be basalt-init's (dm-verity / usr): {reported:#}"
+        reason.contains("basalt-init refused") && reason.contains("superblock-invalid"),
+        "the reason should be basalt-init's record (superblock-invalid): {reported:#}"
+    );
+    ensure!(
+        reported["kind"] == "rolled-back" && reported["from"] == "3.0.0",
+        "the rollback should be of 3.0.0: {reported:#}"
     );
     let elapsed = node.poweroff()?;
     println!(
