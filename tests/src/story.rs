@@ -800,11 +800,14 @@ pub fn parse_console_json(out: &str) -> std::result::Result<serde_json::Value, S
     let lines: Vec<&str> = out.lines().collect();
     let start = lines
         .iter()
-        .position(|l| l.starts_with('{') || l.starts_with('['))
+        .position(|l| !is_kernel_line(l) && (l.starts_with('{') || l.starts_with('[')))
         .ok_or("no JSON document in the output")?;
     let end = lines
         .iter()
-        .rposition(|l| l.starts_with('}') || l.starts_with(']'))
+        .rposition(|l| {
+            let l = l.trim_end();
+            !is_kernel_line(l) && (l.ends_with('}') || l.ends_with(']'))
+        })
         .ok_or("no end of the JSON document in the output")?;
     if end < start {
         return Err("no JSON document in the output".into());
@@ -894,6 +897,9 @@ mod tests {
         assert_eq!(v["a"], 1);
         assert_eq!(v["b"][0], 2);
         assert!(parse_console_json("no json here").is_err());
+        assert_eq!(parse_console_json("[]\n").unwrap(), serde_json::json!([]));
+        let v = parse_console_json("[    3.100000] x\n[\n  {\"k\": 1}\n]\n").unwrap();
+        assert_eq!(v[0]["k"], 1);
     }
 
     #[test]
