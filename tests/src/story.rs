@@ -62,6 +62,8 @@ pub const SOCAT: Tool = Tool::new("socat", "socat");
 /// `mkfs.erofs` packs the repository into a read-only disk for the air-gapped node.
 pub const MKFS_EROFS: Tool = Tool::new("mkfs.erofs", "erofs-utils");
 
+/// basalt-init's last line before systemd (initramfs/src/boot.rs).
+const SWITCH_ROOT: &str = "basalt-init: switching root to /sysroot";
 /// Boot to a root shell (OVMF, systemd-boot, basalt-init, systemd: ≈20–40 s under TCG).
 const BOOT: Duration = Duration::from_secs(240);
 /// One shell command.
@@ -390,6 +392,10 @@ impl Node {
     /// booted.
     pub fn wait_up(&mut self, n: &mut dyn Narrator) -> Result<()> {
         let started = Instant::now();
+        // No typing before the kernel runs our userspace: keys typed while the firmware or
+        // systemd-boot read the console open their menus (seen: OVMF's setup page after a
+        // reboot). Only a boot that basalt-init let through prints this line.
+        self.vm.expect(SWITCH_ROOT, BOOT)?;
         self.vm.wait_for_shell(BOOT)?;
         let deadline = Instant::now() + scale(COMMAND);
         loop {
