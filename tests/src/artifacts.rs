@@ -118,7 +118,7 @@ pub fn test_keys() -> Result<TestKeys> {
 
 /// Writes `bytes` to `path` unless it already holds them (`basalt_fsutil::write_atomic`, so
 /// a reader in another process never sees half a file).
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     if fs::read(path).ok().as_deref() == Some(bytes) {
         return Ok(());
     }

@@ -10,6 +10,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A command in a guest's root shell exited non-zero.
+    #[error("guest command `{command}` exited {status}:\n{output}")]
+    GuestCommand {
+        /// The shell line.
+        command: String,
+        /// Its exit status.
+        status: i32,
+        /// What it printed.
+        output: String,
+    },
+    /// A guest command's JSON output could not be read.
+    #[error("guest command `{command}`: {problem}\n{output}")]
+    GuestJson {
+        /// The shell line.
+        command: String,
+        /// What is wrong with the output.
+        problem: String,
+        /// What it printed.
+        output: String,
+    },
     /// A system tool is missing or failed.
     #[error(transparent)]
     Tool(#[from] basalt_image::tool::ToolError),

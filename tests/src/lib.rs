@@ -11,6 +11,10 @@
 //! (`disk/`) or the image builder (`image/`) — scenarios use those crates and only borrow the
 //! harness to boot what they built.
 //!
+//! The update story on a real node — releases v1, v2, v3 published, v1 booted, updated over
+//! HTTP or from a disk, rolled back — is one library of steps ([`story`]) that the
+//! `vm_update_*` scenarios and `cargo xtask demo` both run.
+//!
 //! The scenarios themselves live in `tests/tests/`; see `tests/README.md`.
 
 pub mod artifacts;
@@ -20,6 +24,7 @@ pub mod fixture;
 pub mod hostile;
 pub mod scenario;
 pub mod secure;
+pub mod story;
 pub mod tool;
 pub mod vm;
 pub mod web;

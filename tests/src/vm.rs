@@ -574,6 +574,17 @@ impl Vm {
         String::from_utf8_lossy(&self.console.lock().bytes).into_owned()
     }
 
+    /// Bytes of console so far (a position for [`Vm::console_bytes_from`]).
+    pub fn console_len(&self) -> usize {
+        self.console.lock().bytes.len()
+    }
+
+    /// The raw console bytes from position `from` (see [`Vm::console_len`]) to now.
+    pub fn console_bytes_from(&self, from: usize) -> Vec<u8> {
+        let state = self.console.lock();
+        state.bytes[from.min(state.bytes.len())..].to_vec()
+    }
+
     /// The console after the cursor (what the next [`Vm::expect`] searches).
     pub fn console_after_cursor(&self) -> String {
         let state = self.console.lock();
@@ -608,7 +619,7 @@ impl Vm {
 
     /// [`Vm::expect_any`] without the kill: `None` when `deadline` passes (the guest keeps
     /// running); an error only when QEMU exits first.
-    fn wait_any(&mut self, markers: &[&str], deadline: Instant) -> Result<Option<usize>> {
+    pub fn wait_any(&mut self, markers: &[&str], deadline: Instant) -> Result<Option<usize>> {
         let console = self.console.clone();
         let mut state = console.lock();
         loop {
@@ -875,7 +886,9 @@ impl Drop for Vm {
     }
 }
 
-fn scale(timeout: Duration) -> Duration {
+/// `timeout` times `BASALT_VM_TIMEOUT_FACTOR` (default 1): every bounded wait of a scenario
+/// goes through it.
+pub fn scale(timeout: Duration) -> Duration {
     let factor = std::env::var(TIMEOUT_FACTOR_ENV)
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
@@ -914,7 +927,7 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Console bytes as readable text: drops carriage returns, ANSI/VT escape sequences (firmware
 /// and systemd-boot paint with them) and other control characters.
-fn clean_console(bytes: &[u8]) -> String {
+pub fn clean_console(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();

@@ -49,6 +49,9 @@ pub const APT_PACKAGES: &[&str] = &[
     // curl for `cargo xtask bench`.
     "nginx-light",
     "tinyproxy",
+    // The update VM scenarios' guest NIC: QEMU's guestfwd runs one socat per connection to
+    // nginx on 127.0.0.1 (tests/src/story.rs).
+    "socat",
     "curl",
     // basalt-rollout: a private PostgreSQL for the two-replica tests, headless Chromium for
     // the status page, wrk for `cargo xtask bench --only rollout`.

@@ -1,0 +1,127 @@
+//! The update agent on an air-gapped node: no NIC at all (`-nic none`); the repository comes
+//! on a second, read-only disk (an erofs image of a folder made with `basalt release
+//! publish`), mounted by the operator and named as `file://`.
+//!
+//! 1. `basaltctl update --reboot` installs 2.0.0; it boots on trial, passes the health gate and
+//!    is committed (`basaltctl status --json`).
+//! 2. 3.0.0 is staged (`basaltctl update`, no reboot); before rebooting, the operator's shell
+//!    overwrites the first blocks of the inactive slot's `/usr` verity partition (what a
+//!    failing disk or an attacker with the disk would do). On the reboot systemd-boot tries
+//!    3.0.0, basalt-init refuses the damaged `/usr` before setting up dm-verity (its superblock
+//!    no longer fits), records why in its EFI failure variable and reboots; once the tries are
+//!    used up systemd-boot boots 2.0.0 again.
+//!
+//!    Why the verity partition and not the erofs data: damaged data is caught by dm-verity
+//!    itself while `/usr` is mounted, and with `restart_on_corruption` the kernel restarts at
+//!    once — the fallback happens the same way, but no program runs to leave a record, so
+//!    the agent could only say "the tries ran out". Damaging what basalt-init checks first
+//!    shows the whole chain: refusal, record, report.
+//! 3. On that boot the agent reports the rollback with basalt-init's reason (from the EFI
+//!    record), visible in `basaltctl history --json`; 2.0.0 stays committed.
+//!
+//! One QEMU run: v1, v2, three refused tries of v3 (each a short boot into the initramfs),
+//! v2 again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use basalt_disk::{Slot, SlotPart};
+use basalt_tests::scenario::slot_range;
+use basalt_tests::story::{
+    booted_version, build_releases, Node, Repository, Stderr, GUEST_REPO_MOUNT,
+};
+use basalt_tests::vm::scenario_dir;
+
+const SETTLE: Duration = Duration::from_secs(180);
+/// Three refused tries of 3.0.0 (firmware + kernel + initramfs each), then 2.0.0's boot.
+const FALLBACK: Duration = Duration::from_secs(600);
+
+#[test]
+fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_reason() -> Result<()>
+{
+    let started = Instant::now();
+    let n = &mut Stderr;
+    let releases = build_releases(n)?;
+    let built = started.elapsed();
+    let dir = scenario_dir("vm-update-file")?;
+    let repo = Repository::create(&dir.join("repo"), n)?;
+    repo.publish(&releases.v2, n)?;
+    repo.publish(&releases.v3, n)?;
+    // Two repository disks: the first holds 2.0.0 only, so the first update is 2.0.0; the
+    // second is swapped in for 3.0.0 (a new disk mounted in place, as an operator would).
+    let v2_only = Repository::create(&dir.join("repo-v2"), n)?;
+    v2_only.publish(&releases.v2, n)?;
+    let disk_v2 = dir.join("repo-v2.erofs");
+    v2_only.to_disk(&disk_v2)?;
+    let disk_all = dir.join("repo-all.erofs");
+    repo.to_disk(&disk_all)?;
+
+    let disk = dir.join("disk.img");
+    releases.v1.copy_disk(&disk)?;
+    let verity_a = slot_range(&disk, Slot::A, SlotPart::Verity)?;
+
+    let vm_started = Instant::now();
+    let config = Node::config(&dir, &disk)
+        .data_disk(&disk_v2)
+        .data_disk(&disk_all);
+    let mut node = Node::boot(&config, &disk, n)?;
+    let status = node.status()?;
+    ensure!(
+        booted_version(&status) == Some(("A".into(), "1.0.0".into(), "good".into())),
+        "{status:#}"
+    );
+
+    // 1. 2.0.0 from the first repository disk (/dev/vdb).
+    node.mount_repository_disk("/dev/vdb")?;
+    node.set_repository(&format!("file://{GUEST_REPO_MOUNT}"), n)?;
+    node.update_and_reboot(n)?;
+    node.wait_up(n)?;
+    node.wait_status("2.0.0 blessed", SETTLE, |s| {
+        booted_version(s) == Some(("B".into(), "2.0.0".into(), "good".into()))
+    })?;
+    let committed_at = vm_started.elapsed();
+
+    // 2. 3.0.0 from the second disk (/dev/vdc), staged, then its /usr damaged.
+    node.mount_repository_disk("/dev/vdc")?;
+    node.update_staged(n)?;
+    let staged = node.status()?;
+    ensure!(
+        staged["staged_version"] == "3.0.0" && staged["next_boot_slot"] == "A",
+        "3.0.0 should be staged in slot A: {staged:#}"
+    );
+    node.corrupt_usr(Slot::A, verity_a.offset, 4)?;
+    node.reboot()?;
+    // basalt-init refuses each try; the entry's tries run out; 2.0.0 boots.
+    node.vm()
+        .expect("BASALT-INIT FAILED reason=", FALLBACK)
+        .context("basalt-init should refuse the damaged slot")?;
+    node.wait_up(n)?;
+    let status = node.wait_status("back on 2.0.0 with the rollback reported", SETTLE, |s| {
+        booted_version(s).is_some_and(|(slot, version, _)| slot == "B" && version == "2.0.0")
+    })?;
+    ensure!(status["current_version"] == "2.0.0", "{status:#}");
+    let history = node.history()?;
+    let reported = history
+        .iter()
+        .find(|h| h["kind"] == "rolled-back" || h["kind"] == "boot-refused")
+        .with_context(|| format!("no rollback in the history: {history:#?}"))?;
+    let reason = reported["detail"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        reason.contains("basalt-init refused") && reason.contains("superblock-invalid"),
+        "the reason should be basalt-init's record (superblock-invalid): {reported:#}"
+    );
+    ensure!(
+        reported["kind"] == "rolled-back" && reported["from"] == "3.0.0",
+        "the rollback should be of 3.0.0: {reported:#}"
+    );
+    let elapsed = node.poweroff()?;
+    println!(
+        "vm_update_file: releases ready in {:.0} s; VM {:.0} s (2.0.0 committed at {:.0} s); \
+         total {:.0} s; reason: {reason}",
+        built.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        committed_at.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
