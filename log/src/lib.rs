@@ -163,7 +163,10 @@ pub fn subscriber<W>(output: Output, level: LevelFilter, make_writer: W) -> impl
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // No colour codes in field values: neither the journal nor a log file wants them (another
+    // crate may turn on tracing-subscriber's `ansi` feature for the whole build).
     tracing_subscriber::fmt()
+        .with_ansi(false)
         .event_format(LineFormat::new(output))
         .with_max_level(level)
         .with_writer(make_writer)

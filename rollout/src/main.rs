@@ -302,14 +302,10 @@ enum ReleaseCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(match std::env::var("BASALT_LOG").as_deref() {
-            Ok("debug") => tracing::Level::DEBUG,
-            Ok("warn") => tracing::Level::WARN,
-            _ => tracing::Level::INFO,
-        })
-        .init();
+    // The one logging setup of every Basalt binary (journal priorities under systemd).
+    if let Err(e) = basalt_log::init() {
+        eprintln!("basalt-rollout: {e}");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
