@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use basalt_disk::Slot;
 use basalt_image::build::config::ImageConfig;
+use basalt_image::build::erofs;
 use basalt_image::build::{build_with_progress, Variant};
 
 use crate::artifacts::{basalt_cli, container_host, container_host_request, MinimalImage};
@@ -59,8 +60,6 @@ commands = [[\"/usr/bin/test\", \"-e\", \"/etc/basalt/this-file-never-exists\"]]
 
 /// `socat` forwards each guest connection to nginx (QEMU starts one per connection).
 pub const SOCAT: Tool = Tool::new("socat", "socat");
-/// `mkfs.erofs` packs the repository into a read-only disk for the air-gapped node.
-pub const MKFS_EROFS: Tool = Tool::new("mkfs.erofs", "erofs-utils");
 
 /// basalt-init's last line before systemd (initramfs/src/boot.rs).
 const SWITCH_ROOT: &str = "basalt-init: switching root to /sysroot";
@@ -333,9 +332,10 @@ impl Repository {
     /// The repository packed into an erofs image at `image`: the data disk of an air-gapped
     /// node, mounted read-only there ([`Node::mount_repository_disk`]).
     pub fn to_disk(&self, image: &Path) -> Result<()> {
-        let mut cmd = MKFS_EROFS.command()?;
-        cmd.arg("-q").arg(image).arg(&self.dir);
-        MKFS_EROFS.run(&mut cmd)?;
+        // The image build's packer (reproducible, root-owned, no xattrs).
+        let uuid = erofs::derived_uuid("basalt repository disk");
+        erofs::pack(&self.dir, image, &uuid, erofs::Compression::None)
+            .map_err(basalt_image::build::BuildError::from)?;
         Ok(())
     }
 }
