@@ -259,8 +259,8 @@ fn a_thousand_nodes_over_two_replicas_hold_the_limits_and_converge() {
     assert_eq!(fleet.at_least(&target), N, "{report:?}");
     assert_eq!(
         (report.max_unavailable, report.max_in_flight),
-        (50, 100),
-        "limits reached, never exceeded"
+        (cfg.unavailable_limit, cfg.in_flight_limit),
+        "limits reached (10 % unavailable, 10 % surge of 1,000), never exceeded"
     );
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
     let s = h.status("web");
