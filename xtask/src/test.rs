@@ -101,7 +101,8 @@ pub fn run(args: Args) -> Result<()> {
     sh::run(
         Command::new("cargo")
             .current_dir(&root)
-            .args(["test", "--workspace"]),
+            // Every test binary runs even after a failure: one CI run shows every red test.
+            .args(["test", "--workspace", "--no-fail-fast"]),
     )?;
     if !args.no_fuzz {
         fuzz(args.fuzz_seconds)?;
