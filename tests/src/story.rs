@@ -169,7 +169,7 @@ pub fn unhealthy_definition() -> Result<PathBuf> {
     })?;
     let mut out = String::new();
     for line in text.lines() {
-        out.push_str(&absolute_path_line(line, &product));
+        out.push_str(&absolute_path_line(line, &product, &["source", "list"]));
         out.push('\n');
     }
     out.push_str(&format!(
@@ -183,11 +183,26 @@ pub fn unhealthy_definition() -> Result<PathBuf> {
     Ok(definition)
 }
 
-/// `source = "REL"` / `list = "REL"` with REL made absolute against `definition`'s folder;
+/// The text of `definition` with the relative paths of `keys` (e.g. `source`, `list`) made
+/// absolute, so a copy of it elsewhere (a test's temporary folder) still finds its files.
+pub fn with_absolute_paths(definition: &Path, keys: &[&str]) -> Result<String> {
+    let text = std::fs::read_to_string(definition).map_err(|source| Error::ReadFile {
+        path: definition.to_owned(),
+        source,
+    })?;
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(&absolute_path_line(line, definition, keys));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `KEY = "REL"` for KEY in `keys` with REL made absolute against `definition`'s folder;
 /// any other line as is.
-fn absolute_path_line(line: &str, definition: &Path) -> String {
+fn absolute_path_line(line: &str, definition: &Path, keys: &[&str]) -> String {
     let trimmed = line.trim();
-    for key in ["source", "list"] {
+    for &key in keys {
         let Some(rest) = trimmed.strip_prefix(key) else {
             continue;
         };

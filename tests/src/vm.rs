@@ -591,6 +591,18 @@ impl Vm {
         String::from_utf8_lossy(state.bytes.get(self.cursor..).unwrap_or_default()).into_owned()
     }
 
+    /// The console line after the cursor, once its end has arrived (a marker can arrive before
+    /// the rest of its line); after `timeout` whatever is there.
+    pub fn line_after_cursor(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + scale(timeout);
+        let mut rest = self.console_after_cursor();
+        while !rest.contains('\n') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            rest = self.console_after_cursor();
+        }
+        rest.lines().next().unwrap_or_default().to_owned()
+    }
+
     /// Waits until `marker` appears after the cursor; moves the cursor past it and returns the
     /// time since QEMU started. On timeout QEMU is killed.
     pub fn expect(&mut self, marker: &str, timeout: Duration) -> Result<Duration> {

@@ -82,8 +82,7 @@ fn only_the_signed_usr_at_or_above_the_floor_boots() -> Result<()> {
 fn expect_refusal(vm: &mut basalt_tests::vm::Vm, reason: &str) -> Result<String> {
     let seen = vm.expect_any(&[FAILED, USERSPACE_UP], BOOT)?;
     ensure!(seen == 0, "expected a refusal ({reason})\n{}", vm.excerpt());
-    let line = vm.console_after_cursor();
-    let line = line.lines().next().unwrap_or_default().to_owned();
+    let line = vm.line_after_cursor(STEP);
     ensure!(
         line.starts_with(reason),
         "reason {line:?}, expected {reason}\n{}",

@@ -858,7 +858,9 @@ fn a_package_list_or_module_that_does_not_match_is_refused() -> Result<()> {
     let mut lines: Vec<&str> = list.lines().filter(|l| *l != "iproute2").collect();
     lines.push("cowsay");
     std::fs::write(tmp.path().join("container-host.packages"), lines.join("\n"))?;
-    std::fs::copy(&definition, tmp.path().join("IMAGE.toml"))?;
+    // The copy keeps its own package list (relative) but finds the definition's files.
+    let definition_text = basalt_tests::story::with_absolute_paths(&definition, &["source"])?;
+    std::fs::write(tmp.path().join("IMAGE.toml"), &definition_text)?;
     let mut req = artifacts::container_host_request(
         Variant::Product,
         &semver::Version::new(1, 0, 0),
@@ -881,8 +883,7 @@ fn a_package_list_or_module_that_does_not_match_is_refused() -> Result<()> {
         dir.join("container-host.packages"),
         tmp.path().join("container-host.packages"),
     )?;
-    let text =
-        std::fs::read_to_string(&definition)?.replace("\"nvme\",", "\"nvme\", \"no_such_module\",");
+    let text = definition_text.replace("\"nvme\",", "\"nvme\", \"no_such_module\",");
     std::fs::write(tmp.path().join("IMAGE.toml"), text)?;
     let err = expect_err(&req)?;
     let text = chain(&err);
