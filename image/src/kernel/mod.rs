@@ -585,23 +585,29 @@ fn remove_stale(cache_dir: &Path, final_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes trees of other kernel packages (≈440 MB each) once a newer one is in place. Called
-/// under the lock; every caller asks apt for the same current package, so none uses them.
+/// Removes trees of other kernel packages (≈440 MB each) and their `.deb.json` facts once a
+/// newer one is in place; the current package's tree and facts stay. Called under the lock;
+/// every caller asks apt for the same current package, so none uses them.
 fn remove_superseded(cache_dir: &Path, current: &str) -> Result<()> {
+    let current_facts = deb_facts_path(cache_dir, current);
     let old: Vec<PathBuf> = fs::read_dir(cache_dir)
         .map_err(|source| Error::ReadFile {
             path: cache_dir.to_path_buf(),
             source,
         })?
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("linux-image-") && name != current
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with("linux-image-"))
         .map(|e| e.path())
+        .filter(|path| path.file_name() != Some(current.as_ref()) && *path != current_facts)
         .collect();
     for path in old {
-        fs::remove_dir_all(&path).map_err(|source| Error::Remove { path, source })?;
+        // Not following symlinks: a link is removed as the entry it is.
+        let removed = if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|source| Error::Remove { path, source })?;
     }
     Ok(())
 }
@@ -697,9 +703,25 @@ mod tests {
         ] {
             fs::create_dir(dir.path().join(name)).unwrap();
         }
+        for name in [
+            "linux-image-6.1.0-1-amd64.deb.json",
+            "linux-image-6.1.0-2-amd64.deb.json",
+        ] {
+            fs::write(dir.path().join(name), "{}").unwrap();
+        }
         remove_superseded(dir.path(), "linux-image-6.1.0-2-amd64").unwrap();
         assert!(!dir.path().join("linux-image-6.1.0-1-amd64").exists());
+        assert!(!dir
+            .path()
+            .join("linux-image-6.1.0-1-amd64.deb.json")
+            .exists());
         assert!(dir.path().join("linux-image-6.1.0-2-amd64").exists());
+        // The current package's facts file (the SBOM's source) is kept: a cold cache once
+        // failed here by treating it as a superseded tree.
+        assert!(dir
+            .path()
+            .join("linux-image-6.1.0-2-amd64.deb.json")
+            .is_file());
         assert!(dir.path().join("notes").exists());
     }
 
