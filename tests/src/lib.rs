@@ -20,6 +20,7 @@
 pub mod artifacts;
 pub mod error;
 pub mod faulty_http;
+pub mod fleet;
 pub mod fixture;
 pub mod hostile;
 pub mod scenario;

@@ -39,6 +39,16 @@ use crate::vm::{scale, Vm, VmConfig};
 /// The address the guest reaches the repository at: QEMU's `guestfwd` forwards it to the
 /// nginx on the host's loopback (nothing else is reachable: `restrict=on`).
 pub const GUEST_REPO_ADDR: &str = "10.0.2.100";
+/// The address the guest reaches a fleet server (`basalt-rollout serve`) at, when a scenario
+/// has one: forwarded like [`GUEST_REPO_ADDR`] (see [`restricted_nic_to`]).
+pub const GUEST_FLEET_ADDR: &str = "10.0.2.101";
+/// The drop-in an operator writes to make a node follow a fleet server (server mode).
+pub const FLEET_DROPIN: &str = "/etc/basalt/updater.d/50-fleet.toml";
+/// Where that drop-in's enrolment token lives on the node.
+pub const FLEET_ENROLL_TOKEN: &str = "/etc/basalt/fleet-enroll-token";
+/// What the node's pre-reboot (drain) command writes: a file in the agent's state directory
+/// (the only place its sandbox lets it write), read back after the reboot.
+pub const FLEET_DRAIN_MARK: &str = "/var/lib/basalt/fleet-drained";
 /// Where the air-gapped node mounts the repository disk.
 pub const GUEST_REPO_MOUNT: &str = "/run/basalt-repo";
 /// The drop-in the node's operator writes to name the repository (the product ships none).
@@ -358,11 +368,38 @@ impl Repository {
 /// The QEMU argument of a guest NIC that reaches `127.0.0.1:port` at
 /// `http://10.0.2.100/` and nothing else (see /work/shared/notes/environment.md).
 pub fn restricted_nic(port: u16) -> Result<String> {
+    restricted_nic_to(&[(GUEST_REPO_ADDR, port)])
+}
+
+/// The QEMU argument of a guest NIC in restricted mode with one `guestfwd` per entry: the
+/// guest's `http://ADDR/` (port 80) is `127.0.0.1:PORT` on the host, through `socat` (QEMU
+/// starts one per connection, so several connections at once work). Nothing else is
+/// reachable. Each address must be in QEMU's user-mode network (10.0.2.0/24) and not one of
+/// its own (.2 gateway, .3 DNS, .15 the guest); a duplicate address is refused.
+pub fn restricted_nic_to(forwards: &[(&str, u16)]) -> Result<String> {
     // Fails now, naming the package, rather than as a connection reset in the guest.
     SOCAT.command()?;
-    Ok(format!(
-        "user,model=virtio-net-pci,restrict=on,guestfwd=tcp:{GUEST_REPO_ADDR}:80-cmd:socat - TCP:127.0.0.1:{port}"
-    ))
+    let mut arg = String::from("user,model=virtio-net-pci,restrict=on");
+    let mut seen = Vec::new();
+    for &(addr, port) in forwards {
+        let ip: std::net::Ipv4Addr = addr.parse().map_err(|e| Error::VmConfig {
+            problem: format!("guestfwd address {addr:?}: {e}"),
+        })?;
+        let [a, b, c, d] = ip.octets();
+        if (a, b, c) != (10, 0, 2) || matches!(d, 0 | 2 | 3 | 15 | 255) || seen.contains(&ip) {
+            return Err(Error::VmConfig {
+                problem: format!(
+                    "guestfwd address {addr}: must be a free address of 10.0.2.0/24 (not .2, \
+                     .3, .15), once"
+                ),
+            });
+        }
+        seen.push(ip);
+        arg.push_str(&format!(
+            ",guestfwd=tcp:{addr}:80-cmd:socat - TCP:127.0.0.1:{port}"
+        ));
+    }
+    Ok(arg)
 }
 
 /// A booted test image, driven through its serial root shell.
@@ -540,6 +577,58 @@ impl Node {
              systemctl restart basalt-updated && cat {REPOSITORY_DROPIN}"
         ))
         .map(|out| n.show(&out))
+    }
+
+    /// Make the node follow the fleet server at `url` in pool `pool` (server mode, as
+    /// `rollout/README.md` shows): the pool's enrolment token in [`FLEET_ENROLL_TOKEN`]
+    /// (0600), and [`FLEET_DROPIN`] naming the server, the pool, the token file and a
+    /// pre-reboot command that writes [`FLEET_DRAIN_MARK`]; the first check-in comes at once
+    /// (no initial delay, no jitter). Then restart the agent so it reads them.
+    pub fn join_fleet(
+        &mut self,
+        url: &str,
+        pool: &str,
+        enroll_token: &str,
+        n: &mut dyn Narrator,
+    ) -> Result<()> {
+        n.say(&format!(
+            "Make the node follow the fleet server: write the pool's enrolment token to \
+             {FLEET_ENROLL_TOKEN} and {FLEET_DROPIN} naming the server ({url}) and the pool \
+             ({pool}), with a pre-reboot (drain) command. No repository is named: the server \
+             names it in each offer. Restart the agent to read them."
+        ));
+        let dropin = format!(
+            "[server]\nurl = \"{url}\"\npool = \"{pool}\"\n\
+             enroll_token_file = \"{FLEET_ENROLL_TOKEN}\"\n\
+             pre_reboot = [\"/usr/bin/sh\", \"-c\", \"date -u > {FLEET_DRAIN_MARK}\"]\n\n\
+             [check]\ninitial_delay_secs = 0\njitter_secs = 0\n"
+        );
+        self.write_file(FLEET_ENROLL_TOKEN, &format!("{}\n", enroll_token.trim()), 0o600)?;
+        self.write_file(FLEET_DROPIN, &dropin, 0o644)?;
+        self.run("systemctl restart basalt-updated")?;
+        n.show(&self.run(&format!("cat {FLEET_DROPIN}"))?);
+        Ok(())
+    }
+
+    /// Write `text` to `path` in the guest (its folder made first) with `mode`, through the
+    /// serial shell.
+    pub fn write_file(&mut self, path: &str, text: &str, mode: u32) -> Result<()> {
+        // Two layers: the shell's double quotes, then printf's escapes.
+        let printf = text
+            .replace('\\', "\\\\\\\\")
+            .replace('"', "\\\"")
+            .replace('%', "%%")
+            .replace('$', "\\$")
+            .replace('`', "\\`")
+            .replace('\n', "\\n");
+        let folder = Path::new(path)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        self.run(&format!(
+            "mkdir -p {folder} && (umask 077 && printf \"{printf}\" > {path}) && chmod {mode:o} {path}"
+        ))
+        .map(|_| ())
     }
 
     /// Mount a repository disk (`device`, erofs) read-only at [`GUEST_REPO_MOUNT`] (over an

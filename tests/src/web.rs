@@ -56,14 +56,14 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// The last `n` lines of a log file, for errors.
-fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Spawn `command` so that it dies with the calling thread.
-fn spawn(server: &'static str, mut command: Command) -> Result<Child> {
+pub(crate) fn spawn(server: &'static str, mut command: Command) -> Result<Child> {
     command.stdin(Stdio::null());
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -82,7 +82,7 @@ fn spawn(server: &'static str, mut command: Command) -> Result<Child> {
 }
 
 /// Wait until `port` accepts connections, or the child exits, or the start timeout passes.
-fn wait_listening(server: &'static str, child: &mut Child, port: u16, log: &Path) -> Result<()> {
+pub(crate) fn wait_listening(server: &'static str, child: &mut Child, port: u16, log: &Path) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
