@@ -20,8 +20,8 @@
 pub mod artifacts;
 pub mod error;
 pub mod faulty_http;
-pub mod fleet;
 pub mod fixture;
+pub mod fleet;
 pub mod hostile;
 pub mod scenario;
 pub mod secure;

@@ -603,7 +603,11 @@ impl Node {
              pre_reboot = [\"/usr/bin/sh\", \"-c\", \"date -u > {FLEET_DRAIN_MARK}\"]\n\n\
              [check]\ninitial_delay_secs = 0\njitter_secs = 0\n"
         );
-        self.write_file(FLEET_ENROLL_TOKEN, &format!("{}\n", enroll_token.trim()), 0o600)?;
+        self.write_file(
+            FLEET_ENROLL_TOKEN,
+            &format!("{}\n", enroll_token.trim()),
+            0o600,
+        )?;
         self.write_file(FLEET_DROPIN, &dropin, 0o644)?;
         self.run("systemctl restart basalt-updated")?;
         n.show(&self.run(&format!("cat {FLEET_DROPIN}"))?);

@@ -82,7 +82,12 @@ pub(crate) fn spawn(server: &'static str, mut command: Command) -> Result<Child>
 }
 
 /// Wait until `port` accepts connections, or the child exits, or the start timeout passes.
-pub(crate) fn wait_listening(server: &'static str, child: &mut Child, port: u16, log: &Path) -> Result<()> {
+pub(crate) fn wait_listening(
+    server: &'static str,
+    child: &mut Child,
+    port: u16,
+    log: &Path,
+) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {

@@ -165,7 +165,15 @@ fn a_node_in_qemu_is_upgraded_by_pool_upgrade_node_image_only() -> Result<()> {
     ));
 
     n.say("The operator creates pool web, an enrolment token, and publishes 1.0.0.");
-    n.show(&server.cli(&["pool", "create", POOL, "--channel", "stable", "--interval", "5s"])?);
+    n.show(&server.cli(&[
+        "pool",
+        "create",
+        POOL,
+        "--channel",
+        "stable",
+        "--interval",
+        "5s",
+    ])?);
     let enroll = server.cli(&["pool", "enroll-token", POOL])?;
     let enroll = enroll.trim().to_owned();
     ensure!(!enroll.is_empty(), "pool enroll-token printed nothing");
@@ -183,10 +191,12 @@ fn a_node_in_qemu_is_upgraded_by_pool_upgrade_node_image_only() -> Result<()> {
         "Boot 1.0.0 with one restricted NIC: http://10.0.2.100/ is nginx, \
          http://10.0.2.101/ is the fleet server; nothing else is reachable.",
     );
-    let config = Node::config(&dir, &disk).arg("-nic").arg(restricted_nic_to(&[
-        (GUEST_REPO_ADDR, nginx.port()),
-        (GUEST_FLEET_ADDR, server.port()),
-    ])?);
+    let config = Node::config(&dir, &disk)
+        .arg("-nic")
+        .arg(restricted_nic_to(&[
+            (GUEST_REPO_ADDR, nginx.port()),
+            (GUEST_FLEET_ADDR, server.port()),
+        ])?);
     let mut node = Node::boot(&config, &disk, n)?;
     let status = node.status()?;
     ensure!(
@@ -377,4 +387,3 @@ fn a_node_in_qemu_is_upgraded_by_pool_upgrade_node_image_only() -> Result<()> {
     );
     Ok(())
 }
-
