@@ -1052,6 +1052,37 @@ mod tests {
     }
 
     #[test]
+    fn a_nic_forwards_each_address_once_and_only_free_ones() {
+        let arg = restricted_nic_to(&[(GUEST_REPO_ADDR, 8080), (GUEST_FLEET_ADDR, 9090)]).unwrap();
+        assert!(
+            arg.starts_with("user,model=virtio-net-pci,restrict=on,"),
+            "{arg}"
+        );
+        assert!(
+            arg.contains(",guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080")
+                && arg.contains(",guestfwd=tcp:10.0.2.101:80-cmd:socat - TCP:127.0.0.1:9090"),
+            "{arg}"
+        );
+        assert_eq!(
+            restricted_nic(8080).unwrap(),
+            restricted_nic_to(&[(GUEST_REPO_ADDR, 8080)]).unwrap()
+        );
+        for bad in [
+            "10.0.2.2",
+            "10.0.2.3",
+            "10.0.2.15",
+            "192.168.1.5",
+            "10.0.2",
+            "host",
+        ] {
+            let e = restricted_nic_to(&[(bad, 1)]).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        let twice = restricted_nic_to(&[(GUEST_REPO_ADDR, 1), (GUEST_REPO_ADDR, 2)]);
+        assert!(twice.is_err(), "{twice:?}");
+    }
+
+    #[test]
     fn kernel_lines_are_told_apart_from_json_arrays() {
         assert!(is_kernel_line("[   12.345678] x"));
         assert!(!is_kernel_line("[\"a\"]"));
