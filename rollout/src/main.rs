@@ -367,11 +367,19 @@ fn chrono_now() -> basalt_manifest::chrono::DateTime<basalt_manifest::chrono::Ut
     basalt_manifest::chrono::Utc::now()
 }
 
+/// The store of an offline command, its schema brought up to date first: the documented
+/// bootstrap (`operator add` before the first `serve`) meets a new, empty database.
+fn open_migrated(db: &Db) -> Result<Arc<dyn Backend>> {
+    let backend = db.open()?;
+    store::migrations::migrate(backend.as_ref(), chrono_now())?;
+    Ok(backend)
+}
+
 fn operator(command: OperatorCommand) -> Result<()> {
     match command {
         OperatorCommand::Add { name, db } => {
             let issued = basalt_rollout::service::create_operator_token(
-                db.open()?.as_ref(),
+                open_migrated(&db)?.as_ref(),
                 &SystemRandom::default(),
                 &name,
             )?;
@@ -380,7 +388,7 @@ fn operator(command: OperatorCommand) -> Result<()> {
             Ok(())
         }
         OperatorCommand::Revoke { name, db } => {
-            let n = basalt_rollout::service::revoke_operator(db.open()?.as_ref(), &name)?;
+            let n = basalt_rollout::service::revoke_operator(open_migrated(&db)?.as_ref(), &name)?;
             println!("{n} token(s) of {name:?} revoked");
             Ok(())
         }
