@@ -88,8 +88,9 @@ fn wait_server(
     }
 }
 
-/// The repository paths of the blobs a signed channel head names (verified against the
-/// trust root first): each artifact's stored (compressed) blob and its frame index.
+/// The repository paths of the blobs a node installs from a signed channel head (verified
+/// against the trust root first): the stored (compressed) blob and the frame index of its
+/// `/usr`, kernel and initramfs. The SBOM is a published artifact the node never fetches.
 fn blobs_of(head: &Path, trust: &Path) -> Result<Vec<String>> {
     let root = basalt_manifest::TrustRoot::from_initial_envelope(&std::fs::read(trust)?)?;
     let verified = basalt_manifest::verify_release(
@@ -99,6 +100,10 @@ fn blobs_of(head: &Path, trust: &Path) -> Result<Vec<String>> {
     )?;
     let mut blobs = Vec::new();
     for artifact in &verified.manifest.artifacts {
+        use basalt_manifest::ArtifactKind::{Initrd, Kernel, Usr};
+        if !matches!(artifact.kind, Usr | Kernel | Initrd) {
+            continue;
+        }
         let compression = artifact.compression.as_ref();
         blobs.push(basalt_manifest::repo::blob_path(
             &compression.map_or(artifact.sha256, |c| c.compressed_sha256),
