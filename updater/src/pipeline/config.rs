@@ -117,6 +117,12 @@ impl EngineConfig {
         self.state_dir.join("download.json")
     }
 
+    /// `state_dir/extensions`: the extension store, one set per OS version
+    /// (`basalt_sysext::store`; on a node `/var/lib/basalt/extensions`).
+    pub fn extensions_dir(&self) -> PathBuf {
+        self.state_dir.join("extensions")
+    }
+
     /// `state_dir/staging`: kernel and initrd of the release being installed.
     pub fn staging_dir(&self) -> PathBuf {
         self.state_dir.join("staging")
