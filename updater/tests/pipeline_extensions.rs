@@ -378,3 +378,49 @@ fn a_missing_extension_blob_fails_the_download_and_a_retry_succeeds() {
     assert_eq!(node.state(Slot::B), SlotState::Valid);
     assert_eq!(store(&node).images(&v("2.0.0")).unwrap().len(), 1);
 }
+
+/// Node-image-only (`update.node_image_only`): the booted version's set (tools 1.0, level 1)
+/// becomes 2.0.0's when 2.0.0 keeps level 1 — the release's own tools 2.0 is not taken —
+/// and an update to a release of level 2 is refused naming the extension, nothing staged.
+#[test]
+fn node_image_only_keeps_the_booted_set_when_it_fits_and_refuses_when_not() {
+    let world = World::new();
+    let mut node = Node::new(&world, "nio", BackendKind::Bls, EspKind::Fat);
+    node.config.node_image_only = true;
+    let tools1 = build_ext(&world.dir, &Ext::tools("1.0.0"));
+    let set1 = store(&node).set_dir(&v("1.0.0"));
+    std::fs::create_dir_all(&set1).unwrap();
+    std::fs::copy(&tools1, set1.join("tools.raw")).unwrap();
+
+    // Level 2: tools 1.0 (level 1) does not fit; refused, not dropped.
+    let before = node.snapshot();
+    let v2 = release(&world, "2.0.0", Some("2"), Vec::new());
+    world.publish(&v2, None);
+    let e = download(&node, &world, "1.0.0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRelease, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("node-image-only update to 2.0.0: extension tools of 1.0.0 cannot be kept")
+            && text.contains("SYSEXT_LEVEL=1"),
+        "{text}"
+    );
+    assert_eq!(node.state(Slot::B), SlotState::Installing);
+    node.assert_safe(&before, "node-image-only refusal");
+    assert!(!store(&node).set_dir(&v("2.0.0")).exists());
+
+    // 2.0.1 keeps level 1 and ships tools 2.0: the node keeps its tools 1.0.
+    let tools2 = build_ext(&world.dir, &Ext::tools("2.0.0"));
+    let v201 = release(&world, "2.0.1", Some("1"), vec![tools2]);
+    world.publish(&v201, None);
+    let d = download(&node, &world, "1.0.0").unwrap();
+    assert_eq!(node.state(Slot::B), SlotState::Valid);
+    let kept = store(&node).image_path(&v("2.0.1"), "tools");
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(&tools1).unwrap()
+    );
+    let ext = basalt_sysext::verify_image(&kept, &trust(&world), Some("tools")).unwrap();
+    assert_eq!(ext.statement.version, v("1.0.0"));
+    node.engine(Box::new(world.source())).apply(&d, 3).unwrap();
+    assert_eq!(store(&node).entries().unwrap(), ["1.0.0", "2.0.1"]);
+}

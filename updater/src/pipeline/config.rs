@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub checkpoint_bytes: u64,
     /// Most trust-root generations walked in one check.
     pub max_trust_steps: u64,
+    /// Node-image-only updates (`update.node_image_only`): keep the booted version's
+    /// extension set instead of staging the release's (see `pipeline::extensions`).
+    pub node_image_only: bool,
 }
 
 impl EngineConfig {
@@ -104,6 +107,7 @@ impl EngineConfig {
             max_clock_skew: basalt_manifest::DEFAULT_MAX_CLOCK_SKEW,
             checkpoint_bytes: 32 << 20,
             max_trust_steps: 64,
+            node_image_only: false,
         }
     }
 

@@ -407,6 +407,16 @@ pub enum Error {
         #[source]
         source: Box<basalt_sysext::Error>,
     },
+    /// Node-image-only: an extension of the booted set does not fit the new OS (or no
+    /// longer verifies); the update is refused rather than the extension dropped.
+    #[error("node-image-only update to {to}: extension {name} of {from} cannot be kept: {source} (a full update, update.node_image_only = false, moves OS and extensions together)")]
+    ExtensionNotKept {
+        name: String,
+        from: Version,
+        to: Version,
+        #[source]
+        source: Box<basalt_sysext::Error>,
+    },
 }
 
 fn sysext_kind(e: &basalt_sysext::Error) -> ErrorKind {
@@ -505,7 +515,9 @@ impl Error {
             Error::State { .. } => ErrorKind::State,
             Error::NotDownloaded { .. } => ErrorKind::NotDownloaded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
-            Error::Extension { source, .. } => sysext_kind(source),
+            Error::Extension { source, .. } | Error::ExtensionNotKept { source, .. } => {
+                sysext_kind(source)
+            }
         }
     }
 }

@@ -86,6 +86,9 @@ impl NodeEngine {
         meter: &mut Meter<'_>,
         cancel: &CancelFlag,
     ) -> Result<Vec<PathBuf>, Error> {
+        if self.config.node_image_only {
+            return self.keep_booted_set(manifest, root, keep);
+        }
         let exts = plan_extensions(manifest)?;
         let host = HostOs::of_release(manifest);
         let dl = staging.join(DOWNLOAD_DIR);
@@ -122,7 +125,11 @@ impl NodeEngine {
                 "extension verified"
             );
         }
-        let set = self.publish_set(&manifest.version, &dl, &exts)?;
+        let files: Vec<(PathBuf, String)> = exts
+            .iter()
+            .map(|(_, f)| (dl.join(&f.artifact.name), f.artifact.name.clone()))
+            .collect();
+        let set = self.publish_set(&manifest.version, &files)?;
         // Without the booted slot's version nothing is collected: not knowing it must never
         // mean deleting the set the node runs with.
         if !keep.is_empty() {
@@ -133,12 +140,64 @@ impl NodeEngine {
         Ok(set)
     }
 
-    /// Hard-link the verified images into `.new-<version>` and swap it in as `<version>`.
+    /// Node-image-only: the booted version's set (`keep[0]`), every image verified again and
+    /// checked against the NEW OS, becomes the new version's set; one that does not fit
+    /// refuses the update naming it (never dropped silently). The release's own `sysext`
+    /// artifacts are not taken.
+    fn keep_booted_set(
+        &self,
+        manifest: &Manifest,
+        root: &TrustRoot,
+        keep: &[Version],
+    ) -> Result<Vec<PathBuf>, Error> {
+        let store = self.extension_store();
+        let Some(from) = keep.first() else {
+            return Err(Error::State {
+                path: store.root().to_path_buf(),
+                reason: "node-image-only: the booted slot's version is unknown, so is the \
+                         extension set to keep"
+                    .into(),
+            });
+        };
+        let host = HostOs::of_release(manifest);
+        let not_kept = |name: &str, source| Error::ExtensionNotKept {
+            name: name.to_owned(),
+            from: from.clone(),
+            to: manifest.version.clone(),
+            source: Box::new(source),
+        };
+        let images = store.images(from).map_err(|e| not_kept("(set)", e))?;
+        let mut files = Vec::new();
+        for image in &images {
+            let ext = basalt_sysext::verify_image(&image.path, root, Some(&image.name))
+                .map_err(|e| not_kept(&image.name, e))?;
+            basalt_sysext::activate::check_extension(&ext.statement, &host)
+                .map_err(|e| not_kept(&image.name, e))?;
+            let file = image
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((image.path.clone(), file));
+        }
+        let set = if *from == manifest.version {
+            images.into_iter().map(|i| i.path).collect()
+        } else {
+            self.publish_set(&manifest.version, &files)?
+        };
+        tracing::info!(from = %from, to = %manifest.version, extensions = set.len(), "node-image-only: extension set kept");
+        let mut keep = keep.to_vec();
+        keep.push(manifest.version.clone());
+        self.collect_sets(&keep);
+        Ok(set)
+    }
+
+    /// Hard-link the verified images `files` (source, file name) into `.new-<version>` and
+    /// swap it in as `<version>`.
     fn publish_set(
         &self,
         version: &Version,
-        dl: &Path,
-        exts: &[(String, Fetch<'_>)],
+        files: &[(PathBuf, String)],
     ) -> Result<Vec<PathBuf>, Error> {
         let store = self.extension_store();
         let root = store.root().to_path_buf();
@@ -147,11 +206,10 @@ impl NodeEngine {
         remove_dir(&new)?;
         std::fs::create_dir(&new).map_err(io_err("create", &new))?;
         let mut out = Vec::new();
-        for (_, f) in exts {
-            let from = dl.join(&f.artifact.name);
-            let to = new.join(&f.artifact.name);
-            std::fs::hard_link(&from, &to).map_err(io_err("link into the store", &to))?;
-            out.push(store.set_dir(version).join(&f.artifact.name));
+        for (from, name) in files {
+            let to = new.join(name);
+            std::fs::hard_link(from, &to).map_err(io_err("link into the store", &to))?;
+            out.push(store.set_dir(version).join(name));
         }
         sync_dir(&new)?;
         let dest = store.set_dir(version);
@@ -204,6 +262,11 @@ impl NodeEngine {
         manifest: &Manifest,
         root: &TrustRoot,
     ) -> Result<(), Error> {
+        if self.config.node_image_only {
+            // The kept set was checked against this OS when it was linked; its images are
+            // checked again at every boot.
+            return Ok(());
+        }
         let exts = plan_extensions(manifest)?;
         let store = self.extension_store();
         let host = HostOs::of_release(manifest);
