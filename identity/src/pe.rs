@@ -78,7 +78,10 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 /// The section table of the PE32+ image in `file` (`what` names it in errors). Reads only
 /// the headers.
-pub fn sections<R: Read + Seek + ?Sized>(file: &mut R, what: &str) -> Result<Vec<Section>, PeError> {
+pub fn sections<R: Read + Seek + ?Sized>(
+    file: &mut R,
+    what: &str,
+) -> Result<Vec<Section>, PeError> {
     let bad = |reason: String| PeError {
         what: what.to_owned(),
         reason,
@@ -196,8 +199,8 @@ pub fn uki_cmdline<R: Read + Seek + ?Sized>(file: &mut R, what: &str) -> Result<
     };
     let bytes = section(file, what, ".cmdline")?
         .ok_or_else(|| bad("no .cmdline section: the command line is not signed".into()))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| bad(format!(".cmdline is not UTF-8 text: {e}")))?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|e| bad(format!(".cmdline is not UTF-8 text: {e}")))?;
     let text = text.trim_end_matches(['\0', ' ', '\t', '\n', '\r']);
     if text.contains(['\0', '\n', '\r']) {
         return Err(bad(".cmdline holds a NUL or a line break".into()));
@@ -285,7 +288,10 @@ mod tests {
     fn hostile_or_unusable_images_are_refused_with_a_reason() {
         let good = format!("usrhash={H}");
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (b"not a PE at all, but long enough to hold a DOS header ......".repeat(2), "MZ"),
+            (
+                b"not a PE at all, but long enough to hold a DOS header ......".repeat(2),
+                "MZ",
+            ),
             (b"MZ".to_vec(), "beyond the file's end"),
             (pe(&[(".osrel", b"ID=basalt")]), "no .cmdline"),
             (pe(&[(".cmdline", b"console=ttyS0")]), "names no usrhash"),
@@ -310,13 +316,19 @@ mod tests {
         let table = 0x80 + 24 + 240;
         huge[table + 8..table + 12].copy_from_slice(&u32::MAX.to_le_bytes());
         huge[table + 16..table + 20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(usrhash_of(&huge).unwrap_err().to_string().contains("at most"));
+        assert!(usrhash_of(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
         let mut far = pe(&[(".cmdline", good.as_bytes())]);
         far[table + 20..table + 24].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
         assert!(usrhash_of(&far).unwrap_err().to_string().contains("beyond"));
         let mut many = pe(&[(".cmdline", good.as_bytes())]);
         many[0x80 + 6..0x80 + 8].copy_from_slice(&1000u16.to_le_bytes());
-        assert!(usrhash_of(&many).unwrap_err().to_string().contains("sections"));
+        assert!(usrhash_of(&many)
+            .unwrap_err()
+            .to_string()
+            .contains("sections"));
         let mut pe32 = pe(&[(".cmdline", good.as_bytes())]);
         pe32[0x80 + 24..0x80 + 26].copy_from_slice(&0x10bu16.to_le_bytes());
         assert!(usrhash_of(&pe32).unwrap_err().to_string().contains("PE32+"));

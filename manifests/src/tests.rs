@@ -1172,7 +1172,10 @@ fn a_uki_artifact_is_one_named_efi_without_verity_beside_a_usr_image() {
     for name in ["basalt-1.2.0.EFI", "basalt.img", ".efi", "basalt"] {
         m.artifacts[last].name = name.into();
         let err = m.validate().unwrap_err().to_string();
-        assert!(err.contains("NAME.efi") || err.contains("1-255"), "{name}: {err}");
+        assert!(
+            err.contains("NAME.efi") || err.contains("1-255"),
+            "{name}: {err}"
+        );
     }
     m.artifacts[last].name = "basalt-1.2.0.efi".into();
     m.artifacts[last].verity = m.artifacts[0].verity.clone();
@@ -1186,7 +1189,10 @@ fn a_uki_artifact_is_one_named_efi_without_verity_beside_a_usr_image() {
     m.artifacts[last].verity = None;
     m.artifacts.push(uki_artifact("other.efi"));
     assert!(
-        m.validate().unwrap_err().to_string().contains("at most one uki"),
+        m.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most one uki"),
         "two ukis"
     );
     m.artifacts.pop();
