@@ -324,8 +324,10 @@ impl<E: Esp> BlsBackend<E> {
         Ok(())
     }
 
-    /// Remove temp files left by interrupted writes and kernel directories no entry refers
-    /// to. Only touches `loader/entries/.*.tmp` and `basalt/`.
+    /// Remove temp files left by interrupted writes, kernel directories no entry refers to,
+    /// and files in a referenced directory that no entry names (a slot's kernel and initrd
+    /// once its entry boots a UKI from the same directory). Only touches
+    /// `loader/entries/.*.tmp` and `basalt/`.
     pub fn collect_garbage(&mut self) -> Result<(), Error> {
         if let Some(list) = self.esp.list(ENTRIES_DIR)? {
             for f in list
@@ -336,6 +338,7 @@ impl<E: Esp> BlsBackend<E> {
             }
         }
         let mut used = BTreeSet::new();
+        let mut used_files = BTreeSet::new();
         for e in self.entries()? {
             let paths = e
                 .content
@@ -349,6 +352,7 @@ impl<E: Esp> BlsBackend<E> {
                 if let (Some(KERNELS_DIR), Some(dir)) = (parts.next(), parts.next()) {
                     used.insert(dir.to_string());
                 }
+                used_files.insert(p);
             }
         }
         let Some(dirs) = self.esp.list(KERNELS_DIR)? else {
@@ -364,8 +368,10 @@ impl<E: Esp> BlsBackend<E> {
                 continue;
             }
             for f in self.esp.list(&path)?.unwrap_or_default() {
-                if !keep || esp::is_temp_name(&f.name) {
-                    self.esp.remove(&esp::join(&path, &f.name))?;
+                let file = esp::join(&path, &f.name);
+                let named = used_files.contains(&file.to_ascii_lowercase());
+                if !keep || esp::is_temp_name(&f.name) || (!f.is_dir && !named) {
+                    self.esp.remove(&file)?;
                 }
             }
             if !keep {
