@@ -372,11 +372,7 @@ impl Artifact {
                      (the extension's name)"
                 )))
             }
-            (ArtifactKind::Uki, _)
-                if !name
-                    .strip_suffix(".efi")
-                    .is_some_and(|stem| !stem.is_empty()) =>
-            {
+            (ArtifactKind::Uki, _) if name.strip_suffix(".efi").is_none_or(str::is_empty) => {
                 return Err(invalid(format!(
                     "uki artifact {name:?} must be named NAME.efi (an EFI program)"
                 )))

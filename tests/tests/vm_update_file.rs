@@ -150,7 +150,10 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
     );
     let console = node.vm().console();
     let elapsed = node.poweroff()?;
-    let (kernels, enforced) = (console.matches(BANNER).count(), console.matches(SB_ON).count());
+    let (kernels, enforced) = (
+        console.matches(BANNER).count(),
+        console.matches(SB_ON).count(),
+    );
     ensure!(
         kernels >= 6 && enforced == kernels,
         "every kernel of the run (v1, v2, three tries of v3, v2) must report Secure Boot \
@@ -215,10 +218,16 @@ fn check_uki_entry(
                 b.linux,
                 artifact.name
             );
-            let dir = b.linux.trim_start_matches('/').rsplit_once('/').map(|(d, _)| d);
+            let dir = b
+                .linux
+                .trim_start_matches('/')
+                .rsplit_once('/')
+                .map(|(d, _)| d);
             let files = bls.esp().list(dir.unwrap_or_default())?.unwrap_or_default();
             ensure!(
-                files.iter().all(|f| f.name != "vmlinuz" && f.name != "initrd"),
+                files
+                    .iter()
+                    .all(|f| f.name != "vmlinuz" && f.name != "initrd"),
                 "a loose kernel is left beside {}: {files:?}",
                 b.linux
             );

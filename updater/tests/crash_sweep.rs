@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use basalt_disk::bls::entry::LoaderType;
 use basalt_disk::esp::EspDirEntry;
 use basalt_disk::gpt::{DiskIo, Guid};
 use basalt_disk::{
     BlsBackend, BootControl, DirEsp, Esp, GptPrio, Inventory, LayoutSpec, Slot, SlotPart, SlotState,
 };
 use basalt_image::release::synthetic::SyntheticRelease;
-use basalt_disk::bls::entry::LoaderType;
 use basalt_manifest::chrono::Utc;
 use basalt_manifest::ArtifactKind;
 use basalt_updater::engine::{CancelFlag, CheckOutcome, CheckRequest, Engine};

@@ -55,8 +55,10 @@ fn esp_file(node: &Node, path: &str) -> Vec<u8> {
 
 fn esp_listing(node: &Node, dir: &str) -> String {
     let img = format!("{}@@{}", node.disk().display(), node.inventory().esp.offset);
-    String::from_utf8_lossy(&peer("mdir", "mtools", &["-b", "-i", &img, &format!("::/{dir}")]).stdout)
-        .into_owned()
+    String::from_utf8_lossy(
+        &peer("mdir", "mtools", &["-b", "-i", &img, &format!("::/{dir}")]).stdout,
+    )
+    .into_owned()
 }
 
 fn booted(node: &Node, rel: &SyntheticRelease) {
@@ -115,7 +117,10 @@ fn a_uki_release_is_staged_counted_blessed_updated_over_and_rolled_back_to() {
     assert!(listing.contains("basalt-2.0.0+3.conf"), "{listing}");
     let entry = String::from_utf8(esp_file(&node, "loader/entries/basalt-2.0.0+3.conf")).unwrap();
     assert!(entry.contains("\nefi /basalt/2.0.0/uki.efi\n"), "{entry}");
-    assert!(!entry.contains("linux ") && !entry.contains("initrd "), "{entry}");
+    assert!(
+        !entry.contains("linux ") && !entry.contains("initrd "),
+        "{entry}"
+    );
     assert!(
         entry.contains(&format!("usrhash={} basalt.slot=b", v2.root_hash)),
         "{entry}"
@@ -146,7 +151,10 @@ fn a_uki_release_is_staged_counted_blessed_updated_over_and_rolled_back_to() {
         "A's old entry withdrawn before its partitions were written"
     );
     engine.apply(&downloaded, 3).unwrap();
-    assert!(esp_file(&node, "basalt/2.0.0/uki.efi") == v2_uki, "B's UKI touched");
+    assert!(
+        esp_file(&node, "basalt/2.0.0/uki.efi") == v2_uki,
+        "B's UKI touched"
+    );
     let dirs = esp_listing(&node, "basalt");
     assert!(!dirs.contains("1.0.0"), "A's old kernel kept: {dirs}");
     assert_eq!(node.boot_control().boot_attempt().unwrap(), Some(Slot::A));
@@ -188,13 +196,21 @@ fn a_release_whose_uki_boots_another_usr_is_refused_before_the_slot_is_named() {
     let root = TrustRoot::from_initial_envelope(&anchor).unwrap();
     let read_head = |channel: &str| {
         let path = world.repo.join(repo::head_path(channel, "x86_64").unwrap());
-        verify_release(&std::fs::read(path).unwrap(), &root, &Policy::new(Utc::now()))
-            .unwrap()
-            .manifest
+        verify_release(
+            &std::fs::read(path).unwrap(),
+            &root,
+            &Policy::new(Utc::now()),
+        )
+        .unwrap()
+        .manifest
     };
     let other = read_head("other");
     let mut forged = read_head("stable");
-    let uki = other.artifacts_of(ArtifactKind::Uki).next().unwrap().clone();
+    let uki = other
+        .artifacts_of(ArtifactKind::Uki)
+        .next()
+        .unwrap()
+        .clone();
     for a in &mut forged.artifacts {
         if a.kind == ArtifactKind::Uki {
             *a = uki.clone();
@@ -203,7 +219,9 @@ fn a_release_whose_uki_boots_another_usr_is_refused_before_the_slot_is_named() {
     forged.sequence = 6;
     let signed = sign_release(&forged, &[&key(1), &key(2)]).unwrap();
     std::fs::write(
-        world.repo.join(repo::head_path("stable", "x86_64").unwrap()),
+        world
+            .repo
+            .join(repo::head_path("stable", "x86_64").unwrap()),
         &signed,
     )
     .unwrap();
@@ -244,7 +262,12 @@ fn a_staged_uki_whose_bytes_changed_is_not_staged() {
         .download(&c, &mut quiet(), &CancelFlag::new())
         .unwrap();
     // Someone with write access to /var changes one byte of the staged UKI.
-    let name = &v2.manifest.artifacts_of(ArtifactKind::Uki).next().unwrap().name;
+    let name = &v2
+        .manifest
+        .artifacts_of(ArtifactKind::Uki)
+        .next()
+        .unwrap()
+        .name;
     let staged: Vec<PathBuf> = std::fs::read_dir(node.config.staging_dir())
         .unwrap()
         .map(|e| e.unwrap().path().join(name))
