@@ -8,7 +8,28 @@
 //! loader/loader.conf                        timeout 0, editor no, auto-entries no — no `default`
 //! loader/entries/basalt-<file form>[+L[-D]].conf
 //! basalt/<file form>/vmlinuz, basalt/<file form>/initrd
+//! basalt/<file form>/uki.efi                a release's signed UKI (`stage_uki`), instead
 //! ```
+//!
+//! ## Unified kernel images (`BootControl::stage_uki`)
+//!
+//! A release that ships a signed UKI is staged as a **type #1 entry whose `efi` line names
+//! the UKI** (`efi /basalt/<file form>/uki.efi`, no `initrd`), not as a type #2 file in
+//! `EFI/Linux/`. Why: the order of type #2 entries comes from the UKI's signed `.osrel`
+//! (fixed at build time), so the stage key that makes the entry staged last boot first
+//! (downgrades, pre-releases, rebuilds; and a first UKI over a slot whose loose entry holds a
+//! stage key — digits sort before `basalt`, so a type #2 `basalt` entry would never win)
+//! could not be written; with a type #1 entry everything below — stage keys, counters in the
+//! `.conf` name, bless, rollback, cancel, garbage collection, the crash-safe write order —
+//! is the same code for both kinds. The firmware still checks the UKI's Secure Boot signature
+//! when systemd-boot loads it, and systemd-stub ignores the entry's `options` under Secure
+//! Boot (its signed `.cmdline` wins; `tests/tests/boot_secure.rs` case 5). The `options`
+//! line repeats the UKI's own command line plus `basalt.slot=` (slot mapping for this
+//! backend; without Secure Boot the stub would take the options instead of its `.cmdline`).
+//! `stage_uki` reads the UKI once, checks that its `.cmdline` names the target's `usrhash=`
+//! and no `basalt.slot=` (typed [`Error::UkiTarget`], nothing written), and writes the bytes
+//! it checked. Nothing is ever written to `EFI/Linux/` (systemd-boot would list the file a
+//! second time, as an uncounted type #2 entry).
 //!
 //! An entry is `title Basalt <version> (slot <A|B>)`, `sort-key <stage key>`, `version
 //! <version line>`, `linux`, `initrd` and `options usrhash=<root hash> basalt.slot=<a|b>
@@ -84,7 +105,7 @@ pub mod version;
 use std::collections::BTreeSet;
 
 use crate::esp::{self, Esp};
-use crate::{BootControl, BootState, BootStatus, BootTarget, Error, Slot, SlotBoot};
+use crate::{BootControl, BootState, BootStatus, BootTarget, Error, Slot, SlotBoot, UkiTarget};
 
 use entry::{BasaltEntry, Counter, EntryFile, EntryName, BASALT_PREFIX};
 use order::SortItem;
@@ -303,8 +324,10 @@ impl<E: Esp> BlsBackend<E> {
         Ok(())
     }
 
-    /// Remove temp files left by interrupted writes and kernel directories no entry refers
-    /// to. Only touches `loader/entries/.*.tmp` and `basalt/`.
+    /// Remove temp files left by interrupted writes, kernel directories no entry refers to,
+    /// and files in a referenced directory that no entry names (a slot's kernel and initrd
+    /// once its entry boots a UKI from the same directory). Only touches
+    /// `loader/entries/.*.tmp` and `basalt/`.
     pub fn collect_garbage(&mut self) -> Result<(), Error> {
         if let Some(list) = self.esp.list(ENTRIES_DIR)? {
             for f in list
@@ -315,6 +338,7 @@ impl<E: Esp> BlsBackend<E> {
             }
         }
         let mut used = BTreeSet::new();
+        let mut used_files = BTreeSet::new();
         for e in self.entries()? {
             let paths = e
                 .content
@@ -328,6 +352,7 @@ impl<E: Esp> BlsBackend<E> {
                 if let (Some(KERNELS_DIR), Some(dir)) = (parts.next(), parts.next()) {
                     used.insert(dir.to_string());
                 }
+                used_files.insert(p);
             }
         }
         let Some(dirs) = self.esp.list(KERNELS_DIR)? else {
@@ -343,8 +368,10 @@ impl<E: Esp> BlsBackend<E> {
                 continue;
             }
             for f in self.esp.list(&path)?.unwrap_or_default() {
-                if !keep || esp::is_temp_name(&f.name) {
-                    self.esp.remove(&esp::join(&path, &f.name))?;
+                let file = esp::join(&path, &f.name);
+                let named = used_files.contains(&file.to_ascii_lowercase());
+                if !keep || esp::is_temp_name(&f.name) || (!f.is_dir && !named) {
+                    self.esp.remove(&file)?;
                 }
             }
             if !keep {
@@ -354,9 +381,16 @@ impl<E: Esp> BlsBackend<E> {
         Ok(())
     }
 
-    fn stage_inner(&mut self, slot: Slot, target: &BootTarget, tries: u32) -> Result<(), Error> {
+    fn stage_inner(
+        &mut self,
+        slot: Slot,
+        version: &str,
+        usr_hash: &str,
+        payload: Payload<'_>,
+        tries: u32,
+    ) -> Result<(), Error> {
         let bad = |reason: String| Error::BlsTarget {
-            version: target.version.clone(),
+            version: version.to_owned(),
             reason,
         };
         if !(1..=entry::MAX_TRIES).contains(&tries) {
@@ -365,8 +399,8 @@ impl<E: Esp> BlsBackend<E> {
                 entry::MAX_TRIES
             )));
         }
-        let release = ReleaseVersion::parse(&target.version).map_err(bad)?;
-        let hash = &target.usr_hash;
+        let release = ReleaseVersion::parse(version).map_err(bad)?;
+        let hash = usr_hash;
         if hash.len() != 64
             || !hash
                 .bytes()
@@ -376,12 +410,11 @@ impl<E: Esp> BlsBackend<E> {
                 "usr_hash must be 64 lower-case hex digits, got {hash:?}"
             )));
         }
-        if target.options.contains(['\n', '\r', '\0']) {
-            return Err(bad("options must be one line".into()));
+        if let Payload::Loose { options, .. } = &payload {
+            if options.contains(['\n', '\r', '\0']) {
+                return Err(bad("options must be one line".into()));
+            }
         }
-        let (Some(kernel), Some(initrd)) = (&target.kernel, &target.initrd) else {
-            return Err(bad("the BLS backend needs a kernel and an initrd".into()));
-        };
 
         // What stays on the ESP: everything but this slot's entries and Basalt-named files
         // nobody can attribute to a slot (both are removed below).
@@ -418,7 +451,10 @@ impl<E: Esp> BlsBackend<E> {
             }),
         };
         let file = name.file_name();
-        let e = BasaltEntry::new(&release, slot, key, hash, &target.options);
+        let e = match &payload {
+            Payload::Loose { options, .. } => BasaltEntry::new(&release, slot, key, hash, options),
+            Payload::Uki { cmdline, .. } => BasaltEntry::new_uki(&release, slot, key, cmdline),
+        };
 
         // The staged entry must be the first systemd-boot loads. Against Basalt entries the
         // key guarantees it; a foreign entry with a smaller `sort-key` would still win.
@@ -443,8 +479,16 @@ impl<E: Esp> BlsBackend<E> {
         // Space first: leftovers of earlier interrupted runs.
         self.collect_garbage()?;
         self.ensure_loader_conf()?;
-        esp::copy_in(&mut self.esp, &esp::join(&dir, "vmlinuz"), kernel)?;
-        esp::copy_in(&mut self.esp, &esp::join(&dir, "initrd"), initrd)?;
+        match &payload {
+            Payload::Loose { kernel, initrd, .. } => {
+                esp::copy_in(&mut self.esp, &esp::join(&dir, "vmlinuz"), kernel)?;
+                esp::copy_in(&mut self.esp, &esp::join(&dir, "initrd"), initrd)?;
+            }
+            // The bytes whose command line was checked are the bytes written.
+            Payload::Uki { bytes, .. } => self
+                .esp
+                .write_atomic(&esp::join(&dir, entry::UKI_FILE), bytes)?,
+        }
         self.esp
             .write_atomic(&esp::join(ENTRIES_DIR, &file), e.render().as_bytes())?;
 
@@ -472,6 +516,54 @@ impl<E: Esp> BlsBackend<E> {
         }
         Ok(())
     }
+}
+
+/// What a staged entry boots.
+enum Payload<'a> {
+    /// A kernel and an initrd from the host, with extra options after `usrhash=`.
+    Loose {
+        kernel: &'a std::path::Path,
+        initrd: &'a std::path::Path,
+        options: &'a str,
+    },
+    /// A unified kernel image (its bytes) and the command line signed into it.
+    Uki { bytes: Vec<u8>, cmdline: String },
+}
+
+/// Read the UKI of `target` and check it boots `target.usr_hash`: its `.cmdline` must name
+/// exactly that `usrhash=` and no `basalt.slot=` (a release's UKI serves either slot).
+fn uki_payload(target: &UkiTarget) -> Result<Payload<'static>, Error> {
+    let bad = |reason: String| Error::UkiTarget {
+        path: target.uki.clone(),
+        version: target.version.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(&target.uki).map_err(|source| Error::Io {
+        op: "read the UKI",
+        path: target.uki.clone(),
+        source,
+    })?;
+    let what = format!("UKI {}", target.uki.display());
+    let (hash, cmdline) =
+        basalt_identity::pe::uki_usrhash(&mut std::io::Cursor::new(&bytes), &what)
+            .map_err(|e| bad(e.reason))?;
+    if hash.to_hex() != target.usr_hash {
+        return Err(bad(format!(
+            "its signed command line boots usrhash={}, not the slot's {}",
+            hash.to_hex(),
+            target.usr_hash
+        )));
+    }
+    if basalt_identity::cmdline::split_args(&cmdline)
+        .iter()
+        .any(|(k, _)| format!("{k}=") == entry::SLOT_OPTION)
+    {
+        return Err(bad(format!(
+            "its signed command line names a slot ({}…): a release's UKI must serve either slot",
+            entry::SLOT_OPTION
+        )));
+    }
+    Ok(Payload::Uki { bytes, cmdline })
 }
 
 /// `stage(slot)` replaces this entry: it is the slot's own, or a Basalt-named file nobody can
@@ -522,13 +614,38 @@ impl<E: Esp> BootControl for BlsBackend<E> {
     }
 
     fn stage(&mut self, slot: Slot, target: &BootTarget, tries: u32) -> Result<(), Error> {
-        let res = self.stage_inner(slot, target, tries);
+        let (Some(kernel), Some(initrd)) = (&target.kernel, &target.initrd) else {
+            return Err(Error::BlsTarget {
+                version: target.version.clone(),
+                reason: "the BLS backend needs a kernel and an initrd".into(),
+            });
+        };
+        let payload = Payload::Loose {
+            kernel,
+            initrd,
+            options: &target.options,
+        };
+        let res = self.stage_inner(slot, &target.version, &target.usr_hash, payload, tries);
         if res.is_err() {
             // Best effort: free what a failed copy left behind (e.g. on a full ESP). The
             // previous entries were not touched before the new entry was complete.
             let _ = self.collect_garbage();
         }
         res
+    }
+
+    fn stage_uki(&mut self, slot: Slot, target: &UkiTarget, tries: u32) -> Result<(), Error> {
+        let res = uki_payload(target).and_then(|payload| {
+            self.stage_inner(slot, &target.version, &target.usr_hash, payload, tries)
+        });
+        if res.is_err() {
+            let _ = self.collect_garbage();
+        }
+        res
+    }
+
+    fn name(&self) -> &'static str {
+        "bls"
     }
 
     fn mark_good(&mut self, slot: Slot) -> Result<(), Error> {

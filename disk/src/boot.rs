@@ -120,6 +120,20 @@ pub struct BootTarget {
     pub options: String,
 }
 
+/// What a staged slot boots when the release ships a signed unified kernel image: the UKI
+/// holds kernel, initramfs and command line (with `usrhash=`) under one Secure Boot
+/// signature, so nothing else is given — no extra options can be added to a signed line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UkiTarget {
+    /// OS version (semver text) of the image in the slot.
+    pub version: String,
+    /// dm-verity root hash of the slot's `/usr` (lower-case hex, 64 characters); the UKI's
+    /// `.cmdline` must name the same `usrhash=`, or staging is refused.
+    pub usr_hash: String,
+    /// The UKI (a host path the backend copies to the ESP).
+    pub uki: std::path::PathBuf,
+}
+
 /// A boot-control backend. Methods that change state say so and commit to disk before
 /// returning (crash-safe: see each backend for its write order).
 pub trait BootControl {
@@ -127,6 +141,20 @@ pub trait BootControl {
     fn status(&self) -> Result<BootState, Error>;
     /// Make `slot` the next boot with `tries` attempts before falling back. Writes.
     fn stage(&mut self, slot: Slot, target: &BootTarget, tries: u32) -> Result<(), Error>;
+    /// As [`BootControl::stage`], booting the release's unified kernel image. Writes. A
+    /// backend that cannot boot a UKI refuses with [`Error::UkiUnsupported`] before any
+    /// write (the default).
+    fn stage_uki(&mut self, slot: Slot, target: &UkiTarget, tries: u32) -> Result<(), Error> {
+        let _ = (slot, tries);
+        Err(Error::UkiUnsupported {
+            backend: self.name(),
+            version: target.version.clone(),
+        })
+    }
+    /// The backend's name in messages (`bls`, `gptprio`).
+    fn name(&self) -> &'static str {
+        "boot control"
+    }
     /// The running `slot` is healthy: stop counting, keep it as the default. Writes.
     fn mark_good(&mut self, slot: Slot) -> Result<(), Error>;
     /// `slot` must not be booted again until re-staged. Writes.

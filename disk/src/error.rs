@@ -127,6 +127,23 @@ pub enum Error {
     /// A staging request cannot be turned into a boot entry.
     #[error("cannot stage version {version:?}: {reason}")]
     BlsTarget { version: String, reason: String },
+    /// The backend cannot boot a release's unified kernel image.
+    #[error(
+        "cannot stage version {version:?} as a unified kernel image: the {backend} backend \
+         boots no UKI (use the bls backend with systemd-boot)"
+    )]
+    UkiUnsupported {
+        backend: &'static str,
+        version: String,
+    },
+    /// A unified kernel image cannot be staged as given (unreadable, no signed command line,
+    /// or one that names another `/usr`).
+    #[error("cannot stage the UKI {path} of version {version:?}: {reason}")]
+    UkiTarget {
+        path: PathBuf,
+        version: String,
+        reason: String,
+    },
     /// An EFI variable's content is not a valid string variable.
     #[error("EFI variable {name}: {reason}")]
     EfiVar { name: String, reason: &'static str },

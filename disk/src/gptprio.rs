@@ -253,6 +253,12 @@ fn top_priority(target: &mut Prio, other: &mut Prio) {
 }
 
 impl<D: DiskIo> BootControl for GptPrio<D> {
+    /// `stage_uki` is the trait's refusal: GPT priority bits choose a `/usr` partition, not
+    /// a boot program, so there is nowhere to put a release's UKI (see docs/ARCHITECTURE.md).
+    fn name(&self) -> &'static str {
+        "gptprio"
+    }
+
     fn status(&self) -> Result<BootState, Error> {
         let s = self.snapshot()?;
         let entry = |slot: Slot| SlotBoot {

@@ -22,7 +22,7 @@ pub mod range;
 pub mod slots;
 
 pub use bls::BlsBackend;
-pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot};
+pub use boot::{BootControl, BootState, BootStatus, BootTarget, Slot, SlotBoot, UkiTarget};
 pub use error::Error;
 pub use esp::{DirEsp, Esp, FatImageEsp};
 pub use gptprio::GptPrio;

@@ -93,6 +93,9 @@ enum Kind {
     Boot,
     StageA(&'static str),
     StageB(&'static str),
+    /// Slot A or B staged with the unified kernel image of this version (an `efi` entry).
+    UkiA(&'static str),
+    UkiB(&'static str),
     MarkGoodB,
     MarkBadB,
     RollbackA,
@@ -129,6 +132,8 @@ fn run_on<E: Esp>(b: &mut BlsBackend<E>, host: &Path, k: Kind) -> Result<(), Err
         Kind::Boot => b.boot_attempt().map(|_| ()),
         Kind::StageA(v) => b.stage(Slot::A, &target(host, v), 3),
         Kind::StageB(v) => b.stage(Slot::B, &target(host, v), 3),
+        Kind::UkiA(v) => b.stage_uki(Slot::A, &uki_target(host, v), 3),
+        Kind::UkiB(v) => b.stage_uki(Slot::B, &uki_target(host, v), 3),
         Kind::MarkGoodB => b.mark_good(Slot::B),
         Kind::MarkBadB => b.mark_bad(Slot::B),
         Kind::RollbackA => b.rollback(Slot::A),
@@ -155,6 +160,15 @@ fn check_bootable(root: &Path, what: &str) {
     let e = first.basalt.unwrap();
     let v = &e.version;
     let read = |p: &str| std::fs::read(root.join(p.trim_start_matches('/'))).unwrap();
+    if e.loader == basalt_disk::bls::entry::LoaderType::Efi {
+        assert_eq!(
+            read(&e.linux),
+            uki_bytes(v),
+            "{what}: UKI of {v} incomplete"
+        );
+        assert!(e.initrd.is_empty(), "{what}: a UKI entry with an initrd");
+        return;
+    }
     assert_eq!(
         read(&e.linux),
         kernel_bytes(v),
@@ -171,8 +185,8 @@ fn check_bootable(root: &Path, what: &str) {
 /// never anything else.
 fn check_next(root: &Path, op: Kind, old: Option<Slot>, what: &str) {
     let staged = match op {
-        Kind::StageA(_) => Slot::A,
-        Kind::StageB(_) => Slot::B,
+        Kind::StageA(_) | Kind::UkiA(_) => Slot::A,
+        Kind::StageB(_) | Kind::UkiB(_) => Slot::B,
         _ => return,
     };
     let next = BlsBackend::new(DirEsp::new(root)).status().unwrap().next;
@@ -301,6 +315,23 @@ fn crash_sweep() {
         (
             &[LegacyA("1.0.0"), StageB("0.9.0"), Boot, MarkGoodB],
             StageA("1.0.0"),
+        ),
+        // Unified kernel images: the first UKI over loose kernels, a UKI over a UKI slot,
+        // the way back to loose kernels, and bless / rollback / cancel of a UKI entry.
+        (&[InstallA("1.0.0")], UkiB("2.0.0")),
+        (
+            &[InstallA("1.0.0"), UkiB("2.0.0"), Boot, MarkGoodB],
+            UkiA("3.0.0"),
+        ),
+        (
+            &[InstallA("1.0.0"), UkiB("2.0.0"), Boot, MarkGoodB],
+            StageA("3.0.0"),
+        ),
+        (&[InstallA("1.0.0"), UkiB("2.0.0"), Boot], MarkGoodB),
+        (&[InstallA("1.0.0"), UkiB("2.0.0"), Boot], CancelB),
+        (
+            &[InstallA("1.0.0"), UkiB("2.0.0"), Boot, MarkGoodB],
+            RollbackA,
         ),
     ];
     let mut total = 0;

@@ -16,6 +16,8 @@
 //!   version floor) with a size cap.
 //! - [`osrelease`]: the one `os-release(5)` / `extension-release` reader (which OS is booted,
 //!   which OS an extension is for).
+//! - [`pe`]: the bounded PE32+ section reader, and the `usrhash=` a unified kernel image's
+//!   signed `.cmdline` names (what the updater checks before it stages a UKI).
 //!
 //! Does not own: writing partition tables or slots (`basalt-disk`), the verity format
 //! (`basalt-verity`), signatures and version policy (`basalt-manifest`), the boot sequence
@@ -34,6 +36,7 @@ pub mod gpt;
 mod guid;
 pub mod hex;
 pub mod osrelease;
+pub mod pe;
 mod roothash;
 
 pub use error::{Error, GptError};

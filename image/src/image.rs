@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use basalt_image::build::image::{default_cache_dir, issue_time_from_env};
+use basalt_image::build::image::{default_cache_dir, issue_time_from_env, SecureBootSigner};
 use basalt_image::build::workspace::find_or_build_init;
 use basalt_image::build::{build_with_progress, BuildRequest, Variant};
 use clap::Subcommand;
@@ -47,6 +47,15 @@ pub enum Command {
         /// Image cache folder (default: <workspace>/build/cache/images).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Secure Boot db private key (PEM, e.g. from `basalt secure-boot keys`): the release
+        /// then ships its signed unified kernel image (`<os>-<version>.efi`, artifact kind
+        /// `uki`), and disk.img boots it through a signed systemd-boot. With
+        /// --secure-boot-cert.
+        #[arg(long, requires = "secure_boot_cert")]
+        secure_boot_key: Option<PathBuf>,
+        /// The db certificate (PEM) matching --secure-boot-key.
+        #[arg(long, requires = "secure_boot_key")]
+        secure_boot_cert: Option<PathBuf>,
     },
 }
 
@@ -63,6 +72,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             sequence,
             offline,
             cache,
+            secure_boot_key,
+            secure_boot_cert,
         } => {
             let mut say = |msg: &str| eprintln!("basalt: {msg}");
             let exe = std::env::current_exe().context("locating this program")?;
@@ -81,6 +92,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             req.offline = offline;
             req.cache = cache.unwrap_or_else(default_cache_dir);
             req.issued_at = issue_time_from_env();
+            req.secure_boot = secure_boot_key
+                .zip(secure_boot_cert)
+                .map(|(key, cert)| SecureBootSigner { key, cert });
             let report = build_with_progress(&req, &mut say)?;
             let f = &report.facts;
             println!(

@@ -300,3 +300,101 @@ fn basalt_secure_boot_release_uki_builds_the_release_s_signed_uki() {
     let e = uki::build_release(&d.join("missing"), Path::new(STUB), None).unwrap_err();
     assert!(e.to_string().contains("build.json"), "{e}");
 }
+
+/// `uki::secure_boot_disk` (what `basalt image build --secure-boot-key` does to disk.img):
+/// slot A's kernel + initrd entry becomes an `efi` entry naming the release's signed UKI, the
+/// loose files go, systemd-boot on the ESP is signed (`sbverify`); a UKI whose command line
+/// boots another `/usr` is refused before the ESP changes.
+#[test]
+fn secure_boot_disk_boots_the_release_uki_through_signed_systemd_boot() {
+    use basalt_disk::bls::entry::{BasaltEntry, LoaderType};
+    use basalt_disk::{BlsBackend, BootControl, BootStatus, BootTarget, Esp, LayoutSpec, Slot};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (key, cert) = snakeoil(d);
+    let hash = "5e".repeat(32);
+    let rel = release_folder(d, "basalt", "1.2.3", &hash);
+    let uki_path = uki::build_release(&rel, Path::new(STUB), Some((&key, &cert))).unwrap();
+    let disk = d.join("disk.img");
+    let spec = LayoutSpec {
+        disk_size: 48 << 20,
+        esp_size: 16 << 20,
+        usr_size: 4 << 20,
+        verity_size: 1 << 20,
+        slot_reserve: 1 << 20,
+        root_size: None,
+        align: 1 << 20,
+    };
+    basalt_disk::create_image(&disk, &spec).unwrap();
+    let inv = basalt_disk::Inventory::read_path(&disk, None).unwrap();
+    let loose = BootTarget {
+        version: "1.2.3".into(),
+        usr_hash: hash.clone(),
+        kernel: Some(rel.join("vmlinuz")),
+        initrd: Some(rel.join("initrd.img")),
+        options: "console=ttyS0".into(),
+    };
+    basalt_disk::bls::install_boot_esp(
+        &disk,
+        inv.esp.offset,
+        inv.esp.size,
+        Path::new(basalt_disk::esp::SYSTEMD_BOOT_EFI),
+        &[(Slot::A, loose)],
+    )
+    .unwrap();
+    let esp = || {
+        let inv = basalt_disk::Inventory::read_path(&disk, None).unwrap();
+        basalt_disk::FatImageEsp::open(&disk, inv.esp.offset, inv.esp.size).unwrap()
+    };
+    let before: Vec<u8> = std::fs::read(&disk).unwrap();
+
+    // A UKI that boots another /usr: refused, the disk unchanged.
+    let lying = d.join("lying.efi");
+    uki::build(
+        Path::new(STUB),
+        &UkiInputs {
+            kernel: &rel.join("vmlinuz"),
+            initrd: &rel.join("initrd.img"),
+            cmdline: &format!("usrhash={}", "6f".repeat(32)),
+            os_release: &uki::os_release("basalt", "1.2.3"),
+        },
+        &lying,
+    )
+    .unwrap();
+    let sd_boot = Path::new(basalt_disk::esp::SYSTEMD_BOOT_EFI);
+    let e =
+        uki::secure_boot_disk(&disk, &lying, "1.2.3", &hash, (&key, &cert), sd_boot).unwrap_err();
+    assert!(e.to_string().contains("boots usrhash="), "{e}");
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
+
+    uki::secure_boot_disk(&disk, &uki_path, "1.2.3", &hash, (&key, &cert), sd_boot).unwrap();
+    let bls = BlsBackend::new(esp());
+    let st = bls.status().unwrap();
+    assert_eq!(st.next, Some(Slot::A));
+    assert_eq!(st.slot(Slot::A).status, BootStatus::Good);
+    let entries = bls.entries().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e: &BasaltEntry = entries[0].basalt.as_ref().unwrap();
+    assert_eq!(e.loader, LoaderType::Efi);
+    assert_eq!(e.linux, "/basalt/1.2.3/uki.efi");
+    assert!(
+        e.options
+            .starts_with(&format!("console=ttyS0 panic=-1 usrhash={hash}")),
+        "{}",
+        e.options
+    );
+    let files: Vec<String> = bls
+        .esp()
+        .list("basalt/1.2.3")
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(files, ["uki.efi"], "the loose kernel and initrd are gone");
+    assert!(bls.esp().read("basalt/1.2.3/uki.efi").unwrap() == std::fs::read(&uki_path).unwrap());
+    let loader = d.join("BOOTX64.EFI");
+    std::fs::write(&loader, bls.esp().read("EFI/BOOT/BOOTX64.EFI").unwrap()).unwrap();
+    uki::verify(&loader, &cert).expect("systemd-boot on the ESP is signed");
+    uki::verify(&uki_path, &cert).expect("the UKI is signed");
+}

@@ -97,6 +97,13 @@ pub enum ArtifactKind {
     /// package and binary in the image). Listed so the release signatures cover it; a node
     /// does not need it to install the release.
     Sbom,
+    /// The release's signed unified kernel image (`NAME.efi`: systemd-stub + kernel +
+    /// initramfs + command line + os-release in one PE signed for Secure Boot). At most one
+    /// per release, never with verity parameters. Its SHA-256 here binds every byte of it,
+    /// the embedded command line included; a node also checks that this command line names
+    /// the release's own `usrhash=` (the `usr` artifact's verity root hash) before staging
+    /// it, since a signature over the wrong UKI is still a valid signature.
+    Uki,
 }
 
 /// One file of a release.
@@ -298,6 +305,18 @@ impl Manifest {
         if self.artifacts.is_empty() {
             return Err(invalid("a release lists at least one artifact"));
         }
+        if self.artifacts_of(ArtifactKind::Uki).nth(1).is_some() {
+            return Err(invalid(
+                "a release carries at most one uki artifact (the boot entry of its slot)",
+            ));
+        }
+        if self.artifacts_of(ArtifactKind::Uki).next().is_some()
+            && self.artifacts_of(ArtifactKind::Usr).next().is_none()
+        {
+            return Err(invalid(
+                "a uki artifact boots the release's usr image: the release has none",
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for artifact in &self.artifacts {
             artifact.validate()?;
@@ -376,7 +395,18 @@ impl Artifact {
                      (the extension's name)"
                 )))
             }
-            (ArtifactKind::Kernel | ArtifactKind::Initrd | ArtifactKind::Sbom, Some(_)) => {
+            (ArtifactKind::Uki, _) if name.strip_suffix(".efi").is_none_or(str::is_empty) => {
+                return Err(invalid(format!(
+                    "uki artifact {name:?} must be named NAME.efi (an EFI program)"
+                )))
+            }
+            (
+                ArtifactKind::Kernel
+                | ArtifactKind::Initrd
+                | ArtifactKind::Sbom
+                | ArtifactKind::Uki,
+                Some(_),
+            ) => {
                 return Err(invalid(format!(
                     "artifact {name:?} of kind {:?} cannot carry verity parameters",
                     self.kind

@@ -1146,3 +1146,60 @@ fn sysext_artifacts_need_verity_and_a_name_raw() {
         assert!(m.validate().is_err(), "{name}");
     }
 }
+
+fn uki_artifact(name: &str) -> Artifact {
+    Artifact {
+        kind: ArtifactKind::Uki,
+        name: name.into(),
+        size: 30 << 20,
+        sha256: digest(7),
+        compression: None,
+        verity: None,
+    }
+}
+
+#[test]
+fn a_uki_artifact_is_one_named_efi_without_verity_beside_a_usr_image() {
+    let mut m = manifest();
+    m.artifacts.push(uki_artifact("basalt-1.2.0.efi"));
+    m.validate().unwrap();
+    let json = m.to_json().unwrap();
+    assert!(
+        String::from_utf8_lossy(&json).contains(r#""kind":"uki""#),
+        "serialised as `uki`"
+    );
+    assert_eq!(Manifest::from_json(&json).unwrap(), m);
+    let last = m.artifacts.len() - 1;
+    for name in ["basalt-1.2.0.EFI", "basalt.img", ".efi", "basalt"] {
+        m.artifacts[last].name = name.into();
+        let err = m.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("NAME.efi") || err.contains("1-255"),
+            "{name}: {err}"
+        );
+    }
+    m.artifacts[last].name = "basalt-1.2.0.efi".into();
+    m.artifacts[last].verity = m.artifacts[0].verity.clone();
+    assert!(
+        m.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot carry verity"),
+        "uki with verity"
+    );
+    m.artifacts[last].verity = None;
+    m.artifacts.push(uki_artifact("other.efi"));
+    assert!(
+        m.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most one uki"),
+        "two ukis"
+    );
+    m.artifacts.pop();
+    m.artifacts.retain(|a| a.kind != ArtifactKind::Usr);
+    assert!(
+        m.validate().unwrap_err().to_string().contains("has none"),
+        "uki without usr"
+    );
+}

@@ -155,6 +155,55 @@ pub fn build_releases(n: &mut dyn Narrator) -> Result<Releases> {
     Ok(Releases { v1, v2, v3 })
 }
 
+/// The three releases of [`build_releases`] signed for Secure Boot with `signer` (the db key
+/// the machine's firmware trusts): each built with `BuildRequest::secure_boot`, so each ships
+/// its signed UKI as a release artifact (kind `uki`) and v1's `disk.img` boots through a
+/// signed systemd-boot and v1's UKI. The same cache entries as [`build_releases`] (the
+/// Secure Boot signing is per request), written to their own folders
+/// (`…/container-host[-unhealthy]-sb-<version>/out`), so the loose-kernel releases stay as
+/// they are for the other scenarios.
+pub fn build_secure_releases(
+    signer: &basalt_image::build::image::SecureBootSigner,
+    n: &mut dyn Narrator,
+) -> Result<Releases> {
+    n.say(
+        "Build the three releases again, signed for Secure Boot: each release also ships its \
+         unified kernel image (systemd-stub + kernel + initramfs + the command line with its \
+         usrhash=), signed with the db key the firmware trusts.",
+    );
+    let build = |definition: Option<PathBuf>, name: &str, version: &str, n: &mut dyn Narrator| {
+        let parsed = semver::Version::parse(version).map_err(|e| Error::VmConfig {
+            problem: format!("image version {version:?}: {e}"),
+        })?;
+        let out = crate::workspace_root()
+            .join("build")
+            .join("test-images")
+            .join(format!("{name}-sb-{version}"))
+            .join("out");
+        let mut req = container_host_request(Variant::Test, &parsed, &out)?;
+        if let Some(d) = definition {
+            req.config = d;
+        }
+        req.secure_boot = Some(signer.clone());
+        let report = build_with_progress(&req, &mut |line| n.show(line))?;
+        Ok::<_, Error>(MinimalImage {
+            dir: out,
+            definition: req.config,
+            report,
+            keys: crate::artifacts::test_keys()?,
+        })
+    };
+    let v1 = build(None, "container-host-test", "1.0.0", n)?;
+    let v2 = build(None, "container-host-test", "2.0.0", n)?;
+    let v3 = build(
+        Some(unhealthy_definition()?),
+        "container-host-unhealthy",
+        "3.0.0",
+        n,
+    )?;
+    Ok(Releases { v1, v2, v3 })
+}
+
 /// The derived definition of [`Releases::v3`] (see the module docs), written under
 /// `<workspace>/build/test-images/container-host-unhealthy/`: the product definition's text
 /// with its relative paths (`source = …`, `list = …`) made absolute, plus one `[[files]]`

@@ -189,7 +189,7 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
     );
     let status = node.status()?;
     ensure!(
-        status["last_error"]["name"] == "IntegrityMismatch"
+        status["last_error"]["name"] == "org.basalt.Updater1.Error.Integrity"
             && status["last_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("extension tools of release 2.0.0")),

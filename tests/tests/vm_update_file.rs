@@ -1,6 +1,16 @@
-//! The update agent on an air-gapped node: no NIC at all (`-nic none`); the repository comes
-//! on a second, read-only disk (an erofs image of a folder made with `basalt release
-//! publish`), mounted by the operator and named as `file://`.
+//! The update agent on an air-gapped node under Secure Boot, with unified kernel images: no
+//! NIC at all (`-nic none`); the repository comes on a second, read-only disk (an erofs image
+//! of a folder made with `basalt release publish`), mounted by the operator and named as
+//! `file://`.
+//!
+//! Secure Boot is enforcing (OVMF `OVMF_CODE_4M.secboot.fd` with Debian's snakeoil keys
+//! enrolled, [`basalt_tests::vm::VmConfig::secure_boot`]). The three releases are built with
+//! `BuildRequest::secure_boot` (the snakeoil db key): each ships its signed UKI as an artifact
+//! (kind `uki`), and v1's disk boots through a signed systemd-boot and v1's UKI. The agent
+//! stages each update as a counted `efi` entry naming the release's UKI (the loose kernel and
+//! initrd are not even fetched); the kernel reports Secure Boot enabled on every boot of the
+//! run (each kernel banner has its `Secure boot enabled` line). `vm_update_http` keeps
+//! covering releases with a loose kernel + initrd.
 //!
 //! 1. `basaltctl update --reboot` installs 2.0.0; it boots on trial, passes the health gate and
 //!    is committed (`basaltctl status --json`).
@@ -19,18 +29,32 @@
 //! 3. On that boot the agent reports the rollback with basalt-init's reason (from the EFI
 //!    record), visible in `basaltctl history --json`; 2.0.0 stays committed.
 //!
+//! 4. After power-off, the ESP read on the host: slot B's blessed entry and slot A's used-up
+//!    entry are both `efi` entries naming their release's UKI, byte for byte the published
+//!    one; no loose kernel is left on the ESP.
+//!
 //! One QEMU run: v1, v2, three refused tries of v3 (each a short boot into the initramfs),
 //! v2 again.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use basalt_disk::{Slot, SlotPart};
+use basalt_disk::bls::entry::LoaderType;
+use basalt_disk::{BlsBackend, BootControl, BootStatus, Esp, Slot, SlotPart};
+use basalt_image::build::image::SecureBootSigner;
+use basalt_manifest::ArtifactKind;
+use basalt_tests::artifacts::MinimalImage;
 use basalt_tests::scenario::slot_range;
+use basalt_tests::secure::{esp, snakeoil_signer};
 use basalt_tests::story::{
-    booted_version, build_releases, Node, Repository, Stderr, GUEST_REPO_MOUNT,
+    booted_version, build_secure_releases, Node, Repository, Stderr, GUEST_REPO_MOUNT,
 };
 use basalt_tests::vm::scenario_dir;
+
+/// The kernel's line when the firmware booted it with Secure Boot enforcing.
+const SB_ON: &str = "Secure boot enabled";
+/// The kernel's banner, once per boot.
+const BANNER: &str = "Linux version ";
 
 const SETTLE: Duration = Duration::from_secs(180);
 /// Three refused tries of 3.0.0 (firmware + kernel + initramfs each), then 2.0.0's boot.
@@ -41,9 +65,17 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
 {
     let started = Instant::now();
     let n = &mut Stderr;
-    let releases = build_releases(n)?;
-    let built = started.elapsed();
     let dir = scenario_dir("vm-update-file")?;
+    let (key, cert) = snakeoil_signer(&dir)?;
+    let releases = build_secure_releases(&SecureBootSigner { key, cert }, n)?;
+    let built = started.elapsed();
+    for r in [&releases.v1, &releases.v2, &releases.v3] {
+        ensure!(
+            r.report.facts.version == release_of(r)?.version.to_string(),
+            "{}: release.json is another version",
+            r.dir.display()
+        );
+    }
     let repo = Repository::create(&dir.join("repo"), n)?;
     repo.publish(&releases.v2, n)?;
     repo.publish(&releases.v3, n)?;
@@ -59,9 +91,11 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
     let disk = dir.join("disk.img");
     releases.v1.copy_disk(&disk)?;
     let verity_a = slot_range(&disk, Slot::A, SlotPart::Verity)?;
+    check_uki_entry(&disk, Slot::A, &releases.v1, BootStatus::Good)?;
 
     let vm_started = Instant::now();
     let config = Node::config(&dir, &disk)
+        .secure_boot(true)
         .data_disk(&disk_v2)
         .data_disk(&disk_all);
     let mut node = Node::boot(&config, &disk, n)?;
@@ -114,14 +148,90 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
         reported["kind"] == "rolled-back" && reported["from"] == "3.0.0",
         "the rollback should be of 3.0.0: {reported:#}"
     );
+    let console = node.vm().console();
     let elapsed = node.poweroff()?;
+    // Each kernel's own output (from its banner to the next one) has the line.
+    let boots: Vec<&str> = console.split(BANNER).skip(1).collect();
+    let kernels = boots.len();
+    let unenforced = boots.iter().filter(|b| !b.contains(SB_ON)).count();
+    ensure!(
+        kernels >= 6 && unenforced == 0,
+        "every kernel of the run (v1, v2, three tries of v3, v2) must report Secure Boot \
+         enabled: {kernels} kernel banners, {unenforced} of them without `{SB_ON}`"
+    );
+    check_uki_entry(&disk, Slot::B, &releases.v2, BootStatus::Good)?;
+    check_uki_entry(&disk, Slot::A, &releases.v3, BootStatus::Bad)?;
     println!(
         "vm_update_file: releases ready in {:.0} s; VM {:.0} s (2.0.0 committed at {:.0} s); \
-         total {:.0} s; reason: {reason}",
+         total {:.0} s; {kernels} kernels, each with Secure Boot enabled; reason: {reason}",
         built.as_secs_f64(),
         elapsed.as_secs_f64(),
         committed_at.as_secs_f64(),
         started.elapsed().as_secs_f64(),
     );
+    Ok(())
+}
+
+/// The signed manifest's payload of a release folder (`release.json`).
+fn release_of(r: &MinimalImage) -> Result<basalt_manifest::Manifest> {
+    let path = r.dir.join("release.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(basalt_manifest::Manifest::from_json(&bytes)?)
+}
+
+/// On the ESP of `disk`: `slot`'s entry is an `efi` entry in state `status` that boots the
+/// UKI of `release`, byte for byte the one its manifest lists; no entry boots a loose kernel
+/// and no `vmlinuz` is left in the release's folder.
+fn check_uki_entry(
+    disk: &std::path::Path,
+    slot: Slot,
+    release: &MinimalImage,
+    status: BootStatus,
+) -> Result<()> {
+    let esp = esp(disk)?;
+    let version = &release.report.facts.version;
+    let manifest = release_of(release)?;
+    let artifact = manifest
+        .artifacts_of(ArtifactKind::Uki)
+        .next()
+        .with_context(|| format!("release {version} ships no UKI"))?;
+    let uki = std::fs::read(release.dir.join(&artifact.name))?;
+    let bls = BlsBackend::new(esp);
+    let st = bls.status()?;
+    ensure!(
+        st.slot(slot).status == status && st.slot(slot).version.as_deref() == Some(version),
+        "slot {slot} should hold {version} ({status:?}): {st:?}"
+    );
+    for e in bls.entries()? {
+        let Some(b) = e.basalt else { continue };
+        ensure!(
+            b.loader == LoaderType::Efi && b.initrd.is_empty(),
+            "entry {} boots a loose kernel: {b:?}",
+            e.file
+        );
+        if b.slot == slot {
+            let on_esp = bls.esp().read(b.linux.trim_start_matches('/'))?;
+            ensure!(
+                on_esp == uki,
+                "slot {slot}'s entry {} boots {} which is not {version}'s UKI {}",
+                e.file,
+                b.linux,
+                artifact.name
+            );
+            let dir = b
+                .linux
+                .trim_start_matches('/')
+                .rsplit_once('/')
+                .map(|(d, _)| d);
+            let files = bls.esp().list(dir.unwrap_or_default())?.unwrap_or_default();
+            ensure!(
+                files
+                    .iter()
+                    .all(|f| f.name != "vmlinuz" && f.name != "initrd"),
+                "a loose kernel is left beside {}: {files:?}",
+                b.linux
+            );
+        }
+    }
     Ok(())
 }

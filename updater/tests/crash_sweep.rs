@@ -1,7 +1,8 @@
 //! Crash sweep of a whole update (check → download → apply): every write the engine makes —
 //! slot data and verity, GPT tables, state files (journal, kept release), staged kernel and
-//! initrd, the release's system extension (its frames in the staging folder, the renames that
-//! publish its set into the store), ESP files and entry renames — is counted through a
+//! initrd or the staged UKI, the release's system extension (its frames in the staging
+//! folder, the renames that publish its set into the store), ESP files and entry renames — is
+//! counted through a
 //! fault-injecting `NodeIo`. For
 //! each write point the update is run again from the same start and *killed* there (the
 //! write does not happen, and nothing after it), and separately the write is *torn* (half of
@@ -10,7 +11,8 @@
 //! 1. power-loss check: on a copy of the disk and ESP, the boot loader's next choice
 //!    (`BootControl::boot_attempt`) is a slot holding a named image whose bytes verify
 //!    against its root hash (and, on BLS, whose entry's `usrhash=` is that hash and whose
-//!    kernel on the ESP is complete);
+//!    kernel — or unified kernel image, for a release that ships one — on the ESP is
+//!    complete);
 //! 2. restart: a fresh engine with real I/O runs the update again, and the disk image, the
 //!    ESP and the journal end byte-identical to an uninterrupted run.
 //!
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use basalt_disk::bls::entry::LoaderType;
 use basalt_disk::esp::EspDirEntry;
 use basalt_disk::gpt::{DiskIo, Guid};
 use basalt_disk::{
@@ -34,6 +37,7 @@ use basalt_disk::{
 };
 use basalt_image::release::synthetic::SyntheticRelease;
 use basalt_manifest::chrono::Utc;
+use basalt_manifest::ArtifactKind;
 use basalt_updater::engine::{CancelFlag, CheckOutcome, CheckRequest, Engine};
 use basalt_updater::pipeline::io::{BoxedEsp, Disk};
 use basalt_updater::pipeline::{BackendKind, NodeEngine, NodeIo};
@@ -385,6 +389,37 @@ impl Scenario {
         s
     }
 
+    /// As [`Scenario::new`] on BLS, 2.0.0 shipping a unified kernel image: the staged UKI
+    /// and its `efi` entry are the new writes.
+    fn uki(name: &'static str) -> Scenario {
+        let mut s = Scenario::new(name, BackendKind::Bls);
+        let mut v2 = small_release(&s.world, "2.1.0");
+        with_uki(&s.world, &mut v2);
+        s.world.publish(&v2, None);
+        s.releases.push(v2);
+        copy_dir(&s.node.dir, &s.base);
+        s
+    }
+
+    /// 2.1.0 (UKI) blessed in B; 3.0.0 (UKI) goes into A over its blessed loose 1.0.0 entry.
+    fn uki_over_the_fallback(name: &'static str) -> Scenario {
+        let mut s = Scenario::uki(name);
+        run_update(&s.node, Arc::new(basalt_updater::pipeline::RealIo)).unwrap();
+        let v2 = s.releases.last().unwrap().clone();
+        s.node.boot_control().boot_attempt().unwrap();
+        std::fs::write(&s.node.config.cmdline, format!("usrhash={}", v2.root_hash)).unwrap();
+        s.engine(Arc::new(basalt_updater::pipeline::RealIo))
+            .mark_good()
+            .unwrap();
+        let mut v3 = small_release(&s.world, "3.0.0");
+        with_uki(&s.world, &mut v3);
+        s.world.publish(&v3, None);
+        s.releases.push(v3);
+        s.booted = Slot::B;
+        copy_dir(&s.node.dir, &s.base);
+        s
+    }
+
     /// The node as before the update, with a download of 2.0.0 interrupted half-way.
     fn half_downloaded(name: &'static str) -> Scenario {
         let s = Scenario::new(name, BackendKind::GptPrio);
@@ -459,6 +494,17 @@ fn small_release(world: &World, version: &str) -> SyntheticRelease {
     .unwrap()
 }
 
+/// Give `rel` a unified kernel image (the real systemd-stub around its placeholder kernel).
+fn with_uki(world: &World, rel: &mut SyntheticRelease) {
+    basalt_image::release::synthetic::add_uki(
+        rel,
+        Path::new(basalt_image::build::uki::STUB),
+        None,
+        &[&world.keys[0], &world.keys[1]],
+    )
+    .unwrap();
+}
+
 /// check → download → apply (3 tries), all writes through `io`.
 fn run_update(node: &Node, io: Arc<dyn NodeIo>) -> Result<(), basalt_updater::pipeline::Error> {
     let mut engine = node
@@ -529,9 +575,13 @@ fn check_boot(s: &Scenario, ctx: &str) {
                     .join(basalt.linux.trim_start_matches('/')),
             )
             .unwrap();
+            let want = match rel.manifest.artifacts_of(ArtifactKind::Uki).next() {
+                Some(uki) if basalt.loader == LoaderType::Efi => rel.dir.join(&uki.name),
+                _ => rel.dir.join("vmlinuz"),
+            };
             assert!(
-                kernel == std::fs::read(rel.dir.join("vmlinuz")).unwrap(),
-                "{ctx}: the kernel of {} on the ESP is not complete",
+                kernel == std::fs::read(&want).unwrap(),
+                "{ctx}: the kernel or UKI of {} on the ESP is not complete",
                 entry.file
             );
             b.boot_attempt().unwrap()
@@ -643,6 +693,8 @@ fn crash_sweep_of_a_whole_update() {
         Scenario::new("gptprio", BackendKind::GptPrio),
         Scenario::over_the_fallback("bls-fallback"),
         Scenario::half_downloaded("gptprio-resume"),
+        Scenario::uki("bls-uki"),
+        Scenario::uki_over_the_fallback("bls-uki-fallback"),
     ] {
         total += sweep(&s, stride);
     }
@@ -650,6 +702,6 @@ fn crash_sweep_of_a_whole_update() {
     if stride == 1 {
         assert!(total >= 250, "the full sweep covers {total} points");
     } else {
-        assert!(total >= 40, "the reduced sweep covers {total} points");
+        assert!(total >= 60, "the reduced sweep covers {total} points");
     }
 }

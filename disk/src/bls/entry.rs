@@ -20,6 +20,8 @@ pub const CONF_SUFFIX: &str = ".conf";
 pub const BASALT_PREFIX: &str = "basalt-";
 /// Kernel command-line option naming the slot an entry boots (`basalt.slot=a` or `b`).
 pub const SLOT_OPTION: &str = "basalt.slot=";
+/// File name of a release's unified kernel image in its version directory on the ESP.
+pub const UKI_FILE: &str = "uki.efi";
 /// Kernel command-line option carrying the dm-verity root hash of `/usr`.
 pub const USRHASH_OPTION: &str = "usrhash=";
 /// The largest try count Basalt writes: a sanity bound (a node that fails 99 boots in a row
@@ -256,7 +258,11 @@ pub struct BasaltEntry {
     /// ones, absent or anything for hand-written ones.
     pub sort_key: Option<String>,
     pub slot: Slot,
-    /// Kernel path on the ESP (`/basalt/<file form>/vmlinuz`).
+    /// What `linux` names: a kernel (`linux` line) or, for a release's unified kernel image,
+    /// an EFI program (`efi` line, no `initrd`).
+    pub loader: LoaderType,
+    /// The loader path on the ESP: the kernel (`/basalt/<file form>/vmlinuz`) or the UKI
+    /// (`/basalt/<file form>/uki.efi`).
     pub linux: String,
     /// Initrd path on the ESP (`/basalt/<file form>/initrd`).
     pub initrd: Vec<String>,
@@ -284,9 +290,36 @@ impl BasaltEntry {
             entry_version: version.entry_version(),
             sort_key: Some(key.sort_key()),
             slot,
+            loader: LoaderType::Linux,
             linux: format!("/{dir}/vmlinuz"),
             initrd: vec![format!("/{dir}/initrd")],
             options,
+        }
+    }
+
+    /// The entry Basalt writes for the unified kernel image of `version` in `slot`: a type #1
+    /// entry whose `efi` line names the UKI at `/basalt/<file form>/`[`UKI_FILE`] (the
+    /// firmware checks its Secure Boot signature when systemd-boot loads it), no `initrd`,
+    /// and `options` = the UKI's own signed command line `uki_cmdline` plus
+    /// `basalt.slot=<a|b>`. Under Secure Boot systemd-stub ignores the `options` (its signed
+    /// `.cmdline` wins); without it, the stub takes them instead, so they repeat the signed
+    /// line. `basalt.slot=` maps the entry to its slot for this backend.
+    pub fn new_uki(
+        version: &ReleaseVersion,
+        slot: Slot,
+        key: StageKey,
+        uki_cmdline: &str,
+    ) -> BasaltEntry {
+        let dir = kernel_dir(version);
+        BasaltEntry {
+            version: version.to_string(),
+            entry_version: version.entry_version(),
+            sort_key: Some(key.sort_key()),
+            slot,
+            loader: LoaderType::Efi,
+            linux: format!("/{dir}/{UKI_FILE}"),
+            initrd: Vec::new(),
+            options: format!("{} {SLOT_OPTION}{}", uki_cmdline.trim(), slot.letter()),
         }
     }
 
@@ -305,8 +338,12 @@ impl BasaltEntry {
         if let Some(k) = &self.sort_key {
             s.push_str(&format!("sort-key {k}\n"));
         }
+        let key = match self.loader {
+            LoaderType::Linux => "linux",
+            LoaderType::Efi => "efi",
+        };
         s.push_str(&format!(
-            "version {}\nlinux {}\n",
+            "version {}\n{key} {}\n",
             self.entry_version, self.linux
         ));
         for i in &self.initrd {
@@ -316,7 +353,8 @@ impl BasaltEntry {
         s
     }
 
-    /// Strictly parse entry file `name` with `content`: UTF-8, a `linux` kernel, a `version`
+    /// Strictly parse entry file `name` with `content`: UTF-8, a `linux` kernel (or an `efi`
+    /// program without `initrd` lines: a UKI entry), a `version`
     /// and exactly one `basalt.slot=a|b` option are required.
     pub fn parse(name: &str, content: &[u8]) -> Result<BasaltEntry, Error> {
         let bad = |reason: String| Error::BlsEntryParse {
@@ -329,10 +367,14 @@ impl BasaltEntry {
             return Err(bad("contains a NUL byte".into()));
         }
         let e = EntryFile::parse(content);
-        let linux = match e.loader {
-            Some((LoaderType::Linux, p)) => p,
-            Some((LoaderType::Efi, _)) => return Err(bad("an `efi` entry, not `linux`".into())),
-            None => return Err(bad("no `linux` line".into())),
+        let (loader, linux) = match e.loader {
+            Some((LoaderType::Efi, _)) if !e.initrd.is_empty() => {
+                return Err(bad(
+                    "an `efi` entry with `initrd` lines (Basalt's UKI entries have none)".into(),
+                ))
+            }
+            Some(l) => l,
+            None => return Err(bad("no `linux` or `efi` line".into())),
         };
         let entry_version = e.version.ok_or_else(|| bad("no `version` line".into()))?;
         let options = e.options.unwrap_or_default();
@@ -355,6 +397,7 @@ impl BasaltEntry {
             entry_version,
             sort_key: e.sort_key,
             slot,
+            loader,
             linux,
             initrd: e.initrd,
             options,
@@ -517,7 +560,7 @@ mod tests {
             b"linux /k\nversion 1\n",
             b"linux /k\nversion 1\noptions basalt.slot=c\n",
             b"linux /k\nversion 1\noptions basalt.slot=a basalt.slot=b\n",
-            b"efi /k.efi\nversion 1\noptions basalt.slot=a\n",
+            b"efi /k.efi\ninitrd /i\nversion 1\noptions basalt.slot=a\n",
         ];
         for c in cases {
             assert!(

@@ -280,3 +280,71 @@ pub fn model_choice(entries: &[ModelEntry]) -> Option<ModelEntry> {
     });
     v.into_iter().next()
 }
+
+/// A minimal PE32+ image with `sections` (name, content) stored back to back after the
+/// headers: what systemd-stub's section reader and `basalt_identity::pe` read.
+pub fn pe(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    let pe_at = 0x80usize;
+    let opt_size = 240usize;
+    let table = pe_at + 24 + opt_size;
+    let data_at = (table + sections.len() * 40).div_ceil(512) * 512;
+    let mut out = vec![0u8; data_at];
+    out[..2].copy_from_slice(b"MZ");
+    out[0x3c..0x40].copy_from_slice(&(pe_at as u32).to_le_bytes());
+    out[pe_at..pe_at + 4].copy_from_slice(b"PE\0\0");
+    out[pe_at + 6..pe_at + 8].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+    out[pe_at + 20..pe_at + 22].copy_from_slice(&(opt_size as u16).to_le_bytes());
+    out[pe_at + 24..pe_at + 26].copy_from_slice(&0x20bu16.to_le_bytes());
+    for (i, (name, data)) in sections.iter().enumerate() {
+        let h = table + i * 40;
+        let raw = data.len().div_ceil(512) * 512;
+        let at = out.len();
+        out[h..h + name.len()].copy_from_slice(name.as_bytes());
+        out[h + 8..h + 12].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        out[h + 16..h + 20].copy_from_slice(&(raw as u32).to_le_bytes());
+        out[h + 20..h + 24].copy_from_slice(&(at as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        out.resize(at + raw, 0);
+    }
+    out
+}
+
+/// The usr hash the test targets of `version` carry.
+pub fn usr_hash_of(version: &str) -> String {
+    let hex: String = version.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex:0>64}")
+}
+
+/// UKI bytes for `version`: a PE whose `.cmdline` is `cmdline` and whose `.linux` is the
+/// version's kernel bytes.
+pub fn uki_bytes_with(version: &str, cmdline: &str) -> Vec<u8> {
+    pe(&[
+        (
+            ".osrel",
+            format!("ID=basalt\nVERSION_ID={version}\n").as_bytes(),
+        ),
+        (".cmdline", cmdline.as_bytes()),
+        (".linux", &kernel_bytes(version)),
+    ])
+}
+
+/// The UKI of `version`: its `.cmdline` names the version's usr hash.
+pub fn uki_bytes(version: &str) -> Vec<u8> {
+    uki_bytes_with(
+        version,
+        &format!("console=ttyS0 usrhash={}", usr_hash_of(version)),
+    )
+}
+
+/// A UKI target for `version` whose file (from [`uki_bytes`]) is written under `host`.
+pub fn uki_target(host: &Path, version: &str) -> basalt_disk::UkiTarget {
+    let dir = host.join(format!("src-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uki = dir.join("basalt.efi");
+    std::fs::write(&uki, uki_bytes(version)).unwrap();
+    basalt_disk::UkiTarget {
+        version: version.to_string(),
+        usr_hash: usr_hash_of(version),
+        uki,
+    }
+}

@@ -1,13 +1,17 @@
 //! Text parsers: the kernel command line splitter and `usrhash=`, root hashes, GUIDs, hex,
-//! EFI variable values, os-release files. No panic; whatever parses prints back as what parses the same.
+//! EFI variable values, os-release files, PE section tables (a UKI's `.cmdline`). No panic; whatever parses prints back as what parses the same.
 #![no_main]
 
-use basalt_identity::{cmdline, efivar, hex, osrelease, Guid, RootHash};
+use basalt_identity::{cmdline, efivar, hex, osrelease, pe, Guid, RootHash};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = efivar::decode(data);
     let _ = efivar::utf16_string(data);
+    // A UKI nobody vouched for: bounded, never panics; a hash it returns is on its line.
+    if let Ok((h, line)) = pe::uki_usrhash(&mut std::io::Cursor::new(data), "fuzz") {
+        assert_eq!(cmdline::usrhash(&line).expect("present").expect("valid"), h);
+    }
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

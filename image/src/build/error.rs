@@ -43,6 +43,9 @@ pub enum BuildError {
         #[source]
         source: Box<basalt_manifest::Error>,
     },
+    /// Building the release's signed UKI, or making disk.img boot it, failed.
+    #[error("Secure Boot signing of the release in {out}: {reason}")]
+    SecureBoot { out: PathBuf, reason: String },
     /// The basalt-init binary is missing or unreadable.
     #[error("read basalt-init {path} (build it with `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p basalt-initramfs --bin basalt-init --target x86_64-unknown-linux-gnu`)")]
     InitMissing {

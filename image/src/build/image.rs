@@ -150,6 +150,19 @@ pub struct BuildRequest {
     pub offline: bool,
     /// The Basalt source checkout the definition's `[[binaries]]` are built from.
     pub workspace: PathBuf,
+    /// Sign for Secure Boot: the release then carries its signed UKI (artifact kind `uki`)
+    /// and `disk.img` boots it (see [`super::uki::secure_boot_disk`]). Per request, like the
+    /// release signatures: the cache entry never holds anything signed by these keys.
+    pub secure_boot: Option<SecureBootSigner>,
+}
+
+/// The Secure Boot db key and certificate a request signs its UKI and systemd-boot with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureBootSigner {
+    /// Private key, PEM, unencrypted.
+    pub key: PathBuf,
+    /// Its certificate, PEM (the one enrolled in the machines' db).
+    pub cert: PathBuf,
 }
 
 impl BuildRequest {
@@ -178,6 +191,7 @@ impl BuildRequest {
             sequence: None,
             offline: false,
             workspace: crate::workspace_root(),
+            secure_boot: None,
         }
     }
 }

@@ -97,6 +97,39 @@ pub(crate) fn sign_request(
             verity,
         })
     };
+    let mut artifacts = vec![
+        artifact(ArtifactKind::Usr, USR_IMG, Some(usr_verity))?,
+        artifact(ArtifactKind::Kernel, VMLINUZ, None)?,
+        artifact(ArtifactKind::Initrd, INITRD_IMG, None)?,
+        artifact(ArtifactKind::Sbom, SBOM_FILE, None)?,
+    ];
+    if let Some(signer) = &req.secure_boot {
+        // The signed UKI of this release (its command line names this usr image's root
+        // hash), listed so the release signatures cover it, and disk.img booting it.
+        let pair = (signer.key.as_path(), signer.cert.as_path());
+        let sb_err = |e: super::uki::UkiError| BuildError::SecureBoot {
+            out: out.clone(),
+            reason: e.to_string(),
+        };
+        let uki =
+            super::uki::build_release(out, std::path::Path::new(super::uki::STUB), Some(pair))
+                .map_err(sb_err)?;
+        super::uki::secure_boot_disk(
+            &out.join(super::image::DISK_IMG),
+            &uki,
+            &facts.version,
+            &facts.root_hash,
+            pair,
+            std::path::Path::new(basalt_disk::esp::SYSTEMD_BOOT_EFI),
+        )
+        .map_err(sb_err)?;
+        let name = uki
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        artifacts.push(artifact(ArtifactKind::Uki, &name, None)?);
+    }
     let mut manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         os: config.os.name.clone(),
@@ -106,12 +139,7 @@ pub(crate) fn sign_request(
         sequence: config.release.sequence,
         issued_at: req.issued_at,
         expires_at: req.issued_at + ChronoDuration::days(i64::from(config.release.valid_days)),
-        artifacts: vec![
-            artifact(ArtifactKind::Usr, USR_IMG, Some(usr_verity))?,
-            artifact(ArtifactKind::Kernel, VMLINUZ, None)?,
-            artifact(ArtifactKind::Initrd, INITRD_IMG, None)?,
-            artifact(ArtifactKind::Sbom, SBOM_FILE, None)?,
-        ],
+        artifacts,
         sysext_level: Some(config.os.sysext_level()),
     };
     // The extensions that ship with this OS version, with the verity parameters their

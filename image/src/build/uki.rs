@@ -352,6 +352,46 @@ pub fn build_release(
     Ok(out)
 }
 
+/// Make the ESP of the release disk image `disk` (slot A holding the release) boot under
+/// Secure Boot: systemd-boot from `systemd_boot` signed with `signer` at
+/// `EFI/BOOT/BOOTX64.EFI`, and slot A's kernel + initrd entry replaced by the release's
+/// signed UKI `uki` (a type #1 `efi` entry, blessed, through the same BLS backend the updater
+/// stages with: `basalt_disk::BootControl::stage_uki`). `usr_hash` is slot A's root hash, the
+/// one the UKI's command line must name.
+pub fn secure_boot_disk(
+    disk: &Path,
+    uki: &Path,
+    version: &str,
+    usr_hash: &str,
+    signer: (&Path, &Path),
+    systemd_boot: &Path,
+) -> Result<(), UkiError> {
+    use basalt_disk::{BlsBackend, BootControl, Esp, FatImageEsp, Inventory, Slot, UkiTarget};
+    let bad = |e: basalt_disk::Error| UkiError::Release {
+        path: disk.to_owned(),
+        reason: e.to_string(),
+    };
+    let signed = disk.with_extension("systemd-boot.signed.efi");
+    let signed_bytes = sign(systemd_boot, signer.0, signer.1, &signed)
+        .and_then(|()| verify(&signed, signer.1))
+        .and_then(|()| read(&signed));
+    let _ = std::fs::remove_file(&signed);
+    let signed_bytes = signed_bytes?;
+    let inv = Inventory::read_path(disk, None).map_err(bad)?;
+    let esp = FatImageEsp::open(disk, inv.esp.offset, inv.esp.size).map_err(bad)?;
+    let mut bls = BlsBackend::new(esp);
+    let target = UkiTarget {
+        version: version.to_owned(),
+        usr_hash: usr_hash.to_owned(),
+        uki: uki.to_owned(),
+    };
+    bls.stage_uki(Slot::A, &target, 1).map_err(bad)?;
+    bls.mark_good(Slot::A).map_err(bad)?;
+    bls.esp_mut()
+        .write_atomic(basalt_disk::esp::DEFAULT_LOADER_PATH, &signed_bytes)
+        .map_err(bad)
+}
+
 /// Sign the EFI binary `input` for Secure Boot with `key` (PEM, unencrypted) and `cert`
 /// (PEM, the db certificate), writing `output` (`sbsign`).
 pub fn sign(input: &Path, key: &Path, cert: &Path, output: &Path) -> Result<(), UkiError> {

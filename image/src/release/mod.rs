@@ -199,6 +199,38 @@ fn sign_and_verify(
     Ok(signed)
 }
 
+/// A release's UKI must boot the release's own `/usr`: the `usrhash=` of its `.cmdline` is
+/// the usr artifact's root hash (what the node checks again before staging it). Its
+/// signature is not checked here: the repository keys are not the machines' Secure Boot
+/// keys, and the firmware is the judge of that.
+fn check_uki(release_dir: &Path, manifest: &Manifest) -> Result<(), ReleaseError> {
+    let Some(uki) = manifest.artifacts_of(ArtifactKind::Uki).next() else {
+        return Ok(());
+    };
+    let unpublishable = |reason: String| ReleaseError::Unpublishable {
+        version: manifest.version.clone(),
+        reason,
+    };
+    let root_hash = manifest
+        .artifacts_of(ArtifactKind::Usr)
+        .find_map(|a| a.verity.as_ref())
+        .map(|v| v.root_hash)
+        .ok_or_else(|| unpublishable("the usr artifact has no verity parameters".into()))?;
+    let path = release_dir.join(&uki.name);
+    let mut file = File::open(&path).map_err(io("open", &path))?;
+    let (hash, _) = basalt_identity::pe::uki_usrhash(&mut file, &format!("UKI {}", path.display()))
+        .map_err(|e| unpublishable(e.to_string()))?;
+    if hash.as_bytes() != &root_hash.0 {
+        return Err(unpublishable(format!(
+            "UKI {} boots usrhash={}, but the release's usr image has root hash {}",
+            path.display(),
+            hash.to_hex(),
+            root_hash.to_hex()
+        )));
+    }
+    Ok(())
+}
+
 /// Check the signed usr-hash statement stored after the hash tree in `usr.img` against
 /// `trust`: what the node checks after writing the slot, and `basalt-init` at boot.
 fn check_usr_statement(
@@ -401,6 +433,7 @@ fn publish_inner(
     if extension_checks {
         check_extensions(req.release_dir, &manifest, &trust)?;
     }
+    check_uki(req.release_dir, &manifest)?;
 
     // 4. Compress and store.
     let mut published = Vec::new();

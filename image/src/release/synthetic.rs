@@ -242,3 +242,62 @@ pub fn synthetic_release(
         hash_offset: data_len,
     })
 }
+
+/// Add a unified kernel image to the synthetic release `rel` (its manifest re-signed by
+/// `keys`): systemd-stub (`stub`, the real one from `systemd-boot-efi`) with the release's
+/// placeholder kernel and initramfs, os-release, and the command line `cmdline` — by default
+/// `console=ttyS0 usrhash=<the release's root hash>`; tests pass another to make a UKI that
+/// lies. Unsigned for Secure Boot (nothing boots it on the host). Written as
+/// `<os>-<version>.efi`, artifact kind `uki`.
+pub fn add_uki(
+    rel: &mut SyntheticRelease,
+    stub: &Path,
+    cmdline: Option<&str>,
+    keys: &[&SigningKey],
+) -> Result<PathBuf, ReleaseError> {
+    use crate::build::uki;
+    let m = &rel.manifest;
+    let version = m.version.clone();
+    let unpublishable = |reason: String| ReleaseError::Unpublishable {
+        version: version.clone(),
+        reason,
+    };
+    let line = cmdline
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("console=ttyS0 usrhash={}", rel.root_hash.to_hex()));
+    let name = uki::release_uki_name(&m.os, &m.version.to_string());
+    let path = rel.dir.join(&name);
+    uki::build(
+        stub,
+        &uki::UkiInputs {
+            kernel: &rel.dir.join(VMLINUZ),
+            initrd: &rel.dir.join(INITRD_IMG),
+            cmdline: &line,
+            os_release: &uki::os_release(&m.os, &m.version.to_string()),
+        },
+        &path,
+    )
+    .map_err(|e| unpublishable(e.to_string()))?;
+    rel.manifest
+        .artifacts
+        .retain(|a| a.kind != ArtifactKind::Uki);
+    rel.manifest
+        .artifacts
+        .push(artifact(ArtifactKind::Uki, &name, &path, None)?);
+    let json = rel
+        .manifest
+        .to_json()
+        .map_err(|source| ReleaseError::Sign {
+            source: Box::new(source),
+        })?;
+    let json_path = rel.dir.join(RELEASE_JSON);
+    basalt_fsutil::write_atomic(&json_path, &json, 0o644)
+        .map_err(super::error::replace(&json_path))?;
+    rel.signed = sign_release(&rel.manifest, keys).map_err(|source| ReleaseError::Sign {
+        source: Box::new(source),
+    })?;
+    let signed_path = rel.dir.join(RELEASE_SIGNED);
+    basalt_fsutil::write_atomic(&signed_path, &rel.signed, 0o644)
+        .map_err(super::error::replace(&signed_path))?;
+    Ok(path)
+}

@@ -284,6 +284,17 @@ pub enum Error {
     /// The release cannot be installed by this pipeline.
     #[error("release {version}: {reason}")]
     Unusable { version: Version, reason: String },
+    /// The release's unified kernel image does not boot the release's own `/usr`: its
+    /// signed `.cmdline` names another `usrhash=` than the usr artifact's verity root hash,
+    /// none, or cannot be read. The bytes are the signed ones (their sha256 matched), so the
+    /// release itself is inconsistent; nothing is staged.
+    #[error("release {version}: UKI {artifact} ({}): {reason}", path.display())]
+    Uki {
+        version: Version,
+        artifact: String,
+        path: PathBuf,
+        reason: String,
+    },
     /// A length check failed (fewer or more bytes than signed).
     #[error("{artifact} from {location}: {detail}")]
     Length {
@@ -488,7 +499,7 @@ impl Error {
             Error::Head { source, .. } => manifest_kind(source),
             Error::Replay { .. } => ErrorKind::Replay,
             Error::Equivocation { .. } => ErrorKind::Equivocation,
-            Error::Unusable { .. } => ErrorKind::InvalidRelease,
+            Error::Unusable { .. } | Error::Uki { .. } => ErrorKind::InvalidRelease,
             Error::Length { .. } => ErrorKind::LengthMismatch,
             Error::Digest { .. } | Error::Decode { .. } | Error::FrameIndex { .. } => {
                 ErrorKind::IntegrityMismatch

@@ -15,11 +15,14 @@
 //!            (refused: no booted slot, booted slot still on trial, same /usr, too small)
 //!            → journal → withdraw the target's boot entry/priority → begin_install
 //!            (`_installing`, random UUIDs) → usr.img frames into the slot → kernel and
-//!            initrd into state/staging → fdatasync, drop cache, re-read: verity + usr-hash
+//!            initrd (or the release's UKI, whose `.cmdline` must name this usrhash=) into
+//!            state/staging → fdatasync, drop cache, re-read: verity + usr-hash
 //!            statement → finish_install (UUIDs from the root hash, `{os}_{version}`)
 //!            → journal complete
 //! apply:     the journal and the slot match the download → staged files re-hashed →
-//!            BootControl::stage(slot, kernel, initrd, usrhash=, tries)
+//!            BootControl::stage(slot, kernel, initrd, usrhash=, tries), or, for a release
+//!            with a signed UKI (BLS backend), its `.cmdline` usrhash= checked against the
+//!            usr root hash again → BootControl::stage_uki(slot, UKI, tries)
 //! failure:   at any step the target stays `_installing` / withdrawn (never bootable); the
 //!            booted slot and its boot state are never written; a later download of the
 //!            same release resumes from what re-verifies
@@ -44,7 +47,9 @@ use std::sync::Arc;
 
 use basalt_disk::gpt::Guid;
 use basalt_disk::slots::{begin_install, finish_install, InstallPlan, SlotInstall};
-use basalt_disk::{BootStatus, BootTarget, Inventory, RootHash, Slot, SlotPart, SlotState};
+use basalt_disk::{
+    BootStatus, BootTarget, Inventory, RootHash, Slot, SlotPart, SlotState, UkiTarget,
+};
 use basalt_manifest::chrono::{DateTime, Utc};
 use basalt_manifest::{
     repo, verify_release, Digest, FrameIndex, Policy, TrustRoot, VerifiedRelease, MAX_RELEASE_BYTES,
@@ -359,6 +364,53 @@ impl NodeEngine {
         Ok(path)
     }
 
+    /// The staged boot files of `plan` re-hashed, and a staged UKI's command line checked
+    /// ([`NodeEngine::check_uki`]).
+    fn check_boot_files(
+        &self,
+        dir: &Path,
+        plan: &Plan<'_>,
+        files: &[&Fetch<'_>],
+    ) -> Result<(), Error> {
+        for f in files {
+            let path = self.check_staged(dir, f)?;
+            if f.artifact.kind == basalt_manifest::ArtifactKind::Uki {
+                self.check_uki(&path, plan)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The UKI at `path` boots the release's own `/usr`: the `usrhash=` of its signed
+    /// `.cmdline` is the usr artifact's verity root hash. Its sha256 was checked against the
+    /// signed manifest already; this catches a release that signed the wrong UKI (another
+    /// build's, or one made for another `/usr`), which would boot a `/usr` the slot does not
+    /// hold — found by basalt-init only after the flip, as a failed boot.
+    fn check_uki(&self, path: &Path, plan: &Plan<'_>) -> Result<(), Error> {
+        let Some(uki) = &plan.uki else {
+            return Ok(());
+        };
+        let bad = |reason: String| Error::Uki {
+            version: plan.manifest.version.clone(),
+            artifact: uki.artifact.name.clone(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(io_err("open the staged", path))?;
+        let what = format!("UKI {}", path.display());
+        let (hash, _) =
+            basalt_identity::pe::uki_usrhash(&mut file, &what).map_err(|e| bad(e.reason))?;
+        if hash.as_bytes() != &plan.verity.root_hash.0 {
+            return Err(bad(format!(
+                "its signed command line boots usrhash={}, but the release's usr image has \
+                 root hash {}",
+                hash.to_hex(),
+                plan.verity.root_hash.to_hex()
+            )));
+        }
+        Ok(())
+    }
+
     fn download_inner(
         &mut self,
         candidate: &Candidate,
@@ -369,6 +421,8 @@ impl NodeEngine {
         let manifest = &verified.manifest;
         let plan = plan(manifest)?;
         extensions::plan_extensions(manifest)?;
+        let boot_files = plan.boot_fetches(self.config.backend)?;
+        let fetch_len = plan.fetch_len(self.config.backend)?;
         let env_sha = sha256(&candidate.envelope);
         let version = manifest.version.to_string();
         let install_plan = InstallPlan {
@@ -443,8 +497,7 @@ impl NodeEngine {
                 verity: inv.slot_range(target, SlotPart::Verity),
             };
             let checked = reverify::reverify(&install, &plan, &root)
-                .and_then(|()| self.check_staged(&staging, &plan.kernel))
-                .and_then(|_| self.check_staged(&staging, &plan.initrd))
+                .and_then(|()| self.check_boot_files(&staging, &plan, &boot_files))
                 .and_then(|_| {
                     // Idempotent: resumes from what the staging folder holds.
                     self.stage_extensions(
@@ -483,12 +536,12 @@ impl NodeEngine {
                         sequence: manifest.sequence,
                         usr_hash: plan.verity.root_hash,
                         fetched: 0,
-                        reused: plan.total_len(),
+                        reused: fetch_len,
                     });
                 }
                 Err(e) => {
                     tracing::warn!(slot = %target, error = %e, "the downloaded slot no longer verifies; downloading again");
-                    meter.phase(Phase::Downloading, plan.total_len());
+                    meter.phase(Phase::Downloading, fetch_len);
                 }
             }
         }
@@ -537,7 +590,8 @@ impl NodeEngine {
         };
         tracing::info!(slot = %target, version = %manifest.version, "installing");
 
-        // 4. The usr image into the slot, kernel and initrd into the staging folder.
+        // 4. The usr image into the slot, the boot files (kernel and initrd, or the UKI) into
+        //    the staging folder.
         let (mut fetched, mut reused) = (0u64, 0u64);
         {
             let mut sink = self.slot_sink(&install, &plan)?;
@@ -545,7 +599,7 @@ impl NodeEngine {
             fetched += s.fetched;
             reused += s.reused;
         }
-        for f in [&plan.kernel, &plan.initrd] {
+        for f in boot_files.iter().copied() {
             let path = staging.join(&f.artifact.name);
             if journal.done(&f.artifact.name) == 0 {
                 self.io
@@ -574,7 +628,12 @@ impl NodeEngine {
             cancel,
         )?;
 
-        // 5. Read back and verify, then name the slot.
+        // 5. Read back and verify, then name the slot. A UKI must boot this very /usr.
+        if let Some(uki) = &plan.uki {
+            if self.config.backend == BackendKind::Bls {
+                self.check_uki(&staging.join(&uki.artifact.name), &plan)?;
+            }
+        }
         meter.phase(Phase::Verifying, plan.usr.artifact.size);
         reverify::reverify(&install, &plan, &root)?;
         meter.done = plan.usr.artifact.size;
@@ -728,7 +787,7 @@ impl Engine for NodeEngine {
             ..self.policy(request.now)
         };
         let verified = verify_release(&bytes, &root, &policy).map_err(head_err)?;
-        plan(&verified.manifest)?;
+        plan(&verified.manifest)?.boot_fetches(self.config.backend)?;
         extensions::plan_extensions(&verified.manifest)?;
         tracing::info!(
             version = %verified.manifest.version,
@@ -769,7 +828,7 @@ impl Engine for NodeEngine {
             ..self.policy(request.now)
         };
         let verified = verify_release(envelope, &root, &policy).map_err(head_err)?;
-        plan(&verified.manifest)?;
+        plan(&verified.manifest)?.boot_fetches(self.config.backend)?;
         Ok(Candidate {
             release: verified,
             envelope: envelope.to_vec(),
@@ -783,7 +842,7 @@ impl Engine for NodeEngine {
         cancel: &CancelFlag,
     ) -> Result<Downloaded, Error> {
         let total = plan(&candidate.release.manifest)
-            .map(|p| p.total_len())
+            .and_then(|p| p.fetch_len(self.config.backend))
             .unwrap_or(0);
         let mut meter = Meter::new(progress, total);
         meter.emit();
@@ -839,9 +898,31 @@ impl Engine for NodeEngine {
         if plan.verity.root_hash != downloaded.usr_hash {
             return Err(not("the staged release is another one".into()));
         }
+        self.check_extension_set(&manifest, &self.trust()?)?;
+        if let Some(uki) = plan
+            .boot_fetches(self.config.backend)?
+            .into_iter()
+            .find(|f| f.artifact.kind == basalt_manifest::ArtifactKind::Uki)
+        {
+            let path = self.check_staged(&staging, uki)?;
+            self.check_uki(&path, &plan)?;
+            if !self.config.kernel_options.trim().is_empty() {
+                tracing::warn!(options = %self.config.kernel_options, "kernel options are not added to a unified kernel image: its signed command line is the release's");
+            }
+            let mut backend = boot::open(&self.config, self.io.as_ref(), true)?;
+            let target = UkiTarget {
+                version,
+                usr_hash: downloaded.usr_hash.to_hex(),
+                uki: path,
+            };
+            backend
+                .stage_uki(downloaded.slot, &target, tries)
+                .map_err(boot::err(&self.config, "stage", downloaded.slot))?;
+            tracing::info!(slot = %downloaded.slot, version = %downloaded.version, tries, uki = %uki.artifact.name, "staged the unified kernel image for the next boot");
+            return Ok(());
+        }
         let kernel = self.check_staged(&staging, &plan.kernel)?;
         let initrd = self.check_staged(&staging, &plan.initrd)?;
-        self.check_extension_set(&manifest, &self.trust()?)?;
         let mut backend = boot::open(&self.config, self.io.as_ref(), true)?;
         let target = BootTarget {
             version,

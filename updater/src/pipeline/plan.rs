@@ -1,13 +1,22 @@
 //! What of a verified manifest the pipeline installs, checked before anything is fetched:
 //! exactly one `usr` image with verity parameters this node can re-verify (sha256, 4 KiB
 //! blocks), one kernel and one initrd, each shipped as zstd frames with a frame index (what
-//! `basalt release publish` always writes). Anything else is `InvalidRelease`, up front.
+//! `basalt release publish` always writes), and at most one signed unified kernel image.
+//! Anything else is `InvalidRelease`, up front.
+//!
+//! Which boot files a node fetches and stages ([`Plan::boot_fetches`]): with the BLS backend,
+//! the UKI when the release has one (kernel and initrd are then not fetched: the UKI holds
+//! both under its Secure Boot signature), else kernel + initrd. The GPT-priority backend
+//! refuses a release with a UKI: its boot path is the UKI, and GPT priority bits choose a
+//! `/usr` partition, not a boot program — staging the `/usr` alone would run it under boot
+//! code the release did not sign.
 
 use basalt_manifest::{
     repo, Artifact, ArtifactKind, CompressionAlgorithm, Digest, FrameIndexRef, HashAlgorithm,
     Manifest, Verity,
 };
 
+use super::config::BackendKind;
 use super::error::Error;
 
 /// One artifact to fetch.
@@ -31,6 +40,8 @@ pub struct Plan<'a> {
     pub salt: Vec<u8>,
     pub kernel: Fetch<'a>,
     pub initrd: Fetch<'a>,
+    /// The signed unified kernel image, when the release ships one.
+    pub uki: Option<Fetch<'a>>,
 }
 
 impl Plan<'_> {
@@ -47,6 +58,34 @@ impl Plan<'_> {
     /// Uncompressed bytes of everything.
     pub fn total_len(&self) -> u64 {
         self.usr.artifact.size + self.kernel.artifact.size + self.initrd.artifact.size
+    }
+
+    /// The boot files a node with `backend` fetches into its staging folder and stages (see
+    /// the module docs): `[uki]` or `[kernel, initrd]`.
+    pub fn boot_fetches(&self, backend: BackendKind) -> Result<Vec<&Fetch<'_>>, Error> {
+        match (&self.uki, backend) {
+            (Some(uki), BackendKind::Bls) => Ok(vec![uki]),
+            (Some(uki), BackendKind::GptPrio) => Err(unusable(
+                self.manifest,
+                format!(
+                    "its boot path is the unified kernel image {}, and the gptprio backend \
+                     boots no UKI (GPT priority bits choose a /usr partition, not a boot \
+                     program): use the bls backend with systemd-boot",
+                    uki.artifact.name
+                ),
+            )),
+            (None, _) => Ok(vec![&self.kernel, &self.initrd]),
+        }
+    }
+
+    /// Uncompressed bytes a node with `backend` fetches: the usr image and its boot files.
+    pub fn fetch_len(&self, backend: BackendKind) -> Result<u64, Error> {
+        Ok(self.usr.artifact.size
+            + self
+                .boot_fetches(backend)?
+                .iter()
+                .map(|f| f.artifact.size)
+                .sum::<u64>())
     }
 }
 
@@ -133,5 +172,10 @@ pub fn plan(m: &Manifest) -> Result<Plan<'_>, Error> {
         salt,
         kernel: fetch(m, kernel)?,
         initrd: fetch(m, initrd)?,
+        uki: m
+            .artifacts_of(ArtifactKind::Uki)
+            .next()
+            .map(|a| fetch(m, a))
+            .transpose()?,
     })
 }
