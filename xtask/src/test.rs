@@ -143,7 +143,14 @@ pub fn install_packages() -> Result<()> {
     sh::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["-o", LOCK_WAIT, "install", "-y", "-qq", "--no-install-recommends"])
+            .args([
+                "-o",
+                LOCK_WAIT,
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
             .args(&missing),
     )
 }
