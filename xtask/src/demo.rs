@@ -518,8 +518,10 @@ fn update_story(d: &mut Demo) -> Result<()> {
         "Now a real node. Three releases of the product image, a repository, a VM booted from\n\
          1.0.0, a live update to 2.0.0, and an update to 3.0.0 that fails its health check and\n\
          is rolled back without anyone touching the node. QEMU emulates the machine in software\n\
-         here: each boot takes 30-60 s, the whole story about 10 minutes once the images are\n\
-         built (the first build takes several minutes more).",
+         here (no KVM): each boot takes 30-90 s and the VM part 6-10 minutes. The releases\n\
+         come from the image cache when their inputs were built before (1-4 minutes); the\n\
+         very first run also compiles the node's programs and fetches and unpacks Debian\n\
+         packages (mmdebstrap): count 30 minutes or more on a 2-core machine.",
     );
     let mut n = DemoNarrator {
         step: d.step,
