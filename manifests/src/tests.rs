@@ -74,6 +74,7 @@ fn manifest() -> Manifest {
                 verity: None,
             },
         ],
+        sysext_level: None,
     }
 }
 

@@ -64,8 +64,10 @@ use crate::kernel::DebFacts;
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
 /// 3: stage keys, efivarfs module; 4: boot policy, usr-hash statement v2 (trusted boot) and,
 /// on a parallel branch, releases signed per request, SBOM, Debian staging cache, trimmed
-/// /usr, derived GUIDs; 5: both together (test options from the variant).
-pub const BUILDER_VERSION: &str = "basalt-image-build/5";
+/// /usr, derived GUIDs; 5: both together (test options from the variant); 6: the dpkg
+/// database in `/usr/lib/sysimage/dpkg` (container-host); 7: os-release `SYSEXT_LEVEL=` is
+/// the definition's `os.sysext_level` (was the version).
+pub const BUILDER_VERSION: &str = "basalt-image-build/7";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -313,7 +315,8 @@ pub fn build_with_progress(
         copy_sparse(&entry.join(name), &req.out.join(name))?;
     }
     let facts = read_facts(&entry.join(BUILD_JSON))?;
-    super::sign::sign_request(req, &inputs, &facts)?;
+    let extensions = super::extensions::build_all(req, &inputs, log)?;
+    super::sign::sign_request(req, &inputs, &facts, &extensions)?;
     Ok(BuildReport {
         facts,
         from_cache,
