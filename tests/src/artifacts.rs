@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use basalt_image::build::image::copy_sparse;
 use basalt_image::build::workspace::{find_or_build_init, Program};
-use basalt_image::build::{build, BuildReport, BuildRequest, Variant};
+use basalt_image::build::{build, build_with_progress, BuildReport, BuildRequest, Variant};
 use basalt_manifest::{sign_trust_root, SigningKey, TrustRootDocument};
 
 use crate::error::{Error, Result};
@@ -256,6 +256,17 @@ pub fn container_host_request(
 /// The [`Variant::Test`] image has the boot report and a root shell on ttyS0
 /// ([`crate::vm::Vm::shell`]); the product has neither. Treat its files as read-only.
 pub fn container_host(variant: Variant, version: &str) -> Result<MinimalImage> {
+    container_host_with_progress(variant, version, &mut |_| {})
+}
+
+/// [`container_host`], telling `log` about the build's slow steps as they start (cargo
+/// builds, apt, mmdebstrap, erofs): the demo shows them, so a first run that takes minutes
+/// says what it is doing.
+pub fn container_host_with_progress(
+    variant: Variant,
+    version: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<MinimalImage> {
     let parsed = semver::Version::parse(version).map_err(|e| Error::VmConfig {
         problem: format!("image version {version:?}: {e}"),
     })?;
@@ -271,7 +282,7 @@ pub fn container_host(variant: Variant, version: &str) -> Result<MinimalImage> {
         .join(&name)
         .join("out");
     let req = container_host_request(variant, &parsed, &out)?;
-    let report = build(&req)?;
+    let report = build_with_progress(&req, log)?;
     let image = MinimalImage {
         dir: out,
         definition: req.config,

@@ -31,7 +31,9 @@ use basalt_image::build::config::ImageConfig;
 use basalt_image::build::erofs;
 use basalt_image::build::{build_with_progress, Variant};
 
-use crate::artifacts::{basalt_cli, container_host, container_host_request, MinimalImage};
+use crate::artifacts::{
+    basalt_cli, container_host_request, container_host_with_progress, MinimalImage,
+};
 use crate::error::{Error, Result};
 use crate::tool::Tool;
 use crate::vm::{scale, Vm, VmConfig};
@@ -126,8 +128,8 @@ pub fn build_releases(n: &mut dyn Narrator) -> Result<Releases> {
          health check that can never pass. All three come from one Debian staging; a build \
          whose inputs were built before is taken from the image cache and only re-signed.",
     );
-    let v1 = container_host(Variant::Test, "1.0.0")?;
-    let v2 = container_host(Variant::Test, "2.0.0")?;
+    let v1 = container_host_with_progress(Variant::Test, "1.0.0", &mut |l| n.show(l))?;
+    let v2 = container_host_with_progress(Variant::Test, "2.0.0", &mut |l| n.show(l))?;
     let v3 = unhealthy_release("3.0.0", n)?;
     for r in [&v1, &v2, &v3] {
         n.show(&format!(

@@ -109,6 +109,109 @@ fn proc_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("{field} of /proc/{pid}/status"))
 }
 
+/// Where a process's resident memory is, from `/proc/PID/smaps`: what `VmRSS` counts, split
+/// by kind of mapping, and what of it is private (this process's alone) vs shared.
+#[derive(Debug, Default, Clone, Copy)]
+struct Breakdown {
+    /// The program's own file (text, read-only data) as mapped: clean file pages, shared
+    /// with every other process mapping the file and reclaimable by the kernel.
+    binary_kib: u64,
+    /// Shared libraries (libc, libgcc_s, ld.so): clean file pages, mostly shared.
+    libs_kib: u64,
+    /// `[heap]` and anonymous mappings (glibc arenas, thread stacks, large buffers).
+    anon_kib: u64,
+    /// Anything else (vdso, vvar, [stack]).
+    other_kib: u64,
+    /// `Private_Clean` + `Private_Dirty` over all mappings.
+    private_kib: u64,
+    /// `Private_Dirty` of anonymous memory (heap, arenas, stacks).
+    anon_dirty_kib: u64,
+    /// Proportional set size (shared pages divided among the processes sharing them).
+    pss_kib: u64,
+    /// Number of threads.
+    threads: u64,
+}
+
+impl Breakdown {
+    fn read(pid: u32) -> Result<Self> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .with_context(|| format!("/proc/{pid}/smaps"))?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        let exe = exe.to_string_lossy().into_owned();
+        let mut b = Breakdown::default();
+        #[derive(PartialEq)]
+        enum Kind {
+            Binary,
+            Lib,
+            Anon,
+            Other,
+        }
+        let mut kind = Kind::Other;
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if let Some(field) = first.strip_suffix(':') {
+                let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                match field {
+                    "Rss" => match kind {
+                        Kind::Binary => b.binary_kib += kib,
+                        Kind::Lib => b.libs_kib += kib,
+                        Kind::Anon => b.anon_kib += kib,
+                        Kind::Other => b.other_kib += kib,
+                    },
+                    "Pss" => b.pss_kib += kib,
+                    "Private_Clean" => b.private_kib += kib,
+                    "Private_Dirty" => {
+                        b.private_kib += kib;
+                        if kind == Kind::Anon {
+                            b.anon_dirty_kib += kib;
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            // A mapping header: `start-end perms offset dev inode [path]`.
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            kind = if path == exe {
+                Kind::Binary
+            } else if path.contains(".so") {
+                Kind::Lib
+            } else if path.is_empty() || path == "[heap]" {
+                Kind::Anon
+            } else {
+                Kind::Other
+            };
+        }
+        b.threads = proc_kib(pid, "Threads")?;
+        Ok(b)
+    }
+
+    fn total_kib(&self) -> u64 {
+        self.binary_kib + self.libs_kib + self.anon_kib + self.other_kib
+    }
+}
+
+impl std::fmt::Display for Breakdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        write!(
+            f,
+            "RSS {:.1} MiB = binary {:.1} + libraries {:.1} + heap/arenas/stacks {:.1} + other {:.1}; \
+             private {:.1} MiB (anonymous dirty {:.1}), PSS {:.1} MiB; {} threads",
+            mib(self.total_kib()),
+            mib(self.binary_kib),
+            mib(self.libs_kib),
+            mib(self.anon_kib),
+            mib(self.other_kib),
+            mib(self.private_kib),
+            mib(self.anon_dirty_kib),
+            mib(self.pss_kib),
+            self.threads
+        )
+    }
+}
+
 struct Node<'a> {
     work: &'a Path,
     host: PathBuf,
@@ -119,6 +222,7 @@ struct Node<'a> {
 struct Install {
     seconds: f64,
     idle_kib: u64,
+    idle: Breakdown,
     peak_kib: u64,
     after_kib: u64,
     /// `RssAnon` / `RssFile` after the install: heap and stacks vs the binary's and
@@ -236,6 +340,7 @@ impl Node<'_> {
         // Idle: settled after start-up and one status call.
         std::thread::sleep(Duration::from_secs(2));
         let idle_kib = proc_kib(pid, "VmRSS")?;
+        let idle = Breakdown::read(pid)?;
         let started = Instant::now();
         self.ctl(&["update", "--download-only"])?;
         let seconds = started.elapsed().as_secs_f64();
@@ -256,6 +361,7 @@ impl Node<'_> {
         Ok(Install {
             seconds,
             idle_kib,
+            idle,
             peak_kib,
             after_kib,
             after_anon_kib,
@@ -350,6 +456,7 @@ pub fn run(args: Args) -> Result<()> {
         let runs = if i == 0 { args.runs } else { 1 };
         let (mut ours, mut p, mut d) = (f64::MAX, f64::MAX, f64::MAX);
         let (mut idle, mut peak, mut after) = (0u64, 0u64, 0u64);
+        let mut idle_breakdown = Breakdown::default();
         for round in 0..runs {
             let o = node.install()?;
             let pt = peer(&work, &blob_url, false)?;
@@ -367,6 +474,10 @@ pub fn run(args: Args) -> Result<()> {
             ours = ours.min(o.seconds);
             p = p.min(pt);
             d = d.min(dt);
+            eprintln!("  idle: {}", o.idle);
+            if o.idle_kib >= idle {
+                idle_breakdown = o.idle;
+            }
             idle = idle.max(o.idle_kib);
             peak = peak.max(o.peak_kib);
             after = after.max(o.after_kib);
@@ -378,7 +489,8 @@ pub fn run(args: Args) -> Result<()> {
              \x20 basalt-updated (basaltctl update --download-only)  {ours:>7.2} s  {:>7.1} MiB/s\n\
              \x20 curl | zstd -dc | tee >(openssl sha256) > slot    {p:>7.2} s  {:>7.1} MiB/s   ratio peer/agent {:.2} (target >= 0.9)\n\
              \x20 + sync --data, dd iflag=direct | openssl sha256   {d:>7.2} s  {:>7.1} MiB/s   ratio peer/agent {:.2} (same I/O)\n\
-             \x20 daemon RSS: idle {:.1} MiB (target <= 8), peak {:.1} MiB (target <= 32), after {:.1} MiB",
+             \x20 daemon RSS: idle {:.1} MiB (target <= 8), peak {:.1} MiB (target <= 32), after {:.1} MiB\n\
+             \x20 idle, from smaps: {idle_breakdown}",
             rate(ours),
             rate(p),
             p / ours,

@@ -39,11 +39,14 @@ struct Demo {
     basalt: PathBuf,
     dir: PathBuf,
     step: u32,
+    /// The current step's title (named when the step fails).
+    title: String,
 }
 
 impl Demo {
     fn say(&mut self, title: &str, what: &str) {
         self.step += 1;
+        self.title = title.to_owned();
         println!("\n=== {}. {title}", self.step);
         for line in what.lines() {
             println!("    {line}");
@@ -117,13 +120,29 @@ pub fn run(args: Args) -> Result<()> {
         basalt,
         dir: scratch.path().to_path_buf(),
         step: 0,
+        title: String::new(),
     };
+    let started = std::time::Instant::now();
     let result = tour(&mut demo).and_then(|()| update_story(&mut demo));
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    if let Err(e) = result {
+        // Keep what the failed step left (the VM's serial log, nginx's log, the disk image):
+        // it is what a newcomer, or the bug report, needs.
+        let kept = scratch.keep();
+        println!(
+            "\nThe demo stopped at step {} ({}) after {minutes:.1} min. What it left, \
+             including the VM's serial log when a VM ran: {}",
+            demo.step,
+            demo.title,
+            kept.display()
+        );
+        return Err(e.context(format!("demo step {} ({}) failed", demo.step, demo.title)));
+    }
     if args.keep {
         let kept = scratch.keep();
         println!("\nScratch directory kept: {}", kept.display());
     }
-    result?;
+    println!("\nThe demo took {minutes:.1} min.");
     println!(
         "\nThat is Basalt today: signed, verity-protected releases; a node that updates itself\n\
          from a repository into its other slot, boots the update on trial, keeps it only when\n\
@@ -417,6 +436,8 @@ fn sha256_hex(path: &Path) -> Result<String> {
 struct DemoNarrator {
     step: u32,
     in_progress: bool,
+    /// The current step's first words (named when the step fails).
+    title: String,
 }
 
 impl DemoNarrator {
@@ -432,6 +453,7 @@ impl Narrator for DemoNarrator {
     fn say(&mut self, text: &str) {
         self.end_progress();
         self.step += 1;
+        self.title = first_words(text, 8);
         println!(
             "\n=== {}. {}",
             self.step,
@@ -454,6 +476,16 @@ impl Narrator for DemoNarrator {
         let _ = std::io::stdout().flush();
         self.in_progress = true;
     }
+}
+
+/// The first `n` words of `text`, with `…` when there are more.
+fn first_words(text: &str, n: usize) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = words.iter().take(n).copied().collect::<Vec<_>>().join(" ");
+    if words.len() > n {
+        out.push_str(" …");
+    }
+    out
 }
 
 /// `text` as lines of at most `width` characters, each after `prefix`.
@@ -486,18 +518,29 @@ fn update_story(d: &mut Demo) -> Result<()> {
         "Now a real node. Three releases of the product image, a repository, a VM booted from\n\
          1.0.0, a live update to 2.0.0, and an update to 3.0.0 that fails its health check and\n\
          is rolled back without anyone touching the node. QEMU emulates the machine in software\n\
-         here: each boot takes 30-60 s, the whole story about 10 minutes once the images are\n\
-         built (the first build takes several minutes more).",
+         here (no KVM): each boot takes 30-90 s and the VM part 6-10 minutes. The releases\n\
+         come from the image cache when their inputs were built before (1-4 minutes); the\n\
+         very first run also compiles the node's programs and fetches and unpacks Debian\n\
+         packages (mmdebstrap): count 30 minutes or more on a 2-core machine.",
     );
     let mut n = DemoNarrator {
         step: d.step,
         in_progress: false,
+        title: d.title.clone(),
     };
-    let releases = story::build_releases(&mut n)?;
-    show_release(&releases.v1, &mut n)?;
+    let result = story_steps(d, &mut n);
+    n.end_progress();
+    d.step = n.step;
+    d.title = n.title;
+    result
+}
+
+fn story_steps(d: &Demo, n: &mut DemoNarrator) -> Result<()> {
+    let releases = story::build_releases(n)?;
+    show_release(&releases.v1, n)?;
     let dir = d.path("node");
     std::fs::create_dir_all(&dir)?;
-    let outcome = story::http_update(&releases, &dir, &mut n)?;
+    let outcome = story::http_update(&releases, &dir, n)?;
     n.say(
         "The node is off. Its ESP, read on this machine: 2.0.0's boot entry has no try counter \
          left in its name (blessed by the agent after the health gate); 3.0.0's still has one \
@@ -511,8 +554,6 @@ fn update_story(d: &mut Demo) -> Result<()> {
         outcome.committed_at.as_secs_f64(),
         outcome.requests
     ));
-    n.end_progress();
-    d.step = n.step;
     Ok(())
 }
 

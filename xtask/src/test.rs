@@ -135,12 +135,22 @@ pub fn install_packages() -> Result<()> {
         "xtask test: installing missing packages: {}",
         missing.join(" ")
     );
-    sh::run(Command::new("apt-get").args(["update", "-qq"]))
+    // Another session's apt-get (sessions share the machine) holds dpkg's lock for a while:
+    // wait for it instead of failing the whole command.
+    const LOCK_WAIT: &str = "DPkg::Lock::Timeout=600";
+    sh::run(Command::new("apt-get").args(["-o", LOCK_WAIT, "update", "-qq"]))
         .context("apt-get update (the test command runs as root on a Debian machine)")?;
     sh::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args([
+                "-o",
+                LOCK_WAIT,
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
             .args(&missing),
     )
 }

@@ -423,6 +423,25 @@ fn print_status(s: &StatusJson) {
     }
 }
 
+/// One progress line: the state, the phase when it says more than the state (the daemon's
+/// phase is often the state's own name), and the amount when the total is known.
+fn progress_line(state: &str, phase: &str, done: u64, total: u64) -> String {
+    let mut line = state.to_owned();
+    if !phase.is_empty() && phase != state {
+        line.push_str(": ");
+        line.push_str(phase);
+    }
+    if total > 0 {
+        line.push_str(&format!(
+            " {} ({} / {} MiB)",
+            percent(done, total),
+            done >> 20,
+            total >> 20
+        ));
+    }
+    line
+}
+
 fn percent(done: u64, total: u64) -> String {
     if total == 0 {
         return String::new();
@@ -460,16 +479,7 @@ async fn follow(p: &Updater1Proxy<'_>, done: &[&str]) -> Res<String> {
             return Ok(state);
         }
         let (phase, d, t, _, _) = z(p.progress().await)?;
-        let line = if phase.is_empty() {
-            state.clone()
-        } else {
-            format!(
-                "{state}: {phase} {} ({} / {} MiB)",
-                percent(d, t),
-                d >> 20,
-                t >> 20
-            )
-        };
+        let line = progress_line(&state, &phase, d, t);
         if line != last_line {
             if tty {
                 let width = 30usize;
@@ -674,5 +684,24 @@ fn main() -> ExitCode {
             eprintln!("basaltctl: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn a_progress_line_says_each_thing_once() {
+        assert_eq!(
+            progress_line("downloading", "downloading", 3 << 20, 171 << 20),
+            "downloading 2% (3 / 171 MiB)"
+        );
+        assert_eq!(
+            progress_line("verifying", "usr", 1 << 20, 4 << 20),
+            "verifying: usr 25% (1 / 4 MiB)"
+        );
+        assert_eq!(progress_line("staging", "staging", 0, 0), "staging");
+        assert_eq!(progress_line("checking", "", 0, 0), "checking");
     }
 }
