@@ -415,6 +415,7 @@ pub fn publish(req: &PublishRequest<'_>) -> Result<PublishReport, ReleaseError> 
                 sha256: index_digest,
                 size: index_bytes.len() as u64,
             }),
+            adaptive: None,
         });
         // What a node will do with the index: it must parse against the artifact.
         FrameIndex::parse(&index_bytes, artifact).map_err(|source| ReleaseError::FrameIndex {
