@@ -69,7 +69,7 @@ pub const MAX_BLOCKS: u64 = 4 << 20;
 pub const MAX_COMPRESSED_FRAME_LEN: u32 = (MAX_FRAME_BLOCKS * BLOCK_SIZE as u32) + 4096;
 
 /// The size of an index of `blocks` blocks and `frames` frames.
-pub fn index_len(blocks: u64, frames: u64) -> u64 {
+pub const fn index_len(blocks: u64, frames: u64) -> u64 {
     HEADER_LEN as u64 + BLOCK_HASH_LEN as u64 * blocks + FRAME_RECORD_LEN as u64 * frames
 }
 
