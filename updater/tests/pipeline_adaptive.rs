@@ -158,6 +158,19 @@ fn patch_install_fetches_only_missing_frames_and_is_byte_identical() {
         .map(|a| a.compressed_size)
         .sum();
     assert_eq!(d.fetched, usr_fetched + others, "fetched bytes reported");
+    // What `basalt release inspect --repo` predicts is what the node fetched.
+    let expected = basalt_image::release::adaptive::expected_downloads(
+        &basalt_image::release::Repo::read_only(&world.repo),
+        "stable",
+        "x86_64",
+        &v2.manifest.version,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(expected.len(), 1);
+    assert_eq!(expected[0].from_version.to_string(), "1.0.0");
+    assert_eq!(expected[0].adaptive_bytes, usr_fetched);
+    assert_eq!(expected[0].full_bytes, usr.compressed_size);
     // Everything not fetched was copied from slot A (the tree is computed, not counted).
     let data_blocks = v2.hash_offset / BLOCK as u64;
     assert!(d.reused >= (data_blocks - 12) * BLOCK as u64, "{d:?}");

@@ -267,6 +267,71 @@ pub fn build(
     })
 }
 
+/// The download an adaptive install of one release costs a node on an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExpectedDownload {
+    /// The earlier release (what the node runs).
+    pub from_version: basalt_manifest::semver::Version,
+    pub from_sequence: u64,
+    /// Missing frames plus the block index, in bytes.
+    pub adaptive_bytes: u64,
+    /// The full stream of `usr.img` (compressed).
+    pub full_bytes: u64,
+}
+
+/// For the release of `channel`/`arch` in `repo` with `version` (the newest such), the
+/// expected usr download from each earlier release of the channel that has a block index
+/// (newest first). `None` when that release has no block index.
+pub fn expected_downloads(
+    repo: &Repo,
+    channel: &str,
+    arch: &str,
+    version: &basalt_manifest::semver::Version,
+) -> Result<Option<Vec<ExpectedDownload>>, String> {
+    let dir = repo::channel_dir(channel, arch).map_err(|e| e.to_string())?;
+    let releases = repo.path(&format!("{dir}/releases"));
+    let mut names: Vec<String> = std::fs::read_dir(&releases)
+        .map_err(|e| format!("{}: {e}", releases.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".signed"))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    let mut manifests = Vec::new();
+    for name in names {
+        match release_manifest(repo, &format!("{dir}/releases/{name}")) {
+            Ok(m) => manifests.push(m),
+            Err(reason) => tracing::warn!(release = %name, %reason, "skipped"),
+        }
+    }
+    let Some(pos) = manifests.iter().position(|m| m.version == *version) else {
+        return Err(format!("{version} is not published on {channel}/{arch}"));
+    };
+    let target = &manifests[pos];
+    let Some(index) = index_of(repo, target)? else {
+        return Ok(None);
+    };
+    let full_bytes = target
+        .artifacts_of(ArtifactKind::Usr)
+        .next()
+        .and_then(|a| a.compression.as_ref())
+        .map_or(0, |c| c.compressed_size);
+    let mut out = Vec::new();
+    for earlier in &manifests[pos + 1..] {
+        let Some(old) = index_of(repo, earlier)? else {
+            continue;
+        };
+        let old: HashSet<u64> = old.hashes().iter().copied().collect();
+        out.push(ExpectedDownload {
+            from_version: earlier.version.clone(),
+            from_sequence: earlier.sequence,
+            adaptive_bytes: index.expected_download(&old),
+            full_bytes,
+        });
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
