@@ -653,7 +653,14 @@ fn container_host_product_sbom_matches_the_image_and_has_no_test_hooks() -> Resu
     extract_usr(&image, &usr)?;
 
     // 1. The SBOM against dpkg in the image.
-    let in_image = dpkg_packages(&usr.join("share/factory/var/lib/dpkg"))?;
+    // The database lives with the /usr it describes; the factory /var links to it.
+    let link = std::fs::read_link(usr.join("share/factory/var/lib/dpkg"))?;
+    ensure!(
+        link == Path::new("/usr/lib/sysimage/dpkg"),
+        "/var/lib/dpkg links to {}",
+        link.display()
+    );
+    let in_image = dpkg_packages(&usr.join("lib/sysimage/dpkg"))?;
     ensure!(
         in_image.len() > 50,
         "dpkg lists {} packages",

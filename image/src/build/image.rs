@@ -64,8 +64,10 @@ use crate::kernel::DebFacts;
 /// Bump when the build's output for the same inputs changes: old cache entries then miss.
 /// 3: stage keys, efivarfs module; 4: boot policy, usr-hash statement v2 (trusted boot) and,
 /// on a parallel branch, releases signed per request, SBOM, Debian staging cache, trimmed
-/// /usr, derived GUIDs; 5: both together (test options from the variant); 6: erofs with
-/// `-Enoinline_data` (adaptive updates).
+/// /usr, derived GUIDs; 5: both together (test options from the variant); 6: the dpkg
+/// database in `/usr/lib/sysimage/dpkg` (container-host); 7: erofs with `-Enoinline_data`
+/// (adaptive updates).
+pub const BUILDER_VERSION: &str = "basalt-image-build/7";
 pub const BUILDER_VERSION: &str = "basalt-image-build/6";
 
 /// The file names in a release directory.

@@ -584,15 +584,30 @@ fn finish_container_host(staging: &Path, variant: Variant) -> Result<(), RootfsE
             clear_dir(&path)?;
         }
     }
-    // basalt-init copies only /etc; /var starts empty on the root partition and
-    // systemd-tmpfiles copies the factory tree in on the first boot (`C`: only what is
-    // missing, never over a node's state).
+    // The package database describes `/usr`, so it lives in `/usr` and moves with the slot:
+    // a copy in `/var` would describe the first-booted release forever after an A/B update
+    // (tmpfiles `C` never overwrites a node's state), and it was ≈ 650 of the ≈ 720 entries
+    // the first boot copied (≈ 3.6 of 5.2 MB, read through dm-verity). `/var/lib/dpkg` is a
+    // link to it: dpkg-query reads it; nothing writes it (`/usr` is read-only anyway).
+    let dpkg = factory.join("var/lib/dpkg");
+    if dpkg.is_dir() {
+        let sysimage = usr.join(DPKG_IN_USR.trim_start_matches("/usr/"));
+        mkdirs(sysimage.parent().unwrap_or(&usr))?;
+        fs::rename(&dpkg, &sysimage).map_err(io("move the dpkg database", &dpkg))?;
+        symlink(DPKG_IN_USR, &dpkg).map_err(io("symlink", &dpkg))?;
+    }
+    // basalt-init copies the factory /etc and /var on the first boot (an empty /var);
+    // systemd-tmpfiles copies what is missing on later boots (`C`: never over a node's state).
     write(
         &usr.join("lib/tmpfiles.d/basalt-factory-var.conf"),
         factory_var_tmpfiles(&factory.join("var"))?,
     )?;
     Ok(())
 }
+
+/// Where the container-host image keeps the dpkg database: with the `/usr` it describes
+/// (`/var/lib/dpkg` links here).
+pub const DPKG_IN_USR: &str = "/usr/lib/sysimage/dpkg";
 
 /// `tmpfiles.d` lines copying each entry of the factory `/var` that is missing on the node.
 /// Second-level entries (`/var/lib/dpkg`, not `/var/lib`): systemd's own tmpfiles create the
@@ -620,9 +635,18 @@ fn factory_var_tmpfiles(var: &Path) -> Result<String, RootfsError> {
             .collect();
         seconds.sort();
         for second in seconds {
-            lines.push(format!(
-                "C /var/{name}/{second} - - - - /usr/share/factory/var/{name}/{second}"
-            ));
+            let factory_entry = first.path().join(&second);
+            match fs::read_link(&factory_entry) {
+                // A link into `/usr` (the dpkg database): forced on every boot, so a node
+                // whose `/var` holds an older copy gets the link too.
+                Ok(target) => lines.push(format!(
+                    "L+ /var/{name}/{second} - - - - {}",
+                    target.display()
+                )),
+                Err(_) => lines.push(format!(
+                    "C /var/{name}/{second} - - - - /usr/share/factory/var/{name}/{second}"
+                )),
+            }
         }
     }
     Ok(lines.join("\n") + "\n")
@@ -692,6 +716,7 @@ mod tests {
         fs::create_dir_all(var.join("lib/systemd")).unwrap();
         fs::create_dir_all(var.join("log")).unwrap();
         symlink("/run", var.join("run")).unwrap();
+        symlink(DPKG_IN_USR, var.join("lib/sysimage-db")).unwrap();
         let text = factory_var_tmpfiles(var).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
@@ -699,6 +724,7 @@ mod tests {
             [
                 "d /var/lib 0755 - - -",
                 "C /var/lib/dpkg - - - - /usr/share/factory/var/lib/dpkg",
+                "L+ /var/lib/sysimage-db - - - - /usr/lib/sysimage/dpkg",
                 "C /var/lib/systemd - - - - /usr/share/factory/var/lib/systemd",
                 "d /var/log 0755 - - -",
             ]

@@ -163,7 +163,9 @@ root=$(findmnt -n -o FSTYPE,OPTIONS / | cut -d, -f1 | tr -s ' ' ',')
 failed=$(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | paste -sd, -)
 machine_id=$(cat /etc/machine-id 2>/dev/null)
 [ -n "$machine_id" ] || machine_id=none
-[ -s /var/lib/dpkg/status ] && var=factory || var=empty
+# The factory /var was copied (debconf's cache is a plain file there); the dpkg database
+# is reachable through its link into /usr.
+[ -s /var/cache/debconf/config.dat ] && [ -s /var/lib/dpkg/status ] && var=factory || var=empty
 ctr_version=$(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}')
 # `[ -r ] &&`: `.` of a missing file makes sh exit (status 2), and the reference has none.
 [ -r /run/basalt/boot.env ] && . /run/basalt/boot.env
