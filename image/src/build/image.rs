@@ -68,7 +68,6 @@ use crate::kernel::DebFacts;
 /// database in `/usr/lib/sysimage/dpkg` (container-host); 7: erofs with `-Enoinline_data`
 /// (adaptive updates).
 pub const BUILDER_VERSION: &str = "basalt-image-build/7";
-pub const BUILDER_VERSION: &str = "basalt-image-build/6";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
