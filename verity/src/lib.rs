@@ -40,7 +40,7 @@ mod verify;
 pub use device::Device;
 pub use error::{Corruption, Error, Result};
 pub use format::{
-    format, format_path, random_bytes, tree, random_salt, FormatOptions, VerityInfo, ALGORITHM,
+    format, format_path, random_bytes, random_salt, tree, FormatOptions, VerityInfo, ALGORITHM,
     DEFAULT_SALT_SIZE, HASH_TYPE,
 };
 pub use geometry::{hash_tree_size, Geometry, Level, BLOCK_SIZE, DIGEST_SIZE, HASHES_PER_BLOCK};
