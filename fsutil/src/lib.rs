@@ -15,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which step of an atomic replace failed, and on which path.
 #[derive(Debug)]
@@ -47,14 +48,18 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error 
     }
 }
 
-/// The temporary name used while replacing `path`: same directory, hidden, with the process
-/// id so two writers of the same file never share a temporary.
+/// A temporary name for replacing `path`: same directory, hidden, with the process id and a
+/// per-process sequence number, so two writers of the same file — two processes, or two
+/// threads of one process (the test harness writes shared fixtures from parallel tests) —
+/// never share a temporary. Each call returns a new name.
 pub fn temp_path(path: &Path) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{seq}", std::process::id()))
 }
 
 /// Replace `path` with `bytes`: write a temporary file next to it, fsync it, rename it over
@@ -134,12 +139,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         write_atomic(&path, b"old", 0o644).unwrap();
-        // A directory where the temporary must go makes "create" fail.
-        fs::create_dir(temp_path(&path)).unwrap();
-        let e = write_atomic(&path, b"new", 0o644).unwrap_err();
+        // A file where the temporary's folder must be makes "create" fail.
+        let e = write_atomic(&path.join("g"), b"new", 0o644).unwrap_err();
         assert_eq!(e.op, "create");
-        assert!(e.to_string().contains(".f.tmp-"), "{e}");
+        assert!(e.to_string().contains(".g.tmp-"), "{e}");
+        // A failing write leaves the old content and no temporary.
+        let e =
+            write_atomic_with(&path, 0o644, |_| Err(io::Error::other("disk full"))).unwrap_err();
+        assert_eq!(e.op, "write");
         assert_eq!(fs::read(&path).unwrap(), b"old");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn parallel_writers_of_one_file_in_one_process_never_share_a_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared");
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &[t; 4096], 0o644).unwrap();
+                    }
+                });
+            }
+        });
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.len() == 4096 && bytes.iter().all(|b| *b == bytes[0]));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporaries left behind");
     }
 
     #[test]

@@ -182,6 +182,89 @@ impl SysextSpec {
     }
 }
 
+/// A sysext definition file (`image/definitions/extensions/NAME.toml`), what an image
+/// definition's `[[extensions]]` names:
+///
+/// ```toml
+/// name = "tools"
+/// version = "1.0.0"
+/// packages = ["strace", "libunwind8", "jq", "libjq1", "libonig5"]  # or: tree = "dir"
+/// # sysext_level = "1"     # default: the image's os.sysext_level
+/// # version_id = "1.0.0"   # instead: tie it to one OS version
+/// # architecture = "x86-64"
+/// ```
+///
+/// `ID=` is always the image's `os.name`: an extension that ships with a release is for
+/// that OS.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysextDefinition {
+    /// Extension name.
+    pub name: String,
+    /// Extension version.
+    pub version: Version,
+    /// Debian packages (taken as listed).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// A tree holding `usr/` (relative to the definition file).
+    #[serde(default)]
+    pub tree: Option<PathBuf>,
+    /// `SYSEXT_LEVEL=` (default: the OS's).
+    #[serde(default)]
+    pub sysext_level: Option<String>,
+    /// `VERSION_ID=` instead of a level.
+    #[serde(default)]
+    pub version_id: Option<String>,
+    /// `ARCHITECTURE=` (systemd naming).
+    #[serde(default)]
+    pub architecture: Option<String>,
+}
+
+impl SysextDefinition {
+    /// Reads `path` (named in errors).
+    pub fn load(path: &Path) -> Result<Self, SysextError> {
+        let text = fs::read_to_string(path).map_err(io("read", path))?;
+        toml::from_str(&text).map_err(|e| SysextError::Spec {
+            reason: format!("{}: {e}", path.display()),
+        })
+    }
+
+    /// The build spec for OS `os` whose `SYSEXT_LEVEL=` is `os_level`; `path` is where
+    /// the definition was read from (a relative `tree` is relative to it).
+    pub fn spec(&self, path: &Path, os: &str, os_level: &str) -> Result<SysextSpec, SysextError> {
+        let source = match (&self.tree, self.packages.is_empty()) {
+            (Some(tree), true) => Source::Tree(if tree.is_absolute() {
+                tree.clone()
+            } else {
+                path.parent().unwrap_or(Path::new(".")).join(tree)
+            }),
+            (None, false) => Source::Debian(self.packages.clone()),
+            _ => {
+                return Err(SysextError::Spec {
+                    reason: format!(
+                        "{}: give exactly one of packages = [...] and tree = \"DIR\"",
+                        path.display()
+                    ),
+                })
+            }
+        };
+        let sysext_level = match (&self.sysext_level, &self.version_id) {
+            (Some(l), _) => Some(l.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(os_level.to_owned()),
+        };
+        Ok(SysextSpec {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            os: os.to_owned(),
+            sysext_level,
+            version_id: self.version_id.clone(),
+            architecture: self.architecture.clone(),
+            source,
+        })
+    }
+}
+
 /// A built extension image.
 #[derive(Debug, Clone)]
 pub struct Built {

@@ -598,3 +598,101 @@ fn cli_publish_and_refusal_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Builds extension `tools` `version` (a small tree) signed by `signers` (key seeds), with
+/// `SYSEXT_LEVEL=level`.
+fn extension(dir: &std::path::Path, version: &str, level: &str, signers: &[u8]) -> PathBuf {
+    use basalt_image::sysext::{build, Source, SysextSpec};
+    let src = dir.join(format!("src-{version}-{level}"));
+    std::fs::create_dir_all(src.join("usr/bin")).unwrap();
+    std::fs::write(
+        src.join("usr/bin/tools-version"),
+        format!("tools {version}\n"),
+    )
+    .unwrap();
+    let keys: Vec<SigningKey> = signers.iter().copied().map(key).collect();
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    build(
+        &SysextSpec {
+            name: "tools".into(),
+            version: version.parse().unwrap(),
+            os: "basalt".into(),
+            sysext_level: Some(level.into()),
+            version_id: None,
+            architecture: None,
+            source: Source::Tree(src),
+        },
+        &refs,
+        &dir.join(format!("out-{version}-{level}-{signers:?}")),
+        &dir.join("debs"),
+        None,
+    )
+    .unwrap()
+    .path
+}
+
+/// A release's extensions are shipped as `sysext` artifacts (frames, index) — and a
+/// release whose extension a node would refuse is never published: unknown signer, level
+/// other than the release's, altered byte. The head stays as it was.
+#[test]
+fn extensions_are_published_and_refused_as_a_node_would() {
+    let f = fixture(2);
+    let mk = |version: &str, images: Vec<PathBuf>| {
+        let mut spec = SyntheticSpec::small(version, Utc::now()).unwrap();
+        spec.sysext_level = Some("1".into());
+        spec.extensions = images;
+        synthetic_release(
+            &f.dir.join(format!("rel-{version}")),
+            &spec,
+            &[&f.keys[0], &f.keys[1]],
+        )
+        .unwrap()
+    };
+    let good = mk("1.0.0", vec![extension(&f.dir, "1.0.0", "1", &[1, 2])]);
+    let report = f.publish(&good, "stable", &[0, 1], None, false).unwrap();
+    let tools = report
+        .artifacts
+        .iter()
+        .find(|a| a.name == "tools.raw")
+        .expect("tools.raw published");
+    assert!(tools.frames >= 1);
+    let head = std::fs::read(f.repo.join(repo::head_path("stable", "x86_64").unwrap())).unwrap();
+    let root = TrustRoot::from_initial_envelope(&f.root1).unwrap();
+    let m = verify_release(&head, &root, &Policy::new(Utc::now()))
+        .unwrap()
+        .manifest;
+    assert_eq!(m.sysext_level.as_deref(), Some("1"));
+    assert_eq!(m.artifacts_of(ArtifactKind::Sysext).count(), 1);
+
+    let altered = {
+        let p = extension(&f.dir, "2.0.0", "1", &[1, 2]);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[4096 + 3] ^= 0x40;
+        let q = f.dir.join("altered/tools.raw");
+        std::fs::create_dir_all(q.parent().unwrap()).unwrap();
+        std::fs::write(&q, bytes).unwrap();
+        q
+    };
+    for (version, image, needle) in [
+        (
+            "2.0.0",
+            extension(&f.dir, "2.0.0", "1", &[7, 8]),
+            "not signed by the trust root",
+        ),
+        (
+            "2.0.1",
+            extension(&f.dir, "2.0.1", "2", &[1, 2]),
+            "SYSEXT_LEVEL=2",
+        ),
+        ("2.0.2", altered, "altered extension image"),
+    ] {
+        let rel = mk(version, vec![image]);
+        let e = f.publish(&rel, "stable", &[0, 1], None, false).unwrap_err();
+        assert!(
+            matches!(&e, ReleaseError::Unpublishable { reason, .. } if reason.contains(needle)),
+            "{version}: {e}"
+        );
+        let now = std::fs::read(f.repo.join(repo::head_path("stable", "x86_64").unwrap())).unwrap();
+        assert_eq!(now, head, "{version}: the head changed");
+    }
+}

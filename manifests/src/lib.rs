@@ -61,8 +61,8 @@ pub use error::{Document, Error, Result};
 pub use frames::{Frame, FrameIndex};
 pub use keys::{Digest, KeyId, PublicKey};
 pub use manifest::{
-    valid_label, AdaptiveRef, Artifact, ArtifactKind, BlobRef, Compression, CompressionAlgorithm,
-    FrameIndexRef, HashAlgorithm, Manifest, Verity, SCHEMA_VERSION,
+    valid_label, valid_release_value, AdaptiveRef, Artifact, ArtifactKind, BlobRef, Compression,
+    CompressionAlgorithm, FrameIndexRef, HashAlgorithm, Manifest, Verity, SCHEMA_VERSION,
 };
 pub use policy::{
     verify_release, Policy, VerifiedRelease, VersionChange, DEFAULT_MAX_CLOCK_SKEW,

@@ -62,6 +62,22 @@ pub struct Manifest {
     pub expires_at: DateTime<Utc>,
     /// The files of the release.
     pub artifacts: Vec<Artifact>,
+    /// The OS's `SYSEXT_LEVEL=` (its os-release says the same): the extension ABI level of
+    /// this release. A node checks the release's `sysext` artifacts — and, on a
+    /// node-image-only update, the extensions it keeps — against it *before* the slot flip,
+    /// without reading the new `/usr` (`basalt-sysext`). Absent: extensions must match by
+    /// `VERSION_ID=` (= [`Manifest::version`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sysext_level: Option<String>,
+}
+
+/// A `SYSEXT_LEVEL=`/`VERSION_ID=`-style os-release value: 1-64 characters of
+/// `[A-Za-z0-9._+~-]` (what `basalt sysext build` accepts in `extension-release`).
+pub fn valid_release_value(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+~".contains(&b))
 }
 
 /// What an artifact is.
@@ -295,6 +311,13 @@ impl Manifest {
                 "expires_at {} is not after issued_at {}",
                 self.expires_at, self.issued_at
             )));
+        }
+        if let Some(level) = &self.sysext_level {
+            if !valid_release_value(level) {
+                return Err(invalid(format!(
+                    "sysext_level {level:?} must be 1-64 characters of [A-Za-z0-9._+~-]"
+                )));
+            }
         }
         if self.artifacts.is_empty() {
             return Err(invalid("a release lists at least one artifact"));

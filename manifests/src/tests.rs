@@ -75,6 +75,7 @@ fn manifest() -> Manifest {
                 verity: None,
             },
         ],
+        sysext_level: None,
     }
 }
 

@@ -91,6 +91,31 @@ impl HostOs {
         let text = std::fs::read_to_string(path).map_err(crate::error::io("read", path))?;
         Self::from_os_release(&text, path, architecture)
     }
+
+    /// The OS a signed release will boot, as its os-release will say: `ID=` = the
+    /// manifest's `os`, `VERSION_ID=` = its version, `SYSEXT_LEVEL=` = its `sysext_level`
+    /// (the image build writes both from one definition), the architecture in systemd's
+    /// naming. What the agent checks extensions against *before* the slot flip, without
+    /// reading the new `/usr`.
+    pub fn of_release(manifest: &basalt_manifest::Manifest) -> Self {
+        Self {
+            id: manifest.os.clone(),
+            version_id: Some(manifest.version.to_string()),
+            sysext_level: manifest.sysext_level.clone(),
+            architecture: release_architecture(&manifest.arch),
+        }
+    }
+}
+
+/// systemd's name for a manifest's `arch` (Rust / Debian-style names); unknown ones are
+/// returned unchanged.
+pub fn release_architecture(arch: &str) -> String {
+    match arch {
+        "x86_64" | "amd64" => "x86-64".to_owned(),
+        "aarch64" | "arm64" => "arm64".to_owned(),
+        "powerpc64" => "ppc64".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// Checks the text of extension `name`'s `extension-release.NAME` against `host`.

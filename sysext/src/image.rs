@@ -87,6 +87,24 @@ pub fn read_envelope(file: &File, path: &Path) -> Result<(Vec<u8>, u64)> {
     )))
 }
 
+/// The statement of the image at `path`, parsed but NOT verified (build-side tooling: to
+/// list an image it is about to sign into a release; never for a decision on a node).
+pub fn read_statement_unverified(path: &Path) -> Result<SysextStatement> {
+    let file = File::open(path).map_err(io("open", path))?;
+    let (envelope, _) = read_envelope(&file, path)?;
+    let bad = |reason: String| Error::NoStatement {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let env = basalt_manifest::Envelope::from_json(
+        &envelope,
+        basalt_manifest::MAX_SYSEXT_BYTES,
+        basalt_manifest::Document::Sysext,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    SysextStatement::from_json(&env.payload).map_err(|e| bad(e.to_string()))
+}
+
 /// Opens `path`, verifies its statement against `root`, and checks the name and layout:
 /// the signed name must equal `expected_name` when given, else the file's `NAME.raw` (a file
 /// not named `*.raw` is checked by signature only).

@@ -169,7 +169,11 @@ pub fn unhealthy_definition() -> Result<PathBuf> {
     })?;
     let mut out = String::new();
     for line in text.lines() {
-        out.push_str(&absolute_path_line(line, &product, &["source", "list"]));
+        out.push_str(&absolute_path_line(
+            line,
+            &product,
+            &["source", "list", "definition"],
+        ));
         out.push('\n');
     }
     out.push_str(&format!(
@@ -235,6 +239,9 @@ fn check_derived(product: &Path, derived: &Path) -> Result<()> {
             .list
             .as_ref()
             .map(|l| ImageConfig::resolve_path(path, l));
+        for e in &mut c.extensions {
+            e.definition = ImageConfig::resolve_path(path, &e.definition);
+        }
         Ok::<_, Error>(c)
     };
     let want = load(product)?;

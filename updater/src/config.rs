@@ -114,6 +114,7 @@ pub struct UpdateFragment {
     pub auto_download: Option<bool>,
     pub auto_apply: Option<bool>,
     pub tries: Option<u32>,
+    pub node_image_only: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -244,6 +245,10 @@ pub struct UpdateSettings {
     pub auto_apply: bool,
     /// Boot attempts of a staged slot before the boot loader falls back.
     pub tries: u32,
+    /// Node-image-only updates: the OS moves, the node keeps its extension set (checked
+    /// against the new OS, refused when it does not fit); the release's own extensions are
+    /// not taken. Default `false`: OS and extensions move together.
+    pub node_image_only: bool,
 }
 
 /// A weekly maintenance window.
@@ -579,6 +584,14 @@ impl Merged {
             take!(self, path, u, update, auto_download, "update.auto_download");
             take!(self, path, u, update, auto_apply, "update.auto_apply");
             take!(self, path, u, update, tries, "update.tries");
+            take!(
+                self,
+                path,
+                u,
+                update,
+                node_image_only,
+                "update.node_image_only"
+            );
         }
         if let Some(r) = f.reboot {
             take!(self, path, r, reboot, strategy, "reboot.strategy");
@@ -792,6 +805,7 @@ impl Merged {
             auto_download,
             auto_apply,
             tries,
+            node_image_only: u.node_image_only.unwrap_or(false),
         };
 
         let reboot = self.validate_reboot()?;

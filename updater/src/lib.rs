@@ -34,6 +34,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod engine;
 pub mod envfile;
+pub mod extensions;
 pub mod fleet;
 pub mod fleetlock;
 pub mod health;

@@ -302,6 +302,7 @@ fn candidate(r: &FakeRelease, installed: Option<&Version>, downgrade_override: b
                 issued_at: epoch,
                 expires_at: epoch,
                 artifacts: Vec::new(),
+                sysext_level: None,
             },
             signed_by: Vec::new(),
             trust_generation: 1,

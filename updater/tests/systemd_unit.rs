@@ -81,3 +81,32 @@ fn the_unit_keeps_its_contract() {
         assert!(text.contains(needed), "the unit lost {needed}");
     }
 }
+
+/// `dist/systemd/basalt-extensions.service`: systemd accepts it (with the built `basaltctl`
+/// standing in), and it keeps its contract: early (no D-Bus), before the agent, after /var.
+#[test]
+fn systemd_analyze_verify_accepts_the_extensions_unit() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text =
+        std::fs::read_to_string(repo.join("dist/systemd/basalt-extensions.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/bin/basaltctl extensions activate\n",
+        "DefaultDependencies=no\n",
+        "After=local-fs.target systemd-sysext.service\n",
+        "Before=sysinit.target basalt-updated.service shutdown.target\n",
+        "ConditionDirectoryNotEmpty=/var/lib/basalt/extensions\n",
+    ] {
+        assert!(text.contains(line), "{line}");
+    }
+    let text = text.replace(
+        "ExecStart=/usr/bin/basaltctl",
+        &format!("ExecStart={}", env!("CARGO_BIN_EXE_basaltctl")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("basalt-extensions.service");
+    std::fs::write(&unit, text).unwrap();
+    let out = analyze(&["verify", unit.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {err}");
+    assert!(err.trim().is_empty(), "warnings: {err}");
+}

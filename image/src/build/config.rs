@@ -8,6 +8,7 @@
 //! version = "1.0.0"              # semver (`basalt image build --version` overrides it)
 //! channel = "stable"
 //! arch = "x86_64"                # the only architecture built today
+//! sysext_level = "1"             # os-release SYSEXT_LEVEL= (default: the major version)
 //!
 //! [packages]                     # container-host only: what mmdebstrap installs
 //! suite = "bookworm"
@@ -35,6 +36,11 @@
 //! [trust]
 //! install = "/usr/share/basalt/trust-root.json"  # optional: ship the build's trust root here
 //!
+//! [[extensions]]                 # any number: system extensions that belong to this release
+//! definition = "extensions/tools.toml"  # a sysext definition (relative to this file), see
+//!                                # `crate::sysext::SysextDefinition`; built, signed and listed
+//!                                # as `sysext` artifacts of the release
+//!
 //! [boot]
 //! cmdline = "console=ttyS0"      # extra kernel options (usrhash= is added by the build)
 //! tries = 3                      # boot-counting tries for a staged entry
@@ -61,6 +67,19 @@
 //! version, when it differs — so a new dependency or a vanished package is a reviewed change
 //! of the definition, never a surprise in a release. Names only follow the archive's security
 //! updates; `NAME=VERSION` pins (and fails once the archive moves on).
+//!
+//! # `sysext_level` and `[[extensions]]`
+//!
+//! `os.sysext_level` is the extension ABI level of the OS: os-release `SYSEXT_LEVEL=` and
+//! the manifest's `sysext_level` (one value, written twice by the build). An extension built
+//! for level `1` stays compatible across every OS version that keeps level `1` (a patch or
+//! minor update), so a node-image-only update can keep it; a release that breaks what
+//! extensions link against raises the level. Default: the OS's major version.
+//!
+//! `[[extensions]]` name the extensions that ship *with* this OS version: `basalt image
+//! build` builds each (its version is what its definition says; `ID=` is `os.name`;
+//! `SYSEXT_LEVEL=` defaults to `os.sysext_level`), checks it against the release's OS, and
+//! lists it in the manifest; the agent stages them before the slot flip.
 //!
 //! # Why `[units]` acts on `/usr`, not `/etc`
 //!
@@ -131,6 +150,28 @@ pub struct Os {
     pub channel: String,
     #[serde(default = "default_arch")]
     pub arch: String,
+    /// os-release `SYSEXT_LEVEL=` (see the module docs); [`Os::sysext_level`] applies the
+    /// default.
+    #[serde(default, rename = "sysext_level")]
+    pub sysext_level_override: Option<String>,
+}
+
+impl Os {
+    /// The OS's `SYSEXT_LEVEL=`: the definition's `sysext_level`, else the major version.
+    pub fn sysext_level(&self) -> String {
+        self.sysext_level_override
+            .clone()
+            .unwrap_or_else(|| self.version.major.to_string())
+    }
+}
+
+/// A system extension that ships with the release.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionRef {
+    /// The sysext definition (`crate::sysext::SysextDefinition`), relative to the image
+    /// definition's folder (or absolute).
+    pub definition: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -257,6 +298,8 @@ pub struct ImageConfig {
     #[serde(default)]
     pub boot: Boot,
     pub release: Release,
+    #[serde(default)]
+    pub extensions: Vec<ExtensionRef>,
 }
 
 fn default_channel() -> String {
@@ -473,6 +516,13 @@ impl ImageConfig {
                 "os.arch {:?} is not supported (only x86_64 is built today)",
                 self.os.arch
             )));
+        }
+        if let Some(level) = &self.os.sysext_level_override {
+            if !basalt_manifest::valid_release_value(level) {
+                return Err(invalid(format!(
+                    "os.sysext_level {level:?} must be 1-64 characters of [A-Za-z0-9._+~-]"
+                )));
+            }
         }
         if !(1..=15).contains(&self.boot.tries) {
             return Err(invalid(format!(
@@ -789,6 +839,30 @@ sequence = 1
             );
             assert!(err.contains("IMAGE.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn sysext_level_defaults_to_the_major_version_and_is_checked() {
+        let c = parse(&MINIMAL.replace("1.0.0", "3.4.5")).unwrap();
+        assert_eq!(c.os.sysext_level(), "3");
+        assert!(c.extensions.is_empty());
+        let c = parse(&format!(
+            "{}[[extensions]]\ndefinition = \"extensions/tools.toml\"\n",
+            MINIMAL.replace("[os]", "[os]\nsysext_level = \"1.x\"")
+        ))
+        .unwrap();
+        assert_eq!(c.os.sysext_level(), "1.x");
+        assert_eq!(
+            c.extensions[0].definition,
+            Path::new("extensions/tools.toml")
+        );
+        for bad in ["", "1 2", "1\nID=x", "é"] {
+            let text = MINIMAL.replace("[os]", &format!("[os]\nsysext_level = {bad:?}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("os.sysext_level"), "{bad:?}: {err}");
+        }
+        let err = parse(&format!("{MINIMAL}[[extensions]]\nfile = \"x\"\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
 
     #[test]

@@ -126,6 +126,13 @@ pub enum BuildError {
     /// A file copied from the build host belongs to no installed Debian package.
     #[error("{path} (copied from the build host into the image) belongs to no Debian package: dpkg-query -S found no owner")]
     HostFileUnowned { path: PathBuf },
+    /// An extension of `[[extensions]]` could not be built, or does not fit the release.
+    #[error("extension {definition}: {source}")]
+    Extension {
+        definition: PathBuf,
+        #[source]
+        source: Box<crate::sysext::SysextError>,
+    },
     /// A file operation failed.
     #[error("{op} {path}")]
     Io {

@@ -65,9 +65,10 @@ use crate::kernel::DebFacts;
 /// 3: stage keys, efivarfs module; 4: boot policy, usr-hash statement v2 (trusted boot) and,
 /// on a parallel branch, releases signed per request, SBOM, Debian staging cache, trimmed
 /// /usr, derived GUIDs; 5: both together (test options from the variant); 6: the dpkg
-/// database in `/usr/lib/sysimage/dpkg` (container-host); 7: erofs with `-Enoinline_data`
+/// database in `/usr/lib/sysimage/dpkg` (container-host); 7: os-release `SYSEXT_LEVEL=` is
+/// the definition's `os.sysext_level` (was the version); 8: erofs with `-Enoinline_data`
 /// (adaptive updates).
-pub const BUILDER_VERSION: &str = "basalt-image-build/7";
+pub const BUILDER_VERSION: &str = "basalt-image-build/8";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
@@ -315,7 +316,8 @@ pub fn build_with_progress(
         copy_sparse(&entry.join(name), &req.out.join(name))?;
     }
     let facts = read_facts(&entry.join(BUILD_JSON))?;
-    super::sign::sign_request(req, &inputs, &facts)?;
+    let extensions = super::extensions::build_all(req, &inputs, log)?;
+    super::sign::sign_request(req, &inputs, &facts, &extensions)?;
     Ok(BuildReport {
         facts,
         from_cache,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod debian;
 pub mod erofs;
 mod error;
+pub mod extensions;
 pub mod image;
 pub mod inputs;
 pub mod inspect;

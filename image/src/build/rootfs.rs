@@ -83,11 +83,12 @@ fn run(cmd: &mut Command) -> Result<Vec<u8>, RootfsError> {
 pub fn os_release(os: &Os, profile: &str, variant: Variant) -> String {
     format!(
         "NAME=Basalt\nID={name}\nVERSION_ID={version}\nVERSION=\"{version} ({channel})\"\n\
-         PRETTY_NAME=\"Basalt {version} ({profile})\"\nSYSEXT_LEVEL={version}\n\
+         PRETTY_NAME=\"Basalt {version} ({profile})\"\nSYSEXT_LEVEL={level}\n\
          BASALT_CHANNEL={channel}\nBASALT_PROFILE={profile}\n{variant}",
         name = os.name,
         version = os.version,
         channel = os.channel,
+        level = os.sysext_level(),
         variant = variant.os_release_lines(),
     )
 }
@@ -846,6 +847,7 @@ mod tests {
             version: semver::Version::new(1, 2, 3),
             channel: "stable".into(),
             arch: "x86_64".into(),
+            sysext_level_override: None,
         };
         stage_minimal(dir.path(), &os, busybox, Variant::Product).unwrap();
         let usr = dir.path().join("usr");
@@ -855,6 +857,8 @@ mod tests {
         );
         let rel = fs::read_to_string(usr.join("lib/os-release")).unwrap();
         assert!(rel.contains("VERSION_ID=1.2.3"), "{rel}");
+        // The level defaults to the major version: a patch or minor update keeps it.
+        assert!(rel.contains("\nSYSEXT_LEVEL=1\n"), "{rel}");
         let mode = fs::metadata(usr.join("lib/basalt/init-minimal"))
             .unwrap()
             .permissions()

@@ -24,6 +24,7 @@ pub(crate) fn sign_request(
     req: &BuildRequest,
     inputs: &Inputs,
     facts: &BuildFacts,
+    extensions: &[crate::sysext::Built],
 ) -> Result<(), BuildError> {
     let config = &inputs.config;
     let out = &req.out;
@@ -96,7 +97,7 @@ pub(crate) fn sign_request(
             verity,
         })
     };
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         os: config.os.name.clone(),
         version: config.os.version.clone(),
@@ -111,7 +112,22 @@ pub(crate) fn sign_request(
             artifact(ArtifactKind::Initrd, INITRD_IMG, None)?,
             artifact(ArtifactKind::Sbom, SBOM_FILE, None)?,
         ],
+        sysext_level: Some(config.os.sysext_level()),
     };
+    // The extensions that ship with this OS version, with the verity parameters their
+    // signed statements bind (`basalt_sysext::check_staged` compares the two on the node).
+    for ext in extensions {
+        let name = format!(
+            "{}{}",
+            ext.statement.name,
+            basalt_sysext::image::IMAGE_SUFFIX
+        );
+        manifest.artifacts.push(artifact(
+            ArtifactKind::Sysext,
+            &name,
+            Some(ext.statement.verity.clone()),
+        )?);
+    }
     let json = manifest.to_json().map_err(|source| BuildError::Sign {
         what: "release manifest (serialise)",
         source: Box::new(source),

@@ -280,6 +280,36 @@ fn check_usr_statement(
     Ok(())
 }
 
+/// Every `sysext` artifact passes what a node will check before the slot flip
+/// (`basalt_sysext::check_staged`: signed by the repository's newest trust root, named as
+/// listed, every block against the signed root hash, the manifest's verity parameters, and
+/// compatible with the release's OS): a release a node must refuse is never published.
+fn check_extensions(
+    dir: &Path,
+    manifest: &Manifest,
+    trust: &TrustRoot,
+) -> Result<(), ReleaseError> {
+    let host = basalt_sysext::HostOs::of_release(manifest);
+    for artifact in manifest.artifacts_of(ArtifactKind::Sysext) {
+        let unpublishable = |reason: String| ReleaseError::Unpublishable {
+            version: manifest.version.clone(),
+            reason,
+        };
+        let name = artifact
+            .name
+            .strip_suffix(basalt_sysext::image::IMAGE_SUFFIX)
+            .ok_or_else(|| {
+                unpublishable(format!("sysext artifact {} is not NAME.raw", artifact.name))
+            })?;
+        let verity = artifact.verity.as_ref().ok_or_else(|| {
+            unpublishable(format!("sysext artifact {} has no verity", artifact.name))
+        })?;
+        basalt_sysext::check_staged(&dir.join(&artifact.name), trust, name, verity, &host)
+            .map_err(|e| unpublishable(format!("extension {name}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The channel head's manifest, if the channel has one.
 fn read_head(repo: &Repo, head_rel: &str) -> Result<Option<Manifest>, ReleaseError> {
     let Some(bytes) = repo.read_optional(head_rel, MAX_RELEASE_BYTES)? else {
@@ -295,6 +325,23 @@ fn read_head(repo: &Repo, head_rel: &str) -> Result<Option<Manifest>, ReleaseErr
 
 /// Publish the release in `req.release_dir` on `req.channel` (see the module docs).
 pub fn publish(req: &PublishRequest<'_>) -> Result<PublishReport, ReleaseError> {
+    publish_inner(req, true)
+}
+
+/// [`publish`] without the check of the release's extensions against the trust root and the
+/// release's OS: the repository a careless or compromised publisher makes. Only for tests of
+/// what a node refuses on its own (`updater/tests/pipeline_extensions.rs`); `basalt release
+/// publish` never calls it.
+pub fn publish_without_extension_checks(
+    req: &PublishRequest<'_>,
+) -> Result<PublishReport, ReleaseError> {
+    publish_inner(req, false)
+}
+
+fn publish_inner(
+    req: &PublishRequest<'_>,
+    extension_checks: bool,
+) -> Result<PublishReport, ReleaseError> {
     let repo = Repo::lock(req.repo)?;
     let trust = repo.trust()?.ok_or_else(|| ReleaseError::NoTrustRoot {
         repo: req.repo.to_path_buf(),
@@ -367,6 +414,9 @@ pub fn publish(req: &PublishRequest<'_>) -> Result<PublishReport, ReleaseError> 
     }
     sign_and_verify(&unsigned, &keys, &trust, req.now)?;
     check_usr_statement(&req.release_dir.join(USR_IMG), &manifest, &trust)?;
+    if extension_checks {
+        check_extensions(req.release_dir, &manifest, &trust)?;
+    }
 
     // 4. Compress and store.
     let mut published = Vec::new();

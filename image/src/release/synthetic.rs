@@ -42,6 +42,11 @@ pub struct SyntheticSpec {
     pub seed: u64,
     pub issued_at: DateTime<Utc>,
     pub valid_for: TimeDelta,
+    /// The manifest's `sysext_level` (the OS's `SYSEXT_LEVEL=`).
+    pub sysext_level: Option<String>,
+    /// Extension images (`NAME.raw`, built by `basalt sysext build`) copied into the release
+    /// and listed as `sysext` artifacts with their signed verity parameters.
+    pub extensions: Vec<PathBuf>,
 }
 
 impl SyntheticSpec {
@@ -64,6 +69,8 @@ impl SyntheticSpec {
             initrd_len: 64 << 10,
             issued_at,
             valid_for: TimeDelta::days(365),
+            sysext_level: None,
+            extensions: Vec::new(),
         })
     }
 }
@@ -218,7 +225,32 @@ fn seal_release(
             artifact(ArtifactKind::Kernel, VMLINUZ, &kernel, None)?,
             artifact(ArtifactKind::Initrd, INITRD_IMG, &initrd, None)?,
         ],
+        sysext_level: spec.sysext_level.clone(),
     };
+    let mut manifest = manifest;
+    for image in &spec.extensions {
+        let unpublishable = |reason: String| ReleaseError::Unpublishable {
+            version: spec.version.clone(),
+            reason,
+        };
+        let name = image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                unpublishable(format!("extension {} has no file name", image.display()))
+            })?
+            .to_owned();
+        let statement = basalt_sysext::image::read_statement_unverified(image)
+            .map_err(|e| unpublishable(e.to_string()))?;
+        let dest = dir.join(&name);
+        fs::copy(image, &dest).map_err(io("copy", &dest))?;
+        manifest.artifacts.push(artifact(
+            ArtifactKind::Sysext,
+            &name,
+            &dest,
+            Some(statement.verity),
+        )?);
+    }
     let json = manifest.to_json().map_err(|source| ReleaseError::Sign {
         source: Box::new(source),
     })?;

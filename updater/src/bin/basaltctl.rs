@@ -82,6 +82,77 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// System extensions: the sets staged with each OS version, and the active ones.
+    Extensions {
+        #[command(subcommand)]
+        command: ExtCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExtCmd {
+    /// Activate the booted OS version's set (run at boot by basalt-extensions.service; local,
+    /// no D-Bus): verify each image against the trust root, dm-verity, erofs read-only under
+    /// /run/extensions, then systemd-sysext refresh.
+    Activate,
+    /// List the staged sets (/var/lib/basalt/extensions) and the active extensions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `basaltctl extensions …`: local, without the bus (activation runs before D-Bus is up).
+fn extensions(cmd: &ExtCmd) -> Res<()> {
+    use basalt_updater::agent::HostPaths;
+    let paths = HostPaths::default();
+    let run = std::path::Path::new(basalt_sysext::activate::RUN_EXTENSIONS);
+    let fail = |message: String| Failure { code: 1, message };
+    match cmd {
+        ExtCmd::Activate => {
+            let dirs: Vec<std::path::PathBuf> = basalt_updater::config::CONFIG_DIRS
+                .iter()
+                .map(std::path::PathBuf::from)
+                .collect();
+            let settings = basalt_updater::config::load(&dirs).map_err(|e| Failure {
+                // The Config failure class (see the exit-code table).
+                code: 26,
+                message: e.to_string(),
+            })?;
+            let done = basalt_updater::extensions::activate(
+                &mut basalt_sysext::activate::System,
+                &settings,
+                &paths,
+                run,
+            )
+            .map_err(|e| fail(format!("extensions not activated: {e}")))?;
+            for a in &done {
+                println!(
+                    "activated {} {} ({} at {})",
+                    a.extension.statement.name,
+                    a.extension.statement.version,
+                    a.device.display(),
+                    a.mount_point.display()
+                );
+            }
+            if done.is_empty() {
+                println!("no extensions staged for the booted OS version");
+            }
+        }
+        ExtCmd::List { json } => {
+            let l = basalt_updater::extensions::list(&paths.state_dir, run)
+                .map_err(|e| fail(e.to_string()))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default());
+            } else {
+                for s in &l.staged {
+                    println!("staged {}: {}", s.os_version, s.extensions.join(" "));
+                }
+                println!("active: {}", l.active.join(" "));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A failure with its exit code.
@@ -438,6 +509,9 @@ async fn last_error(p: &Updater1Proxy<'_>) -> Failure {
 }
 
 async fn run(cli: Cli) -> Res<()> {
+    if let Cmd::Extensions { command } = &cli.command {
+        return extensions(command);
+    }
     let conn = match &cli.bus_address {
         Some(a) => match zbus::connection::Builder::address(a.as_str()) {
             Ok(b) => b.build().await,
@@ -543,6 +617,8 @@ async fn run(cli: Cli) -> Res<()> {
             z(p.unpin().await)?;
             println!("unpinned");
         }
+        // Answered before the bus is reached (above); kept total for the compiler.
+        Cmd::Extensions { command } => extensions(&command)?,
         Cmd::History { json } => {
             let h = z(p.get_history().await)?;
             if json {

@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub checkpoint_bytes: u64,
     /// Most trust-root generations walked in one check.
     pub max_trust_steps: u64,
+    /// Node-image-only updates (`update.node_image_only`): keep the booted version's
+    /// extension set instead of staging the release's (see `pipeline::extensions`).
+    pub node_image_only: bool,
 }
 
 impl EngineConfig {
@@ -104,6 +107,7 @@ impl EngineConfig {
             max_clock_skew: basalt_manifest::DEFAULT_MAX_CLOCK_SKEW,
             checkpoint_bytes: 32 << 20,
             max_trust_steps: 64,
+            node_image_only: false,
         }
     }
 
@@ -115,6 +119,12 @@ impl EngineConfig {
     /// `state_dir/download.json`: the resume journal.
     pub fn journal_path(&self) -> PathBuf {
         self.state_dir.join("download.json")
+    }
+
+    /// `state_dir/extensions`: the extension store, one set per OS version
+    /// (`basalt_sysext::store`; on a node `/var/lib/basalt/extensions`).
+    pub fn extensions_dir(&self) -> PathBuf {
+        self.state_dir.join("extensions")
     }
 
     /// `state_dir/staging`: kernel and initrd of the release being installed.

@@ -414,6 +414,44 @@ pub enum Error {
     /// The caller cancelled.
     #[error("cancelled while {during}")]
     Cancelled { during: String },
+    /// A system extension of the release is refused at staging (or its staged copy at
+    /// apply): bad signature, altered byte, wrong name, verity parameters other than the
+    /// manifest's, incompatible with the new OS (`ID=`/`SYSEXT_LEVEL=`/`VERSION_ID=`).
+    #[error("extension {name} of release {version}: {source}")]
+    Extension {
+        name: String,
+        version: Version,
+        #[source]
+        source: Box<basalt_sysext::Error>,
+    },
+    /// Node-image-only: an extension of the booted set does not fit the new OS (or no
+    /// longer verifies); the update is refused rather than the extension dropped.
+    #[error("node-image-only update to {to}: extension {name} of {from} cannot be kept: {source} (a full update, update.node_image_only = false, moves OS and extensions together)")]
+    ExtensionNotKept {
+        name: String,
+        from: Version,
+        to: Version,
+        #[source]
+        source: Box<basalt_sysext::Error>,
+    },
+}
+
+fn sysext_kind(e: &basalt_sysext::Error) -> ErrorKind {
+    use basalt_sysext::Error as S;
+    match e {
+        S::BadSignature { .. } | S::NoStatement { .. } | S::WrongName { .. } => {
+            ErrorKind::SignatureRefused
+        }
+        S::Altered { .. } | S::Layout { .. } | S::ManifestMismatch { .. } => {
+            ErrorKind::IntegrityMismatch
+        }
+        S::Incompatible { .. } | S::ReleaseFile { .. } | S::HostRelease { .. } => {
+            ErrorKind::InvalidRelease
+        }
+        S::Io { source, .. } if is_no_space(source) => ErrorKind::DiskFull,
+        S::Store { .. } => ErrorKind::State,
+        _ => ErrorKind::Io,
+    }
 }
 
 fn is_no_space(e: &std::io::Error) -> bool {
@@ -494,6 +532,9 @@ impl Error {
             Error::State { .. } => ErrorKind::State,
             Error::NotDownloaded { .. } => ErrorKind::NotDownloaded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
+            Error::Extension { source, .. } | Error::ExtensionNotKept { source, .. } => {
+                sysext_kind(source)
+            }
         }
     }
 }

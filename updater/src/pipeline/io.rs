@@ -69,6 +69,11 @@ pub trait NodeIo: Send + Sync + std::fmt::Debug {
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), basalt_fsutil::Error>;
     /// Remove a file; a missing one is fine.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Rename `from` to `to` (same filesystem; a directory too). The caller syncs the
+    /// parent folder. Default: `rename(2)`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
     /// The ESP the BLS backend writes (a test wraps it to record or fail writes).
     fn wrap_esp(&self, esp: BoxedEsp) -> BoxedEsp {
         esp

@@ -32,6 +32,7 @@ pub mod adaptive;
 pub mod boot;
 pub mod config;
 pub mod error;
+pub mod extensions;
 pub mod io;
 pub mod journal;
 pub mod plan;
@@ -437,6 +438,7 @@ impl NodeEngine {
         let (root, verified) = self.reverify_candidate(&candidate.envelope)?;
         let manifest = &verified.manifest;
         let plan = plan(manifest)?;
+        extensions::plan_extensions(manifest)?;
         let env_sha = sha256(&candidate.envelope);
         let version = manifest.version.to_string();
         let install_plan = InstallPlan {
@@ -512,7 +514,19 @@ impl NodeEngine {
             };
             let checked = reverify::reverify(&install, &plan, &root)
                 .and_then(|()| self.check_staged(&staging, &plan.kernel))
-                .and_then(|_| self.check_staged(&staging, &plan.initrd));
+                .and_then(|_| self.check_staged(&staging, &plan.initrd))
+                .and_then(|_| {
+                    // Idempotent: resumes from what the staging folder holds.
+                    self.stage_extensions(
+                        manifest,
+                        &root,
+                        &staging,
+                        &booted_version(&inv, booted),
+                        &mut journal,
+                        meter,
+                        cancel,
+                    )
+                });
             match checked {
                 Ok(_) => {
                     if !inv.health.is_clean() {
@@ -625,6 +639,18 @@ impl NodeEngine {
             reused += s.reused;
         }
 
+        // 4b. The release's system extensions, verified against the new OS, into the store
+        // (before the slot is named: a refused extension leaves it `_installing`).
+        self.stage_extensions(
+            manifest,
+            &root,
+            &staging,
+            &booted_version(&inv, booted),
+            &mut journal,
+            meter,
+            cancel,
+        )?;
+
         // 5. Read back and verify, then name the slot.
         meter.phase(Phase::Verifying, plan.usr.artifact.size);
         reverify::reverify(&install, &plan, &root)?;
@@ -656,6 +682,16 @@ impl NodeEngine {
             reused,
         })
     }
+}
+
+/// The OS version of the booted slot, as its GPT label names it (none when unreadable).
+fn booted_version(inv: &Inventory, booted: Slot) -> Vec<basalt_manifest::semver::Version> {
+    inv.slot(booted)
+        .version
+        .as_deref()
+        .and_then(|v| basalt_manifest::semver::Version::parse(v).ok())
+        .into_iter()
+        .collect()
 }
 
 /// How a verified head relates to the last one this node accepted.
@@ -770,6 +806,7 @@ impl Engine for NodeEngine {
         };
         let verified = verify_release(&bytes, &root, &policy).map_err(head_err)?;
         plan(&verified.manifest)?;
+        extensions::plan_extensions(&verified.manifest)?;
         tracing::info!(
             version = %verified.manifest.version,
             sequence = verified.manifest.sequence,
@@ -881,6 +918,7 @@ impl Engine for NodeEngine {
         }
         let kernel = self.check_staged(&staging, &plan.kernel)?;
         let initrd = self.check_staged(&staging, &plan.initrd)?;
+        self.check_extension_set(&manifest, &self.trust()?)?;
         let mut backend = boot::open(&self.config, self.io.as_ref(), true)?;
         let target = BootTarget {
             version,

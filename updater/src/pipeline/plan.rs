@@ -66,7 +66,7 @@ fn unusable(m: &Manifest, reason: String) -> Error {
     }
 }
 
-fn fetch<'a>(m: &'a Manifest, a: &'a Artifact) -> Result<Fetch<'a>, Error> {
+pub(crate) fn fetch<'a>(m: &'a Manifest, a: &'a Artifact) -> Result<Fetch<'a>, Error> {
     let Some(c) = &a.compression else {
         return Err(unusable(
             m,

@@ -1,0 +1,115 @@
+//! The node side of system extensions outside the update pipeline: activating the booted
+//! OS version's set at boot, and listing the store (issue 10).
+//!
+//! ```text
+//! boot: local-fs.target ─▶ basalt-extensions.service (`basaltctl extensions activate`,
+//!   no D-Bus, before basalt-updated) ─▶ trust root: repository.trust_root (or the one in
+//!   /usr) + the generations learnt under /var/lib/basalt/trust ─▶ the booted version
+//!   (os-release VERSION_ID) names the set /var/lib/basalt/extensions/<version>/ ─▶
+//!   basalt_sysext::activate (verify every image, dm-verity from the signed parameters,
+//!   erofs read-only under /run/extensions/NAME) ─▶ systemd-sysext refresh
+//! ```
+//!
+//! A rollback boots the other slot, whose OS version names the other set: the extensions
+//! roll back with the OS. A set that fails to activate activates nothing (the unit fails,
+//! the node still boots its `/usr`; the health gate can require the extensions).
+//! Does not own: the checks and the node operations (`basalt_sysext`), staging sets (the
+//! pipeline, `pipeline::extensions`).
+
+use std::path::{Path, PathBuf};
+
+use basalt_sysext::activate::{Activated, NodeOps};
+use basalt_sysext::Store;
+use serde::Serialize;
+
+use crate::agent::HostPaths;
+use crate::config::Settings;
+
+/// Why activation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtensionsError {
+    /// The trust root could not be loaded.
+    #[error("trust root: {0}")]
+    Trust(#[source] Box<crate::pipeline::Error>),
+    /// The set was refused or could not be set up.
+    #[error(transparent)]
+    Sysext(#[from] basalt_sysext::Error),
+}
+
+/// The trust root the agent would use: `repository.trust_root` (or the one shipped in
+/// `/usr`), advanced by the generations under `state_dir/trust`.
+pub fn trust_root(
+    settings: &Settings,
+    state_dir: &Path,
+) -> Result<basalt_manifest::TrustRoot, ExtensionsError> {
+    let anchor = settings.repository.as_ref().map_or_else(
+        || PathBuf::from(crate::config::DEFAULT_TRUST_ROOT),
+        |r| r.trust_root.clone(),
+    );
+    crate::pipeline::trust::load(&anchor, &state_dir.join("trust"))
+        .map_err(|e| ExtensionsError::Trust(Box::new(e)))
+}
+
+/// The store under `state_dir` (`/var/lib/basalt/extensions`).
+pub fn store(state_dir: &Path) -> Store {
+    Store::new(state_dir.join("extensions"))
+}
+
+/// Activates the booted version's set (see the module docs).
+pub fn activate<O: NodeOps>(
+    ops: &mut O,
+    settings: &Settings,
+    paths: &HostPaths,
+    run_dir: &Path,
+) -> Result<Vec<Activated>, ExtensionsError> {
+    let root = trust_root(settings, &paths.state_dir)?;
+    Ok(basalt_sysext::activate::activate_booted(
+        ops,
+        &store(&paths.state_dir),
+        &root,
+        &paths.os_release,
+        run_dir,
+    )?)
+}
+
+/// One staged set, for `basaltctl extensions list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetListing {
+    /// The OS version the set belongs to.
+    pub os_version: String,
+    /// `NAME` of each `NAME.raw`.
+    pub extensions: Vec<String>,
+}
+
+/// What the store and `/run/extensions` hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listing {
+    /// Every staged set, by OS version.
+    pub staged: Vec<SetListing>,
+    /// The extensions mounted under the run folder (activated this boot).
+    pub active: Vec<String>,
+}
+
+/// Lists the store's sets and the active extensions (no verification: a listing).
+pub fn list(state_dir: &Path, run_dir: &Path) -> Result<Listing, basalt_sysext::Error> {
+    let store = store(state_dir);
+    let mut staged = Vec::new();
+    for entry in store.entries()? {
+        let Ok(v) = basalt_manifest::semver::Version::parse(&entry) else {
+            continue;
+        };
+        staged.push(SetListing {
+            os_version: entry,
+            extensions: store.images(&v)?.into_iter().map(|i| i.name).collect(),
+        });
+    }
+    let mut active: Vec<String> = match std::fs::read_dir(run_dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    active.sort();
+    Ok(Listing { staged, active })
+}
