@@ -25,6 +25,13 @@ pub struct InspectArgs {
     /// Print JSON (manifest, verification, SBOM summary) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// A release repository this release is published in: print the expected usr download
+    /// (adaptive install) from each earlier release of its channel.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// The channel to look in with `--repo` (default: the manifest's).
+    #[arg(long)]
+    pub channel: Option<String>,
 }
 
 pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
@@ -63,6 +70,33 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
             a.size,
             a.sha256.to_hex()
         );
+    }
+    if let Some(repo) = &args.repo {
+        let channel = args.channel.as_deref().unwrap_or(&m.channel);
+        let store = basalt_image::release::Repo::read_only(repo);
+        match basalt_image::release::adaptive::expected_downloads(
+            &store, channel, &m.arch, &m.version,
+        )
+        .map_err(anyhow::Error::msg)?
+        {
+            None => println!("adaptive install: {channel}: this release has no block index"),
+            Some(list) if list.is_empty() => {
+                println!("adaptive install: {channel}: no earlier release with a block index")
+            }
+            Some(list) => {
+                println!("adaptive install on {channel} (usr.img download, block index included):");
+                for d in list {
+                    println!(
+                        "  from {:<12} (sequence {:>4}) {:>12} bytes = {:>6.2} % of the full stream ({} bytes)",
+                        d.from_version.to_string(),
+                        d.from_sequence,
+                        d.adaptive_bytes,
+                        100.0 * d.adaptive_bytes as f64 / d.full_bytes.max(1) as f64,
+                        d.full_bytes
+                    );
+                }
+            }
+        }
     }
     match &seen.sbom {
         None => println!("no SBOM listed in this release"),

@@ -20,6 +20,8 @@ pub enum Document {
     FrameIndex,
     /// A system extension statement envelope (`application/vnd.basalt.sysext.v1+json`).
     Sysext,
+    /// The block index of an adaptive install (`BSLTBIX1`, see [`crate::adaptive`]).
+    BlockIndex,
 }
 
 impl std::fmt::Display for Document {
@@ -30,6 +32,7 @@ impl std::fmt::Display for Document {
             Document::UsrHash => "usr hash statement",
             Document::FrameIndex => "frame index",
             Document::Sysext => "system extension statement",
+            Document::BlockIndex => "block index",
         })
     }
 }

@@ -261,6 +261,7 @@ mod tests {
                 compressed_size,
                 compressed_sha256: d(8),
                 frame_index: None,
+                adaptive: None,
             }),
             verity: None,
         }

@@ -5,7 +5,8 @@
 //! policy (expiry, sequence, downgrade: [`Policy`], [`verify_release`]), the signed
 //! `/usr` root-hash statement the initramfs checks ([`verify_usr_hash`]), the system
 //! extension statement ([`verify_sysext`]), the frame index of
-//! compressed artifacts ([`frames`]) and the static repository layout ([`repo`]).
+//! compressed artifacts ([`frames`]), the block index of adaptive installs ([`adaptive`]) and
+//! the static repository layout ([`repo`]).
 //! Does not own: fetching manifests or artifacts (the updater), building artifacts or writing
 //! key files (`basalt`).
 //!
@@ -38,6 +39,7 @@
 pub use chrono;
 pub use semver;
 
+pub mod adaptive;
 pub mod envelope;
 pub mod error;
 pub mod frames;
@@ -59,8 +61,8 @@ pub use error::{Document, Error, Result};
 pub use frames::{Frame, FrameIndex};
 pub use keys::{Digest, KeyId, PublicKey};
 pub use manifest::{
-    valid_label, valid_release_value, Artifact, ArtifactKind, Compression, CompressionAlgorithm,
-    FrameIndexRef, HashAlgorithm, Manifest, Verity, SCHEMA_VERSION,
+    valid_label, valid_release_value, AdaptiveRef, Artifact, ArtifactKind, BlobRef, Compression,
+    CompressionAlgorithm, FrameIndexRef, HashAlgorithm, Manifest, Verity, SCHEMA_VERSION,
 };
 pub use policy::{
     verify_release, Policy, VerifiedRelease, VersionChange, DEFAULT_MAX_CLOCK_SKEW,

@@ -141,6 +141,30 @@ pub struct Compression {
     /// by frame): see [`crate::frames`]. `basalt release publish` always writes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_index: Option<FrameIndexRef>,
+    /// The block index and frame store of an adaptive (block-reuse) install of a `usr`
+    /// image: see [`crate::adaptive`]. Optional: without it a node installs from the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveRef>,
+}
+
+/// The two blobs of an adaptive install, each served under its SHA-256 (see [`crate::repo`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveRef {
+    /// The block index (`BSLTBIX1`, [`crate::adaptive::BlockIndex`]).
+    pub block_index: BlobRef,
+    /// The frame store: the concatenated zstd frames the index's table describes.
+    pub frame_store: BlobRef,
+}
+
+/// A blob named by its SHA-256 and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobRef {
+    /// SHA-256 of the blob.
+    pub sha256: Digest,
+    /// Size of the blob in bytes.
+    pub size: u64,
 }
 
 /// Where a [`crate::FrameIndex`] blob is and how to check it: served, like every blob, under
@@ -372,6 +396,27 @@ impl Artifact {
                         c.algorithm
                     )));
                 }
+            }
+            if let Some(a) = &c.adaptive {
+                if self.kind != ArtifactKind::Usr {
+                    return Err(invalid(format!(
+                        "artifact {name:?} of kind {:?}: only a usr image has an adaptive index",
+                        self.kind
+                    )));
+                }
+                let min = crate::adaptive::index_len(1, 1);
+                let max = crate::adaptive::index_len(
+                    crate::adaptive::MAX_BLOCKS,
+                    crate::adaptive::MAX_BLOCKS,
+                );
+                if !(min..=max).contains(&a.block_index.size) || a.frame_store.size == 0 {
+                    return Err(invalid(format!(
+                        "artifact {name:?}: adaptive block index of {} bytes (must be \
+                         {min}..={max}) or empty frame store",
+                        a.block_index.size
+                    )));
+                }
+                crate::adaptive::TreeBlocks::of(self)?;
             }
         }
         match (self.kind, &self.verity) {

@@ -54,6 +54,7 @@ fn manifest() -> Manifest {
                     compressed_size: 1000,
                     compressed_sha256: digest(2),
                     frame_index: None,
+                    adaptive: None,
                 }),
                 verity: Some(Verity {
                     root_hash: digest(3),
@@ -1202,4 +1203,55 @@ fn a_uki_artifact_is_one_named_efi_without_verity_beside_a_usr_image() {
         m.validate().unwrap_err().to_string().contains("has none"),
         "uki without usr"
     );
+}
+
+#[test]
+fn adaptive_refs_are_checked() {
+    use crate::{AdaptiveRef, BlobRef};
+    let refs = |index: u64, store: u64| AdaptiveRef {
+        block_index: BlobRef {
+            sha256: digest(7),
+            size: index,
+        },
+        frame_store: BlobRef {
+            sha256: digest(8),
+            size: store,
+        },
+    };
+    let with = |i: usize, r: AdaptiveRef| {
+        let mut m = manifest();
+        let a = &mut m.artifacts[i];
+        let c = a.compression.get_or_insert(Compression {
+            algorithm: CompressionAlgorithm::Zstd,
+            compressed_size: 10,
+            compressed_sha256: digest(2),
+            frame_index: None,
+            adaptive: None,
+        });
+        c.adaptive = Some(r);
+        m.validate()
+    };
+    // 256 blocks (1 MiB), 4 frames: fine; the JSON round trip keeps it.
+    let good = crate::adaptive::index_len(256, 4);
+    assert!(with(0, refs(good, 100)).is_ok());
+    let mut m = manifest();
+    m.artifacts[0].compression.as_mut().unwrap().adaptive = Some(refs(good, 100));
+    assert_eq!(Manifest::from_json(&m.to_json().unwrap()).unwrap(), m);
+    for (i, r, needle) in [
+        (1, refs(good, 100), "only a usr image"),
+        (0, refs(3, 100), "adaptive block index of 3 bytes"),
+        (0, refs(good, 0), "empty frame store"),
+    ] {
+        let e = with(i, r).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    // A hash offset that is not block aligned cannot carry an index.
+    let mut m = manifest();
+    m.artifacts[0].verity.as_mut().unwrap().hash_offset = 200 * 4096 + 512;
+    m.artifacts[0].compression.as_mut().unwrap().adaptive = Some(refs(good, 100));
+    assert!(m
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("multiples of 4096"));
 }

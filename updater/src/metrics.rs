@@ -8,7 +8,7 @@
 //! | `basalt_updater_state{state}` | gauge | 1 for the current state, 0 for the others |
 //! | `basalt_updater_last_check_timestamp_seconds` | gauge | end of the last check (0: never) |
 //! | `basalt_updater_bytes_fetched_total` | counter | compressed bytes fetched from the repository |
-//! | `basalt_updater_bytes_reused_total` | counter | bytes kept from an interrupted download (re-verified) |
+//! | `basalt_updater_bytes_reused_total` | counter | bytes not downloaded: kept from an interrupted download, or copied from the booted slot by an adaptive install (re-verified) |
 //! | `basalt_updater_outcomes_total{result}` | counter | update outcomes: committed, rolled-back, failed, cancelled |
 //! | `basalt_updater_rollbacks_total` | counter | rollbacks seen (health failures, fallbacks, operator) |
 //! | `basalt_updater_checks_total{result}` | counter | checks: up-to-date, available, failed |
@@ -81,7 +81,7 @@ impl Metrics {
         );
         registry.register(
             "bytes_reused",
-            "Bytes kept from an interrupted download, re-verified",
+            "Bytes not downloaded: kept from an interrupted download or copied from the booted slot (adaptive install), re-verified",
             bytes_reused.clone(),
         );
         registry.register("outcomes", "Update outcomes by result", outcomes.clone());

@@ -152,7 +152,7 @@ fn bytes_after_the_body_are_not_read() {
         report
             .artifacts
             .iter()
-            .map(|a| a.compressed_size)
+            .map(|a| a.compressed_size + a.adaptive.as_ref().map_or(0, |x| x.block_index_size))
             .sum::<u64>()
     );
     node.veritysetup_verify(Slot::B, &v2.root_hash);

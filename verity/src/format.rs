@@ -187,6 +187,27 @@ pub(crate) fn hash_data(
 
 /// Compute the whole tree (on-disk order: top level first) and the root hash of the
 /// `geometry.data_blocks` blocks of `data` at `data_offset`.
+/// The hash tree over `data_blocks` blocks of `data` from `data_offset` (as [`format`] would
+/// write it after the superblock, top level first) and its root hash, in memory: for callers
+/// that write the tree through their own I/O (the updater's adaptive install). Memory: the
+/// tree, 1/128 of the data.
+pub fn tree(
+    data: Device<'_>,
+    data_offset: u64,
+    data_blocks: u64,
+    salt: &[u8],
+    threads: usize,
+) -> Result<(Vec<u8>, [u8; DIGEST_SIZE])> {
+    if salt.len() > MAX_SALT_SIZE {
+        return Err(Error::InvalidParameters {
+            reason: format!("salt of {} bytes exceeds {MAX_SALT_SIZE}", salt.len()),
+        });
+    }
+    check_range(data_offset, data_blocks.saturating_mul(BLOCK_SIZE))?;
+    let geometry = Geometry::new(data_blocks)?;
+    build_tree(&geometry, salt, threads, data, data_offset)
+}
+
 pub(crate) fn build_tree(
     geometry: &Geometry,
     salt: &[u8],

@@ -1,5 +1,6 @@
 //! dm-verity for Basalt: hash trees byte-compatible with `veritysetup format`, their
-//! superblock, offline verification, and the pure encoding of device-mapper requests.
+//! superblock, offline verification, block reads checked against a tree ([`VerifiedBlocks`]),
+//! and the pure encoding of device-mapper requests.
 //!
 //! Owns: the on-disk verity format (tree + superblock) and the bytes of `dm_ioctl`
 //! requests. Does not own: issuing ioctls (the initramfs does that), partitions (`basalt-disk`)
@@ -32,15 +33,17 @@ mod error;
 mod format;
 mod geometry;
 mod hash;
+mod reader;
 pub mod superblock;
 mod verify;
 
 pub use device::Device;
 pub use error::{Corruption, Error, Result};
 pub use format::{
-    format, format_path, random_bytes, random_salt, FormatOptions, VerityInfo, ALGORITHM,
+    format, format_path, random_bytes, random_salt, tree, FormatOptions, VerityInfo, ALGORITHM,
     DEFAULT_SALT_SIZE, HASH_TYPE,
 };
 pub use geometry::{hash_tree_size, Geometry, Level, BLOCK_SIZE, DIGEST_SIZE, HASHES_PER_BLOCK};
+pub use reader::VerifiedBlocks;
 pub use superblock::Superblock;
 pub use verify::{verify, verify_path, VerifyOptions};

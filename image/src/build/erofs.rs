@@ -4,6 +4,13 @@
 //! (`--all-root`) and the filesystem UUID (derived from the OS name and version, so two builds
 //! of one release agree and two releases differ). lz4hc is the only compressor the Debian
 //! kernel's erofs accepts (no lzma), and it keeps `/usr` small: ≈ half the size of the tree.
+//!
+//! Laid out for block reuse (adaptive updates, `basalt_manifest::adaptive`): `-Enoinline_data`
+//! puts the tail of every uncompressed file into its own block instead of inline after the
+//! inode, so the inode area stays dense and small. A package change then rewrites ≈ 320
+//! metadata blocks instead of ≈ 1 400 (measured on the container-host image, erofs-utils 1.5:
+//! a libssl3 update 3.50 → 2.67 MB to download, `jq` added 2.51 → 0.97 MB) for ≈ 11 MB of zero
+//! padding in the slot and nothing after zstd (174.2 MB either way).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +66,7 @@ pub fn pack(
     compression: Compression,
 ) -> Result<(), ErofsError> {
     let mut cmd = Command::new("mkfs.erofs");
-    cmd.args(["--quiet", "-T0", "--all-root", "-x-1"])
+    cmd.args(["--quiet", "-T0", "--all-root", "-x-1", "-Enoinline_data"])
         .arg(format!("-U{uuid}"));
     if compression == Compression::Lz4hc {
         cmd.arg("-zlz4hc");

@@ -71,32 +71,31 @@ fn sha256(bytes: &[u8]) -> Digest {
     finish(ctx)
 }
 
-/// Compress the `len` bytes of `input` into `out` as independent zstd frames.
-pub fn compress_frames(
+/// What [`compress_ranges`] calls per frame, in order: `(frame, input, compressed)`.
+pub type EachFrame<'a> = dyn FnMut(usize, &[u8], &[u8]) -> Result<(), CompressError> + 'a;
+
+/// Compress each `(offset, len)` range of `input` as one independent zstd frame at `level`,
+/// on `threads` workers (0 = one per core), and hand `(range index, input, compressed)` to
+/// `each` in range order. Memory: a batch of `2 × threads` inputs and outputs.
+pub fn compress_ranges(
     input: &File,
-    len: u64,
-    out: &mut dyn Write,
-    opts: &CompressOptions,
-) -> Result<Compressed, CompressError> {
-    let frame_len = u64::from(opts.frame_len.max(1));
-    let threads = if opts.threads == 0 {
+    ranges: &[(u64, usize)],
+    level: i32,
+    threads: usize,
+    each: &mut EachFrame<'_>,
+) -> Result<(), CompressError> {
+    let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
-        opts.threads
+        threads
     };
     let batch = 2 * threads;
-    let frames = len.div_ceil(frame_len) as usize;
-    let mut records: Vec<(u32, u32, Digest, Digest)> = Vec::with_capacity(frames);
-    let (mut whole, mut whole_compressed) = (Context::new(&SHA256), Context::new(&SHA256));
-    let mut compressed_size = 0u64;
     let mut first = 0usize;
-    while first < frames {
-        let count = batch.min(frames - first);
+    while first < ranges.len() {
+        let count = batch.min(ranges.len() - first);
         // Read the batch.
         let mut inputs = Vec::with_capacity(count);
-        for i in first..first + count {
-            let off = i as u64 * frame_len;
-            let n = frame_len.min(len - off) as usize;
+        for &(off, n) in &ranges[first..first + count] {
             let mut buf = vec![0u8; n];
             input
                 .read_exact_at(&mut buf, off)
@@ -114,12 +113,12 @@ pub fn compress_frames(
                     if i >= count {
                         return;
                     }
-                    let result = zstd::bulk::compress(&inputs[i], opts.level);
+                    let result = zstd::bulk::compress(&inputs[i], level);
                     *outputs[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
                 });
             }
         });
-        // Hash and write in order.
+        // Hand on in order.
         for (k, (input, output)) in inputs.iter().zip(outputs).enumerate() {
             let frame = first + k;
             let compressed = output
@@ -127,9 +126,39 @@ pub fn compress_frames(
                 .unwrap_or_else(|e| e.into_inner())
                 .unwrap_or_else(|| Err(std::io::Error::other("frame was not compressed")))
                 .map_err(|source| CompressError::Frame { frame, source })?;
+            each(frame, input, &compressed)?;
+        }
+        first += count;
+    }
+    Ok(())
+}
+
+/// Compress the `len` bytes of `input` into `out` as independent zstd frames.
+pub fn compress_frames(
+    input: &File,
+    len: u64,
+    out: &mut dyn Write,
+    opts: &CompressOptions,
+) -> Result<Compressed, CompressError> {
+    let frame_len = u64::from(opts.frame_len.max(1));
+    let ranges: Vec<(u64, usize)> = (0..len.div_ceil(frame_len))
+        .map(|i| {
+            let off = i * frame_len;
+            (off, frame_len.min(len - off) as usize)
+        })
+        .collect();
+    let mut records: Vec<(u32, u32, Digest, Digest)> = Vec::with_capacity(ranges.len());
+    let (mut whole, mut whole_compressed) = (Context::new(&SHA256), Context::new(&SHA256));
+    let mut compressed_size = 0u64;
+    compress_ranges(
+        input,
+        &ranges,
+        opts.level,
+        opts.threads,
+        &mut |frame, input, compressed| {
             whole.update(input);
-            whole_compressed.update(&compressed);
-            out.write_all(&compressed).map_err(CompressError::Write)?;
+            whole_compressed.update(compressed);
+            out.write_all(compressed).map_err(CompressError::Write)?;
             compressed_size += compressed.len() as u64;
             let too_long = |n: usize| {
                 u32::try_from(n).map_err(|_| CompressError::Frame {
@@ -140,12 +169,12 @@ pub fn compress_frames(
             records.push((
                 too_long(compressed.len())?,
                 too_long(input.len())?,
-                sha256(&compressed),
+                sha256(compressed),
                 sha256(input),
             ));
-        }
-        first += count;
-    }
+            Ok(())
+        },
+    )?;
     out.flush().map_err(CompressError::Write)?;
     let index = FrameIndex::from_records(&records).map_err(CompressError::Index)?;
     Ok(Compressed {

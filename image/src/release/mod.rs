@@ -31,6 +31,7 @@
 //! at the constant. Level 19 is the default (4.6 % smaller than 9 for every node download,
 //! paid once per release).
 
+pub mod adaptive;
 pub mod compress;
 mod error;
 pub mod store;
@@ -127,6 +128,21 @@ pub struct PublishedArtifact {
     pub frames: usize,
     /// Whether the blob was written (false: an identical blob was already there).
     pub blob_written: bool,
+    /// The adaptive-install blobs of a usr image: (block index, frame store, store size,
+    /// frames in the store).
+    pub adaptive: Option<PublishedAdaptive>,
+}
+
+/// The block index and frame store published for a usr image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishedAdaptive {
+    pub block_index: Digest,
+    pub block_index_size: u64,
+    pub frame_store: Digest,
+    pub frame_store_size: u64,
+    pub frames: usize,
+    /// Earlier releases of the channel whose blocks shaped the frame cuts.
+    pub history: usize,
 }
 
 /// What [`publish`] did.
@@ -156,7 +172,7 @@ fn sha256(bytes: &[u8]) -> Digest {
 
 /// The manifest inside a signed release envelope, without checking signatures (the caller
 /// decides what to trust).
-fn envelope_manifest(bytes: &[u8]) -> Result<Manifest, basalt_manifest::Error> {
+pub(crate) fn envelope_manifest(bytes: &[u8]) -> Result<Manifest, basalt_manifest::Error> {
     let envelope = Envelope::from_json(bytes, MAX_RELEASE_BYTES, Document::Release)?;
     Manifest::from_json(&envelope.payload)
 }
@@ -437,6 +453,7 @@ fn publish_inner(
 
     // 4. Compress and store.
     let mut published = Vec::new();
+    let (manifest_channel, manifest_arch) = (manifest.channel.clone(), manifest.arch.clone());
     for artifact in &mut manifest.artifacts {
         let path = req.release_dir.join(&artifact.name);
         let file = File::open(&path).map_err(io("open", &path))?;
@@ -498,12 +515,25 @@ fn publish_inner(
                 sha256: index_digest,
                 size: index_bytes.len() as u64,
             }),
+            adaptive: None,
         });
         // What a node will do with the index: it must parse against the artifact.
         FrameIndex::parse(&index_bytes, artifact).map_err(|source| ReleaseError::FrameIndex {
             name: artifact.name.clone(),
             source: Box::new(source),
         })?;
+        let adaptive_published = if artifact.kind == ArtifactKind::Usr {
+            Some(publish_adaptive(
+                &repo,
+                &file,
+                artifact,
+                &manifest_channel,
+                &manifest_arch,
+                &req.compress,
+            )?)
+        } else {
+            None
+        };
         published.push(PublishedArtifact {
             name: artifact.name.clone(),
             size: len,
@@ -512,6 +542,7 @@ fn publish_inner(
             frame_index: index_digest,
             frames: compressed.index.frames().len(),
             blob_written,
+            adaptive: adaptive_published,
         });
     }
 
@@ -553,6 +584,68 @@ fn publish_inner(
         expires_at: manifest.expires_at,
         artifacts: published,
         downgrade,
+    })
+}
+
+/// Build and store the block index and frame store of the usr image `artifact` (read from
+/// `file`), cut against the channel's last releases, and name both in its `compression`.
+fn publish_adaptive(
+    repo: &Repo,
+    file: &File,
+    artifact: &mut basalt_manifest::Artifact,
+    channel: &str,
+    arch: &str,
+    opts: &CompressOptions,
+) -> Result<PublishedAdaptive, ReleaseError> {
+    let previous = adaptive::previous_hashes(repo, channel, arch);
+    let incoming = repo.incoming("usr.frames")?;
+    let built = {
+        let mut out = BufWriter::with_capacity(1 << 20, &incoming.file);
+        adaptive::build(
+            file,
+            artifact,
+            &previous,
+            opts.level,
+            opts.threads,
+            &mut out,
+        )?
+    };
+    repo.put_blob_file(&incoming, &built.store_sha256, built.store_size)?;
+    let index_bytes = built.index.encode();
+    let (index_digest, _) = repo.put_blob_bytes(&index_bytes)?;
+    let refs = basalt_manifest::AdaptiveRef {
+        block_index: basalt_manifest::BlobRef {
+            sha256: index_digest,
+            size: index_bytes.len() as u64,
+        },
+        frame_store: basalt_manifest::BlobRef {
+            sha256: built.store_sha256,
+            size: built.store_size,
+        },
+    };
+    if let Some(c) = artifact.compression.as_mut() {
+        c.adaptive = Some(refs);
+    }
+    // What a node will do with the index: it must parse against the artifact.
+    basalt_manifest::adaptive::BlockIndex::parse(&index_bytes, artifact, built.store_size)
+        .map_err(|source| ReleaseError::FrameIndex {
+            name: artifact.name.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(
+        frames = built.index.frames().len(),
+        store = built.store_size,
+        index = index_bytes.len(),
+        history = previous.len(),
+        "adaptive block index and frame store published"
+    );
+    Ok(PublishedAdaptive {
+        block_index: index_digest,
+        block_index_size: index_bytes.len() as u64,
+        frame_store: built.store_sha256,
+        frame_store_size: built.store_size,
+        frames: built.index.frames().len(),
+        history: previous.len(),
     })
 }
 

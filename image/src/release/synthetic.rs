@@ -163,6 +163,35 @@ pub fn synthetic_release(
     let usr = dir.join(USR_IMG);
     let data_len = spec.usr_len.max(4096).div_ceil(4096) * 4096;
     write_payload(&usr, data_len, spec.seed)?;
+    seal_release(dir, spec, data_len, keys)
+}
+
+/// [`synthetic_release`] with the `/usr` filesystem part given (`data`, padded with zeros to
+/// 4 KiB): a patch release that shares most blocks with an earlier one (adaptive installs).
+pub fn synthetic_release_with_data(
+    dir: &Path,
+    spec: &SyntheticSpec,
+    data: &[u8],
+    keys: &[&SigningKey],
+) -> Result<SyntheticRelease, ReleaseError> {
+    fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let usr = dir.join(USR_IMG);
+    let data_len = (data.len() as u64).max(4096).div_ceil(4096) * 4096;
+    let mut padded = data.to_vec();
+    padded.resize(data_len as usize, 0);
+    fs::write(&usr, &padded).map_err(io("write", &usr))?;
+    seal_release(dir, spec, data_len, keys)
+}
+
+/// Seal `dir/usr.img` (its first `data_len` bytes), write the placeholder kernel and
+/// initramfs, the manifest and its signature.
+fn seal_release(
+    dir: &Path,
+    spec: &SyntheticSpec,
+    data_len: u64,
+    keys: &[&SigningKey],
+) -> Result<SyntheticRelease, ReleaseError> {
+    let usr = dir.join(USR_IMG);
     let salt = {
         let mut s = [0u8; 32];
         let mut gen = Bytes(spec.seed ^ 0x5a5a_5a5a | 1);

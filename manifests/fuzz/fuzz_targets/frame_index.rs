@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             compressed_size,
             compressed_sha256: Digest([0; 32]),
             frame_index: None,
+            adaptive: None,
         }),
         verity: None,
     };

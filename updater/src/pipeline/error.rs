@@ -214,6 +214,12 @@ pub enum Checked {
     Artifact,
     /// The frame index blob.
     FrameIndex,
+    /// The block index blob of an adaptive install.
+    BlockIndex,
+    /// The compressed bytes of frame `n` of an adaptive frame store.
+    StoreFrame(usize),
+    /// Block `n` of the booted slot, as copied by an adaptive install.
+    Block(u64),
 }
 
 impl fmt::Display for Checked {
@@ -224,6 +230,9 @@ impl fmt::Display for Checked {
             Checked::Blob => f.write_str("compressed blob"),
             Checked::Artifact => f.write_str("artifact"),
             Checked::FrameIndex => f.write_str("frame index"),
+            Checked::BlockIndex => f.write_str("block index"),
+            Checked::StoreFrame(n) => write!(f, "frame-store frame {n}"),
+            Checked::Block(n) => write!(f, "booted-slot block {n}"),
         }
     }
 }
@@ -332,6 +341,14 @@ pub enum Error {
     Reverify {
         slot: Slot,
         version: Version,
+        #[source]
+        source: basalt_verity::Error,
+    },
+    /// A slot read or hashed through its verity tree during an adaptive install (the booted
+    /// slot's tree does not verify; the new tree cannot be computed).
+    #[error("slot {slot} during an adaptive install: {source}")]
+    LocalSlot {
+        slot: Slot,
         #[source]
         source: basalt_verity::Error,
     },
@@ -510,7 +527,7 @@ impl Error {
                 }
                 _ => ErrorKind::VerificationFailed,
             },
-            Error::Statement { .. } => ErrorKind::VerificationFailed,
+            Error::Statement { .. } | Error::LocalSlot { .. } => ErrorKind::VerificationFailed,
             Error::NoBootedSlot { .. } => ErrorKind::NoBootedSlot,
             Error::BootedSlotPending { .. } => ErrorKind::BootedSlotPending,
             Error::AlreadyInstalled { .. } => ErrorKind::AlreadyInstalled,

@@ -31,6 +31,7 @@
 //! Every write goes through [`NodeIo`] (tests kill or tear each one); time and the random
 //! partition UUIDs are injected ([`NodeEngine::with_clock`], [`NodeEngine::with_guids`]).
 
+pub mod adaptive;
 pub mod boot;
 pub mod config;
 pub mod error;
@@ -306,6 +307,75 @@ impl NodeEngine {
             self.save_journal(journal)
         };
         stream::stream_artifact(&job, sink, meter, &mut checkpoint)
+    }
+
+    /// The usr image into the slot: adaptively (blocks of the booted slot + missing frames)
+    /// when the release offers it and no full-stream download is under way, falling back to
+    /// the full stream on any integrity or format problem (see [`adaptive`]).
+    fn install_usr(
+        &self,
+        plan: &Plan<'_>,
+        local: Option<adaptive::Local<'_>>,
+        sink: &mut SlotSink,
+        journal: &mut Journal,
+        meter: &mut Meter<'_>,
+        cancel: &CancelFlag,
+    ) -> Result<stream::Streamed, Error> {
+        let artifact = plan.usr.artifact;
+        let refs = artifact
+            .compression
+            .as_ref()
+            .and_then(|c| c.adaptive.as_ref());
+        if let (Some(refs), Some(local), 0) = (refs, local, journal.done(&artifact.name)) {
+            let key = adaptive::journal_key(&artifact.name);
+            let job = adaptive::AdaptiveJob {
+                source: self.source.as_ref(),
+                artifact,
+                refs,
+                verity: plan.verity,
+                salt: &plan.salt,
+                local,
+                claimed: journal.done(&key),
+                checkpoint_bytes: self.config.checkpoint_bytes,
+                cancel,
+            };
+            let (done_before, fetched_at_start) = (meter.done, meter.fetched);
+            let result = {
+                let mut checkpoint = |n: usize| {
+                    if journal.done(&key) == n {
+                        return Ok(());
+                    }
+                    journal.frames_done.insert(key.clone(), n);
+                    self.save_journal(journal)
+                };
+                adaptive::install(&job, sink, meter, &mut checkpoint)
+            };
+            match result {
+                Ok(adaptive::Outcome::Installed(s)) => {
+                    tracing::info!(artifact = %artifact.name, fetched = s.fetched, reused = s.reused, "installed adaptively: blocks of the booted slot reused");
+                    return Ok(s);
+                }
+                Ok(adaptive::Outcome::NotWorthIt { fetched }) => {
+                    let mut s = self.stream(&plan.usr, sink, journal, meter, cancel)?;
+                    s.fetched += fetched;
+                    return Ok(s);
+                }
+                Err(e) if adaptive::falls_back(&e) => {
+                    tracing::warn!(artifact = %artifact.name, error = %e, "adaptive install failed; installing from the full stream");
+                    journal.frames_done.remove(&key);
+                    self.save_journal(journal)?;
+                    meter.done = done_before;
+                    meter.emit();
+                    let fetched_before = meter.fetched;
+                    let mut s = self.stream(&plan.usr, sink, journal, meter, cancel)?;
+                    // What the failed attempt fetched was fetched too.
+                    s.fetched += fetched_before.saturating_sub(fetched_at_start);
+                    return Ok(s);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stream(&plan.usr, sink, journal, meter, cancel)
     }
 
     /// The signed release kept in the staging folder at download, checked against the
@@ -595,7 +665,14 @@ impl NodeEngine {
         let (mut fetched, mut reused) = (0u64, 0u64);
         {
             let mut sink = self.slot_sink(&install, &plan)?;
-            let s = self.stream(&plan.usr, &mut sink, &mut journal, meter, cancel)?;
+            let local = inv.cmdline_usrhash.map(|h| adaptive::Local {
+                disk: &self.config.disk,
+                slot: booted,
+                data_offset: inv.slot_range(booted, SlotPart::Data).offset,
+                verity_offset: inv.slot_range(booted, SlotPart::Verity).offset,
+                root_hash: h.0,
+            });
+            let s = self.install_usr(&plan, local, &mut sink, &mut journal, meter, cancel)?;
             fetched += s.fetched;
             reused += s.reused;
         }

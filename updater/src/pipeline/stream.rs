@@ -57,6 +57,12 @@ pub trait Sink {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
     /// Make everything written durable.
     fn sync(&mut self) -> Result<(), Error>;
+    /// A read-only handle, its path and the byte offset of artifact offset 0 in it, when
+    /// the artifact's data part is one contiguous range of one file or device (a slot's data
+    /// partition): what the adaptive install hashes the verity tree from.
+    fn data_device(&self) -> Option<(&std::fs::File, &std::path::Path, u64)> {
+        None
+    }
 }
 
 /// `usr.img` into a slot being installed: bytes before `hash_offset` go to the data
@@ -131,6 +137,10 @@ impl Sink for SlotSink {
                 .map_err(super::error::io("read back the slot on", &self.disk))?;
         }
         Ok(())
+    }
+
+    fn data_device(&self) -> Option<(&std::fs::File, &std::path::Path, u64)> {
+        Some((&self.reader, &self.disk, self.data_offset))
     }
 
     fn sync(&mut self) -> Result<(), Error> {
