@@ -62,6 +62,50 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{seq}", std::process::id()))
 }
 
+/// Removes the temporaries that [`write_atomic`] writers left in `dir` (recursively) when
+/// they were killed or their write was torn: hidden files named `.NAME.tmp-PID-SEQ` whose
+/// process `PID` is not running (`/proc/PID` absent). A running writer's temporary is left
+/// alone, as is every other file. Meant for the owner of a state folder at start-up; returns
+/// the paths removed. Unreadable folders are skipped; a failed removal is an error.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut removed = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(pid) = temporary_pid(&name.to_string_lossy()) else {
+                continue;
+            };
+            if Path::new("/proc").join(pid.to_string()).exists() {
+                continue;
+            }
+            fs::remove_file(&path).map_err(err("remove stale temporary", &path))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// The writer's process id in a [`temp_path`] name (`.NAME.tmp-PID-SEQ`), if it is one.
+fn temporary_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, seq) = tail.split_once('-')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(seq)).then(|| pid.parse().ok())?
+}
+
 /// Replace `path` with `bytes`: write a temporary file next to it, fsync it, rename it over
 /// `path`, fsync the directory. `mode` sets the new file's permission bits (e.g. `0o600` for a
 /// private key, `0o644` for a status file). On error the temporary file is removed and `path`
@@ -150,6 +194,39 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"old");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("staging");
+        fs::create_dir(&sub).unwrap();
+        // A pid above the kernel's limit (2^22) is never running.
+        let dead = sub.join(".journal.json.tmp-4999999-3");
+        let live = dir
+            .path()
+            .join(format!(".status.json.tmp-{}-0", std::process::id()));
+        let others = [
+            dir.path().join("status.json"),
+            dir.path().join(".status.json.tmp-x-1"),
+            dir.path().join("status.json.tmp-4999999-1"),
+            dir.path().join(".status.json.tmp-4999999"),
+        ];
+        for p in others.iter().chain([&dead, &live]) {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(
+            remove_stale_temporaries(dir.path()).unwrap(),
+            vec![dead.clone()]
+        );
+        assert!(!dead.exists() && live.exists());
+        assert!(others.iter().all(|p| p.exists()));
+        // A torn write of this very function's writer: named as write_atomic names it.
+        let torn = temp_path(&dir.path().join("f"));
+        assert_eq!(
+            temporary_pid(&torn.file_name().unwrap().to_string_lossy()),
+            Some(std::process::id())
+        );
     }
 
     #[test]

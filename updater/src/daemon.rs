@@ -664,6 +664,16 @@ impl Daemon {
             path: paths.state_dir.clone(),
             source,
         })?;
+        // Temporaries of atomic writes a crash or power loss tore (the daemon is the state
+        // folder's only writer; a running writer's are kept).
+        match basalt_fsutil::remove_stale_temporaries(&paths.state_dir) {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::info!(path = %path.display(), "removed a torn write's temporary");
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
         let now = clock.now();
         let status_path = paths.status_file();
         let loaded = match status::load(&status_path) {
