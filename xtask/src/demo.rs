@@ -147,7 +147,10 @@ pub fn run(args: Args) -> Result<()> {
         "\nThat is Basalt today: signed, verity-protected releases; a node that updates itself\n\
          from a repository into its other slot, boots the update on trial, keeps it only when\n\
          its health checks pass and otherwise goes back on its own, and says what happened.\n\
-         Still to come (open issues): system extensions and fleet rollouts."
+         Not shown here, tested elsewhere (tests/README.md): fleet rollouts across node pools
+         (tests/tests/vm_fleet.rs), signed system extensions that move with the OS
+         (vm_extensions.rs), Secure Boot with signed kernel images (vm_update_file.rs), and
+         patch releases that fetch only the blocks a node lacks (updater/tests/pipeline_adaptive.rs)."
     );
     Ok(())
 }
