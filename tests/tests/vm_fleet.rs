@@ -91,28 +91,44 @@ fn wait_server(
 /// The repository paths of the blobs a node installs from a signed channel head (verified
 /// against the trust root first): the stored (compressed) blob and the frame index of its
 /// `/usr`, kernel and initramfs. The SBOM is a published artifact the node never fetches.
-fn blobs_of(head: &Path, trust: &Path) -> Result<Vec<String>> {
+/// The blobs a node may fetch to install a release: per artifact (usr, kernel, initrd) the
+/// full stream and its frame index, and for an artifact with an adaptive reference the
+/// alternative the agent takes when its booted slot shares blocks (the block index in full,
+/// then ranges of the frame store).
+struct Fetchable {
+    stream: Vec<String>,
+    adaptive: Option<(String, String)>,
+}
+
+fn blobs_of(head: &Path, trust: &Path) -> Result<Vec<Fetchable>> {
     let root = basalt_manifest::TrustRoot::from_initial_envelope(&std::fs::read(trust)?)?;
     let verified = basalt_manifest::verify_release(
         &std::fs::read(head)?,
         &root,
         &basalt_manifest::Policy::new(basalt_manifest::chrono::Utc::now()),
     )?;
-    let mut blobs = Vec::new();
+    let mut out = Vec::new();
     for artifact in &verified.manifest.artifacts {
         use basalt_manifest::ArtifactKind::{Initrd, Kernel, Usr};
         if !matches!(artifact.kind, Usr | Kernel | Initrd) {
             continue;
         }
         let compression = artifact.compression.as_ref();
-        blobs.push(basalt_manifest::repo::blob_path(
+        let mut stream = vec![basalt_manifest::repo::blob_path(
             &compression.map_or(artifact.sha256, |c| c.compressed_sha256),
-        ));
+        )];
         if let Some(index) = compression.and_then(|c| c.frame_index.as_ref()) {
-            blobs.push(basalt_manifest::repo::blob_path(&index.sha256));
+            stream.push(basalt_manifest::repo::blob_path(&index.sha256));
         }
+        let adaptive = compression.and_then(|c| c.adaptive.as_ref()).map(|a| {
+            (
+                basalt_manifest::repo::blob_path(&a.block_index.sha256),
+                basalt_manifest::repo::blob_path(&a.frame_store.sha256),
+            )
+        });
+        out.push(Fetchable { stream, adaptive });
     }
-    Ok(blobs)
+    Ok(out)
 }
 
 fn event_kinds(status: &Value) -> Vec<String> {
@@ -338,9 +354,10 @@ fn a_node_in_qemu_is_upgraded_by_pool_upgrade_node_image_only() -> Result<()> {
         "the history records the commit of 2.0.0: {history:#?}"
     );
 
-    // nginx: 2.0.0's own blobs (those 1.0.0 does not share) were served, in full; nothing
-    // of 1.0.0's own was fetched. Blobs both releases share (an unchanged kernel) may be
-    // taken from the node's disk instead, so they are not required.
+    // nginx: 2.0.0's own blobs (those 1.0.0 does not share) were served, in full — or, for
+    // /usr, adaptively: the block index in full and ranges of the frame store, the blocks
+    // the booted 1.0.0 slot lacks; nothing of 1.0.0's own was fetched. Blobs both releases
+    // share (an unchanged kernel) may be taken from the node's disk, so they are not required.
     let log = nginx.access_log()?;
     let manifest = blobs_of(&head_v2, &keys.trust)?;
     let v1_manifest = blobs_of(&head_v1, &keys.trust)?;
@@ -348,31 +365,63 @@ fn a_node_in_qemu_is_upgraded_by_pool_upgrade_node_image_only() -> Result<()> {
     let served: u64 = log.iter().filter(ok).map(|a| a.body_bytes).sum();
     let mut wanted = BTreeSet::new();
     let mut wanted_bytes = 0u64;
-    for blob in manifest.iter().filter(|b| !v1_manifest.contains(b)) {
-        let path = repo.dir.join(blob);
-        let size = std::fs::metadata(&path)
-            .with_context(|| format!("{}", path.display()))?
-            .len();
-        let got: u64 = log
-            .iter()
+    let mut adaptive_installs = 0;
+    let served_of = |blob: &str| -> u64 {
+        log.iter()
             .filter(ok)
             .filter(|a| a.request.contains(&format!("/{blob} ")))
             .map(|a| a.body_bytes)
-            .sum();
+            .sum()
+    };
+    let size_of = |blob: &str| -> Result<u64> {
+        let path = repo.dir.join(blob);
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .len())
+    };
+    let v1_blobs: BTreeSet<&String> = v1_manifest.iter().flat_map(|f| &f.stream).collect();
+    for fetchable in &manifest {
+        let own: Vec<&String> = fetchable
+            .stream
+            .iter()
+            .filter(|b| !v1_blobs.contains(b))
+            .collect();
+        if own.is_empty() {
+            continue;
+        }
+        let streamed = own
+            .iter()
+            .all(|b| size_of(b).is_ok_and(|s| served_of(b) >= s));
+        let patched = fetchable.adaptive.as_ref().is_some_and(|(index, store)| {
+            size_of(index).is_ok_and(|s| served_of(index) >= s) && served_of(store) > 0
+        });
         ensure!(
-            got >= size,
-            "2.0.0's blob {blob} ({size} bytes) was served {got} bytes: {log:#?}"
+            streamed || patched,
+            "2.0.0's {own:?} were neither served in full nor installed adaptively: {log:#?}"
         );
-        wanted_bytes += size;
-        wanted.insert(blob.clone());
+        if patched && !streamed {
+            adaptive_installs += 1;
+            if let Some((index, store)) = &fetchable.adaptive {
+                wanted_bytes += served_of(index) + served_of(store);
+                wanted.insert(index.clone());
+                wanted.insert(store.clone());
+            }
+        } else {
+            for b in own {
+                wanted_bytes += size_of(b)?;
+                wanted.insert(b.clone());
+            }
+        }
     }
     ensure!(!wanted.is_empty(), "2.0.0 shares every blob with 1.0.0?");
-    for blob in v1_manifest.iter().filter(|b| !manifest.contains(b)) {
+    let v2_blobs: BTreeSet<&String> = manifest.iter().flat_map(|f| &f.stream).collect();
+    for blob in v1_blobs.iter().filter(|b| !v2_blobs.contains(*b)) {
         ensure!(
             !log.iter().any(|a| a.request.contains(blob.as_str())),
             "1.0.0's blob {blob} should not be fetched: {log:#?}"
         );
     }
+    println!("vm_fleet: {adaptive_installs} artifact(s) installed adaptively (block index + frame-store ranges)");
     let vm_time = node.poweroff()?;
     println!(
         "vm_fleet: releases ready in {:.0} s, published at {:.0} s; VM {:.0} s (upgrade \
