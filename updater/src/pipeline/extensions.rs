@@ -30,7 +30,7 @@ use basalt_sysext::{HostOs, Store};
 use super::error::{io as io_err, Error};
 use super::journal::Journal;
 use super::plan::{fetch, Fetch};
-use super::stream::{FileSink, Meter};
+use super::stream::Meter;
 use super::NodeEngine;
 use crate::engine::CancelFlag;
 
@@ -94,18 +94,7 @@ impl NodeEngine {
         let dl = staging.join(DOWNLOAD_DIR);
         std::fs::create_dir_all(&dl).map_err(io_err("create", &dl))?;
         for (_, f) in &exts {
-            let path = dl.join(&f.artifact.name);
-            if journal.done(&f.artifact.name) == 0 {
-                self.io
-                    .remove_file(&path)
-                    .map_err(io_err("remove", &path))?;
-            }
-            let file = self
-                .io
-                .open_rw(&path, true)
-                .map_err(io_err("create", &path))?;
-            let mut sink = FileSink { file, path };
-            self.stream(f, &mut sink, journal, meter, cancel)?;
+            self.stream_to_file(&dl, f, journal, meter, cancel)?;
         }
         for (name, f) in &exts {
             let path = dl.join(&f.artifact.name);

@@ -279,6 +279,30 @@ impl NodeEngine {
         })
     }
 
+    /// Stream one artifact into `dir/<its name>` (a new file unless the journal says frames
+    /// of it are there already, which the stream then resumes from).
+    fn stream_to_file(
+        &self,
+        dir: &Path,
+        f: &Fetch<'_>,
+        journal: &mut Journal,
+        meter: &mut Meter<'_>,
+        cancel: &CancelFlag,
+    ) -> Result<stream::Streamed, Error> {
+        let path = dir.join(&f.artifact.name);
+        if journal.done(&f.artifact.name) == 0 {
+            self.io
+                .remove_file(&path)
+                .map_err(io_err("remove", &path))?;
+        }
+        let file = self
+            .io
+            .open_rw(&path, true)
+            .map_err(io_err("create", &path))?;
+        let mut sink = FileSink { file, path };
+        self.stream(f, &mut sink, journal, meter, cancel)
+    }
+
     /// Stream one artifact with the journal as checkpoint record.
     #[allow(clippy::too_many_arguments)]
     fn stream(
@@ -677,18 +701,7 @@ impl NodeEngine {
             reused += s.reused;
         }
         for f in boot_files.iter().copied() {
-            let path = staging.join(&f.artifact.name);
-            if journal.done(&f.artifact.name) == 0 {
-                self.io
-                    .remove_file(&path)
-                    .map_err(io_err("remove", &path))?;
-            }
-            let file = self
-                .io
-                .open_rw(&path, true)
-                .map_err(io_err("create", &path))?;
-            let mut sink = FileSink { file, path };
-            let s = self.stream(f, &mut sink, &mut journal, meter, cancel)?;
+            let s = self.stream_to_file(&staging, f, &mut journal, meter, cancel)?;
             fetched += s.fetched;
             reused += s.reused;
         }
