@@ -25,6 +25,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod error;
+pub mod last_seen;
 pub mod metrics;
 pub mod policy;
 pub mod server;

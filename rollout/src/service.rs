@@ -23,6 +23,7 @@ use crate::api;
 use crate::auth::{self, Random};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::last_seen::LastSeen;
 use crate::policy::{
     self, Context, Decision, Fleet, NodeFacts, Progress, ReleaseRef, Rollout, RolloutState, Stage,
 };
@@ -53,6 +54,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
     config: Arc<Config>,
+    /// Steady-state check-ins' last-seen times, written by [`Service::flush_last_seen`].
+    last_seen: Arc<LastSeen>,
 }
 
 /// Who called, after authentication.
@@ -79,6 +82,7 @@ impl Service {
             clock,
             random,
             config: Arc::new(config),
+            last_seen: Arc::new(LastSeen::default()),
         }
     }
 
@@ -188,18 +192,87 @@ impl Service {
     /// `POST /v1/check-in`. Validation and authorisation happen before the transaction, so a
     /// refused check-in changes nothing.
     pub fn check_in(&self, caller: &Caller, body: &[u8]) -> Result<Directive> {
-        self.check_in_tx(self.tx()?, caller, body)
+        if let Some(d) = self.check_in_tx(Tx::begin_read(self.backend.as_ref())?, caller, body)? {
+            return Ok(d);
+        }
+        self.check_in_tx(self.tx()?, caller, body)?.ok_or_else(|| {
+            Error::Internal("a check-in in a write transaction gave no answer".into())
+        })
     }
 
-    /// Authentication and the check-in in one transaction (the hot path: one database round
-    /// per check-in).
+    /// Authentication and the check-in (the hot path). First in a **read-only**
+    /// transaction: a node in the steady state (no new events, the same version, slot and
+    /// agent state as stored, told to wait or to go on with an update it was already
+    /// admitted to) is answered from what is committed, writing nothing but its last-seen
+    /// time into [`LastSeen`] (flushed in batches). Anything that must be written — an event,
+    /// a changed report, an admission, a reboot grant, a timeout, a halt — reruns the whole
+    /// check-in in one write transaction, where every limit is checked again under the
+    /// pool's lock. A read-only answer is what a check-in committed just before any
+    /// concurrent write would have got, and it never takes a slot, so the limits hold.
     pub fn check_in_with_token(&self, token: Option<&str>, body: &[u8]) -> Result<Directive> {
-        let mut tx = self.tx()?;
+        match self.check_in_read_only(token, body)? {
+            Some(d) => Ok(d),
+            None => self.check_in_writing(token, body),
+        }
+    }
+
+    /// The read-only half of [`Service::check_in_with_token`]: the answer to a steady-state
+    /// check-in, or `None` when the check-in has something to write. Refusals (bad
+    /// credentials, a malformed or foreign report) are final here already.
+    pub fn check_in_read_only(
+        &self,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> Result<Option<Directive>> {
+        let mut tx = Tx::begin_read(self.backend.as_ref())?;
         let caller = Self::authenticate_in(&mut tx, token)?;
         self.check_in_tx(tx, &caller, body)
     }
 
-    fn check_in_tx(&self, mut tx: Tx<'_>, caller: &Caller, body: &[u8]) -> Result<Directive> {
+    /// The writing half of [`Service::check_in_with_token`]: the whole check-in in one write
+    /// transaction.
+    pub fn check_in_writing(&self, token: Option<&str>, body: &[u8]) -> Result<Directive> {
+        let mut tx = self.tx()?;
+        let caller = Self::authenticate_in(&mut tx, token)?;
+        self.check_in_tx(tx, &caller, body)?.ok_or_else(|| {
+            Error::Internal("a check-in in a write transaction gave no answer".into())
+        })
+    }
+
+    /// Writes the buffered last-seen times in one transaction; returns how many nodes. On
+    /// failure the batch goes back into the buffer for the next flush.
+    pub fn flush_last_seen(&self) -> Result<usize> {
+        let batch = self.last_seen.take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let write = || -> Result<()> {
+            let mut tx = self.tx()?;
+            for (node, at) in &batch {
+                tx.touch_last_seen(node, *at)?;
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                self.last_seen.restore(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// The check-in in `tx`. In a read-only `tx` (see [`Service::check_in_with_token`]) it
+    /// returns `None` as soon as the check-in would have to write; in a write `tx` it always
+    /// answers.
+    fn check_in_tx(
+        &self,
+        mut tx: Tx<'_>,
+        caller: &Caller,
+        body: &[u8],
+    ) -> Result<Option<Directive>> {
+        let read_only = tx.is_read_only();
         let Caller::Node { id, pool } = caller else {
             return Err(Error::Forbidden(
                 "check-ins need a node token (brn_…)".into(),
@@ -240,6 +313,9 @@ impl Service {
         for event in &report.events {
             if last_seq.is_some_and(|last| event.seq <= last) {
                 continue;
+            }
+            if read_only {
+                return Ok(None);
             }
             last_seq = Some(event.seq);
             tx.insert_event(&EventRow {
@@ -333,6 +409,13 @@ impl Service {
                         Decision::Reboot { .. } => true,
                         Decision::Wait { .. } | Decision::Cancel { .. } => false,
                     };
+                    let writes = takes_slot
+                        || settled.needs_lock
+                        || settled.changed
+                        || matches!(decision, Decision::Cancel { .. });
+                    if read_only && writes {
+                        return Ok(None);
+                    }
                     if !locked && (takes_slot || settled.needs_lock) {
                         tx.lock_pool(&report.pool)?;
                         locked = true;
@@ -352,23 +435,31 @@ impl Service {
                 }
             }
         };
-        tx.update_node_report(
-            id,
-            now,
-            &report.booted.version,
-            match report.booted.slot {
-                wire::Slot::A => "a",
-                wire::Slot::B => "b",
-            },
-            &serde_json::to_value(report.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            last_seq,
-        )?;
+        let slot = match report.booted.slot {
+            wire::Slot::A => "a",
+            wire::Slot::B => "b",
+        };
+        let state = serde_json::to_value(report.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if read_only {
+            let unchanged = node.booted_version.as_ref() == Some(&report.booted.version)
+                && node.booted_slot.as_deref() == Some(slot)
+                && node.agent_state.as_deref() == Some(state.as_str())
+                && node.last_event_seq == last_seq;
+            if !unchanged {
+                return Ok(None);
+            }
+            let directive = self.directive(&mut tx, &pool_row, directive, last_seq)?;
+            drop(tx);
+            self.last_seen.record(id.as_str(), now);
+            return Ok(Some(directive));
+        }
+        tx.update_node_report(id, now, &report.booted.version, slot, &state, last_seq)?;
         let directive = self.directive(&mut tx, &pool_row, directive, last_seq)?;
         tx.commit()?;
-        Ok(directive)
+        Ok(Some(directive))
     }
 
     /// Counts the fleet and finds timeouts and a due halt. Holding the pool lock
@@ -1033,6 +1124,8 @@ impl Service {
 
     pub fn nodes(&self, caller: &Caller, pool: &str) -> Result<Vec<api::NodeInfo>> {
         Self::operator(caller)?;
+        // The listing shows last-seen times: write the buffered ones first.
+        self.flush_last_seen()?;
         let mut tx = self.tx()?;
         let pool = Self::pool_of(&mut tx, pool)?;
         let rollout = tx.current_rollout(&pool.name)?;

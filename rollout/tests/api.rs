@@ -5,6 +5,7 @@ mod support;
 
 use basalt_manifest::chrono::Duration;
 use basalt_manifest::semver::Version;
+use basalt_rollout::clock::Clock;
 use basalt_rollout_wire::{
     AgentState, Booted, CheckIn, Directive, Event, EventKind, FleetLockRequest, NodeId, PoolName,
     Slot, PROTOCOL_VERSION,
@@ -783,4 +784,97 @@ fn metrics_and_state_survive_a_restart() {
     let (status, page) = h.call(Method::GET, "", None, &[]);
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("basalt-rollout"));
+}
+
+/// The stored last-seen time of `id`, read straight from the database.
+fn stored_last_seen(
+    h: &Harness,
+    id: &str,
+) -> Option<basalt_manifest::chrono::DateTime<basalt_manifest::chrono::Utc>> {
+    let mut tx = basalt_rollout::store::Tx::begin_read(h.backend.as_ref()).expect("read");
+    tx.node(&NodeId::new(id).expect("id"))
+        .expect("node query")
+        .expect("node stored")
+        .last_seen
+}
+
+#[test]
+fn steady_state_check_ins_only_read_and_buffer_their_last_seen_time() {
+    let h = Harness::sqlite();
+    let enroll_token = h.pool("web", 60);
+    let node = enroll(&h, &enroll_token, "n1");
+    let svc = h.service();
+    let body = report("n1", "web", "1.0.0", vec![]).to_json();
+
+    // The first check-in stores the node's report (version, slot, state): a write.
+    let d = svc
+        .check_in_with_token(Some(&node), &body)
+        .expect("first check-in");
+    assert_eq!(d.action, basalt_rollout_wire::Action::Wait);
+    assert_eq!(stored_last_seen(&h, "n1"), Some(t0()));
+
+    // The same report later: answered from what is stored, the time only buffered.
+    h.clock.advance(Duration::seconds(30));
+    let d = svc
+        .check_in_with_token(Some(&node), &body)
+        .expect("steady check-in");
+    assert_eq!(d.action, basalt_rollout_wire::Action::Wait);
+    assert_eq!(stored_last_seen(&h, "n1"), Some(t0()), "not written yet");
+    assert_eq!(svc.flush_last_seen().expect("flush"), 1);
+    assert_eq!(
+        stored_last_seen(&h, "n1"),
+        Some(t0() + Duration::seconds(30))
+    );
+    assert_eq!(
+        svc.flush_last_seen().expect("second flush"),
+        0,
+        "nothing left"
+    );
+
+    // A changed report (another agent state) is written at once, with its time…
+    h.clock.advance(Duration::seconds(30));
+    let steady_at = h.clock.now();
+    svc.check_in_with_token(Some(&node), &body)
+        .expect("steady again");
+    h.clock.advance(Duration::seconds(30));
+    let mut busy = report("n1", "web", "1.0.0", vec![]);
+    busy.state = AgentState::Downloading;
+    svc.check_in_with_token(Some(&node), &busy.to_json())
+        .expect("changed check-in");
+    let written = t0() + Duration::seconds(90);
+    assert_eq!(stored_last_seen(&h, "n1"), Some(written));
+    // …and a buffered, older time flushed after it never moves the time back.
+    assert!(steady_at < written);
+    assert_eq!(svc.flush_last_seen().expect("flush"), 1);
+    assert_eq!(stored_last_seen(&h, "n1"), Some(written));
+
+    // An event is never only buffered: it is stored before the answer.
+    h.clock.advance(Duration::seconds(30));
+    let with_event = report(
+        "n1",
+        "web",
+        "1.0.0",
+        vec![event(1, EventKind::Failed, "2.0.0", Some("disk full"))],
+    );
+    let mut checking = with_event.clone();
+    checking.state = AgentState::Downloading;
+    let d = svc
+        .check_in_with_token(Some(&node), &checking.to_json())
+        .expect("check-in with an event");
+    assert_eq!(d.acked_event_seq, Some(1));
+    let s = h.status("web");
+    assert_eq!(s["recent_events"].as_array().map(Vec::len), Some(1), "{s}");
+
+    // The operator's listing writes the buffer first: it shows the newest time.
+    h.clock.advance(Duration::seconds(30));
+    let same = checking.to_json();
+    svc.check_in_with_token(Some(&node), &same)
+        .expect("steady with the old event");
+    let listed = svc
+        .nodes(
+            &basalt_rollout::service::Caller::Operator("alice".into()),
+            "web",
+        )
+        .expect("nodes");
+    assert_eq!(listed[0].last_seen, Some(h.clock.now()));
 }

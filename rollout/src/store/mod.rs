@@ -10,11 +10,12 @@
 //! - **One SQL text for both.** Queries use `$1`-style parameters (PostgreSQL's); the SQLite
 //!   backend rewrites them to `?1` (SQLite's numbered parameters, the same meaning). Only
 //!   types both share are used: `BIGINT` (times are Unix seconds, booleans 0/1) and `TEXT`.
-//! - **Limits inside transactions.** Every check-in, FleetLock call and operator change is one
-//!   transaction that first locks its pool ([`Tx::lock_pool`]): SQLite by `BEGIN IMMEDIATE`
-//!   (one writer, across processes too), PostgreSQL by `SELECT … FOR UPDATE` on the pool's
-//!   row, so two replicas never both admit a node into the last free slot: the second waits
-//!   for the first to commit and then counts its admission.
+//! - **Limits inside transactions.** Every check-in that writes, FleetLock call and operator
+//!   change is one transaction that first locks its pool ([`Tx::lock_pool`]): SQLite by
+//!   `BEGIN IMMEDIATE` (one writer, across processes too), PostgreSQL by `SELECT … FOR
+//!   UPDATE` on the pool's row, so two replicas never both admit a node into the last free
+//!   slot: the second waits for the first to commit and then counts its admission. A
+//!   steady-state check-in only reads ([`Tx::begin_read`]; `Service::check_in_with_token`).
 //! - **Counters beside facts.** A rollout's touched and failed counts are columns updated in
 //!   the same transaction as the progress rows they count (the hot path reads one row instead
 //!   of counting thousands); the in-flight and unavailable counts depend on time and are
@@ -57,6 +58,9 @@ pub enum StoreError {
     /// A write would break a uniqueness rule (e.g. the same release sequence twice).
     #[error("{0}")]
     Conflict(String),
+    /// A write was attempted in a transaction begun read-only (a bug in the caller).
+    #[error("a write in a read-only transaction: {0}")]
+    ReadOnly(String),
 }
 
 /// Result alias of the store.
@@ -418,6 +422,8 @@ fn all<T>(rows: Vec<Row>, f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
 /// A transaction with the typed operations. Dropped without [`Tx::commit`]: rolled back.
 pub struct Tx<'a> {
     conn: Box<dyn Conn + 'a>,
+    /// Begun by [`Tx::begin_read`]: every write is refused.
+    read_only: bool,
 }
 
 impl fmt::Debug for Tx<'_> {
@@ -433,14 +439,22 @@ impl<'a> Tx<'a> {
     pub fn begin(backend: &'a dyn Backend) -> Result<Self> {
         Ok(Tx {
             conn: backend.begin()?,
+            read_only: false,
         })
     }
 
-    /// Begins a read-only transaction on `backend` (never commit writes through it).
+    /// Begins a read-only transaction on `backend`: its writes are refused
+    /// ([`StoreError::ReadOnly`]) and it never takes the write lock.
     pub fn begin_read(backend: &'a dyn Backend) -> Result<Self> {
         Ok(Tx {
             conn: backend.begin_read()?,
+            read_only: true,
         })
+    }
+
+    /// Whether this transaction was begun by [`Tx::begin_read`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Commits.
@@ -449,6 +463,9 @@ impl<'a> Tx<'a> {
     }
 
     fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(sql.to_owned()));
+        }
         self.conn.execute(sql, params)
     }
 
@@ -456,10 +473,11 @@ impl<'a> Tx<'a> {
         self.conn.query(sql, params)
     }
 
-    /// Whether every write transaction already excludes all others (SQLite's `BEGIN
-    /// IMMEDIATE`), so [`Tx::lock_pool`] adds nothing.
+    /// Whether this transaction already excludes every other writer (a SQLite write
+    /// transaction: `BEGIN IMMEDIATE`), so [`Tx::lock_pool`] adds nothing. A read-only
+    /// transaction excludes nothing.
     pub fn locks_on_begin(&self) -> bool {
-        self.conn.dialect() == Dialect::Sqlite
+        !self.read_only && self.conn.dialect() == Dialect::Sqlite
     }
 
     /// Serialises this transaction against every other one touching `pool` (see the module
@@ -615,6 +633,15 @@ impl<'a> Tx<'a> {
             ],
         )?;
         Ok(())
+    }
+
+    /// Moves a node's last-seen time forward to `at` (never back: a buffered time older
+    /// than one a check-in wrote meanwhile changes nothing). Returns the rows changed.
+    pub fn touch_last_seen(&mut self, id: &str, at: DateTime<Utc>) -> Result<u64> {
+        self.exec(
+            "UPDATE nodes SET last_seen = $1 WHERE id = $2 AND (last_seen IS NULL OR last_seen < $1)",
+            &[unix(at).into(), id.into()],
+        )
     }
 
     pub fn set_node_pin(&mut self, id: &NodeId, pin: Option<&Version>) -> Result<()> {

@@ -2,10 +2,13 @@
 //! fleet.db`). WAL journal, `synchronous=NORMAL` (a committed check-in survives a crash of the
 //! server; a power cut may lose the last few, which nodes re-send: events are idempotent),
 //! foreign keys on, a busy timeout so a second process on the same file waits instead of
-//! failing. One connection behind a mutex: SQLite has one writer anyway, and every
-//! transaction here writes.
+//! failing. One writing connection behind a mutex (SQLite has one writer anyway) and, for a
+//! database file, a few reading connections: in WAL mode readers see the last commit and
+//! neither wait for the writer nor for each other, so read-only transactions (the steady
+//! state check-in, status, metrics) run side by side on several cores.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,7 +22,16 @@ use super::{Backend, Conn, Dialect, Result, Row, StoreError, Value};
 pub struct Sqlite {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Read-only connections ([`READERS`] of them; none for `:memory:`, whose every
+    /// connection would be a database of its own).
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next reader search starts (spreads the readers' use).
+    next_reader: AtomicUsize,
 }
+
+/// Reading connections of a database file: enough for this server's cores to read at once;
+/// a request finding them all busy waits for one.
+pub const READERS: usize = 4;
 
 fn err<'a>(path: &'a Path, what: &'a str) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
     move |source| StoreError::Sqlite {
@@ -52,9 +64,32 @@ impl Sqlite {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(err(path, "setting pragmas"))?;
+        let in_memory = path.as_os_str().is_empty()
+            || path
+                .to_str()
+                .is_some_and(|p| p == ":memory:" || p.contains("mode=memory"));
+        let mut readers = Vec::new();
+        if !in_memory {
+            for _ in 0..READERS {
+                let reader = Connection::open(path).map_err(err(path, "opening a reader"))?;
+                reader
+                    .busy_timeout(Duration::from_secs(10))
+                    .map_err(err(path, "setting a reader's busy timeout"))?;
+                reader
+                    // Pages read through a shared mapping instead of copied into each
+                    // reader's own cache by read(2).
+                    .execute_batch(
+                        "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 1073741824;",
+                    )
+                    .map_err(err(path, "setting a reader's pragmas"))?;
+                readers.push(Mutex::new(reader));
+            }
+        }
         Ok(Sqlite {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers,
+            next_reader: AtomicUsize::new(0),
         })
     }
 }
@@ -153,6 +188,35 @@ impl Sqlite {
             .conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.start_on(conn, statement)
+    }
+
+    /// A free reader if there is one, else (all busy) the next one in turn, waited for.
+    fn reader(&self) -> Option<MutexGuard<'_, Connection>> {
+        let n = self.readers.len();
+        if n == 0 {
+            return None;
+        }
+        let first = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            match self.readers[(first + i) % n].try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        Some(
+            self.readers[first]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    fn start_on<'a>(
+        &'a self,
+        conn: MutexGuard<'a, Connection>,
+        statement: &str,
+    ) -> Result<Box<dyn Conn + 'a>> {
         conn.execute_batch(statement)
             .map_err(err(&self.path, "beginning a transaction"))?;
         Ok(Box::new(SqliteConn {
@@ -165,7 +229,10 @@ impl Sqlite {
 
 impl Backend for Sqlite {
     fn begin_read(&self) -> Result<Box<dyn Conn + '_>> {
-        self.start("BEGIN")
+        match self.reader() {
+            Some(reader) => self.start_on(reader, "BEGIN"),
+            None => self.start("BEGIN"),
+        }
     }
 
     fn begin(&self) -> Result<Box<dyn Conn + '_>> {
