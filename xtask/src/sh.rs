@@ -1,7 +1,7 @@
 //! Small helpers to run commands from xtask with clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -20,6 +20,47 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {}", render(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", render(cmd));
+    }
+    Ok(())
+}
+
+/// Run `cmd` like [`run`], its stdout and stderr lines written to our stderr as
+/// `[prefix] line` (for commands that run at the same time as others).
+pub fn run_prefixed(prefix: &str, cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    eprintln!("[{prefix}] + {}", render(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", render(cmd)))?;
+    let forward = |stream: Box<dyn Read + Send>| {
+        let prefix = prefix.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).split(b'\n') {
+                let Ok(line) = line else { break };
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "[{prefix}] ");
+                let _ = err.write_all(&line);
+                let _ = writeln!(err);
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(forward(Box::new(out)));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(forward(Box::new(err)));
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", render(cmd)))?;
+    for r in readers {
+        let _ = r.join();
+    }
     if !status.success() {
         bail!("{} failed: {status}", render(cmd));
     }

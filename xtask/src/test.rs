@@ -78,10 +78,30 @@ pub struct Args {
     /// Seconds each fuzz target runs.
     #[arg(long, default_value_t = 20)]
     fuzz_seconds: u32,
+    /// One `cargo test --workspace` (every binary after the other) instead of two lanes.
+    #[arg(long)]
+    serial: bool,
+    /// Build the test binaries, print which lane runs each, and stop.
+    #[arg(long)]
+    list_lanes: bool,
 }
+
+/// Packages whose test binaries make the `vm` lane; every other test binary, the doc tests
+/// and the fuzz pass make the `host` lane.
+///
+/// Why lanes: the QEMU scenarios and image builds of `basalt-tests` take most of a run, and
+/// much of that time uses one core (a one-vCPU TCG guest, `mkfs.erofs`, a guest waiting on a
+/// timer), so the host tests, doc tests and fuzzing run beside them instead of after them.
+/// Every binary is built once (`cargo test --workspace --no-run`: the features are unified
+/// over the whole workspace exactly as in a serial run) and run as `cargo test` runs it (its
+/// package folder as the working directory, its own test threads); only the lanes overlap.
+const VM_LANE_PACKAGES: &[&str] = &["basalt-tests"];
 
 pub fn run(args: Args) -> Result<()> {
     let root = sh::root();
+    if args.list_lanes {
+        return run_in_lanes(&root, &args);
+    }
     if !args.no_install {
         install_packages()?;
     }
@@ -98,16 +118,194 @@ pub fn run(args: Args) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    sh::run(
-        Command::new("cargo")
-            .current_dir(&root)
-            // Every test binary runs even after a failure: one CI run shows every red test.
-            .args(["test", "--workspace", "--no-fail-fast"]),
-    )?;
-    if !args.no_fuzz {
-        fuzz(args.fuzz_seconds)?;
+    if args.serial {
+        sh::run(
+            Command::new("cargo")
+                .current_dir(&root)
+                // Every test binary runs even after a failure: one CI run shows every red test.
+                .args(["test", "--workspace", "--no-fail-fast"]),
+        )?;
+        if !args.no_fuzz {
+            fuzz(args.fuzz_seconds, None)?;
+        }
+    } else {
+        run_in_lanes(&root, &args)?;
     }
     eprintln!("xtask test: all checks passed");
+    Ok(())
+}
+
+/// One test executable as Cargo built it.
+#[derive(Debug, Clone)]
+struct TestBinary {
+    package: String,
+    /// `unittests <target>` or `tests/<name>.rs`-like, as Cargo prints it.
+    label: String,
+    path: std::path::PathBuf,
+    /// The package's folder: Cargo runs test binaries there.
+    dir: std::path::PathBuf,
+}
+
+/// `cargo test --workspace --no-run`, and the test executables it built.
+fn build_test_binaries(root: &std::path::Path) -> Result<Vec<TestBinary>> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root).args([
+        "test",
+        "--workspace",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("+ {}", sh::render(&cmd));
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot start cargo test --no-run")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo test --workspace --no-run failed: {}",
+        out.status
+    );
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let Some(path) = msg["executable"].as_str() else {
+            continue;
+        };
+        let manifest = msg["manifest_path"].as_str().unwrap_or_default();
+        let dir = std::path::Path::new(manifest)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| root.to_path_buf());
+        let target = msg["target"]["name"].as_str().unwrap_or("?");
+        let kind = msg["target"]["kind"][0].as_str().unwrap_or("?");
+        let src = msg["target"]["src_path"].as_str().unwrap_or("?");
+        let label = match kind {
+            "test" | "bench" | "example" => src
+                .strip_prefix(&format!("{}/", dir.display()))
+                .unwrap_or(src)
+                .to_owned(),
+            _ => format!("unittests {target} ({kind})"),
+        };
+        // The package name is the id's last path part before '#' (`path+file:///…/x#name@v`
+        // or `…/name#v`); the manifest's folder name is not always the package name.
+        let id = msg["package_id"].as_str().unwrap_or_default();
+        let package = id
+            .rsplit_once('#')
+            .map(|(head, tail)| match tail.split_once('@') {
+                Some((name, _)) => name.to_owned(),
+                None => head.rsplit('/').next().unwrap_or(head).to_owned(),
+            })
+            .unwrap_or_default();
+        binaries.push(TestBinary {
+            package,
+            label,
+            path: path.into(),
+            dir,
+        });
+    }
+    binaries.sort_by(|a, b| (&a.package, &a.label).cmp(&(&b.package, &b.label)));
+    binaries.dedup_by(|a, b| a.path == b.path);
+    anyhow::ensure!(!binaries.is_empty(), "cargo built no test binaries");
+    Ok(binaries)
+}
+
+/// Runs `binaries` one after the other (all of them, failures collected), output prefixed
+/// with `lane`; returns each one's wall time and whether it passed.
+fn run_binaries(lane: &str, binaries: &[TestBinary]) -> Vec<(String, std::time::Duration, bool)> {
+    binaries
+        .iter()
+        .map(|b| {
+            let started = std::time::Instant::now();
+            let mut cmd = Command::new(&b.path);
+            cmd.current_dir(&b.dir);
+            // Two lanes share the cores: a guest may boot up to twice as slowly as alone, so
+            // its bounded waits get twice the time (they only bound how late a hang is
+            // reported), unless the caller chose a factor.
+            if std::env::var_os(basalt_tests::vm::TIMEOUT_FACTOR_ENV).is_none() {
+                cmd.env(basalt_tests::vm::TIMEOUT_FACTOR_ENV, "2");
+            }
+            let name = format!("{} {}", b.package, b.label);
+            eprintln!("[{lane}] Running {name}");
+            let ok = match sh::run_prefixed(lane, &mut cmd) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("[{lane}] FAILED {name}: {e:#}");
+                    false
+                }
+            };
+            (name, started.elapsed(), ok)
+        })
+        .collect()
+}
+
+fn run_in_lanes(root: &std::path::Path, args: &Args) -> Result<()> {
+    let binaries = build_test_binaries(root)?;
+
+    let (vm, host): (Vec<TestBinary>, Vec<TestBinary>) = binaries
+        .into_iter()
+        .partition(|b| VM_LANE_PACKAGES.contains(&b.package.as_str()));
+    if args.list_lanes {
+        for (lane, list) in [("host", &host), ("vm", &vm)] {
+            for b in list {
+                println!("{lane}\t{}\t{}\t{}", b.package, b.label, b.dir.display());
+            }
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !vm.is_empty(),
+        "no test binaries of {VM_LANE_PACKAGES:?} were built"
+    );
+    let started = std::time::Instant::now();
+    let (host_runs, host_rest, vm_runs) = std::thread::scope(|scope| {
+        let vm_lane = scope.spawn(|| run_binaries("vm", &vm));
+        let host_runs = run_binaries("host", &host);
+        // Doc tests (built here, by rustdoc) and the fuzz pass, still beside the vm lane.
+        let mut doc = Command::new("cargo");
+        doc.current_dir(root)
+            .args(["test", "--workspace", "--doc", "--no-fail-fast"]);
+        let docs = sh::run_prefixed("host", &mut doc).context("doc tests");
+        let fuzzed = if args.no_fuzz {
+            Ok(())
+        } else {
+            fuzz(args.fuzz_seconds, Some("host")).context("fuzz pass")
+        };
+        eprintln!(
+            "xtask test: lane host done after {:.1} min",
+            started.elapsed().as_secs_f64() / 60.0
+        );
+        let vm_runs = vm_lane.join().unwrap_or_default();
+        (host_runs, docs.and(fuzzed), vm_runs)
+    });
+    eprintln!(
+        "xtask test: lane vm done; both lanes took {:.1} min. Slowest test binaries:",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    let mut all: Vec<&(String, std::time::Duration, bool)> =
+        host_runs.iter().chain(vm_runs.iter()).collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r.1));
+    for (name, took, ok) in all.iter().take(15) {
+        eprintln!(
+            "  {:>7.1} s  {name}{}",
+            took.as_secs_f64(),
+            if *ok { "" } else { "  FAILED" }
+        );
+    }
+    let mut failed: Vec<String> = all.iter().filter(|r| !r.2).map(|r| r.0.clone()).collect();
+    if vm_runs.len() != vm.len() {
+        failed.push("the vm lane stopped early".into());
+    }
+    if let Err(e) = host_rest {
+        failed.push(format!("{e:#}"));
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("xtask test: failed:\n  {}", failed.join("\n  "));
+    }
     Ok(())
 }
 
@@ -170,12 +368,17 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[
     ("updater", "status_file"),
 ];
 
-fn fuzz(seconds: u32) -> Result<()> {
+/// The short fuzz pass; with `lane`, its output lines are marked as that lane's.
+fn fuzz(seconds: u32, lane: Option<&str>) -> Result<()> {
     if FUZZ_TARGETS.is_empty() {
         return Ok(());
     }
+    let run = |cmd: &mut Command| match lane {
+        Some(l) => sh::run_prefixed(l, cmd),
+        None => sh::run(cmd),
+    };
     if !sh::have("cargo-fuzz") {
-        sh::run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
     let root = sh::root();
     for (dir, target) in FUZZ_TARGETS {
@@ -195,7 +398,7 @@ fn fuzz(seconds: u32) -> Result<()> {
         if seeds.is_dir() {
             cmd.arg(&seeds);
         }
-        sh::run(cmd.arg("--").arg(format!("-max_total_time={seconds}")))?;
+        run(cmd.arg("--").arg(format!("-max_total_time={seconds}")))?;
     }
     Ok(())
 }
