@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::config::{RebootStrategy, Settings};
 use crate::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    NodeView, Phase, Progress,
+    ExtensionsView, NodeView, Phase, Progress,
 };
 use crate::fleetlock::FleetLock;
 use crate::health::Probe;
@@ -186,6 +186,26 @@ pub enum ApiError {
     Failed(Failure),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// An extension request (list, pin, unpin) failed or was refused by the engine; the
+    /// error's name is the engine's kind (`UnknownExtension`, `ExtensionNotStaged`, …).
+    #[error("{}", .0.message)]
+    Extension(JobError),
+}
+
+/// A request about the node's system extensions (issue 10). Pin and unpin are first put to
+/// the machine ([`Command::PinExtension`] / [`Command::UnpinExtension`]: may the pins change
+/// in this state?), then done by the engine on its worker, in order with its other jobs;
+/// every request answers with the listing after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtensionRequest {
+    List,
+    Pin {
+        name: String,
+        version: basalt_manifest::semver::Version,
+    },
+    Unpin {
+        name: String,
+    },
 }
 
 /// A message to the owning task.
@@ -197,6 +217,10 @@ pub enum Request {
     },
     History {
         reply: oneshot::Sender<Vec<Outcome>>,
+    },
+    Extensions {
+        request: ExtensionRequest,
+        reply: oneshot::Sender<Result<ExtensionsView, ApiError>>,
     },
 }
 
@@ -225,6 +249,17 @@ impl Handle {
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
         rx.await.map_err(|_| ApiError::ShuttingDown)
+    }
+
+    /// List the extensions, or pin / unpin one (see [`ExtensionRequest`]); answers with the
+    /// listing after the change.
+    pub async fn extensions(&self, request: ExtensionRequest) -> Result<ExtensionsView, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Extensions { request, reply })
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        rx.await.map_err(|_| ApiError::ShuttingDown)?
     }
 
     /// The published view (subscribe for changes).
@@ -258,6 +293,11 @@ enum WorkerJob {
     Rollback,
     MarkGood,
     MarkBad(Slot),
+    /// Answered directly to the caller (no state change, no node refresh).
+    Extensions {
+        request: ExtensionRequest,
+        reply: oneshot::Sender<Result<ExtensionsView, ApiError>>,
+    },
 }
 
 #[derive(Debug)]
@@ -305,6 +345,10 @@ fn make_runner<E: Engine + 'static>(
     out: mpsc::UnboundedSender<WorkerMsg>,
 ) -> Runner {
     let f = move |job: WorkerJob| {
+        if let WorkerJob::Extensions { request, reply } = job {
+            let _ = reply.send(run_extensions(&mut engine, &request).map_err(ApiError::Extension));
+            return;
+        }
         let is_node = matches!(job, WorkerJob::Node);
         let msg = run_job(&mut engine, job, &out);
         let _ = out.send(msg);
@@ -330,6 +374,25 @@ fn release_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// An extension request on the engine, then the listing after it.
+fn run_extensions<E: Engine>(
+    engine: &mut E,
+    request: &ExtensionRequest,
+) -> Result<ExtensionsView, JobError> {
+    guarded("extensions", || {
+        match request {
+            ExtensionRequest::List => {}
+            ExtensionRequest::Pin { name, version } => {
+                engine.pin_extension(name, version).map_err(job_error)?;
+            }
+            ExtensionRequest::Unpin { name } => {
+                engine.unpin_extension(name).map_err(job_error)?;
+            }
+        }
+        engine.extensions().map_err(job_error)
+    })
 }
 
 fn submit(runner: &Runner, job: WorkerJob) {
@@ -442,6 +505,11 @@ fn run_job<E: Engine>(
         WorkerJob::MarkBad(slot) => done(Event::MarkBadDone(guarded("mark-bad", || {
             engine.mark_bad(slot).map_err(job_error)
         }))),
+        // Answered by the runner before `run_job` (see `make_runner`); kept total.
+        WorkerJob::Extensions { request, reply } => {
+            let _ = reply.send(run_extensions(engine, &request).map_err(ApiError::Extension));
+            WorkerMsg::Node(guarded("node", || engine.node().map_err(job_error)))
+        }
     }
 }
 
@@ -882,6 +950,24 @@ impl Daemon {
         match req {
             Request::History { reply } => {
                 let _ = reply.send(self.machine.snapshot().history.iter().cloned().collect());
+            }
+            Request::Extensions { request, reply } => {
+                let command = match &request {
+                    ExtensionRequest::List => None,
+                    ExtensionRequest::Pin { .. } => Some(Command::PinExtension),
+                    ExtensionRequest::Unpin { .. } => Some(Command::UnpinExtension),
+                };
+                if let Some(command) = command {
+                    match self.machine.command(command) {
+                        Err(r) => {
+                            let _ = reply.send(Err(ApiError::Refused(r)));
+                            return;
+                        }
+                        Ok(effects) => self.apply_effects(effects),
+                    }
+                    tracing::info!(?request, "extension request accepted");
+                }
+                submit(&self.runner, WorkerJob::Extensions { request, reply });
             }
             Request::Command { command, reply } => {
                 let allow = matches!(
