@@ -13,6 +13,9 @@
 //!     extensions/<version>/ (the old set of that version moved aside first, then removed)
 //!   collect: sets whose OS version is in neither slot (booted, and the one being written)
 //! apply: the set of the version is there and every image still checks ─▶ else NotDownloaded
+//! pins (basalt_sysext::pins, <store>/pins): a full update must ship each pinned extension at
+//!   its pinned version (else Error::ExtensionPinned, before the slot is named; checked
+//!   again at apply); node-image-only keeps the booted set with the pinned versions over it
 //! ```
 //!
 //! The store (`/var/lib/basalt/extensions/<os-version>/NAME.raw`, `basalt_sysext::store`)
