@@ -118,7 +118,7 @@ pub enum Error {
         store: PathBuf,
     },
     /// No staged set holds this version of the extension (pinning it is refused).
-    #[error("extension {name} {version} is not staged (staged versions: {})", staged.join(", "))]
+    #[error("extension {name} {version} is not staged (staged versions: {})", .staged.join(", "))]
     NotStaged {
         /// The extension.
         name: String,

@@ -174,12 +174,12 @@ async fn extensions(p: &Updater1Proxy<'_>, cmd: ExtCmd) -> Res<()> {
             Ok(())
         }
         ExtCmd::Pin { name, version } => {
-            z(p.pin_extension(&name, &version).await)?;
+            z(p.pin_extension(name.clone(), version.clone()).await)?;
             println!("pinned {name} {version}");
             Ok(())
         }
         ExtCmd::Unpin { name } => {
-            z(p.unpin_extension(&name).await)?;
+            z(p.unpin_extension(name.clone()).await)?;
             println!("unpinned {name}");
             Ok(())
         }

@@ -471,13 +471,21 @@ pub enum Error {
         source: Box<basalt_sysext::Error>,
     },
     /// A full update would replace a pinned extension (or drop it): refused, never silently.
-    #[error("extension {name} is pinned at {pinned}, release {release} {}: unpin it (basaltctl extensions unpin {name}) or update node-image-only (update.node_image_only = true)", shipped.as_ref().map_or_else(|| "does not ship it".to_owned(), |v| format!("ships {name} {v}")))]
+    #[error("extension {name} is pinned at {pinned}, release {release} {}: unpin it (basaltctl extensions unpin {name}) or update node-image-only (update.node_image_only = true)", ships(.name, .shipped))]
     ExtensionPinned {
         name: String,
         pinned: Version,
         release: Version,
         shipped: Option<Version>,
     },
+}
+
+/// What a release ships of a pinned extension, for [`Error::ExtensionPinned`].
+fn ships(name: &str, shipped: &Option<Version>) -> String {
+    match shipped {
+        Some(v) => format!("ships {name} {v}"),
+        None => "does not ship it".to_owned(),
+    }
 }
 
 fn sysext_kind(e: &basalt_sysext::Error) -> ErrorKind {
