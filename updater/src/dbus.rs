@@ -178,9 +178,10 @@ fn allow_downgrade(options: &HashMap<String, OwnedValue>) -> Result<bool, Update
 type Slot4 = (String, String, String, u32);
 type Progress5 = (String, u64, u64, u64, u64);
 type HistoryEntry = (i64, String, String, String, String);
-/// `ListExtensions`: (staged sets: (OS version, (name, version)…)…, active names, pins:
-/// (name, version)…).
-type ExtensionsListing = (Vec<(String, Vec<(String, String)>)>, Vec<String>, Vec<(String, String)>);
+/// One staged set of `ListExtensions`: (OS version, [(name, version)]).
+type StagedSet = (String, Vec<(String, String)>);
+/// `ListExtensions`' three out arguments: staged sets, active names, pins (name, version).
+type ExtensionsListing = (Vec<StagedSet>, Vec<String>, Vec<(String, String)>);
 
 fn extensions_value(v: ExtensionsView) -> ExtensionsListing {
     let staged = v
@@ -389,7 +390,10 @@ impl Updater1 {
     /// The system extensions: the sets staged per OS version ((OS version, [(name,
     /// version)]) — version "" when an image's statement is unreadable), the active ones
     /// (mounted this boot) and the pins ((name, version)). A listing: nothing is verified.
-    async fn list_extensions(&self) -> Result<ExtensionsListing, UpdaterError> {
+    #[zbus(out_args("staged", "active", "pins"))]
+    async fn list_extensions(
+        &self,
+    ) -> Result<(Vec<StagedSet>, Vec<String>, Vec<(String, String)>), UpdaterError> {
         let v = self
             .handle
             .extensions(ExtensionRequest::List)
