@@ -217,7 +217,10 @@ mod tests {
     fn pins_round_trip_and_bad_lines_are_refused_naming_the_line() {
         let mut pins = Pins::new();
         pins.insert("tools".into(), Version::new(1, 0, 0));
-        pins.insert("gpu-driver".into(), Version::parse("535.1.0+deb12").expect("v"));
+        pins.insert(
+            "gpu-driver".into(),
+            Version::parse("535.1.0+deb12").expect("v"),
+        );
         let p = Path::new("/x/pins");
         assert_eq!(parse(&render(&pins), p).expect("parse"), pins);
         assert_eq!(parse("", p).expect("empty"), Pins::new());

@@ -23,8 +23,8 @@ use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::daemon::{error_name, Accepted, ApiError, ExtensionRequest, Handle, View};
-use crate::engine::ExtensionsView;
 use crate::engine::ErrorClass;
+use crate::engine::ExtensionsView;
 use crate::machine::{Command, Origin, Refusal};
 
 /// The well-known bus name.

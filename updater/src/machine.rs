@@ -1106,7 +1106,10 @@ impl Machine {
             ) => Ok(Vec::new()),
             (
                 C::PinExtension | C::UnpinExtension,
-                S::Downloading { .. } | S::Verifying { .. } | S::Staging { .. } | S::Cancelling { .. },
+                S::Downloading { .. }
+                | S::Verifying { .. }
+                | S::Staging { .. }
+                | S::Cancelling { .. },
             ) => Err(Refusal::Busy {
                 command: cmd.name(),
                 state: state_name,

@@ -178,21 +178,39 @@ fn basaltctl_drives_every_method_as_root() {
     // Extensions over the bus (the in-memory engine's store: tools 1.0.0 staged for 1.0.0).
     {
         let mut w = world.lock();
-        w.extensions.staged.push(basalt_updater::engine::StagedSetView {
-            os_version: "1.0.0".parse().unwrap(),
-            extensions: vec![("tools".into(), Some("1.0.0".parse().unwrap()))],
-        });
+        w.extensions
+            .staged
+            .push(basalt_updater::engine::StagedSetView {
+                os_version: "1.0.0".parse().unwrap(),
+                extensions: vec![("tools".into(), Some("1.0.0".parse().unwrap()))],
+            });
         w.extensions.active.push("tools".into());
     }
     for (args, exit, needle) in [
         (&["extensions", "pin", "nope", "1.0.0"][..], 30, "nope"),
         (&["extensions", "pin", "tools", "9.0.0"], 31, "tools 9.0.0"),
-        (&["extensions", "pin", "tools", "1.0"], 17, "extension version"),
-        (&["extensions", "pin", "../x", "1.0.0"], 17, "not an extension name"),
-        (&["extensions", "pin", "tools", "1.0.0"], 0, "pinned tools 1.0.0"),
+        (
+            &["extensions", "pin", "tools", "1.0"],
+            17,
+            "extension version",
+        ),
+        (
+            &["extensions", "pin", "../x", "1.0.0"],
+            17,
+            "not an extension name",
+        ),
+        (
+            &["extensions", "pin", "tools", "1.0.0"],
+            0,
+            "pinned tools 1.0.0",
+        ),
         (&["extensions", "unpin", "tools"], 0, "unpinned tools"),
         (&["extensions", "unpin", "tools"], 0, "unpinned tools"),
-        (&["extensions", "pin", "tools", "1.0.0"], 0, "pinned tools 1.0.0"),
+        (
+            &["extensions", "pin", "tools", "1.0.0"],
+            0,
+            "pinned tools 1.0.0",
+        ),
     ] {
         let o = basaltctl(&bus, None, args);
         assert_eq!(code(&o), exit, "{args:?}: {}", text(&o));

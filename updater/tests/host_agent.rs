@@ -999,7 +999,11 @@ fn extensions_list_pin_unpin_and_node_image_only_through_the_daemon() {
     );
     assert_eq!(l["pins"], serde_json::json!([]), "{l}");
     for (args, exit, needle) in [
-        (&["extensions", "pin", "nope", "1.0.0"][..], 30, "named nope"),
+        (
+            &["extensions", "pin", "nope", "1.0.0"][..],
+            30,
+            "named nope",
+        ),
         (
             &["extensions", "pin", "tools", "9.0.0"],
             31,
@@ -1010,8 +1014,16 @@ fn extensions_list_pin_unpin_and_node_image_only_through_the_daemon() {
             32,
             "SYSEXT_LEVEL=2, the booted OS has SYSEXT_LEVEL=1",
         ),
-        (&["extensions", "pin", "tools", "two"], 17, "extension version"),
-        (&["extensions", "pin", "tools", "2.0.0"], 0, "pinned tools 2.0.0"),
+        (
+            &["extensions", "pin", "tools", "two"],
+            17,
+            "extension version",
+        ),
+        (
+            &["extensions", "pin", "tools", "2.0.0"],
+            0,
+            "pinned tools 2.0.0",
+        ),
     ] {
         let o = host.ctl(args);
         assert_eq!(code(&o), exit, "{args:?}: {}", text(&o));
@@ -1034,7 +1046,8 @@ fn extensions_list_pin_unpin_and_node_image_only_through_the_daemon() {
     // Node-image-only (a second drop-in): a release of level 2 cannot keep tools 2.0 —
     // refused naming it and both levels; one of level 1 keeps it (its own tools 3.0 unused).
     std::fs::write(
-        host.dir.join("etc/basalt/updater.d/60-node-image-only.toml"),
+        host.dir
+            .join("etc/basalt/updater.d/60-node-image-only.toml"),
         "[update]\nnode_image_only = true\n",
     )
     .unwrap();
@@ -1064,7 +1077,10 @@ fn extensions_list_pin_unpin_and_node_image_only_through_the_daemon() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     host.wait_state("downloaded", 30);
     let kept = store.image_path(&"2.0.1".parse().unwrap(), "tools");
-    assert_eq!(std::fs::read(kept).unwrap(), std::fs::read(&tools2).unwrap());
+    assert_eq!(
+        std::fs::read(kept).unwrap(),
+        std::fs::read(&tools2).unwrap()
+    );
     let l = list(&host);
     assert!(
         l["staged"]

@@ -437,7 +437,12 @@ fn pins_are_listed_and_each_refusal_is_typed() {
     bad[4096 + 9] ^= 0x04;
     std::fs::write(&set1_tools, &bad).unwrap();
     for (name, version, kind, needle) in [
-        ("nope", "1.0.0", ErrorKind::UnknownExtension, "holds an extension named nope"),
+        (
+            "nope",
+            "1.0.0",
+            ErrorKind::UnknownExtension,
+            "holds an extension named nope",
+        ),
         (
             "tools",
             "9.9.9",
@@ -450,7 +455,12 @@ fn pins_are_listed_and_each_refusal_is_typed() {
             ErrorKind::InvalidRelease,
             "SYSEXT_LEVEL=2, the booted OS has SYSEXT_LEVEL=1",
         ),
-        ("tools", "1.0.0", ErrorKind::IntegrityMismatch, "altered extension image"),
+        (
+            "tools",
+            "1.0.0",
+            ErrorKind::IntegrityMismatch,
+            "altered extension image",
+        ),
     ] {
         let e = engine.pin_extension(name, &v(version)).unwrap_err();
         assert_eq!(e.kind(), kind, "{name} {version}: {e}");
@@ -524,7 +534,10 @@ fn node_image_only_keeps_the_pinned_version_while_it_fits() {
     world.publish(&v201, None);
     let d = download(&node, &world, "1.0.0").unwrap();
     let kept = store(&node).image_path(&v("2.0.1"), "tools");
-    assert_eq!(std::fs::read(&kept).unwrap(), std::fs::read(&tools2).unwrap());
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(&tools2).unwrap()
+    );
     node.engine(Box::new(world.source())).apply(&d, 3).unwrap();
     // 1.5.0's set is in neither slot: collected; the pinned image lives on in 2.0.1's.
     assert_eq!(
@@ -557,8 +570,9 @@ fn a_full_update_must_ship_the_pinned_version() {
     let e = download(&node, &world, "1.0.0").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ExtensionPinned, "{e}");
     assert!(
-        e.to_string()
-            .starts_with("extension tools is pinned at 1.0.0, release 2.0.0 ships tools 2.0.0: unpin it"),
+        e.to_string().starts_with(
+            "extension tools is pinned at 1.0.0, release 2.0.0 ships tools 2.0.0: unpin it"
+        ),
         "{e}"
     );
     assert_eq!(node.state(Slot::B), SlotState::Installing);

@@ -124,12 +124,16 @@ fn activate_extensions() -> Res<()> {
         code: 26,
         message: e.to_string(),
     })?;
-    let done =
-        basalt_updater::extensions::activate(&mut basalt_sysext::activate::System, &settings, &paths, run)
-            .map_err(|e| Failure {
-                code: 1,
-                message: format!("extensions not activated: {e}"),
-            })?;
+    let done = basalt_updater::extensions::activate(
+        &mut basalt_sysext::activate::System,
+        &settings,
+        &paths,
+        run,
+    )
+    .map_err(|e| Failure {
+        code: 1,
+        message: format!("extensions not activated: {e}"),
+    })?;
     for a in &done {
         println!(
             "activated {} {} ({} at {})",

@@ -214,7 +214,10 @@ impl NodeEngine {
                 .map_err(|e| not_kept(name, e))?;
             basalt_sysext::activate::check_extension(&ext.statement, &host)
                 .map_err(|e| not_kept(name, e))?;
-            files.push((path.clone(), format!("{name}{}", basalt_sysext::image::IMAGE_SUFFIX)));
+            files.push((
+                path.clone(),
+                format!("{name}{}", basalt_sysext::image::IMAGE_SUFFIX),
+            ));
             kept.push((name.clone(), ext.statement.version));
         }
         pins_honored(pins, &kept, &manifest.version)?;

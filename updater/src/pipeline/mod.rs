@@ -64,8 +64,8 @@ use crate::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, ExtensionsView,
     NodeView, Phase, Progress, SlotView,
 };
-use basalt_manifest::semver::Version;
 use crate::source::Source;
+use basalt_manifest::semver::Version;
 use error::{disk, io as io_err};
 use journal::Journal;
 use plan::{plan, Fetch, Plan};
