@@ -405,17 +405,29 @@ fn pins_are_listed_and_each_refusal_is_typed() {
     put(&node, "3.0.0", &build_ext(&world.dir, &level2));
     let mut engine = node.engine(Box::new(world.source()));
     let l = engine.extensions().unwrap();
-    let sets: Vec<(String, Vec<(String, Option<Version>)>)> = l
+    let sets: Vec<String> = l
         .staged
         .iter()
-        .map(|s| (s.os_version.to_string(), s.extensions.clone()))
+        .map(|s| {
+            let exts: Vec<String> = s
+                .extensions
+                .iter()
+                .map(|(n, v)| {
+                    format!(
+                        "{n} {}",
+                        v.as_ref().map(ToString::to_string).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("{}: {}", s.os_version, exts.join(", "))
+        })
         .collect();
     assert_eq!(
         sets,
         [
-            ("1.0.0".into(), vec![("tools".into(), Some(v("1.0.0")))]),
-            ("2.0.0".into(), vec![("tools".into(), Some(v("2.0.0")))]),
-            ("3.0.0".into(), vec![("tools".into(), Some(v("3.0.0")))]),
+            "1.0.0: tools 1.0.0",
+            "2.0.0: tools 2.0.0",
+            "3.0.0: tools 3.0.0"
         ]
     );
     assert_eq!(l.active, ["tools"]);

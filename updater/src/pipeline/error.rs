@@ -474,14 +474,15 @@ pub enum Error {
     #[error("extension {name} is pinned at {pinned}, release {release} {}: unpin it (basaltctl extensions unpin {name}) or update node-image-only (update.node_image_only = true)", ships(.name, .shipped))]
     ExtensionPinned {
         name: String,
-        pinned: Version,
+        // Boxed: the error stays small (clippy::result_large_err).
+        pinned: Box<Version>,
         release: Version,
-        shipped: Option<Version>,
+        shipped: Option<Box<Version>>,
     },
 }
 
 /// What a release ships of a pinned extension, for [`Error::ExtensionPinned`].
-fn ships(name: &str, shipped: &Option<Version>) -> String {
+fn ships(name: &str, shipped: &Option<Box<Version>>) -> String {
     match shipped {
         Some(v) => format!("ships {name} {v}"),
         None => "does not ship it".to_owned(),

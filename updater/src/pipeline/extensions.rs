@@ -452,9 +452,9 @@ fn pins_honored(pins: &Pins, set: &[(String, Version)], release: &Version) -> Re
         if shipped != Some(pinned) {
             return Err(Error::ExtensionPinned {
                 name: name.clone(),
-                pinned: pinned.clone(),
+                pinned: Box::new(pinned.clone()),
                 release: release.clone(),
-                shipped: shipped.cloned(),
+                shipped: shipped.cloned().map(Box::new),
             });
         }
     }
