@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::config::{RebootStrategy, Settings};
 use crate::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    ExtensionsView, NodeView, Phase, Progress,
+    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress,
 };
 use crate::fleetlock::FleetLock;
 use crate::health::Probe;
@@ -195,7 +195,9 @@ pub enum ApiError {
 /// A request about the node's system extensions (issue 10). Pin and unpin are first put to
 /// the machine ([`Command::PinExtension`] / [`Command::UnpinExtension`]: may the pins change
 /// in this state?), then done by the engine on its worker, in order with its other jobs;
-/// every request answers with the listing after it.
+/// every request answers with the listing after it. A plain listing does not queue behind
+/// the engine (a download holds it for minutes): it runs on a blocking thread through
+/// [`Engine::extensions_lister`], read-only, in any state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtensionRequest {
     List,
@@ -604,6 +606,8 @@ pub struct Daemon {
     retry: Duration,
 
     runner: Runner,
+    /// Lists the extensions without waiting for the engine (see `ExtensionRequest`).
+    lister: ExtensionsLister,
     worker_rx: mpsc::UnboundedReceiver<WorkerMsg>,
     requests: mpsc::Receiver<Request>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -770,6 +774,7 @@ impl Daemon {
         }
 
         let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+        let lister = engine.extensions_lister();
         let runner = make_runner(engine, worker_tx);
         let (req_tx, requests) = mpsc::channel(64);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -790,6 +795,7 @@ impl Daemon {
             watchdog,
             retry,
             runner,
+            lister,
             worker_rx,
             requests,
             internal_tx,
@@ -953,20 +959,31 @@ impl Daemon {
             }
             Request::Extensions { request, reply } => {
                 let command = match &request {
-                    ExtensionRequest::List => None,
-                    ExtensionRequest::Pin { .. } => Some(Command::PinExtension),
-                    ExtensionRequest::Unpin { .. } => Some(Command::UnpinExtension),
-                };
-                if let Some(command) = command {
-                    match self.machine.command(command) {
-                        Err(r) => {
-                            let _ = reply.send(Err(ApiError::Refused(r)));
-                            return;
-                        }
-                        Ok(effects) => self.apply_effects(effects),
+                    ExtensionRequest::List => {
+                        let lister = self.lister.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let listed = guarded("list extensions", || {
+                                lister().map_err(|e| JobError {
+                                    class: e.class(),
+                                    name: e.name().to_owned(),
+                                    message: e.to_string(),
+                                })
+                            });
+                            let _ = reply.send(listed.map_err(ApiError::Extension));
+                        });
+                        return;
                     }
-                    tracing::info!(?request, "extension request accepted");
+                    ExtensionRequest::Pin { .. } => Command::PinExtension,
+                    ExtensionRequest::Unpin { .. } => Command::UnpinExtension,
+                };
+                match self.machine.command(command) {
+                    Err(r) => {
+                        let _ = reply.send(Err(ApiError::Refused(r)));
+                        return;
+                    }
+                    Ok(effects) => self.apply_effects(effects),
                 }
+                tracing::info!(?request, "extension request accepted");
                 submit(&self.runner, WorkerJob::Extensions { request, reply });
             }
             Request::Command { command, reply } => {

@@ -137,6 +137,10 @@ pub struct ExtensionsView {
     pub pins: Vec<(String, Version)>,
 }
 
+/// Lists the node's extensions without the engine: [`Engine::extensions_lister`].
+pub type ExtensionsLister =
+    Arc<dyn Fn() -> Result<ExtensionsView, Box<dyn EngineError>> + Send + Sync>;
+
 /// One staged set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedSetView {
@@ -285,6 +289,11 @@ pub trait Engine: Send {
 
     /// The staged extension sets, the active extensions and the pins. No writes.
     fn extensions(&mut self) -> Result<ExtensionsView, Self::Error>;
+
+    /// The same listing as [`Engine::extensions`], callable from any thread while the
+    /// engine works (a download holds the engine for minutes; a listing must not wait for
+    /// it). Read-only: it sees the store before or after a set is swapped in, never half.
+    fn extensions_lister(&self) -> ExtensionsLister;
 
     /// Pin extension `name` at `version`: it must be staged, verify against the trust root
     /// and fit the booted OS (each refusal its own error kind). Updates then keep it (see

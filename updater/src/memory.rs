@@ -19,7 +19,7 @@ use basalt_manifest::{Digest, Manifest, VerifiedRelease, VersionChange};
 
 use crate::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    ExtensionsView, NodeView, Phase, Progress, SlotView,
+    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
 };
 
 /// The in-memory engine's error: a class, a stable name, a message.
@@ -569,6 +569,11 @@ impl Engine for MemoryEngine {
 
     fn extensions(&mut self) -> Result<ExtensionsView, MemoryError> {
         Ok(self.enter(Call::Extensions)?.extensions.clone())
+    }
+
+    fn extensions_lister(&self) -> ExtensionsLister {
+        let world = self.world.clone();
+        Arc::new(move || Ok(world.lock().extensions.clone()))
     }
 
     /// The same refusals as the node's, by name: an extension no set holds, a version no

@@ -426,6 +426,21 @@ async fn typed_errors_and_property_change_signals() {
         name(p.rollback().await.unwrap_err()),
         "org.basalt.Updater1.Error.Busy"
     );
+    // The engine is held by the download: a listing still answers (it does not queue
+    // behind the engine), a pin is refused as busy.
+    let (staged, active, pins) = tokio::time::timeout(Duration::from_secs(10), p.list_extensions())
+        .await
+        .expect("ListExtensions answers during a download")
+        .unwrap();
+    assert!(staged.is_empty() && active.is_empty() && pins.is_empty());
+    assert_eq!(
+        name(
+            p.pin_extension("tools".into(), "1.0.0".into())
+                .await
+                .unwrap_err()
+        ),
+        "org.basalt.Updater1.Error.Busy"
+    );
     // Without allow-downgrade, the downgrade candidate is refused explicitly.
     p.cancel().await.unwrap();
     world.release_downloads();

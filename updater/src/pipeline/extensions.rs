@@ -158,11 +158,7 @@ impl NodeEngine {
     /// The operator's pins (`<store>/pins`); an unreadable or malformed file fails the
     /// update (never read as "no pins").
     fn extension_pins(&self) -> Result<Pins, Error> {
-        let store = self.extension_store();
-        store.pins().map_err(|e| Error::State {
-            path: store.pins_path(),
-            reason: e.to_string(),
-        })
+        pins_of(&self.extension_store())
     }
 
     /// Node-image-only: the booted version's set (`keep[0]`), with each pinned extension at
@@ -356,45 +352,6 @@ impl NodeEngine {
         pins_honored(&pins, &shipped, &manifest.version)
     }
 
-    /// What the store holds and what is active (`basaltctl extensions list`, D-Bus
-    /// `ListExtensions`): no verification, a listing.
-    pub(super) fn extension_listing(&self) -> Result<ExtensionsView, Error> {
-        let store = self.extension_store();
-        let state = |e: basalt_sysext::Error| Error::State {
-            path: store.root().to_path_buf(),
-            reason: e.to_string(),
-        };
-        let staged = store
-            .listing()
-            .map_err(state)?
-            .into_iter()
-            .map(|set| StagedSetView {
-                os_version: set.os_version,
-                extensions: set
-                    .images
-                    .into_iter()
-                    .map(|i| (i.name, i.version))
-                    .collect(),
-            })
-            .collect();
-        let pins = self.extension_pins()?.into_iter().collect();
-        let run = &self.config.run_extensions;
-        let mut active: Vec<String> = match std::fs::read_dir(run) {
-            Ok(entries) => entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io_err("list", run)(e)),
-        };
-        active.sort();
-        Ok(ExtensionsView {
-            staged,
-            active,
-            pins,
-        })
-    }
-
     /// Pin extension `name` at `version` (see `basalt_sysext::pins` for the checks: staged,
     /// signed, intact, compatible with the booted OS); the pins file is replaced atomically.
     pub(super) fn pin_extension_inner(&self, name: &str, version: &Version) -> Result<(), Error> {
@@ -442,6 +399,52 @@ impl NodeEngine {
                 source: e.source,
             })
     }
+}
+
+/// The pins of `store`, as a pipeline error when unreadable or malformed.
+fn pins_of(store: &Store) -> Result<Pins, Error> {
+    store.pins().map_err(|e| Error::State {
+        path: store.pins_path(),
+        reason: e.to_string(),
+    })
+}
+
+/// What `store` holds and what is mounted under `run` (`basaltctl extensions list`, D-Bus
+/// `ListExtensions`): no verification, a listing. Needs no engine, so the daemon can answer
+/// it while the engine works (see `Engine::extensions_lister`).
+pub fn listing(store: &Store, run: &Path) -> Result<ExtensionsView, Error> {
+    let state = |e: basalt_sysext::Error| Error::State {
+        path: store.root().to_path_buf(),
+        reason: e.to_string(),
+    };
+    let staged = store
+        .listing()
+        .map_err(state)?
+        .into_iter()
+        .map(|set| StagedSetView {
+            os_version: set.os_version,
+            extensions: set
+                .images
+                .into_iter()
+                .map(|i| (i.name, i.version))
+                .collect(),
+        })
+        .collect();
+    let pins = pins_of(store)?.into_iter().collect();
+    let mut active: Vec<String> = match std::fs::read_dir(run) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err("list", run)(e)),
+    };
+    active.sort();
+    Ok(ExtensionsView {
+        staged,
+        active,
+        pins,
+    })
 }
 
 /// Every pin is honoured by `set` (name, signed version) of `release`, else the refusal

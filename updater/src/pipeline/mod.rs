@@ -61,8 +61,8 @@ pub use error::{Error, ErrorKind};
 pub use io::{NodeIo, RealIo};
 
 use crate::engine::{
-    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, ExtensionsView,
-    NodeView, Phase, Progress, SlotView,
+    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError,
+    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
 };
 use crate::source::Source;
 use basalt_manifest::semver::Version;
@@ -1104,7 +1104,15 @@ impl Engine for NodeEngine {
     }
 
     fn extensions(&mut self) -> Result<ExtensionsView, Error> {
-        self.extension_listing()
+        extensions::listing(&self.extension_store(), &self.config.run_extensions)
+    }
+
+    fn extensions_lister(&self) -> ExtensionsLister {
+        let store = self.extension_store();
+        let run = self.config.run_extensions.clone();
+        Arc::new(move || {
+            extensions::listing(&store, &run).map_err(|e| Box::new(e) as Box<dyn EngineError>)
+        })
     }
 
     fn pin_extension(&mut self, name: &str, version: &Version) -> Result<(), Error> {
