@@ -433,7 +433,11 @@ fn pins_are_listed_and_each_refusal_is_typed() {
     assert_eq!(l.active, ["tools"]);
     assert!(l.pins.is_empty());
 
+    // A torn earlier write of the pins left its temporary (its writer is gone).
+    let torn = store(&node).root().join(".pins.tmp-999999999-1");
+    std::fs::write(&torn, "tools 9").unwrap();
     engine.pin_extension("tools", &v("2.0.0")).unwrap();
+    assert!(!torn.exists(), "the torn temporary is removed");
     let pins_file = store(&node).pins_path();
     assert!(std::fs::read_to_string(&pins_file)
         .unwrap()

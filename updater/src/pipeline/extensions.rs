@@ -391,6 +391,16 @@ impl NodeEngine {
     fn write_pins(&self, all: &Pins) -> Result<(), Error> {
         let store = self.extension_store();
         std::fs::create_dir_all(store.root()).map_err(io_err("create", store.root()))?;
+        // A torn earlier write's temporary (`.pins.tmp-PID-SEQ`; the agent is the store's
+        // only writer): best effort, it only takes space.
+        match basalt_fsutil::remove_stale_temporaries(store.root()) {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::info!(path = %path.display(), "removed a torn write's temporary");
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
         self.io
             .write_atomic(&store.pins_path(), pins::render(all).as_bytes())
             .map_err(|e| Error::Io {
