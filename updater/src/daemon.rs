@@ -383,7 +383,7 @@ fn run_extensions<E: Engine>(
     engine: &mut E,
     request: &ExtensionRequest,
 ) -> Result<ExtensionsView, JobError> {
-    guarded("extensions", || {
+    let result = guarded("extensions", || {
         match request {
             ExtensionRequest::List => {}
             ExtensionRequest::Pin { name, version } => {
@@ -394,7 +394,11 @@ fn run_extensions<E: Engine>(
             }
         }
         engine.extensions().map_err(job_error)
-    })
+    });
+    if let Err(e) = &result {
+        tracing::info!(?request, name = %e.name, "extension request refused: {}", e.message);
+    }
+    result
 }
 
 fn submit(runner: &Runner, job: WorkerJob) {
