@@ -109,6 +109,24 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// No staged set holds an extension of this name (pinning it is refused).
+    #[error("no staged extension set in {store} holds an extension named {name}")]
+    UnknownExtension {
+        /// The name asked for.
+        name: String,
+        /// The store folder.
+        store: PathBuf,
+    },
+    /// No staged set holds this version of the extension (pinning it is refused).
+    #[error("extension {name} {version} is not staged (staged versions: {})", .staged.join(", "))]
+    NotStaged {
+        /// The extension.
+        name: String,
+        /// The version asked for.
+        version: basalt_manifest::semver::Version,
+        /// The versions the store holds.
+        staged: Vec<String>,
+    },
     /// Setting the image up on the node (loop device, dm-verity, mount, systemd-sysext).
     #[error("activate extension {name}: {operation}: {reason}")]
     Activate {

@@ -10,6 +10,8 @@
 //!   plus Basalt's refusals.
 //! - [`store`]: the versioned store `/var/lib/basalt/extensions/<os-version>/` and which
 //!   sets are garbage (OS version in neither slot).
+//! - [`pins`]: the operator's pinned extension versions (`<store>/pins`), what the store
+//!   holds of each extension, and whether a version may be pinned.
 //! - [`activate`]: setting the booted version's set up (loop → dm-verity from the signed
 //!   parameters → erofs read-only under `/run/extensions/NAME`) and `systemd-sysext refresh`,
 //!   behind a small seam ([`activate::NodeOps`]).
@@ -25,6 +27,7 @@ pub mod compat;
 mod error;
 pub mod image;
 pub mod loopdev;
+pub mod pins;
 pub mod store;
 
 pub use compat::HostOs;

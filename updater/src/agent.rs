@@ -249,6 +249,7 @@ pub fn engine_config(
     };
     c.state_dir = paths.state_dir.clone();
     c.node_image_only = settings.update.node_image_only;
+    c.os_release = paths.os_release.clone();
     c.trust_root = repo.map_or_else(
         || PathBuf::from(config::DEFAULT_TRUST_ROOT),
         |r| r.trust_root.clone(),

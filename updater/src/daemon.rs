@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::config::{RebootStrategy, Settings};
 use crate::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    NodeView, Phase, Progress,
+    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress,
 };
 use crate::fleetlock::FleetLock;
 use crate::health::Probe;
@@ -186,6 +186,28 @@ pub enum ApiError {
     Failed(Failure),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// An extension request (list, pin, unpin) failed or was refused by the engine; the
+    /// error's name is the engine's kind (`UnknownExtension`, `ExtensionNotStaged`, …).
+    #[error("{}", .0.message)]
+    Extension(JobError),
+}
+
+/// A request about the node's system extensions (issue 10). Pin and unpin are first put to
+/// the machine ([`Command::PinExtension`] / [`Command::UnpinExtension`]: may the pins change
+/// in this state?), then done by the engine on its worker, in order with its other jobs;
+/// every request answers with the listing after it. A plain listing does not queue behind
+/// the engine (a download holds it for minutes): it runs on a blocking thread through
+/// [`Engine::extensions_lister`], read-only, in any state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtensionRequest {
+    List,
+    Pin {
+        name: String,
+        version: basalt_manifest::semver::Version,
+    },
+    Unpin {
+        name: String,
+    },
 }
 
 /// A message to the owning task.
@@ -197,6 +219,10 @@ pub enum Request {
     },
     History {
         reply: oneshot::Sender<Vec<Outcome>>,
+    },
+    Extensions {
+        request: ExtensionRequest,
+        reply: oneshot::Sender<Result<ExtensionsView, ApiError>>,
     },
 }
 
@@ -225,6 +251,17 @@ impl Handle {
             .await
             .map_err(|_| ApiError::ShuttingDown)?;
         rx.await.map_err(|_| ApiError::ShuttingDown)
+    }
+
+    /// List the extensions, or pin / unpin one (see [`ExtensionRequest`]); answers with the
+    /// listing after the change.
+    pub async fn extensions(&self, request: ExtensionRequest) -> Result<ExtensionsView, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Extensions { request, reply })
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        rx.await.map_err(|_| ApiError::ShuttingDown)?
     }
 
     /// The published view (subscribe for changes).
@@ -258,6 +295,11 @@ enum WorkerJob {
     Rollback,
     MarkGood,
     MarkBad(Slot),
+    /// Answered directly to the caller (no state change, no node refresh).
+    Extensions {
+        request: ExtensionRequest,
+        reply: oneshot::Sender<Result<ExtensionsView, ApiError>>,
+    },
 }
 
 #[derive(Debug)]
@@ -305,6 +347,10 @@ fn make_runner<E: Engine + 'static>(
     out: mpsc::UnboundedSender<WorkerMsg>,
 ) -> Runner {
     let f = move |job: WorkerJob| {
+        if let WorkerJob::Extensions { request, reply } = job {
+            let _ = reply.send(run_extensions(&mut engine, &request).map_err(ApiError::Extension));
+            return;
+        }
         let is_node = matches!(job, WorkerJob::Node);
         let msg = run_job(&mut engine, job, &out);
         let _ = out.send(msg);
@@ -330,6 +376,29 @@ fn release_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// An extension request on the engine, then the listing after it.
+fn run_extensions<E: Engine>(
+    engine: &mut E,
+    request: &ExtensionRequest,
+) -> Result<ExtensionsView, JobError> {
+    let result = guarded("extensions", || {
+        match request {
+            ExtensionRequest::List => {}
+            ExtensionRequest::Pin { name, version } => {
+                engine.pin_extension(name, version).map_err(job_error)?;
+            }
+            ExtensionRequest::Unpin { name } => {
+                engine.unpin_extension(name).map_err(job_error)?;
+            }
+        }
+        engine.extensions().map_err(job_error)
+    });
+    if let Err(e) = &result {
+        tracing::info!(?request, name = %e.name, "extension request refused: {}", e.message);
+    }
+    result
 }
 
 fn submit(runner: &Runner, job: WorkerJob) {
@@ -442,6 +511,11 @@ fn run_job<E: Engine>(
         WorkerJob::MarkBad(slot) => done(Event::MarkBadDone(guarded("mark-bad", || {
             engine.mark_bad(slot).map_err(job_error)
         }))),
+        // Answered by the runner before `run_job` (see `make_runner`); kept total.
+        WorkerJob::Extensions { request, reply } => {
+            let _ = reply.send(run_extensions(engine, &request).map_err(ApiError::Extension));
+            WorkerMsg::Node(guarded("node", || engine.node().map_err(job_error)))
+        }
     }
 }
 
@@ -536,6 +610,8 @@ pub struct Daemon {
     retry: Duration,
 
     runner: Runner,
+    /// Lists the extensions without waiting for the engine (see `ExtensionRequest`).
+    lister: ExtensionsLister,
     worker_rx: mpsc::UnboundedReceiver<WorkerMsg>,
     requests: mpsc::Receiver<Request>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -702,6 +778,7 @@ impl Daemon {
         }
 
         let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+        let lister = engine.extensions_lister();
         let runner = make_runner(engine, worker_tx);
         let (req_tx, requests) = mpsc::channel(64);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -722,6 +799,7 @@ impl Daemon {
             watchdog,
             retry,
             runner,
+            lister,
             worker_rx,
             requests,
             internal_tx,
@@ -882,6 +960,35 @@ impl Daemon {
         match req {
             Request::History { reply } => {
                 let _ = reply.send(self.machine.snapshot().history.iter().cloned().collect());
+            }
+            Request::Extensions { request, reply } => {
+                let command = match &request {
+                    ExtensionRequest::List => {
+                        let lister = self.lister.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let listed = guarded("list extensions", || {
+                                lister().map_err(|e| JobError {
+                                    class: e.class(),
+                                    name: e.name().to_owned(),
+                                    message: e.to_string(),
+                                })
+                            });
+                            let _ = reply.send(listed.map_err(ApiError::Extension));
+                        });
+                        return;
+                    }
+                    ExtensionRequest::Pin { .. } => Command::PinExtension,
+                    ExtensionRequest::Unpin { .. } => Command::UnpinExtension,
+                };
+                match self.machine.command(command) {
+                    Err(r) => {
+                        let _ = reply.send(Err(ApiError::Refused(r)));
+                        return;
+                    }
+                    Ok(effects) => self.apply_effects(effects),
+                }
+                tracing::info!(?request, "extension request accepted");
+                submit(&self.runner, WorkerJob::Extensions { request, reply });
             }
             Request::Command { command, reply } => {
                 let allow = matches!(

@@ -22,8 +22,9 @@ use std::collections::HashMap;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::daemon::{error_name, Accepted, ApiError, Handle, View};
+use crate::daemon::{error_name, Accepted, ApiError, ExtensionRequest, Handle, View};
 use crate::engine::ErrorClass;
+use crate::engine::ExtensionsView;
 use crate::machine::{Command, Origin, Refusal};
 
 /// The well-known bus name.
@@ -75,6 +76,12 @@ pub enum UpdaterError {
     Internal(String),
     /// The daemon is stopping.
     ShuttingDown(String),
+    /// No staged extension set holds an extension of that name.
+    UnknownExtension(String),
+    /// That version of the extension is not staged (the message lists the staged ones).
+    ExtensionNotStaged(String),
+    /// The extension does not fit the booted OS (the message names both levels or versions).
+    ExtensionIncompatible(String),
 }
 
 impl UpdaterError {
@@ -108,12 +115,20 @@ impl From<ApiError> for UpdaterError {
             },
             ApiError::Failed(f) => Self::from_class(f.error.class, message),
             ApiError::ShuttingDown => Self::ShuttingDown(message),
+            // The engine's kind names the refusal (pipeline::ErrorKind); other failures
+            // (a verity mismatch, I/O) keep their class.
+            ApiError::Extension(e) => match e.name.as_str() {
+                "UnknownExtension" => Self::UnknownExtension(message),
+                "ExtensionNotStaged" => Self::ExtensionNotStaged(message),
+                "InvalidRelease" => Self::ExtensionIncompatible(message),
+                _ => Self::from_class(e.class, message),
+            },
         }
     }
 }
 
 /// Every error name the API can return (for docs, tests, `basaltctl`'s exit codes).
-pub const ERROR_NAMES: [&str; 17] = [
+pub const ERROR_NAMES: [&str; 20] = [
     "Busy",
     "NothingToCancel",
     "UpdatePending",
@@ -131,6 +146,9 @@ pub const ERROR_NAMES: [&str; 17] = [
     "Config",
     "Internal",
     "ShuttingDown",
+    "UnknownExtension",
+    "ExtensionNotStaged",
+    "ExtensionIncompatible",
 ];
 
 /// `allow-downgrade` from a method's options; anything else is refused.
@@ -160,6 +178,48 @@ fn allow_downgrade(options: &HashMap<String, OwnedValue>) -> Result<bool, Update
 type Slot4 = (String, String, String, u32);
 type Progress5 = (String, u64, u64, u64, u64);
 type HistoryEntry = (i64, String, String, String, String);
+/// One staged set of `ListExtensions`: (OS version, [(name, version)]).
+type StagedSet = (String, Vec<(String, String)>);
+/// `ListExtensions`' three out arguments: staged sets, active names, pins (name, version).
+type ExtensionsListing = (Vec<StagedSet>, Vec<String>, Vec<(String, String)>);
+
+fn extensions_value(v: ExtensionsView) -> ExtensionsListing {
+    let staged = v
+        .staged
+        .into_iter()
+        .map(|set| {
+            let exts = set
+                .extensions
+                .into_iter()
+                .map(|(n, ver)| (n, ver.map(|x| x.to_string()).unwrap_or_default()))
+                .collect();
+            (set.os_version.to_string(), exts)
+        })
+        .collect();
+    let pins = v
+        .pins
+        .into_iter()
+        .map(|(n, ver)| (n, ver.to_string()))
+        .collect();
+    (staged, v.active, pins)
+}
+
+/// A pin request's extension name, checked before the daemon sees it.
+fn extension_name(name: &str) -> Result<(), UpdaterError> {
+    if basalt_manifest::valid_extension_name(name) {
+        Ok(())
+    } else {
+        Err(UpdaterError::InvalidArgument(format!(
+            "{name:?} is not an extension name"
+        )))
+    }
+}
+
+/// A pin request's version (semver, as extension statements sign it).
+fn extension_version(v: &str) -> Result<basalt_manifest::semver::Version, UpdaterError> {
+    basalt_manifest::semver::Version::parse(v)
+        .map_err(|e| UpdaterError::InvalidArgument(format!("extension version {v:?}: {e}")))
+}
 
 fn slot_value(v: &View, i: usize) -> Slot4 {
     let s = &v.slots[i];
@@ -325,6 +385,57 @@ impl Updater1 {
     async fn unpin(&self, #[zbus(header)] header: Header<'_>) -> Result<(), UpdaterError> {
         log_caller(&header, "unpin");
         self.command(Command::Unpin).await.map(|_| ())
+    }
+
+    /// The system extensions: the sets staged per OS version ((OS version, [(name,
+    /// version)]) — version "" when an image's statement is unreadable), the active ones
+    /// (mounted this boot) and the pins ((name, version)). A listing: nothing is verified.
+    #[zbus(out_args("staged", "active", "pins"))]
+    async fn list_extensions(
+        &self,
+    ) -> Result<(Vec<StagedSet>, Vec<String>, Vec<(String, String)>), UpdaterError> {
+        let v = self
+            .handle
+            .extensions(ExtensionRequest::List)
+            .await
+            .map_err(UpdaterError::from)?;
+        Ok(extensions_value(v))
+    }
+
+    /// Keep extension `name` at `version` across updates: a node-image-only update keeps it
+    /// while it fits the new OS, a full update must ship that version. Refused when no set
+    /// holds the name (UnknownExtension) or the version (ExtensionNotStaged), the image does
+    /// not verify (Integrity) or does not fit the booted OS (ExtensionIncompatible), and while
+    /// an update is being downloaded or waits staged (Busy, UpdatePending).
+    async fn pin_extension(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        version: String,
+    ) -> Result<(), UpdaterError> {
+        log_caller(&header, "pin_extension");
+        extension_name(&name)?;
+        let version = extension_version(&version)?;
+        self.handle
+            .extensions(ExtensionRequest::Pin { name, version })
+            .await
+            .map(|_| ())
+            .map_err(UpdaterError::from)
+    }
+
+    /// Remove extension `name`'s pin (not an error when it is not pinned).
+    async fn unpin_extension(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+    ) -> Result<(), UpdaterError> {
+        log_caller(&header, "unpin_extension");
+        extension_name(&name)?;
+        self.handle
+            .extensions(ExtensionRequest::Unpin { name })
+            .await
+            .map(|_| ())
+            .map_err(UpdaterError::from)
     }
 
     /// The last outcomes, oldest first: (unix time, kind, from version, to version, detail);
@@ -554,6 +665,9 @@ pub fn exit_code_for_error(name: &str) -> u8 {
         "Config" => 26,
         "Internal" => 27,
         "ShuttingDown" => 28,
+        "UnknownExtension" => 30,
+        "ExtensionNotStaged" => 31,
+        "ExtensionIncompatible" => 32,
         _ => match name {
             "org.freedesktop.DBus.Error.ServiceUnknown"
             | "org.freedesktop.DBus.Error.NameHasNoOwner" => EXIT_NOT_RUNNING,

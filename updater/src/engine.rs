@@ -125,6 +125,31 @@ pub struct Downloaded {
     pub reused: u64,
 }
 
+/// The node's system extensions (issue 10): the sets staged per OS version, the active ones,
+/// the operator's pins. A listing: nothing in it was verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtensionsView {
+    /// Every staged set, oldest OS version first.
+    pub staged: Vec<StagedSetView>,
+    /// The extensions mounted by this boot's activation (`/run/extensions`), by name.
+    pub active: Vec<String>,
+    /// Pinned extensions: (name, version), by name.
+    pub pins: Vec<(String, Version)>,
+}
+
+/// Lists the node's extensions without the engine: [`Engine::extensions_lister`].
+pub type ExtensionsLister =
+    Arc<dyn Fn() -> Result<ExtensionsView, Box<dyn EngineError>> + Send + Sync>;
+
+/// One staged set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedSetView {
+    /// The OS version the set belongs to.
+    pub os_version: Version,
+    /// (name, signed version; `None` when the image's statement is unreadable), by name.
+    pub extensions: Vec<(String, Option<Version>)>,
+}
+
 /// A cancellation request shared between the daemon and a running call. The engine checks it
 /// between chunks and returns its cancellation error soon after it is set.
 #[derive(Debug, Clone, Default)]
@@ -261,4 +286,20 @@ pub trait Engine: Send {
 
     /// `slot` must not boot again until re-staged.
     fn mark_bad(&mut self, slot: Slot) -> Result<(), Self::Error>;
+
+    /// The staged extension sets, the active extensions and the pins. No writes.
+    fn extensions(&mut self) -> Result<ExtensionsView, Self::Error>;
+
+    /// The same listing as [`Engine::extensions`], callable from any thread while the
+    /// engine works (a download holds the engine for minutes; a listing must not wait for
+    /// it). Read-only: it sees the store before or after a set is swapped in, never half.
+    fn extensions_lister(&self) -> ExtensionsLister;
+
+    /// Pin extension `name` at `version`: it must be staged, verify against the trust root
+    /// and fit the booted OS (each refusal its own error kind). Updates then keep it (see
+    /// `basalt_sysext::pins`). The pin is persisted atomically before the call returns.
+    fn pin_extension(&mut self, name: &str, version: &Version) -> Result<(), Self::Error>;
+
+    /// Remove `name`'s pin (a name that is not pinned is not an error).
+    fn unpin_extension(&mut self, name: &str) -> Result<(), Self::Error>;
 }

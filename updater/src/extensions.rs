@@ -1,5 +1,6 @@
 //! The node side of system extensions outside the update pipeline: activating the booted
-//! OS version's set at boot, and listing the store (issue 10).
+//! OS version's set at boot (issue 10). Listing the store and pinning go over D-Bus
+//! (`ListExtensions`, `PinExtension`, `UnpinExtension`: the engine, `pipeline::extensions`).
 //!
 //! ```text
 //! boot: local-fs.target ─▶ basalt-extensions.service (`basaltctl extensions activate`,
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 
 use basalt_sysext::activate::{Activated, NodeOps};
 use basalt_sysext::Store;
-use serde::Serialize;
 
 use crate::agent::HostPaths;
 use crate::config::Settings;
@@ -70,46 +70,4 @@ pub fn activate<O: NodeOps>(
         &paths.os_release,
         run_dir,
     )?)
-}
-
-/// One staged set, for `basaltctl extensions list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SetListing {
-    /// The OS version the set belongs to.
-    pub os_version: String,
-    /// `NAME` of each `NAME.raw`.
-    pub extensions: Vec<String>,
-}
-
-/// What the store and `/run/extensions` hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Listing {
-    /// Every staged set, by OS version.
-    pub staged: Vec<SetListing>,
-    /// The extensions mounted under the run folder (activated this boot).
-    pub active: Vec<String>,
-}
-
-/// Lists the store's sets and the active extensions (no verification: a listing).
-pub fn list(state_dir: &Path, run_dir: &Path) -> Result<Listing, basalt_sysext::Error> {
-    let store = store(state_dir);
-    let mut staged = Vec::new();
-    for entry in store.entries()? {
-        let Ok(v) = basalt_manifest::semver::Version::parse(&entry) else {
-            continue;
-        };
-        staged.push(SetListing {
-            os_version: entry,
-            extensions: store.images(&v)?.into_iter().map(|i| i.name).collect(),
-        });
-    }
-    let mut active: Vec<String> = match std::fs::read_dir(run_dir) {
-        Ok(entries) => entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    active.sort();
-    Ok(Listing { staged, active })
 }

@@ -42,6 +42,10 @@
 //! - **Pin** holds the node at its version: download and apply are refused while pinned, checks
 //!   still run (so the operator sees what is available). A staged update stays staged; cancel
 //!   it to drop it.
+//! - **Extension pins** (PinExtension / UnpinExtension) may change in every state except
+//!   while an update is downloading, verifying, staging or cancelling (busy) and while one is
+//!   downloaded or staged (its extension set was made under the old pins: cancel it first).
+//!   The machine only decides *whether*; the daemon has the engine do it.
 //! - **Cancel never touches the booted slot** (Bottlerocket #949): it only asks the engine to
 //!   withdraw the inactive slot, whose contract says the other slot's boot state is untouched.
 //!   A running download is stopped through its cancel flag first.
@@ -450,6 +454,11 @@ pub enum Command {
     MarkBad,
     Pin,
     Unpin,
+    /// Pin an extension version (the name and version travel with the daemon's request; the
+    /// machine only decides whether the pins may change now).
+    PinExtension,
+    /// Remove an extension's pin.
+    UnpinExtension,
 }
 
 impl Command {
@@ -464,6 +473,8 @@ impl Command {
             Command::MarkBad => "mark-bad",
             Command::Pin => "pin",
             Command::Unpin => "unpin",
+            Command::PinExtension => "pin-extension",
+            Command::UnpinExtension => "unpin-extension",
         }
     }
 }
@@ -1075,6 +1086,42 @@ impl Machine {
                 self.s.pinned = false;
                 Ok(Vec::new())
             }
+
+            // ── extension pins: what the next update keeps. Not while an update's set is
+            // being staged, nor while one waits staged (its set was made under the old pins:
+            // cancel it first); anywhere else they only gate future updates ──
+            (
+                C::PinExtension | C::UnpinExtension,
+                S::Idle
+                | S::Checking { .. }
+                | S::Available { .. }
+                | S::Committed { .. }
+                | S::RolledBack { .. }
+                | S::Failed { .. }
+                | S::PendingHealth { .. }
+                | S::Committing { .. }
+                | S::MarkingBad { .. }
+                | S::RollingBack
+                | S::RebootPending { .. },
+            ) => Ok(Vec::new()),
+            (
+                C::PinExtension | C::UnpinExtension,
+                S::Downloading { .. }
+                | S::Verifying { .. }
+                | S::Staging { .. }
+                | S::Cancelling { .. },
+            ) => Err(Refusal::Busy {
+                command: cmd.name(),
+                state: state_name,
+            }),
+            (
+                C::PinExtension | C::UnpinExtension,
+                S::Downloaded { target } | S::Staged { target },
+            ) => Err(Refusal::UpdatePending {
+                command: cmd.name(),
+                version: target.release.version,
+                state: state_name,
+            }),
 
             // ── check ──
             (

@@ -19,7 +19,7 @@ use basalt_manifest::{Digest, Manifest, VerifiedRelease, VersionChange};
 
 use crate::engine::{
     CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    NodeView, Phase, Progress, SlotView,
+    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
 };
 
 /// The in-memory engine's error: a class, a stable name, a message.
@@ -106,6 +106,7 @@ pub enum Call {
     Rollback,
     MarkGood,
     MarkBad(Slot),
+    Extensions,
 }
 
 /// The simulated machine and repository.
@@ -129,6 +130,8 @@ pub struct World {
     pub hold_downloads: bool,
     /// The number of reboots simulated.
     pub boots: u32,
+    /// The extension store as listed (sets, active, pins); pins change it.
+    pub extensions: ExtensionsView,
 }
 
 /// Shared handle on the world.
@@ -165,6 +168,7 @@ impl MemoryWorld {
             chunk_delay: Duration::ZERO,
             hold_downloads: false,
             boots: 0,
+            extensions: ExtensionsView::default(),
         };
         Self(Arc::new((Mutex::new(world), Condvar::new())))
     }
@@ -560,6 +564,54 @@ impl Engine for MemoryEngine {
     fn mark_bad(&mut self, slot: Slot) -> Result<(), MemoryError> {
         let mut w = self.enter(Call::MarkBad(slot))?;
         w.slots[idx(slot)].boot = BootStatus::Bad;
+        Ok(())
+    }
+
+    fn extensions(&mut self) -> Result<ExtensionsView, MemoryError> {
+        Ok(self.enter(Call::Extensions)?.extensions.clone())
+    }
+
+    fn extensions_lister(&self) -> ExtensionsLister {
+        let world = self.world.clone();
+        Arc::new(move || Ok(world.lock().extensions.clone()))
+    }
+
+    /// The same refusals as the node's, by name: an extension no set holds, a version no
+    /// set holds.
+    fn pin_extension(&mut self, name: &str, version: &Version) -> Result<(), MemoryError> {
+        let mut w = self.enter(Call::Extensions)?;
+        let versions: Vec<&Version> = w
+            .extensions
+            .staged
+            .iter()
+            .flat_map(|s| s.extensions.iter())
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.as_ref())
+            .collect();
+        if versions.is_empty() {
+            return Err(MemoryError::new(
+                ErrorClass::Policy,
+                "UnknownExtension",
+                format!("no staged extension set holds an extension named {name}"),
+            ));
+        }
+        if !versions.contains(&version) {
+            return Err(MemoryError::new(
+                ErrorClass::Policy,
+                "ExtensionNotStaged",
+                format!("extension {name} {version} is not staged"),
+            ));
+        }
+        let pins = &mut w.extensions.pins;
+        pins.retain(|(n, _)| n != name);
+        pins.push((name.to_owned(), version.clone()));
+        pins.sort();
+        Ok(())
+    }
+
+    fn unpin_extension(&mut self, name: &str) -> Result<(), MemoryError> {
+        let mut w = self.enter(Call::Extensions)?;
+        w.extensions.pins.retain(|(n, _)| n != name);
         Ok(())
     }
 }

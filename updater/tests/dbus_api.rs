@@ -159,6 +159,11 @@ fn basaltctl_drives_every_method_as_root() {
     assert_eq!(code(&o), 12, "{}", text(&o));
     let o = basaltctl(&bus, None, &["rollback"]);
     assert_eq!(code(&o), 12, "{}", text(&o));
+    // Extension pins go through the state machine first: not while an update waits staged
+    // (its set was made under the old pins).
+    let o = basaltctl(&bus, None, &["extensions", "pin", "tools", "1.0.0"]);
+    assert_eq!(code(&o), 12, "{}", text(&o));
+    assert!(text(&o).contains("pin-extension refused"), "{}", text(&o));
 
     let o = basaltctl(&bus, None, &["cancel"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
@@ -169,6 +174,59 @@ fn basaltctl_drives_every_method_as_root() {
     assert_ne!(v["slots"][1]["boot"], "trying");
     let o = basaltctl(&bus, None, &["cancel"]);
     assert_eq!(code(&o), 11, "{}", text(&o));
+
+    // Extensions over the bus (the in-memory engine's store: tools 1.0.0 staged for 1.0.0).
+    {
+        let mut w = world.lock();
+        w.extensions
+            .staged
+            .push(basalt_updater::engine::StagedSetView {
+                os_version: "1.0.0".parse().unwrap(),
+                extensions: vec![("tools".into(), Some("1.0.0".parse().unwrap()))],
+            });
+        w.extensions.active.push("tools".into());
+    }
+    for (args, exit, needle) in [
+        (&["extensions", "pin", "nope", "1.0.0"][..], 30, "nope"),
+        (&["extensions", "pin", "tools", "9.0.0"], 31, "tools 9.0.0"),
+        (
+            &["extensions", "pin", "tools", "1.0"],
+            17,
+            "extension version",
+        ),
+        (
+            &["extensions", "pin", "../x", "1.0.0"],
+            17,
+            "not an extension name",
+        ),
+        (
+            &["extensions", "pin", "tools", "1.0.0"],
+            0,
+            "pinned tools 1.0.0",
+        ),
+        (&["extensions", "unpin", "tools"], 0, "unpinned tools"),
+        (&["extensions", "unpin", "tools"], 0, "unpinned tools"),
+        (
+            &["extensions", "pin", "tools", "1.0.0"],
+            0,
+            "pinned tools 1.0.0",
+        ),
+    ] {
+        let o = basaltctl(&bus, None, args);
+        assert_eq!(code(&o), exit, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    let o = basaltctl(&bus, None, &["extensions", "list", "--json"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "staged": [{"os_version": "1.0.0", "extensions": [{"name": "tools", "version": "1.0.0"}]}],
+            "active": ["tools"],
+            "pins": [{"name": "tools", "version": "1.0.0"}],
+        })
+    );
 
     let o = basaltctl(&bus, None, &["pin"]);
     assert_eq!(code(&o), 0);
@@ -368,6 +426,21 @@ async fn typed_errors_and_property_change_signals() {
         name(p.rollback().await.unwrap_err()),
         "org.basalt.Updater1.Error.Busy"
     );
+    // The engine is held by the download: a listing still answers (it does not queue
+    // behind the engine), a pin is refused as busy.
+    let (staged, active, pins) = tokio::time::timeout(Duration::from_secs(10), p.list_extensions())
+        .await
+        .expect("ListExtensions answers during a download")
+        .unwrap();
+    assert!(staged.is_empty() && active.is_empty() && pins.is_empty());
+    assert_eq!(
+        name(
+            p.pin_extension("tools".into(), "1.0.0".into())
+                .await
+                .unwrap_err()
+        ),
+        "org.basalt.Updater1.Error.Busy"
+    );
     // Without allow-downgrade, the downgrade candidate is refused explicitly.
     p.cancel().await.unwrap();
     world.release_downloads();
@@ -453,6 +526,8 @@ fn the_bus_policy_lets_anyone_read_and_only_root_and_the_group_act() {
     assert_eq!(v["current_version"], "1.0.0");
     let o = basaltctl(&bus, Some("nobody"), &["history"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = basaltctl(&bus, Some("nobody"), &["extensions", "list"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
 
     // Acting: refused for nobody, every mutating method.
     for args in [
@@ -465,6 +540,8 @@ fn the_bus_policy_lets_anyone_read_and_only_root_and_the_group_act() {
         &["mark-bad"],
         &["pin"],
         &["unpin"],
+        &["extensions", "pin", "tools", "1.0.0"],
+        &["extensions", "unpin", "tools"],
     ] {
         let o = basaltctl(&bus, Some("nobody"), args);
         assert_eq!(code(&o), 4, "{args:?}: {}", text(&o));
@@ -602,6 +679,9 @@ async fn committed_introspection_and_status_json_match_the_code() {
         "Pin",
         "Unpin",
         "GetHistory",
+        "ListExtensions",
+        "PinExtension",
+        "UnpinExtension",
     ] {
         assert!(doc.contains(&format!("<method name=\"{m}\">")), "{m}");
     }

@@ -944,3 +944,155 @@ fn slot_too_small_and_full_esp_through_the_daemon() {
     node.assert_safe(&before, "full ESP");
     agent.stop();
 }
+
+/// `basaltctl extensions list | pin | unpin` through the real `basalt-updated` and its real
+/// engine, on a store holding real signed extension images (issue 10): the listing (sets per
+/// OS version with each extension's version, the pins), a pin persisted across a daemon
+/// restart, each refusal with its exit code (an unknown name 30, a version not staged 31, a
+/// version that does not fit the booted OS 32 naming both levels, a bad version 17), and a
+/// node-image-only update through the daemon that keeps the pinned version on a compatible
+/// new OS — and refuses, naming the extension, one of another level.
+#[test]
+fn extensions_list_pin_unpin_and_node_image_only_through_the_daemon() {
+    use common::{build_ext, Ext};
+    let world = World::new();
+    let bus = Bus::start();
+    let _systemd = FakeSystemd::start(&bus, &["boot-complete.target"]);
+    let node = Node::new(&world, "ext", BackendKind::Bls, EspKind::Fat);
+    let host = Host::new(&node, &bus);
+    std::fs::write(
+        host.dir.join("os-release"),
+        "ID=basalt\nVERSION_ID=1.0.0\nSYSEXT_LEVEL=1\nBASALT_CHANNEL=stable\n",
+    )
+    .unwrap();
+    host.configure(&world.repo.display().to_string(), "");
+    let store = basalt_sysext::Store::new(node.config.extensions_dir());
+    let put = |os: &str, image: &std::path::Path| {
+        let set = store.set_dir(&os.parse().unwrap());
+        std::fs::create_dir_all(&set).unwrap();
+        std::fs::copy(image, set.join(image.file_name().unwrap())).unwrap();
+    };
+    put("1.0.0", &build_ext(&world.dir, &Ext::tools("1.0.0")));
+    let tools2 = build_ext(&world.dir, &Ext::tools("2.0.0"));
+    put("1.5.0", &tools2);
+    let level2 = Ext {
+        level: Some("2"),
+        ..Ext::tools("3.0.0")
+    };
+    put("1.6.0", &build_ext(&world.dir, &level2));
+
+    let agent = host.start();
+    let list = |host: &Host| -> Value {
+        let o = host.ctl(&["extensions", "list", "--json"]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let l = list(&host);
+    assert_eq!(
+        l["staged"],
+        serde_json::json!([
+            {"os_version": "1.0.0", "extensions": [{"name": "tools", "version": "1.0.0"}]},
+            {"os_version": "1.5.0", "extensions": [{"name": "tools", "version": "2.0.0"}]},
+            {"os_version": "1.6.0", "extensions": [{"name": "tools", "version": "3.0.0"}]},
+        ]),
+        "{l}"
+    );
+    assert_eq!(l["pins"], serde_json::json!([]), "{l}");
+    for (args, exit, needle) in [
+        (
+            &["extensions", "pin", "nope", "1.0.0"][..],
+            30,
+            "named nope",
+        ),
+        (
+            &["extensions", "pin", "tools", "9.0.0"],
+            31,
+            "staged versions: 1.0.0, 2.0.0, 3.0.0",
+        ),
+        (
+            &["extensions", "pin", "tools", "3.0.0"],
+            32,
+            "SYSEXT_LEVEL=2, the booted OS has SYSEXT_LEVEL=1",
+        ),
+        (
+            &["extensions", "pin", "tools", "two"],
+            17,
+            "extension version",
+        ),
+        (
+            &["extensions", "pin", "tools", "2.0.0"],
+            0,
+            "pinned tools 2.0.0",
+        ),
+    ] {
+        let o = host.ctl(args);
+        assert_eq!(code(&o), exit, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    agent.stop();
+    let agent = host.start();
+    assert_eq!(
+        list(&host)["pins"],
+        serde_json::json!([{"name": "tools", "version": "2.0.0"}]),
+        "the pin survives a restart"
+    );
+    let o = host.ctl(&["extensions", "unpin", "tools"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(list(&host)["pins"], serde_json::json!([]));
+    let o = host.ctl(&["extensions", "pin", "tools", "2.0.0"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    agent.stop();
+
+    // Node-image-only (a second drop-in): a release of level 2 cannot keep tools 2.0 —
+    // refused naming it and both levels; one of level 1 keeps it (its own tools 3.0 unused).
+    std::fs::write(
+        host.dir
+            .join("etc/basalt/updater.d/60-node-image-only.toml"),
+        "[update]\nnode_image_only = true\n",
+    )
+    .unwrap();
+    let v2 = world.release_with_extensions("2.0.0", Some("2"), Vec::new());
+    world.publish(&v2, None);
+    let agent = host.start();
+    let v = host.update_fails(
+        &["--download-only"],
+        22,
+        "Policy",
+        "extension tools of 1.0.0 cannot be kept",
+        "level 2",
+    );
+    let message = v["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("SYSEXT_LEVEL=1, the booted OS has SYSEXT_LEVEL=2"),
+        "{message}"
+    );
+    assert_eq!(node.state(Slot::B), SlotState::Installing);
+    let v3 = world.release_with_extensions(
+        "2.0.1",
+        Some("1"),
+        vec![build_ext(&world.dir, &Ext::tools("3.0.1"))],
+    );
+    world.publish(&v3, None);
+    let o = host.ctl(&["update", "--download-only"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    host.wait_state("downloaded", 30);
+    let kept = store.image_path(&"2.0.1".parse().unwrap(), "tools");
+    assert_eq!(
+        std::fs::read(kept).unwrap(),
+        std::fs::read(&tools2).unwrap()
+    );
+    let l = list(&host);
+    assert!(
+        l["staged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["os_version"] == "2.0.1"
+                && s["extensions"] == serde_json::json!([{"name": "tools", "version": "2.0.0"}])),
+        "{l}"
+    );
+    // The download waits: the pins may not change under it.
+    let o = host.ctl(&["extensions", "unpin", "tools"]);
+    assert_eq!(code(&o), 12, "{}", text(&o));
+    agent.stop();
+}

@@ -870,7 +870,7 @@ fn every_state_name_is_listed_once() {
 fn model_next(cmd: &Command, state: &'static str, timer_denied: bool) -> &'static str {
     const REST: [&str; 4] = ["idle", "committed", "rolled-back", "failed"];
     match cmd {
-        Command::Pin | Command::Unpin => state,
+        Command::Pin | Command::Unpin | Command::PinExtension | Command::UnpinExtension => state,
         Command::Check { .. } => "checking",
         Command::Download { .. } | Command::Apply { .. } => match state {
             s if REST.contains(&s) => "checking",
@@ -906,11 +906,22 @@ fn model(cmd: &Command, state: &str, pinned: bool, downgrade: bool) -> Result<()
     if pinned && matches!(cmd, Command::Download { .. } | Command::Apply { .. }) {
         return Err("Pinned");
     }
-    if state == "reboot-pending" && !matches!(cmd, Command::Pin | Command::Unpin) {
+    if state == "reboot-pending"
+        && !matches!(
+            cmd,
+            Command::Pin | Command::Unpin | Command::PinExtension | Command::UnpinExtension
+        )
+    {
         return Err("RebootPending");
     }
     match cmd {
         Command::Pin | Command::Unpin => Ok(()),
+        // Extension pins: not while an update's set is being made, nor while one waits.
+        Command::PinExtension | Command::UnpinExtension => match state {
+            "downloading" | "verifying" | "staging" | "cancelling" => Err("Busy"),
+            "downloaded" | "staged" => Err("UpdatePending"),
+            _ => Ok(()),
+        },
         Command::Check { .. } => match state {
             _ if rest || state == "available" || state == "checking" => Ok(()),
             "downloaded" | "staged" => Err("UpdatePending"),
@@ -984,6 +995,8 @@ fn step() -> impl Strategy<Value = Step> {
         Just(Command::MarkBad),
         Just(Command::Pin),
         Just(Command::Unpin),
+        Just(Command::PinExtension),
+        Just(Command::UnpinExtension),
     ];
     prop_oneof![
         6 => cmd.prop_map(Step::Cmd),

@@ -12,70 +12,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use basalt_disk::{Slot, SlotState};
-use basalt_image::release::synthetic::{synthetic_release, SyntheticRelease, SyntheticSpec};
+use basalt_image::release::synthetic::SyntheticRelease;
 use basalt_image::release::{publish_without_extension_checks, CompressOptions, PublishRequest};
-use basalt_image::sysext::{build, Source, SysextSpec};
 use basalt_manifest::chrono::Utc;
 use basalt_manifest::semver::Version;
-use basalt_manifest::SigningKey;
 use basalt_sysext::Store;
 use basalt_updater::engine::{CancelFlag, CheckOutcome, CheckRequest, Downloaded, Engine};
 use basalt_updater::pipeline::{BackendKind, Error, ErrorKind};
-use common::{key, quiet, EspKind, Node, World, MIB};
-
-/// How the extension of a case is made.
-#[derive(Debug, Clone)]
-struct Ext {
-    name: &'static str,
-    version: &'static str,
-    level: Option<&'static str>,
-    version_id: Option<&'static str>,
-    signers: Vec<u8>,
-}
-
-impl Ext {
-    fn tools(version: &'static str) -> Ext {
-        Ext {
-            name: "tools",
-            version,
-            level: Some("1"),
-            version_id: None,
-            signers: vec![1, 2],
-        }
-    }
-}
-
-/// Builds `ext` into `dir/NAME.raw` from a small tree (a script naming its version).
-fn build_ext(dir: &Path, ext: &Ext) -> PathBuf {
-    let src = dir.join(format!("src-{}-{}", ext.name, ext.version));
-    std::fs::create_dir_all(src.join("usr/bin")).unwrap();
-    std::fs::write(
-        src.join(format!("usr/bin/{}-version", ext.name)),
-        format!("#!/bin/sh\necho {} {}\n", ext.name, ext.version),
-    )
-    .unwrap();
-    std::fs::write(src.join("usr/bin/filler"), vec![0x5au8; 64 << 10]).unwrap();
-    let keys: Vec<SigningKey> = ext.signers.iter().copied().map(key).collect();
-    let refs: Vec<&SigningKey> = keys.iter().collect();
-    let out = dir.join(format!("out-{}-{}", ext.name, ext.version));
-    let built = build(
-        &SysextSpec {
-            name: ext.name.into(),
-            version: Version::parse(ext.version).unwrap(),
-            os: "basalt".into(),
-            sysext_level: ext.level.map(Into::into),
-            version_id: ext.version_id.map(Into::into),
-            architecture: Some("x86-64".into()),
-            source: Source::Tree(src),
-        },
-        &refs,
-        &out,
-        &dir.join("debs"),
-        None,
-    )
-    .unwrap();
-    built.path
-}
+use common::{build_ext, key, quiet, EspKind, Ext, Node, World};
 
 /// A synthetic release `version` with `sysext_level` and the extension images `images`.
 fn release(
@@ -84,16 +28,7 @@ fn release(
     level: Option<&str>,
     images: Vec<PathBuf>,
 ) -> SyntheticRelease {
-    let mut spec = SyntheticSpec::small(version, Utc::now()).unwrap();
-    spec.usr_len = MIB;
-    spec.sysext_level = level.map(Into::into);
-    spec.extensions = images;
-    synthetic_release(
-        &world.dir.join(format!("release-{version}")),
-        &spec,
-        &[&world.keys[0], &world.keys[1]],
-    )
-    .unwrap()
+    world.release_with_extensions(version, level, images)
 }
 
 fn download(node: &Node, world: &World, installed: &str) -> Result<Downloaded, Error> {
@@ -423,4 +358,322 @@ fn node_image_only_keeps_the_booted_set_when_it_fits_and_refuses_when_not() {
     assert_eq!(ext.statement.version, v("1.0.0"));
     node.engine(Box::new(world.source())).apply(&d, 3).unwrap();
     assert_eq!(store(&node).entries().unwrap(), ["1.0.0", "2.0.1"]);
+}
+
+// ───────────────────────────── pins (issue 10, point 4) ─────────────────────────────
+
+/// Puts the built `image` into the store as part of OS version `os`'s set.
+fn put(node: &Node, os: &str, image: &Path) {
+    let set = store(node).set_dir(&v(os));
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::copy(image, set.join(image.file_name().unwrap())).unwrap();
+}
+
+/// The booted OS says it is 1.0.0 of level 1 (what a pin must fit); this boot activated
+/// `active`.
+fn booted_os(node: &mut Node, active: &[&str]) {
+    let os_release = node.dir.join("os-release");
+    std::fs::write(&os_release, "ID=basalt\nVERSION_ID=1.0.0\nSYSEXT_LEVEL=1\n").unwrap();
+    node.config.os_release = os_release;
+    node.config.run_extensions = node.dir.join("run-extensions");
+    for a in active {
+        std::fs::create_dir_all(node.config.run_extensions.join(a)).unwrap();
+    }
+}
+
+fn pin(node: &Node, world: &World, name: &str, version: &str) -> Result<(), Error> {
+    node.engine(Box::new(world.source()))
+        .pin_extension(name, &v(version))
+}
+
+/// Listing, pinning, unpinning through the engine, and each refusal with its own kind: a
+/// name no set holds, a version no set holds (the staged ones listed), an image that no
+/// longer verifies, one that does not fit the booted OS (both levels named). A refused pin
+/// changes nothing; the pins file is what was accepted.
+#[test]
+fn pins_are_listed_and_each_refusal_is_typed() {
+    let world = World::new();
+    let mut node = Node::new(&world, "pins", BackendKind::Bls, EspKind::Fat);
+    booted_os(&mut node, &["tools"]);
+    let tools1 = build_ext(&world.dir, &Ext::tools("1.0.0"));
+    put(&node, "1.0.0", &tools1);
+    put(&node, "2.0.0", &build_ext(&world.dir, &Ext::tools("2.0.0")));
+    let level2 = Ext {
+        level: Some("2"),
+        ..Ext::tools("3.0.0")
+    };
+    put(&node, "3.0.0", &build_ext(&world.dir, &level2));
+    let mut engine = node.engine(Box::new(world.source()));
+    let l = engine.extensions().unwrap();
+    let sets: Vec<String> = l
+        .staged
+        .iter()
+        .map(|s| {
+            let exts: Vec<String> = s
+                .extensions
+                .iter()
+                .map(|(n, v)| {
+                    format!(
+                        "{n} {}",
+                        v.as_ref().map(ToString::to_string).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("{}: {}", s.os_version, exts.join(", "))
+        })
+        .collect();
+    assert_eq!(
+        sets,
+        [
+            "1.0.0: tools 1.0.0",
+            "2.0.0: tools 2.0.0",
+            "3.0.0: tools 3.0.0"
+        ]
+    );
+    assert_eq!(l.active, ["tools"]);
+    assert!(l.pins.is_empty());
+
+    // A torn earlier write of the pins left its temporary (its writer is gone).
+    let torn = store(&node).root().join(".pins.tmp-999999999-1");
+    std::fs::write(&torn, "tools 9").unwrap();
+    engine.pin_extension("tools", &v("2.0.0")).unwrap();
+    assert!(!torn.exists(), "the torn temporary is removed");
+    let pins_file = store(&node).pins_path();
+    assert!(std::fs::read_to_string(&pins_file)
+        .unwrap()
+        .ends_with("\ntools 2.0.0\n"));
+    assert_eq!(
+        engine.extensions().unwrap().pins,
+        [("tools".to_owned(), v("2.0.0"))]
+    );
+
+    let set1_tools = store(&node).image_path(&v("1.0.0"), "tools");
+    let good = std::fs::read(&set1_tools).unwrap();
+    let mut bad = good.clone();
+    bad[4096 + 9] ^= 0x04;
+    std::fs::write(&set1_tools, &bad).unwrap();
+    for (name, version, kind, needle) in [
+        (
+            "nope",
+            "1.0.0",
+            ErrorKind::UnknownExtension,
+            "holds an extension named nope",
+        ),
+        (
+            "tools",
+            "9.9.9",
+            ErrorKind::ExtensionNotStaged,
+            "tools 9.9.9 is not staged (staged versions: 1.0.0, 2.0.0, 3.0.0)",
+        ),
+        (
+            "tools",
+            "3.0.0",
+            ErrorKind::InvalidRelease,
+            "SYSEXT_LEVEL=2, the booted OS has SYSEXT_LEVEL=1",
+        ),
+        (
+            "tools",
+            "1.0.0",
+            ErrorKind::IntegrityMismatch,
+            "altered extension image",
+        ),
+    ] {
+        let e = engine.pin_extension(name, &v(version)).unwrap_err();
+        assert_eq!(e.kind(), kind, "{name} {version}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(needle) && text.starts_with(&format!("pin extension {name} {version}: ")),
+            "{text}"
+        );
+    }
+    std::fs::write(&set1_tools, &good).unwrap();
+    assert_eq!(
+        engine.extensions().unwrap().pins,
+        [("tools".to_owned(), v("2.0.0"))],
+        "a refused pin changes nothing"
+    );
+    pin(&node, &world, "tools", "1.0.0").unwrap();
+    assert_eq!(
+        engine.extensions().unwrap().pins,
+        [("tools".to_owned(), v("1.0.0"))],
+        "a pin replaces the name's earlier one"
+    );
+
+    engine.unpin_extension("tools").unwrap();
+    assert!(engine.extensions().unwrap().pins.is_empty());
+    engine.unpin_extension("tools").unwrap();
+
+    // A damaged pins file is an error naming it, never "no pins".
+    std::fs::write(&pins_file, "tools\n").unwrap();
+    let e = engine.extensions().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::State, "{e}");
+    assert!(e.to_string().contains("pins: line 1"), "{e}");
+}
+
+/// Node-image-only with a pin: the pinned version (staged with another OS version) replaces
+/// the booted one in the kept set; a new OS of another level refuses the update naming the
+/// pinned extension and both levels, nothing staged.
+#[test]
+fn node_image_only_keeps_the_pinned_version_while_it_fits() {
+    let world = World::new();
+    let mut node = Node::new(&world, "nio-pin", BackendKind::Bls, EspKind::Fat);
+    node.config.node_image_only = true;
+    booted_os(&mut node, &[]);
+    let tools1 = build_ext(&world.dir, &Ext::tools("1.0.0"));
+    let tools2 = build_ext(&world.dir, &Ext::tools("2.0.0"));
+    put(&node, "1.0.0", &tools1);
+    put(&node, "1.5.0", &tools2);
+    pin(&node, &world, "tools", "2.0.0").unwrap();
+
+    let before = node.snapshot();
+    let v2 = release(&world, "2.0.0", Some("2"), Vec::new());
+    world.publish(&v2, None);
+    let e = download(&node, &world, "1.0.0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRelease, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("node-image-only update to 2.0.0: extension tools of 1.0.0 cannot be kept")
+            && text.contains("SYSEXT_LEVEL=1, the booted OS has SYSEXT_LEVEL=2"),
+        "{text}"
+    );
+    assert_eq!(node.state(Slot::B), SlotState::Installing);
+    node.assert_safe(&before, "pinned node-image-only refusal");
+    assert!(!store(&node).set_dir(&v("2.0.0")).exists());
+
+    // Level 1 again, shipping tools 3.0: the node keeps its pinned tools 2.0.
+    let v201 = release(
+        &world,
+        "2.0.1",
+        Some("1"),
+        vec![build_ext(&world.dir, &Ext::tools("3.0.0"))],
+    );
+    world.publish(&v201, None);
+    let d = download(&node, &world, "1.0.0").unwrap();
+    let kept = store(&node).image_path(&v("2.0.1"), "tools");
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(&tools2).unwrap()
+    );
+    node.engine(Box::new(world.source())).apply(&d, 3).unwrap();
+    // 1.5.0's set is in neither slot: collected; the pinned image lives on in 2.0.1's.
+    assert_eq!(
+        store(&node).entries().unwrap(),
+        ["1.0.0", "2.0.1", basalt_sysext::pins::PINS_FILE]
+    );
+}
+
+/// A full update moves OS and extensions together, so a pinned extension must come in its
+/// pinned version: a release shipping another is refused naming both (slot B never named,
+/// no set published); one shipping the pinned version goes through; a pin that changed
+/// after the download is caught at apply, before the flip.
+#[test]
+fn a_full_update_must_ship_the_pinned_version() {
+    let world = World::new();
+    let mut node = Node::new(&world, "full-pin", BackendKind::Bls, EspKind::Fat);
+    booted_os(&mut node, &[]);
+    let tools1 = build_ext(&world.dir, &Ext::tools("1.0.0"));
+    put(&node, "1.0.0", &tools1);
+    pin(&node, &world, "tools", "1.0.0").unwrap();
+
+    let before = node.snapshot();
+    let v2 = release(
+        &world,
+        "2.0.0",
+        Some("1"),
+        vec![build_ext(&world.dir, &Ext::tools("2.0.0"))],
+    );
+    world.publish(&v2, None);
+    let e = download(&node, &world, "1.0.0").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ExtensionPinned, "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "extension tools is pinned at 1.0.0, release 2.0.0 ships tools 2.0.0: unpin it"
+        ),
+        "{e}"
+    );
+    assert_eq!(node.state(Slot::B), SlotState::Installing);
+    node.assert_safe(&before, "pinned full update");
+    assert!(!store(&node).set_dir(&v("2.0.0")).exists());
+
+    let debug = build_ext(
+        &world.dir,
+        &Ext {
+            name: "debug",
+            ..Ext::tools("0.3.0")
+        },
+    );
+    let v201 = release(&world, "2.0.1", Some("1"), vec![tools1, debug]);
+    world.publish(&v201, None);
+    let d = download(&node, &world, "1.0.0").unwrap();
+    assert_eq!(node.state(Slot::B), SlotState::Valid);
+    // A pin written after the download (debug 0.4.0): apply refuses before the flip.
+    std::fs::write(store(&node).pins_path(), "tools 1.0.0\ndebug 0.4.0\n").unwrap();
+    let mut engine = node.engine(Box::new(world.source()));
+    let e = engine.apply(&d, 3).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ExtensionPinned, "{e}");
+    assert!(e.to_string().contains("ships debug 0.3.0"), "{e}");
+    assert_eq!(node.boot_control().status().unwrap().next, Some(Slot::A));
+    engine.unpin_extension("debug").unwrap();
+    engine.apply(&d, 3).unwrap();
+    assert_eq!(node.boot_control().status().unwrap().next, Some(Slot::B));
+}
+
+/// The download's progress total counts the extension images: every report of the
+/// downloading phase has `done <= total`, the total is `/usr` + kernel + initrd + the
+/// extensions, and the last report reaches it.
+#[test]
+fn download_progress_counts_the_extension_bytes() {
+    let world = World::new();
+    let node = Node::new(&world, "progress", BackendKind::Bls, EspKind::Fat);
+    let debug = build_ext(
+        &world.dir,
+        &Ext {
+            name: "debug",
+            ..Ext::tools("0.3.0")
+        },
+    );
+    let v2 = release(
+        &world,
+        "2.0.0",
+        Some("1"),
+        vec![build_ext(&world.dir, &Ext::tools("2.0.0")), debug],
+    );
+    world.publish(&v2, None);
+    use basalt_manifest::ArtifactKind as K;
+    let size = |kinds: &[K]| -> u64 {
+        v2.manifest
+            .artifacts
+            .iter()
+            .filter(|a| kinds.contains(&a.kind))
+            .map(|a| a.size)
+            .sum()
+    };
+    let extensions = size(&[K::Sysext]);
+    assert!(extensions > 0, "{extensions}");
+    let expected = size(&[K::Usr, K::Kernel, K::Initrd, K::Sysext]);
+
+    let mut engine = node.engine(Box::new(world.source()));
+    let req = CheckRequest {
+        now: Utc::now(),
+        installed_version: Some(v("1.0.0")),
+        last_seen: None,
+        allow_downgrade: false,
+    };
+    let CheckOutcome::Available(c) = engine.check(&req).unwrap() else {
+        panic!("no update found");
+    };
+    let mut reports = Vec::new();
+    engine
+        .download(&c, &mut |p| reports.push(p.clone()), &CancelFlag::new())
+        .unwrap();
+    let downloading: Vec<_> = reports
+        .iter()
+        .filter(|p| p.phase == basalt_updater::engine::Phase::Downloading)
+        .collect();
+    assert!(downloading.len() >= 2, "{reports:?}");
+    for p in &downloading {
+        assert_eq!(p.total, expected, "{p:?}");
+        assert!(p.done <= p.total, "{p:?}");
+    }
+    assert_eq!(downloading.last().unwrap().done, expected, "{reports:?}");
 }

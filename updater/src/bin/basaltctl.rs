@@ -14,6 +14,7 @@
 //! | 5 | the D-Bus bus cannot be reached |
 //! | 10–17 | refused: Busy, NothingToCancel, UpdatePending, Pinned, NotPendingHealth, RebootPending, DowngradeNotAllowed, InvalidArgument |
 //! | 20–28 | failed: Network, Integrity, Policy, Disk, BootControl, Cancelled, Config, Internal, ShuttingDown |
+//! | 30–32 | extension requests refused: UnknownExtension, ExtensionNotStaged, ExtensionIncompatible |
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,7 +32,8 @@ const AFTER_HELP: &str = "Exit codes: 0 ok, 1 other error, 2 usage, 3 basalt-upd
 4 not allowed (root or group basalt-update), 5 no D-Bus; refusals 10 Busy, 11 NothingToCancel, \
 12 UpdatePending, 13 Pinned, 14 NotPendingHealth, 15 RebootPending, 16 DowngradeNotAllowed, \
 17 InvalidArgument; failures 20 Network, 21 Integrity, 22 Policy, 23 Disk, 24 BootControl, \
-25 Cancelled, 26 Config, 27 Internal, 28 ShuttingDown.";
+25 Cancelled, 26 Config, 27 Internal, 28 ShuttingDown; extensions 30 UnknownExtension, \
+31 ExtensionNotStaged, 32 ExtensionIncompatible.";
 
 #[derive(Debug, Parser)]
 #[command(name = "basaltctl", version, about = "Control the Basalt update agent", after_help = AFTER_HELP)]
@@ -95,64 +97,97 @@ enum ExtCmd {
     /// no D-Bus): verify each image against the trust root, dm-verity, erofs read-only under
     /// /run/extensions, then systemd-sysext refresh.
     Activate,
-    /// List the staged sets (/var/lib/basalt/extensions) and the active extensions.
+    /// List the staged sets (per OS version, each extension with its version), the active
+    /// extensions and the pins (over D-Bus).
     List {
         #[arg(long)]
         json: bool,
     },
+    /// Keep extension NAME at VERSION across updates (over D-Bus): a node-image-only update
+    /// keeps it while it fits the new OS; a full update must ship that version.
+    Pin { name: String, version: String },
+    /// Remove extension NAME's pin (over D-Bus).
+    Unpin { name: String },
 }
 
-/// `basaltctl extensions …`: local, without the bus (activation runs before D-Bus is up).
-fn extensions(cmd: &ExtCmd) -> Res<()> {
+/// `basaltctl extensions activate`: local, without the bus (it runs before D-Bus is up).
+fn activate_extensions() -> Res<()> {
     use basalt_updater::agent::HostPaths;
     let paths = HostPaths::default();
     let run = std::path::Path::new(basalt_sysext::activate::RUN_EXTENSIONS);
-    let fail = |message: String| Failure { code: 1, message };
-    match cmd {
-        ExtCmd::Activate => {
-            let dirs: Vec<std::path::PathBuf> = basalt_updater::config::CONFIG_DIRS
-                .iter()
-                .map(std::path::PathBuf::from)
-                .collect();
-            let settings = basalt_updater::config::load(&dirs).map_err(|e| Failure {
-                // The Config failure class (see the exit-code table).
-                code: 26,
-                message: e.to_string(),
-            })?;
-            let done = basalt_updater::extensions::activate(
-                &mut basalt_sysext::activate::System,
-                &settings,
-                &paths,
-                run,
-            )
-            .map_err(|e| fail(format!("extensions not activated: {e}")))?;
-            for a in &done {
-                println!(
-                    "activated {} {} ({} at {})",
-                    a.extension.statement.name,
-                    a.extension.statement.version,
-                    a.device.display(),
-                    a.mount_point.display()
-                );
-            }
-            if done.is_empty() {
-                println!("no extensions staged for the booted OS version");
-            }
-        }
-        ExtCmd::List { json } => {
-            let l = basalt_updater::extensions::list(&paths.state_dir, run)
-                .map_err(|e| fail(e.to_string()))?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default());
-            } else {
-                for s in &l.staged {
-                    println!("staged {}: {}", s.os_version, s.extensions.join(" "));
-                }
-                println!("active: {}", l.active.join(" "));
-            }
-        }
+    let dirs: Vec<std::path::PathBuf> = basalt_updater::config::CONFIG_DIRS
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    let settings = basalt_updater::config::load(&dirs).map_err(|e| Failure {
+        // The Config failure class (see the exit-code table).
+        code: 26,
+        message: e.to_string(),
+    })?;
+    let done = basalt_updater::extensions::activate(
+        &mut basalt_sysext::activate::System,
+        &settings,
+        &paths,
+        run,
+    )
+    .map_err(|e| Failure {
+        code: 1,
+        message: format!("extensions not activated: {e}"),
+    })?;
+    for a in &done {
+        println!(
+            "activated {} {} ({} at {})",
+            a.extension.statement.name,
+            a.extension.statement.version,
+            a.device.display(),
+            a.mount_point.display()
+        );
+    }
+    if done.is_empty() {
+        println!("no extensions staged for the booted OS version");
     }
     Ok(())
+}
+
+/// `basaltctl extensions list|pin|unpin`, over D-Bus.
+async fn extensions(p: &Updater1Proxy<'_>, cmd: ExtCmd) -> Res<()> {
+    match cmd {
+        // Answered before the bus is reached (see `run`); kept total for the compiler.
+        ExtCmd::Activate => activate_extensions(),
+        ExtCmd::List { json } => {
+            let (staged, active, pins) = z(p.list_extensions().await)?;
+            if json {
+                let v = serde_json::json!({
+                    "staged": staged.iter().map(|(os, exts)| serde_json::json!({
+                        "os_version": os,
+                        "extensions": exts.iter().map(|(n, v)| serde_json::json!({"name": n, "version": v})).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "active": active,
+                    "pins": pins.iter().map(|(n, v)| serde_json::json!({"name": n, "version": v})).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                for (os, exts) in &staged {
+                    let list: Vec<String> = exts.iter().map(|(n, v)| format!("{n} {v}")).collect();
+                    println!("staged {os}: {}", list.join(", "));
+                }
+                println!("active: {}", active.join(" "));
+                let list: Vec<String> = pins.iter().map(|(n, v)| format!("{n} {v}")).collect();
+                println!("pinned: {}", list.join(", "));
+            }
+            Ok(())
+        }
+        ExtCmd::Pin { name, version } => {
+            z(p.pin_extension(name.clone(), version.clone()).await)?;
+            println!("pinned {name} {version}");
+            Ok(())
+        }
+        ExtCmd::Unpin { name } => {
+            z(p.unpin_extension(name.clone()).await)?;
+            println!("unpinned {name}");
+            Ok(())
+        }
+    }
 }
 
 /// A failure with its exit code.
@@ -519,8 +554,11 @@ async fn last_error(p: &Updater1Proxy<'_>) -> Failure {
 }
 
 async fn run(cli: Cli) -> Res<()> {
-    if let Cmd::Extensions { command } = &cli.command {
-        return extensions(command);
+    if let Cmd::Extensions {
+        command: ExtCmd::Activate,
+    } = &cli.command
+    {
+        return activate_extensions();
     }
     let conn = match &cli.bus_address {
         Some(a) => match zbus::connection::Builder::address(a.as_str()) {
@@ -627,8 +665,7 @@ async fn run(cli: Cli) -> Res<()> {
             z(p.unpin().await)?;
             println!("unpinned");
         }
-        // Answered before the bus is reached (above); kept total for the compiler.
-        Cmd::Extensions { command } => extensions(&command)?,
+        Cmd::Extensions { command } => extensions(&p, command).await?,
         Cmd::History { json } => {
             let h = z(p.get_history().await)?;
             if json {

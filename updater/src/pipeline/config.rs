@@ -83,6 +83,10 @@ pub struct EngineConfig {
     /// Node-image-only updates (`update.node_image_only`): keep the booted version's
     /// extension set instead of staging the release's (see `pipeline::extensions`).
     pub node_image_only: bool,
+    /// The booted OS's os-release (`/usr/lib/os-release`): what a pinned extension must fit.
+    pub os_release: PathBuf,
+    /// Where the boot activation mounts the extensions (`/run/extensions`): the active ones.
+    pub run_extensions: PathBuf,
 }
 
 impl EngineConfig {
@@ -108,6 +112,8 @@ impl EngineConfig {
             checkpoint_bytes: 32 << 20,
             max_trust_steps: 64,
             node_image_only: false,
+            os_release: PathBuf::from("/usr/lib/os-release"),
+            run_extensions: PathBuf::from(basalt_sysext::activate::RUN_EXTENSIONS),
         }
     }
 

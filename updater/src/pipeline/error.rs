@@ -80,11 +80,18 @@ pub enum ErrorKind {
     Io,
     /// The node has no repository configured.
     NoRepository,
+    /// No staged extension set holds an extension of that name (a pin request).
+    UnknownExtension,
+    /// The extension version asked for is not staged (a pin request).
+    ExtensionNotStaged,
+    /// The release would replace a pinned extension version (a full update) or the staged
+    /// set no longer holds the pinned version.
+    ExtensionPinned,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ErrorKind; 27] = [
+    pub const ALL: [ErrorKind; 30] = [
         ErrorKind::Network,
         ErrorKind::NotFound,
         ErrorKind::LengthMismatch,
@@ -112,6 +119,9 @@ impl ErrorKind {
         ErrorKind::Cancelled,
         ErrorKind::Io,
         ErrorKind::NoRepository,
+        ErrorKind::UnknownExtension,
+        ErrorKind::ExtensionNotStaged,
+        ErrorKind::ExtensionPinned,
     ];
 
     /// The stable name (`org.basalt.Updater1.Error.<name>`).
@@ -144,6 +154,9 @@ impl ErrorKind {
             ErrorKind::Cancelled => "Cancelled",
             ErrorKind::Io => "Io",
             ErrorKind::NoRepository => "NoRepository",
+            ErrorKind::UnknownExtension => "UnknownExtension",
+            ErrorKind::ExtensionNotStaged => "ExtensionNotStaged",
+            ErrorKind::ExtensionPinned => "ExtensionPinned",
         }
     }
 
@@ -165,7 +178,10 @@ impl ErrorKind {
             | ErrorKind::WrongTarget
             | ErrorKind::InvalidRelease
             | ErrorKind::BootedSlotPending
-            | ErrorKind::AlreadyInstalled => ErrorClass::Policy,
+            | ErrorKind::AlreadyInstalled
+            | ErrorKind::UnknownExtension
+            | ErrorKind::ExtensionNotStaged
+            | ErrorKind::ExtensionPinned => ErrorClass::Policy,
             ErrorKind::NoBootedSlot
             | ErrorKind::BootedSlot
             | ErrorKind::SlotTooSmall
@@ -445,6 +461,32 @@ pub enum Error {
         #[source]
         source: Box<basalt_sysext::Error>,
     },
+    /// A pin request refused: the extension or version is not staged, the image does not
+    /// verify, or it does not fit the booted OS.
+    #[error("pin extension {name} {version}: {source}")]
+    ExtensionPin {
+        name: String,
+        version: Version,
+        #[source]
+        source: Box<basalt_sysext::Error>,
+    },
+    /// A full update would replace a pinned extension (or drop it): refused, never silently.
+    #[error("extension {name} is pinned at {pinned}, release {release} {}: unpin it (basaltctl extensions unpin {name}) or update node-image-only (update.node_image_only = true)", ships(.name, .shipped))]
+    ExtensionPinned {
+        name: String,
+        // Boxed: the error stays small (clippy::result_large_err).
+        pinned: Box<Version>,
+        release: Version,
+        shipped: Option<Box<Version>>,
+    },
+}
+
+/// What a release ships of a pinned extension, for [`Error::ExtensionPinned`].
+fn ships(name: &str, shipped: &Option<Box<Version>>) -> String {
+    match shipped {
+        Some(v) => format!("ships {name} {v}"),
+        None => "does not ship it".to_owned(),
+    }
 }
 
 fn sysext_kind(e: &basalt_sysext::Error) -> ErrorKind {
@@ -461,6 +503,8 @@ fn sysext_kind(e: &basalt_sysext::Error) -> ErrorKind {
         }
         S::Io { source, .. } if is_no_space(source) => ErrorKind::DiskFull,
         S::Store { .. } => ErrorKind::State,
+        S::UnknownExtension { .. } => ErrorKind::UnknownExtension,
+        S::NotStaged { .. } => ErrorKind::ExtensionNotStaged,
         _ => ErrorKind::Io,
     }
 }
@@ -543,9 +587,10 @@ impl Error {
             Error::State { .. } => ErrorKind::State,
             Error::NotDownloaded { .. } => ErrorKind::NotDownloaded,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
-            Error::Extension { source, .. } | Error::ExtensionNotKept { source, .. } => {
-                sysext_kind(source)
-            }
+            Error::Extension { source, .. }
+            | Error::ExtensionNotKept { source, .. }
+            | Error::ExtensionPin { source, .. } => sysext_kind(source),
+            Error::ExtensionPinned { .. } => ErrorKind::ExtensionPinned,
         }
     }
 }

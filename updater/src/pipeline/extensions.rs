@@ -13,6 +13,9 @@
 //!     extensions/<version>/ (the old set of that version moved aside first, then removed)
 //!   collect: sets whose OS version is in neither slot (booted, and the one being written)
 //! apply: the set of the version is there and every image still checks ─▶ else NotDownloaded
+//! pins (basalt_sysext::pins, <store>/pins): a full update must ship each pinned extension at
+//!   its pinned version (else Error::ExtensionPinned, before the slot is named; checked
+//!   again at apply); node-image-only keeps the booted set with the pinned versions over it
 //! ```
 //!
 //! The store (`/var/lib/basalt/extensions/<os-version>/NAME.raw`, `basalt_sysext::store`)
@@ -25,14 +28,15 @@ use std::path::{Path, PathBuf};
 
 use basalt_manifest::semver::Version;
 use basalt_manifest::{ArtifactKind, Manifest, TrustRoot};
+use basalt_sysext::pins::{self, Pins};
 use basalt_sysext::{HostOs, Store};
 
 use super::error::{io as io_err, Error};
 use super::journal::Journal;
 use super::plan::{fetch, Fetch};
-use super::stream::Meter;
+use super::stream::{Meter, Streamed};
 use super::NodeEngine;
-use crate::engine::CancelFlag;
+use crate::engine::{CancelFlag, ExtensionsView, StagedSetView};
 
 /// Where the staged images of a download go, inside its staging folder.
 const DOWNLOAD_DIR: &str = "extensions";
@@ -55,6 +59,12 @@ pub fn plan_extensions(m: &Manifest) -> Result<Vec<(String, Fetch<'_>)>, Error> 
         out.push((name.to_owned(), fetch(m, a)?));
     }
     Ok(out)
+}
+
+/// Uncompressed bytes of `m`'s extension images: what a download streams besides `/usr` and
+/// the boot files (counted in its progress total).
+pub fn extensions_len(m: &Manifest) -> u64 {
+    m.artifacts_of(ArtifactKind::Sysext).map(|a| a.size).sum()
 }
 
 /// The refusal of one extension, with what it was for.
@@ -85,17 +95,29 @@ impl NodeEngine {
         journal: &mut Journal,
         meter: &mut Meter<'_>,
         cancel: &CancelFlag,
-    ) -> Result<Vec<PathBuf>, Error> {
+    ) -> Result<Streamed, Error> {
+        let pins = self.extension_pins()?;
         if self.config.node_image_only {
-            return self.keep_booted_set(manifest, root, keep);
+            self.keep_booted_set(manifest, root, keep, &pins)?;
+            return Ok(Streamed {
+                fetched: 0,
+                reused: 0,
+            });
         }
         let exts = plan_extensions(manifest)?;
         let host = HostOs::of_release(manifest);
         let dl = staging.join(DOWNLOAD_DIR);
         std::fs::create_dir_all(&dl).map_err(io_err("create", &dl))?;
+        let mut streamed = Streamed {
+            fetched: 0,
+            reused: 0,
+        };
         for (_, f) in &exts {
-            self.stream_to_file(&dl, f, journal, meter, cancel)?;
+            let s = self.stream_to_file(&dl, f, journal, meter, cancel)?;
+            streamed.fetched += s.fetched;
+            streamed.reused += s.reused;
         }
+        let mut shipped = Vec::new();
         for (name, f) in &exts {
             let path = dl.join(&f.artifact.name);
             let verity = f.artifact.verity.as_ref().ok_or_else(|| Error::Unusable {
@@ -113,12 +135,16 @@ impl NodeEngine {
                 os_version = %manifest.version,
                 "extension verified"
             );
+            shipped.push((name.clone(), ext.statement.version));
         }
+        // A full update moves OS and extensions together: a pinned extension must come in
+        // its pinned version, or the update is refused (never replaced behind the pin).
+        pins_honored(&pins, &shipped, &manifest.version)?;
         let files: Vec<(PathBuf, String)> = exts
             .iter()
             .map(|(_, f)| (dl.join(&f.artifact.name), f.artifact.name.clone()))
             .collect();
-        let set = self.publish_set(&manifest.version, &files)?;
+        self.publish_set(&manifest.version, &files)?;
         // Without the booted slot's version nothing is collected: not knowing it must never
         // mean deleting the set the node runs with.
         if !keep.is_empty() {
@@ -126,10 +152,17 @@ impl NodeEngine {
             keep.push(manifest.version.clone());
             self.collect_sets(&keep);
         }
-        Ok(set)
+        Ok(streamed)
     }
 
-    /// Node-image-only: the booted version's set (`keep[0]`), every image verified again and
+    /// The operator's pins (`<store>/pins`); an unreadable or malformed file fails the
+    /// update (never read as "no pins").
+    fn extension_pins(&self) -> Result<Pins, Error> {
+        pins_of(&self.extension_store())
+    }
+
+    /// Node-image-only: the booted version's set (`keep[0]`), with each pinned extension at
+    /// its pinned version (from whichever set holds it), every image verified again and
     /// checked against the NEW OS, becomes the new version's set; one that does not fit
     /// refuses the update naming it (never dropped silently). The release's own `sysext`
     /// artifacts are not taken.
@@ -138,6 +171,7 @@ impl NodeEngine {
         manifest: &Manifest,
         root: &TrustRoot,
         keep: &[Version],
+        pins: &Pins,
     ) -> Result<Vec<PathBuf>, Error> {
         let store = self.extension_store();
         let Some(from) = keep.first() else {
@@ -155,26 +189,40 @@ impl NodeEngine {
             to: manifest.version.clone(),
             source: Box::new(source),
         };
-        let images = store.images(from).map_err(|e| not_kept("(set)", e))?;
-        let mut files = Vec::new();
-        for image in &images {
-            let ext = basalt_sysext::verify_image(&image.path, root, Some(&image.name))
-                .map_err(|e| not_kept(&image.name, e))?;
-            basalt_sysext::activate::check_extension(&ext.statement, &host)
-                .map_err(|e| not_kept(&image.name, e))?;
-            let file = image
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.push((image.path.clone(), file));
+        // name → image: the booted set, then the pins over it.
+        let mut chosen: std::collections::BTreeMap<String, PathBuf> = store
+            .images(from)
+            .map_err(|e| not_kept("(set)", e))?
+            .into_iter()
+            .map(|i| (i.name, i.path))
+            .collect();
+        let booted_set = chosen.clone();
+        for (name, version) in pins {
+            let image = store
+                .find_staged(name, version, Some(from))
+                .map_err(|e| not_kept(name, e))?;
+            chosen.insert(name.clone(), image.path);
         }
-        let set = if *from == manifest.version {
-            images.into_iter().map(|i| i.path).collect()
+        let mut files = Vec::new();
+        let mut kept = Vec::new();
+        for (name, path) in &chosen {
+            let ext = basalt_sysext::verify_image(path, root, Some(name))
+                .map_err(|e| not_kept(name, e))?;
+            basalt_sysext::activate::check_extension(&ext.statement, &host)
+                .map_err(|e| not_kept(name, e))?;
+            files.push((
+                path.clone(),
+                format!("{name}{}", basalt_sysext::image::IMAGE_SUFFIX),
+            ));
+            kept.push((name.clone(), ext.statement.version));
+        }
+        pins_honored(pins, &kept, &manifest.version)?;
+        let set = if *from == manifest.version && chosen == booted_set {
+            chosen.into_values().collect()
         } else {
             self.publish_set(&manifest.version, &files)?
         };
-        tracing::info!(from = %from, to = %manifest.version, extensions = set.len(), "node-image-only: extension set kept");
+        tracing::info!(from = %from, to = %manifest.version, extensions = set.len(), pinned = pins.len(), "node-image-only: extension set kept");
         let mut keep = keep.to_vec();
         keep.push(manifest.version.clone());
         self.collect_sets(&keep);
@@ -251,14 +299,26 @@ impl NodeEngine {
         manifest: &Manifest,
         root: &TrustRoot,
     ) -> Result<(), Error> {
+        let pins = self.extension_pins()?;
         if self.config.node_image_only {
-            // The kept set was checked against this OS when it was linked; its images are
-            // checked again at every boot.
-            return Ok(());
+            // The kept set was verified and checked against this OS when it was linked (its
+            // images are checked again at every boot); the pins must still be what it holds.
+            let store = self.extension_store();
+            let mut kept = Vec::new();
+            for image in store
+                .images(&manifest.version)
+                .map_err(|e| refused("(set)", &manifest.version, e))?
+            {
+                let ext = basalt_sysext::verify_image(&image.path, root, Some(&image.name))
+                    .map_err(|e| refused(&image.name, &manifest.version, e))?;
+                kept.push((image.name, ext.statement.version));
+            }
+            return pins_honored(&pins, &kept, &manifest.version);
         }
         let exts = plan_extensions(manifest)?;
         let store = self.extension_store();
         let host = HostOs::of_release(manifest);
+        let mut shipped = Vec::new();
         let stored = store
             .images(&manifest.version)
             .map_err(|e| refused("(set)", &manifest.version, e))?;
@@ -283,11 +343,135 @@ impl NodeEngine {
                     f.artifact.name
                 ),
             })?;
-            basalt_sysext::check_staged(&path, root, name, verity, &host)
+            let ext = basalt_sysext::check_staged(&path, root, name, verity, &host)
                 .map_err(|e| refused(name, &manifest.version, e))?;
+            shipped.push((name.clone(), ext.statement.version));
         }
+        // A pin set after the download (or a download made before it) is caught here,
+        // before the flip.
+        pins_honored(&pins, &shipped, &manifest.version)
+    }
+
+    /// Pin extension `name` at `version` (see `basalt_sysext::pins` for the checks: staged,
+    /// signed, intact, compatible with the booted OS); the pins file is replaced atomically.
+    pub(super) fn pin_extension_inner(&self, name: &str, version: &Version) -> Result<(), Error> {
+        let store = self.extension_store();
+        let root = self.trust()?;
+        let pin_err = |source| Error::ExtensionPin {
+            name: name.to_owned(),
+            version: version.clone(),
+            source: Box::new(source),
+        };
+        let host = HostOs::read(
+            &self.config.os_release,
+            basalt_sysext::compat::native_architecture(),
+        )
+        .map_err(pin_err)?;
+        pins::check_pin(&store, &root, &host, name, version).map_err(pin_err)?;
+        let mut all = self.extension_pins()?;
+        all.insert(name.to_owned(), version.clone());
+        self.write_pins(&all)?;
+        tracing::info!(extension = name, version = %version, "extension pinned");
         Ok(())
     }
+
+    /// Remove the pin of `name`; unpinning an extension that is not pinned succeeds (as
+    /// `Unpin` of the node does).
+    pub(super) fn unpin_extension_inner(&self, name: &str) -> Result<(), Error> {
+        let mut all = self.extension_pins()?;
+        if all.remove(name).is_none() {
+            tracing::info!(extension = name, "extension was not pinned");
+            return Ok(());
+        }
+        self.write_pins(&all)?;
+        tracing::info!(extension = name, "extension unpinned");
+        Ok(())
+    }
+
+    fn write_pins(&self, all: &Pins) -> Result<(), Error> {
+        let store = self.extension_store();
+        std::fs::create_dir_all(store.root()).map_err(io_err("create", store.root()))?;
+        // A torn earlier write's temporary (`.pins.tmp-PID-SEQ`; the agent is the store's
+        // only writer): best effort, it only takes space.
+        match basalt_fsutil::remove_stale_temporaries(store.root()) {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::info!(path = %path.display(), "removed a torn write's temporary");
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+        self.io
+            .write_atomic(&store.pins_path(), pins::render(all).as_bytes())
+            .map_err(|e| Error::Io {
+                op: "write the extension pins",
+                path: e.path,
+                source: e.source,
+            })
+    }
+}
+
+/// The pins of `store`, as a pipeline error when unreadable or malformed.
+fn pins_of(store: &Store) -> Result<Pins, Error> {
+    store.pins().map_err(|e| Error::State {
+        path: store.pins_path(),
+        reason: e.to_string(),
+    })
+}
+
+/// What `store` holds and what is mounted under `run` (`basaltctl extensions list`, D-Bus
+/// `ListExtensions`): no verification, a listing. Needs no engine, so the daemon can answer
+/// it while the engine works (see `Engine::extensions_lister`).
+pub fn listing(store: &Store, run: &Path) -> Result<ExtensionsView, Error> {
+    let state = |e: basalt_sysext::Error| Error::State {
+        path: store.root().to_path_buf(),
+        reason: e.to_string(),
+    };
+    let staged = store
+        .listing()
+        .map_err(state)?
+        .into_iter()
+        .map(|set| StagedSetView {
+            os_version: set.os_version,
+            extensions: set
+                .images
+                .into_iter()
+                .map(|i| (i.name, i.version))
+                .collect(),
+        })
+        .collect();
+    let pins = pins_of(store)?.into_iter().collect();
+    let mut active: Vec<String> = match std::fs::read_dir(run) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err("list", run)(e)),
+    };
+    active.sort();
+    Ok(ExtensionsView {
+        staged,
+        active,
+        pins,
+    })
+}
+
+/// Every pin is honoured by `set` (name, signed version) of `release`, else the refusal
+/// naming the first pin that is not.
+fn pins_honored(pins: &Pins, set: &[(String, Version)], release: &Version) -> Result<(), Error> {
+    for (name, pinned) in pins {
+        let shipped = set.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        if shipped != Some(pinned) {
+            return Err(Error::ExtensionPinned {
+                name: name.clone(),
+                pinned: Box::new(pinned.clone()),
+                release: release.clone(),
+                shipped: shipped.cloned().map(Box::new),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn remove_dir(path: &Path) -> Result<(), Error> {

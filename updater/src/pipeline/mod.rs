@@ -61,10 +61,11 @@ pub use error::{Error, ErrorKind};
 pub use io::{NodeIo, RealIo};
 
 use crate::engine::{
-    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, NodeView, Phase,
-    Progress, SlotView,
+    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError,
+    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
 };
 use crate::source::Source;
+use basalt_manifest::semver::Version;
 use error::{disk, io as io_err};
 use journal::Journal;
 use plan::{plan, Fetch, Plan};
@@ -162,6 +163,18 @@ impl NodeEngine {
                 .cmdline_usrhash
                 .map_or_else(|| "(none)".to_owned(), |h| h.to_hex()),
         })
+    }
+
+    /// Uncompressed bytes a download of `plan` streams: `/usr`, the boot files of this
+    /// node's backend and, unless node-image-only (which keeps the node's set), the
+    /// release's extension images — the total of its download progress.
+    fn download_len(&self, plan: &Plan<'_>) -> Result<u64, Error> {
+        let exts = if self.config.node_image_only {
+            0
+        } else {
+            extensions::extensions_len(plan.manifest)
+        };
+        Ok(plan.fetch_len(self.config.backend)? + exts)
     }
 
     fn trust(&self) -> Result<TrustRoot, Error> {
@@ -516,7 +529,7 @@ impl NodeEngine {
         let plan = plan(manifest)?;
         extensions::plan_extensions(manifest)?;
         let boot_files = plan.boot_fetches(self.config.backend)?;
-        let fetch_len = plan.fetch_len(self.config.backend)?;
+        let fetch_len = self.download_len(&plan)?;
         let env_sha = sha256(&candidate.envelope);
         let version = manifest.version.to_string();
         let install_plan = InstallPlan {
@@ -708,7 +721,7 @@ impl NodeEngine {
 
         // 4b. The release's system extensions, verified against the new OS, into the store
         // (before the slot is named: a refused extension leaves it `_installing`).
-        self.stage_extensions(
+        let s = self.stage_extensions(
             manifest,
             &root,
             &staging,
@@ -717,6 +730,8 @@ impl NodeEngine {
             meter,
             cancel,
         )?;
+        fetched += s.fetched;
+        reused += s.reused;
 
         // 5. Read back and verify, then name the slot. A UKI must boot this very /usr.
         if let Some(uki) = &plan.uki {
@@ -932,7 +947,7 @@ impl Engine for NodeEngine {
         cancel: &CancelFlag,
     ) -> Result<Downloaded, Error> {
         let total = plan(&candidate.release.manifest)
-            .and_then(|p| p.fetch_len(self.config.backend))
+            .and_then(|p| self.download_len(&p))
             .unwrap_or(0);
         let mut meter = Meter::new(progress, total);
         meter.emit();
@@ -1086,6 +1101,26 @@ impl Engine for NodeEngine {
         backend
             .mark_bad(slot)
             .map_err(boot::err(&self.config, "mark bad", slot))
+    }
+
+    fn extensions(&mut self) -> Result<ExtensionsView, Error> {
+        extensions::listing(&self.extension_store(), &self.config.run_extensions)
+    }
+
+    fn extensions_lister(&self) -> ExtensionsLister {
+        let store = self.extension_store();
+        let run = self.config.run_extensions.clone();
+        Arc::new(move || {
+            extensions::listing(&store, &run).map_err(|e| Box::new(e) as Box<dyn EngineError>)
+        })
+    }
+
+    fn pin_extension(&mut self, name: &str, version: &Version) -> Result<(), Error> {
+        self.pin_extension_inner(name, version)
+    }
+
+    fn unpin_extension(&mut self, name: &str) -> Result<(), Error> {
+        self.unpin_extension_inner(name)
     }
 }
 

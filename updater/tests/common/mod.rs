@@ -88,6 +88,26 @@ impl World {
         .unwrap()
     }
 
+    /// A synthetic release of `version` (1 MiB of /usr) of `sysext_level`, listing the
+    /// extension images `images` (issue 10), signed by keys 1+2.
+    pub fn release_with_extensions(
+        &self,
+        version: &str,
+        sysext_level: Option<&str>,
+        images: Vec<PathBuf>,
+    ) -> SyntheticRelease {
+        let mut spec = SyntheticSpec::small(version, Utc::now()).unwrap();
+        spec.usr_len = MIB;
+        spec.sysext_level = sysext_level.map(Into::into);
+        spec.extensions = images;
+        synthetic_release(
+            &self.dir.join(format!("release-{version}")),
+            &spec,
+            &[&self.keys[0], &self.keys[1]],
+        )
+        .unwrap()
+    }
+
     /// Publish `rel` on `stable` (frames of `frame_len`, zstd 3).
     pub fn publish(&self, rel: &SyntheticRelease, sequence: Option<u64>) -> PublishReport {
         self.publish_on(rel, "stable", sequence, false).unwrap()
@@ -404,4 +424,58 @@ pub fn request() -> basalt_updater::engine::CheckRequest {
 /// A progress callback that ignores reports.
 pub fn quiet() -> impl FnMut(&basalt_updater::engine::Progress) {
     |_| {}
+}
+
+/// How a test extension is made (issue 10).
+#[derive(Debug, Clone)]
+pub struct Ext {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub level: Option<&'static str>,
+    pub version_id: Option<&'static str>,
+    pub signers: Vec<u8>,
+}
+
+impl Ext {
+    pub fn tools(version: &'static str) -> Ext {
+        Ext {
+            name: "tools",
+            version,
+            level: Some("1"),
+            version_id: None,
+            signers: vec![1, 2],
+        }
+    }
+}
+
+/// Builds `ext` into `dir/NAME.raw` from a small tree (a script naming its version).
+pub fn build_ext(dir: &Path, ext: &Ext) -> PathBuf {
+    let src = dir.join(format!("src-{}-{}", ext.name, ext.version));
+    std::fs::create_dir_all(src.join("usr/bin")).unwrap();
+    std::fs::write(
+        src.join(format!("usr/bin/{}-version", ext.name)),
+        format!("#!/bin/sh\necho {} {}\n", ext.name, ext.version),
+    )
+    .unwrap();
+    std::fs::write(src.join("usr/bin/filler"), vec![0x5au8; 64 << 10]).unwrap();
+    let keys: Vec<SigningKey> = ext.signers.iter().copied().map(key).collect();
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    let out = dir.join(format!("out-{}-{}", ext.name, ext.version));
+    let built = basalt_image::sysext::build(
+        &basalt_image::sysext::SysextSpec {
+            name: ext.name.into(),
+            version: basalt_manifest::semver::Version::parse(ext.version).unwrap(),
+            os: "basalt".into(),
+            sysext_level: ext.level.map(Into::into),
+            version_id: ext.version_id.map(Into::into),
+            architecture: Some("x86-64".into()),
+            source: basalt_image::sysext::Source::Tree(src),
+        },
+        &refs,
+        &out,
+        &dir.join("debs"),
+        None,
+    )
+    .unwrap();
+    built.path
 }
