@@ -568,7 +568,12 @@ fn measure_pair(
     );
     let rauc = fixed_block_plan(base_blocks, &block_digests(&b.dir.join("usr.img"))?);
     let deltas = changed_file_deltas(work, &base.dir.join("usr.img"), &b.dir.join("usr.img"))
-        .map_err(|e| eprintln!("bench adaptive: binary deltas of {} not measured: {e:#}", b.s.name))
+        .map_err(|e| {
+            eprintln!(
+                "bench adaptive: binary deltas of {} not measured: {e:#}",
+                b.s.name
+            )
+        })
         .ok();
     Ok(Row {
         s: b.s,
@@ -582,7 +587,6 @@ fn measure_pair(
         deltas,
     })
 }
-
 
 /// A read-only loop mount, unmounted on drop.
 struct Mount(PathBuf);
@@ -868,14 +872,16 @@ mod tests {
 
     #[test]
     fn the_real_definition_has_the_packages_the_scenarios_change() {
-        let src =
-            fs::read_to_string(basalt_tests::artifacts::container_host_definition()).unwrap();
+        let src = fs::read_to_string(basalt_tests::artifacts::container_host_definition()).unwrap();
         let include = parse_include(&src).unwrap();
         assert!(include.contains(&"containerd".to_string()), "{include:?}");
         let def = basalt_tests::artifacts::container_host_definition();
-        let text =
-            variant_definition(&src, def.parent().unwrap(), &scenario_include(&include, &SCENARIOS[0]))
-                .unwrap();
+        let text = variant_definition(
+            &src,
+            def.parent().unwrap(),
+            &scenario_include(&include, &SCENARIOS[0]),
+        )
+        .unwrap();
         assert!(text.contains("containerd=1.6.20~ds1-1+deb12u2"));
     }
 }
