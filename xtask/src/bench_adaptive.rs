@@ -97,41 +97,43 @@ pub(crate) const SCENARIOS: [Scenario; 5] = [
         extra: &[],
         target: None,
     },
-    Scenario {
-        name: "bump",
-        what: "version bump only",
-        version: "1.0.1",
-        sequence: 2,
-        unpin: None,
-        extra: &[],
-        target: None,
-    },
+    // The two cases with targets first: each variant is built, published and measured
+    // before the next one is built, so a short run still has them.
     Scenario {
         name: "libssl3",
         what: "libssl3 security update",
-        version: "1.0.2",
-        sequence: 3,
+        version: "1.0.1",
+        sequence: 2,
         unpin: Some("libssl3"),
         extra: &[],
         target: Some(2.0),
     },
     Scenario {
-        name: "jq",
-        what: "jq added (+ libjq1, libonig5)",
-        version: "1.0.3",
-        sequence: 4,
-        unpin: None,
-        extra: &["jq"],
-        target: None,
-    },
-    Scenario {
         name: "containerd",
         what: "containerd update",
-        version: "1.0.4",
-        sequence: 5,
+        version: "1.0.2",
+        sequence: 3,
         unpin: Some("containerd"),
         extra: &[],
         target: Some(5.0),
+    },
+    Scenario {
+        name: "bump",
+        what: "version bump only",
+        version: "1.0.3",
+        sequence: 4,
+        unpin: None,
+        extra: &[],
+        target: None,
+    },
+    Scenario {
+        name: "jq",
+        what: "jq added (+ libjq1, libonig5)",
+        version: "1.0.4",
+        sequence: 5,
+        unpin: None,
+        extra: &["jq"],
+        target: None,
     },
 ];
 
@@ -349,7 +351,8 @@ pub fn run() -> Result<()> {
     let work = root.join("target").join("bench").join("adaptive");
     fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
     let keys = basalt_tests::artifacts::test_keys()?;
-    let built = build_all(&root, &work, &keys)?;
+    let builder = Builder::new(&root, &work, &keys)?;
+    let base = builder.build(SCENARIOS[0])?;
     let cli = basalt_tests::artifacts::basalt_cli()?;
 
     let repo = work.join("repo");
@@ -365,13 +368,14 @@ pub fn run() -> Result<()> {
     sh::output(&mut publish_root)?;
     let nginx = basalt_tests::web::Nginx::start(&work.join("nginx"), &repo)?;
 
-    let base = &built[0];
+    let base = &base;
     publish(&cli, &repo, &keys.key, base)?;
     eprintln!("bench adaptive: hashing the base's usr.img in 4 KiB blocks (RAUC-style model)");
     let base_usr = base.dir.join("usr.img");
     let base_blocks: HashSet<[u8; 32]> = block_digests(&base_usr)?.into_iter().collect();
     let mut rows = Vec::new();
-    for b in &built[1..] {
+    for s in &SCENARIOS[1..] {
+        let b = &builder.build(*s)?;
         let published = publish(&cli, &repo, &keys.key, b)?;
         let row = measure_pair(&work, &repo, &nginx, base, b, &published, &base_blocks)?;
         print_row(&row);
@@ -381,44 +385,67 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn build_all(
-    root: &Path,
-    work: &Path,
-    keys: &basalt_tests::artifacts::TestKeys,
-) -> Result<Vec<Built>> {
-    let definition = basalt_tests::artifacts::container_host_definition();
-    let def_dir = definition
-        .parent()
-        .context("the definition has no folder")?
-        .to_path_buf();
-    let src = fs::read_to_string(&definition)
-        .with_context(|| format!("read {}", definition.display()))?;
-    let include = parse_include(&src)?;
-    let defs = work.join("defs");
-    fs::create_dir_all(&defs)?;
-    let mut say = |m: &str| eprintln!("bench adaptive: {m}");
-    let init = find_or_build_init(None, root, &root.join("basalt"), &mut say)?;
-    let mut out = Vec::new();
-    for s in SCENARIOS {
-        let text = variant_definition(&src, &def_dir, &scenario_include(&include, &s))?;
-        let path = defs.join(format!("{}.toml", s.name));
+/// Builds the scenarios' releases (module docs).
+struct Builder {
+    src: String,
+    def_dir: PathBuf,
+    include: Vec<String>,
+    defs: PathBuf,
+    releases: PathBuf,
+    init: basalt_image::build::workspace::Program,
+    keys: basalt_tests::artifacts::TestKeys,
+}
+
+impl Builder {
+    fn new(root: &Path, work: &Path, keys: &basalt_tests::artifacts::TestKeys) -> Result<Self> {
+        let definition = basalt_tests::artifacts::container_host_definition();
+        let def_dir = definition
+            .parent()
+            .context("the definition has no folder")?
+            .to_path_buf();
+        let src = fs::read_to_string(&definition)
+            .with_context(|| format!("read {}", definition.display()))?;
+        let include = parse_include(&src)?;
+        let defs = work.join("defs");
+        fs::create_dir_all(&defs)?;
+        let init = find_or_build_init(None, root, &root.join("basalt"), &mut |m| {
+            eprintln!("bench adaptive: {m}")
+        })?;
+        Ok(Builder {
+            src,
+            def_dir,
+            include,
+            defs,
+            releases: work.join("releases"),
+            init,
+            keys: keys.clone(),
+        })
+    }
+
+    fn build(&self, s: Scenario) -> Result<Built> {
+        let text = variant_definition(
+            &self.src,
+            &self.def_dir,
+            &scenario_include(&self.include, &s),
+        )?;
+        let path = self.defs.join(format!("{}.toml", s.name));
         if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
             fs::write(&path, &text).with_context(|| format!("write {}", path.display()))?;
         }
-        let dir = work.join("releases").join(s.name);
+        let dir = self.releases.join(s.name);
         let mut req = BuildRequest::new(
             path,
-            vec![keys.key.clone()],
-            keys.trust.clone(),
-            init.path.clone(),
+            vec![self.keys.key.clone()],
+            self.keys.trust.clone(),
+            self.init.path.clone(),
             dir.clone(),
         );
-        req.init_revision = init.revision.clone();
+        req.init_revision = self.init.revision.clone();
         req.variant = Variant::Product;
         req.version = Some(s.version.parse()?);
         req.sequence = Some(s.sequence);
         eprintln!("bench adaptive: building {} ({})", s.name, s.what);
-        let report = build_with_progress(&req, &mut say)
+        let report = build_with_progress(&req, &mut |m| eprintln!("bench adaptive: {m}"))
             .with_context(|| format!("building the {} release", s.name))?;
         eprintln!(
             "bench adaptive: {} {} — /usr erofs {:.1} MB, {}",
@@ -431,9 +458,8 @@ fn build_all(
                 "built"
             }
         );
-        out.push(Built { s, report, dir });
+        Ok(Built { s, report, dir })
     }
-    Ok(out)
 }
 
 /// What `basalt release publish --json` said about the usr image.
@@ -830,7 +856,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let ssl = scenario_include(&base, &SCENARIOS[2]);
+        let ssl = scenario_include(&base, &SCENARIOS[1]);
         assert_eq!(
             ssl,
             [
@@ -840,11 +866,11 @@ mod tests {
                 "libexpat1=2.5.0-1+deb12u2"
             ]
         );
-        let ctr = scenario_include(&base, &SCENARIOS[4]);
+        let ctr = scenario_include(&base, &SCENARIOS[2]);
         assert!(ctr.contains(&"containerd".to_string()));
         assert!(ctr.contains(&"libssl3=3.0.20-1~deb12u2".to_string()));
         assert!(!ctr.iter().any(|p| p.starts_with("containerd=")));
-        let jq = scenario_include(&base, &SCENARIOS[3]);
+        let jq = scenario_include(&base, &SCENARIOS[4]);
         assert_eq!(jq.last().unwrap(), "jq");
         assert_eq!(jq.len(), 6);
     }
