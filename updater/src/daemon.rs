@@ -36,8 +36,8 @@ use tokio::time::Instant;
 
 use crate::config::{RebootStrategy, Settings};
 use crate::engine::{
-    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress,
+    AdaptiveCounts, CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine,
+    EngineError, ErrorClass, ExtensionsLister, ExtensionsView, NodeView, Phase, Progress,
 };
 use crate::fleetlock::FleetLock;
 use crate::health::Probe;
@@ -312,6 +312,8 @@ enum WorkerMsg {
         candidate: Option<Box<Candidate>>,
         downloaded: Option<(u64, u64)>,
     },
+    /// How the job's usr image was installed (sent before its `Done`, only when it counted).
+    Adaptive(AdaptiveCounts),
 }
 
 fn job_error<E: EngineError>(e: E) -> JobError {
@@ -352,7 +354,12 @@ fn make_runner<E: Engine + 'static>(
             return;
         }
         let is_node = matches!(job, WorkerJob::Node);
+        let before = engine.adaptive_counts();
         let msg = run_job(&mut engine, job, &out);
+        let adaptive = engine.adaptive_counts().since(&before);
+        if adaptive != AdaptiveCounts::default() {
+            let _ = out.send(WorkerMsg::Adaptive(adaptive));
+        }
         let _ = out.send(msg);
         if !is_node {
             // Every job may have changed the disk: publish a fresh view after it.
@@ -1197,6 +1204,13 @@ impl Daemon {
                 let effects = self.machine.event(Event::CheckDone(summary), now);
                 self.apply_effects(effects);
                 self.answer_check_waiters();
+            }
+            WorkerMsg::Adaptive(counts) => {
+                for (result, n) in counts.by_result() {
+                    if n > 0 {
+                        self.metrics.adaptive_install(result, n);
+                    }
+                }
             }
             WorkerMsg::Done {
                 event,

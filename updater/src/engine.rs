@@ -150,6 +150,40 @@ pub struct StagedSetView {
     pub extensions: Vec<(String, Option<Version>)>,
 }
 
+/// How the usr images of an engine's downloads were installed, counted since the engine was
+/// made (adaptive installs: `crate::pipeline::adaptive`). The daemon adds what each job
+/// changed to `basalt_updater_adaptive_installs_total{result}` (`crate::metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdaptiveCounts {
+    /// Installed adaptively: blocks of the booted slot copied, missing frames fetched.
+    pub installed: u64,
+    /// Tried adaptively, failed on an integrity or format problem (a wrong index entry, a
+    /// bad or missing frame, a local block that changed), then installed from the full stream.
+    pub fell_back: u64,
+    /// Not tried: the frames to fetch were too large a part of the full stream.
+    pub not_worth_it: u64,
+}
+
+impl AdaptiveCounts {
+    /// What was counted after `before` (an earlier reading of the same engine).
+    pub fn since(&self, before: &AdaptiveCounts) -> AdaptiveCounts {
+        AdaptiveCounts {
+            installed: self.installed.saturating_sub(before.installed),
+            fell_back: self.fell_back.saturating_sub(before.fell_back),
+            not_worth_it: self.not_worth_it.saturating_sub(before.not_worth_it),
+        }
+    }
+
+    /// The counts by their metric label.
+    pub fn by_result(&self) -> [(&'static str, u64); 3] {
+        [
+            ("installed", self.installed),
+            ("fell-back", self.fell_back),
+            ("not-worth-it", self.not_worth_it),
+        ]
+    }
+}
+
 /// A cancellation request shared between the daemon and a running call. The engine checks it
 /// between chunks and returns its cancellation error soon after it is set.
 #[derive(Debug, Clone, Default)]
@@ -283,6 +317,12 @@ pub trait Engine: Send {
 
     /// The booted slot passed its health gate: stop boot counting, keep it as the default.
     fn mark_good(&mut self) -> Result<(), Self::Error>;
+
+    /// How this engine's downloads installed their usr images so far (no I/O). Engines
+    /// without adaptive installs count nothing.
+    fn adaptive_counts(&self) -> AdaptiveCounts {
+        AdaptiveCounts::default()
+    }
 
     /// `slot` must not boot again until re-staged.
     fn mark_bad(&mut self, slot: Slot) -> Result<(), Self::Error>;

@@ -18,8 +18,8 @@ use basalt_manifest::semver::Version;
 use basalt_manifest::{Digest, Manifest, VerifiedRelease, VersionChange};
 
 use crate::engine::{
-    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError, ErrorClass,
-    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
+    AdaptiveCounts, CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine,
+    EngineError, ErrorClass, ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
 };
 
 /// The in-memory engine's error: a class, a stable name, a message.
@@ -132,6 +132,10 @@ pub struct World {
     pub boots: u32,
     /// The extension store as listed (sets, active, pins); pins change it.
     pub extensions: ExtensionsView,
+    /// Count every download as an adaptive install that fell back to the full stream.
+    pub adaptive_fallback: bool,
+    /// What [`Engine::adaptive_counts`] reports.
+    pub adaptive: AdaptiveCounts,
 }
 
 /// Shared handle on the world.
@@ -169,6 +173,8 @@ impl MemoryWorld {
             hold_downloads: false,
             boots: 0,
             extensions: ExtensionsView::default(),
+            adaptive_fallback: false,
+            adaptive: AdaptiveCounts::default(),
         };
         Self(Arc::new((Mutex::new(world), Condvar::new())))
     }
@@ -491,6 +497,9 @@ impl Engine for MemoryEngine {
         s.state = SlotState::Valid;
         s.version = Some(release.version.clone());
         s.usr_hash = Some(release.usr_hash);
+        if w.adaptive_fallback {
+            w.adaptive.fell_back += 1;
+        }
         Ok(Downloaded {
             slot: target,
             version: release.version,
@@ -552,6 +561,10 @@ impl Engine for MemoryEngine {
         w.slots[idx(other)].boot = BootStatus::Good;
         w.slots[idx(booted)].boot = BootStatus::Bad;
         Ok(other)
+    }
+
+    fn adaptive_counts(&self) -> AdaptiveCounts {
+        self.world.lock().adaptive
     }
 
     fn mark_good(&mut self) -> Result<(), MemoryError> {

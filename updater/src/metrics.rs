@@ -9,6 +9,7 @@
 //! | `basalt_updater_last_check_timestamp_seconds` | gauge | end of the last check (0: never) |
 //! | `basalt_updater_bytes_fetched_total` | counter | compressed bytes fetched from the repository |
 //! | `basalt_updater_bytes_reused_total` | counter | bytes not downloaded: kept from an interrupted download, or copied from the booted slot by an adaptive install (re-verified) |
+//! | `basalt_updater_adaptive_installs_total{result}` | counter | how usr images were installed when the release offered an adaptive install: installed (blocks reused), fell-back (an integrity or format problem; the full stream was installed instead), not-worth-it (too little shared; the full stream) |
 //! | `basalt_updater_outcomes_total{result}` | counter | update outcomes: committed, rolled-back, failed, cancelled |
 //! | `basalt_updater_rollbacks_total` | counter | rollbacks seen (health failures, fallbacks, operator) |
 //! | `basalt_updater_checks_total{result}` | counter | checks: up-to-date, available, failed |
@@ -46,6 +47,7 @@ pub struct Metrics {
     pub bytes_fetched: Counter,
     pub bytes_reused: Counter,
     pub outcomes: Family<ResultLabel, Counter>,
+    pub adaptive_installs: Family<ResultLabel, Counter>,
     pub rollbacks: Counter,
     pub checks: Family<ResultLabel, Counter>,
     pub status_write_errors: Counter,
@@ -65,6 +67,7 @@ impl Metrics {
         let bytes_fetched = Counter::default();
         let bytes_reused = Counter::default();
         let outcomes = Family::<ResultLabel, Counter>::default();
+        let adaptive_installs = Family::<ResultLabel, Counter>::default();
         let rollbacks = Counter::default();
         let checks = Family::<ResultLabel, Counter>::default();
         let status_write_errors = Counter::default();
@@ -85,6 +88,11 @@ impl Metrics {
             bytes_reused.clone(),
         );
         registry.register("outcomes", "Update outcomes by result", outcomes.clone());
+        registry.register(
+            "adaptive_installs",
+            "Adaptive usr installs by result: installed, fell-back (to the full stream), not-worth-it",
+            adaptive_installs.clone(),
+        );
         registry.register(
             "rollbacks",
             "Rollbacks (health failures, fallbacks, operator)",
@@ -110,6 +118,7 @@ impl Metrics {
             bytes_fetched,
             bytes_reused,
             outcomes,
+            adaptive_installs,
             rollbacks,
             checks,
             status_write_errors,
@@ -133,6 +142,15 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// `n` adaptive installs ended with `result` (`crate::engine::AdaptiveCounts::by_result`).
+    pub fn adaptive_install(&self, result: &str, n: u64) {
+        self.adaptive_installs
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc_by(n);
     }
 
     pub fn check(&self, result: &str) {

@@ -230,6 +230,33 @@ async fn full_cycle_across_a_reboot_commits_and_counts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_adaptive_install_that_fell_back_is_counted_in_the_metrics() {
+    let rig = Rig::new("1.0.0");
+    rig.world.publish(FakeRelease::new("2.0.0", 2));
+    rig.world.lock().adaptive_fallback = true;
+    let s = settings(
+        "[repository]\nurl = \"/srv/repo\"\n[check]\ninitial_delay_secs = 0\njitter_secs = 0\n[reboot]\nstrategy = \"off\"\n",
+    );
+    let r = run(rig.parts(s, Arc::new(TokioClock::starting_at(t0())), vec![])).await;
+    r.wait("staged", |v| v.state == "staged").await;
+    let text = rig.metrics.encode();
+    assert!(
+        text.contains("basalt_updater_adaptive_installs_total{result=\"fell-back\"} 1"),
+        "{text}"
+    );
+    // Nothing else was counted: no adaptive install succeeded or was skipped.
+    assert!(
+        !text.contains("basalt_updater_adaptive_installs_total{result=\"installed\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("basalt_updater_bytes_fetched_total 4194304"),
+        "{text}"
+    );
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn failed_health_gate_marks_bad_and_reboots_even_with_strategy_off() {
     let rig = Rig::new("1.0.0");
     rig.world.publish(FakeRelease::new("2.0.0", 2));

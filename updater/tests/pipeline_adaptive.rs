@@ -22,7 +22,7 @@ use basalt_manifest::adaptive::BlockIndex;
 use basalt_manifest::chrono::Utc;
 use basalt_manifest::{repo, sign_release, ArtifactKind, Digest, Manifest};
 use basalt_tests::web::{Access, Nginx};
-use basalt_updater::engine::{CancelFlag, CheckOutcome, Downloaded, Engine};
+use basalt_updater::engine::{AdaptiveCounts, CancelFlag, CheckOutcome, Downloaded, Engine};
 use basalt_updater::http::HttpConfig;
 use basalt_updater::pipeline::{BackendKind, Error};
 use basalt_updater::source::http::HttpSource;
@@ -73,11 +73,20 @@ fn world_with_patch() -> (World, Node, SyntheticRelease, PublishReport) {
 }
 
 fn download(node: &Node, source: Box<dyn Source>) -> Result<Downloaded, Error> {
+    download_counted(node, source).0
+}
+
+/// [`download`], with how the engine says it installed the usr image.
+fn download_counted(
+    node: &Node,
+    source: Box<dyn Source>,
+) -> (Result<Downloaded, Error>, AdaptiveCounts) {
     let mut engine = node.engine(source);
     let CheckOutcome::Available(c) = engine.check(&request()).unwrap() else {
         panic!("no update")
     };
-    engine.download(&c, &mut quiet(), &CancelFlag::new())
+    let d = engine.download(&c, &mut quiet(), &CancelFlag::new());
+    (d, engine.adaptive_counts())
 }
 
 fn http(nginx: &Nginx) -> Box<dyn Source> {
@@ -124,7 +133,15 @@ fn patch_install_fetches_only_missing_frames_and_is_byte_identical() {
     let (world, node, v2, report) = world_with_patch();
     let before = node.snapshot();
     let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
-    let d = download(&node, http(&nginx)).unwrap();
+    let (d, counts) = download_counted(&node, http(&nginx));
+    let d = d.unwrap();
+    assert_eq!(
+        counts,
+        AdaptiveCounts {
+            installed: 1,
+            ..AdaptiveCounts::default()
+        }
+    );
     assert_installed(&node, &v2);
     node.assert_safe(&before, "after a successful download");
     let usr = usr_report(&report);
@@ -270,9 +287,18 @@ fn republish_head(world: &World, edit: impl FnOnce(&mut Manifest)) {
 fn assert_falls_back(world: &World, node: &Node, v2: &SyntheticRelease, usr_blob: &Digest) {
     let before = node.snapshot();
     let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
-    let d = download(node, http(&nginx)).unwrap();
+    let (d, counts) = download_counted(node, http(&nginx));
+    let d = d.unwrap();
     assert_installed(node, v2);
     node.assert_safe(&before, "after a fallback");
+    // What the agent's metrics count (basalt_updater_adaptive_installs_total).
+    assert_eq!(
+        counts,
+        AdaptiveCounts {
+            fell_back: 1,
+            ..AdaptiveCounts::default()
+        }
+    );
     let log = nginx.access_log().unwrap();
     let full = hits(&log, usr_blob);
     assert_eq!(full.len(), 1, "{log:?}");

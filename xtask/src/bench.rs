@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: throughput against peers run in the same process run
-//! (`--only verity|http|rollout|boot` for one of them; the HTTP bench is in `bench_http.rs`, the
-//! fleet server's in `bench_rollout.rs`, the boot and size bench against a stock Debian reference
-//! in `bench_boot.rs`).
+//! (`--only verity|http|rollout|boot|adaptive` for one of them; the HTTP bench is in
+//! `bench_http.rs`, the fleet server's in `bench_rollout.rs`, the boot and size bench against a
+//! stock Debian reference in `bench_boot.rs`, the bytes of adaptive installs on real builds in
+//! `bench_adaptive.rs`).
 //!
 //! verity: `basalt_verity::format` on one thread and on all cores vs `veritysetup format`, on
 //! the same random file (1 GiB by default, cached under `target/bench/`), best of N rounds.
@@ -65,6 +66,9 @@ pub enum Only {
     /// The container-host image vs a stock Debian system with the same packages: boot
     /// stages, memory, sizes (`docs/benchmarks.md`).
     Boot,
+    /// Bytes a node fetches for patch releases of the container-host image: full stream vs
+    /// adaptive install (measured from nginx's log) vs RAUC-style fixed blocks; binary deltas.
+    Adaptive,
 }
 
 const UUID: &str = "00000000-0000-4000-8000-000000000000";
@@ -85,6 +89,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if matches!(args.only, Only::All | Only::Boot) {
         crate::bench_boot::run(args.boot_rounds, args.settle)?;
+    }
+    if matches!(args.only, Only::All | Only::Adaptive) {
+        crate::bench_adaptive::run()?;
     }
     Ok(())
 }

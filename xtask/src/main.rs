@@ -11,6 +11,7 @@
 //!   tee`, its idle and peak RSS at two payload sizes.
 
 mod bench;
+mod bench_adaptive;
 mod bench_agent;
 mod bench_boot;
 mod bench_http;

@@ -14,6 +14,7 @@
 //! suite = "bookworm"
 //! include = ["systemd", "systemd-sysv", "dbus", "udev", "kmod", "containerd", "runc", "iproute2"]
 //! list = "container-host.packages" # optional: the exact package set (see below)
+//!                                # include entries may pin: "containerd=1.6.20~ds1-1+deb12u2"
 //!
 //! [kernel]                       # container-host only
 //! modules = ["virtio_net", "nvme", "overlay"]  # shipped in /usr/lib/modules, + dependencies
@@ -366,10 +367,7 @@ pub fn parse_package_list(text: &str, path: &Path) -> Result<Vec<ListedPackage>,
             return Err(bad(format!("{name:?} is not a Debian package name")));
         }
         if let Some(v) = version {
-            let ok = !v.is_empty()
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".+-~:".contains(&b));
-            if !ok {
+            if !valid_package_version(v) {
                 return Err(bad(format!("{v:?} is not a Debian version")));
             }
         }
@@ -383,6 +381,24 @@ pub fn parse_package_list(text: &str, path: &Path) -> Result<Vec<ListedPackage>,
     }
     out.sort();
     Ok(out)
+}
+
+/// The characters of a Debian version (policy 5.6.12: `[epoch:]upstream[-revision]`), not
+/// empty. What a `NAME=VERSION` pin may carry (package lists and `include`).
+pub fn valid_package_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+-~:".contains(&b))
+}
+
+/// An `include` entry: a package name, or `NAME=VERSION` (apt's and mmdebstrap's syntax) to
+/// install a version the archive still carries instead of its newest, e.g. to rebuild an
+/// older release or one update behind (`cargo xtask bench --only adaptive` does).
+pub fn valid_include_entry(entry: &str) -> bool {
+    match entry.split_once('=') {
+        Some((name, version)) => valid_package_name(name) && valid_package_version(version),
+        None => valid_package_name(entry),
+    }
 }
 
 /// Debian policy 5.6.1: lowercase letters, digits, `+ - .`, at least two characters,
@@ -575,10 +591,10 @@ impl ImageConfig {
             .packages
             .include
             .iter()
-            .find(|p| !valid_package_name(p))
+            .find(|p| !valid_include_entry(p))
         {
             return Err(invalid(format!(
-                "packages.include: {bad:?} is not a Debian package name"
+                "packages.include: {bad:?} is not a Debian package name (or NAME=VERSION)"
             )));
         }
         if !container_host {
@@ -793,6 +809,14 @@ sequence = 1
                 ch("[packages]\ninclude = [\"Systemd\"]\n"),
                 "packages.include",
             ),
+            (
+                ch("[packages]\ninclude = [\"containerd=\"]\n"),
+                "packages.include",
+            ),
+            (
+                ch("[packages]\ninclude = [\"containerd=1.6 --x\"]\n"),
+                "packages.include",
+            ),
             (ch("[kernel]\nmodules = [\"../x\"]\n"), "kernel.modules"),
             (
                 ch("[[files]]\nsource = \"a\"\ndest = \"/etc/passwd\"\n"),
@@ -883,6 +907,23 @@ sequence = 1
             "/usr/a\nb",
         ] {
             assert!(!valid_usr_dest(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn include_entries_may_pin_a_version() {
+        let c = parse(&container_host(
+            "[packages]\ninclude = [\"systemd\", \"containerd=1.6.20~ds1-1+deb12u2\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.packages.include,
+            ["systemd", "containerd=1.6.20~ds1-1+deb12u2"]
+        );
+        assert!(valid_include_entry("libssl3=3.0.20-1~deb12u2"));
+        assert!(valid_include_entry("jq"));
+        for bad in ["jq=", "=1.0", "Jq=1", "jq=1 2", "jq=1;rm"] {
+            assert!(!valid_include_entry(bad), "{bad}");
         }
     }
 

@@ -61,8 +61,8 @@ pub use error::{Error, ErrorKind};
 pub use io::{NodeIo, RealIo};
 
 use crate::engine::{
-    CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine, EngineError,
-    ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
+    AdaptiveCounts, CancelFlag, Candidate, CheckOutcome, CheckRequest, Downloaded, Engine,
+    EngineError, ExtensionsLister, ExtensionsView, NodeView, Phase, Progress, SlotView,
 };
 use crate::source::Source;
 use basalt_manifest::semver::Version;
@@ -84,6 +84,9 @@ pub struct NodeEngine {
     io: Arc<dyn NodeIo>,
     clock: Clock,
     guids: Guids,
+    /// How usr images were installed ([`Engine::adaptive_counts`]); a `Cell`: counted from
+    /// `&self` methods, read by the daemon's worker between jobs.
+    adaptive: std::cell::Cell<AdaptiveCounts>,
 }
 
 impl std::fmt::Debug for NodeEngine {
@@ -110,7 +113,14 @@ impl NodeEngine {
             io: Arc::new(RealIo),
             clock: Box::new(Utc::now),
             guids: Box::new(random_guids),
+            adaptive: std::cell::Cell::new(AdaptiveCounts::default()),
         }
+    }
+
+    fn count_adaptive(&self, f: impl FnOnce(&mut AdaptiveCounts)) {
+        let mut c = self.adaptive.get();
+        f(&mut c);
+        self.adaptive.set(c);
     }
 
     /// Route every write through `io` (tests: fault injection).
@@ -390,15 +400,18 @@ impl NodeEngine {
             match result {
                 Ok(adaptive::Outcome::Installed(s)) => {
                     tracing::info!(artifact = %artifact.name, fetched = s.fetched, reused = s.reused, "installed adaptively: blocks of the booted slot reused");
+                    self.count_adaptive(|c| c.installed += 1);
                     return Ok(s);
                 }
                 Ok(adaptive::Outcome::NotWorthIt { fetched }) => {
+                    self.count_adaptive(|c| c.not_worth_it += 1);
                     let mut s = self.stream(&plan.usr, sink, journal, meter, cancel)?;
                     s.fetched += fetched;
                     return Ok(s);
                 }
                 Err(e) if adaptive::falls_back(&e) => {
                     tracing::warn!(artifact = %artifact.name, error = %e, "adaptive install failed; installing from the full stream");
+                    self.count_adaptive(|c| c.fell_back += 1);
                     journal.frames_done.remove(&key);
                     self.save_journal(journal)?;
                     meter.done = done_before;
@@ -1084,6 +1097,10 @@ impl Engine for NodeEngine {
             .map_err(boot::err(&self.config, "roll back to", to))?;
         tracing::warn!(from = %booted, to = %to, "rollback staged");
         Ok(to)
+    }
+
+    fn adaptive_counts(&self) -> AdaptiveCounts {
+        self.adaptive.get()
     }
 
     fn mark_good(&mut self) -> Result<(), Error> {
