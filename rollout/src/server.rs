@@ -176,14 +176,21 @@ impl Server {
             (&Method::POST, ["v1", "check-in"]) => {
                 let token = bearer(&req).map(str::to_owned);
                 let body = read_body(req, wire::MAX_CHECK_IN_BYTES).await?;
-                // The steady state first, on this worker: a read-only transaction on a reader
-                // connection (tens of microseconds of in-memory reads, nothing waits for the
-                // writer), so the usual answer costs no hand-off to the blocking pool.
-                if let Some(directive) = self.service.check_in_read_only(token.as_deref(), &body)? {
+                let service = self.service.clone();
+                if !service.reads_on_async_worker() {
+                    let directive = self
+                        .run(move || service.check_in_with_token(token.as_deref(), &body))
+                        .await?;
+                    return Ok(respond(200, "application/json", directive.to_json()));
+                }
+                // SQLite: the steady state first, on this worker — a read-only transaction on
+                // a reader connection (tens of microseconds of reads from memory, nothing
+                // waits for the writer), so the usual answer costs no hand-off to the
+                // blocking pool.
+                if let Some(directive) = service.check_in_read_only(token.as_deref(), &body)? {
                     return Ok(respond(200, "application/json", directive.to_json()));
                 }
                 // Anything to write: one write transaction on the blocking pool.
-                let service = self.service.clone();
                 let directive = self
                     .run(move || service.check_in_writing(token.as_deref(), &body))
                     .await?;

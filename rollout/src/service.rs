@@ -239,6 +239,12 @@ impl Service {
         })
     }
 
+    /// Whether [`Service::check_in_read_only`] may run on an async worker (see
+    /// [`Backend::reads_on_async_worker`]).
+    pub fn reads_on_async_worker(&self) -> bool {
+        self.backend.reads_on_async_worker()
+    }
+
     /// Writes the buffered last-seen times in one transaction; returns how many nodes. On
     /// failure the batch goes back into the buffer for the next flush.
     pub fn flush_last_seen(&self) -> Result<usize> {
@@ -246,10 +252,15 @@ impl Service {
         if batch.is_empty() {
             return Ok(0);
         }
+        // In node order: two replicas' flushes (and a check-in, whose node row is the last
+        // row it locks) then always take row locks in the same order, so they cannot
+        // deadlock on PostgreSQL.
+        let mut rows: Vec<(&String, &DateTime<Utc>)> = batch.iter().collect();
+        rows.sort();
         let write = || -> Result<()> {
             let mut tx = self.tx()?;
-            for (node, at) in &batch {
-                tx.touch_last_seen(node, *at)?;
+            for (node, at) in &rows {
+                tx.touch_last_seen(node, **at)?;
             }
             tx.commit()?;
             Ok(())

@@ -189,6 +189,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// For messages: the file or the server.
     fn describe(&self) -> String;
+    /// Whether a read-only transaction may run on an async worker thread: it only reads
+    /// what is in memory or the page cache and never waits for a writer (SQLite's readers).
+    /// A client that blocks on the network (PostgreSQL's, which runs its own runtime) must
+    /// not.
+    fn reads_on_async_worker(&self) -> bool {
+        false
+    }
 }
 
 /// A connection inside a transaction. Dropping it without [`Conn::commit`] rolls back.

@@ -239,6 +239,10 @@ impl Backend for Sqlite {
         self.start("BEGIN IMMEDIATE")
     }
 
+    fn reads_on_async_worker(&self) -> bool {
+        !self.readers.is_empty()
+    }
+
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
