@@ -162,7 +162,7 @@ fn ambiguous(dir: &Path, image: &MinimalImage, d: &Disks) -> Result<()> {
     let mut vm = config.spawn()?;
     let seen = vm.expect_any(&[FAILED, V1_UP], BOOT)?;
     ensure!(seen == 0, "expected a refusal\n{}", vm.excerpt());
-    let reason = vm.console_after_cursor();
+    let reason = vm.line_after_cursor(STEP);
     ensure!(
         reason.starts_with("boot-disk-ambiguous"),
         "reason {:?}\n{}",

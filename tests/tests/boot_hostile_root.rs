@@ -154,7 +154,7 @@ fn init_on_writable_root(dir: &Path, image: &MinimalImage) -> Result<()> {
         .spawn()?;
     let seen = vm.expect_any(&[ATTACKER_MARKER, FAILED, V1_UP], BOOT)?;
     ensure!(seen == 1, "expected a refusal\n{}", vm.excerpt());
-    let reason = vm.console_after_cursor();
+    let reason = vm.line_after_cursor(STEP);
     ensure!(
         reason.starts_with("init-not-verified"),
         "reason {:?}\n{}",

@@ -153,7 +153,7 @@ fn edited_entry_with_unsigned_usrhash_is_refused_and_the_other_slot_boots() -> R
             "attempt {attempt}: a userspace came up instead of basalt-init refusing\n{}",
             vm.excerpt()
         );
-        let rest = vm.console_after_cursor();
+        let rest = vm.line_after_cursor(STEP);
         let reason = rest.split_whitespace().next().unwrap_or_default();
         ensure!(
             reason.trim_end_matches(':') == NOT_SIGNED,
