@@ -360,11 +360,15 @@ fn make_runner<E: Engine + 'static>(
         if adaptive != AdaptiveCounts::default() {
             let _ = out.send(WorkerMsg::Adaptive(adaptive));
         }
-        let _ = out.send(msg);
         if !is_node {
-            // Every job may have changed the disk: publish a fresh view after it.
+            // Every job may have changed the disk: publish a fresh view of it — before the
+            // job's result, so the state the result leads to (`committed`, `staged` …) is
+            // never shown beside the slots as they were before the job.
             let node = guarded("node", || engine.node().map_err(job_error));
             let _ = out.send(WorkerMsg::Node(node));
+        }
+        let _ = out.send(msg);
+        if !is_node {
             release_heap();
         }
     };
