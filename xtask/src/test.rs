@@ -78,9 +78,11 @@ pub struct Args {
     /// Seconds each fuzz target runs.
     #[arg(long, default_value_t = 20)]
     fuzz_seconds: u32,
-    /// One `cargo test --workspace` (every binary after the other) instead of two lanes.
+    /// Run the test binaries in two lanes at once (QEMU scenarios beside the rest) instead of one
+    /// `cargo test --workspace`. Not the default yet: a full run in lanes has not been
+    /// validated, and once a 2-vCPU OVMF guest hung at a reboot with a second guest beside it.
     #[arg(long)]
-    serial: bool,
+    lanes: bool,
     /// Build the test binaries, print which lane runs each, and stop.
     #[arg(long)]
     list_lanes: bool,
@@ -118,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    if args.serial {
+    if !args.lanes {
         sh::run(
             Command::new("cargo")
                 .current_dir(&root)
