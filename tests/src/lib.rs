@@ -23,6 +23,7 @@ pub mod faulty_http;
 pub mod fixture;
 pub mod fleet;
 pub mod hostile;
+pub mod kernel_lines;
 pub mod scenario;
 pub mod secure;
 pub mod story;

@@ -36,7 +36,7 @@ use crate::artifacts::{
 };
 use crate::error::{Error, Result};
 use crate::tool::Tool;
-use crate::vm::{scale, Vm, VmConfig};
+use crate::vm::{scale, Vm, VmConfig, RESTART_MARKER};
 
 /// The address the guest reaches the repository at: QEMU's `guestfwd` forwards it to the
 /// nginx on the host's loopback (nothing else is reachable: `restrict=on`).
@@ -461,8 +461,21 @@ pub fn restricted_nic_to(forwards: &[(&str, u16)]) -> Result<String> {
 }
 
 /// A booted test image, driven through its serial root shell.
+///
+/// Every guest reboot is a new QEMU run on the same disk and variable store: the node's QEMU
+/// runs with `-no-reboot`, and when the kernel says `reboot: Restarting system` the harness
+/// waits for that QEMU to exit and starts the next one. Why not let QEMU reset the guest in
+/// place: a 2-vCPU OVMF guest under TCG hung at that reset (`reboot: machine restart`, then
+/// nothing for minutes at 100 % CPU) twice in two days, once in CI; a fresh QEMU boots the same
+/// firmware, ESP and boot counters as a reset would.
 pub struct Node {
     vm: Vm,
+    /// How every run of this node starts (with `-no-reboot`).
+    config: VmConfig,
+    /// When the first run started.
+    started: Instant,
+    /// QEMU runs so far (one per boot).
+    runs: u32,
     /// The disk image the node boots from.
     pub disk: PathBuf,
 }
@@ -482,15 +495,48 @@ impl Node {
         VmConfig::uefi(dir).disk(disk).cpus(2).memory_mib(1536)
     }
 
-    /// Start `config` and wait for the root shell and a running agent.
+    /// Start `config` (with `-no-reboot`: see [`Node`]) and wait for the root shell and a
+    /// running agent.
     pub fn boot(config: &VmConfig, disk: &Path, n: &mut dyn Narrator) -> Result<Node> {
+        let config = config.clone().no_reboot(true);
         let vm = config.spawn()?;
         let mut node = Node {
             vm,
+            config,
+            started: Instant::now(),
+            runs: 1,
             disk: disk.to_path_buf(),
         };
         node.wait_up(n)?;
         Ok(node)
+    }
+
+    /// Waits until the kernel restarts (`reboot: Restarting system`: the agent's reboot, a
+    /// failed boot's, or one the test asked for), then for that QEMU run to end, and starts the
+    /// next run. Returns the console the ended run printed from this call on.
+    pub fn expect_restart(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        let from = self.vm.console_len();
+        self.vm.expect(RESTART_MARKER, timeout)?;
+        let printed = self.vm.console_bytes_from(from);
+        self.next_run()?;
+        Ok(printed)
+    }
+
+    /// After the restart marker: the ended run's exit, then a new run.
+    fn next_run(&mut self) -> Result<()> {
+        /// Boots of one node the harness restarts: a scenario makes a handful; more is a loop.
+        const MAX_RUNS: u32 = 12;
+        self.vm.expect_reboot_exit(COMMAND)?;
+        if self.runs >= MAX_RUNS {
+            return Err(Error::ScenarioCheck(format!(
+                "the node restarted {} times: a boot loop? (console: {})",
+                self.runs,
+                self.vm.serial_log().display()
+            )));
+        }
+        self.vm = self.config.spawn()?;
+        self.runs += 1;
+        Ok(())
     }
 
     /// The harness underneath.
@@ -505,7 +551,12 @@ impl Node {
         // No typing before the kernel runs our userspace: keys typed while the firmware or
         // systemd-boot read the console open their menus (seen: OVMF's setup page after a
         // reboot). Only a boot that basalt-init let through prints this line.
-        self.vm.expect(SWITCH_ROOT, BOOT)?;
+        //
+        // A boot that restarts before that (a slot basalt-init refused, dm-verity's restart)
+        // ends this QEMU run: the next run boots what the boot counters pick next.
+        while self.vm.expect_any(&[SWITCH_ROOT, RESTART_MARKER], BOOT)? == 1 {
+            self.next_run()?;
+        }
         self.vm.wait_for_shell(BOOT)?;
         let deadline = Instant::now() + scale(COMMAND);
         loop {
@@ -706,7 +757,7 @@ impl Node {
     /// [`Narrator::progress`] as they appear on the console), stage, reboot. Returns when the
     /// kernel restarts, with basaltctl's lines (progress thinned to a few).
     pub fn update_and_reboot(&mut self, n: &mut dyn Narrator) -> Result<String> {
-        const RESTART: &str = "reboot: Restarting system";
+        const RESTART: &str = RESTART_MARKER;
         // The typed line has `$((40+2))`; only the shell's output has the number itself.
         const RC: &str = "BASALT-UPDATE-42-RC=";
         let from = self.vm.console_len();
@@ -735,9 +786,9 @@ impl Node {
         };
         let printed = thin(&basaltctl_lines(&self.vm.console_bytes_from(from)));
         match which {
-            0 => {}
+            0 => self.next_run()?,
             1 => {
-                self.vm.expect(RESTART, UPDATE)?;
+                self.expect_restart(UPDATE)?;
             }
             _ => {
                 return Err(Error::ScenarioCheck(format!(
@@ -782,7 +833,7 @@ impl Node {
     /// `systemctl reboot`, then wait until the node is up again.
     pub fn reboot(&mut self) -> Result<()> {
         self.vm.send("systemctl reboot\n")?;
-        self.vm.expect("reboot: Restarting system", COMMAND)?;
+        self.expect_restart(COMMAND)?;
         Ok(())
     }
 
@@ -790,12 +841,12 @@ impl Node {
     pub fn poweroff(mut self) -> Result<Duration> {
         self.vm.send("systemctl poweroff\n")?;
         self.vm.expect_poweroff(COMMAND)?;
-        Ok(self.vm.elapsed())
+        Ok(self.started.elapsed())
     }
 
-    /// Time since QEMU started.
+    /// Time since the node's first QEMU run started.
     pub fn elapsed(&self) -> Duration {
-        self.vm.elapsed()
+        self.started.elapsed()
     }
 }
 
@@ -912,9 +963,7 @@ pub fn http_update(releases: &Releases, dir: &Path, n: &mut dyn Narrator) -> Res
          Nobody touches the node; we only watch its console.",
     );
     // Not through the shell: the agent's reboot can come in the middle of any command.
-    let from = node.vm().console_len();
-    node.vm().expect("reboot: Restarting system", ROLLBACK)?;
-    let v3_boot = crate::vm::clean_console(&node.vm().console_bytes_from(from));
+    let v3_boot = crate::vm::clean_console(&node.expect_restart(ROLLBACK)?);
     check(v3_boot.contains("3.0.0"), || {
         format!(
             "3.0.0 should have booted before the agent's reboot:\n{}",

@@ -36,6 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{ConsoleExcerpt, Error, Result};
+use crate::kernel_lines::UserView;
 use crate::tool::{ToolError, QEMU};
 
 /// OVMF code for 4 MiB pflash (package `ovmf`), mapped read-only.
@@ -391,6 +392,7 @@ impl VmConfig {
             serial_log,
             qemu_log,
             cursor: 0,
+            match_start: 0,
             started,
             status: None,
         })
@@ -492,6 +494,8 @@ struct Console {
 #[derive(Debug, Default)]
 struct ConsoleState {
     bytes: Vec<u8>,
+    /// The same console without the kernel's lines (userspace markers and shell output).
+    user: UserView,
     /// QEMU closed its stdout (it exited).
     closed: bool,
 }
@@ -517,7 +521,11 @@ fn pump(mut from: ChildStdout, mut log: File, console: &Console, echo: bool) {
                 if echo {
                     let _ = std::io::stderr().write_all(&buf[..n]);
                 }
-                console.lock().bytes.extend_from_slice(&buf[..n]);
+                {
+                    let mut state = console.lock();
+                    state.bytes.extend_from_slice(&buf[..n]);
+                    state.user.push(&buf[..n]);
+                }
                 console.changed.notify_all();
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -544,6 +552,8 @@ pub struct Vm {
     serial_log: PathBuf,
     qemu_log: PathBuf,
     cursor: usize,
+    /// Where the last marker matched by [`Vm::wait_any`] began (raw console offset).
+    match_start: usize,
     started: Instant,
     status: Option<ExitStatus>,
 }
@@ -635,9 +645,10 @@ impl Vm {
         let console = self.console.clone();
         let mut state = console.lock();
         loop {
-            if let Some((index, end)) = first_match(&state.bytes, self.cursor, markers) {
-                self.cursor = end;
-                return Ok(Some(index));
+            if let Some(found) = find_marker(&state, self.cursor, markers) {
+                self.cursor = found.end;
+                self.match_start = found.start;
+                return Ok(Some(found.index));
             }
             if state.closed {
                 drop(state);
@@ -711,8 +722,9 @@ impl Vm {
     /// Runs `command` (one line of `sh`, no newline; run in a subshell, so `cd` or `exit`
     /// stay inside) in the root shell of the serial console and returns its exit status and
     /// output (stdout and stderr, `\r` removed). Call [`Vm::wait_for_shell`] first. Kernel
-    /// messages on the console can land inside the output: match with `contains`. On timeout
-    /// QEMU is killed.
+    /// messages printed meanwhile are left out of the output (and cannot break its markers):
+    /// see [`crate::kernel_lines`] — so are output lines that look like them (`dmesg`). On
+    /// timeout QEMU is killed.
     pub fn shell(&mut self, command: &str, timeout: Duration) -> Result<ShellOutput> {
         if command.contains('\n') || command.len() > 3000 {
             return Err(Error::VmConfig {
@@ -732,12 +744,14 @@ impl Vm {
         self.expect(&begin, timeout)?;
         let from = self.cursor;
         self.expect(&end, timeout)?;
-        let to = self.cursor - end.len();
+        let (to, status_from) = (self.match_start, self.cursor);
         self.expect("\n", timeout)?;
+        // Output and status come from the console without kernel lines: a kernel message
+        // printed while the command ran is not part of what it wrote.
         let (output, status) = {
             let state = self.console.lock();
-            let output = String::from_utf8_lossy(&state.bytes[from..to]).replace('\r', "");
-            let tail = String::from_utf8_lossy(&state.bytes[to + end.len()..self.cursor])
+            let output = String::from_utf8_lossy(state.user.between(from, to)).replace('\r', "");
+            let tail = String::from_utf8_lossy(state.user.between(status_from, self.cursor))
                 .trim()
                 .to_owned();
             (output, tail)
@@ -918,6 +932,41 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// The earliest match of any marker in `bytes[from..]`: (marker index, end offset).
+/// A marker found on the console: which one, and its raw byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Found {
+    index: usize,
+    start: usize,
+    end: usize,
+}
+
+/// The first of `markers` at or after raw offset `from`, searched in the raw console (kernel
+/// messages such as `reboot: Restarting system`) and in the console without kernel lines
+/// (userspace text a kernel line was printed into: see [`crate::kernel_lines`]); the earlier
+/// start wins, ties go to the earlier marker.
+fn find_marker(state: &ConsoleState, from: usize, markers: &[&str]) -> Option<Found> {
+    let raw = first_match(&state.bytes, from, markers).map(|(index, end)| Found {
+        index,
+        start: end - markers[index].len(),
+        end,
+    });
+    let view = &state.user;
+    let view_from = view.index_of_raw(from);
+    let user = first_match(view.bytes(), view_from, markers).map(|(index, end)| Found {
+        index,
+        start: view.raw_of(end - markers[index].len()),
+        end: view.raw_of(end - 1) + 1,
+    });
+    match (raw, user) {
+        (Some(a), Some(b)) => Some(if (b.start, b.index) < (a.start, a.index) {
+            b
+        } else {
+            a
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
 fn first_match(bytes: &[u8], from: usize, markers: &[&str]) -> Option<(usize, usize)> {
     let hay = bytes.get(from..)?;
     markers
@@ -1035,6 +1084,33 @@ mod tests {
         assert_eq!(first_match(console, 30, &["REBOOT"]), None);
         assert_eq!(first_match(console, 99, &["REBOOT"]), None);
         assert_eq!(first_match(console, 0, &[""]), None);
+    }
+
+    fn state(raw: &[u8]) -> ConsoleState {
+        let mut state = ConsoleState::default();
+        state.bytes.extend_from_slice(raw);
+        state.user.push(raw);
+        state
+    }
+
+    #[test]
+    fn a_marker_split_by_a_kernel_line_is_found_and_mapped_to_raw_offsets() {
+        // As seen in CI: a kernel line printed into the middle of a shell marker.
+        let raw = b"echo x\r\nBASALT-SH-2[   48.103720] ata6: SATA link down\r\n5-BEGIN\r\nout\r\n";
+        let st = state(raw);
+        let found = find_marker(&st, 0, &["BASALT-SH-25-BEGIN"]).unwrap();
+        assert_eq!(found.index, 0);
+        assert_eq!(&raw[found.start..found.start + 10], b"BASALT-SH-");
+        assert_eq!(&raw[found.end..found.end + 2], b"\r\n");
+        assert_eq!(st.user.between(found.end, raw.len()), b"\r\nout\r\n");
+        // Kernel markers are still found in the raw console, at their place.
+        let kernel = find_marker(&st, 0, &["ata6: SATA link"]).unwrap();
+        assert!(kernel.start > found.start && kernel.end < found.end);
+        // The earlier start wins: the split marker began before the kernel line.
+        let both = find_marker(&st, 0, &["ata6: SATA link", "BASALT-SH-25-BEGIN"]).unwrap();
+        assert_eq!(both.index, 1);
+        // Past the cursor nothing is found again.
+        assert_eq!(find_marker(&st, found.end, &["BASALT-SH-25-BEGIN"]), None);
     }
 
     #[test]

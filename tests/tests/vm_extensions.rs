@@ -14,10 +14,15 @@
 //!    2.0.0.
 //! 4. `basaltctl rollback` + reboot → 1.0.0 boots from slot A and its set comes back:
 //!    `tools-version` says 1.0.0.
+//! 5. Node-image-only with a pin: `basaltctl extensions pin tools 1.0.0` (over D-Bus),
+//!    `update.node_image_only = true`, and 2.0.0 published again (third repository disk, a
+//!    higher sequence: the operator takes the rolled-back release explicitly). The update
+//!    keeps the node's pinned tools 1.0 (2.0.0 keeps `SYSEXT_LEVEL=1`) instead of the
+//!    release's tools 2.0: after the reboot 2.0.0 runs `tools 1.0.0`.
 //!
-//! One QEMU run, three boots. The releases come from one Debian staging (the story's), the
-//! extension from a small tree (a script naming its version): the Debian-package example
-//! `tools` is built and checked by `image/tests/sysext_cli.rs`.
+//! Four boots (each its own QEMU run: see `Node`). The releases come from one Debian staging
+//! (the story's), the extension from a small tree (a script naming its version): the
+//! Debian-package example `tools` is built and checked by `image/tests/sysext_cli.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -159,12 +164,17 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
     repo.publish(&v2, n)?;
     let disk_good = dir.join("repo-good.erofs");
     repo.to_disk(&disk_good)?;
+    // Disk 3: 2.0.0 again under a higher sequence, for the node-image-only step.
+    repo.publish(&v2, n)?;
+    let disk_again = dir.join("repo-again.erofs");
+    repo.to_disk(&disk_again)?;
 
     let disk = dir.join("disk.img");
     v1.copy_disk(&disk)?;
     let config = Node::config(&dir, &disk)
         .data_disk(&disk_bad)
-        .data_disk(&disk_good);
+        .data_disk(&disk_good)
+        .data_disk(&disk_again);
     let mut node = Node::boot(&config, &disk, n)?;
 
     // 1. v1 with tools 1.0 active.
@@ -220,6 +230,25 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
     ensure!(status["current_version"] == "1.0.0", "{status:#}");
     let t = tools_version(&mut node)?;
     ensure!(t.ends_with("tools 1.0.0"), "after the rollback: {t}");
+
+    // 5. Node-image-only keeps the pinned tools 1.0 on a compatible 2.0.0.
+    let out = node.run(
+        "basaltctl extensions pin tools 1.0.0 && \
+         printf '[update]\\nnode_image_only = true\\n' > /etc/basalt/updater.d/60-node-image-only.toml && \
+         systemctl restart basalt-updated && basaltctl extensions list",
+    )?;
+    ensure!(out.contains("pinned: tools 1.0.0"), "the pin: {out}");
+    node.mount_repository_disk("/dev/vdd")?;
+    node.update_and_reboot(n)?;
+    node.wait_up(n)?;
+    node.wait_status("2.0.0 (node-image-only) blessed", SETTLE, |s| {
+        booted_version(s) == Some(("B".into(), "2.0.0".into(), "good".into()))
+    })?;
+    let t = tools_version(&mut node)?;
+    ensure!(
+        t.ends_with("tools 1.0.0"),
+        "node-image-only must keep the pinned tools 1.0.0 on 2.0.0: {t}"
+    );
     let elapsed = node.poweroff()?;
     println!(
         "vm_extensions: releases ready in {:.0} s; VM {:.0} s; total {:.0} s",

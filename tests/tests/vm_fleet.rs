@@ -289,7 +289,7 @@ fn a_node_in_qemu_is_upgraded_by_pool_upgrade_node_image_only() -> Result<()> {
          verifies it against its own trust root, stages it, runs its drain command when the \
          server grants the reboot, and reboots. We only watch the console.",
     );
-    node.vm().expect("reboot: Restarting system", UPDATE)?;
+    node.expect_restart(UPDATE)?;
     let rebooted_at = node.elapsed();
     node.wait_up(n)?;
     let st = wait_server(
