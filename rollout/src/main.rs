@@ -232,7 +232,9 @@ enum PoolCommand {
     /// Roll a release across the pool.
     Upgrade {
         pool: String,
-        /// Move the OS image only; extensions stay as they are (required: the only mode).
+        /// Move the OS image only: each node keeps its system extensions (and refuses the
+        /// update where they do not fit the new OS). Without it the release's extension set
+        /// moves with the OS.
         #[arg(long)]
         node_image_only: bool,
         /// Target version (default: the channel's newest).
@@ -668,9 +670,6 @@ async fn pool(command: PoolCommand) -> Result<()> {
                 waves: waves.as_deref().map(parse_waves).transpose()?,
                 node_timeout_secs: duration("node-timeout", &node_timeout)?,
             };
-            if !node_image_only {
-                bail!("pass --node-image-only: only the OS image moves in this release of basalt-rollout (extensions stay as they are)");
-            }
             let info: api::RolloutInfo = remote
                 .client()?
                 .json(

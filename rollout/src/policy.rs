@@ -224,7 +224,9 @@ pub fn default_waves() -> Vec<Wave> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
-    /// Only the OS image moves; extensions stay as they are (the only mode so far).
+    /// `true`: only the OS image moves, each node keeps its system extensions (refusing the
+    /// update where they do not fit the new OS); `false`: the release's signed extension set
+    /// moves with the OS. Sent to the nodes with every offer (`ReleaseOffer::node_image_only`).
     pub node_image_only: bool,
     pub max_unavailable: Limit,
     pub max_surge: Limit,
@@ -261,12 +263,6 @@ impl Plan {
     /// Refuses settings that cannot work: no unavailable node allowed, percentages over 100,
     /// a drain timeout out of range, bad waves.
     pub fn validate(&self) -> Result<(), PlanError> {
-        if !self.node_image_only {
-            return Err(plan_error(
-                "node-image-only",
-                "only node-image upgrades exist so far (OS image moves, extensions stay): pass --node-image-only",
-            ));
-        }
         if matches!(self.max_unavailable, Limit::Nodes(0) | Limit::Percent(0)) {
             return Err(plan_error(
                 "max-unavailable",

@@ -632,6 +632,11 @@ impl Service {
                             release.sequence, pool.channel, pool.arch
                         ))
                     })?;
+                // The rollout's mode travels with the offer: the node moves its extensions
+                // as the operator chose, whatever its own default is.
+                let node_image_only = tx
+                    .current_rollout(&pool.name)?
+                    .map(|r| r.rollout.plan.node_image_only);
                 d.action = Action::Update;
                 d.reason = reason;
                 d.release = Some(ReleaseOffer {
@@ -639,6 +644,7 @@ impl Service {
                     sequence: row.sequence,
                     envelope: ReleaseOffer::encode_envelope(row.envelope.as_bytes()),
                     repository: self.config.repository_url.clone(),
+                    node_image_only,
                 });
             }
             Decision::Reboot { reason } => {

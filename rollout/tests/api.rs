@@ -279,6 +279,11 @@ fn one_node_goes_through_a_rollout_and_events_count_once() {
         (offer.version.to_string(), offer.sequence),
         ("2.0.0".into(), 2)
     );
+    assert_eq!(
+        offer.node_image_only,
+        Some(true),
+        "the rollout's mode goes with the offer"
+    );
     // The node verifies the offered bytes itself, with its own trust root and policy.
     let envelope = offer.envelope_bytes().expect("base64");
     let mut policy = basalt_manifest::Policy::new(t0());
@@ -461,7 +466,6 @@ fn upgrade_plans_are_validated() {
     );
     h.publish("2.0.0", 2);
     for (body, expected) in [
-        (json!({"node_image_only": false}), 400),
         (
             json!({"node_image_only": true, "max_unavailable": "0"}),
             400,
@@ -877,4 +881,28 @@ fn steady_state_check_ins_only_read_and_buffer_their_last_seen_time() {
         )
         .expect("nodes");
     assert_eq!(listed[0].last_seen, Some(h.clock.now()));
+}
+
+/// Without `--node-image-only` a rollout moves the release's extension set with the OS: its
+/// offers say so, so a node set to node-image-only by default still takes the full set.
+#[test]
+fn a_full_upgrade_offers_the_release_with_its_extensions() {
+    let h = Harness::sqlite();
+    let enroll_token = h.pool("web", 60);
+    let node = enroll(&h, &enroll_token, "n1");
+    h.publish("2.0.0", 2);
+    let rollout = h.op(
+        Method::POST,
+        "api/v1/pools/web/upgrade",
+        &json!({"node_image_only": false, "waves": [{"after_secs":0,"percent":100}]}),
+    );
+    assert_eq!(rollout["plan"]["node_image_only"], false, "{rollout:#}");
+    let d = check_in(&h, &node, &report("n1", "web", "1.0.0", vec![]));
+    assert_eq!(
+        d.action,
+        basalt_rollout_wire::Action::Update,
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.release.expect("offer").node_image_only, Some(false));
 }

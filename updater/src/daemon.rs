@@ -285,6 +285,8 @@ enum WorkerJob {
         candidate: Option<Box<Candidate>>,
         envelope: Option<Vec<u8>>,
         request: CheckRequest,
+        /// The fleet server's word on the extensions (`Release::node_image_only`).
+        node_image_only: Option<bool>,
         cancel: CancelFlag,
     },
     Apply {
@@ -442,10 +444,11 @@ fn run_job<E: Engine>(
             candidate,
             envelope,
             request,
+            node_image_only,
             cancel,
         } => {
             let result = guarded("download", || {
-                let candidate = match (candidate, envelope) {
+                let mut candidate = match (candidate, envelope) {
                     (Some(c), _) => *c,
                     (None, Some(env)) => {
                         engine.verify_candidate(&env, &request).map_err(job_error)?
@@ -458,6 +461,8 @@ fn run_job<E: Engine>(
                         })
                     }
                 };
+                // Persisted with the release (a restart re-verifies the bare envelope).
+                candidate.node_image_only = node_image_only;
                 // Progress: forwarded at most every 100 ms, and at every phase change.
                 let mut last: Option<(Phase, std::time::Instant)> = None;
                 let mut report = |p: &Progress| {
@@ -489,6 +494,7 @@ fn run_job<E: Engine>(
                             sequence: d.sequence,
                             envelope_sha256: crate::machine::envelope_digest(&candidate.envelope),
                             downgrade: candidate.release.downgrade_override,
+                            node_image_only: candidate.node_image_only,
                         },
                         slot: d.slot,
                         usr_hash: d.usr_hash,
@@ -586,6 +592,8 @@ struct FleetLink {
     last_state: State,
     /// The version of the last release offered (what a failure without a release is about).
     offered: Option<basalt_manifest::semver::Version>,
+    /// The last offer's word on the extensions (`ReleaseOffer::node_image_only`).
+    node_image_only: Option<bool>,
     in_flight: bool,
     /// The server's `reboot` directive for the staged release: its drain timeout.
     reboot_allowed: Option<u64>,
@@ -672,6 +680,7 @@ fn slot_target(node: &NodeView, slot: Slot) -> Option<Target> {
             sequence: 0,
             envelope_sha256: Digest([0; 32]),
             downgrade: false,
+            node_image_only: None,
         },
         slot,
         usr_hash: v.usr_hash?,
@@ -860,6 +869,7 @@ impl Daemon {
                     .as_ref()
                     .map_or(State::Idle, |s| s.machine.state.clone()),
                 offered: None,
+                node_image_only: None,
                 in_flight: false,
                 reboot_allowed: None,
                 draining: false,
@@ -1136,6 +1146,7 @@ impl Daemon {
                     candidate,
                     envelope,
                     request,
+                    node_image_only: release.node_image_only,
                     cancel,
                 }
             }
@@ -1186,14 +1197,18 @@ impl Daemon {
                         self.metrics.check("up-to-date");
                         Ok(CheckResult::UpToDate { sequence, version })
                     }
-                    Ok(CheckOutcome::Available(c)) => {
+                    Ok(CheckOutcome::Available(mut c)) => {
                         self.metrics.check("available");
+                        // In server mode the release came from the server's offer, and with
+                        // it the server's word on the extensions.
+                        c.node_image_only = self.fleet.as_ref().and_then(|f| f.node_image_only);
                         let m = &c.release.manifest;
                         let release = Release {
                             version: m.version.clone(),
                             sequence: m.sequence,
                             envelope_sha256: crate::machine::envelope_digest(&c.envelope),
                             downgrade: c.release.downgrade_override,
+                            node_image_only: c.node_image_only,
                         };
                         self.envelope = Some(c.envelope.clone());
                         self.candidate = Some(Box::new(c));
@@ -1484,8 +1499,9 @@ impl Daemon {
                 }
                 if let Some(f) = self.fleet.as_mut() {
                     f.offered = Some(offer.version.clone());
+                    f.node_image_only = offer.node_image_only;
                 }
-                tracing::info!(version = %offer.version, sequence = offer.sequence, repository = %offer.repository, "the fleet server offers a release; verifying it");
+                tracing::info!(version = %offer.version, sequence = offer.sequence, repository = %offer.repository, node_image_only = ?offer.node_image_only, "the fleet server offers a release; verifying it");
                 self.timer_command();
             }
             Action::Reboot => {

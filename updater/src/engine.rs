@@ -85,6 +85,11 @@ pub enum CheckOutcome {
 pub struct Candidate {
     pub release: VerifiedRelease,
     pub envelope: Vec<u8>,
+    /// How its download moves the system extensions when the fleet server said so with its
+    /// offer (`true`: keep the node's set, node-image-only; `false`: install the release's
+    /// set); `None`: the node's own `update.node_image_only`. Engines set `None`; the daemon
+    /// sets the server's word before the download.
+    pub node_image_only: Option<bool>,
 }
 
 /// Which part of the work a [`Progress`] report is about.

@@ -551,6 +551,7 @@ mod tests {
                 sequence: 2,
                 envelope_sha256: Digest([1; 32]),
                 downgrade: false,
+                node_image_only: None,
             },
             slot: basalt_disk::Slot::B,
             usr_hash: Digest([2; 32]),

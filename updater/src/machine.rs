@@ -80,6 +80,10 @@ pub struct Release {
     pub envelope_sha256: Digest,
     /// Older than the booted version (accepted only with the operator's explicit override).
     pub downgrade: bool,
+    /// The fleet server's word on how this release moves the extensions
+    /// (`Candidate::node_image_only`); absent: the node's own setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_image_only: Option<bool>,
 }
 
 /// A release written into a slot and re-verified.

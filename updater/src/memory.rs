@@ -325,6 +325,7 @@ fn candidate(r: &FakeRelease, installed: Option<&Version>, downgrade_override: b
             downgrade_override,
         },
         envelope: r.envelope.clone(),
+        node_image_only: None,
     }
 }
 

@@ -147,6 +147,7 @@ impl Harness {
                             sequence: c.release.manifest.sequence,
                             envelope_sha256: envelope_digest(&c.envelope),
                             downgrade: c.release.downgrade_override,
+                            node_image_only: None,
                         };
                         self.candidate = Some(c);
                         CheckResult::Available(rel)
@@ -707,6 +708,7 @@ fn a_downgrade_candidate_is_refused_without_the_override() {
         sequence: 9,
         envelope_sha256: envelope_digest(b"x"),
         downgrade: true,
+        node_image_only: None,
     };
     m.event(Event::CheckDone(Ok(CheckResult::Available(rel))), now());
     let r = m.command(Command::Download {
@@ -798,6 +800,7 @@ fn a_forged_mark_bad_of_the_blessed_booted_slot_is_refused() {
                 sequence: 1,
                 envelope_sha256: envelope_digest(b"forged"),
                 downgrade: false,
+                node_image_only: None,
             },
             slot: Slot::A,
             usr_hash: booted_hash,
@@ -829,6 +832,7 @@ fn oversized_lists_in_a_status_file_are_bounded_at_start() {
             sequence: i,
             envelope_sha256: envelope_digest(&i.to_le_bytes()),
             downgrade: false,
+            node_image_only: None,
         });
     }
     let world = MemoryWorld::new("1.0.0");

@@ -32,6 +32,17 @@ fn release(
 }
 
 fn download(node: &Node, world: &World, installed: &str) -> Result<Downloaded, Error> {
+    download_as(node, world, installed, None)
+}
+
+/// [`download`] with the fleet server's word on the extensions (`Candidate::node_image_only`,
+/// which the daemon sets from the offer).
+fn download_as(
+    node: &Node,
+    world: &World,
+    installed: &str,
+    node_image_only: Option<bool>,
+) -> Result<Downloaded, Error> {
     let mut engine = node.engine(Box::new(world.source()));
     let req = CheckRequest {
         now: Utc::now(),
@@ -39,9 +50,14 @@ fn download(node: &Node, world: &World, installed: &str) -> Result<Downloaded, E
         last_seen: None,
         allow_downgrade: false,
     };
-    let CheckOutcome::Available(c) = engine.check(&req)? else {
+    let CheckOutcome::Available(mut c) = engine.check(&req)? else {
         panic!("no update found");
     };
+    assert_eq!(
+        c.node_image_only, None,
+        "an engine leaves the mode to the daemon"
+    );
+    c.node_image_only = node_image_only;
     engine.download(&c, &mut quiet(), &CancelFlag::new())
 }
 
@@ -358,6 +374,36 @@ fn node_image_only_keeps_the_booted_set_when_it_fits_and_refuses_when_not() {
     assert_eq!(ext.statement.version, v("1.0.0"));
     node.engine(Box::new(world.source())).apply(&d, 3).unwrap();
     assert_eq!(store(&node).entries().unwrap(), ["1.0.0", "2.0.1"]);
+}
+
+/// The fleet server's word (`pool upgrade --node-image-only` or not, carried by its offer)
+/// decides over the node's own `update.node_image_only`, both ways, and `apply` checks the set
+/// the way the download staged it.
+#[test]
+fn the_fleet_servers_word_on_the_extensions_beats_the_nodes_setting() {
+    let world = World::new();
+    let tools1 = build_ext(&world.dir, &Ext::tools("1.0.0"));
+    let tools2 = build_ext(&world.dir, &Ext::tools("2.0.0"));
+    let v2 = release(&world, "2.0.0", Some("1"), vec![tools2.clone()]);
+    world.publish(&v2, None);
+    for (name, own, server, expected) in [
+        ("fleet-nio", false, true, &tools1),
+        ("fleet-full", true, false, &tools2),
+    ] {
+        let mut node = Node::new(&world, name, BackendKind::Bls, EspKind::Fat);
+        node.config.node_image_only = own;
+        let set1 = store(&node).set_dir(&v("1.0.0"));
+        std::fs::create_dir_all(&set1).unwrap();
+        std::fs::copy(&tools1, set1.join("tools.raw")).unwrap();
+        let d = download_as(&node, &world, "1.0.0", Some(server)).unwrap();
+        let staged = store(&node).image_path(&v("2.0.0"), "tools");
+        assert_eq!(
+            std::fs::read(&staged).unwrap(),
+            std::fs::read(expected).unwrap(),
+            "{name}: node setting {own}, server says node-image-only = {server}"
+        );
+        node.engine(Box::new(world.source())).apply(&d, 3).unwrap();
+    }
 }
 
 // ───────────────────────────── pins (issue 10, point 4) ─────────────────────────────

@@ -422,6 +422,17 @@ fn a_node_checks_in_is_upgraded_by_the_pool_rollout_and_reports_healthy() {
         before,
         "slot A is untouched by the update"
     );
+    // The rollout's --node-image-only came with the offer and is what the agent staged by
+    // (its own update.node_image_only is unset here, i.e. false).
+    let status: Value = serde_json::from_slice(
+        &std::fs::read(s.agent.dir.join("state/updater/status.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        status["machine"]["state"]["target"]["release"]["node_image_only"],
+        json!(true),
+        "{status:#}"
+    );
     let st = s.fleet.status("web");
     assert_eq!(st["lock_holders"], json!(["node-e2e"]), "{st:#}");
     assert_eq!(st["rollout"]["unavailable"], 1, "{st:#}");

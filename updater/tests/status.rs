@@ -167,6 +167,7 @@ fn the_fuzz_seeds_are_current_status_files() {
         sequence: 7,
         envelope_sha256: envelope_digest(b"envelope"),
         downgrade: false,
+        node_image_only: None,
     };
     let at = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
     let mut staged = Snapshot {

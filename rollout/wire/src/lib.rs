@@ -473,6 +473,12 @@ pub struct ReleaseOffer {
     /// Base URL of the release repository holding the artifacts (the server's `/repo/` or a
     /// mirror); `http://` or `https://`.
     pub repository: String,
+    /// How the node's system extensions move with this release: `true` (a rollout started
+    /// with `--node-image-only`) keeps the node's own set, as far as it is compatible with the
+    /// new OS, and refuses when it is not; `false` installs the release's signed set with the
+    /// OS. Absent: the node's own `update.node_image_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_image_only: Option<bool>,
 }
 
 impl ReleaseOffer {

@@ -151,6 +151,7 @@ fn directive(action: Action) -> Directive {
             sequence: 7,
             envelope: ReleaseOffer::encode_envelope(b"{\"payload\":\"x\"}"),
             repository: "http://127.0.0.1:1/repo/".into(),
+            node_image_only: Some(true),
         }),
         drain_timeout_secs: (action == Action::Reboot).then_some(1800),
         acked_event_seq: Some(3),

@@ -89,6 +89,7 @@ impl NodeEngine {
     pub(super) fn stage_extensions(
         &self,
         manifest: &Manifest,
+        node_image_only: bool,
         root: &TrustRoot,
         staging: &Path,
         keep: &[Version],
@@ -97,7 +98,8 @@ impl NodeEngine {
         cancel: &CancelFlag,
     ) -> Result<Streamed, Error> {
         let pins = self.extension_pins()?;
-        if self.config.node_image_only {
+        journal.node_image_only = node_image_only;
+        if node_image_only {
             self.keep_booted_set(manifest, root, keep, &pins)?;
             return Ok(Streamed {
                 fetched: 0,
@@ -297,10 +299,11 @@ impl NodeEngine {
     pub(super) fn check_extension_set(
         &self,
         manifest: &Manifest,
+        node_image_only: bool,
         root: &TrustRoot,
     ) -> Result<(), Error> {
         let pins = self.extension_pins()?;
-        if self.config.node_image_only {
+        if node_image_only {
             // The kept set was verified and checked against this OS when it was linked (its
             // images are checked again at every boot); the pins must still be what it holds.
             let store = self.extension_store();

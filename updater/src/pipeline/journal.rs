@@ -40,6 +40,10 @@ pub struct Journal {
     pub frames_done: BTreeMap<String, usize>,
     /// The slot was verified and named.
     pub complete: bool,
+    /// The download kept the node's extension set (node-image-only) instead of staging the
+    /// release's: `apply` checks the set the same way.
+    #[serde(default)]
+    pub node_image_only: bool,
 }
 
 impl Journal {
@@ -53,6 +57,7 @@ impl Journal {
             usr_hash,
             frames_done: BTreeMap::new(),
             complete: false,
+            node_image_only: false,
         }
     }
 

@@ -178,13 +178,21 @@ impl NodeEngine {
     /// Uncompressed bytes a download of `plan` streams: `/usr`, the boot files of this
     /// node's backend and, unless node-image-only (which keeps the node's set), the
     /// release's extension images — the total of its download progress.
-    fn download_len(&self, plan: &Plan<'_>) -> Result<u64, Error> {
-        let exts = if self.config.node_image_only {
+    fn download_len(&self, plan: &Plan<'_>, node_image_only: bool) -> Result<u64, Error> {
+        let exts = if node_image_only {
             0
         } else {
             extensions::extensions_len(plan.manifest)
         };
         Ok(plan.fetch_len(self.config.backend)? + exts)
+    }
+
+    /// Whether `candidate`'s download keeps the node's extension set: the fleet server's word
+    /// when it gave one, else `update.node_image_only`.
+    fn node_image_only(&self, candidate: &Candidate) -> bool {
+        candidate
+            .node_image_only
+            .unwrap_or(self.config.node_image_only)
     }
 
     fn trust(&self) -> Result<TrustRoot, Error> {
@@ -542,7 +550,8 @@ impl NodeEngine {
         let plan = plan(manifest)?;
         extensions::plan_extensions(manifest)?;
         let boot_files = plan.boot_fetches(self.config.backend)?;
-        let fetch_len = self.download_len(&plan)?;
+        let node_image_only = self.node_image_only(candidate);
+        let fetch_len = self.download_len(&plan, node_image_only)?;
         let env_sha = sha256(&candidate.envelope);
         let version = manifest.version.to_string();
         let install_plan = InstallPlan {
@@ -622,6 +631,7 @@ impl NodeEngine {
                     // Idempotent: resumes from what the staging folder holds.
                     self.stage_extensions(
                         manifest,
+                        node_image_only,
                         &root,
                         &staging,
                         &booted_version(&inv, booted),
@@ -646,10 +656,9 @@ impl NodeEngine {
                         )
                         .map_err(disk("repair the partition table"))?;
                     }
-                    if !journal.complete {
-                        journal.complete = true;
-                        self.save_journal(&journal)?;
-                    }
+                    // Complete now, and with this download's extension mode.
+                    journal.complete = true;
+                    self.save_journal(&journal)?;
                     return Ok(Downloaded {
                         slot: target,
                         version: manifest.version.clone(),
@@ -736,6 +745,7 @@ impl NodeEngine {
         // (before the slot is named: a refused extension leaves it `_installing`).
         let s = self.stage_extensions(
             manifest,
+            node_image_only,
             &root,
             &staging,
             &booted_version(&inv, booted),
@@ -916,6 +926,7 @@ impl Engine for NodeEngine {
         Ok(CheckOutcome::Available(Candidate {
             release: verified,
             envelope: bytes,
+            node_image_only: None,
         }))
     }
 
@@ -950,6 +961,7 @@ impl Engine for NodeEngine {
         Ok(Candidate {
             release: verified,
             envelope: envelope.to_vec(),
+            node_image_only: None,
         })
     }
 
@@ -960,7 +972,7 @@ impl Engine for NodeEngine {
         cancel: &CancelFlag,
     ) -> Result<Downloaded, Error> {
         let total = plan(&candidate.release.manifest)
-            .and_then(|p| self.download_len(&p))
+            .and_then(|p| self.download_len(&p, self.node_image_only(candidate)))
             .unwrap_or(0);
         let mut meter = Meter::new(progress, total);
         meter.emit();
@@ -1016,7 +1028,7 @@ impl Engine for NodeEngine {
         if plan.verity.root_hash != downloaded.usr_hash {
             return Err(not("the staged release is another one".into()));
         }
-        self.check_extension_set(&manifest, &self.trust()?)?;
+        self.check_extension_set(&manifest, journal.node_image_only, &self.trust()?)?;
         if let Some(uki) = plan
             .boot_fetches(self.config.backend)?
             .into_iter()
