@@ -476,6 +476,8 @@ pub struct Node {
     started: Instant,
     /// QEMU runs so far (one per boot).
     runs: u32,
+    /// The consoles of the ended runs, in order.
+    past: String,
     /// The disk image the node boots from.
     pub disk: PathBuf,
 }
@@ -505,6 +507,7 @@ impl Node {
             config,
             started: Instant::now(),
             runs: 1,
+            past: String::new(),
             disk: disk.to_path_buf(),
         };
         node.wait_up(n)?;
@@ -534,9 +537,15 @@ impl Node {
                 self.vm.serial_log().display()
             )));
         }
+        self.past.push_str(&self.vm.console());
         self.vm = self.config.spawn()?;
         self.runs += 1;
         Ok(())
+    }
+
+    /// Everything every run of this node printed so far, run after run.
+    pub fn console(&self) -> String {
+        format!("{}{}", self.past, self.vm.console())
     }
 
     /// The harness underneath.
@@ -877,8 +886,9 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-/// The whole HTTP story in one QEMU run (see `tests/tests/vm_update_http.rs`): publish 1.0.0
-/// and 2.0.0, serve them with nginx on 127.0.0.1, boot 1.0.0 with the restricted NIC, update
+/// The whole HTTP story on one node (a QEMU run per boot; see
+/// `tests/tests/vm_update_http.rs`): publish 1.0.0 and 2.0.0, serve them with nginx on
+/// 127.0.0.1, boot 1.0.0 with the restricted NIC, update
 /// to 2.0.0 and see it committed; publish 3.0.0, update, see its health gate fail and the
 /// node come back to 2.0.0 by itself; power off. Every expectation is checked here (a
 /// [`Error::ScenarioCheck`] names it), on `basaltctl … --json` parsed as JSON.

@@ -33,8 +33,8 @@
 //!    entry are both `efi` entries naming their release's UKI, byte for byte the published
 //!    one; no loose kernel is left on the ESP.
 //!
-//! One QEMU run: v1, v2, three refused tries of v3 (each a short boot into the initramfs),
-//! v2 again.
+//! Six boots, each its own QEMU run on the same disk and variables (`Node`): v1, v2, three
+//! refused tries of v3 (each a short boot into the initramfs), v2 again.
 
 use std::time::{Duration, Instant};
 
@@ -148,7 +148,7 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
         reported["kind"] == "rolled-back" && reported["from"] == "3.0.0",
         "the rollback should be of 3.0.0: {reported:#}"
     );
-    let console = node.vm().console();
+    let console = node.console();
     let elapsed = node.poweroff()?;
     // Each kernel's own output (from its banner to the next one) has the line.
     let boots: Vec<&str> = console.split(BANNER).skip(1).collect();

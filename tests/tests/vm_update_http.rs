@@ -17,7 +17,8 @@
 //! 2.0.0's entry without a boot counter (blessed by the agent, not by systemd) and 3.0.0's
 //! entry still counted (never blessed).
 //!
-//! One QEMU run, four boots (≈25–40 s each under TCG) and two downloads over the guest NIC.
+//! Four boots (≈25–40 s each under TCG; each its own QEMU run, see `Node`) and two downloads
+//! over the guest NIC.
 
 use std::time::Instant;
 
