@@ -54,14 +54,31 @@ pub fn basalt_init() -> Result<PathBuf> {
     Ok(basalt_init_program()?.path)
 }
 
-/// Build the `basalt` CLI (debug) into `<workspace>/build/target-cli` and return its path.
-/// Its own target folder: building one binary of `basalt-image` in the test build's folder
-/// unifies dependency features differently and would make the next `cargo test` rebuild
-/// half the workspace.
+/// Names the folder holding the workspace's freshly built debug binaries (`basalt`,
+/// `basalt-rollout`): set by `cargo xtask test`, whose `cargo test --workspace` build makes
+/// them (a package's integration tests need its binaries) before any test runs. Unset (a
+/// single `cargo test -p basalt-tests …`), the scenarios build what they need themselves.
+pub const PREBUILT_BIN_DIR_ENV: &str = "BASALT_TEST_BIN_DIR";
+
+/// `name` from [`PREBUILT_BIN_DIR_ENV`]'s folder, when that is set and holds it.
+pub fn prebuilt(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(PREBUILT_BIN_DIR_ENV)?;
+    let path = PathBuf::from(dir).join(name);
+    path.is_file().then_some(path)
+}
+
+/// The `basalt` CLI (debug): the workspace's own build ([`prebuilt`]) or else built into
+/// `<workspace>/build/target-cli`. Its own target folder: building one binary of
+/// `basalt-image` in the test build's folder unifies dependency features differently and
+/// would make the next `cargo test` rebuild half the workspace.
 pub fn basalt_cli() -> Result<PathBuf> {
     let mut done = CLI.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = done.as_ref() {
         return Ok(path.clone());
+    }
+    if let Some(path) = prebuilt("basalt") {
+        *done = Some(path.clone());
+        return Ok(path);
     }
     let target_dir = crate::workspace_root().join("build").join("target-cli");
     let mut cmd = CARGO.command()?;

@@ -24,14 +24,19 @@ const ROLLOUT_TOOL: Tool = Tool::new(
     "basalt-rollout (cargo build -p basalt-rollout)",
 );
 
-/// Build `basalt-rollout` (debug) into `<workspace>/build/target-cli` and return its path.
-/// The folder of [`crate::artifacts::basalt_cli`], for the same reason: a binary of another
+/// `basalt-rollout` (debug): the workspace's own build ([`crate::artifacts::prebuilt`]) or
+/// else built into `<workspace>/build/target-cli`, the folder of
+/// [`crate::artifacts::basalt_cli`], for the same reason: a binary of another
 /// crate built in the test build's folder would unify dependency features differently and
 /// make the next `cargo test` rebuild half the workspace.
 pub fn rollout_cli() -> Result<PathBuf> {
     let mut done = ROLLOUT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = done.as_ref() {
         return Ok(path.clone());
+    }
+    if let Some(path) = crate::artifacts::prebuilt("basalt-rollout") {
+        *done = Some(path.clone());
+        return Ok(path);
     }
     let target_dir = crate::workspace_root().join("build").join("target-cli");
     let mut cmd = CARGO.command()?;

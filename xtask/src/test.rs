@@ -124,6 +124,10 @@ pub fn run(args: Args) -> Result<()> {
         sh::run(
             Command::new("cargo")
                 .current_dir(&root)
+                .env(
+                    basalt_tests::artifacts::PREBUILT_BIN_DIR_ENV,
+                    debug_bin_dir(&root),
+                )
                 // Every test binary runs even after a failure: one CI run shows every red test.
                 .args(["test", "--workspace", "--no-fail-fast"]),
         )?;
@@ -135,6 +139,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!("xtask test: all checks passed");
     Ok(())
+}
+
+/// Where `cargo test --workspace` puts the packages' debug binaries (their integration tests
+/// need them, so it builds them before any test runs): the QEMU scenarios take `basalt` and
+/// `basalt-rollout` from there instead of building them again in a folder of their own.
+fn debug_bin_dir(root: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("debug")
 }
 
 /// One test executable as Cargo built it.
@@ -231,6 +245,10 @@ fn run_binaries(lane: &str, binaries: &[TestBinary]) -> Vec<(String, std::time::
             if std::env::var_os(basalt_tests::vm::TIMEOUT_FACTOR_ENV).is_none() {
                 cmd.env(basalt_tests::vm::TIMEOUT_FACTOR_ENV, "2");
             }
+            cmd.env(
+                basalt_tests::artifacts::PREBUILT_BIN_DIR_ENV,
+                debug_bin_dir(&sh::root()),
+            );
             let name = format!("{} {}", b.package, b.label);
             eprintln!("[{lane}] Running {name}");
             let ok = match sh::run_prefixed(lane, &mut cmd) {
