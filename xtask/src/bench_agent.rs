@@ -99,6 +99,11 @@ fn release_dir(root: &Path) -> PathBuf {
     root.join("target").join("release")
 }
 
+/// The node programs as an image carries them (`--profile node`, see Cargo.toml).
+fn node_dir(root: &Path) -> PathBuf {
+    root.join("target").join("node")
+}
+
 /// `VmRSS` / `VmHWM` of `pid`, in KiB.
 fn proc_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -293,7 +298,7 @@ impl Node<'_> {
 
     fn ctl(&self, args: &[&str]) -> Result<String> {
         sh::output(
-            Command::new(release_dir(&sh::root()).join("basaltctl"))
+            Command::new(node_dir(&sh::root()).join("basaltctl"))
                 .args(["--bus-address", self.bus])
                 .args(args),
         )
@@ -304,7 +309,7 @@ impl Node<'_> {
         self.reset()?;
         let h = &self.host;
         let mut daemon = Owned(
-            Command::new(release_dir(&sh::root()).join("basalt-updated"))
+            Command::new(node_dir(&sh::root()).join("basalt-updated"))
                 .arg("--config-root")
                 .arg(h)
                 .arg("--state-dir")
@@ -427,10 +432,17 @@ pub fn run(args: Args) -> Result<()> {
     let root = sh::root();
     sh::run(Command::new("cargo").current_dir(&root).args([
         "build",
-        "--release",
+        "--profile",
+        "node",
         "-p",
         "basalt-updater",
         "--bins",
+    ]))?;
+    sh::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "basalt-updater",
         "--example",
         "install_payload",
     ]))?;

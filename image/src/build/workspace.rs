@@ -22,6 +22,9 @@ use crate::tool::{ToolError, CARGO, GIT};
 pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// RUSTFLAGS of static builds.
 pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C strip=symbols";
+/// The Cargo profile of the programs a node runs (`[profile.node]` in the workspace's
+/// Cargo.toml).
+pub const NODE_PROFILE: &str = "node";
 
 /// Errors finding or building a Basalt program.
 #[derive(Debug, thiserror::Error)]
@@ -141,29 +144,31 @@ fn build_package(
         (dir, path)
     } else {
         let dir = workspace.join("build").join("target-image");
-        let path = dir.join("release").join(bin);
+        let path = dir.join(NODE_PROFILE).join(bin);
         (dir, path)
     };
     let mut cmd = CARGO.command().map_err(cargo_err)?;
     // Shipped programs carry no debug info: the workspace's release profile keeps line
     // tables for developers' backtraces, which made the node binaries ≈75 MB each (≈49 MB of
-    // a compressed /usr). Symbols stay, so a panic still names its functions.
+    // a compressed /usr). Symbols stay, so a panic still names its functions. The node
+    // programs use the `node` profile (Cargo.toml: size-optimised but for the install's hot
+    // path, no debug info).
     cmd.current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target_dir)
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-        .args(["build", "--quiet", "--release", "-p", package, "--bin", bin]);
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
     let how = if static_link {
-        cmd.env("RUSTFLAGS", STATIC_RUSTFLAGS)
-            .args(["--target", INIT_TARGET]);
+        cmd.env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+            .env("RUSTFLAGS", STATIC_RUSTFLAGS)
+            .args(["--release", "--target", INIT_TARGET]);
         format!(
             "RUSTFLAGS='{STATIC_RUSTFLAGS}' CARGO_PROFILE_RELEASE_STRIP=debuginfo cargo build --release -p {package} --bin {bin} \
              --target {INIT_TARGET} (static) into {}",
             target_dir.display()
         )
     } else {
+        cmd.args(["--profile", NODE_PROFILE]);
         format!(
-            "CARGO_PROFILE_RELEASE_STRIP=debuginfo cargo build --release -p {package} --bin {bin} \
-             into {}",
+            "cargo build --profile {NODE_PROFILE} -p {package} --bin {bin} into {}",
             target_dir.display()
         )
     };
