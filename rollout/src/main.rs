@@ -101,6 +101,10 @@ enum Command {
         /// This server's public base URL (for the default --repo-url).
         #[arg(long)]
         public_url: Option<String>,
+        /// Threads answering requests (default: one per core). Database writes run on
+        /// separate blocking threads either way.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
     },
     /// Bring the database schema up to date (serve does this too).
     Migrate {
@@ -350,7 +354,14 @@ fn run(cli: Cli) -> Result<()> {
             repo,
             repo_url,
             public_url,
-        } => serve(db, listen, trust_root, repo, repo_url, public_url),
+            threads,
+        } => serve(
+            db,
+            listen,
+            trust_root,
+            (repo, repo_url, public_url),
+            threads,
+        ),
         Command::Migrate { db } => {
             let backend = db.open()?;
             let before = store::migrations::migrate(backend.as_ref(), chrono_now())?;
@@ -397,17 +408,26 @@ fn operator(command: OperatorCommand) -> Result<()> {
     }
 }
 
+/// The repository to serve, the URL nodes are sent to, this server's public URL.
+type Repo = (Option<PathBuf>, Option<String>, Option<String>);
+
 fn serve(
     db: Db,
     listen: String,
     trust_root: PathBuf,
-    repo: Option<PathBuf>,
-    repo_url: Option<String>,
-    public_url: Option<String>,
+    (repo, repo_url, public_url): Repo,
+    threads: Option<u16>,
 ) -> Result<()> {
     let backend = db.open()?;
     let root = basalt_rollout::service::load_trust_root(&trust_root, repo.as_deref())?;
-    let rt = runtime()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let rt = builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await

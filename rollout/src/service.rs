@@ -248,6 +248,7 @@ impl Service {
     /// Writes the buffered last-seen times in one transaction; returns how many nodes. On
     /// failure the batch goes back into the buffer for the next flush.
     pub fn flush_last_seen(&self) -> Result<usize> {
+        self.backend.end_idle_snapshots();
         let batch = self.last_seen.take();
         if batch.is_empty() {
             return Ok(0);

@@ -74,7 +74,7 @@ pub enum Dialect {
 }
 
 /// A value passed to or read from SQL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {
     Null,
     Int(i64),
@@ -196,6 +196,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn reads_on_async_worker(&self) -> bool {
         false
     }
+    /// Ends read transactions a backend keeps open between requests once they are stale
+    /// (SQLite's readers, `sqlite::Snapshot`), so they do not hold back checkpoints while
+    /// the server is idle. Called about once a second.
+    fn end_idle_snapshots(&self) {}
 }
 
 /// A connection inside a transaction. Dropping it without [`Conn::commit`] rolls back.
@@ -205,6 +209,13 @@ pub trait Conn {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64>;
     /// Runs a query; returns all rows.
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
+    /// Runs a query whose answer is the same for every node of a pool (the pool, its
+    /// rollout, the channel's floors, the fleet counts): a backend may answer it from a cache
+    /// that is exact for this transaction's snapshot (SQLite's readers, see
+    /// `sqlite::QueryCache`). By default the same as [`Conn::query`].
+    fn query_shared(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.query(sql, params)
+    }
     /// Commits.
     fn commit(self: Box<Self>) -> Result<()>;
 }
@@ -480,6 +491,12 @@ impl<'a> Tx<'a> {
         self.conn.query(sql, params)
     }
 
+    /// [`Conn::query_shared`]: for the pool-wide reads of the check-in's hot path only, never
+    /// for a node's own rows (those would fill the cache with one entry per node).
+    fn query_shared(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.conn.query_shared(sql, params)
+    }
+
     /// Whether this transaction already excludes every other writer (a SQLite write
     /// transaction: `BEGIN IMMEDIATE`), so [`Tx::lock_pool`] adds nothing. A read-only
     /// transaction excludes nothing.
@@ -544,7 +561,7 @@ impl<'a> Tx<'a> {
     // --- pools ---
 
     pub fn pool(&mut self, name: &PoolName) -> Result<Option<PoolRow>> {
-        let rows = self.query(
+        let rows = self.query_shared(
             &format!("SELECT {POOL_COLUMNS} FROM pools WHERE name = $1"),
             &[name.as_str().into()],
         )?;
@@ -750,7 +767,7 @@ impl<'a> Tx<'a> {
 
     /// The floors of a channel (version and sequence only: the hot path).
     pub fn floors(&mut self, channel: &str, arch: &str) -> Result<Vec<ReleaseRef>> {
-        let rows = self.query(
+        let rows = self.query_shared(
             "SELECT sequence, version FROM releases WHERE channel = $1 AND arch = $2 AND floor = 1 ORDER BY sequence",
             &[channel.into(), arch.into()],
         )?;
@@ -784,7 +801,7 @@ impl<'a> Tx<'a> {
 
     /// The pool's newest rollout, in any state.
     pub fn current_rollout(&mut self, pool: &PoolName) -> Result<Option<RolloutRow>> {
-        let rows = self.query(
+        let rows = self.query_shared(
             &format!(
                 "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE pool = $1 ORDER BY id DESC LIMIT 1"
             ),
@@ -892,7 +909,7 @@ impl<'a> Tx<'a> {
         admitted_cutoff: DateTime<Utc>,
         rebooting_cutoff: DateTime<Utc>,
     ) -> Result<Vec<ProgressRow>> {
-        let rows = self.query(
+        let rows = self.query_shared(
             &format!("SELECT {PROGRESS_COLUMNS} FROM progress WHERE rollout_id = $1 AND ((stage = 'admitted' AND since <= $2) OR (stage = 'rebooting' AND since <= $3))"),
             &[rollout.into(), unix(admitted_cutoff).into(), unix(rebooting_cutoff).into()],
         )?;
@@ -902,7 +919,7 @@ impl<'a> Tx<'a> {
     /// Nodes holding an in-flight slot: admitted, staged, rebooting, or healthy since after
     /// `soak_cutoff` — the indexed count of `policy::occupies_slot` (a test checks they agree).
     pub fn count_in_flight(&mut self, rollout: i64, soak_cutoff: DateTime<Utc>) -> Result<u64> {
-        let rows = self.query(
+        let rows = self.query_shared(
             "SELECT (SELECT COUNT(*) FROM progress WHERE rollout_id = $1 AND stage IN ('admitted', 'staged', 'rebooting')) \
              + (SELECT COUNT(*) FROM progress WHERE rollout_id = $1 AND stage = 'healthy' AND since > $2)",
             &[rollout.into(), unix(soak_cutoff).into()],
@@ -917,7 +934,7 @@ impl<'a> Tx<'a> {
     /// `rollout` granted a reboot that hold no slot (one that said steady-state before its
     /// healthy report still counts until that report).
     pub fn count_unavailable(&mut self, group: &str, rollout: Option<i64>) -> Result<u64> {
-        let rows = self.query(
+        let rows = self.query_shared(
             "SELECT (SELECT COUNT(*) FROM locks WHERE grp = $1) \
              + (SELECT COUNT(*) FROM progress p WHERE p.rollout_id = $2 AND p.stage = 'rebooting' \
                 AND NOT EXISTS (SELECT 1 FROM locks l WHERE l.grp = $1 AND l.holder = p.node_id))",
