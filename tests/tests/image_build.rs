@@ -915,3 +915,124 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(out)
 }
+
+/// `debugfs` and `e2fsck` (package `e2fsprogs`): the peers that read the root partition.
+const DEBUGFS: Tool = Tool::new("debugfs", "e2fsprogs");
+const E2FSCK: Tool = Tool::new("e2fsck", "e2fsprogs");
+
+/// `debugfs -R REQUEST` on the ext4 filesystem file `fs`.
+fn debugfs(fs: &Path, request: &str) -> Result<String> {
+    let mut cmd = DEBUGFS.command()?;
+    cmd.arg("-R").arg(request).arg(fs);
+    let out = cmd.output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// The root partition of `disk` copied into `to`.
+fn root_partition(disk: &Path, to: &Path) -> Result<PathBuf> {
+    let inv = inspect(disk)?;
+    let root = partition(&inv, "root")?;
+    let (offset, size) = (
+        root["offset"].as_u64().context("offset")?,
+        root["size"].as_u64().context("size")?,
+    );
+    extract(disk, offset, size, to)?;
+    Ok(to.to_path_buf())
+}
+
+/// A release with `[[extensions]]` carries its set on the root partition of its `disk.img`
+/// (`/.basalt-extensions/<version>/NAME.raw`, adopted by the node at its first boot): the
+/// same bytes as the release's `NAME.raw`, root-owned, 0644, in a filesystem `e2fsck` finds
+/// clean. The cache entry's disk (the set is written into the output copy only) and a
+/// release without extensions carry none.
+#[test]
+fn a_release_with_extensions_carries_its_set_on_the_root_partition() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let plain = minimal_image("1.0.0")?;
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tools-tree");
+    std::fs::create_dir_all(tree.join("usr/bin"))?;
+    let script = tree.join("usr/bin/tools-version");
+    std::fs::write(&script, "#!/bin/sh\necho tools 1.0.0\n")?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let tools = tmp.path().join("tools.toml");
+    std::fs::write(
+        &tools,
+        format!(
+            "name = \"tools\"\nversion = \"1.0.0\"\ntree = {:?}\narchitecture = \"x86-64\"\n",
+            tree.display().to_string()
+        ),
+    )?;
+    let definition = tmp.path().join("IMAGE.toml");
+    std::fs::write(
+        &definition,
+        format!(
+            "{}\n[[extensions]]\ndefinition = {:?}\n",
+            artifacts::minimal_definition(&semver::Version::new(1, 0, 0)),
+            tools.display().to_string()
+        ),
+    )?;
+    let out = tmp.path().join("out");
+    let mut req = minimal_request(&semver::Version::new(1, 0, 0), &out)?;
+    req.config = definition;
+    req.cache = plain
+        .report
+        .cache_dir
+        .parent()
+        .context("cache")?
+        .to_path_buf();
+    // A cache miss (the definition's text is part of the key), the same /usr bytes.
+    let report = build(&req)?;
+    ensure!(sha256(&out.join("usr.img"))? == sha256(&plain.file("usr.img"))?);
+
+    let fs = root_partition(&out.join("disk.img"), &tmp.path().join("root.ext4"))?;
+    let mut cmd = E2FSCK.command()?;
+    cmd.args(["-f", "-n"]).arg(&fs);
+    let check = cmd.output()?;
+    ensure!(
+        check.status.success(),
+        "e2fsck -fn on the root partition: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let stat = debugfs(&fs, "stat /.basalt-extensions/1.0.0/tools.raw")?;
+    ensure!(
+        stat.contains("Mode:  0644")
+            && stat.contains("User:     0")
+            && stat.contains("Group:     0"),
+        "owner and mode of the seeded image:\n{stat}"
+    );
+    let back = tmp.path().join("tools.back");
+    debugfs(
+        &fs,
+        &format!(
+            "dump /.basalt-extensions/1.0.0/tools.raw {}",
+            back.display()
+        ),
+    )?;
+    ensure!(
+        sha256(&back)? == sha256(&out.join("tools.raw"))?,
+        "the seeded image is not the release's tools.raw"
+    );
+    let listing = debugfs(&fs, "ls -l /.basalt-extensions")?;
+    ensure!(
+        listing.contains("40755") && listing.contains("1.0.0"),
+        "{listing}"
+    );
+
+    // Neither the cache entry's disk nor a release without extensions has a seed.
+    for disk in [report.cache_dir.join("disk.img"), plain.file("disk.img")] {
+        let fs = root_partition(&disk, &tmp.path().join("other.ext4"))?;
+        let listing = debugfs(&fs, "ls /")?;
+        ensure!(
+            !listing.contains(".basalt-extensions"),
+            "{}: unexpected seed: {listing}",
+            disk.display()
+        );
+    }
+    Ok(())
+}

@@ -1,10 +1,10 @@
 //! System extensions moved with the OS (issue 10), on the container-host test image under
 //! OVMF + systemd-boot, air-gapped (`-nic none`, `file://` repository disks):
 //!
-//! 1. v1 (1.0.0) boots; its set — `tools` 1.0, the image its release lists — is put in the
-//!    store by the operator's shell (the disk image does not carry an install-time set yet)
-//!    and `basalt-extensions.service` activates it: `tools-version` runs from `/usr/bin`
-//!    and says 1.0.0.
+//! 1. v1 (1.0.0) boots from its release's `disk.img`, which carries its set — `tools` 1.0,
+//!    the image its release lists — on the root partition (`/.basalt-extensions/1.0.0/`):
+//!    at the first boot `basalt-extensions.service` adopts it into the store and activates
+//!    it: `tools-version` runs from `/usr/bin` and says 1.0.0, nothing done by hand.
 //! 2. A release 2.0.0 whose `tools.raw` has one altered byte (published by a publisher that
 //!    skipped the extension checks: `basalt release publish` refuses it) is refused at
 //!    staging: `basaltctl update` fails with `IntegrityMismatch` naming the extension, nothing
@@ -138,8 +138,7 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
     let v2 = release(&definition, &tools, "2.0.0", "2.0.0")?;
     let built = started.elapsed();
 
-    // Repository disk 1: the tampered 2.0.0 (and v1's tools.raw for the operator to seed);
-    // disk 2: the same repository after the good 2.0.0 (a higher sequence).
+    // Repository disk 1: the tampered 2.0.0; disk 2: the same repository after the good 2.0.0 (a higher sequence).
     let repo = Repository::create(&dir.join("repo"), n)?;
     let bad = tampered(&v2, &dir.join("v2-tampered"))?;
     let key = SigningKey::from_pem(&std::fs::read_to_string(&v2.keys.key)?)?;
@@ -157,8 +156,6 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
             ..default_compress_options()
         },
     })?;
-    std::fs::create_dir_all(repo.dir.join("seed"))?;
-    std::fs::copy(v1.dir.join("tools.raw"), repo.dir.join("seed/tools.raw"))?;
     let disk_bad = dir.join("repo-tampered.erofs");
     repo.to_disk(&disk_bad)?;
     repo.publish(&v2, n)?;
@@ -177,15 +174,20 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
         .data_disk(&disk_again);
     let mut node = Node::boot(&config, &disk, n)?;
 
-    // 1. v1 with tools 1.0 active.
-    node.mount_repository_disk("/dev/vdb")?;
-    node.run(&format!(
-        "mkdir -p /var/lib/basalt/extensions/1.0.0 && \
-         cp {GUEST_REPO_MOUNT}/seed/tools.raw /var/lib/basalt/extensions/1.0.0/ && \
-         systemctl restart basalt-extensions"
-    ))?;
+    // 1. v1 with tools 1.0 active from its first boot: the install-time set adopted.
     let t = tools_version(&mut node)?;
     ensure!(t.ends_with("tools 1.0.0"), "v1 should run tools 1.0.0: {t}");
+    let adopted = node.run(
+        "journalctl -b -u basalt-extensions --no-pager -o cat | grep adopted; \
+         ls /var/lib/basalt/extensions/1.0.0; ls -d /.basalt-extensions 2>&1; true",
+    )?;
+    ensure!(
+        adopted.contains("adopted the install-time extension set of 1.0.0")
+            && adopted.contains("tools.raw")
+            && adopted.contains("No such file"),
+        "the install-time set must be adopted into the store, the seed gone: {adopted}"
+    );
+    node.mount_repository_disk("/dev/vdb")?;
 
     // 2. The tampered 2.0.0 is refused at staging; nothing is staged.
     node.set_repository(&format!("file://{GUEST_REPO_MOUNT}"), n)?;

@@ -71,6 +71,9 @@ pub struct HostPaths {
     /// `/var/lib/basalt`: the engine's trust roots, download journal and staged files (the
     /// daemon's status lives in its `updater/` folder).
     pub state_dir: PathBuf,
+    /// `/.basalt-extensions`: the extension set the node image was installed with, adopted
+    /// into the store at the first boot (`basalt_sysext::store`).
+    pub extension_seed: PathBuf,
 }
 
 impl Default for HostPaths {
@@ -82,6 +85,7 @@ impl Default for HostPaths {
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
             sysfs: PathBuf::from("/sys"),
             state_dir: PathBuf::from("/var/lib/basalt"),
+            extension_seed: PathBuf::from(basalt_sysext::store::DEFAULT_SEED),
         }
     }
 }

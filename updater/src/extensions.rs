@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! boot: local-fs.target ─▶ basalt-extensions.service (`basaltctl extensions activate`,
-//!   no D-Bus, before basalt-updated) ─▶ trust root: repository.trust_root (or the one in
+//!   no D-Bus, before basalt-updated) ─▶ adopt the install-time set, if the node image
+//!   carried one (/.basalt-extensions/<version>/ renamed into the store) ─▶ trust root: repository.trust_root (or the one in
 //!   /usr) + the generations learnt under /var/lib/basalt/trust ─▶ the booted version
 //!   (os-release VERSION_ID) names the set /var/lib/basalt/extensions/<version>/ ─▶
 //!   basalt_sysext::activate (verify every image, dm-verity from the signed parameters,
@@ -20,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use basalt_sysext::activate::{Activated, NodeOps};
+use basalt_sysext::store::Adoption;
 use basalt_sysext::Store;
 
 use crate::agent::HostPaths;
@@ -55,19 +57,30 @@ pub fn store(state_dir: &Path) -> Store {
     Store::new(state_dir.join("extensions"))
 }
 
-/// Activates the booted version's set (see the module docs).
+/// What [`activate`] did.
+#[derive(Debug)]
+pub struct Activation {
+    /// The install-time sets moved into the store first (normally only at the first boot).
+    pub adoption: Adoption,
+    /// The booted version's extensions, now active.
+    pub activated: Vec<Activated>,
+}
+
+/// Adopts an install-time set, then activates the booted version's set (see the module
+/// docs).
 pub fn activate<O: NodeOps>(
     ops: &mut O,
     settings: &Settings,
     paths: &HostPaths,
     run_dir: &Path,
-) -> Result<Vec<Activated>, ExtensionsError> {
+) -> Result<Activation, ExtensionsError> {
+    let store = store(&paths.state_dir);
+    let adoption = store.adopt(&paths.extension_seed)?;
     let root = trust_root(settings, &paths.state_dir)?;
-    Ok(basalt_sysext::activate::activate_booted(
-        ops,
-        &store(&paths.state_dir),
-        &root,
-        &paths.os_release,
-        run_dir,
-    )?)
+    let activated =
+        basalt_sysext::activate::activate_booted(ops, &store, &root, &paths.os_release, run_dir)?;
+    Ok(Activation {
+        adoption,
+        activated,
+    })
 }

@@ -83,7 +83,8 @@ fn the_unit_keeps_its_contract() {
 }
 
 /// `dist/systemd/basalt-extensions.service`: systemd accepts it (with the built `basaltctl`
-/// standing in), and it keeps its contract: early (no D-Bus), before the agent, after /var.
+/// standing in), and it keeps its contract: early (no D-Bus), before the agent, after /var,
+/// and only when there is a set to activate or adopt.
 #[test]
 fn systemd_analyze_verify_accepts_the_extensions_unit() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -94,7 +95,9 @@ fn systemd_analyze_verify_accepts_the_extensions_unit() {
         "DefaultDependencies=no\n",
         "After=local-fs.target systemd-sysext.service\n",
         "Before=sysinit.target basalt-updated.service shutdown.target\n",
-        "ConditionDirectoryNotEmpty=/var/lib/basalt/extensions\n",
+        // Runs when a set is staged or the node image brought one to adopt.
+        "ConditionDirectoryNotEmpty=|/var/lib/basalt/extensions\n",
+        "ConditionDirectoryNotEmpty=|/.basalt-extensions\n",
     ] {
         assert!(text.contains(line), "{line}");
     }

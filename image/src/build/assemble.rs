@@ -442,6 +442,33 @@ const ROOT_SKELETON: [(&str, Result<u32, &str>); 14] = [
     ("lib64", Err("usr/lib64")),
 ];
 
+/// Runs the debugfs `script` read-write on `device` (a filesystem inside `disk`) under the
+/// build's fixed clock, from a file `<name>.debugfs` beside the disk. debugfs does not fail on
+/// a command that fails: callers read the result back.
+fn debugfs_script(
+    disk: &Path,
+    device: &str,
+    name: &str,
+    script: &str,
+    step: &str,
+) -> Result<(), BuildError> {
+    let tool_err = |source| BuildError::Mkfs {
+        path: disk.to_owned(),
+        step: format!("debugfs ({step})"),
+        source: Box::new(source),
+    };
+    let script_path = disk.with_file_name(format!("{name}.debugfs"));
+    fs::write(&script_path, script).map_err(io("write", &script_path))?;
+    let mut cmd = DEBUGFS.command().map_err(tool_err)?;
+    cmd.env("E2FSPROGS_FAKE_TIME", ROOT_FS_EPOCH)
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(device);
+    DEBUGFS.run(&mut cmd).map_err(tool_err)?;
+    fs::remove_file(&script_path).map_err(io("remove", &script_path))
+}
+
 /// Format the root partition as ext4 and create the skeleton, reproducibly: `mke2fs` with a
 /// derived UUID and hash seed, then `debugfs` creates the folders and links (mke2fs `-d`
 /// would copy the build host's change times). Both under a fixed clock. The result is read
@@ -483,18 +510,13 @@ fn format_root(
             Err(target) => script.push_str(&format!("symlink {name} {target}\n")),
         }
     }
-    let script_path = disk.with_file_name("root-skeleton.debugfs");
-    fs::write(&script_path, &script).map_err(io("write", &script_path))?;
-    let mut cmd = DEBUGFS.command().map_err(mkfs_err("debugfs"))?;
-    cmd.env("E2FSPROGS_FAKE_TIME", ROOT_FS_EPOCH)
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_path)
-        .arg(&device);
-    DEBUGFS
-        .run(&mut cmd)
-        .map_err(mkfs_err("debugfs (create the skeleton)"))?;
-    fs::remove_file(&script_path).map_err(io("remove", &script_path))?;
+    debugfs_script(
+        disk,
+        &device,
+        "root-skeleton",
+        &script,
+        "create the skeleton",
+    )?;
 
     let mut cmd = DEBUGFS.command().map_err(mkfs_err("debugfs"))?;
     cmd.arg("-R").arg("ls -l /").arg(&device);
@@ -520,6 +542,101 @@ fn format_root(
                 )),
             });
         }
+    }
+    Ok(())
+}
+
+/// Where the image carries its release's extension set on the root partition, relative to
+/// the root (`basalt_sysext::store::DEFAULT_SEED` without its leading `/`): the node adopts
+/// it into `/var/lib/basalt/extensions/<version>/` at its first boot (see
+/// `basalt_sysext::store`).
+fn seed_dir() -> &'static str {
+    basalt_sysext::store::DEFAULT_SEED.trim_start_matches('/')
+}
+
+/// Writes `images` (`NAME.raw` files, already signed and checked) into the root partition of
+/// `disk` as the install-time set of OS `version`: `/<seed>/<version>/NAME.raw`, root-owned,
+/// folders 0755 and files 0644, under the same fixed clock as the skeleton; then reads each
+/// file back and compares its SHA-256 (debugfs does not fail on a command that fails).
+pub(crate) fn seed_extensions(
+    disk: &Path,
+    version: &str,
+    images: &[PathBuf],
+) -> Result<(), BuildError> {
+    if images.is_empty() {
+        return Ok(());
+    }
+    let tool_err = |step: &str| {
+        let step = step.to_owned();
+        move |source| BuildError::Mkfs {
+            path: disk.to_owned(),
+            step,
+            source: Box::new(source),
+        }
+    };
+    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout", disk))?;
+    let device = format!("{}?offset={}", disk.display(), inv.root.offset);
+    let seed = seed_dir();
+    let set = format!("{seed}/{version}");
+    let mut script = String::new();
+    for dir in [seed, set.as_str()] {
+        script.push_str(&format!(
+            "mkdir {dir}\nsif {dir} mode 040755\nsif {dir} uid 0\nsif {dir} gid 0\n"
+        ));
+    }
+    let mut names = Vec::new();
+    for image in images {
+        let name = image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
+            .ok_or_else(|| BuildError::Io {
+                op: "seed the extension set with",
+                path: image.clone(),
+                source: std::io::Error::other("not a plain NAME.raw file name"),
+            })?;
+        let file = format!("{set}/{name}");
+        script.push_str(&format!(
+            "write {} {file}\nsif {file} mode 0100644\nsif {file} uid 0\nsif {file} gid 0\n",
+            image.display()
+        ));
+        names.push((file, image));
+    }
+    debugfs_script(
+        disk,
+        &device,
+        "root-extensions",
+        &script,
+        "write the extension set",
+    )?;
+
+    let check = tempfile::tempdir_in(disk.parent().unwrap_or(Path::new(".")))
+        .map_err(io("create a folder beside", disk))?;
+    for (file, image) in names {
+        let back = check.path().join("back");
+        let mut cmd = DEBUGFS.command().map_err(tool_err("debugfs"))?;
+        cmd.arg("-R")
+            .arg(format!("dump /{file} {}", back.display()))
+            .arg(&device);
+        DEBUGFS
+            .run(&mut cmd)
+            .map_err(tool_err("debugfs (read the extension set back)"))?;
+        let want = super::image::sha256_file(image)?;
+        let got = match fs::metadata(&back) {
+            Ok(_) => Some(super::image::sha256_file(&back)?),
+            Err(_) => None,
+        };
+        if got.as_ref() != Some(&want) {
+            return Err(BuildError::Io {
+                op: "check the extension set on the root partition of",
+                path: disk.to_owned(),
+                source: std::io::Error::other(format!(
+                    "/{file} does not read back as {} (root partition too small?)",
+                    image.display()
+                )),
+            });
+        }
+        fs::remove_file(&back).map_err(io("remove", &back))?;
     }
     Ok(())
 }

@@ -11,9 +11,12 @@
 //!
 //! Why not cached with `usr.img`: the images are signed (keys are inputs anyway) and cheap
 //! (≈1 MiB, erofs of a small tree; `.deb` files are cached by name), and building them per
-//! request keeps the cache key of the `/usr` part independent of the extension set: one
-//! `/usr` build serves releases that differ only in their extensions. The output is
-//! reproducible (salt, UUIDs and timestamps derived from the definition).
+//! request keeps the cache key of the `/usr` part independent of the extensions' contents:
+//! a new version of an extension's tree or packages reuses the `/usr` build (the image
+//! definition's text is part of the key, so adding or removing an `[[extensions]]` entry
+//! does not). The output is reproducible (salt, UUIDs and timestamps derived from the
+//! definition). The output `disk.img` carries the set on its root partition
+//! (`super::assemble::seed_extensions`).
 
 use std::collections::BTreeSet;
 

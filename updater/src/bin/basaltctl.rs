@@ -134,7 +134,18 @@ fn activate_extensions() -> Res<()> {
         code: 1,
         message: format!("extensions not activated: {e}"),
     })?;
-    for a in &done {
+    for v in &done.adoption.adopted {
+        println!("adopted the install-time extension set of {v}");
+    }
+    for v in &done.adoption.already {
+        println!(
+            "the store already had the extension set of {v}; the install-time copy was removed"
+        );
+    }
+    for p in &done.adoption.ignored {
+        println!("left alone (not an extension set): {}", p.display());
+    }
+    for a in &done.activated {
         println!(
             "activated {} {} ({} at {})",
             a.extension.statement.name,
@@ -143,7 +154,7 @@ fn activate_extensions() -> Res<()> {
             a.mount_point.display()
         );
     }
-    if done.is_empty() {
+    if done.activated.is_empty() {
         println!("no extensions staged for the booted OS version");
     }
     Ok(())
