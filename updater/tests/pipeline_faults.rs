@@ -558,3 +558,128 @@ fn nothing_written_earlier_is_trusted_later() {
     assert_eq!(e.kind(), ErrorKind::Disk, "{e}");
     assert!(e.to_string().contains("not-a-hash"), "{e}");
 }
+
+/// A disk that silently changes one byte of what it is asked to write (bit rot, a bad
+/// controller): the write "succeeds", only reading back can tell.
+#[derive(Debug)]
+struct RottingIo {
+    disk: std::path::PathBuf,
+    /// Absolute byte offset in the disk whose written value is changed.
+    at: u64,
+}
+
+struct RottingDisk {
+    inner: std::fs::File,
+    at: u64,
+}
+
+impl std::io::Read for RottingDisk {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl std::io::Seek for RottingDisk {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl std::io::Write for RottingDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::Seek;
+        let pos = self.inner.stream_position()?;
+        if (pos..pos + buf.len() as u64).contains(&self.at) {
+            let mut bad = buf.to_vec();
+            bad[(self.at - pos) as usize] ^= 0x10;
+            return self.inner.write(&bad);
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl basalt_disk::gpt::DiskIo for RottingDisk {
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+}
+
+impl basalt_updater::pipeline::NodeIo for RottingIo {
+    fn open_rw(
+        &self,
+        path: &std::path::Path,
+        create: bool,
+    ) -> std::io::Result<Box<dyn basalt_updater::pipeline::io::Disk>> {
+        let inner = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        if path != self.disk {
+            return Ok(Box::new(inner));
+        }
+        Ok(Box::new(RottingDisk { inner, at: self.at }))
+    }
+    fn write_atomic(
+        &self,
+        path: &std::path::Path,
+        bytes: &[u8],
+    ) -> Result<(), basalt_fsutil::Error> {
+        basalt_fsutil::write_atomic(path, bytes, 0o644)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        basalt_updater::pipeline::RealIo.remove_file(path)
+    }
+}
+
+/// What reaches the disk is read back from it: a byte the disk changed on its way (first
+/// block, middle, last data block) fails the download as a failed verification — found by
+/// the read-back that runs during the download (the data's level 0 against the tree's) —
+/// with the booted slot untouched and the new one unbootable; a good disk then installs.
+#[test]
+fn a_byte_the_disk_changes_on_write_is_caught_by_reading_the_slot_back() {
+    let c = case("rot", BackendKind::Bls);
+    let before = c.node.snapshot();
+    let data = c
+        .node
+        .inventory()
+        .slot_range(Slot::B, basalt_disk::SlotPart::Data);
+    let data_len = c.v2.hash_offset;
+    for at in [100, data_len / 2 + 7, data_len - 1] {
+        let mut engine = c
+            .node
+            .engine(Box::new(c.world.source()))
+            .with_io(std::sync::Arc::new(RottingIo {
+                disk: c.node.disk().to_path_buf(),
+                at: data.offset + at,
+            }));
+        let cand = candidate(&mut engine);
+        let e = engine
+            .download(&cand, &mut quiet(), &CancelFlag::new())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::VerificationFailed, "byte {at}: {e}");
+        let chain = {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(x) = src {
+                s.push_str(&format!(": {x}"));
+                src = x.source();
+            }
+            s
+        };
+        assert!(
+            chain.contains("does not match the hash tree's level 0"),
+            "byte {at}: the read-back during the download should find it: {chain}"
+        );
+        c.node.assert_safe(&before, "a rotten byte in slot B");
+        assert_eq!(c.node.state(Slot::B), SlotState::Installing);
+    }
+    let d = c.resume();
+    assert!(d.fetched > 0, "{d:?}");
+    c.node.assert_safe(&before, "after the good download");
+    c.node.veritysetup_verify(Slot::B, &c.v2.root_hash);
+}

@@ -100,6 +100,14 @@ pub enum Error {
         /// Byte offset of the block in that file.
         offset: u64,
     },
+    /// The data, hashed as it was read back, does not give the tree's level 0 (see
+    /// [`crate::verify_tree`]): some data block differs from what the tree says; which one
+    /// is not known without reading the data again ([`crate::verify`] names it).
+    #[error("the data read back from {path} does not match the hash tree's level 0 (some data block differs)")]
+    DataDiffers {
+        /// The file or device holding the tree.
+        path: std::path::PathBuf,
+    },
     /// The computed root hash differs from the expected one (the top hash block is corrupted
     /// or the root hash belongs to other data).
     #[error(
@@ -121,6 +129,7 @@ impl Error {
         matches!(
             self,
             Error::Corrupted { .. }
+                | Error::DataDiffers { .. }
                 | Error::RootHashMismatch { .. }
                 | Error::ParseSuperblock { .. }
         )

@@ -46,4 +46,4 @@ pub use format::{
 pub use geometry::{hash_tree_size, Geometry, Level, BLOCK_SIZE, DIGEST_SIZE, HASHES_PER_BLOCK};
 pub use reader::VerifiedBlocks;
 pub use superblock::Superblock;
-pub use verify::{verify, verify_path, VerifyOptions};
+pub use verify::{verify, verify_path, verify_tree, Level0Builder, VerifyOptions};

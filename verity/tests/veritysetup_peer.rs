@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use basalt_verity::{
-    format, verify, Corruption, Device, Error, FormatOptions, Geometry, VerifyOptions,
+    format, verify, verify_tree, Corruption, Device, Error, FormatOptions, Geometry, Level0Builder,
+    VerifyOptions, HASHES_PER_BLOCK,
 };
 
 const BS: u64 = 4096;
@@ -223,6 +224,34 @@ fn our_verify(case: &Case, f: &Formatted) -> Result<(), Error> {
     .map(|_| ())
 }
 
+/// [`verify_tree`] with the data hashed by a [`Level0Builder`] in windows of `window`
+/// level-0 blocks (the last one shorter), as the updater does while it downloads. `None`
+/// for a one-block tree (no level 0).
+fn our_verify_tree(case: &Case, f: &Formatted, window: u64) -> Option<Result<(), Error>> {
+    let blocks = case.data_blocks();
+    if blocks < 2 {
+        return None;
+    }
+    let data_file = File::open(&f.data).expect("open data");
+    let hash_file = File::open(&f.hash).expect("open hash");
+    let data = Device::new(&data_file, &f.data);
+    let mut b = Level0Builder::new(&case.salt, blocks, case.seed as usize % 3);
+    while b.done() < blocks {
+        let n = (window * HASHES_PER_BLOCK).min(blocks - b.done());
+        b.update(data, b.done() * BS, n).expect("hashing the data");
+    }
+    let digest = b.finish().expect("every block hashed");
+    Some(
+        verify_tree(
+            Device::new(&hash_file, &f.hash),
+            &f.root,
+            &case.verify_opts(),
+            &digest,
+        )
+        .map(|_| ()),
+    )
+}
+
 fn their_verify(case: &Case, f: &Formatted) -> bool {
     let mut args = vec![
         "verify".to_string(),
@@ -269,6 +298,13 @@ fn check_case(case: &Case, flips: bool) {
     our_verify(case, &t)
         .unwrap_or_else(|e| panic!("we reject veritysetup's tree for {case:?}: {e}"));
     our_verify(case, &o).unwrap_or_else(|e| panic!("we reject our own tree for {case:?}: {e}"));
+    for window in [1, 3, 64] {
+        if let Some(r) = our_verify_tree(case, &t, window) {
+            r.unwrap_or_else(|e| {
+                panic!("verify_tree rejects veritysetup's tree for {case:?}: {e}")
+            });
+        }
+    }
     if !flips {
         return;
     }
@@ -287,6 +323,12 @@ fn check_case(case: &Case, flips: bool) {
             ..
         }) => assert_eq!(b, block),
         other => panic!("corrupted data block {block} of {case:?}: got {other:?}"),
+    }
+    match our_verify_tree(case, &o, 2) {
+        None | Some(Err(Error::DataDiffers { .. })) => {}
+        Some(other) => {
+            panic!("verify_tree with corrupted data block {block} of {case:?}: {other:?}")
+        }
     }
     flip_byte(&o.data, block * BS + case.seed % BS);
 
@@ -319,6 +361,19 @@ fn check_case(case: &Case, flips: bool) {
                 }),
             ) if b == block => {}
             (_, other) => panic!("corrupted hash block {hb} of {case:?}: got {other:?}"),
+        }
+        // Without the data: the same finding from the tree alone.
+        match (hb, our_verify_tree(case, &o, 1)) {
+            (_, None) | (0, Some(Err(Error::RootHashMismatch { .. }))) => {}
+            (
+                b,
+                Some(Err(Error::Corrupted {
+                    what: Corruption::Hash,
+                    block,
+                    ..
+                })),
+            ) if b == block => {}
+            (_, other) => panic!("verify_tree, corrupted hash block {hb} of {case:?}: {other:?}"),
         }
         flip_byte(&o.hash, at);
     }

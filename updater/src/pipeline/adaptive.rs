@@ -273,7 +273,7 @@ pub fn install(
     }
     let mut stats = Streamed {
         fetched: job.refs.block_index.size,
-        reused: 0,
+        ..Streamed::default()
     };
     let store_rel = repo::blob_path(&job.refs.frame_store.sha256);
     let location = job.source.location(&store_rel);

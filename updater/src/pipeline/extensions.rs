@@ -101,19 +101,13 @@ impl NodeEngine {
         journal.node_image_only = node_image_only;
         if node_image_only {
             self.keep_booted_set(manifest, root, keep, &pins)?;
-            return Ok(Streamed {
-                fetched: 0,
-                reused: 0,
-            });
+            return Ok(Streamed::default());
         }
         let exts = plan_extensions(manifest)?;
         let host = HostOs::of_release(manifest);
         let dl = staging.join(DOWNLOAD_DIR);
         std::fs::create_dir_all(&dl).map_err(io_err("create", &dl))?;
-        let mut streamed = Streamed {
-            fetched: 0,
-            reused: 0,
-        };
+        let mut streamed = Streamed::default();
         for (_, f) in &exts {
             let s = self.stream_to_file(&dl, f, journal, meter, cancel)?;
             streamed.fetched += s.fetched;

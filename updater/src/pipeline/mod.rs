@@ -331,7 +331,7 @@ impl NodeEngine {
             .open_rw(&path, true)
             .map_err(io_err("create", &path))?;
         let mut sink = FileSink { file, path };
-        self.stream(f, &mut sink, journal, meter, cancel)
+        self.stream(f, &mut sink, journal, meter, cancel, None)
     }
 
     /// Stream one artifact with the journal as checkpoint record.
@@ -343,6 +343,7 @@ impl NodeEngine {
         journal: &mut Journal,
         meter: &mut Meter<'_>,
         cancel: &CancelFlag,
+        behind: Option<stream::VerifyBehind<'_>>,
     ) -> Result<stream::Streamed, Error> {
         let index = self.fetch_index(f)?;
         let job = StreamJob {
@@ -352,6 +353,7 @@ impl NodeEngine {
             claimed: journal.done(&f.artifact.name),
             checkpoint_bytes: self.config.checkpoint_bytes,
             cancel,
+            behind,
         };
         let name = f.artifact.name.clone();
         let mut checkpoint = |n: usize| {
@@ -377,6 +379,10 @@ impl NodeEngine {
         cancel: &CancelFlag,
     ) -> Result<stream::Streamed, Error> {
         let artifact = plan.usr.artifact;
+        let behind = Some(stream::VerifyBehind {
+            salt: &plan.salt,
+            data_blocks: plan.verity.data_blocks,
+        });
         let refs = artifact
             .compression
             .as_ref()
@@ -413,7 +419,7 @@ impl NodeEngine {
                 }
                 Ok(adaptive::Outcome::NotWorthIt { fetched }) => {
                     self.count_adaptive(|c| c.not_worth_it += 1);
-                    let mut s = self.stream(&plan.usr, sink, journal, meter, cancel)?;
+                    let mut s = self.stream(&plan.usr, sink, journal, meter, cancel, behind)?;
                     s.fetched += fetched;
                     return Ok(s);
                 }
@@ -425,7 +431,7 @@ impl NodeEngine {
                     meter.done = done_before;
                     meter.emit();
                     let fetched_before = meter.fetched;
-                    let mut s = self.stream(&plan.usr, sink, journal, meter, cancel)?;
+                    let mut s = self.stream(&plan.usr, sink, journal, meter, cancel, behind)?;
                     // What the failed attempt fetched was fetched too.
                     s.fetched += fetched_before.saturating_sub(fetched_at_start);
                     return Ok(s);
@@ -433,7 +439,7 @@ impl NodeEngine {
                 Err(e) => return Err(e),
             }
         }
-        self.stream(&plan.usr, sink, journal, meter, cancel)
+        self.stream(&plan.usr, sink, journal, meter, cancel, behind)
     }
 
     /// The signed release kept in the staging folder at download, checked against the
@@ -625,7 +631,7 @@ impl NodeEngine {
                 data: inv.slot_range(target, SlotPart::Data),
                 verity: inv.slot_range(target, SlotPart::Verity),
             };
-            let checked = reverify::reverify(&install, &plan, &root)
+            let checked = reverify::reverify(&install, &plan, &root, None)
                 .and_then(|()| self.check_boot_files(&staging, &plan, &boot_files))
                 .and_then(|_| {
                     // Idempotent: resumes from what the staging folder holds.
@@ -722,6 +728,9 @@ impl NodeEngine {
         // 4. The usr image into the slot, the boot files (kernel and initrd, or the UKI) into
         //    the staging folder.
         let (mut fetched, mut reused) = (0u64, 0u64);
+        // The level-0 digest of the slot's data read back during the download, if it covers
+        // every block (see `stream`): the final check then reads only the tree.
+        let level0;
         {
             let mut sink = self.slot_sink(&install, &plan)?;
             let local = inv.cmdline_usrhash.map(|h| adaptive::Local {
@@ -734,6 +743,7 @@ impl NodeEngine {
             let s = self.install_usr(&plan, local, &mut sink, &mut journal, meter, cancel)?;
             fetched += s.fetched;
             reused += s.reused;
+            level0 = s.level0;
         }
         for f in boot_files.iter().copied() {
             let s = self.stream_to_file(&staging, f, &mut journal, meter, cancel)?;
@@ -763,7 +773,7 @@ impl NodeEngine {
             }
         }
         meter.phase(Phase::Verifying, plan.usr.artifact.size);
-        reverify::reverify(&install, &plan, &root)?;
+        reverify::reverify(&install, &plan, &root, level0)?;
         meter.done = plan.usr.artifact.size;
         meter.emit();
         {

@@ -4,7 +4,10 @@
 //!    so the reads below come from the device, not from the page cache the writes filled;
 //! 2. `basalt_verity::verify` of the data partition against the tree in the verity
 //!    partition, top down, with the manifest's root hash, salt and block count (streaming:
-//!    memory does not grow with the image);
+//!    memory does not grow with the image) — or, when the download already read every data
+//!    block back from the device once it was durable and hashed it into level 0
+//!    (`stream`'s verify-behind), `basalt_verity::verify_tree`: the tree top down and its
+//!    level 0 against that digest;
 //! 3. the usr-hash statement after the tree must verify against the node's trust root for
 //!    that root hash, and name the manifest's OS and version — what `basalt-init` checks at
 //!    boot (`basalt_initramfs::usrsig`).
@@ -20,7 +23,8 @@ use basalt_verity::{Device, VerifyOptions};
 use super::error::Error;
 use super::plan::Plan;
 
-fn drop_cache(file: &File, offset: u64, len: u64) {
+/// `posix_fadvise(DONTNEED)` on a range: the next reads come from the device.
+pub(crate) fn drop_cache(file: &File, offset: u64, len: u64) {
     // Advice only: failing to drop the cache makes the check read cached bytes, which are
     // still the bytes that were written; nothing to report.
     // SAFETY: posix_fadvise on a descriptor we own; no memory is passed.
@@ -34,8 +38,17 @@ fn drop_cache(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Verify the slot `install` holds `plan`'s usr image (see the module docs).
-pub fn reverify(install: &SlotInstall, plan: &Plan<'_>, root: &TrustRoot) -> Result<(), Error> {
+/// Verify the slot `install` holds `plan`'s usr image (see the module docs). `level0`: the
+/// SHA-256 of the tree's level 0 as computed from every data block read back from the
+/// device during the download (`stream`'s verify-behind); with it, step 2 reads the tree
+/// only and compares its level 0 with that digest (`basalt_verity::verify_tree`), without
+/// it the data is read again (`basalt_verity::verify`).
+pub fn reverify(
+    install: &SlotInstall,
+    plan: &Plan<'_>,
+    root: &TrustRoot,
+    level0: Option<[u8; 32]>,
+) -> Result<(), Error> {
     let disk = &install.path;
     let manifest = plan.manifest;
     let file = File::open(disk).map_err(super::error::io("open for verification", disk))?;
@@ -49,15 +62,20 @@ pub fn reverify(install: &SlotInstall, plan: &Plan<'_>, root: &TrustRoot) -> Res
         data_blocks: Some(plan.verity.data_blocks),
         threads: 0,
     };
-    basalt_verity::verify(
-        device,
-        install.data.offset,
-        plan.data_len(),
-        device,
-        &plan.verity.root_hash.0,
-        &opts,
-    )
-    .map_err(|source| Error::Reverify {
+    let checked = match level0 {
+        Some(digest) if plan.verity.data_blocks > 1 => {
+            basalt_verity::verify_tree(device, &plan.verity.root_hash.0, &opts, &digest)
+        }
+        _ => basalt_verity::verify(
+            device,
+            install.data.offset,
+            plan.data_len(),
+            device,
+            &plan.verity.root_hash.0,
+            &opts,
+        ),
+    };
+    checked.map_err(|source| Error::Reverify {
         slot: install.slot,
         version: manifest.version.clone(),
         source,
