@@ -140,6 +140,14 @@ impl fmt::Display for KeyId {
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
+    /// The SHA-256 of `bytes` (the one place the workspace computes a [`Digest`] of a
+    /// buffer; streams use `ring::digest::Context` and wrap its result).
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        Self(out)
+    }
+
     /// Parses 64 lowercase hex digits.
     pub fn from_hex(text: &str) -> Option<Self> {
         parse_hex32(text).map(Self)

@@ -1714,10 +1714,7 @@ impl Machine {
 
 /// The SHA-256 of a signed envelope: what [`Release::envelope_sha256`] holds.
 pub fn envelope_digest(bytes: &[u8]) -> Digest {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Digest(out)
+    Digest::of(bytes)
 }
 
 /// `Slot` as `"A"` / `"B"` in the status file.

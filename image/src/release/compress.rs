@@ -66,9 +66,7 @@ fn finish(ctx: Context) -> Digest {
 }
 
 fn sha256(bytes: &[u8]) -> Digest {
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(bytes);
-    finish(ctx)
+    Digest::of(bytes)
 }
 
 /// What [`compress_ranges`] calls per frame, in order: `(frame, input, compressed)`.

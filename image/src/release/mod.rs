@@ -164,10 +164,7 @@ pub struct PublishReport {
 }
 
 fn sha256(bytes: &[u8]) -> Digest {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    Digest(out)
+    Digest::of(bytes)
 }
 
 /// The manifest inside a signed release envelope, without checking signatures (the caller
