@@ -270,6 +270,9 @@ fn stage_usr(
         }
     };
     for f in &inputs.files {
+        if let Some(expected) = &f.replaces {
+            rootfs::check_replaced(staging, &f.dest, expected).map_err(stage_err)?;
+        }
         rootfs::install_file(staging, &f.dest, &f.bytes, f.mode).map_err(stage_err)?;
     }
     for b in &inputs.binaries {

@@ -23,6 +23,8 @@
 //! source = "../../dist/systemd/basalt-updated.service"   # relative to this file
 //! dest = "/usr/lib/systemd/system/basalt-updated.service"
 //! mode = 0o644                   # default 0o644
+//! replaces = "cd95…"             # optional: the SHA-256 of the packaged file at dest this
+//!                                # one replaces; the build stops if the packages changed it
 //!
 //! [[binaries]]                   # any number: a program of this Cargo workspace, built
 //! package = "basalt-updater"     # (release) by the build and listed in the SBOM with the
@@ -218,6 +220,12 @@ pub struct FileSpec {
     /// Permission bits (default 0o644).
     #[serde(default = "default_file_mode")]
     pub mode: u32,
+    /// The SHA-256 (64 hex digits) of the packaged file this one replaces. The build refuses
+    /// when the packages put anything else at `dest` (or nothing): a copy made from a
+    /// package's file (a unit with one line changed, say) is then compared again by a person
+    /// whenever the package's file changes, instead of silently dropping what it changed.
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 /// A program of this Cargo workspace, built by the image build and installed into `/usr`.
@@ -638,6 +646,14 @@ impl ImageConfig {
                     f.mode, f.dest
                 )));
             }
+            if let Some(r) = &f.replaces {
+                if basalt_manifest::Digest::from_hex(r).is_none() {
+                    return Err(invalid(format!(
+                        "files: replaces {r:?} of {} is not a SHA-256 (64 lowercase hex digits)",
+                        f.dest
+                    )));
+                }
+            }
             dests.push(&f.dest);
         }
         for b in &self.binaries {
@@ -772,6 +788,11 @@ sequence = 1
                 "os.arch",
             ),
             (MINIMAL.to_string() + "colour = \"blue\"\n", "colour"),
+            (
+                MINIMAL.to_string()
+                    + "[[files]]\nsource = \"a\"\ndest = \"/usr/lib/a\"\nreplaces = \"cd95\"\n",
+                "replaces \"cd95\" of /usr/lib/a",
+            ),
             (
                 MINIMAL.to_string() + "[boot]\ncmdline = \"basalt.verity=logging\"\n",
                 "--variant test",

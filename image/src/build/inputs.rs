@@ -38,6 +38,8 @@ pub(crate) struct FileInput {
     pub dest: String,
     pub mode: u32,
     pub bytes: Vec<u8>,
+    /// The packaged file's SHA-256 it must replace (`[[files]] replaces`), validated.
+    pub replaces: Option<basalt_manifest::Digest>,
 }
 
 /// A `[[binaries]]` entry, built.
@@ -186,6 +188,10 @@ pub(crate) fn load(req: &BuildRequest, log: &mut dyn FnMut(&str)) -> Result<Inpu
             Ok(FileInput {
                 dest: f.dest.clone(),
                 mode: f.mode,
+                replaces: f
+                    .replaces
+                    .as_deref()
+                    .and_then(basalt_manifest::Digest::from_hex),
                 bytes: fs::read(&path).map_err(io(
                     "read a file of the image definition ([[files]] source)",
                     &path,
@@ -408,6 +414,7 @@ pub(crate) fn cache_key(inputs: &Inputs, req: &BuildRequest) -> String {
         field(f.dest.as_bytes());
         field(&f.mode.to_le_bytes());
         field(&f.bytes);
+        field(f.replaces.map(|d| d.0).unwrap_or_default().as_slice());
     }
     for b in &inputs.binaries {
         field(b.dest.as_bytes());

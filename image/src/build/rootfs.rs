@@ -43,6 +43,12 @@ pub enum RootfsError {
     NoAptSources { path: PathBuf },
     #[error("{path}: {what}")]
     Missing { path: PathBuf, what: &'static str },
+    #[error("{dest}: the definition's copy replaces the packaged file with SHA-256 {expected}, but the packages installed {found}; compare the package's file with the copy, carry its changes over, then update `replaces`")]
+    Replaced {
+        dest: String,
+        expected: String,
+        found: String,
+    },
     #[error(transparent)]
     Modules(#[from] ModulesError),
 }
@@ -448,6 +454,34 @@ fn prune(dir: &Path, keep_copyright: bool) -> Result<u64, RootfsError> {
     Ok(removed)
 }
 
+/// Refuse unless the staged tree holds, at `dest`, a regular file whose SHA-256 is
+/// `expected` (`[[files]] replaces`, see the config docs).
+pub fn check_replaced(
+    staging: &Path,
+    dest: &str,
+    expected: &basalt_manifest::Digest,
+) -> Result<(), RootfsError> {
+    let path = staging.join(dest.trim_start_matches('/'));
+    let found = match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no file there".to_owned(),
+        Err(e) => return Err(io("stat", &path)(e)),
+        Ok(meta) if !meta.is_file() => "something other than a regular file there".to_owned(),
+        Ok(_) => {
+            let bytes = fs::read(&path).map_err(io("read", &path))?;
+            let digest = basalt_manifest::Digest::of(&bytes);
+            if digest == *expected {
+                return Ok(());
+            }
+            format!("one with SHA-256 {digest}")
+        }
+    };
+    Err(RootfsError::Replaced {
+        dest: dest.to_owned(),
+        expected: expected.to_hex(),
+        found,
+    })
+}
+
 /// Install `bytes` at `dest` (an absolute `/usr/…` path, validated by the definition) in
 /// the staged tree, replacing what is there.
 pub fn install_file(
@@ -672,6 +706,39 @@ fn clear_dir(dir: &Path) -> Result<(), RootfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[[files]] replaces`: the packaged file must be exactly the one named, else the
+    /// error says what is there instead.
+    #[test]
+    fn a_replaced_file_must_be_the_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = "/usr/lib/systemd/system/x.service";
+        let path = dir.path().join("usr/lib/systemd/system/x.service");
+        let theirs = b"[Service]\nExecStart=/usr/bin/x\n";
+        let named = basalt_manifest::Digest::of(theirs);
+        let refused = |e: RootfsError| e.to_string();
+
+        let missing = refused(check_replaced(dir.path(), dest, &named).unwrap_err());
+        assert!(
+            missing.contains(dest) && missing.contains("no file there"),
+            "{missing}"
+        );
+
+        fs::create_dir_all(&path).unwrap();
+        let folder = refused(check_replaced(dir.path(), dest, &named).unwrap_err());
+        assert!(folder.contains("other than a regular file"), "{folder}");
+        fs::remove_dir(&path).unwrap();
+
+        fs::write(&path, theirs).unwrap();
+        check_replaced(dir.path(), dest, &named).unwrap();
+
+        fs::write(&path, b"[Service]\nExecStart=/usr/bin/x --new-flag\n").unwrap();
+        let changed = refused(check_replaced(dir.path(), dest, &named).unwrap_err());
+        assert!(
+            changed.contains(&named.to_hex()) && changed.contains("one with SHA-256"),
+            "{changed}"
+        );
+    }
 
     #[test]
     fn deb822_stanzas_become_signed_one_liners() {
