@@ -365,7 +365,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 #[derive(Clone)]
 pub struct HttpClient {
     config: HttpConfig,
-    tls: tokio_rustls::TlsConnector,
+    /// Built on the first `https://` request for the system roots (parsing the CA bundle,
+    /// ≈ 140 certificates, costs start-up time and memory a node fetching over `http://` or
+    /// `file://` never needs); at once for a pinned CA file, so a bad one is refused at start.
+    tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -380,8 +383,25 @@ impl HttpClient {
     /// A client for `config`; the settings are checked and a pinned CA file is read now.
     pub fn new(config: HttpConfig) -> Result<Self, SetupError> {
         config.validate()?;
-        let tls = tokio_rustls::TlsConnector::from(tls::client_config(&config.roots)?);
+        let tls = std::sync::OnceLock::new();
+        if matches!(config.roots, Roots::Pinned(_)) {
+            let _ = tls.set(Self::connector(&config.roots)?);
+        }
         Ok(HttpClient { config, tls })
+    }
+
+    fn connector(roots: &Roots) -> Result<tokio_rustls::TlsConnector, tls::TlsSetupError> {
+        tls::client_config(roots).map(tokio_rustls::TlsConnector::from)
+    }
+
+    /// The TLS connector, built now if this is the first `https://` request.
+    fn connector_for(&self, url: &Url) -> Result<&tokio_rustls::TlsConnector, HttpError> {
+        if let Some(c) = self.tls.get() {
+            return Ok(c);
+        }
+        let c = Self::connector(&self.config.roots)
+            .map_err(|e| HttpError::new(url, HttpErrorKind::Setup(e.to_string())))?;
+        Ok(self.tls.get_or_init(|| c))
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -574,7 +594,8 @@ impl HttpClient {
                 HttpErrorKind::Setup(format!("TLS server name {host:?}: {e}")),
             )
         })?;
-        self.tls.connect(name, stream).await.map_err(|e| {
+        let connector = self.connector_for(url)?;
+        connector.connect(name, stream).await.map_err(|e| {
             HttpError::new(
                 url,
                 HttpErrorKind::Tls {
