@@ -105,6 +105,8 @@ struct Sample {
     modules: f64,
     time_line: String,
     blame: String,
+    /// `BASALT-REPORT-MEM:`: meminfo fields and the largest processes.
+    mem_line: String,
     chain: String,
 }
 
@@ -346,6 +348,7 @@ fn boot_once(config: &VmConfig, system: System) -> Result<Sample> {
         modules: number("modules")?,
         time_line: rest_of_line(&console, "BASALT-REPORT-TIME: "),
         blame: rest_of_line(&console, "BASALT-REPORT-BLAME: "),
+        mem_line: rest_of_line(&console, "BASALT-REPORT-MEM: "),
         chain: rest_of_line(&console, "BASALT-REPORT-CHAIN: "),
     })
 }
@@ -775,6 +778,28 @@ fn render(
                 first.blame.replace(';', ", "),
                 first.chain.replace(';', " ← "),
                 first.modules
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Where the memory goes (first round, `/proc/meminfo` in kB and the largest \
+         processes' VmRSS in kB, read with the memory figure)\n"
+    );
+    for ((path, system), v) in samples {
+        if let Some(first) = v.first() {
+            let (fields, top) = first
+                .mem_line
+                .split_once("top-rss=")
+                .unwrap_or((first.mem_line.as_str(), ""));
+            let _ = writeln!(
+                o,
+                "- {} / {}: used {:.0} MiB; {}\n  - largest processes: {}",
+                system.name(),
+                path.name(),
+                first.mem_kib / 1024.0,
+                fields.trim(),
+                top.replace(';', ", ")
             );
         }
     }

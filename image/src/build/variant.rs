@@ -137,7 +137,7 @@ WantedBy=multi-user.target
 
 /// The report script: one `BASALT-REPORT:` line (each field `key=value`, no spaces inside a
 /// value), `BASALT-REPORT-TIME:` (systemd-analyze time), `-CHAIN:` (the critical chain),
-/// `-BLAME:` (the slowest units), then power-off. Each line is written with one `printf` so
+/// `-BLAME:` (the slowest units), `-MEM:` (where the memory is), then power-off. Each line is written with one `printf` so
 /// a getty prompt cannot land inside it. Times: `uptime-s` is the guest clock when the line
 /// was written (a host that notes when it read the line gets kernel start = then − uptime);
 /// `multi-user-s` is systemd's own timestamp of multi-user.target (µs since kernel start);
@@ -181,6 +181,11 @@ printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr roo
 printf '%s\n' "BASALT-REPORT-TIME: $(systemd-analyze time 2>/dev/null | head -n 1)"
 printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager multi-user.target 2>/dev/null | grep -o '[a-z.@-]*\.service[^ ]* [^ ]*' | head -n 6 | paste -sd';' -)"
 printf '%s\n' "BASALT-REPORT-BLAME: $(systemd-analyze blame --no-pager 2>/dev/null | head -n 12 | awk '{print $2"="$1}' | paste -sd';' -)"
+# Where the memory is: kernel-side /proc/meminfo fields (kB) and the 8 largest processes by
+# VmRSS (kB=name), read at the same moment as mem-used-kib.
+meminfo=$(awk '/^(AnonPages|Shmem|Cached|Buffers|SReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo)
+top=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ { n = $2 } /^VmRSS:/ { print $2 "=" n }' "$f" 2>/dev/null; done | sort -rn | head -n 8 | paste -sd';' -)
+printf '%s\n' "BASALT-REPORT-MEM: ${meminfo}top-rss=${top:-none}"
 printf '%s\n' "BASALT-REPORT: done, powering off"
 systemctl --no-block poweroff
 "#;
