@@ -19,8 +19,7 @@ use super::error::{disk_err, io, BuildError};
 use super::image::{
     boot_policy, derived_bytes, derived_uuid, file_len, kernel_cmdline, layout_for, seal_usr_image,
     sha256_file, write_usr_slot, BasaltFile, BuildFacts, BuildRequest, BUILDER_VERSION, BUILD_JSON,
-    CONTAINER_HOST_OPTIONAL_MODULES, DISK_IMG, INITRD_IMG, INITRD_MODULES, INITRD_OPTIONAL_MODULES,
-    USR_IMG, VMLINUZ,
+    DISK_IMG, INITRD_IMG, INITRD_MODULES, INITRD_OPTIONAL_MODULES, USR_IMG, VMLINUZ,
 };
 use super::inputs::{Inputs, BUSYBOX, INITRD_MKE2FS};
 use super::rootfs::{self, ContainerHostInput};
@@ -315,10 +314,7 @@ fn build_initramfs(
 ) -> Result<basalt_initramfs::builder::Built, BuildError> {
     let trust_copy = work.join("trust.json");
     fs::write(&trust_copy, &inputs.trust_bytes).map_err(io("write", &trust_copy))?;
-    let mut optional: Vec<String> = INITRD_OPTIONAL_MODULES.map(String::from).to_vec();
-    if inputs.config.profile == Profile::ContainerHost {
-        optional.extend(CONTAINER_HOST_OPTIONAL_MODULES.map(String::from));
-    }
+    let optional: Vec<String> = INITRD_OPTIONAL_MODULES.map(String::from).to_vec();
     let spec = basalt_initramfs::builder::BuildSpec {
         init: req.init.clone(),
         kernel_dir: inputs.kernel.root.clone(),
