@@ -366,7 +366,11 @@ fn through_tinyproxy_http_https_no_proxy_and_credentials() {
         log.contains(&format!("127.0.0.1:{}", plain.port())),
         "{log}"
     );
-    let before = proxy.log().len();
+    // Counted by the connections the proxy accepted, not by the log's length: tinyproxy
+    // writes a tunnel's "Closed connection" line when it notices the close, which can be
+    // after this point.
+    let accepted = || proxy.log().matches("Connect (file descriptor").count();
+    let before = accepted();
 
     // NO_PROXY: these go direct (the proxy log does not grow).
     for no_proxy in ["127.0.0.1", "localhost", "*", "127.0.0.0/8", ".localhost"] {
@@ -384,7 +388,7 @@ fn through_tinyproxy_http_https_no_proxy_and_credentials() {
         assert_eq!(fetch(&src, FILE, None, None).unwrap(), data, "{no_proxy}");
     }
     assert_eq!(
-        proxy.log().len(),
+        accepted(),
         before,
         "NO_PROXY requests went through the proxy"
     );
@@ -395,7 +399,7 @@ fn through_tinyproxy_http_https_no_proxy_and_credentials() {
     ]);
     let src = HttpSource::new(&plain.url(), cfg).unwrap();
     assert_eq!(fetch(&src, FILE, None, None).unwrap(), data);
-    assert!(proxy.log().len() > before);
+    assert!(accepted() > before);
 
     // Wrong credentials: the proxy refuses; typed, naming the proxy.
     let bad = with_proxy(&[
