@@ -190,6 +190,11 @@ fn container_host_image_boots_to_multi_user_with_containerd() -> Result<()> {
         "machine-id not generated: {r:?}"
     );
     ensure!(field("var") == "factory", "/var not populated: {r:?}");
+    // The journal survives a reboot (a rollback's reason is in it) and takes no RAM.
+    ensure!(
+        field("journal") == "persistent",
+        "the journal is not on disk (/var/log/journal): {r:?}"
+    );
     ensure!(
         field("entry").starts_with("basalt-1.0.0"),
         "systemd-boot entry: {r:?}"

@@ -612,11 +612,16 @@ fn finish_container_host(staging: &Path, variant: Variant) -> Result<(), RootfsE
             symlink(Path::new("..").join(&name), &link).map_err(io("symlink", &link))?;
         }
     }
-    // Package caches and logs of the build host have no place in the image.
+    // Package caches and logs of the build host have no place in the image. The empty
+    // `/var/log/journal` stays (Debian's systemd package makes it, owned by
+    // systemd-journal, mode 2755): journald keeps the journal there, on the root partition,
+    // only if that folder exists — without it the journal lived in `/run` (≈ 8 MiB of RAM
+    // from the first log line, measured as Shmem in docs/benchmarks.md) and every log was
+    // gone after a reboot, the rollback's included.
     for dir in ["var/cache/apt", "var/lib/apt/lists", "var/log"] {
         let path = factory.join(dir);
         if path.is_dir() {
-            clear_dir(&path)?;
+            clear_dir(&path, KEPT_EMPTY)?;
         }
     }
     // The package database describes `/usr`, so it lives in `/usr` and moves with the slot:
@@ -687,14 +692,22 @@ fn factory_var_tmpfiles(var: &Path) -> Result<String, RootfsError> {
     Ok(lines.join("\n") + "\n")
 }
 
-/// Remove everything inside `dir`, keeping `dir`.
-fn clear_dir(dir: &Path) -> Result<(), RootfsError> {
+/// Folders [`clear_dir`] empties but keeps, with their owner and mode (see
+/// `finish_container_host`: the persistent journal's folder).
+const KEPT_EMPTY: &[&str] = &["journal"];
+
+/// Remove everything inside `dir`, keeping `dir`; a folder named in `keep_empty` directly
+/// inside `dir` is emptied and kept.
+fn clear_dir(dir: &Path, keep_empty: &[&str]) -> Result<(), RootfsError> {
     for entry in fs::read_dir(dir).map_err(io("read folder", dir))? {
-        let path = entry.map_err(io("read folder", dir))?.path();
+        let entry = entry.map_err(io("read folder", dir))?;
+        let path = entry.path();
         let is_dir = fs::symlink_metadata(&path)
             .map(|m| m.is_dir())
             .map_err(io("stat", &path))?;
-        if is_dir {
+        if is_dir && keep_empty.iter().any(|k| entry.file_name() == *k) {
+            clear_dir(&path, &[])?;
+        } else if is_dir {
             fs::remove_dir_all(&path).map_err(io("remove", &path))?;
         } else {
             fs::remove_file(&path).map_err(io("remove", &path))?;
@@ -738,6 +751,31 @@ mod tests {
             changed.contains(&named.to_hex()) && changed.contains("one with SHA-256"),
             "{changed}"
         );
+    }
+
+    /// The build host's logs go, the persistent journal's folder stays (empty, same mode).
+    #[test]
+    fn clearing_var_log_keeps_the_journal_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("var/log");
+        fs::create_dir_all(log.join("journal/0123")).unwrap();
+        fs::create_dir_all(log.join("apt")).unwrap();
+        fs::write(log.join("apt/history.log"), b"x").unwrap();
+        fs::write(log.join("dpkg.log"), b"x").unwrap();
+        fs::write(log.join("journal/0123/system.journal"), b"x").unwrap();
+        fs::set_permissions(log.join("journal"), fs::Permissions::from_mode(0o2755)).unwrap();
+        clear_dir(&log, KEPT_EMPTY).unwrap();
+        let left: Vec<_> = fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["journal"]);
+        assert_eq!(fs::read_dir(log.join("journal")).unwrap().count(), 0);
+        let mode = fs::metadata(log.join("journal"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o2755);
     }
 
     #[test]

@@ -163,6 +163,9 @@ root=$(findmnt -n -o FSTYPE,OPTIONS / | cut -d, -f1 | tr -s ' ' ',')
 failed=$(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | paste -sd, -)
 machine_id=$(cat /etc/machine-id 2>/dev/null)
 [ -n "$machine_id" ] || machine_id=none
+# journald keeps the journal on disk when /var/log/journal exists (it makes the machine's
+# folder there at the flush), else in RAM under /run.
+[ -d "/var/log/journal/$machine_id" ] && journal=persistent || journal=volatile
 # The factory /var was copied (debconf's cache is a plain file there); the dpkg database
 # is reachable through its link into /usr.
 [ -s /var/cache/debconf/config.dat ] && [ -s /var/lib/dpkg/status ] && var=factory || var=empty
@@ -177,7 +180,7 @@ mu_s=$(awk -v us="${mu:-0}" 'BEGIN { printf "%.2f", us / 1000000 }')
 entry=$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tail -c +5 | tr -d '\000')
 modules=$(wc -l < /proc/modules)
 up=$(cut -d' ' -f1 /proc/uptime)
-printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID variant=${VARIANT_ID:-product} machine-id=$machine_id var=$var containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s mem-used-kib=$mem modules=$modules entry=${entry:-none} failed=${failed:-none} uptime-s=$up"
+printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID variant=${VARIANT_ID:-product} machine-id=$machine_id var=$var journal=$journal containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s mem-used-kib=$mem modules=$modules entry=${entry:-none} failed=${failed:-none} uptime-s=$up"
 printf '%s\n' "BASALT-REPORT-TIME: $(systemd-analyze time 2>/dev/null | head -n 1)"
 printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager multi-user.target 2>/dev/null | grep -o '[a-z.@-]*\.service[^ ]* [^ ]*' | head -n 6 | paste -sd';' -)"
 printf '%s\n' "BASALT-REPORT-BLAME: $(systemd-analyze blame --no-pager 2>/dev/null | head -n 12 | awk '{print $2"="$1}' | paste -sd';' -)"
