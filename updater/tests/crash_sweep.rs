@@ -206,12 +206,7 @@ impl NodeIo for FaultIo {
         if self.0.dead.load(Ordering::SeqCst) {
             return Err(killed());
         }
-        let inner = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
+        let inner = basalt_updater::pipeline::io::open_rw_file(path, create)?;
         Ok(Box::new(FaultDisk {
             inner,
             c: self.0.clone(),

@@ -613,12 +613,7 @@ impl basalt_updater::pipeline::NodeIo for RottingIo {
         path: &std::path::Path,
         create: bool,
     ) -> std::io::Result<Box<dyn basalt_updater::pipeline::io::Disk>> {
-        let inner = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
+        let inner = basalt_updater::pipeline::io::open_rw_file(path, create)?;
         if path != self.disk {
             return Ok(Box::new(inner));
         }

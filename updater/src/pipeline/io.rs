@@ -84,15 +84,20 @@ pub trait NodeIo: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealIo;
 
+/// How the engine opens what it writes: read + write, never truncated; `create` makes a
+/// missing regular file. (Test `NodeIo`s wrap the file this returns.)
+pub fn open_rw_file(path: &Path, create: bool) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
 impl NodeIo for RealIo {
     fn open_rw(&self, path: &Path, create: bool) -> io::Result<Box<dyn Disk>> {
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
-        Ok(Box::new(f))
+        Ok(Box::new(open_rw_file(path, create)?))
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), basalt_fsutil::Error> {
