@@ -158,7 +158,6 @@ pub fn build_archive(spec: &BuildSpec) -> Result<(Archive, Resolution, usize)> {
         list.push(ModuleListEntry {
             path: inside,
             optional: m.optional,
-            wave: m.wave,
         });
     }
     a.add_file(

@@ -66,9 +66,6 @@ pub struct ResolvedModule {
     pub path: String,
     /// Whether a load failure is tolerated (true only if nothing required needs it).
     pub optional: bool,
-    /// 0 for a module without dependencies, else one more than its highest dependency's:
-    /// the modules of one wave depend only on earlier waves, so they can load together.
-    pub wave: usize,
 }
 
 /// What [`ModulesDep::resolve`] found.
@@ -153,7 +150,7 @@ impl ModulesDep {
     /// [`Resolution::builtin`].
     pub fn resolve(&self, required: &[String], optional: &[String]) -> Result<Resolution> {
         let mut res = Resolution::default();
-        let mut placed = BTreeMap::new();
+        let mut placed = BTreeSet::new();
         let requests = required
             .iter()
             .map(|n| (n, false))
@@ -189,12 +186,12 @@ impl ModulesDep {
         path: &str,
         optional: bool,
         visiting: &mut BTreeSet<String>,
-        placed: &mut BTreeMap<String, usize>,
+        placed: &mut BTreeSet<String>,
         out: &mut Vec<ResolvedModule>,
     ) -> Result<()> {
         // Required requests are walked before optional ones, so a module already placed keeps
         // the strongest requirement it can have.
-        if placed.contains_key(path) {
+        if placed.contains(path) {
             return Ok(());
         }
         if !visiting.insert(path.to_owned()) {
@@ -217,45 +214,31 @@ impl ModulesDep {
             }
             self.visit(dep, optional, visiting, placed, out)?;
         }
-        let wave = deps
-            .iter()
-            .filter_map(|d| placed.get(d))
-            .map(|w| w + 1)
-            .max()
-            .unwrap_or(0);
         visiting.remove(path);
-        placed.insert(path.to_owned(), wave);
+        placed.insert(path.to_owned());
         out.push(ResolvedModule {
             name: module_name(path),
             path: path.to_owned(),
             optional,
-            wave,
         });
         Ok(())
     }
 }
 
-/// One line of the module list (`[wave=N ][optional ]/path`): an absolute path inside the
-/// initramfs, its load wave, and whether a failure to load it is tolerated.
+/// One line of the module list: an absolute path inside the initramfs, and whether a failure
+/// to load it is tolerated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleListEntry {
     /// Absolute path of the module file inside the initramfs.
     pub path: String,
     /// Load failures are logged, not fatal.
     pub optional: bool,
-    /// basalt-init loads wave by wave, the modules of one wave at the same time
-    /// ([`ResolvedModule::wave`]). A line without `wave=` gets one more than the line
-    /// before it: a hand-written list loads one module at a time, in its order.
-    pub wave: usize,
 }
 
 /// Render the module list file.
 pub fn render_module_list(entries: &[ModuleListEntry]) -> String {
-    let mut s = String::from(
-        "# basalt-init loads these kernel modules wave by wave, a wave's modules together\n",
-    );
+    let mut s = String::from("# basalt-init loads these kernel modules in this order\n");
     for e in entries {
-        s.push_str(&format!("wave={} ", e.wave));
         if e.optional {
             s.push_str("optional ");
         }
@@ -273,34 +256,19 @@ pub fn parse_module_list(text: &str) -> Result<Vec<ModuleListEntry>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = || Error::ModuleListParse {
-            line: i + 1,
-            content: raw.to_owned(),
-        };
-        let next = out
-            .last()
-            .map_or(0, |e: &ModuleListEntry| e.wave.saturating_add(1));
-        let (wave, line) = match line.strip_prefix("wave=") {
-            Some(rest) => {
-                let (n, rest) = rest.split_once(' ').ok_or_else(bad)?;
-                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad());
-                }
-                (n.parse::<usize>().map_err(|_| bad())?, rest.trim_start())
-            }
-            None => (next, line),
-        };
         let (optional, path) = match line.strip_prefix("optional ") {
             Some(p) => (true, p.trim()),
             None => (false, line),
         };
         if !path.starts_with('/') || path.contains(char::is_whitespace) {
-            return Err(bad());
+            return Err(Error::ModuleListParse {
+                line: i + 1,
+                content: raw.to_owned(),
+            });
         }
         out.push(ModuleListEntry {
             path: path.to_owned(),
             optional,
-            wave,
         });
     }
     Ok(out)
@@ -484,17 +452,11 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
                 expected.extend(closure[w].iter().copied());
             }
             proptest::prop_assert_eq!(r.modules.len(), expected.len());
-            let wave = |i: usize| r.modules[pos(i).unwrap()].wave;
             for &i in &expected {
                 let pi = pos(i).unwrap();
                 for &d in &closure[i] {
                     proptest::prop_assert!(pos(d).unwrap() < pi);
-                    // A module loads in a later wave than everything it needs …
-                    proptest::prop_assert!(wave(d) < wave(i));
                 }
-                // … and as early as that allows.
-                let lowest = closure[i].iter().map(|&d| wave(d) + 1).max().unwrap_or(0);
-                proptest::prop_assert_eq!(wave(i), lowest);
             }
         }
     }
@@ -505,37 +467,14 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
             ModuleListEntry {
                 path: "/lib/modules/v/kernel/a.ko".into(),
                 optional: false,
-                wave: 0,
-            },
-            ModuleListEntry {
-                path: "/lib/modules/v/kernel/d.ko".into(),
-                optional: false,
-                wave: 0,
             },
             ModuleListEntry {
                 path: "/lib/modules/v/kernel/b-c.ko.zst".into(),
                 optional: true,
-                wave: 1,
             },
         ];
         let text = render_module_list(&entries);
         assert_eq!(parse_module_list(&text).unwrap(), entries);
-        // Without wave numbers, one module after the other, in the list's order.
-        let serial = parse_module_list("/a.ko\noptional /b.ko\n/c.ko\n").unwrap();
-        let waves: Vec<usize> = serial.iter().map(|e| e.wave).collect();
-        assert_eq!(waves, [0, 1, 2]);
-        assert_eq!(
-            parse_module_list("wave=3 /a.ko\n/b.ko\n").unwrap()[1].wave,
-            4
-        );
-        for bad in [
-            "wave= /a.ko\n",
-            "wave=x /a.ko\n",
-            "wave=1\n",
-            "wave=-1 /a.ko\n",
-        ] {
-            assert!(parse_module_list(bad).is_err(), "{bad:?}");
-        }
         assert!(parse_module_list("relative/a.ko\n").is_err());
         assert!(parse_module_list("optional\n").is_err());
         assert!(parse_module_list("/a b.ko\n").is_err());
