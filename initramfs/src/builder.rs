@@ -158,6 +158,7 @@ pub fn build_archive(spec: &BuildSpec) -> Result<(Archive, Resolution, usize)> {
         list.push(ModuleListEntry {
             path: inside,
             optional: m.optional,
+            wave: m.wave,
         });
     }
     a.add_file(

@@ -53,6 +53,11 @@ pub struct ModulesDep {
     by_name: BTreeMap<String, String>,
     /// Normalised names of built-in modules.
     builtin: BTreeSet<String>,
+    /// Normalised module name → the normalised names of the modules that provide its
+    /// `modules.softdep` `pre:` entries (a module name, or an alias from `modules.alias`:
+    /// `libcrc32c pre: crc32c` → crc32c_generic, crc32c_intel). Soft dependencies never add
+    /// a module; they only order the ones resolved (see [`ResolvedModule::wave`]).
+    soft_pre: BTreeMap<String, BTreeSet<String>>,
     /// Where modules.dep came from (for error messages).
     source: PathBuf,
 }
@@ -66,6 +71,9 @@ pub struct ResolvedModule {
     pub path: String,
     /// Whether a load failure is tolerated (true only if nothing required needs it).
     pub optional: bool,
+    /// 0 for a module without dependencies, else one more than its highest dependency's:
+    /// the modules of one wave depend only on earlier waves, so they can load together.
+    pub wave: usize,
 }
 
 /// What [`ModulesDep::resolve`] found.
@@ -113,29 +121,90 @@ impl ModulesDep {
             deps,
             by_name,
             builtin,
+            soft_pre: BTreeMap::new(),
             source: source.to_owned(),
         })
     }
 
-    /// Read `modules.dep` and `modules.builtin` (if present) from a `lib/modules/<kver>` dir.
+    /// Add the `pre:` soft dependencies of `modules.softdep` text (`softdep MOD pre: A B
+    /// post: C`; other lines ignored, as modprobe does), each name resolved to the modules
+    /// providing it: the module of that name, else every module `modules.alias` text names
+    /// for it (`alias A MOD`).
+    pub fn with_softdeps(mut self, softdep: &str, alias: &str) -> Self {
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in softdep.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                continue;
+            }
+            let Some(module) = words.next() else { continue };
+            let mut pre = false;
+            for w in words {
+                match w {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    name if pre => wanted
+                        .entry(name.to_owned())
+                        .or_default()
+                        .push(normalize(module)),
+                    _ => {}
+                }
+            }
+        }
+        let mut providers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for line in alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(name), Some(module)) =
+                (words.next(), words.next(), words.next())
+            {
+                if wanted.contains_key(name) {
+                    providers
+                        .entry(name.to_owned())
+                        .or_default()
+                        .insert(normalize(module));
+                }
+            }
+        }
+        for (name, modules) in &wanted {
+            let by = if self.by_name.contains_key(&normalize(name)) {
+                BTreeSet::from([normalize(name)])
+            } else {
+                providers.get(name).cloned().unwrap_or_default()
+            };
+            for m in modules {
+                self.soft_pre
+                    .entry(m.clone())
+                    .or_default()
+                    .extend(by.iter().filter(|p| *p != m).cloned());
+            }
+        }
+        self
+    }
+
+    /// Read `modules.dep`, and `modules.builtin`, `modules.softdep`, `modules.alias` where
+    /// present, from a `lib/modules/<kver>` dir.
     pub fn load(modules_dir: &Path) -> Result<Self> {
         let dep_path = modules_dir.join("modules.dep");
         let text = std::fs::read_to_string(&dep_path).map_err(|source| Error::ReadKernelTree {
             path: dep_path.clone(),
             source,
         })?;
-        let builtin_path = modules_dir.join("modules.builtin");
-        let builtin = match std::fs::read_to_string(&builtin_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(Error::ReadKernelTree {
-                    path: builtin_path,
-                    source,
-                })
+        let optional = |name: &str| -> Result<String> {
+            let path = modules_dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => Ok(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(source) => Err(Error::ReadKernelTree { path, source }),
             }
         };
-        Self::parse(&text, &builtin, &dep_path)
+        let builtin = optional("modules.builtin")?;
+        let softdep = optional("modules.softdep")?;
+        let alias = if softdep.is_empty() {
+            String::new()
+        } else {
+            optional("modules.alias")?
+        };
+        Ok(Self::parse(&text, &builtin, &dep_path)?.with_softdeps(&softdep, &alias))
     }
 
     /// The modules.dep path of a module by name (`-`/`_` equivalent), if present.
@@ -178,7 +247,68 @@ impl ModulesDep {
                 &mut res.modules,
             )?;
         }
+        self.assign_waves(&mut res.modules)?;
         Ok(res)
+    }
+
+    /// Each module's wave: one more than the highest wave among its dependencies in
+    /// `modules` — the hard ones (modules.dep) and the soft `pre:` ones (modules.softdep) —
+    /// or 0. The longest path in that graph, found by relaxing at most `n` times; a soft
+    /// dependency that closes a cycle is an error naming a module on it.
+    fn assign_waves(&self, modules: &mut [ResolvedModule]) -> Result<()> {
+        let by_path: BTreeMap<&str, usize> = modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.path.as_str(), i))
+            .collect();
+        let by_name: BTreeMap<String, usize> = modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (normalize(&m.name), i))
+            .collect();
+        let before: Vec<Vec<usize>> = modules
+            .iter()
+            .map(|m| {
+                let hard = self
+                    .deps
+                    .get(&m.path)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| by_path.get(d.as_str()).copied());
+                let soft = self
+                    .soft_pre
+                    .get(&normalize(&m.name))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| by_name.get(p).copied());
+                hard.chain(soft).collect()
+            })
+            .collect();
+        let mut waves = vec![0usize; modules.len()];
+        for _ in 0..=modules.len() {
+            let mut changed = false;
+            for (i, deps) in before.iter().enumerate() {
+                let w = deps.iter().map(|&d| waves[d] + 1).max().unwrap_or(0);
+                if w > waves[i] {
+                    waves[i] = w;
+                    changed = true;
+                }
+            }
+            if !changed {
+                for (m, w) in modules.iter_mut().zip(waves) {
+                    m.wave = w;
+                }
+                return Ok(());
+            }
+        }
+        let stuck = waves
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, w)| **w)
+            .map_or(0, |(i, _)| i);
+        Err(Error::ModuleDependencyCycle {
+            module: modules[stuck].path.clone(),
+        })
     }
 
     fn visit(
@@ -220,25 +350,33 @@ impl ModulesDep {
             name: module_name(path),
             path: path.to_owned(),
             optional,
+            wave: 0,
         });
         Ok(())
     }
 }
 
-/// One line of the module list: an absolute path inside the initramfs, and whether a failure
-/// to load it is tolerated.
+/// One line of the module list (`[wave=N ][optional ]/path`): an absolute path inside the
+/// initramfs, its load wave, and whether a failure to load it is tolerated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleListEntry {
     /// Absolute path of the module file inside the initramfs.
     pub path: String,
     /// Load failures are logged, not fatal.
     pub optional: bool,
+    /// basalt-init loads wave by wave, the modules of one wave at the same time
+    /// ([`ResolvedModule::wave`]). A line without `wave=` gets one more than the line
+    /// before it: a hand-written list loads one module at a time, in its order.
+    pub wave: usize,
 }
 
 /// Render the module list file.
 pub fn render_module_list(entries: &[ModuleListEntry]) -> String {
-    let mut s = String::from("# basalt-init loads these kernel modules in this order\n");
+    let mut s = String::from(
+        "# basalt-init loads these kernel modules wave by wave, a wave's modules together\n",
+    );
     for e in entries {
+        s.push_str(&format!("wave={} ", e.wave));
         if e.optional {
             s.push_str("optional ");
         }
@@ -256,19 +394,34 @@ pub fn parse_module_list(text: &str) -> Result<Vec<ModuleListEntry>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let bad = || Error::ModuleListParse {
+            line: i + 1,
+            content: raw.to_owned(),
+        };
+        let next = out
+            .last()
+            .map_or(0, |e: &ModuleListEntry| e.wave.saturating_add(1));
+        let (wave, line) = match line.strip_prefix("wave=") {
+            Some(rest) => {
+                let (n, rest) = rest.split_once(' ').ok_or_else(bad)?;
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                (n.parse::<usize>().map_err(|_| bad())?, rest.trim_start())
+            }
+            None => (next, line),
+        };
         let (optional, path) = match line.strip_prefix("optional ") {
             Some(p) => (true, p.trim()),
             None => (false, line),
         };
         if !path.starts_with('/') || path.contains(char::is_whitespace) {
-            return Err(Error::ModuleListParse {
-                line: i + 1,
-                content: raw.to_owned(),
-            });
+            return Err(bad());
         }
         out.push(ModuleListEntry {
             path: path.to_owned(),
             optional,
+            wave,
         });
     }
     Ok(out)
@@ -402,6 +555,51 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
         ));
     }
 
+    /// modules.dep says nothing of libcrc32c's need for a crc32c algorithm at init;
+    /// modules.softdep does, by alias. Resolved together, the provider loads a wave earlier
+    /// (loaded in one wave, the boot failed with ENOENT); soft deps never add modules.
+    #[test]
+    fn soft_dependencies_order_waves_through_aliases() {
+        let text = format!("{FIXTURE}kernel/crypto/crc32c_generic.ko:\nkernel/crypto/other.ko:\n");
+        let softdep = "# Soft dependencies\nsoftdep libcrc32c pre: crc32c post: other\n\
+                       softdep erofs pre: missing-alias\nsoftdep\nnot a softdep line\n";
+        let alias = "alias crc32c crc32c_generic\nalias crc32c crc32c_intel\nalias x other\n";
+        let dep = ModulesDep::parse(&text, BUILTIN, Path::new("modules.dep"))
+            .unwrap()
+            .with_softdeps(softdep, alias);
+        let wave = |r: &Resolution, n: &str| r.modules.iter().find(|m| m.name == n).unwrap().wave;
+        let r = dep.resolve(&s(&["erofs", "crc32c_generic"]), &[]).unwrap();
+        assert_eq!(names(&r), ["libcrc32c", "erofs", "crc32c_generic"]);
+        assert_eq!(wave(&r, "crc32c_generic"), 0);
+        assert_eq!(wave(&r, "libcrc32c"), 1);
+        assert_eq!(wave(&r, "erofs"), 2);
+        // Without the provider in the set, nothing is added and nothing waits.
+        let r = dep.resolve(&s(&["erofs"]), &[]).unwrap();
+        assert_eq!(names(&r), ["libcrc32c", "erofs"]);
+        assert_eq!((wave(&r, "libcrc32c"), wave(&r, "erofs")), (0, 1));
+        // A module named directly (not an alias) is its own provider; post: is not an order.
+        let dep = ModulesDep::parse(&text, "", Path::new("m"))
+            .unwrap()
+            .with_softdeps(
+                "softdep dm-verity pre: reed_solomon\nsoftdep other post: dm_mod\n",
+                "",
+            );
+        let r = dep
+            .resolve(&s(&["reed_solomon", "dm-mod", "other"]), &[])
+            .unwrap();
+        assert_eq!(wave(&r, "other"), 0);
+        let r = dep.resolve(&s(&["dm-verity"]), &[]).unwrap();
+        assert_eq!(wave(&r, "dm_verity"), 2);
+        // A soft dependency closing a cycle is refused, naming a module on it.
+        let dep = ModulesDep::parse(&text, "", Path::new("m"))
+            .unwrap()
+            .with_softdeps("softdep virtio_ring pre: virtio_blk\n", "");
+        assert!(matches!(
+            dep.resolve(&s(&["virtio_blk"]), &[]),
+            Err(Error::ModuleDependencyCycle { .. })
+        ));
+    }
+
     #[test]
     fn malformed_modules_dep_line() {
         let err =
@@ -452,11 +650,17 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
                 expected.extend(closure[w].iter().copied());
             }
             proptest::prop_assert_eq!(r.modules.len(), expected.len());
+            let wave = |i: usize| r.modules[pos(i).unwrap()].wave;
             for &i in &expected {
                 let pi = pos(i).unwrap();
                 for &d in &closure[i] {
                     proptest::prop_assert!(pos(d).unwrap() < pi);
+                    // A module loads in a later wave than everything it needs …
+                    proptest::prop_assert!(wave(d) < wave(i));
                 }
+                // … and as early as that allows.
+                let lowest = closure[i].iter().map(|&d| wave(d) + 1).max().unwrap_or(0);
+                proptest::prop_assert_eq!(wave(i), lowest);
             }
         }
     }
@@ -467,14 +671,37 @@ kernel/arch/x86/crypto/sha256-ssse3.ko:
             ModuleListEntry {
                 path: "/lib/modules/v/kernel/a.ko".into(),
                 optional: false,
+                wave: 0,
+            },
+            ModuleListEntry {
+                path: "/lib/modules/v/kernel/d.ko".into(),
+                optional: false,
+                wave: 0,
             },
             ModuleListEntry {
                 path: "/lib/modules/v/kernel/b-c.ko.zst".into(),
                 optional: true,
+                wave: 1,
             },
         ];
         let text = render_module_list(&entries);
         assert_eq!(parse_module_list(&text).unwrap(), entries);
+        // Without wave numbers, one module after the other, in the list's order.
+        let serial = parse_module_list("/a.ko\noptional /b.ko\n/c.ko\n").unwrap();
+        let waves: Vec<usize> = serial.iter().map(|e| e.wave).collect();
+        assert_eq!(waves, [0, 1, 2]);
+        assert_eq!(
+            parse_module_list("wave=3 /a.ko\n/b.ko\n").unwrap()[1].wave,
+            4
+        );
+        for bad in [
+            "wave= /a.ko\n",
+            "wave=x /a.ko\n",
+            "wave=1\n",
+            "wave=-1 /a.ko\n",
+        ] {
+            assert!(parse_module_list(bad).is_err(), "{bad:?}");
+        }
         assert!(parse_module_list("relative/a.ko\n").is_err());
         assert!(parse_module_list("optional\n").is_err());
         assert!(parse_module_list("/a b.ko\n").is_err());

@@ -167,8 +167,30 @@ fn closure_matches_modprobe_and_loads_in_dependency_order() {
         for d in own.modules.iter().filter(|d| d.name != m.name) {
             let j = names.iter().position(|n| *n == d.name).unwrap();
             assert!(j < i, "{} must load before {}", d.name, m.name);
+            assert!(
+                all.modules[j].wave < m.wave,
+                "{} must load in an earlier wave than {}",
+                d.name,
+                m.name
+            );
         }
     }
+    // Debian's modules.softdep, through modules.alias: the crc32c algorithm is loaded a wave
+    // before libcrc32c (whose init needs it) and ext4.
+    let wave = |n: &str| all.modules.iter().find(|m| m.name == n).map(|m| m.wave);
+    let crc = wave("crc32c_generic").expect("crc32c_generic resolved");
+    for needs in ["libcrc32c", "ext4", "jbd2"] {
+        if let Some(w) = wave(needs) {
+            assert!(
+                crc < w,
+                "crc32c_generic (wave {crc}) before {needs} (wave {w})"
+            );
+        }
+    }
+    assert!(
+        wave("libcrc32c").is_some(),
+        "erofs pulls in libcrc32c: {names:?}"
+    );
 }
 
 #[test]
