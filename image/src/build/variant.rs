@@ -186,7 +186,7 @@ printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager 
 printf '%s\n' "BASALT-REPORT-BLAME: $(systemd-analyze blame --no-pager 2>/dev/null | head -n 12 | awk '{print $2"="$1}' | paste -sd';' -)"
 # Where the memory is: kernel-side /proc/meminfo fields (kB) and the 8 largest processes by
 # VmRSS (kB=name), read at the same moment as mem-used-kib.
-meminfo=$(awk '/^(MemFree|Active\(file\)|Inactive\(file\)|Unevictable|AnonPages|Shmem|Cached|Buffers|SReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo)
+meminfo=$(awk '/^(MemTotal|MemAvailable|MemFree|Active\(file\)|Inactive\(file\)|Unevictable|AnonPages|Shmem|Cached|Buffers|SReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo)
 top=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ { n = $2 } /^VmRSS:/ { print $2 "=" n }' "$f" 2>/dev/null; done | sort -rn | head -n 8 | paste -sd';' -)
 printf '%s\n' "BASALT-REPORT-MEM: ${meminfo}top-rss=${top:-none}"
 printf '%s\n' "BASALT-REPORT: done, powering off"
