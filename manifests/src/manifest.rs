@@ -404,11 +404,8 @@ impl Artifact {
                         self.kind
                     )));
                 }
-                let min = crate::adaptive::index_len(1, 1);
-                let max = crate::adaptive::index_len(
-                    crate::adaptive::MAX_BLOCKS,
-                    crate::adaptive::MAX_BLOCKS,
-                );
+                let min = crate::adaptive::index_len(1, 1, 0);
+                let max = crate::adaptive::MAX_INDEX_LEN;
                 if !(min..=max).contains(&a.block_index.size) || a.frame_store.size == 0 {
                     return Err(invalid(format!(
                         "artifact {name:?}: adaptive block index of {} bytes (must be \

@@ -1232,7 +1232,7 @@ fn adaptive_refs_are_checked() {
         m.validate()
     };
     // 256 blocks (1 MiB), 4 frames: fine; the JSON round trip keeps it.
-    let good = crate::adaptive::index_len(256, 4);
+    let good = crate::adaptive::index_len(256, 4, 0);
     assert!(with(0, refs(good, 100)).is_ok());
     let mut m = manifest();
     m.artifacts[0].compression.as_mut().unwrap().adaptive = Some(refs(good, 100));

@@ -446,3 +446,295 @@ fn a_broken_off_download_resumes_after_the_frames_it_wrote() {
         "{first_range:?} {retry_first:?}"
     );
 }
+
+// ---- Binary deltas (issue 12: a rebuilt binary changes nearly every block) ----
+
+/// The region of 1.0.0's data the "rebuilt binary" of [`rebuilt_release`] occupies.
+const REBUILT: std::ops::Range<usize> = 40..200;
+
+/// 2.0.0: slot A's 1.0.0 data with blocks 40..200 "rebuilt": their bytes shifted by one (a
+/// new byte in front, the last one dropped) and a few bytes changed, so every one of those
+/// 160 blocks is new while a delta against 1.0.0 is tiny, as for a recompiled binary.
+fn rebuilt_release(world: &World, node: &Node) -> SyntheticRelease {
+    let v1 = std::fs::read(node.v1.dir.join("usr.img")).unwrap();
+    let mut data = v1[..node.v1.hash_offset as usize].to_vec();
+    let (a, z) = (REBUILT.start * BLOCK, REBUILT.end * BLOCK);
+    let mut region = vec![0xab];
+    region.extend_from_slice(&v1[a..z - 1]);
+    for at in [1000, 70_000, 300_000, 600_000] {
+        region[at] ^= 0x5a;
+    }
+    data.splice(a..z, region);
+    let mut spec = SyntheticSpec::small("2.0.0", Utc::now()).unwrap();
+    spec.kernel_len = 300 << 10;
+    spec.initrd_len = 200 << 10;
+    synthetic_release_with_data(
+        &world.dir.join("release-2.0.0"),
+        &spec,
+        &data,
+        &[&world.keys[0], &world.keys[1]],
+    )
+    .unwrap()
+}
+
+/// Publish slot A's 1.0.0, then the rebuilt 2.0.0 (frames and deltas made against 1.0.0).
+fn world_with_rebuilt() -> (World, Node, SyntheticRelease, PublishReport) {
+    let world = World::new();
+    let node = Node::new(&world, "node", BackendKind::Bls, EspKind::Fat);
+    world.publish(&node.v1, None);
+    let v2 = rebuilt_release(&world, &node);
+    let report = world.publish(&v2, None);
+    (world, node, v2, report)
+}
+
+/// The published block index of the head release.
+fn head_index(world: &World) -> BlockIndex {
+    let manifest = head_manifest(world);
+    let artifact = manifest.artifacts_of(ArtifactKind::Usr).next().unwrap();
+    let refs = artifact
+        .compression
+        .as_ref()
+        .unwrap()
+        .adaptive
+        .as_ref()
+        .unwrap();
+    let bytes = std::fs::read(world.repo.join(repo::blob_path(&refs.block_index.sha256))).unwrap();
+    BlockIndex::parse(&bytes, artifact, refs.frame_store.size).unwrap()
+}
+
+fn range_of(a: &Access) -> Option<(u64, u64)> {
+    let (x, y) = a
+        .range
+        .as_deref()?
+        .strip_prefix("bytes=")?
+        .split_once('-')?;
+    Some((x.parse().ok()?, y.parse::<u64>().ok()? + 1))
+}
+
+#[test]
+fn a_rebuilt_binary_comes_as_a_delta_and_installs_byte_identical() {
+    let (world, node, v2, report) = world_with_rebuilt();
+    let usr = usr_report(&report);
+    let adaptive = usr.adaptive.as_ref().unwrap();
+    assert!(adaptive.deltas >= 1, "{adaptive:?}");
+    let index = head_index(&world);
+    let d = index.deltas()[0];
+    assert_eq!(d.from_root, node.v1.root_hash.0, "the delta is from 1.0.0");
+    assert!(d.first_block <= REBUILT.start as u64 && d.end_block() >= REBUILT.end as u64);
+    // What the frames of the rebuilt blocks would cost, against the delta.
+    let frames_bytes: u64 = index
+        .frames()
+        .iter()
+        .filter(|f| f.first_block >= d.first_block && f.end_block() <= d.end_block())
+        .map(|f| u64::from(f.compressed_len))
+        .sum();
+    assert!(
+        u64::from(d.compressed_len) * 20 < frames_bytes,
+        "delta {} bytes for {frames_bytes} bytes of frames",
+        d.compressed_len
+    );
+    let before = node.snapshot();
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    let (got, counts) = download_counted(&node, http(&nginx));
+    let got = got.unwrap();
+    assert_eq!(
+        counts,
+        AdaptiveCounts {
+            installed: 1,
+            ..AdaptiveCounts::default()
+        }
+    );
+    assert_installed(&node, &v2);
+    node.assert_safe(&before, "after a delta install");
+    let log = nginx.access_log().unwrap();
+    assert!(hits(&log, &usr.blob).is_empty(), "{log:?}");
+    let store = hits(&log, &adaptive.frame_store);
+    // The delta came in one ranged request of exactly its bytes; no frame of the rebuilt
+    // blocks was fetched.
+    assert!(
+        store
+            .iter()
+            .any(|a| range_of(a) == Some((d.compressed_offset, d.compressed_end()))),
+        "{store:?}"
+    );
+    for a in &store {
+        let (x, y) = range_of(a).unwrap();
+        for f in index.frames() {
+            if f.first_block >= d.first_block && f.end_block() <= d.end_block() {
+                assert!(
+                    y <= f.compressed_offset || x >= f.compressed_end(),
+                    "frame at block {} fetched: {a:?}",
+                    f.first_block
+                );
+            }
+        }
+    }
+    let served: u64 = store.iter().map(|a| a.body_bytes).sum();
+    let expected = basalt_image::release::adaptive::expected_downloads(
+        &basalt_image::release::Repo::read_only(&world.repo),
+        "stable",
+        "x86_64",
+        &v2.manifest.version,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        expected[0].adaptive_bytes,
+        served + adaptive.block_index_size
+    );
+    let others: u64 = report
+        .artifacts
+        .iter()
+        .filter(|a| a.name != "usr.img")
+        .map(|a| a.compressed_size)
+        .sum();
+    assert_eq!(got.fetched, served + adaptive.block_index_size + others);
+    println!(
+        "delta: {} bytes instead of {frames_bytes} bytes of frames; usr.img fetched {} of {}",
+        d.compressed_len,
+        served + adaptive.block_index_size,
+        usr.compressed_size
+    );
+}
+
+#[test]
+fn a_delta_whose_reference_the_booted_slot_lacks_fetches_its_frames() {
+    let (world, node, v2, report) = world_with_rebuilt();
+    let index = head_index(&world);
+    let d = index.deltas()[0];
+    // Damage a block of slot A inside the delta's reference: the reference no longer has
+    // its digest (and the block no longer matches A's tree).
+    let inv = node.inventory();
+    let a = inv.slot_range(Slot::A, SlotPart::Data);
+    use std::os::unix::fs::FileExt;
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(node.disk())
+        .unwrap();
+    disk.write_all_at(
+        b"corrupt",
+        a.offset + (d.ref_first_block + 7) * BLOCK as u64,
+    )
+    .unwrap();
+    drop(disk);
+    let before = node.snapshot();
+    let nginx = Nginx::start(&world.dir.join("nginx"), &world.repo).unwrap();
+    download(&node, http(&nginx)).unwrap();
+    assert_installed(&node, &v2);
+    node.assert_safe(&before, "after a delta whose reference was damaged");
+    let usr = usr_report(&report);
+    let log = nginx.access_log().unwrap();
+    assert!(hits(&log, &usr.blob).is_empty(), "no full stream: {log:?}");
+    let store = hits(&log, &usr.adaptive.as_ref().unwrap().frame_store);
+    assert!(
+        !store
+            .iter()
+            .any(|a| range_of(a).is_some_and(|(x, _)| x >= d.compressed_offset)),
+        "the delta was fetched: {store:?}"
+    );
+    let first = index.frame_at(d.first_block).unwrap();
+    let f = index.frames()[first];
+    assert!(
+        store.iter().any(|a| range_of(a)
+            .is_some_and(|(x, y)| x <= f.compressed_offset && y >= f.compressed_end())),
+        "the delta's frames were not fetched: {store:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_delta_falls_back_to_the_full_stream() {
+    let (world, node, v2, report) = world_with_rebuilt();
+    let usr = usr_report(&report);
+    let d = head_index(&world).deltas()[0];
+    let store = world
+        .repo
+        .join(repo::blob_path(&usr.adaptive.as_ref().unwrap().frame_store));
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&store)
+        .unwrap();
+    let at = d.compressed_offset + u64::from(d.compressed_len) / 2;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    drop(f);
+    assert_falls_back(&world, &node, &v2, &usr.blob);
+}
+
+#[test]
+fn a_delta_that_decodes_to_blocks_the_index_does_not_name_falls_back() {
+    let (world, node, v2, report) = world_with_rebuilt();
+    let usr = usr_report(&report);
+    let refs = usr.adaptive.as_ref().unwrap();
+    let d = head_index(&world).deltas()[0];
+    // The index claims another hash for a block the delta rebuilds: the decoded block does
+    // not match it, so the whole release comes from the full stream.
+    let mut bad = std::fs::read(world.repo.join(repo::blob_path(&refs.block_index))).unwrap();
+    let at = 24 + 8 * (d.first_block as usize + 5);
+    bad[at] ^= 0xff;
+    let digest = {
+        let x = ring::digest::digest(&ring::digest::SHA256, &bad);
+        Digest(x.as_ref().try_into().unwrap())
+    };
+    std::fs::write(world.repo.join(repo::blob_path(&digest)), &bad).unwrap();
+    republish_head(&world, |m| {
+        let a = m
+            .artifacts
+            .iter_mut()
+            .find(|a| a.name == "usr.img")
+            .unwrap();
+        a.compression
+            .as_mut()
+            .unwrap()
+            .adaptive
+            .as_mut()
+            .unwrap()
+            .block_index
+            .sha256 = digest;
+    });
+    assert_falls_back(&world, &node, &v2, &usr.blob);
+}
+
+#[test]
+fn a_delta_broken_off_resumes_and_is_used_again() {
+    let (world, node, v2, report) = world_with_rebuilt();
+    let usr = usr_report(&report);
+    let store_rel = repo::blob_path(&usr.adaptive.as_ref().unwrap().frame_store);
+    let d = head_index(&world).deltas()[0];
+    let before = node.snapshot();
+    let mut node_small = node;
+    node_small.config.checkpoint_bytes = 4096;
+    // The first request of the store is the delta's: it breaks off after 10 bytes.
+    let flaky = FaultySource::new(world.source()).fault(&store_rel, Fault::DropAfter(10), 1);
+    let log = flaky.log.clone();
+    let e = download(&node_small, Box::new(flaky)).unwrap_err();
+    assert!(matches!(e, Error::Fetch { .. }), "{e}");
+    node_small.assert_safe(&before, "after the broken-off delta");
+    let first = log.lock().unwrap().clone();
+    let broken = first.iter().find(|o| o.path == store_rel).unwrap();
+    assert!(broken.faulted);
+    assert_eq!(broken.range.unwrap().offset, d.compressed_offset);
+    // The blocks copied before the delta are journaled.
+    let journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node_small.config.journal_path()).unwrap()).unwrap();
+    assert!(
+        journal["frames_done"]["usr.img+adaptive"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
+    let again = FaultySource::new(world.source());
+    let log2 = again.log.clone();
+    download(&node_small, Box::new(again)).unwrap();
+    assert_installed(&node_small, &v2);
+    let opens = log2.lock().unwrap().clone();
+    assert!(!opens.iter().any(|o| o.path == repo::blob_path(&usr.blob)));
+    assert!(
+        opens.iter().any(
+            |o| o.path == store_rel && o.range.is_some_and(|r| r.offset == d.compressed_offset)
+        ),
+        "the retry did not use the delta: {opens:?}"
+    );
+}

@@ -37,10 +37,7 @@ use super::ReleaseError;
 pub const HISTORY: usize = 3;
 
 /// Largest block index read back from the repository (`MAX_BLOCKS` blocks and frames).
-const MAX_INDEX_BYTES: u64 = basalt_manifest::adaptive::index_len(
-    basalt_manifest::adaptive::MAX_BLOCKS,
-    basalt_manifest::adaptive::MAX_BLOCKS,
-);
+const MAX_INDEX_BYTES: u64 = basalt_manifest::adaptive::MAX_INDEX_LEN;
 
 /// What building the index and store produced.
 #[derive(Debug, Clone)]
@@ -109,10 +106,25 @@ pub fn cut_frames(
     frames
 }
 
-/// The block hashes of the last [`HISTORY`] releases of `channel`/`arch` in `repo` that carry
-/// a block index (newest first). A history entry or index that cannot be read or parsed is
-/// skipped with a warning: it only shapes frame cuts, never what a node trusts.
-pub fn previous_hashes(repo: &Repo, channel: &str, arch: &str) -> Vec<HashSet<u64>> {
+/// An earlier release of the channel, as the publisher sees it in its own repository: what
+/// shapes frame cuts and what deltas are made from.
+#[derive(Debug)]
+pub struct Previous {
+    pub version: basalt_manifest::semver::Version,
+    /// Its usr verity root hash (what a node that runs it booted with).
+    pub root: [u8; 32],
+    /// Its usr data blocks (references lie among them).
+    pub data_blocks: u64,
+    /// Its block index.
+    pub index: BlockIndex,
+    /// Its frame store in the repository (where reference blocks are read from).
+    pub store: std::path::PathBuf,
+}
+
+/// The last [`HISTORY`] releases of `channel`/`arch` in `repo` that carry a block index
+/// (newest first). A history entry or index that cannot be read or parsed is skipped with a
+/// warning: it only shapes frame cuts and deltas, never what a node trusts.
+pub fn previous_releases(repo: &Repo, channel: &str, arch: &str) -> Vec<Previous> {
     let Ok(dir) = repo::channel_dir(channel, arch) else {
         return Vec::new();
     };
@@ -132,15 +144,38 @@ pub fn previous_hashes(repo: &Repo, channel: &str, arch: &str) -> Vec<HashSet<u6
             break;
         }
         let rel = format!("{dir}/releases/{name}");
-        match read_release_hashes(repo, &rel) {
-            Ok(Some(set)) => out.push(set),
+        match read_previous(repo, &rel) {
+            Ok(Some(p)) => out.push(p),
             Ok(None) => {}
             Err(reason) => {
-                tracing::warn!(release = %rel, %reason, "earlier release skipped for frame cuts")
+                tracing::warn!(release = %rel, %reason, "earlier release skipped for frame cuts and deltas")
             }
         }
     }
     out
+}
+
+fn read_previous(repo: &Repo, rel: &str) -> Result<Option<Previous>, String> {
+    let manifest = release_manifest(repo, rel)?;
+    let Some(index) = index_of(repo, &manifest)? else {
+        return Ok(None);
+    };
+    let Some(usr) = manifest.artifacts_of(ArtifactKind::Usr).next() else {
+        return Ok(None);
+    };
+    let (Some(v), Some(a)) = (
+        usr.verity.as_ref(),
+        usr.compression.as_ref().and_then(|c| c.adaptive.as_ref()),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Previous {
+        version: manifest.version.clone(),
+        root: v.root_hash.0,
+        data_blocks: v.data_blocks,
+        index,
+        store: repo.path(&repo::blob_path(&a.frame_store.sha256)),
+    }))
 }
 
 /// The manifest of a signed release file, without checking signatures (the publisher's own
@@ -176,11 +211,6 @@ pub fn index_of(repo: &Repo, manifest: &Manifest) -> Result<Option<BlockIndex>, 
         .map_err(|e| e.to_string())
 }
 
-fn read_release_hashes(repo: &Repo, rel: &str) -> Result<Option<HashSet<u64>>, String> {
-    let manifest = release_manifest(repo, rel)?;
-    Ok(index_of(repo, &manifest)?.map(|i| i.hashes().iter().copied().collect()))
-}
-
 fn digest(bytes: &[u8]) -> Digest {
     let mut ctx = Context::new(&SHA256);
     ctx.update(bytes);
@@ -194,11 +224,12 @@ fn finish(ctx: Context) -> Digest {
 }
 
 /// Build the block index of `usr` (the file of `artifact`) and write its frame store to
-/// `out`, cutting frames against `previous` (see the module docs).
+/// `out`: frames cut against `previous` (see the module docs), then the binary deltas from
+/// them (`super::delta`).
 pub fn build(
     usr: &File,
     artifact: &Artifact,
-    previous: &[HashSet<u64>],
+    previous: &[Previous],
     level: i32,
     threads: usize,
     out: &mut dyn Write,
@@ -215,7 +246,12 @@ pub fn build(
         source,
     };
     let hashes = block_hashes(usr, artifact.size).map_err(read_err)?;
-    let cuts = cut_frames(&hashes, tree, data_blocks, previous);
+    let sets: Vec<HashSet<u64>> = previous
+        .iter()
+        .map(|p| p.index.hashes().iter().copied().collect())
+        .collect();
+    let cuts = cut_frames(&hashes, tree, data_blocks, &sets);
+    drop(sets);
     let ranges: Vec<(u64, usize)> = cuts
         .iter()
         .map(|&(b, n)| (b * BLOCK_SIZE, n as usize * BLOCK_SIZE as usize))
@@ -254,12 +290,36 @@ pub fn build(
         },
         CompressError::Index(source) => bad_index(source),
     })?;
-    out.flush().map_err(|source| ReleaseError::Io {
+    let frames_only = BlockIndex::new(hashes, &records, &[], artifact).map_err(bad_index)?;
+    let made = super::delta::make(
+        usr,
+        frames_only.hashes(),
+        frames_only.frames(),
+        data_blocks,
+        previous,
+        level,
+        threads,
+    )
+    .map_err(read_err)?;
+    let write_err = |source| ReleaseError::Io {
         op: "write the frame store of",
         path: artifact.name.clone().into(),
         source,
-    })?;
-    let index = BlockIndex::new(hashes, &records, artifact).map_err(bad_index)?;
+    };
+    let mut deltas = Vec::with_capacity(made.len());
+    for (d, bytes) in made {
+        out.write_all(&bytes).map_err(write_err)?;
+        store.update(&bytes);
+        store_size += bytes.len() as u64;
+        deltas.push(d);
+    }
+    out.flush().map_err(write_err)?;
+    let index = if deltas.is_empty() {
+        frames_only
+    } else {
+        BlockIndex::new(frames_only.hashes().to_vec(), &records, &deltas, artifact)
+            .map_err(bad_index)?
+    };
     Ok(Built {
         index,
         store_size,
@@ -321,11 +381,16 @@ pub fn expected_downloads(
         let Some(old) = index_of(repo, earlier)? else {
             continue;
         };
+        let old_root = earlier
+            .artifacts_of(ArtifactKind::Usr)
+            .next()
+            .and_then(|a| a.verity.as_ref())
+            .map_or([0; 32], |v| v.root_hash.0);
         let old: HashSet<u64> = old.hashes().iter().copied().collect();
         out.push(ExpectedDownload {
             from_version: earlier.version.clone(),
             from_sequence: earlier.sequence,
-            adaptive_bytes: index.expected_download(&old),
+            adaptive_bytes: index.expected_download(&old, &old_root),
             full_bytes,
         });
     }

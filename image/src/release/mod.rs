@@ -33,6 +33,7 @@
 
 pub mod adaptive;
 pub mod compress;
+pub mod delta;
 mod error;
 pub mod store;
 pub mod synthetic;
@@ -143,6 +144,9 @@ pub struct PublishedAdaptive {
     pub frames: usize,
     /// Earlier releases of the channel whose blocks shaped the frame cuts.
     pub history: usize,
+    /// Binary deltas from those releases, and their bytes (after the frames in the store).
+    pub deltas: usize,
+    pub delta_bytes: u64,
 }
 
 /// What [`publish`] did.
@@ -594,7 +598,7 @@ fn publish_adaptive(
     arch: &str,
     opts: &CompressOptions,
 ) -> Result<PublishedAdaptive, ReleaseError> {
-    let previous = adaptive::previous_hashes(repo, channel, arch);
+    let previous = adaptive::previous_releases(repo, channel, arch);
     let incoming = repo.incoming("usr.frames")?;
     let built = {
         let mut out = BufWriter::with_capacity(1 << 20, &incoming.file);
@@ -631,6 +635,7 @@ fn publish_adaptive(
         })?;
     tracing::info!(
         frames = built.index.frames().len(),
+        deltas = built.index.deltas().len(),
         store = built.store_size,
         index = index_bytes.len(),
         history = previous.len(),
@@ -643,6 +648,13 @@ fn publish_adaptive(
         frame_store_size: built.store_size,
         frames: built.index.frames().len(),
         history: previous.len(),
+        deltas: built.index.deltas().len(),
+        delta_bytes: built
+            .index
+            .deltas()
+            .iter()
+            .map(|d| u64::from(d.compressed_len))
+            .sum(),
     })
 }
 

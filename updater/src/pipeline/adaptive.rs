@@ -37,7 +37,7 @@ use std::io::Read;
 use std::path::Path;
 
 use basalt_disk::Slot;
-use basalt_manifest::adaptive::{block_hash, frame_digest, BlockIndex, StoreFrame, BLOCK_SIZE};
+use basalt_manifest::adaptive::{block_hash, frame_digest, BlockIndex, FrameSource, BLOCK_SIZE};
 use basalt_manifest::{repo, AdaptiveRef, Artifact, Verity};
 use basalt_verity::{Device, VerifiedBlocks};
 use ring::digest::{Context, SHA256};
@@ -157,8 +157,9 @@ fn fetch_index(job: &AdaptiveJob<'_>) -> Result<BlockIndex, Error> {
     })
 }
 
-/// Short hash → block of the booted slot, for every block that matches its tree.
-fn local_map(job: &AdaptiveJob<'_>) -> Result<HashMap<u64, u32>, Error> {
+/// Short hash → block of the booted slot, for every block that matches its tree; and the
+/// slot's number of data blocks.
+fn local_map(job: &AdaptiveJob<'_>) -> Result<(HashMap<u64, u32>, u64), Error> {
     let l = job.local;
     let file = std::fs::File::open(l.disk).map_err(super::error::io("open", l.disk))?;
     let dev = Device::new(&file, l.disk);
@@ -190,7 +191,7 @@ fn local_map(job: &AdaptiveJob<'_>) -> Result<HashMap<u64, u32>, Error> {
     if bad > 0 {
         tracing::warn!(slot = %l.slot, bad, "blocks of the booted slot do not match its hash tree; they are not reused");
     }
-    Ok(map)
+    Ok((map, reader.data_blocks()))
 }
 
 /// Read back frames `0..claimed` from the target; the first frame that does not match its
@@ -206,7 +207,7 @@ fn resume_point(
         cancelled(job, k)?;
         buf.resize(f.blocks as usize * BLOCK_SIZE as usize, 0);
         sink.read_at(f.first_block * BLOCK_SIZE, &mut buf)?;
-        if !blocks_match(index, f, &buf) {
+        if !blocks_match(index, f.first_block, &buf) {
             tracing::info!(artifact = %job.artifact.name, frame = k, "frame does not match on resume; installing from here");
             return Ok(k);
         }
@@ -217,11 +218,12 @@ fn resume_point(
     Ok(job.claimed.min(index.frames().len()))
 }
 
-fn blocks_match(index: &BlockIndex, f: &StoreFrame, bytes: &[u8]) -> bool {
+/// Every block of `bytes`, written from block `first` on, has its short hash in the index.
+fn blocks_match(index: &BlockIndex, first: u64, bytes: &[u8]) -> bool {
     bytes
         .chunks_exact(BLOCK_SIZE as usize)
-        .zip(f.first_block..)
-        .all(|(b, n)| block_hash(b) == index.hashes()[n as usize])
+        .zip(first..)
+        .all(|(b, n)| index.hashes().get(n as usize) == Some(&block_hash(b)))
 }
 
 /// An adaptive install is used when the frames to fetch are below 4/5 of the full stream's
@@ -256,13 +258,11 @@ pub fn install(
 ) -> Result<Outcome, Error> {
     let index = fetch_index(job)?;
     meter.fetched += job.refs.block_index.size;
-    let map = local_map(job)?;
+    let (map, local_blocks) = local_map(job)?;
     let have = |h: u64| map.contains_key(&h);
-    // Worth it? Frames to fetch against the full stream (better compressed, one request).
-    let missing: u64 = index
-        .missing_frames(&have)
-        .map(|f| u64::from(f.compressed_len))
-        .sum();
+    let mut plan = index.plan(&have, &job.local.root_hash);
+    // Worth it? Bytes to fetch against the full stream (better compressed, one request).
+    let missing = index.plan_bytes(&plan);
     if let Some(full) = job.artifact.compression.as_ref().map(|c| c.compressed_size) {
         if missing.saturating_mul(WORTH_DEN) >= full.saturating_mul(WORTH_NUM) {
             tracing::info!(artifact = %job.artifact.name, missing, full, "the booted slot shares too little with the release; installing from the full stream");
@@ -290,123 +290,183 @@ pub fn install(
     let mut run: Option<Run> = None;
     let mut comp = Vec::new();
     let mut out = Vec::new();
+    let mut reference = Vec::new();
     let mut since_checkpoint = 0u64;
     let bs = BLOCK_SIZE as usize;
     // Frames 0..verified are written (not yet durable).
     let mut verified = start;
+    let mut deltas_used = 0usize;
     let looped = (|| -> Result<(), Error> {
-        for (i, f) in frames.iter().enumerate().skip(start) {
+        let mut i = start;
+        while i < frames.len() {
             cancelled(job, i)?;
-            let len = f.blocks as usize * bs;
-            out.clear();
-            out.resize(len, 0);
-            if index.frame_present(f, &have) {
-                run = None;
-                for (k, block) in (f.first_block..f.end_block()).enumerate() {
-                    let want = index.hashes()[block as usize];
-                    let at = map.get(&want).copied().unwrap_or_default();
-                    let piece = &mut out[k * bs..(k + 1) * bs];
-                    use std::os::unix::fs::FileExt;
-                    local_file
-                        .read_exact_at(piece, job.local.data_offset + u64::from(at) * BLOCK_SIZE)
-                        .map_err(super::error::io("read the booted slot on", job.local.disk))?;
-                    if block_hash(piece) != want {
+            let f = frames[i];
+            // The frames `i..next` this step writes, from `f.first_block`.
+            let next;
+            match plan[i] {
+                FrameSource::Delta(k) => {
+                    let d = index.deltas()[k];
+                    let last = index.frame_at(d.end_block() - 1).unwrap_or(i);
+                    let applied = if f.first_block == d.first_block {
+                        let local = LocalRef {
+                            file: &local_file,
+                            blocks: local_blocks,
+                        };
+                        apply_delta(
+                            job,
+                            &index,
+                            k,
+                            local,
+                            &location,
+                            &mut comp,
+                            &mut reference,
+                            &mut out,
+                        )?
+                    } else {
+                        // Resumed inside the delta's frames: finish them frame by frame.
+                        false
+                    };
+                    if !applied {
+                        for j in i..=last {
+                            plan[j] = if index.frame_present(&frames[j], &have) {
+                                FrameSource::Local
+                            } else {
+                                FrameSource::Fetch
+                            };
+                        }
+                        continue;
+                    }
+                    run = None;
+                    deltas_used += 1;
+                    stats.fetched += u64::from(d.compressed_len);
+                    meter.fetched += u64::from(d.compressed_len);
+                    next = last + 1;
+                }
+                FrameSource::Local => {
+                    run = None;
+                    let len = f.blocks as usize * bs;
+                    out.clear();
+                    out.resize(len, 0);
+                    for (k, block) in (f.first_block..f.end_block()).enumerate() {
+                        let want = index.hashes()[block as usize];
+                        let at = map.get(&want).copied().unwrap_or_default();
+                        let piece = &mut out[k * bs..(k + 1) * bs];
+                        use std::os::unix::fs::FileExt;
+                        local_file
+                            .read_exact_at(
+                                piece,
+                                job.local.data_offset + u64::from(at) * BLOCK_SIZE,
+                            )
+                            .map_err(super::error::io("read the booted slot on", job.local.disk))?;
+                        if block_hash(piece) != want {
+                            return Err(Error::Digest {
+                                artifact: job.artifact.name.clone(),
+                                location: format!(
+                                    "{} slot {}",
+                                    job.local.disk.display(),
+                                    job.local.slot
+                                ),
+                                what: Checked::Block(u64::from(at)),
+                                expected: format!("{want:016x}"),
+                                found: format!("{:016x}", block_hash(piece)),
+                            });
+                        }
+                    }
+                    stats.reused += len as u64;
+                    meter.reused += len as u64;
+                    next = i + 1;
+                }
+                FrameSource::Fetch => {
+                    let len = f.blocks as usize * bs;
+                    if run.as_ref().is_none_or(|r| r.end <= i) {
+                        let end = plan[i..]
+                            .iter()
+                            .position(|p| *p != FrameSource::Fetch)
+                            .map_or(frames.len(), |p| i + p);
+                        let offset = f.compressed_offset;
+                        let total = frames[end - 1].compressed_end() - offset;
+                        let body = job
+                            .source
+                            .open(
+                                &store_rel,
+                                Some(ByteRange {
+                                    offset,
+                                    len: Some(total),
+                                }),
+                                Some(total),
+                            )
+                            .map_err(|source| Error::Fetch {
+                                what: format!(
+                                    "{} frames {i}..{end} (frame store {})",
+                                    job.artifact.name, store_rel
+                                ),
+                                source,
+                            })?;
+                        run = Some(Run { body, end });
+                    }
+                    let Some(r) = run.as_mut() else {
+                        continue;
+                    };
+                    comp.clear();
+                    comp.resize(f.compressed_len as usize, 0);
+                    read_frame(
+                        job,
+                        &mut r.body,
+                        &mut comp,
+                        &location,
+                        &format!("frame {i}"),
+                    )?;
+                    let found = frame_digest(&comp);
+                    if found != f.digest {
                         return Err(Error::Digest {
                             artifact: job.artifact.name.clone(),
-                            location: format!(
-                                "{} slot {}",
-                                job.local.disk.display(),
-                                job.local.slot
-                            ),
-                            what: Checked::Block(u64::from(at)),
-                            expected: format!("{want:016x}"),
-                            found: format!("{:016x}", block_hash(piece)),
+                            location: location.clone(),
+                            what: Checked::StoreFrame(i),
+                            expected: hex::encode(f.digest),
+                            found: hex::encode(found),
                         });
                     }
-                }
-                stats.reused += len as u64;
-                meter.reused += len as u64;
-            } else {
-                if run.as_ref().is_none_or(|r| r.end <= i) {
-                    let end = frames[i..]
-                        .iter()
-                        .position(|g| index.frame_present(g, &have))
-                        .map_or(frames.len(), |p| i + p);
-                    let offset = f.compressed_offset;
-                    let total = frames[end - 1].compressed_end() - offset;
-                    let body = job
-                        .source
-                        .open(
-                            &store_rel,
-                            Some(ByteRange {
-                                offset,
-                                len: Some(total),
-                            }),
-                            Some(total),
-                        )
-                        .map_err(|source| Error::Fetch {
-                            what: format!(
-                                "{} frames {i}..{end} (frame store {})",
-                                job.artifact.name, store_rel
-                            ),
-                            source,
+                    stats.fetched += comp.len() as u64;
+                    meter.fetched += comp.len() as u64;
+                    out.clear();
+                    out.reserve_exact(len);
+                    let n = decoder
+                        .decompress_to_buffer(&comp[..], &mut out)
+                        .map_err(|e| Error::Decode {
+                            artifact: job.artifact.name.clone(),
+                            frame: i,
+                            len: len as u32,
+                            detail: e.to_string(),
                         })?;
-                    run = Some(Run { body, end });
-                }
-                let Some(r) = run.as_mut() else {
-                    continue;
-                };
-                comp.clear();
-                comp.resize(f.compressed_len as usize, 0);
-                read_frame(job, &mut r.body, &mut comp, &location, i)?;
-                let found = frame_digest(&comp);
-                if found != f.digest {
-                    return Err(Error::Digest {
-                        artifact: job.artifact.name.clone(),
-                        location: location.clone(),
-                        what: Checked::StoreFrame(i),
-                        expected: hex::encode(f.digest),
-                        found: hex::encode(found),
-                    });
-                }
-                stats.fetched += comp.len() as u64;
-                meter.fetched += comp.len() as u64;
-                out.clear();
-                out.reserve_exact(len);
-                let n = decoder
-                    .decompress_to_buffer(&comp[..], &mut out)
-                    .map_err(|e| Error::Decode {
-                        artifact: job.artifact.name.clone(),
-                        frame: i,
-                        len: len as u32,
-                        detail: e.to_string(),
-                    })?;
-                if n != len || out.len() != len {
-                    return Err(Error::Decode {
-                        artifact: job.artifact.name.clone(),
-                        frame: i,
-                        len: len as u32,
-                        detail: format!("it decodes to {n} bytes"),
-                    });
-                }
-                if !blocks_match(&index, f, &out) {
-                    return Err(index_error(
-                        job,
-                        &location,
-                        format!("frame {i} decodes to blocks whose hashes are not the index's"),
-                    ));
+                    if n != len || out.len() != len {
+                        return Err(Error::Decode {
+                            artifact: job.artifact.name.clone(),
+                            frame: i,
+                            len: len as u32,
+                            detail: format!("it decodes to {n} bytes"),
+                        });
+                    }
+                    if !blocks_match(&index, f.first_block, &out) {
+                        return Err(index_error(
+                            job,
+                            &location,
+                            format!("frame {i} decodes to blocks whose hashes are not the index's"),
+                        ));
+                    }
+                    next = i + 1;
                 }
             }
             sink.write_at(f.first_block * BLOCK_SIZE, &out)?;
-            meter.done += len as u64;
+            meter.done += out.len() as u64;
             meter.tick();
-            verified = i + 1;
-            since_checkpoint += len as u64;
-            if since_checkpoint >= job.checkpoint_bytes && i + 1 < frames.len() {
+            verified = next;
+            since_checkpoint += out.len() as u64;
+            if since_checkpoint >= job.checkpoint_bytes && next < frames.len() {
                 sink.sync()?;
-                checkpoint(i + 1)?;
+                checkpoint(next)?;
                 since_checkpoint = 0;
             }
+            i = next;
         }
         Ok(())
     })();
@@ -419,6 +479,9 @@ pub fn install(
         return Err(e);
     }
     drop(map);
+    if deltas_used > 0 {
+        tracing::info!(artifact = %job.artifact.name, deltas = deltas_used, "blocks rebuilt from binary deltas against the booted slot");
+    }
     sink.sync()?;
     checkpoint(frames.len())?;
     write_tree(job, &index, sink)?;
@@ -427,24 +490,24 @@ pub fn install(
     Ok(Outcome::Installed(stats))
 }
 
-/// Read exactly `buf.len()` bytes of frame `i` from a ranged body.
+/// Read exactly `buf.len()` bytes of `what` ("frame 3", "delta 1") from a ranged body.
 fn read_frame(
     job: &AdaptiveJob<'_>,
     body: &mut Box<dyn Read + Send>,
     buf: &mut [u8],
     location: &str,
-    i: usize,
+    what: &str,
 ) -> Result<(), Error> {
     let mut got = 0usize;
     while got < buf.len() {
         match body.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(Error::Fetch {
-                    what: format!("{} frame {i} (frame store)", job.artifact.name),
+                    what: format!("{} {what} (frame store)", job.artifact.name),
                     source: SourceError::Transport {
                         location: location.to_owned(),
                         detail: format!(
-                            "the body ended inside frame {i} ({got} of {} bytes)",
+                            "the body ended inside {what} ({got} of {} bytes)",
                             buf.len()
                         ),
                     },
@@ -474,13 +537,110 @@ fn read_frame(
                     },
                 };
                 return Err(Error::Fetch {
-                    what: format!("{} frame {i} (frame store)", job.artifact.name),
+                    what: format!("{} {what} (frame store)", job.artifact.name),
                     source,
                 });
             }
         }
     }
     Ok(())
+}
+
+/// The booted slot's data as a delta reads it.
+#[derive(Clone, Copy)]
+struct LocalRef<'a> {
+    file: &'a std::fs::File,
+    /// Its data blocks (a reference must lie among them).
+    blocks: u64,
+}
+
+/// Rebuild the blocks of delta `k` into `out`: fetch it (its own ranged request), check its
+/// digest before zstd sees it, read its reference from the booted slot and check that
+/// digest, decode, check every block's short hash. `Ok(false)`: the booted slot does not
+/// hold the reference (a block that changed, a reference outside the slot), so the caller
+/// fetches the delta's frames instead. Errors: a delta that does not match the index (falls
+/// back to the full stream), network and local I/O failures (retried).
+#[allow(clippy::too_many_arguments)]
+fn apply_delta(
+    job: &AdaptiveJob<'_>,
+    index: &BlockIndex,
+    k: usize,
+    local: LocalRef<'_>,
+    location: &str,
+    comp: &mut Vec<u8>,
+    reference: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<bool, Error> {
+    use std::os::unix::fs::FileExt;
+    let d = index.deltas()[k];
+    let bs = BLOCK_SIZE as usize;
+    if d.ref_first_block + u64::from(d.ref_blocks) > local.blocks {
+        tracing::warn!(artifact = %job.artifact.name, delta = k, "the delta's reference lies outside the booted slot; fetching its frames");
+        return Ok(false);
+    }
+    reference.clear();
+    reference.resize(d.ref_blocks as usize * bs, 0);
+    local
+        .file
+        .read_exact_at(
+            reference,
+            job.local.data_offset + d.ref_first_block * BLOCK_SIZE,
+        )
+        .map_err(super::error::io("read the booted slot on", job.local.disk))?;
+    if frame_digest(reference) != d.ref_digest {
+        tracing::warn!(artifact = %job.artifact.name, delta = k, slot = %job.local.slot, "the booted slot does not hold the delta's reference; fetching its frames");
+        return Ok(false);
+    }
+    let store_rel = repo::blob_path(&job.refs.frame_store.sha256);
+    let len = u64::from(d.compressed_len);
+    let mut body = job
+        .source
+        .open(
+            &store_rel,
+            Some(ByteRange {
+                offset: d.compressed_offset,
+                len: Some(len),
+            }),
+            Some(len),
+        )
+        .map_err(|source| Error::Fetch {
+            what: format!("{} delta {k} (frame store {store_rel})", job.artifact.name),
+            source,
+        })?;
+    comp.clear();
+    comp.resize(d.compressed_len as usize, 0);
+    read_frame(job, &mut body, comp, location, &format!("delta {k}"))?;
+    let found = frame_digest(comp);
+    if found != d.digest {
+        return Err(Error::Digest {
+            artifact: job.artifact.name.clone(),
+            location: location.to_owned(),
+            what: Checked::Delta(k),
+            expected: hex::encode(d.digest),
+            found: hex::encode(found),
+        });
+    }
+    let want = d.blocks as usize * bs;
+    out.clear();
+    out.reserve_exact(want);
+    let bad = |detail: String| Error::Decode {
+        artifact: job.artifact.name.clone(),
+        frame: index.frame_at(d.first_block).unwrap_or_default(),
+        len: want as u32,
+        detail: format!("delta {k}: {detail}"),
+    };
+    let n = basalt_manifest::adaptive::delta_decode(reference, comp, out).map_err(bad)?;
+    if n != want || out.len() != want {
+        return Err(bad(format!("it decodes to {n} bytes, not {want}")));
+    }
+    if !blocks_match(index, d.first_block, out) {
+        return Err(index_error(
+            job,
+            location,
+            format!("delta {k} decodes to blocks whose hashes are not the index's"),
+        ));
+    }
+    Ok(true)
 }
 
 /// Compute the verity tree over the written data with the signed salt

@@ -236,6 +236,8 @@ pub enum Checked {
     StoreFrame(usize),
     /// Block `n` of the booted slot, as copied by an adaptive install.
     Block(u64),
+    /// The compressed bytes of binary delta `n` of an adaptive frame store.
+    Delta(usize),
 }
 
 impl fmt::Display for Checked {
@@ -249,6 +251,7 @@ impl fmt::Display for Checked {
             Checked::BlockIndex => f.write_str("block index"),
             Checked::StoreFrame(n) => write!(f, "frame-store frame {n}"),
             Checked::Block(n) => write!(f, "booted-slot block {n}"),
+            Checked::Delta(n) => write!(f, "frame-store delta {n}"),
         }
     }
 }
