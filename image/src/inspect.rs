@@ -86,13 +86,16 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
             Some(list) => {
                 println!("adaptive install on {channel} (usr.img download, block index included):");
                 for d in list {
+                    let pct = |b: u64| 100.0 * b as f64 / d.full_bytes.max(1) as f64;
                     println!(
-                        "  from {:<12} (sequence {:>4}) {:>12} bytes = {:>6.2} % of the full stream ({} bytes)",
+                        "  from {:<12} (sequence {:>4}) {:>12} bytes = {:>6.2} % of the full stream ({} bytes); {} binary deltas (block reuse alone: {:.2} %)",
                         d.from_version.to_string(),
                         d.from_sequence,
                         d.adaptive_bytes,
-                        100.0 * d.adaptive_bytes as f64 / d.full_bytes.max(1) as f64,
-                        d.full_bytes
+                        pct(d.adaptive_bytes),
+                        d.full_bytes,
+                        d.deltas_used,
+                        pct(d.block_reuse_bytes)
                     );
                 }
             }

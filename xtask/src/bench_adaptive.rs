@@ -38,13 +38,16 @@
 //! Range (adjacent blocks coalesced into one range), plus a 32-byte hash per block of index
 //! ([`fixed_block_plan`]).
 //!
-//! **Binary deltas** (the containerd question): the changed regular files of each pair are
-//! found by loop-mounting both erofs images read-only (needs root, as the builds do), and each
-//! changed file of ≥ 1 MiB is compressed with `zstd -19` alone and with
-//! `zstd -19 --patch-from=<old file>` (see docs/ARCHITECTURE.md, "Binary deltas: measured,
-//! not adopted"). What deltas would save is not printed: it needs the frames' bytes per file
-//! (a file's extents, FIEMAP on the mounted image, against the index's frame table), which
-//! `docs/benchmarks.md` worked out by hand for the two target cases.
+//! **(b) ours** includes the binary deltas the publisher made against the channel's last
+//! releases (`image/src/release/delta.rs`; the node uses those from the base). The table also
+//! prints what `basalt release inspect` predicts **without** them (block reuse alone), so the
+//! deltas' share is visible.
+//!
+//! **Changed files** (a reference point for the deltas): the changed regular files of each
+//! pair are found by loop-mounting both erofs images read-only (needs root, as the builds
+//! do), and each changed file of ≥ 1 MiB is compressed with `zstd -19` alone and with
+//! `zstd -19 --patch-from=<old file>`: what a delta over the files' raw bytes would cost
+//! (docs/ARCHITECTURE.md, "Binary deltas", says why Basalt's are over the stored blocks).
 //!
 //! Targets (issue 12): ≤ 2 % for the library update, ≤ 5 % for containerd.
 
@@ -304,6 +307,10 @@ struct Row {
     full: u64,
     ours: u64,
     predicted: Option<u64>,
+    /// What inspect predicts without binary deltas (block reuse alone), and how many deltas
+    /// the node uses.
+    block_reuse: Option<u64>,
+    deltas_used: usize,
     fell_back: bool,
     requests: usize,
     reused: u64,
@@ -471,6 +478,8 @@ struct PublishedUsr {
     block_index: String,
     frame_store: String,
     history: u64,
+    deltas: u64,
+    delta_bytes: u64,
 }
 
 fn publish(cli: &Path, repo: &Path, key: &Path, b: &Built) -> Result<PublishedUsr> {
@@ -503,6 +512,8 @@ fn publish(cli: &Path, repo: &Path, key: &Path, b: &Built) -> Result<PublishedUs
         block_index: s(&ad["block_index"]).unwrap_or_default(),
         frame_store: s(&ad["frame_store"]).unwrap_or_default(),
         history: ad["history"].as_u64().unwrap_or(0),
+        deltas: ad["deltas"].as_u64().unwrap_or(0),
+        delta_bytes: ad["delta_bytes"].as_u64().unwrap_or(0),
     })
 }
 
@@ -587,11 +598,10 @@ fn measure_pair(
     .and_then(|v| {
         v.into_iter()
             .find(|e| e.from_version.to_string() == base.s.version)
-            .map(|e| e.adaptive_bytes)
     });
     eprintln!(
-        "bench adaptive: {} frames cut against {} earlier release(s)",
-        b.s.name, published.history
+        "bench adaptive: {} frames cut against {} earlier release(s); {} binary deltas ({} bytes) in its store",
+        b.s.name, published.history, published.deltas, published.delta_bytes
     );
     let rauc = fixed_block_plan(base_blocks, &block_digests(&b.dir.join("usr.img"))?);
     let deltas = changed_file_deltas(work, &base.dir.join("usr.img"), &b.dir.join("usr.img"))
@@ -606,7 +616,9 @@ fn measure_pair(
         s: b.s,
         full: published.compressed,
         ours: index_bytes + store_bytes + stream_bytes,
-        predicted,
+        predicted: predicted.as_ref().map(|e| e.adaptive_bytes),
+        block_reuse: predicted.as_ref().map(|e| e.block_reuse_bytes),
+        deltas_used: predicted.as_ref().map_or(0, |e| e.deltas_used),
         fell_back: stream_bytes > 0,
         requests: index_requests + store_requests,
         reused: d.reused,
@@ -758,9 +770,9 @@ fn print_table(rows: &[Row]) {
     println!();
     println!("bytes fetched for /usr, % of the full compressed stream (base 1.0.0 → variant)");
     println!(
-        "| variant | (a) full stream | (b) ours: index + frames (nginx log) | predicted (inspect) | reused from slot A | (c) RAUC-style 4 KiB + Range | changed files ≥ 1 MiB: zstd -19 / --patch-from | target |"
+        "| variant | (a) full stream | (b) ours: index + frames + deltas (nginx log) | predicted (inspect) | block reuse alone (inspect) | reused from slot A | (c) RAUC-style 4 KiB + Range | changed files ≥ 1 MiB: zstd -19 / --patch-from | target |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let target = match r.s.target {
             Some(t) => format!(
@@ -774,13 +786,17 @@ fn print_table(rows: &[Row]) {
             None => "–".to_owned(),
         };
         println!(
-            "| {} | {} (100 %) | {} ({:.2} %){} | {} | {} | {} ({:.2} %, {} ranges) | {} | {} |",
+            "| {} | {} (100 %) | **{} ({:.2} %)**{}, {} deltas | {} | {} | {} | {} ({:.2} %, {} ranges) | {} | {} |",
             r.s.what,
             mb(r.full),
             mb(r.ours),
             percent(r.ours, r.full),
             if r.fell_back { " FELL BACK" } else { "" },
+            r.deltas_used,
             r.predicted
+                .map(|p| format!("{} ({:.2} %)", mb(p), percent(p, r.full)))
+                .unwrap_or_else(|| "–".into()),
+            r.block_reuse
                 .map(|p| format!("{} ({:.2} %)", mb(p), percent(p, r.full)))
                 .unwrap_or_else(|| "–".into()),
             mb(r.reused),

@@ -327,14 +327,21 @@ pub fn build(
     })
 }
 
+/// A root hash no release has: a plan without deltas.
+const NO_RELEASE: [u8; 32] = [0; 32];
+
 /// The download an adaptive install of one release costs a node on an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ExpectedDownload {
     /// The earlier release (what the node runs).
     pub from_version: basalt_manifest::semver::Version,
     pub from_sequence: u64,
-    /// Missing frames plus the block index, in bytes.
+    /// Missing frames, binary deltas from that release and the block index, in bytes.
     pub adaptive_bytes: u64,
+    /// The same without binary deltas (block reuse alone).
+    pub block_reuse_bytes: u64,
+    /// Binary deltas a node on that release uses.
+    pub deltas_used: usize,
     /// The full stream of `usr.img` (compressed).
     pub full_bytes: u64,
 }
@@ -391,6 +398,20 @@ pub fn expected_downloads(
             from_version: earlier.version.clone(),
             from_sequence: earlier.sequence,
             adaptive_bytes: index.expected_download(&old, &old_root),
+            block_reuse_bytes: index.expected_download(&old, &NO_RELEASE),
+            deltas_used: {
+                let have = |h: u64| old.contains(&h);
+                let mut used: Vec<usize> = index
+                    .plan(&have, &old_root)
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        basalt_manifest::adaptive::FrameSource::Delta(k) => Some(k),
+                        _ => None,
+                    })
+                    .collect();
+                used.dedup();
+                used.len()
+            },
             full_bytes,
         });
     }

@@ -5,13 +5,17 @@
 //! 4096) and the frame store's size; the rest is the index.
 //!
 //! Properties: never panics; an accepted index re-encodes to exactly its input, its frames
-//! lie in block order, each of 1..=64 blocks, never touch the verity tree, and fill exactly
-//! the store; every block outside the tree is in exactly one frame.
+//! lie in block order, each of 1..=64 blocks, never touch the verity tree; every block
+//! outside the tree is in exactly one frame; its binary deltas cover whole frames (never the
+//! tree), within their bounds, in block order per earlier release, and follow the frames in
+//! the store so that frames and deltas fill it exactly.
 //! `cargo +nightly fuzz run block_index corpus/block_index seeds/block_index`.
 
 #![no_main]
 
-use basalt_manifest::adaptive::{BlockIndex, MAX_FRAME_BLOCKS};
+use basalt_manifest::adaptive::{
+    BlockIndex, MAX_DELTA_BLOCKS, MAX_DELTA_REF_BLOCKS, MAX_FRAME_BLOCKS,
+};
 use basalt_manifest::{Artifact, ArtifactKind, Digest, HashAlgorithm, Verity};
 use libfuzzer_sys::fuzz_target;
 
@@ -64,4 +68,20 @@ fuzz_target!(|data: &[u8]| {
         next += tree.count;
     }
     assert_eq!(next, blocks);
+    let mut last_end = std::collections::HashMap::new();
+    for d in parsed.deltas() {
+        assert_eq!(d.compressed_offset, off);
+        assert!(d.blocks >= 1 && d.blocks <= MAX_DELTA_BLOCKS);
+        assert!(d.ref_blocks >= 1 && d.ref_blocks <= MAX_DELTA_REF_BLOCKS);
+        assert!(d.compressed_len > 0);
+        let first = parsed.frame_at(d.first_block).expect("a delta starts in a frame");
+        let last = parsed.frame_at(d.end_block() - 1).expect("a delta ends in a frame");
+        assert_eq!(parsed.frames()[first].first_block, d.first_block);
+        assert_eq!(parsed.frames()[last].end_block(), d.end_block());
+        assert!(d.end_block() <= tree.first || d.first_block >= tree.first + tree.count);
+        let prev = last_end.insert(d.from_root, d.end_block()).unwrap_or(0);
+        assert!(d.first_block >= prev);
+        off = d.compressed_end();
+    }
+    assert_eq!(off, store);
 });

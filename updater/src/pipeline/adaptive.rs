@@ -1,5 +1,6 @@
-//! Adaptive install of a `usr` image: reuse every block the booted slot already holds, fetch
-//! only the frames that hold blocks it lacks (format: `basalt_manifest::adaptive`).
+//! Adaptive install of a `usr` image: reuse every block the booted slot already holds,
+//! rebuild runs of rebuilt binaries from binary deltas against the booted release, fetch
+//! only the frames that hold the other blocks it lacks (format: `basalt_manifest::adaptive`).
 //!
 //! ```text
 //!  index:   fetch the block index (size and sha256 from the signed manifest) → parse
@@ -14,6 +15,11 @@
 //!           missing frames share ONE ranged request; per frame: truncated sha256 == index
 //!           (before zstd sees a byte) → decode to exactly its blocks → every block's short
 //!           hash == index → write; fdatasync + journal every `checkpoint_bytes`
+//!  deltas:  where `BlockIndex::plan` says so (a delta from the booted root hash covering a
+//!           frame that is not local): the reference read from the booted slot, its 128-bit
+//!           digest == index (else the delta's frames are fetched instead) → the delta in
+//!           its own ranged request, digest == index before zstd sees it → decoded with the
+//!           reference as prefix → every block's short hash == index → written like frames
 //!  tree:    computed from the written data with the signed salt, written after the
 //!           superblock (which came from a frame)
 //!  whole:   the written artifact read back: sha256 == the signed artifact sha256 (the slot is
@@ -29,7 +35,8 @@
 //!
 //! Memory: the index (8 bytes per block + 28 per frame, ≈ 0.9 MB for a 315 MB image), the
 //! local map (16 bytes per local block, ≈ 1.2 MB), one frame (≤ 256 KiB) and its compressed
-//! bytes; all dropped when the install returns. Then the tree (1/128 of the data) while it is
+//! bytes; with deltas, a reference (≤ 3 MiB), the output (≤ 1 MiB) and the delta (≤ 1 MiB);
+//! all dropped when the install returns. Then the tree (1/128 of the data) while it is
 //! computed.
 
 use std::collections::HashMap;
