@@ -1,7 +1,8 @@
 //! Crash sweep of a whole update (check → download → apply): every write the engine makes —
 //! slot data and verity, GPT tables, state files (journal, kept release), staged kernel and
 //! initrd or the staged UKI, the release's system extension (its frames in the staging
-//! folder, the renames that publish its set into the store), ESP files and entry renames — is
+//! folder, the renames that publish its set into the store), ESP files and entry renames,
+//! and an adaptive install's copied blocks, fetched frames and binary delta — is
 //! counted through a
 //! fault-injecting `NodeIo`. For
 //! each write point the update is run again from the same start and *killed* there (the
@@ -415,6 +416,57 @@ impl Scenario {
         s
     }
 
+    /// 1.0.0 and then 2.0.0 published: 2.0.0 is slot A's data with a "rebuilt binary"
+    /// ([`common::rebuilt_release`]), so the update is an adaptive install that copies
+    /// blocks, rebuilds the binary from a delta against slot A and fetches a few frames; its
+    /// journal checkpoints are small so crashes land between them (issue 12: a kill at any
+    /// point resumes).
+    fn adaptive(name: &'static str) -> Scenario {
+        let shm = Path::new("/dev/shm");
+        let world = if shm.is_dir() {
+            World::new_in(shm)
+        } else {
+            World::new()
+        };
+        let mut node = Node::with_spec(&world, name, BackendKind::Bls, EspKind::Dir, &small_spec());
+        node.config.checkpoint_bytes = 96 << 10;
+        world.publish(&node.v1, None);
+        let v2 = common::rebuilt_release(&world, &node, "2.0.0");
+        world.publish(&v2, None);
+        let base = world.dir.join(format!("{name}-base"));
+        copy_dir(&node.dir, &base);
+        let v1 = node.v1.clone();
+        let s = Scenario {
+            name,
+            world,
+            node,
+            base,
+            releases: vec![v1, v2],
+            booted: Slot::A,
+        };
+        // The sweep must exercise the adaptive path (a fallback writes the same bytes).
+        let mut engine = s.engine(Arc::new(basalt_updater::pipeline::RealIo));
+        let req = CheckRequest {
+            now: Utc::now(),
+            installed_version: None,
+            last_seen: None,
+            allow_downgrade: false,
+        };
+        let CheckOutcome::Available(c) = engine.check(&req).unwrap() else {
+            panic!("no update")
+        };
+        engine
+            .download(&c, &mut quiet(), &CancelFlag::new())
+            .unwrap();
+        assert_eq!(
+            engine.adaptive_counts().installed,
+            1,
+            "not installed adaptively"
+        );
+        s.reset();
+        s
+    }
+
     /// The node as before the update, with a download of 2.0.0 interrupted half-way.
     fn half_downloaded(name: &'static str) -> Scenario {
         let s = Scenario::new(name, BackendKind::GptPrio);
@@ -690,6 +742,7 @@ fn crash_sweep_of_a_whole_update() {
         Scenario::half_downloaded("gptprio-resume"),
         Scenario::uki("bls-uki"),
         Scenario::uki_over_the_fallback("bls-uki-fallback"),
+        Scenario::adaptive("bls-adaptive"),
     ] {
         total += sweep(&s, stride);
     }

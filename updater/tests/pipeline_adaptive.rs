@@ -28,7 +28,7 @@ use basalt_updater::pipeline::{BackendKind, Error};
 use basalt_updater::source::http::HttpSource;
 use basalt_updater::source::Source;
 use common::faulty::{Fault, FaultySource};
-use common::{quiet, request, EspKind, Node, World};
+use common::{quiet, rebuilt_release, request, EspKind, Node, World, REBUILT};
 
 const BLOCK: usize = 4096;
 
@@ -449,40 +449,12 @@ fn a_broken_off_download_resumes_after_the_frames_it_wrote() {
 
 // ---- Binary deltas (issue 12: a rebuilt binary changes nearly every block) ----
 
-/// The region of 1.0.0's data the "rebuilt binary" of [`rebuilt_release`] occupies.
-const REBUILT: std::ops::Range<usize> = 40..200;
-
-/// 2.0.0: slot A's 1.0.0 data with blocks 40..200 "rebuilt": their bytes shifted by one (a
-/// new byte in front, the last one dropped) and a few bytes changed, so every one of those
-/// 160 blocks is new while a delta against 1.0.0 is tiny, as for a recompiled binary.
-fn rebuilt_release(world: &World, node: &Node) -> SyntheticRelease {
-    let v1 = std::fs::read(node.v1.dir.join("usr.img")).unwrap();
-    let mut data = v1[..node.v1.hash_offset as usize].to_vec();
-    let (a, z) = (REBUILT.start * BLOCK, REBUILT.end * BLOCK);
-    let mut region = vec![0xab];
-    region.extend_from_slice(&v1[a..z - 1]);
-    for at in [1000, 70_000, 300_000, 600_000] {
-        region[at] ^= 0x5a;
-    }
-    data.splice(a..z, region);
-    let mut spec = SyntheticSpec::small("2.0.0", Utc::now()).unwrap();
-    spec.kernel_len = 300 << 10;
-    spec.initrd_len = 200 << 10;
-    synthetic_release_with_data(
-        &world.dir.join("release-2.0.0"),
-        &spec,
-        &data,
-        &[&world.keys[0], &world.keys[1]],
-    )
-    .unwrap()
-}
-
 /// Publish slot A's 1.0.0, then the rebuilt 2.0.0 (frames and deltas made against 1.0.0).
 fn world_with_rebuilt() -> (World, Node, SyntheticRelease, PublishReport) {
     let world = World::new();
     let node = Node::new(&world, "node", BackendKind::Bls, EspKind::Fat);
     world.publish(&node.v1, None);
-    let v2 = rebuilt_release(&world, &node);
+    let v2 = rebuilt_release(&world, &node, "2.0.0");
     let report = world.publish(&v2, None);
     (world, node, v2, report)
 }

@@ -479,3 +479,31 @@ pub fn build_ext(dir: &Path, ext: &Ext) -> PathBuf {
     .unwrap();
     built.path
 }
+
+/// The region of 1.0.0's data the "rebuilt binary" of [`rebuilt_release`] occupies.
+pub const REBUILT: std::ops::Range<usize> = 40..200;
+
+/// `version`: slot A's 1.0.0 data with blocks 40..200 "rebuilt": their bytes shifted by one (a
+/// new byte in front, the last one dropped) and a few bytes changed, so every one of those
+/// 160 blocks is new while a delta against 1.0.0 is tiny, as for a recompiled binary.
+pub fn rebuilt_release(world: &World, node: &Node, version: &str) -> SyntheticRelease {
+    let v1 = std::fs::read(node.v1.dir.join("usr.img")).unwrap();
+    let mut data = v1[..node.v1.hash_offset as usize].to_vec();
+    let (a, z) = (REBUILT.start * 4096, REBUILT.end * 4096);
+    let mut region = vec![0xab];
+    region.extend_from_slice(&v1[a..z - 1]);
+    for at in [1000, 70_000, 300_000, 600_000] {
+        region[at] ^= 0x5a;
+    }
+    data.splice(a..z, region);
+    let mut spec = SyntheticSpec::small(version, Utc::now()).unwrap();
+    spec.kernel_len = 300 << 10;
+    spec.initrd_len = 200 << 10;
+    basalt_image::release::synthetic::synthetic_release_with_data(
+        &world.dir.join(format!("release-{version}")),
+        &spec,
+        &data,
+        &[&world.keys[0], &world.keys[1]],
+    )
+    .unwrap()
+}
