@@ -14,6 +14,14 @@
 //! **Ours** is the test variant of `image/definitions/container-host.toml`: the product plus
 //! the report hook and the serial autologin (which only starts a shell on ttyS0).
 //!
+//! **The initramfs peer** (the issue's yardstick for `basalt-init`): a busybox initramfs that
+//! does the same DM setup on *Basalt's* disk, the way a script-based initramfs would: the
+//! same kernel modules loaded with `insmod`, Debian's `veritysetup open` (with its shared
+//! libraries, from this host: Debian 12 like the image) on slot A's usr and verity
+//! partitions with the booted root hash, the erofs `/usr` and the ext4 root mounted. It
+//! prints its uptime where it would switch_root and powers off; only its initramfs stage is
+//! measured (direct kernel boot, each round beside the others).
+//!
 //! QEMU: TCG, `-smp 2 -cpu qemu64,+rdrand`, the same memory, no network. Two boot paths:
 //! direct kernel boot (the PVH `vmlinux` of the same kernel, with each image's initramfs and
 //! command line) and OVMF → systemd-boot (each disk's ESP entry). Per boot, from the console
@@ -154,6 +162,7 @@ pub fn run(rounds: u32, settle: u32) -> Result<()> {
         facts.staging_key
     );
     let reference = build_reference(&work, &staging.tree(), &kernel, &report_opts)?;
+    let dm_busybox = build_dm_busybox(&work, &kernel, &basalt, &facts.root_hash)?;
 
     // Sizes.
     eprintln!("bench boot: measuring sizes (zstd -9 of what is downloaded)");
@@ -175,6 +184,7 @@ pub fn run(rounds: u32, settle: u32) -> Result<()> {
 
     // Boots, interleaved: each round boots every (path, system) once, fresh disks.
     let mut samples: BTreeMap<(BootPath, System), Vec<Sample>> = BTreeMap::new();
+    let mut dm_samples: Vec<Sample> = Vec::new();
     for round in 1..=rounds {
         for path in [BootPath::Direct, BootPath::Uefi] {
             for system in [System::Basalt, System::Reference] {
@@ -209,10 +219,19 @@ pub fn run(rounds: u32, settle: u32) -> Result<()> {
                 samples.entry((path, system)).or_default().push(sample);
             }
         }
+        let dir = scenario_dir("bench-boot-dm-busybox")?;
+        let s = boot_dm_busybox(&dir, &kernel, &dm_busybox)?;
+        eprintln!(
+            "bench boot: round {round} busybox + veritysetup initramfs on Basalt's disk: \
+             /init {:.2} s, switch_root point {:.2} s after kernel start",
+            s.init_at, s.switch_root
+        );
+        dm_samples.push(s);
         // After every round: a run cut short (the machine is shared) still leaves its figures.
         write_report(
             &root,
             &samples,
+            &dm_samples,
             &sizes,
             round,
             settle,
@@ -226,13 +245,14 @@ pub fn run(rounds: u32, settle: u32) -> Result<()> {
 fn write_report(
     root: &Path,
     samples: &BTreeMap<(BootPath, System), Vec<Sample>>,
+    dm: &[Sample],
     sizes: &Sizes,
     rounds: u32,
     settle: u32,
     kver: &str,
 ) -> Result<()> {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let doc = render(samples, sizes, rounds, settle, &load, kver);
+    let doc = render(samples, dm, sizes, rounds, settle, &load, kver);
     let svg = chart(samples);
     let docs = root.join("docs");
     let md_path = docs.join("benchmarks.md");
@@ -532,6 +552,131 @@ fn build_reference(
     })
 }
 
+/// The initramfs peer (module docs): busybox, the image's initramfs modules, and Debian's
+/// `veritysetup` with the shared libraries `ldd` names, opening slot A of `ours`' disk.
+struct DmBusybox {
+    disk: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+}
+
+fn build_dm_busybox(
+    work: &Path,
+    kernel: &KernelTree,
+    ours: &Bootable,
+    root_hash: &str,
+) -> Result<DmBusybox> {
+    let veritysetup = Path::new("/usr/sbin/veritysetup");
+    ensure!(
+        veritysetup.is_file(),
+        "{} is missing (Debian package cryptsetup-bin)",
+        veritysetup.display()
+    );
+    // Slot A and the root, by GPT partition name, as the image lays them out.
+    let table = sh::output(Command::new("sgdisk").arg("-p").arg(&ours.disk))?;
+    let part = |want: &dyn Fn(&str) -> bool| -> Result<u32> {
+        table
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 7).then(|| (f[0].parse::<u32>().ok(), f[f.len() - 1]))
+            })
+            .find_map(|(n, name)| n.filter(|_| want(name)))
+            .with_context(|| format!("partition not found in {}:\n{table}", ours.disk.display()))
+    };
+    let usr = part(&|n| n.starts_with("basalt_") && !n.ends_with("_verity"))?;
+    let usr_verity = part(&|n| n.starts_with("basalt_") && n.ends_with("_verity"))?;
+    let root = part(&|n| n == "root")?;
+    let init = format!(
+        "{INIT_PRELUDE}\
+         i=0; while [ ! -b /dev/vda{root} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
+         mkdir -p /run/cryptsetup\n\
+         DM_DISABLE_UDEV=1 veritysetup open /dev/vda{usr} usr /dev/vda{usr_verity} {root_hash} \
+           || {{ echo 'BENCH-DM: veritysetup failed'; poweroff -f; }}\n\
+         mkdir -p /newroot\n\
+         mount -t ext4 -o rw /dev/vda{root} /newroot || echo 'BENCH-DM: no ext4 on the root yet'\n\
+         mkdir -p /newroot/usr\n\
+         mount -t erofs -o ro /dev/dm-0 /newroot/usr || {{ echo 'BENCH-DM: erofs mount failed'; poweroff -f; }}\n\
+         echo \"BENCH-DM: switch_root uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         poweroff -f\n"
+    );
+    let mut fixture =
+        BusyboxInitramfs::new(init).modules(kernel, &basalt_image::build::image::INITRD_MODULES)?;
+    // veritysetup and what the dynamic linker loads for it.
+    let ldd = sh::output(Command::new("ldd").arg(veritysetup))?;
+    let mut libs: Vec<PathBuf> = ldd
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect();
+    libs.sort();
+    libs.dedup();
+    ensure!(
+        !libs.is_empty(),
+        "ldd named no library of veritysetup: {ldd}"
+    );
+    fixture = fixture.file(
+        "usr/sbin/veritysetup",
+        basalt_tests::fixture::Source::Host(veritysetup.to_path_buf()),
+        0o755,
+    );
+    for lib in libs {
+        let real = fs::canonicalize(&lib).with_context(|| format!("{}", lib.display()))?;
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_owned();
+        fixture = fixture.file(rel, basalt_tests::fixture::Source::Host(real), 0o755);
+    }
+    let initrd = work.join("dm-busybox-initrd.img");
+    fixture.build(&initrd)?;
+    Ok(DmBusybox {
+        disk: ours.disk.clone(),
+        initrd,
+        cmdline: "console=ttyS0 panic=-1".into(),
+    })
+}
+
+/// One boot of the initramfs peer: `/init` and its switch_root point after kernel start.
+fn boot_dm_busybox(dir: &Path, kernel: &KernelTree, b: &DmBusybox) -> Result<Sample> {
+    let disk = dir.join("disk.img");
+    basalt_image::build::image::copy_sparse(&b.disk, &disk)?;
+    let config = VmConfig::direct(
+        dir,
+        &kernel.vmlinux,
+        Some(b.initrd.clone()),
+        b.cmdline.clone(),
+    )
+    .disk(&disk)
+    .memory_mib(MEMORY_MIB)
+    .cpus(2)
+    .cpu_model("qemu64,+rdrand")
+    .no_reboot(true);
+    let result = (|| -> Result<Sample> {
+        let mut vm = config.spawn()?;
+        vm.expect("BENCH-DM: switch_root uptime=", STEP)?;
+        vm.expect_poweroff(STEP)?;
+        let console = vm.console();
+        ensure!(
+            !console.contains("BENCH-DM: no ext4"),
+            "the peer found no ext4 root on a fresh disk"
+        );
+        Ok(Sample {
+            init_at: run_init_timestamp(&console).context("no `Run /init` line on the console")?,
+            switch_root: rest_of_line(&console, "BENCH-DM: switch_root uptime=")
+                .trim()
+                .parse()
+                .context("the peer's switch_root line")?,
+            ..Sample::default()
+        })
+    })();
+    fs::remove_file(&disk).ok();
+    result
+}
+
 fn basalt_disk_esp(disk: &Path, offset: u64, len: u64, files: &[(&str, &Path)]) -> Result<()> {
     basalt_disk::esp::build_esp_image(disk, offset, len, files)
         .map(|_| ())
@@ -640,6 +785,7 @@ fn mib(b: u64) -> f64 {
 
 fn render(
     samples: &BTreeMap<(BootPath, System), Vec<Sample>>,
+    dm: &[Sample],
     s: &Sizes,
     rounds: u32,
     settle: u32,
@@ -716,6 +862,23 @@ fn render(
             "  initramfs (/init → switch_root): Basalt {bi:.2} s (module loading, signed usrhash, \
              dm-verity, erofs, root) vs the reference's busybox {ri:.2} s (modules, ext4 mount)."
         );
+        if path == BootPath::Direct && !dm.is_empty() {
+            let (bk, bk_b) = stat(b, |s| s.switch_root);
+            let (dk, dk_b) = stat(dm, |s| s.switch_root);
+            let (di, _) = stat(dm, |s| s.switch_root - s.init_at);
+            let _ = writeln!(
+                o,
+                "  initramfs against a busybox initramfs doing the same DM setup on Basalt's disk \
+                 (insmod, `veritysetup open`, erofs + ext4 mounts): kernel start → switch_root \
+                 Basalt {bk:.2} s ({bk_b:.2}) vs {dk:.2} s ({dk_b:.2}); /init → switch_root \
+                 {bi:.2} s vs {di:.2} s ({}).",
+                if bk <= dk {
+                    "no slower: met"
+                } else {
+                    "slower: not met"
+                }
+            );
+        }
         let (bm, _) = stat(b, |s| s.mem_kib);
         let (rm, _) = stat(r, |s| s.mem_kib);
         let _ = writeln!(
