@@ -5,9 +5,15 @@
 //! print the wall time and this process's peak RSS as JSON.
 //!
 //! ```text
-//! install_payload prepare WORK SIZE_MIB   # repository + pristine node disk (once)
-//! install_payload install WORK            # fresh copy of the disk, then check + download
+//! install_payload prepare WORK SIZE_MIB        # repository + pristine node disk (once)
+//! install_payload prepare-patch WORK SIZE_MIB  # the same for a patch release (below)
+//! install_payload install WORK                 # fresh copy of the disk, then check + download
 //! ```
+//!
+//! `prepare-patch`: slot A holds a `SIZE_MIB` 1.0.0 that is published first; 2.0.0 is its
+//! data with a 4 MiB run "rebuilt" (shifted by one byte, as a recompiled binary changes
+//! every block) in every 64 MiB and 1 MiB of new blocks at the end, so the agent installs it
+//! adaptively: block reuse, binary deltas against slot A, a few frames.
 //!
 //! `prepare` also writes `WORK/usr-blob.path`, the compressed usr blob the peer pipeline
 //! (`zstd -dc | tee >(openssl dgst -sha256) > slot`) decodes.
@@ -34,7 +40,7 @@ fn key() -> Result<SigningKey> {
     Ok(SigningKey::from_seed(&[0x42; 32])?)
 }
 
-fn prepare(work: &Path, size_mib: u64) -> Result<()> {
+fn prepare(work: &Path, size_mib: u64, patch: bool) -> Result<()> {
     std::fs::create_dir_all(work)?;
     let k = key()?;
     let root = sign_trust_root(
@@ -45,31 +51,76 @@ fn prepare(work: &Path, size_mib: u64) -> Result<()> {
     std::fs::write(&anchor, &root)?;
     let repo = work.join("repo");
     publish_root(&repo, &anchor, &root)?;
-    let mut spec = SyntheticSpec::small("2.0.0", Utc::now())?;
-    spec.usr_len = size_mib * MIB;
-    spec.kernel_len = 8 * MIB;
-    spec.initrd_len = 2 * MIB;
-    let v2 = synthetic_release(&work.join("release-2"), &spec, &[&k])?;
-    let report = publish(&PublishRequest {
-        release_dir: &v2.dir,
-        repo: &repo,
-        channel: "stable",
-        keys: std::slice::from_ref(&k),
-        sequence: None,
-        allow_downgrade: false,
-        now: Utc::now(),
-        valid_for: Some(TimeDelta::days(30)),
-        compress: default_compress_options(),
-    })?;
+    let publish_one = |dir: &Path| {
+        publish(&PublishRequest {
+            release_dir: dir,
+            repo: &repo,
+            channel: "stable",
+            keys: std::slice::from_ref(&k),
+            sequence: None,
+            allow_downgrade: false,
+            now: Utc::now(),
+            valid_for: Some(TimeDelta::days(30)),
+            compress: default_compress_options(),
+        })
+    };
+    let sized = |version: &str, usr_mib: u64| -> Result<SyntheticSpec> {
+        let mut spec = SyntheticSpec::small(version, Utc::now())?;
+        spec.usr_len = usr_mib * MIB;
+        spec.kernel_len = 8 * MIB;
+        spec.initrd_len = 2 * MIB;
+        Ok(spec)
+    };
+    // The node's 1.0.0: small for a full install, the payload's size for a patch.
+    let v1 = if patch {
+        let v1 = synthetic_release(&work.join("release-1"), &sized("1.0.0", size_mib)?, &[&k])?;
+        publish_one(&v1.dir)?;
+        v1
+    } else {
+        synthetic_release(
+            &work.join("release-1"),
+            &SyntheticSpec::small("1.0.0", Utc::now())?,
+            &[&k],
+        )?
+    };
+    let v2 = if patch {
+        let old = std::fs::read(v1.dir.join("usr.img"))?;
+        let mut data = old[..v1.hash_offset as usize].to_vec();
+        let run = 4 * MIB as usize;
+        let mut at = 32 * MIB as usize;
+        while at + run <= data.len() {
+            data[at] ^= 0x5a;
+            data.copy_within(at..at + run - 1, at + 1);
+            at += 64 * MIB as usize;
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        data.extend((0..MIB).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        }));
+        basalt_image::release::synthetic::synthetic_release_with_data(
+            &work.join("release-2"),
+            &sized("2.0.0", size_mib)?,
+            &data,
+            &[&k],
+        )?
+    } else {
+        synthetic_release(&work.join("release-2"), &sized("2.0.0", size_mib)?, &[&k])?
+    };
+    let report = publish_one(&v2.dir)?;
     // For the peer pipeline: the compressed usr blob.
     let blob = repo.join(basalt_manifest::repo::blob_path(&report.artifacts[0].blob));
     std::fs::write(work.join("usr-blob.path"), blob.display().to_string())?;
-    // The node: slot A holds a small 1.0.0, blessed; slot B is big enough for the payload.
-    let v1 = synthetic_release(
-        &work.join("release-1"),
-        &SyntheticSpec::small("1.0.0", Utc::now())?,
-        &[&k],
-    )?;
+    // For the patch bench: the usr image's adaptive blobs (block index, frame store).
+    if let Some(a) = &report.artifacts[0].adaptive {
+        std::fs::write(
+            work.join("usr-adaptive.names"),
+            format!("{}\n{}\n", a.block_index.to_hex(), a.frame_store.to_hex()),
+        )?;
+    }
+    // The node: slot A holds 1.0.0, blessed; slot B is big enough for the payload.
     let usr = size_mib * MIB + 64 * MIB;
     let layout = LayoutSpec {
         disk_size: 2 * usr + 2 * 64 * MIB + 64 * MIB,
@@ -188,8 +239,15 @@ fn install(work: &Path) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("prepare") if args.len() == 4 => prepare(&PathBuf::from(&args[2]), args[3].parse()?),
+        Some("prepare") if args.len() == 4 => {
+            prepare(&PathBuf::from(&args[2]), args[3].parse()?, false)
+        }
+        Some("prepare-patch") if args.len() == 4 => {
+            prepare(&PathBuf::from(&args[2]), args[3].parse()?, true)
+        }
         Some("install") if args.len() == 3 => install(&PathBuf::from(&args[2])),
-        _ => Err("usage: install_payload prepare WORK SIZE_MIB | install WORK".into()),
+        _ => {
+            Err("usage: install_payload prepare|prepare-patch WORK SIZE_MIB | install WORK".into())
+        }
     }
 }

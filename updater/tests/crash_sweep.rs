@@ -338,16 +338,20 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// A world on tmpfs when there is one: the sweep replays hundreds of updates, and their
+/// fsyncs (which the kill model does not need) would dominate on a real disk.
+fn world_in_shm() -> World {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        World::new_in(shm)
+    } else {
+        World::new()
+    }
+}
+
 impl Scenario {
     fn new(name: &'static str, backend: BackendKind) -> Scenario {
-        // On tmpfs when there is one: the sweep replays hundreds of updates, and their
-        // fsyncs (which the kill model does not need) would dominate on a real disk.
-        let shm = Path::new("/dev/shm");
-        let mut world = if shm.is_dir() {
-            World::new_in(shm)
-        } else {
-            World::new()
-        };
+        let mut world = world_in_shm();
         world.frame_len = 64 << 10;
         let mut node = Node::with_spec(&world, name, backend, EspKind::Dir, &small_spec());
         node.config.checkpoint_bytes = 128 << 10;
@@ -422,12 +426,7 @@ impl Scenario {
     /// journal checkpoints are small so crashes land between them (issue 12: a kill at any
     /// point resumes).
     fn adaptive(name: &'static str) -> Scenario {
-        let shm = Path::new("/dev/shm");
-        let world = if shm.is_dir() {
-            World::new_in(shm)
-        } else {
-            World::new()
-        };
+        let world = world_in_shm();
         let mut node = Node::with_spec(&world, name, BackendKind::Bls, EspKind::Dir, &small_spec());
         node.config.checkpoint_bytes = 96 << 10;
         world.publish(&node.v1, None);

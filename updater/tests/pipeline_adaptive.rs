@@ -282,6 +282,31 @@ fn republish_head(world: &World, edit: impl FnOnce(&mut Manifest)) {
     .unwrap();
 }
 
+/// Store `index` as the head's block index and re-sign the head (a publisher that got the
+/// index wrong).
+fn republish_index(world: &World, index: &[u8]) {
+    let digest = {
+        let d = ring::digest::digest(&ring::digest::SHA256, index);
+        Digest(d.as_ref().try_into().unwrap())
+    };
+    std::fs::write(world.repo.join(repo::blob_path(&digest)), index).unwrap();
+    republish_head(world, |m| {
+        let a = m
+            .artifacts
+            .iter_mut()
+            .find(|a| a.name == "usr.img")
+            .unwrap();
+        a.compression
+            .as_mut()
+            .unwrap()
+            .adaptive
+            .as_mut()
+            .unwrap()
+            .block_index
+            .sha256 = digest;
+    });
+}
+
 /// The adaptive path fails, the full stream installs the release: checked by the bytes, the
 /// booted slot and the log (the full usr stream was fetched).
 fn assert_falls_back(world: &World, node: &Node, v2: &SyntheticRelease, usr_blob: &Digest) {
@@ -312,36 +337,16 @@ fn a_wrong_index_entry_falls_back_to_the_full_stream() {
     let usr = usr_report(&report);
     // Say block 20 holds what block 30 holds (both in slot A): the node copies the wrong
     // block, the written slot does not hash to the signed sha256 → the full stream.
-    let index_bytes = std::fs::read(
+    let mut bad = std::fs::read(
         world
             .repo
             .join(repo::blob_path(&usr.adaptive.as_ref().unwrap().block_index)),
     )
     .unwrap();
-    let mut bad = index_bytes.clone();
     let (at20, at30) = (24 + 8 * 20, 24 + 8 * 30);
     let h30 = bad[at30..at30 + 8].to_vec();
     bad[at20..at20 + 8].copy_from_slice(&h30);
-    let digest = {
-        let d = ring::digest::digest(&ring::digest::SHA256, &bad);
-        Digest(d.as_ref().try_into().unwrap())
-    };
-    std::fs::write(world.repo.join(repo::blob_path(&digest)), &bad).unwrap();
-    republish_head(&world, |m| {
-        let a = m
-            .artifacts
-            .iter_mut()
-            .find(|a| a.name == "usr.img")
-            .unwrap();
-        a.compression
-            .as_mut()
-            .unwrap()
-            .adaptive
-            .as_mut()
-            .unwrap()
-            .block_index
-            .sha256 = digest;
-    });
+    republish_index(&world, &bad);
     assert_falls_back(&world, &node, &v2, &usr.blob);
 }
 
@@ -646,26 +651,7 @@ fn a_delta_that_decodes_to_blocks_the_index_does_not_name_falls_back() {
     let mut bad = std::fs::read(world.repo.join(repo::blob_path(&refs.block_index))).unwrap();
     let at = 24 + 8 * (d.first_block as usize + 5);
     bad[at] ^= 0xff;
-    let digest = {
-        let x = ring::digest::digest(&ring::digest::SHA256, &bad);
-        Digest(x.as_ref().try_into().unwrap())
-    };
-    std::fs::write(world.repo.join(repo::blob_path(&digest)), &bad).unwrap();
-    republish_head(&world, |m| {
-        let a = m
-            .artifacts
-            .iter_mut()
-            .find(|a| a.name == "usr.img")
-            .unwrap();
-        a.compression
-            .as_mut()
-            .unwrap()
-            .adaptive
-            .as_mut()
-            .unwrap()
-            .block_index
-            .sha256 = digest;
-    });
+    republish_index(&world, &bad);
     assert_falls_back(&world, &node, &v2, &usr.blob);
 }
 

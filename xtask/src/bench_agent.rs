@@ -19,6 +19,12 @@
 //!
 //! The releases and pristine disks come from `updater/examples/install_payload.rs prepare`
 //! (cached under `target/bench/install-*`, shared with `cargo xtask bench-install`).
+//!
+//! **A patch release** (issue 12's memory goal for adaptive installs): `prepare-patch` makes
+//! a [`PATCH_MIB`] 1.0.0 in slot A and a 2.0.0 whose data differs by a rebuilt 4 MiB run
+//! every 64 MiB plus 1 MiB of new blocks, both published, so the daemon installs 2.0.0 from
+//! the booted slot's blocks, binary deltas and a few frames. Printed: its time, the bytes
+//! nginx served against the full stream, and the daemon's idle and peak RSS (same targets).
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -401,11 +407,18 @@ fn peer(work: &Path, url: &str, durable: bool) -> Result<f64> {
     Ok(seconds)
 }
 
+/// The `/usr` size of the patch-release scenario.
+const PATCH_MIB: u64 = 256;
+
 fn prepared(root: &Path, size_mib: u64) -> Result<PathBuf> {
+    prepared_as(root, size_mib, "prepare", "install")
+}
+
+fn prepared_as(root: &Path, size_mib: u64, mode: &str, name: &str) -> Result<PathBuf> {
     let work = root
         .join("target")
         .join("bench")
-        .join(format!("install-{size_mib}MiB"));
+        .join(format!("{name}-{size_mib}MiB"));
     if !work.join("usr-blob.path").exists() {
         if work.exists() {
             std::fs::remove_dir_all(&work)?;
@@ -416,7 +429,7 @@ fn prepared(root: &Path, size_mib: u64) -> Result<PathBuf> {
         );
         sh::run(
             Command::new(release_dir(root).join("examples").join("install_payload"))
-                .arg("prepare")
+                .arg(mode)
                 .arg(&work)
                 .arg(size_mib.to_string()),
         )?;
@@ -513,8 +526,63 @@ pub fn run(args: Args) -> Result<()> {
             mib(after)
         ));
     }
+    lines.push(patch_release(&root)?);
     for l in lines {
         println!("{l}");
     }
     Ok(())
+}
+
+/// The patch-release scenario (module docs): one install, its bytes and the daemon's memory.
+fn patch_release(root: &Path) -> Result<String> {
+    let work = prepared_as(root, PATCH_MIB, "prepare-patch", "install-patch")?;
+    let blob = std::fs::read_to_string(work.join("usr-blob.path"))?;
+    let full = std::fs::metadata(blob.trim())?.len();
+    let nginx = basalt_tests::web::Nginx::start(&work.join("nginx"), &work.join("repo"))?;
+    let (_bus, address) = start_bus(&work)?;
+    let node = Node {
+        work: &work,
+        host: work.join("host"),
+        bus: &address,
+        url: nginx.url(),
+    };
+    let before = nginx.access_log()?.len();
+    let o = node.install()?;
+    let log = nginx.access_log()?;
+    let new = &log[before.min(log.len())..];
+    // The usr image's bytes: its block index, frame-store ranges and (on a fallback) stream.
+    let names = std::fs::read_to_string(work.join("usr-adaptive.names"))?;
+    let stream_name = blob.trim().rsplit('/').next().unwrap_or("-").to_owned();
+    let usr: Vec<_> = new
+        .iter()
+        .filter(|a| {
+            names
+                .lines()
+                .any(|n| !n.is_empty() && a.request.contains(n))
+                || a.request.contains(&stream_name)
+        })
+        .collect();
+    let served: u64 = usr.iter().map(|a| a.body_bytes).sum();
+    let ranged = usr.iter().filter(|a| a.range.is_some()).count();
+    let stream = usr.iter().any(|a| a.request.contains(&stream_name));
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    eprintln!("  idle: {}", o.idle);
+    Ok(format!(
+        "patch release, {PATCH_MIB} MiB of /usr (a rebuilt 4 MiB run every 64 MiB + 1 MiB new):\n\
+         \x20 basalt-updated {:.2} s (kernel and initrd included); nginx served {:.2} MB for usr.img in {} requests ({ranged} ranged) against a {:.1} MB full stream ({:.2} %){}\n\
+         \x20 daemon RSS: idle {:.1} MiB (target <= 8), peak {:.1} MiB (target <= 32), after {:.1} MiB",
+        o.seconds,
+        served as f64 / 1e6,
+        usr.len(),
+        full as f64 / 1e6,
+        100.0 * served as f64 / full.max(1) as f64,
+        if stream {
+            "; FELL BACK to the full stream"
+        } else {
+            ""
+        },
+        mib(o.idle_kib),
+        mib(o.peak_kib),
+        mib(o.after_kib)
+    ))
 }
