@@ -641,6 +641,27 @@ fn a_corrupt_delta_falls_back_to_the_full_stream() {
 }
 
 #[test]
+fn a_truncated_delta_falls_back_to_the_full_stream() {
+    let (world, node, v2, report) = world_with_rebuilt();
+    let usr = usr_report(&report);
+    let index = head_index(&world);
+    // The deltas are the store's last bytes: cut into the last one.
+    let last = index.deltas().last().unwrap();
+    assert_eq!(last.compressed_end(), index.store_size());
+    let store = world
+        .repo
+        .join(repo::blob_path(&usr.adaptive.as_ref().unwrap().frame_store));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .unwrap();
+    f.set_len(last.compressed_offset + u64::from(last.compressed_len) / 2)
+        .unwrap();
+    drop(f);
+    assert_falls_back(&world, &node, &v2, &usr.blob);
+}
+
+#[test]
 fn a_delta_that_decodes_to_blocks_the_index_does_not_name_falls_back() {
     let (world, node, v2, report) = world_with_rebuilt();
     let usr = usr_report(&report);
