@@ -33,7 +33,7 @@ use std::sync::Mutex;
 
 use basalt_manifest::adaptive::{
     delta_decode, delta_encode, frame_digest, BlockIndex, Delta, StoreFrame, BLOCK_SIZE,
-    DELTA_RECORD_LEN, MAX_DELTA_BLOCKS, MAX_DELTA_REF_BLOCKS,
+    DELTA_RECORD_LEN, MAX_DELTA_BLOCKS, MAX_DELTA_LEN, MAX_DELTA_REF_BLOCKS,
 };
 
 use super::adaptive::Previous;
@@ -353,7 +353,11 @@ fn one(
     usr.read_exact_at(&mut target, c.first * BLOCK_SIZE)
         .map_err(One::Io)?;
     let delta = delta_encode(&reference, &target, level).map_err(One::Skip)?;
-    if delta.len() as u64 + DELTA_RECORD_LEN as u64 >= c.frames_bytes {
+    // Worth it only when smaller than the frames it replaces (and within the format's bound,
+    // which only incompressible data could reach).
+    if delta.len() as u64 + DELTA_RECORD_LEN as u64 >= c.frames_bytes
+        || delta.len() > MAX_DELTA_LEN as usize
+    {
         return Ok(None);
     }
     // The node's decoder must give the target back: check it here, once, not on every node.
