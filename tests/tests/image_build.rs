@@ -823,6 +823,82 @@ fn container_host_product_sbom_matches_the_image_and_has_no_test_hooks() -> Resu
     Ok(())
 }
 
+/// The root partition of a built container-host `disk.img` carries `/etc` and `/var` exactly
+/// as the image's factory trees (`/usr/share/factory/{etc,var}` in the erofs `/usr`), so a
+/// node's first boot has nothing to copy: GNU `diff -r --no-dereference` (bytes and link
+/// targets) and a walk for modes and owners, on the trees `debugfs rdump` reads back, in a
+/// file system `e2fsck` finds clean.
+#[test]
+fn container_host_root_partition_holds_the_factory_etc_and_var() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let image = container_host(Variant::Product, "1.0.0")?;
+    let tmp = tempfile::tempdir()?;
+    let usr = tmp.path().join("usr");
+    extract_usr(&image, &usr)?;
+    let fs = root_partition(&image.file("disk.img"), &tmp.path().join("root.ext4"))?;
+    let mut cmd = E2FSCK.command()?;
+    cmd.args(["-f", "-n"]).arg(&fs);
+    let check = cmd.output()?;
+    ensure!(
+        check.status.success(),
+        "e2fsck -fn on the root partition: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let back = tmp.path().join("back");
+    std::fs::create_dir(&back)?;
+    for dir in ["etc", "var"] {
+        let factory = usr.join("share/factory").join(dir);
+        ensure!(factory.is_dir(), "no factory /{dir} in the image");
+        debugfs(&fs, &format!("rdump /{dir} {}", back.display()))?;
+        let got = back.join(dir);
+        let diff = std::process::Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(&factory)
+            .arg(&got)
+            .output()?;
+        ensure!(
+            diff.status.success(),
+            "/{dir} on the root partition differs from the factory tree:\n{}{}",
+            String::from_utf8_lossy(&diff.stdout),
+            String::from_utf8_lossy(&diff.stderr)
+        );
+        let mut stack = vec![factory.clone()];
+        let mut entries = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let path = e?.path();
+                let want = std::fs::symlink_metadata(&path)?;
+                let there = got.join(path.strip_prefix(&factory)?);
+                let have = std::fs::symlink_metadata(&there)?;
+                ensure!(
+                    have.uid() == 0 && have.gid() == 0,
+                    "{} is owned by {}:{}",
+                    there.display(),
+                    have.uid(),
+                    have.gid()
+                );
+                if !want.file_type().is_symlink() {
+                    ensure!(
+                        want.mode() == have.mode(),
+                        "{}: mode {:o}, the factory's {:o}",
+                        there.display(),
+                        have.mode(),
+                        want.mode()
+                    );
+                }
+                if want.is_dir() {
+                    stack.push(path);
+                }
+                entries += 1;
+            }
+        }
+        println!("/{dir}: {entries} entries as in the factory tree");
+        ensure!(entries > 10, "/{dir} has only {entries} entries");
+    }
+    Ok(())
+}
+
 /// The test variant of the same definition has the hooks the product lacks (so the search
 /// above can fail), marks itself in os-release, and shares the product's Debian staging.
 #[test]

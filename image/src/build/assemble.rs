@@ -23,12 +23,8 @@ use super::image::{
 };
 use super::inputs::{Inputs, BUSYBOX, INITRD_MKE2FS};
 use super::rootfs::{self, ContainerHostInput};
+use super::rootpart;
 use super::variant::Variant;
-use crate::tool::{DEBUGFS, MKE2FS};
-
-/// The fixed clock of the root filesystem's creation (`E2FSPROGS_FAKE_TIME`): ext4 records
-/// creation and change times; a fixed value keeps `disk.img` reproducible. 2023-11-14.
-const ROOT_FS_EPOCH: &str = "1700000000";
 
 /// A step timer for `build.json`.
 struct Steps {
@@ -89,7 +85,6 @@ pub(crate) fn build_into(
         usr_tree_bytes >> 20
     ));
     erofs::pack(&staging.join("usr"), &usr, &uuid, Compression::Lz4hc)?;
-    fs::remove_dir_all(&staging).map_err(io("remove", &staging))?;
     let erofs_len = file_len(&usr)?;
     steps.mark("erofs");
     let mut verity_uuid = [0u8; 16];
@@ -130,8 +125,10 @@ pub(crate) fn build_into(
         vmlinuz: &vmlinuz,
         initrd: &initrd,
         cmdline: &cmdline,
+        factory: &staging.join("usr/share/factory"),
     };
     write_disk(&disk, config, req.variant, &image)?;
+    fs::remove_dir_all(&staging).map_err(io("remove", &staging))?;
     steps.mark("disk");
 
     // 5. What is in it: host files by package, Basalt programs.
@@ -349,10 +346,12 @@ struct DiskContent<'a> {
     vmlinuz: &'a Path,
     initrd: &'a Path,
     cmdline: &'a str,
+    /// The staged `/usr/share/factory`: `/etc` and `/var` of the root partition.
+    factory: &'a Path,
 }
 
 /// The disk image: GPT with derived GUIDs, slot A, the ESP (systemd-boot, loader.conf, the
-/// blessed slot-A entry), the root filesystem.
+/// blessed slot-A entry), the root filesystem with `/etc` and `/var` from the factory trees.
 fn write_disk(
     disk: &Path,
     config: &ImageConfig,
@@ -406,236 +405,7 @@ fn write_disk(
     ))?;
     let uuid = derived_uuid("root-fs-uuid", config, variant);
     let seed = derived_uuid("root-fs-hash-seed", config, variant);
-    format_root(disk, inv.root.offset, inv.root.size, &uuid, &seed)
-}
-
-fn uuid_text(b: &[u8; 16]) -> String {
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// The root filesystem's first content: merged-/usr links and the empty top-level folders
-/// (`/etc` is left out: basalt-init fills it from `/usr/share/factory/etc` on the first
-/// boot). (path, mode or link target)
-const ROOT_SKELETON: [(&str, Result<u32, &str>); 14] = [
-    ("usr", Ok(0o755)),
-    ("dev", Ok(0o755)),
-    ("proc", Ok(0o555)),
-    ("sys", Ok(0o555)),
-    ("run", Ok(0o755)),
-    ("tmp", Ok(0o1777)),
-    ("var", Ok(0o755)),
-    ("root", Ok(0o700)),
-    ("home", Ok(0o755)),
-    ("mnt", Ok(0o755)),
-    ("bin", Err("usr/bin")),
-    ("sbin", Err("usr/sbin")),
-    ("lib", Err("usr/lib")),
-    ("lib64", Err("usr/lib64")),
-];
-
-/// Runs the debugfs `script` read-write on `device` (a filesystem inside `disk`) under the
-/// build's fixed clock, from a file `<name>.debugfs` beside the disk. debugfs does not fail on
-/// a command that fails: callers read the result back.
-fn debugfs_script(
-    disk: &Path,
-    device: &str,
-    name: &str,
-    script: &str,
-    step: &str,
-) -> Result<(), BuildError> {
-    let tool_err = |source| BuildError::Mkfs {
-        path: disk.to_owned(),
-        step: format!("debugfs ({step})"),
-        source: Box::new(source),
-    };
-    let script_path = disk.with_file_name(format!("{name}.debugfs"));
-    fs::write(&script_path, script).map_err(io("write", &script_path))?;
-    let mut cmd = DEBUGFS.command().map_err(tool_err)?;
-    cmd.env("E2FSPROGS_FAKE_TIME", ROOT_FS_EPOCH)
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_path)
-        .arg(device);
-    DEBUGFS.run(&mut cmd).map_err(tool_err)?;
-    fs::remove_file(&script_path).map_err(io("remove", &script_path))
-}
-
-/// Format the root partition as ext4 and create the skeleton, reproducibly: `mke2fs` with a
-/// derived UUID and hash seed, then `debugfs` creates the folders and links (mke2fs `-d`
-/// would copy the build host's change times). Both under a fixed clock. The result is read
-/// back with `debugfs` and compared with [`ROOT_SKELETON`] (debugfs does not fail on a
-/// command that fails).
-fn format_root(
-    disk: &Path,
-    offset: u64,
-    size: u64,
-    uuid: &[u8; 16],
-    seed: &[u8; 16],
-) -> Result<(), BuildError> {
-    let mkfs_err = |step: &str| {
-        let step = step.to_owned();
-        move |source| BuildError::Mkfs {
-            path: disk.to_owned(),
-            step,
-            source: Box::new(source),
-        }
-    };
-    let mut cmd = MKE2FS.command().map_err(mkfs_err("mke2fs"))?;
-    cmd.env("E2FSPROGS_FAKE_TIME", ROOT_FS_EPOCH)
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-U"])
-        .arg(uuid_text(uuid))
-        .arg("-E")
-        .arg(format!("offset={offset},hash_seed={}", uuid_text(seed)))
-        .arg(disk)
-        .arg((size / 4096).to_string());
-    MKE2FS.run(&mut cmd).map_err(mkfs_err("mke2fs"))?;
-
-    let device = format!("{}?offset={offset}", disk.display());
-    let mut script = String::new();
-    for (name, what) in ROOT_SKELETON {
-        match what {
-            Ok(mode) => {
-                script.push_str(&format!("mkdir {name}\n"));
-                script.push_str(&format!("sif {name} mode 0{:o}\n", 0o40000 | mode));
-            }
-            Err(target) => script.push_str(&format!("symlink {name} {target}\n")),
-        }
-    }
-    debugfs_script(
-        disk,
-        &device,
-        "root-skeleton",
-        &script,
-        "create the skeleton",
-    )?;
-
-    let mut cmd = DEBUGFS.command().map_err(mkfs_err("debugfs"))?;
-    cmd.arg("-R").arg("ls -l /").arg(&device);
-    let out = DEBUGFS
-        .run(&mut cmd)
-        .map_err(mkfs_err("debugfs (list /)"))?;
-    let listing = String::from_utf8_lossy(&out.stdout);
-    for (name, what) in ROOT_SKELETON {
-        let want_mode = match what {
-            Ok(mode) => format!("{:o}", 0o40000 | mode),
-            Err(_) => "120777".to_owned(),
-        };
-        let found = listing.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 2 && f[1] == want_mode && f.last() == Some(&name)
-        });
-        if !found {
-            return Err(BuildError::Io {
-                op: "check the root filesystem skeleton of",
-                path: disk.to_owned(),
-                source: std::io::Error::other(format!(
-                    "/{name} (mode {want_mode}) is missing after debugfs:\n{listing}"
-                )),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Where the image carries its release's extension set on the root partition, relative to
-/// the root (`basalt_sysext::store::DEFAULT_SEED` without its leading `/`): the node adopts
-/// it into `/var/lib/basalt/extensions/<version>/` at its first boot (see
-/// `basalt_sysext::store`).
-fn seed_dir() -> &'static str {
-    basalt_sysext::store::DEFAULT_SEED.trim_start_matches('/')
-}
-
-/// Writes `images` (`NAME.raw` files, already signed and checked) into the root partition of
-/// `disk` as the install-time set of OS `version`: `/<seed>/<version>/NAME.raw`, root-owned,
-/// folders 0755 and files 0644, under the same fixed clock as the skeleton; then reads each
-/// file back and compares its SHA-256 (debugfs does not fail on a command that fails).
-pub(crate) fn seed_extensions(
-    disk: &Path,
-    version: &str,
-    images: &[PathBuf],
-) -> Result<(), BuildError> {
-    if images.is_empty() {
-        return Ok(());
-    }
-    let tool_err = |step: &str| {
-        let step = step.to_owned();
-        move |source| BuildError::Mkfs {
-            path: disk.to_owned(),
-            step,
-            source: Box::new(source),
-        }
-    };
-    let inv = Inventory::read_path(disk, None).map_err(disk_err("read the layout", disk))?;
-    let device = format!("{}?offset={}", disk.display(), inv.root.offset);
-    let seed = seed_dir();
-    let set = format!("{seed}/{version}");
-    let mut script = String::new();
-    for dir in [seed, set.as_str()] {
-        script.push_str(&format!(
-            "mkdir {dir}\nsif {dir} mode 040755\nsif {dir} uid 0\nsif {dir} gid 0\n"
-        ));
-    }
-    let mut names = Vec::new();
-    for image in images {
-        let name = image
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
-            .ok_or_else(|| BuildError::Io {
-                op: "seed the extension set with",
-                path: image.clone(),
-                source: std::io::Error::other("not a plain NAME.raw file name"),
-            })?;
-        let file = format!("{set}/{name}");
-        script.push_str(&format!(
-            "write {} {file}\nsif {file} mode 0100644\nsif {file} uid 0\nsif {file} gid 0\n",
-            image.display()
-        ));
-        names.push((file, image));
-    }
-    debugfs_script(
-        disk,
-        &device,
-        "root-extensions",
-        &script,
-        "write the extension set",
-    )?;
-
-    let check = tempfile::tempdir_in(disk.parent().unwrap_or(Path::new(".")))
-        .map_err(io("create a folder beside", disk))?;
-    for (file, image) in names {
-        let back = check.path().join("back");
-        let mut cmd = DEBUGFS.command().map_err(tool_err("debugfs"))?;
-        cmd.arg("-R")
-            .arg(format!("dump /{file} {}", back.display()))
-            .arg(&device);
-        DEBUGFS
-            .run(&mut cmd)
-            .map_err(tool_err("debugfs (read the extension set back)"))?;
-        let want = super::image::sha256_file(image)?;
-        let got = match fs::metadata(&back) {
-            Ok(_) => Some(super::image::sha256_file(&back)?),
-            Err(_) => None,
-        };
-        if got.as_ref() != Some(&want) {
-            return Err(BuildError::Io {
-                op: "check the extension set on the root partition of",
-                path: disk.to_owned(),
-                source: std::io::Error::other(format!(
-                    "/{file} does not read back as {} (root partition too small?)",
-                    image.display()
-                )),
-            });
-        }
-        fs::remove_file(&back).map_err(io("remove", &back))?;
-    }
+    rootpart::format_root(disk, inv.root.offset, inv.root.size, &uuid, &seed)?;
+    rootpart::seed_factory(disk, inv.root.offset, c.factory)?;
     Ok(())
 }

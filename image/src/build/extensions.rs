@@ -16,7 +16,7 @@
 //! definition's text is part of the key, so adding or removing an `[[extensions]]` entry
 //! does not). The output is reproducible (salt, UUIDs and timestamps derived from the
 //! definition). The output `disk.img` carries the set on its root partition
-//! (`super::assemble::seed_extensions`).
+//! (`super::rootpart::seed_extensions`).
 
 use std::collections::BTreeSet;
 

@@ -336,7 +336,7 @@ pub fn build_with_progress(
     // The node image carries its release's set from the start; written into the output
     // copy only (the cache entry's disk stays without: the set is built per request).
     let images: Vec<PathBuf> = extensions.iter().map(|e| e.path.clone()).collect();
-    super::assemble::seed_extensions(&req.out.join(DISK_IMG), &facts.version, &images)?;
+    super::rootpart::seed_extensions(&req.out.join(DISK_IMG), &facts.version, &images)?;
     super::sign::sign_request(req, &inputs, &facts, &extensions)?;
     Ok(BuildReport {
         facts,

@@ -21,6 +21,7 @@ pub mod inputs;
 pub mod inspect;
 pub mod modules;
 pub mod rootfs;
+mod rootpart;
 pub mod sbkeys;
 pub mod sbom;
 mod sign;
