@@ -67,8 +67,8 @@ use crate::kernel::DebFacts;
 /// /usr, derived GUIDs; 5: both together (test options from the variant); 6: the dpkg
 /// database in `/usr/lib/sysimage/dpkg` (container-host); 7: os-release `SYSEXT_LEVEL=` is
 /// the definition's `os.sysext_level` (was the version); 8: erofs with `-Enoinline_data`
-/// (adaptive updates).
-pub const BUILDER_VERSION: &str = "basalt-image-build/8";
+/// (adaptive updates); 9: the root partition carries `/etc` and `/var` from the factory trees.
+pub const BUILDER_VERSION: &str = "basalt-image-build/9";
 
 /// The file names in a release directory.
 pub const USR_IMG: &str = "usr.img";
