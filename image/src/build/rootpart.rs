@@ -330,7 +330,8 @@ pub(super) fn seed_factory(disk: &Path, offset: u64, factory: &Path) -> Result<u
             Path::new(name),
             &mut special,
         );
-        // rdump's chown after its chmod drops set-user/group-ID bits: those are read back
+        // rdump does not restore the set-user/group-ID and sticky bits (its chown after
+        // the chmod drops the first two, `/var/tmp` came back 0777): those are read back
         // from the inode itself.
         for (path, mode) in special {
             if checked.is_err() {
@@ -439,8 +440,8 @@ fn tree_script(
 
 /// Compares the tree `want` (folders, regular files, symlinks) with `got` as `debugfs rdump`
 /// wrote it: the same names, kinds, permission bits, bytes and link targets. The first
-/// difference, named, or `Ok`. Entries with set-user/group-ID bits, which rdump cannot
-/// restore, go into `special` (path below the root, full permission bits) to be checked on
+/// difference, named, or `Ok`. Entries with set-user/group-ID or sticky bits, which rdump
+/// does not restore, go into `special` (path below the root, full permission bits) to be checked on
 /// the inode; `at` is `got`'s path below the root.
 fn same_tree(
     want: &Path,
@@ -471,10 +472,10 @@ fn same_tree(
         w.permissions().mode() & 0o7777,
         g.permissions().mode() & 0o7777,
     );
-    if !w.file_type().is_symlink() && wm & 0o1777 != gm & 0o1777 {
+    if !w.file_type().is_symlink() && wm & 0o777 != gm & 0o777 {
         return Err(format!("{} has mode {gm:o}, not {wm:o}", got.display()));
     }
-    if !w.file_type().is_symlink() && wm & 0o6000 != 0 {
+    if !w.file_type().is_symlink() && wm & 0o7000 != 0 {
         special.push((at.to_owned(), wm));
     }
     if w.file_type().is_symlink() {
@@ -547,6 +548,9 @@ mod tests {
         // SAFETY: a valid NUL-terminated path; mkfifo only creates a file system entry.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
         fs::create_dir_all(factory.join("var/lib/empty")).expect("mkdir");
+        fs::create_dir_all(factory.join("var/tmp")).expect("mkdir");
+        fs::set_permissions(factory.join("var/tmp"), fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
         fs::write(factory.join("var/lib/state"), vec![7u8; 70_000]).expect("write");
         (disk, factory)
     }
@@ -556,8 +560,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let (disk, factory) = fixture(tmp.path());
         // etc: itself, hostname, shadow, empty, ssl, ssl/private, helper, os-release = 8;
-        // var: itself, lib, lib/empty, lib/state = 4. The FIFO is skipped.
-        assert_eq!(seed_factory(&disk, 0, &factory).expect("seed"), 12);
+        // var: itself, lib, lib/empty, lib/state, tmp = 5. The FIFO is skipped.
+        assert_eq!(seed_factory(&disk, 0, &factory).expect("seed"), 13);
         let device = format!("{}?offset=0", disk.display());
         let mut cmd = DEBUGFS.command().expect("debugfs");
         cmd.arg("-R")
@@ -571,6 +575,11 @@ mod tests {
             "{stat}"
         );
         assert!(stat.contains("2023"), "the build's fixed clock: {stat}");
+        let mut cmd = DEBUGFS.command().expect("debugfs");
+        cmd.arg("-R").arg("stat /var/tmp").arg(&device);
+        let out = DEBUGFS.run(&mut cmd).expect("stat");
+        let stat = String::from_utf8_lossy(&out.stdout);
+        assert!(stat.contains("Mode:  01777"), "{stat}");
     }
 
     #[test]
