@@ -823,9 +823,10 @@ impl Node {
         Ok(printed)
     }
 
-    /// Write `blocks` 4 KiB blocks of zeros at `offset` of the boot disk (`/dev/vda`): a
-    /// partition of slot `slot` (its byte offset, from the GPT read on the host), as an
-    /// attacker with the disk (or a failing disk) would.
+    /// Write `blocks` 4 KiB blocks of zeros at `offset` of the boot disk (`BASALT_DISK` of
+    /// basalt-init's `/run/basalt/boot.env`: the kernel does not always name it `/dev/vda`
+    /// when data disks are attached): a partition of slot `slot` (its byte offset, from the
+    /// GPT read on the host), as an attacker with the disk (or a failing disk) would.
     pub fn corrupt_usr(&mut self, slot: Slot, offset: u64, blocks: u64) -> Result<()> {
         if offset % 4096 != 0 {
             return Err(Error::ScenarioCheck(format!(
@@ -833,7 +834,8 @@ impl Node {
             )));
         }
         self.run(&format!(
-            "dd if=/dev/zero of=/dev/vda bs=4096 seek={} count={blocks} conv=notrunc,fsync status=none",
+            ". /run/basalt/boot.env && test -b \"$BASALT_DISK\" && dd if=/dev/zero \
+             of=\"$BASALT_DISK\" bs=4096 seek={} count={blocks} conv=notrunc,fsync status=none",
             offset / 4096
         ))
         .map(|_| ())

@@ -221,8 +221,10 @@ impl VmConfig {
         self
     }
 
-    /// An extra read-only raw virtio disk, to hand data to the guest: `/dev/vdb`, `/dev/vdc`…
-    /// in the order added (from `/dev/vda` when there is no main disk).
+    /// An extra read-only raw virtio disk, to hand data to the guest. The guest finds the
+    /// N-th one added (from 1) as [`data_disk_device`]`(N)`: the kernel's `vdX` names follow
+    /// the order the drivers probe, which is not always the order on the command line (seen:
+    /// the main disk as `/dev/vdb` after basalt-init loaded virtio_blk beside other modules).
     pub fn data_disk(mut self, image: impl Into<PathBuf>) -> Self {
         self.data_disks.push(image.into());
         self
@@ -299,8 +301,12 @@ impl VmConfig {
         if let Some(disk) = &self.disk {
             push(&[&"-drive", &drive_spec("if=virtio,format=raw", disk)]);
         }
-        for data in &self.data_disks {
-            let spec = drive_spec("if=virtio,format=raw,readonly=on", data);
+        for (i, data) in self.data_disks.iter().enumerate() {
+            let options = format!(
+                "if=virtio,format=raw,readonly=on,serial={DATA_DISK_SERIAL}{}",
+                i + 1
+            );
+            let spec = drive_spec(&options, data);
             push(&[&"-drive", &spec]);
         }
         if self.no_reboot {
@@ -443,6 +449,16 @@ impl VmConfig {
 }
 
 /// `-drive` value: QEMU separates options with commas, so a comma in a path is doubled.
+/// The virtio serial of data disk N is `data-N` (udev's `/dev/disk/by-id/virtio-<serial>`).
+const DATA_DISK_SERIAL: &str = "data-";
+
+/// The guest's path of the `n`-th data disk (from 1) added with [`VmConfig::data_disk`]:
+/// the link udev makes from its virtio serial, stable whatever order the disks were probed
+/// in (a guest without udev has only the `vdX` names).
+pub fn data_disk_device(n: usize) -> String {
+    format!("/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}{n}")
+}
+
 fn drive_spec(options: &str, file: &Path) -> OsString {
     let mut spec = OsString::from(options);
     spec.push(",file=");
@@ -1063,7 +1079,7 @@ mod tests {
             drives,
             [
                 "if=virtio,format=raw,file=/main.img",
-                "if=virtio,format=raw,readonly=on,file=/a,,b.img"
+                "if=virtio,format=raw,readonly=on,serial=data-1,file=/a,,b.img"
             ]
         );
         assert!(args.contains(&"-no-reboot".to_string()));

@@ -38,7 +38,7 @@ use basalt_tests::artifacts::{container_host_definition, container_host_request,
 use basalt_tests::story::{
     booted_version, with_absolute_paths, Node, Repository, Stderr, GUEST_REPO_MOUNT,
 };
-use basalt_tests::vm::scenario_dir;
+use basalt_tests::vm::{data_disk_device, scenario_dir};
 
 const SETTLE: Duration = Duration::from_secs(180);
 
@@ -187,7 +187,7 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
             && adopted.contains("No such file"),
         "the install-time set must be adopted into the store, the seed gone: {adopted}"
     );
-    node.mount_repository_disk("/dev/vdb")?;
+    node.mount_repository_disk(&data_disk_device(1))?;
 
     // 2. The tampered 2.0.0 is refused at staging; nothing is staged.
     node.set_repository(&format!("file://{GUEST_REPO_MOUNT}"), n)?;
@@ -215,7 +215,7 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
     ensure!(!listed.contains("2.0.0"), "no set for 2.0.0: {listed}");
 
     // 3. The good 2.0.0 moves OS and tools together.
-    node.mount_repository_disk("/dev/vdc")?;
+    node.mount_repository_disk(&data_disk_device(2))?;
     node.update_and_reboot(n)?;
     node.wait_up(n)?;
     node.wait_status("2.0.0 blessed", SETTLE, |s| {
@@ -240,7 +240,7 @@ fn extensions_move_with_the_os_through_update_rollback_and_a_tampered_release() 
          systemctl restart basalt-updated && basaltctl extensions list",
     )?;
     ensure!(out.contains("pinned: tools 1.0.0"), "the pin: {out}");
-    node.mount_repository_disk("/dev/vdd")?;
+    node.mount_repository_disk(&data_disk_device(3))?;
     node.update_and_reboot(n)?;
     node.wait_up(n)?;
     node.wait_status("2.0.0 (node-image-only) blessed", SETTLE, |s| {

@@ -49,7 +49,7 @@ use basalt_tests::secure::{esp, snakeoil_signer};
 use basalt_tests::story::{
     booted_version, build_secure_releases, Node, Repository, Stderr, GUEST_REPO_MOUNT,
 };
-use basalt_tests::vm::scenario_dir;
+use basalt_tests::vm::{data_disk_device, scenario_dir};
 
 /// The kernel's line when the firmware booted it with Secure Boot enforcing.
 const SB_ON: &str = "Secure boot enabled";
@@ -105,8 +105,8 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
         "{status:#}"
     );
 
-    // 1. 2.0.0 from the first repository disk (/dev/vdb).
-    node.mount_repository_disk("/dev/vdb")?;
+    // 1. 2.0.0 from the first repository disk (data disk 1).
+    node.mount_repository_disk(&data_disk_device(1))?;
     node.set_repository(&format!("file://{GUEST_REPO_MOUNT}"), n)?;
     node.update_and_reboot(n)?;
     node.wait_up(n)?;
@@ -115,8 +115,8 @@ fn air_gapped_update_commits_then_a_corrupted_usr_falls_back_with_basalt_inits_r
     })?;
     let committed_at = vm_started.elapsed();
 
-    // 2. 3.0.0 from the second disk (/dev/vdc), staged, then its /usr damaged.
-    node.mount_repository_disk("/dev/vdc")?;
+    // 2. 3.0.0 from the second disk (data disk 2), staged, then its /usr damaged.
+    node.mount_repository_disk(&data_disk_device(2))?;
     node.update_staged(n)?;
     let staged = node.status()?;
     ensure!(
