@@ -298,16 +298,19 @@ impl VmConfig {
                 }
             }
         }
+        // Each disk is a drive plus its virtio-blk device, in command-line order, so PCI
+        // enumerates the main disk first (QEMU creates `if=virtio` drives after every
+        // `-device`: mixing the two put a data disk first). A data disk's device carries
+        // its serial (QEMU 10 no longer takes `serial=` on `-drive`).
         if let Some(disk) = &self.disk {
-            push(&[&"-drive", &drive_spec("if=virtio,format=raw", disk)]);
+            let spec = drive_spec("if=none,id=main,format=raw", disk);
+            push(&[&"-drive", &spec, &"-device", &"virtio-blk-pci,drive=main"]);
         }
         for (i, data) in self.data_disks.iter().enumerate() {
-            let options = format!(
-                "if=virtio,format=raw,readonly=on,serial={DATA_DISK_SERIAL}{}",
-                i + 1
-            );
-            let spec = drive_spec(&options, data);
-            push(&[&"-drive", &spec]);
+            let id = format!("{DATA_DISK_SERIAL}{}", i + 1);
+            let spec = drive_spec(&format!("if=none,id={id},format=raw,readonly=on"), data);
+            let device = format!("virtio-blk-pci,drive={id},serial={id}");
+            push(&[&"-drive", &spec, &"-device", &device]);
         }
         if self.no_reboot {
             push(&[&"-no-reboot"]);
@@ -1074,12 +1077,17 @@ mod tests {
             .disk("/main.img")
             .no_reboot(true);
         let args = args_of(&config);
-        let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("if=virtio")).collect();
+        let drives: Vec<&String> = args
+            .iter()
+            .filter(|a| a.starts_with("if=") || a.starts_with("virtio-blk"))
+            .collect();
         assert_eq!(
             drives,
             [
-                "if=virtio,format=raw,file=/main.img",
-                "if=virtio,format=raw,readonly=on,serial=data-1,file=/a,,b.img"
+                "if=none,id=main,format=raw,file=/main.img",
+                "virtio-blk-pci,drive=main",
+                "if=none,id=data-1,format=raw,readonly=on,file=/a,,b.img",
+                "virtio-blk-pci,drive=data-1,serial=data-1"
             ]
         );
         assert!(args.contains(&"-no-reboot".to_string()));
