@@ -56,6 +56,8 @@ struct Boot {
     report: HashMap<String, String>,
     time_line: String,
     blame_line: String,
+    /// `BASALT-REPORT-CPU:` fields (where the CPU time of the boot went).
+    cpu: HashMap<String, String>,
     /// Packages dpkg reports in the booted system.
     dpkg_packages: usize,
     serial_log: std::path::PathBuf,
@@ -127,6 +129,7 @@ fn boot_once(config: &VmConfig) -> Result<Boot> {
         report,
         time_line: rest_of_line(&console, "BASALT-REPORT-TIME: "),
         blame_line: rest_of_line(&console, "BASALT-REPORT-BLAME: "),
+        cpu: parse_report(&rest_of_line(&console, "BASALT-REPORT-CPU: ")),
         dpkg_packages,
         serial_log: vm.serial_log().to_path_buf(),
     })
@@ -212,6 +215,28 @@ fn container_host_image_boots_to_multi_user_with_containerd() -> Result<()> {
             boot.serial_log.display()
         );
     }
+    // The report's CPU line (what `cargo xtask bench` explains the boot with): the guest's
+    // busy time, the kernel threads (dm-verity's workers among them), the services, and the
+    // bytes read through the verity device under /usr.
+    let cpu = |k: &str| boot.cpu.get(k).map(String::as_str).unwrap_or("");
+    println!("cpu: {:?}", boot.cpu);
+    let positive = |k: &str| cpu(k).parse::<f64>().is_ok_and(|x| x > 0.0);
+    ensure!(
+        positive("busy-s") && positive("kthreads-s") && positive("usr-read-mib"),
+        "CPU line: {:?}",
+        boot.cpu
+    );
+    ensure!(
+        cpu("usr-dev").starts_with("dm-"),
+        "CPU line: {:?}",
+        boot.cpu
+    );
+    // Not asserted by name: a kernel worker is named after the last queue it served.
+    ensure!(
+        cpu("kthreads-top").contains("=kworker") && cpu("units").contains("=containerd.service"),
+        "CPU line: {:?}",
+        boot.cpu
+    );
     // "… (3.4 s since kernel start)" → 3.4
     let init_secs = boot
         .switch_root_line

@@ -137,7 +137,8 @@ WantedBy=multi-user.target
 
 /// The report script: one `BASALT-REPORT:` line (each field `key=value`, no spaces inside a
 /// value), `BASALT-REPORT-TIME:` (systemd-analyze time), `-CHAIN:` (the critical chain),
-/// `-BLAME:` (the slowest units), `-MEM:` (where the memory is), then power-off. Each line is written with one `printf` so
+/// `-BLAME:` (the slowest units), `-MEM:` (where the memory is), `-CPU:` (where the CPU time
+/// went: the guest, kernel threads, services, bytes read from `/usr`'s device), then power-off. Each line is written with one `printf` so
 /// a getty prompt cannot land inside it. Times: `uptime-s` is the guest clock when the line
 /// was written (a host that notes when it read the line gets kernel start = then − uptime);
 /// `multi-user-s` is systemd's own timestamp of multi-user.target (µs since kernel start);
@@ -148,6 +149,19 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin
 exec >/dev/console 2>&1
 system=$(timeout 300 systemctl is-system-running --wait 2>/dev/null)
 [ -n "$system" ] || system=unknown
+# Where the CPU went until the boot finished (seconds; read now, before the settle and this
+# script's own commands): the whole guest (/proc/stat less idle and iowait), kernel threads
+# (children of kthreadd, summed by name without the worker number: dm-verity hashes in
+# `kworker-kverityd`), systemd and the services still running (their cgroups' cpu.stat;
+# finished oneshots are gone), and what was read from the block device /usr is on.
+busy=$(awk '/^cpu /{printf "%.2f", ($2+$3+$4+$7+$8+$9)/100}' /proc/stat)
+kstat=$(cat /proc/[0-9]*/stat 2>/dev/null | awk '$4 == 2 || $1 == 2 { n = $2; gsub(/[()]/, "", n); sub(/\/[^-]*/, "", n); t[n] += $14 + $15; all += $14 + $15 } END { printf "%.2f\n", all / 100; for (k in t) if (t[k] >= 5) printf "%.2f=%s\n", t[k] / 100, k }')
+kthreads=$(echo "$kstat" | head -n 1)
+kthreads_top=$(echo "$kstat" | tail -n +2 | sort -rn | head -n 5 | paste -sd';' -)
+units=$(for f in /sys/fs/cgroup/init.scope/cpu.stat /sys/fs/cgroup/system.slice/*/cpu.stat; do u=${f%/cpu.stat}; awk -v u="${u##*/}" '/^usage_usec/ { printf "%.2f=%s\n", $2 / 1000000, u }' "$f" 2>/dev/null; done | sort -rn | head -n 10 | paste -sd';' -)
+usrdev=$(readlink -f "$(findmnt -n -o SOURCE --target /usr)")
+usrdev=${usrdev##*/}
+usr_read=$(awk '{printf "%.1f", $3 * 512 / 1048576}' "/sys/class/block/$usrdev/stat" 2>/dev/null)
 settle=0
 for opt in $(cat /proc/cmdline); do
     case "$opt" in basalt.test.settle=*) settle=${opt#*=} ;; esac
@@ -189,6 +203,7 @@ printf '%s\n' "BASALT-REPORT-BLAME: $(systemd-analyze blame --no-pager 2>/dev/nu
 meminfo=$(awk '/^(MemTotal|MemAvailable|MemFree|Active\(file\)|Inactive\(file\)|Unevictable|AnonPages|Shmem|Cached|Buffers|SReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed):/ { sub(":", "", $1); printf "%s=%s ", $1, $2 }' /proc/meminfo)
 top=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ { n = $2 } /^VmRSS:/ { print $2 "=" n }' "$f" 2>/dev/null; done | sort -rn | head -n 8 | paste -sd';' -)
 printf '%s\n' "BASALT-REPORT-MEM: ${meminfo}top-rss=${top:-none}"
+printf '%s\n' "BASALT-REPORT-CPU: busy-s=$busy usr-dev=${usrdev:-none} usr-read-mib=${usr_read:-none} kthreads-s=${kthreads:-none} kthreads-top=${kthreads_top:-none} units=${units:-none}"
 printf '%s\n' "BASALT-REPORT: done, powering off"
 systemctl --no-block poweroff
 "#;
