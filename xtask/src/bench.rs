@@ -319,3 +319,30 @@ pub(crate) fn ensure_random_file(path: &PathBuf, len: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// The install peers of `bench_install` and `bench_agent`: run `decode` (a shell pipeline
+/// that writes the decoded usr blob to stdout: `zstd -dc FILE`, `curl … | zstd -dc`) and
+/// hash its bytes with `openssl dgst -sha256` on their way into `slot`; `durable` adds what the agent also
+/// does: make the bytes durable and hash them again from the device (`sync --data`, then
+/// `dd iflag=direct | openssl dgst`). Seconds of wall clock; `slot` is removed afterwards.
+pub(crate) fn peer_pipeline(decode: &str, slot: &Path, durable: bool) -> Result<f64> {
+    let openssl = basalt_tests::tool::OPENSSL.locate()?;
+    let mut script = format!(
+        "set -e -o pipefail; {decode} | tee >('{}' dgst -sha256 >/dev/null) > '{}'",
+        openssl.display(),
+        slot.display()
+    );
+    if durable {
+        script.push_str(&format!(
+            "; sync --data '{0}'; dd if='{0}' iflag=direct bs=4M status=none | '{1}' dgst -sha256 >/dev/null",
+            slot.display(),
+            openssl.display()
+        ));
+    }
+    let started = Instant::now();
+    sh::output(Command::new("bash").args(["-c", &script]))
+        .context("the peer needs bash, zstd (package zstd) and openssl (package openssl)")?;
+    let seconds = started.elapsed().as_secs_f64();
+    fs::remove_file(slot).with_context(|| format!("removing {}", slot.display()))?;
+    Ok(seconds)
+}

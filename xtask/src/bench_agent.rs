@@ -385,26 +385,12 @@ impl Node<'_> {
 /// extra I/O (durable write, re-read from the device).
 fn peer(work: &Path, url: &str, durable: bool) -> Result<f64> {
     let curl = basalt_tests::tool::CURL.locate()?;
-    let openssl = basalt_tests::tool::OPENSSL.locate()?;
-    let slot = work.join("peer-slot");
-    let mut script = format!(
-        "set -e -o pipefail; '{}' -sf '{url}' | zstd -dc | tee >('{}' dgst -sha256 >/dev/null) > '{}'",
-        curl.display(),
-        openssl.display(),
-        slot.display()
-    );
-    if durable {
-        script.push_str(&format!(
-            "; sync --data '{0}'; dd if='{0}' iflag=direct bs=4M status=none | openssl dgst -sha256 >/dev/null",
-            slot.display()
-        ));
-    }
-    let started = Instant::now();
-    sh::output(Command::new("bash").args(["-c", &script]))
-        .context("the peer needs bash, curl, zstd (package zstd) and openssl")?;
-    let seconds = started.elapsed().as_secs_f64();
-    std::fs::remove_file(&slot)?;
-    Ok(seconds)
+    crate::bench::peer_pipeline(
+        &format!("'{}' -sf '{url}' | zstd -dc", curl.display()),
+        &work.join("peer-slot"),
+        durable,
+    )
+    .context("the fetching peer also needs curl")
 }
 
 /// The `/usr` size of the patch-release scenario.

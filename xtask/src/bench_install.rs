@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
@@ -78,28 +77,14 @@ fn ours(root: &Path, work: &Path) -> Result<Ours> {
     })
 }
 
-/// The peer pipeline; `durable` adds what the agent also does: make the bytes durable and
-/// hash them again from the device (`sync --data`, then `dd iflag=direct | openssl dgst`).
+/// The peer pipeline ([`crate::bench::peer_pipeline`]) over the blob on disk.
 fn peer(work: &Path, durable: bool) -> Result<f64> {
     let blob = std::fs::read_to_string(work.join("usr-blob.path"))?;
-    let slot = work.join("peer-slot");
-    let mut script = format!(
-        "set -e -o pipefail; zstd -dc '{}' | tee >(openssl dgst -sha256 >/dev/null) > '{}'",
-        blob.trim(),
-        slot.display()
-    );
-    if durable {
-        script.push_str(&format!(
-            "; sync --data '{0}'; dd if='{0}' iflag=direct bs=4M status=none | openssl dgst -sha256 >/dev/null",
-            slot.display()
-        ));
-    }
-    let started = Instant::now();
-    sh::output(Command::new("bash").args(["-c", &script]))
-        .context("the peer needs bash, zstd (package zstd) and openssl (package openssl)")?;
-    let seconds = started.elapsed().as_secs_f64();
-    std::fs::remove_file(&slot)?;
-    Ok(seconds)
+    crate::bench::peer_pipeline(
+        &format!("zstd -dc '{}'", blob.trim()),
+        &work.join("peer-slot"),
+        durable,
+    )
 }
 
 pub fn run(args: Args) -> Result<()> {
