@@ -137,8 +137,8 @@ fn reboot_is_told_from_power_off_and_timeouts_kill_qemu() -> Result<()> {
 }
 
 /// A guest reboot inside one QEMU run (firmware again, same disks), then a second QEMU run on
-/// the same disk image. The main disk (/dev/vda) carries the state; the read-only data disk
-/// (/dev/vdb) carries a payload from the host and must refuse writes.
+/// the same disk image. The main disk carries the state; the read-only data disk (found by
+/// its serial) carries a payload from the host and must refuse writes.
 #[test]
 fn disk_survives_a_reboot_in_run_and_a_new_run_and_data_disks_are_read_only() -> Result<()> {
     let kernel = KernelTree::shared()?;
@@ -149,20 +149,26 @@ fn disk_survives_a_reboot_in_run_and_a_new_run_and_data_disks_are_read_only() ->
     let mut payload = b"payload-from-the-host\n".to_vec();
     payload.resize(4096, 0);
     std::fs::write(&data, &payload)?;
+    // The disks by their virtio serial, not by name: the kernel names them in probe order
+    // (see tests/README.md); the main disk has no serial.
     let body = r#"
-case "$(head -c 6 /dev/vda)" in
+for d in /sys/block/vd*; do
+    if [ "$(cat "$d/serial" 2>/dev/null)" = data-1 ]; then DATA=/dev/${d##*/}; else MAIN=/dev/${d##*/}; fi
+done
+[ -b "$MAIN" ] && [ -b "$DATA" ] || { echo "harness: disks not found: main=$MAIN data=$DATA"; poweroff -f; }
+case "$(head -c 6 $MAIN)" in
     boot-1)
-        echo "boot-2 $(head -n 1 /dev/vdb)" | dd of=/dev/vda conv=notrunc 2>/dev/null
+        echo "boot-2 $(head -n 1 $DATA)" | dd of=$MAIN conv=notrunc 2>/dev/null
         sync
         echo "harness: second boot saw boot-1 $((6 * 7))"
         poweroff -f ;;
     boot-2)
-        echo "harness: run 2 found [$(head -n 1 /dev/vda)]"
+        echo "harness: run 2 found [$(head -n 1 $MAIN)]"
         poweroff -f ;;
     *)
-        echo boot-1 | dd of=/dev/vda conv=notrunc 2>/dev/null
+        echo boot-1 | dd of=$MAIN conv=notrunc 2>/dev/null
         sync
-        if echo x | dd of=/dev/vdb 2>/dev/null; then w=writable; else w=read-only; fi
+        if echo x | dd of=$DATA 2>/dev/null; then w=writable; else w=read-only; fi
         echo "harness: first boot wrote; data disk $w $((6 * 7))"
         reboot -f ;;
 esac
