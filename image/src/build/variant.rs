@@ -142,7 +142,8 @@ WantedBy=multi-user.target
 /// a getty prompt cannot land inside it. Times: `uptime-s` is the guest clock when the line
 /// was written (a host that notes when it read the line gets kernel start = then − uptime);
 /// `multi-user-s` is systemd's own timestamp of multi-user.target (µs since kernel start);
-/// `mem-used-kib` is `MemTotal − MemAvailable` after the settle time.
+/// `mem-used-kib` is `MemTotal − MemAvailable` after the settle time, `mem-pcp-kib` the free
+/// pages the kernel held in its per-CPU lists at that moment (which `MemFree` leaves out).
 /// Also used by `cargo xtask bench` for its reference image (the same hook on both sides).
 pub const REPORT_SCRIPT: &str = r#"#!/bin/sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -168,7 +169,12 @@ for opt in $(cat /proc/cmdline); do
 done
 case "$settle" in ''|*[!0-9]*) settle=0 ;; esac
 [ "$settle" -gt 0 ] && sleep "$settle"
-mem=$(awk '/^MemTotal:/{t=$2} /^MemAvailable:/{a=$2} END{print t-a}' /proc/meminfo)
+# Memory in use (MemTotal - MemAvailable) and, read in the same pass, the free pages parked
+# in the per-CPU lists (`count:` in /proc/zoneinfo): MemFree leaves them out, so they show
+# as "in use", and on 6.1 they range from none to tens of MiB from one boot to the next.
+set -- $(awk -v ps="$(getconf PAGESIZE 2>/dev/null || echo 4096)" 'FNR == NR { if ($1 == "MemTotal:") t = $2; if ($1 == "MemAvailable:") a = $2; next } $1 == "count:" { n += $2 } END { print t - a, n * ps / 1024 }' /proc/meminfo /proc/zoneinfo)
+mem=${1:-none}
+pcp=${2:-none}
 containerd=$(systemctl is-active containerd.service 2>/dev/null)
 usr=$(findmnt -n -o FSTYPE,OPTIONS /usr | tr -s ' ' ',')
 [ -n "$usr" ] || usr=none
@@ -194,7 +200,7 @@ mu_s=$(awk -v us="${mu:-0}" 'BEGIN { printf "%.2f", us / 1000000 }')
 entry=$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tail -c +5 | tr -d '\000')
 modules=$(wc -l < /proc/modules)
 up=$(cut -d' ' -f1 /proc/uptime)
-printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID variant=${VARIANT_ID:-product} machine-id=$machine_id var=$var journal=$journal containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s mem-used-kib=$mem modules=$modules entry=${entry:-none} failed=${failed:-none} uptime-s=$up"
+printf '%s\n' "BASALT-REPORT: system=$system containerd=$containerd usr=$usr root=$root version=$VERSION_ID variant=${VARIANT_ID:-product} machine-id=$machine_id var=$var journal=$journal containerd-version=${ctr_version:-none} initramfs-s=${BASALT_INITRAMFS_DONE_SECS:-none} multi-user-s=$mu_s mem-used-kib=$mem mem-pcp-kib=$pcp modules=$modules entry=${entry:-none} failed=${failed:-none} uptime-s=$up"
 printf '%s\n' "BASALT-REPORT-TIME: $(systemd-analyze time 2>/dev/null | head -n 1)"
 printf '%s\n' "BASALT-REPORT-CHAIN: $(systemd-analyze critical-chain --no-pager multi-user.target 2>/dev/null | grep -o '[a-z.@-]*\.service[^ ]* [^ ]*' | head -n 6 | paste -sd';' -)"
 printf '%s\n' "BASALT-REPORT-BLAME: $(systemd-analyze blame --no-pager 2>/dev/null | head -n 12 | awk '{print $2"="$1}' | paste -sd';' -)"
